@@ -1,0 +1,39 @@
+# The two commands a newcomer needs are documented in README.md.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: venv lint test unit example bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+venv: $(PY)
+
+# Static gates: formatting, lint, types (strict on the package), the pure-core contract.
+lint: $(PY)
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# The test command CI runs (.ci/run): every gate, then every test suite.
+test: lint
+	$(BIN)/pytest
+
+unit: $(PY)
+	$(BIN)/pytest tests/unit
+
+# Until the local sandbox exists, the main job is kgctl on an example cluster dump.
+example: $(PY)
+	$(BIN)/kgctl --backend file --file examples/cluster.yaml graph
+	$(BIN)/kgctl --backend file --file examples/cluster.yaml showconf node alpha
+	$(BIN)/kgctl --backend file --file examples/cluster.yaml plan node beta
+
+bench: $(PY)
+	$(PY) benchmarks/topology_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
