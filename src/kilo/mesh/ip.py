@@ -1,0 +1,157 @@
+"""IP address helpers with Go's parsing and comparison semantics.
+
+Pure. Kilo nodes written in Go and in Python must read the same annotation the same way, so
+parsing follows Go's ``net.ParseIP``/``net.ParseCIDR`` rather than Python's more lenient
+``ipaddress`` constructors (no netmask notation, no IPv6 zones, no missing prefix), and
+IPv4-mapped IPv6 addresses are normalised to IPv4 as Go's ``To4()`` does.
+
+Two kinds of CIDR exist (see the reference, "CIDR as stored"):
+
+* an *interface* keeps its host bits (``10.5.0.1/24`` stays ``10.5.0.1/24``): annotation and
+  CRD values;
+* a *network* is masked (``10.2.0.0/24``): pod CIDRs, ``--subnet``, service CIDRs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
+
+IPAddress = IPv4Address | IPv6Address
+IPInterface = IPv4Interface | IPv6Interface
+IPNetwork = IPv4Network | IPv6Network
+
+_DIGITS = frozenset("0123456789")
+
+
+def normalise(ip: IPAddress) -> IPAddress:
+    """Return IPv4 for an IPv4-mapped IPv6 address, else ``ip`` itself."""
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """Parse a bare IP address like Go's ``net.ParseIP``; ``None`` when invalid."""
+    if not text or "%" in text or "/" in text:
+        return None
+    try:
+        return normalise(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _split_cidr(text: str) -> tuple[IPAddress, int] | None:
+    """Go's ``net.ParseCIDR`` syntax; the address is returned as written (not normalised)."""
+    ip_text, slash, prefix_text = text.partition("/")
+    if not slash or not prefix_text or not set(prefix_text) <= _DIGITS:
+        return None
+    # Go's prefix parser accepts leading zeros ("/024"); anything longer is out of range.
+    if len(prefix_text.lstrip("0")) > 3:
+        return None
+    if "%" in ip_text:
+        return None
+    try:
+        ip = ipaddress.ip_address(ip_text)
+    except ValueError:
+        return None
+    prefix = int(prefix_text)
+    if prefix > ip.max_prefixlen:
+        return None
+    return ip, prefix
+
+
+def parse_interface(text: str) -> IPInterface | None:
+    """Parse ``ip/prefix`` keeping the host bits (Kilo's ``normalizeIP``)."""
+    parts = _split_cidr(text)
+    if parts is None:
+        return None
+    ip, prefix = parts
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        # Go keeps a 16-byte mask for a mapped address and reads only its last 32 bits,
+        # so ``::ffff:1.2.3.4/120`` is ``1.2.3.4/24`` and any prefix up to 96 is ``/0``.
+        return ipaddress.ip_interface((ip.ipv4_mapped, max(prefix - 96, 0)))
+    return ipaddress.ip_interface((ip, prefix))
+
+
+def parse_network(text: str) -> IPNetwork | None:
+    """Parse ``ip/prefix`` and mask it to the network address (Go's ``ParseCIDR`` network)."""
+    parts = _split_cidr(text)
+    if parts is None:
+        return None
+    ip, prefix = parts
+    network = ipaddress.ip_network((ip, prefix), strict=False)
+    if isinstance(network, IPv6Network) and network.network_address.ipv4_mapped is not None:
+        # Still IPv4-mapped after masking (prefix >= 96): Go prints it as IPv4.
+        return ipaddress.ip_network((network.network_address.ipv4_mapped, prefix - 96))
+    return network
+
+
+# Constructors are given integers: from an address object, ipaddress formats it as text
+# and parses it again, which dominates planning time in large meshes.
+
+
+def host_interface(ip: IPAddress) -> IPInterface:
+    """The one-address CIDR of ``ip``: ``/32`` or ``/128``."""
+    if isinstance(ip, IPv4Address):
+        return IPv4Interface((int(ip), 32))
+    return IPv6Interface((int(ip), 128))
+
+
+def host_network(ip: IPAddress) -> IPNetwork:
+    """The one-address network of ``ip``."""
+    if isinstance(ip, IPv4Address):
+        return IPv4Network((int(ip), 32))
+    return IPv6Network((int(ip), 128))
+
+
+def contains(cidr: IPInterface | IPNetwork, ip: IPAddress | None) -> bool:
+    """Go's ``IPNet.Contains``: mask both sides; different families never match."""
+    if ip is None:
+        return False
+    network = cidr.network if isinstance(cidr, IPv4Interface | IPv6Interface) else cidr
+    return network.version == ip.version and ip in network
+
+
+def intersect(a: IPInterface | IPNetwork, b: IPInterface | IPNetwork) -> bool:
+    """True if either CIDR contains the (stored) address of the other."""
+    return contains(a, address_of(b)) or contains(b, address_of(a))
+
+
+def address_of(cidr: IPInterface | IPNetwork) -> IPAddress:
+    """The address part as stored: the host for an interface, the network address otherwise."""
+    if isinstance(cidr, IPv4Interface | IPv6Interface):
+        return cidr.ip
+    return cidr.network_address
+
+
+def is_public(ip: IPAddress | None) -> bool:
+    """Kilo's crude public-address test used for leader election.
+
+    Only 10/8, 172.16/12 and 192.168/16 (IPv4) and fd00::/16 (IPv6) count as private, so
+    loopback, link-local and CGNAT addresses count as public; peers on other Kilo nodes
+    make the same choice, so this must not be "improved".
+    """
+    if ip is None:
+        return False
+    ip = normalise(ip)
+    if isinstance(ip, IPv4Address):
+        b0, b1 = ip.packed[0], ip.packed[1]
+        if b0 == 10:
+            return False
+        if b0 == 172 and b1 & 0xF0 == 0x10:
+            return False
+        return not (b0 == 192 and b1 == 168)
+    return not (ip.packed[0] == 0xFD and ip.packed[1] == 0x00)
+
+
+def sort_key(cidr: IPInterface | IPNetwork) -> str:
+    """The string by which Kilo sorts CIDRs."""
+    return str(cidr)

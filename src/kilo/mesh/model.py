@@ -1,0 +1,125 @@
+"""The mesh's data model: nodes, peers and the settings that shape a topology.
+
+Pure. Values are frozen; nothing here reads the clock: readiness takes ``now`` as an
+argument, and ``now=None`` means "do not judge liveness" (a cluster dump read later than
+it was taken).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from kilo.mesh.endpoint import Endpoint, UDPAddr, endpoint_ready
+from kilo.mesh.ip import IPInterface, IPNetwork
+from kilo.mesh.keys import ZERO_KEY, Key
+
+# A node is alive while it checked in less than this many seconds ago (2 x check-in period).
+LIVENESS_WINDOW = 60
+CHECK_IN_PERIOD = 30
+DEFAULT_PORT = 51820
+DEFAULT_SUBNET = "10.4.0.0/16"
+DEFAULT_INTERFACE = "kilo0"
+DEFAULT_TOPOLOGY_LABEL = "topology.kubernetes.io/region"
+LEGACY_TOPOLOGY_LABEL = "failure-domain.beta.kubernetes.io/region"
+LOCAL_ROUTE_TABLE = 1107
+
+T = TypeVar("T")
+
+
+class Granularity(enum.StrEnum):
+    """How nodes are grouped into segments."""
+
+    LOCATION = "location"
+    FULL = "full"
+
+
+class Encapsulation(enum.StrEnum):
+    """When traffic inside a location is encapsulated (IPIP)."""
+
+    ALWAYS = "always"
+    CROSSSUBNET = "crosssubnet"
+    NEVER = "never"
+
+
+class Compatibility(enum.StrEnum):
+    """Which CNI Kilo runs alongside ("" means Kilo is the CNI and uses IPIP)."""
+
+    NONE = ""
+    FLANNEL = "flannel"
+    CILIUM = "cilium"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """A Kubernetes node as Kilo sees it (translated from its annotations)."""
+
+    name: str
+    endpoint: Endpoint | None = None
+    key: Key = ZERO_KEY
+    internal_ip: IPInterface | None = None
+    no_internal_ip: bool = False
+    cni_compatibility_ip: IPInterface | None = None
+    last_seen: int = 0
+    leader: bool = False
+    location: str = ""
+    persistent_keepalive: int = 0
+    subnet: IPNetwork | None = None
+    wireguard_ip: IPInterface | None = None
+    discovered_endpoints: Mapping[str, UDPAddr] | None = None
+    allowed_location_ips: tuple[IPInterface, ...] = ()
+    granularity: str = ""
+
+    def is_ready(self, now: int | None) -> bool:
+        """Kilo's ``Node.Ready``: reachable, keyed, with a pod CIDR, and alive at ``now``."""
+        if not endpoint_ready(self.endpoint) or self.key.is_zero or self.subnet is None:
+            return False
+        return now is None or now - self.last_seen < LIVENESS_WINDOW
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Peer:
+    """A Kilo ``Peer``: a WireGuard client outside the cluster (a VPN peer)."""
+
+    name: str
+    allowed_ips: tuple[IPInterface, ...] = ()
+    public_key: Key = ZERO_KEY
+    preshared_key: Key | None = None
+    persistent_keepalive: int = 0
+    endpoint: Endpoint | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return bool(self.allowed_ips) and not self.public_key.is_zero
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Diagnostic:
+    """Something wrong with one field of one object, reported instead of silently dropped."""
+
+    kind: str  # "node" or "peer"
+    name: str
+    field: str  # annotation, label or spec field
+    value: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r}: {self.field}={self.value!r} {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
+class Translated(Generic[T]):
+    """A translated object (or ``None`` when it must be ignored) and what was wrong with it."""
+
+    value: T | None
+    diagnostics: tuple[Diagnostic, ...] = field(default_factory=tuple)
+
+
+def ready_nodes(nodes: Iterable[Node], now: int | None) -> list[Node]:
+    return [n for n in nodes if n.is_ready(now)]
+
+
+def ready_peers(peers: Iterable[Peer]) -> list[Peer]:
+    return [p for p in peers if p.is_ready]

@@ -1,0 +1,52 @@
+"""Shared example clusters from the Kilo reference, as mesh values.
+
+``reference_cluster()`` is the worked example of kilo-mesh.md §2.3: four nodes in two
+clouds and one VPN peer. Keys are fixed so that rendered text can be compared verbatim.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kilo.mesh import translate
+from kilo.mesh.keys import Key
+from kilo.mesh.model import Node, Peer
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_DUMP = ROOT / "examples" / "cluster.yaml"
+KILO_SUBNET = ipaddress.ip_network("10.4.0.0/16")
+
+PRIVATE_KEYS = {
+    "alpha": Key.parse("aCeI7O4eTJTwlJ4IHe5grdXfvJRai3Ng4Ms9ZCAR1F8="),
+    "beta": Key.parse("kAvgpDDL6KYNUJAUTMqai18xmQaI2VNoAaoT5NITukc="),
+    "gamma": Key.parse("CIqvDUsbwGngRA7PyeolHb2bIPuh5TY+UK7MfBL8/V0="),
+    "delta": Key.parse("wPChOqUUolMmTCupSTudjEVx+a+xqWmps1HrathBCUg="),
+    "laptop": Key.parse("UKpUhdazuvOjQ02l9gPiN2oMK+sDjT4y6032IJYN3GQ="),
+}
+PUBLIC_KEYS = {name: key.public_key() for name, key in PRIVATE_KEYS.items()}
+
+
+def reference_objects() -> list[dict[str, Any]]:
+    """The Kubernetes objects of examples/cluster.yaml."""
+    items: list[dict[str, Any]] = yaml.safe_load(EXAMPLE_DUMP.read_text())["items"]
+    return items
+
+
+def reference_cluster() -> tuple[list[Node], list[Peer]]:
+    """The translated nodes and peers of the §2.3 worked example."""
+    nodes: list[Node] = []
+    peers: list[Peer] = []
+    for obj in reference_objects():
+        if obj["kind"] == "Node":
+            node = translate.translate_node(obj).value
+            assert node is not None
+            nodes.append(node)
+        else:
+            peer = translate.translate_peer(obj).value
+            assert peer is not None
+            peers.append(peer)
+    return nodes, peers
