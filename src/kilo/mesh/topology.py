@@ -1,0 +1,304 @@
+"""The topology: segments, leaders, WireGuard IPs and allowed IPs (Kilo's ``NewTopology``).
+
+Pure. No I/O, no clock, no logging; input order never affects the result. Everything
+here decides what other nodes must agree on, so it follows Kilo exactly, with one
+deliberate difference: running out of WireGuard IPs is an error for the first segment
+that does not fit (Kilo gives that segment an empty IP and fails only on the next one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kilo.errors import AddressPoolExhausted, LocalNodeMissing
+from kilo.mesh import ip as ipmod
+from kilo.mesh.endpoint import Endpoint, UDPAddr
+from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
+from kilo.mesh.keys import ZERO_KEY, Key
+from kilo.mesh.model import DEFAULT_PORT, Granularity, Node, Peer
+
+LOCATION_PREFIX = "location:"
+NODE_PREFIX = "node:"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Segment:
+    """Nodes that share one leader and one WireGuard IP."""
+
+    location: str  # the segment key: "location:<name>" or "node:<name>"
+    hostnames: tuple[str, ...]
+    leader: int  # index into hostnames
+    endpoint: Endpoint | None
+    key: Key
+    persistent_keepalive: int  # the leader's annotation
+    cidrs: tuple[IPNetwork, ...]  # pod CIDRs, one per node
+    private_ips: tuple[IPAddress, ...]  # only of nodes that have an internal IP
+    cni_compat_ips: tuple[IPInterface | None, ...]  # one per node
+    wireguard_ip: IPAddress
+    allowed_ips: tuple[IPInterface | IPNetwork, ...]  # pod CIDR, internal /32 per node; WG /32
+    allowed_location_ips: tuple[IPInterface, ...]
+
+    @property
+    def leader_name(self) -> str:
+        return self.hostnames[self.leader]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topology:
+    """The mesh seen from one node (``hostname``)."""
+
+    hostname: str
+    granularity: Granularity
+    location: str  # the local segment key
+    leader: bool
+    port: int
+    key: Key  # the local private key; all zeros in kgctl
+    persistent_keepalive: int  # the local node's
+    private_ip: IPInterface | None  # the local internal IP with its interface mask
+    subnet: IPNetwork | None  # the local pod CIDR
+    kilo_subnet: IPNetwork
+    wireguard_cidr: IPInterface  # the local WG IP with the Kilo prefix, if leader
+    service_cidrs: tuple[IPNetwork, ...]
+    segments: tuple[Segment, ...]
+    peers: tuple[Peer, ...]  # sorted by name, allowed IPs de-duplicated
+    discovered_endpoints: Mapping[str, UDPAddr] = field(default_factory=dict)
+
+    @property
+    def local_segment(self) -> Segment | None:
+        for segment in self.segments:
+            if segment.location == self.location:
+                return segment
+        return None
+
+    def update_endpoint(
+        self, endpoint: Endpoint | None, key: Key, keepalive: int
+    ) -> Endpoint | None:
+        """The NAT-discovered endpoint replaces ``endpoint`` when the remote side keeps alive."""
+        if not keepalive:
+            return endpoint
+        discovered = self.discovered_endpoints.get(str(key))
+        return endpoint if discovered is None else Endpoint.from_udp(discovered)
+
+
+def location_key(node: Node, granularity: Granularity | str) -> str:
+    """The segment key of ``node``; an unknown granularity puts every node in one segment."""
+    if granularity == Granularity.LOCATION:
+        if node.internal_ip is None:
+            return NODE_PREFIX + node.name
+        return LOCATION_PREFIX + node.location
+    if granularity == Granularity.FULL:
+        return NODE_PREFIX + node.name
+    return ""
+
+
+def find_leader(nodes: Sequence[Node]) -> int:
+    """Annotated and public > annotated > public > first by name."""
+    leaders: list[int] = []
+    public: list[int] = []
+    for i, node in enumerate(nodes):
+        endpoint_ip = None if node.endpoint is None else node.endpoint.ip
+        if node.leader:
+            if ipmod.is_public(endpoint_ip):
+                return i
+            leaders.append(i)
+        if ipmod.is_public(endpoint_ip):
+            public.append(i)
+    if leaders:
+        return leaders[0]
+    if public:
+        return public[0]
+    return 0
+
+
+def address_capacity(subnet: IPNetwork) -> int:
+    """How many WireGuard IPs Kilo's allocator hands out: every address after the network."""
+    return subnet.num_addresses - 1
+
+
+def build_topology(
+    nodes: Iterable[Node],
+    peers: Iterable[Peer],
+    *,
+    granularity: Granularity,
+    hostname: str,
+    subnet: IPNetwork,
+    port: int = DEFAULT_PORT,
+    key: Key = ZERO_KEY,
+    service_cidrs: Iterable[IPNetwork] = (),
+    persistent_keepalive: int = 0,
+) -> Topology:
+    """Build the topology from the ready ``nodes`` and ``peers`` as seen from ``hostname``."""
+    by_name = {node.name: node for node in nodes}
+    local = by_name.get(hostname)
+    if local is None:
+        raise LocalNodeMissing(hostname)
+    local_location = location_key(local, granularity)
+
+    groups: dict[str, list[Node]] = {}
+    for node in by_name.values():
+        groups.setdefault(location_key(node, granularity), []).append(node)
+
+    segment_keys = sorted(groups)
+    capacity = address_capacity(subnet)
+    if len(segment_keys) > capacity:
+        raise AddressPoolExhausted(str(subnet), len(segment_keys), capacity)
+
+    is_leader = False
+    drafts: list[_SegmentDraft] = []
+    for location in segment_keys:
+        members = sorted(groups[location], key=lambda n: n.name)
+        leader = find_leader(members)
+        if location == local_location and members[leader].name == hostname:
+            is_leader = True
+        drafts.append(_SegmentDraft.of(location, members, leader))
+
+    sorted_peers = _deduplicate_peers(sorted(peers, key=lambda p: p.name))
+
+    discovered: dict[str, UDPAddr] = dict(local.discovered_endpoints or {})
+    wireguard_cidr: IPInterface = ipmod.parse_interface(str(subnet)) or _unreachable()
+    network = int(subnet.network_address)
+    for index, draft in enumerate(drafts):
+        wireguard_ip = _address(subnet, network + index + 1)
+        draft.wireguard_ip = wireguard_ip
+        draft.allowed_ips.append(ipmod.host_interface(wireguard_ip))
+        if is_leader and draft.location == local_location:
+            wireguard_cidr = _interface(wireguard_ip, subnet.prefixlen)
+        for member in draft.members:
+            for peer_key, address in (member.discovered_endpoints or {}).items():
+                discovered.setdefault(peer_key, address)
+        draft.allowed_location_ips = _filter_allowed_location_ips(draft, drafts, sorted_peers)
+
+    return Topology(
+        hostname=hostname,
+        granularity=granularity,
+        location=local_location,
+        leader=is_leader,
+        port=port,
+        key=key,
+        persistent_keepalive=persistent_keepalive,
+        private_ip=local.internal_ip,
+        subnet=local.subnet,
+        kilo_subnet=subnet,
+        wireguard_cidr=wireguard_cidr,
+        service_cidrs=tuple(service_cidrs),
+        segments=tuple(d.freeze() for d in drafts),
+        peers=tuple(sorted_peers),
+        discovered_endpoints=discovered,
+    )
+
+
+def _unreachable() -> IPInterface:
+    raise AssertionError("a network always parses as an interface")
+
+
+def _address(subnet: IPNetwork, value: int) -> IPAddress:
+    return type(subnet.network_address)(value)
+
+
+def _interface(address: IPAddress, prefix: int) -> IPInterface:
+    iface = ipmod.parse_interface(f"{address}/{prefix}")
+    assert iface is not None
+    return iface
+
+
+@dataclass(slots=True)
+class _SegmentDraft:
+    """A segment while WireGuard IPs are being allocated (Kilo mutates segments in place)."""
+
+    location: str
+    members: list[Node]
+    leader: int
+    allowed_ips: list[IPInterface | IPNetwork]
+    private_ips: list[IPAddress]
+    allowed_location_ips: list[IPInterface]
+    wireguard_ip: IPAddress | None = None
+
+    @classmethod
+    def of(cls, location: str, members: list[Node], leader: int) -> _SegmentDraft:
+        allowed_ips: list[IPInterface | IPNetwork] = []
+        private_ips: list[IPAddress] = []
+        seen: set[str] = set()
+        allowed_location_ips: list[IPInterface] = []
+        for node in members:
+            if node.subnet is not None:
+                allowed_ips.append(node.subnet)
+            if node.internal_ip is not None:
+                allowed_ips.append(ipmod.host_interface(node.internal_ip.ip))
+                private_ips.append(node.internal_ip.ip)
+            for alip in node.allowed_location_ips:
+                if str(alip) not in seen:
+                    seen.add(str(alip))
+                    allowed_location_ips.append(alip)
+        allowed_location_ips.sort(key=str)
+        return cls(location, members, leader, allowed_ips, private_ips, allowed_location_ips)
+
+    def freeze(self) -> Segment:
+        leader = self.members[self.leader]
+        assert self.wireguard_ip is not None
+        return Segment(
+            location=self.location,
+            hostnames=tuple(n.name for n in self.members),
+            leader=self.leader,
+            endpoint=leader.endpoint,
+            key=leader.key,
+            persistent_keepalive=leader.persistent_keepalive,
+            cidrs=tuple(n.subnet for n in self.members if n.subnet is not None),
+            private_ips=tuple(self.private_ips),
+            cni_compat_ips=tuple(n.cni_compatibility_ip for n in self.members),
+            wireguard_ip=self.wireguard_ip,
+            allowed_ips=tuple(self.allowed_ips),
+            allowed_location_ips=tuple(self.allowed_location_ips),
+        )
+
+
+def _filter_allowed_location_ips(
+    draft: _SegmentDraft, drafts: Sequence[_SegmentDraft], peers: Sequence[Peer]
+) -> list[IPInterface]:
+    """Drop allowed-location IPs that clash with the mesh (Kilo's order-dependent filter).
+
+    ``drafts`` is seen in its state at this moment: earlier segments are already filtered
+    and carry their WireGuard /32, later ones are not.
+    """
+    kept: list[IPInterface] = []
+    for alip in draft.allowed_location_ips:
+        if _clashes(alip, draft, drafts, peers):
+            continue
+        kept.append(alip)
+    return kept
+
+
+def _clashes(
+    alip: IPInterface, draft: _SegmentDraft, drafts: Sequence[_SegmentDraft], peers: Sequence[Peer]
+) -> bool:
+    for other in drafts:
+        if other.location != draft.location and any(
+            ipmod.intersect(alip, o) for o in other.allowed_location_ips
+        ):
+            return True
+        if any(ipmod.contains(a, alip.ip) for a in other.allowed_ips):
+            return True
+    return any(ipmod.intersect(alip, a) for p in peers for a in p.allowed_ips)
+
+
+def _deduplicate_peers(peers: Sequence[Peer]) -> list[Peer]:
+    """Keep each allowed IP (by CIDR text) only in the first peer that claims it."""
+    seen: set[str] = set()
+    result: list[Peer] = []
+    for peer in peers:
+        allowed: list[IPInterface] = []
+        for cidr in peer.allowed_ips:
+            if str(cidr) not in seen:
+                seen.add(str(cidr))
+                allowed.append(cidr)
+        result.append(
+            Peer(
+                name=peer.name,
+                allowed_ips=tuple(allowed),
+                public_key=peer.public_key,
+                preshared_key=peer.preshared_key,
+                persistent_keepalive=peer.persistent_keepalive,
+                endpoint=peer.endpoint,
+            )
+        )
+    return result
