@@ -1,0 +1,494 @@
+"""``kgctl``: inspect a Kilo mesh (graph, WireGuard configs, what a node would program).
+
+Composition root: reads the cluster through a backend, hands plain values to the pure core
+and prints what it returns. Exit status: 0 on success, 1 when the command fails, 2 when
+the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TextIO
+
+from kilo import __version__
+from kilo.adapters import file as file_backend
+from kilo.errors import BackendError, KiloError
+from kilo.mesh import cluster as cluster_mod
+from kilo.mesh import graph, ip, peerspec, plan, topology, wireguard
+from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES, Cluster
+from kilo.mesh.ip import IPNetwork
+from kilo.mesh.model import (
+    DEFAULT_PORT,
+    DEFAULT_TOPOLOGY_LABEL,
+    Compatibility,
+    Encapsulation,
+    Granularity,
+    ready_nodes,
+    ready_peers,
+)
+
+PROG = "kgctl"
+BACKENDS = ("kubernetes", "file")
+OUTPUTS = ("wireguard", "yaml", "json")
+
+EPILOG = """\
+exit status:
+  0  success (also when "showconf node" names a node that is not a leader: Kilo
+     prints a note on stderr and nothing on stdout)
+  1  the command failed (unreadable dump, unknown node or peer, no ready node, ...)
+  2  the command line is wrong (unknown flag, bad flag value, missing argument)
+"""
+
+
+def _q(text: str) -> str:
+    """Quote like Go's %q, which Kilo's messages use."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+class UsageError(Exception):
+    """A command-line mistake: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {_q(text)}: not an integer") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"invalid port: port must be in range [1:65535], but got {value}"
+        )
+    return value
+
+
+def _choice(what: str, choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(
+                f"{what} {text} unknown; possible values are: {', '.join(choices)}"
+            )
+        return text
+
+    return parse
+
+
+def _cidr_list(what: str, *, masked: bool) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        result = []
+        for item in text.split(","):
+            parsed = ip.parse_network(item) if masked else ip.parse_interface(item)
+            if parsed is None:
+                raise argparse.ArgumentTypeError(
+                    f"{what} must contain only valid CIDRs; got {_q(item)}"
+                )
+            result.append(str(parsed))
+        return result
+
+    return parse
+
+
+def _subnet(text: str) -> str:
+    parsed = ip.parse_network(text)
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"failed to parse {_q(text)} as CIDR")
+    return str(parsed)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "t", "true"):
+        return True
+    if lowered in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {_q(text)}; use true or false")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Options accepted before and after the command, like Kilo's persistent flags."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--backend",
+        type=_choice("backend", BACKENDS),
+        default=default("kubernetes"),
+        help="where to read the cluster from: kubernetes or file (default: kubernetes)",
+    )
+    parser.add_argument(
+        "--file",
+        default=default(None),
+        metavar="PATH",
+        help="cluster dump for --backend file: the output of "
+        "'kubectl get nodes,peers.kilo.squat.ai -o yaml' ('-' for stdin)",
+    )
+    parser.add_argument(
+        "--kubeconfig", default=default(None), help="kubeconfig for --backend kubernetes"
+    )
+    parser.add_argument(
+        "--mesh-granularity",
+        type=_choice("mesh granularity", GRANULARITY_CHOICES),
+        default=default(AUTO),
+        help="location, full or auto (read from the nodes' annotations; default: auto)",
+    )
+    parser.add_argument(
+        "--port", type=_port, default=default(DEFAULT_PORT), help="WireGuard port (default: 51820)"
+    )
+    parser.add_argument(
+        "--topology-label",
+        default=default(DEFAULT_TOPOLOGY_LABEL),
+        help=f"node label that names the location (default: {DEFAULT_TOPOLOGY_LABEL})",
+    )
+    parser.add_argument(
+        "--subnet",
+        type=_subnet,
+        default=default(None),
+        help="Kilo WireGuard subnet (default: inferred from the nodes' wireguard-ip annotations, "
+        "else 10.4.0.0/16)",
+    )
+    parser.add_argument(
+        "--respect-last-seen",
+        action="store_true",
+        default=default(False),
+        help="with --backend file, treat nodes whose last-seen is older than 60 s as not ready "
+        "(by default a dump's nodes are judged as of when it was taken)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Inspect a Kilo network mesh.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, suppress=False)
+    parser.add_argument(
+        "--version", "-v", action="version", version=f"{PROG} version {__version__}"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    graph_parser = commands.add_parser("graph", help="print the mesh as a Graphviz DOT graph")
+    _global_options(graph_parser, suppress=True)
+    graph_parser.set_defaults(run=_run_graph)
+
+    showconf = commands.add_parser(
+        "showconf", help="print the WireGuard configuration of a node or peer"
+    )
+    showconf_kinds = showconf.add_subparsers(dest="kind", metavar="node|peer", parser_class=_Parser)
+    for kind in ("node", "peer"):
+        sub = showconf_kinds.add_parser(kind, help=f"print the WireGuard configuration of a {kind}")
+        sub.add_argument("name", metavar="NAME")
+        sub.add_argument(
+            "--as-peer",
+            action="store_true",
+            help=f"print the {kind} as a peer of some other WireGuard interface",
+        )
+        sub.add_argument(
+            "--output",
+            "-o",
+            type=_choice("output format", OUTPUTS),
+            default="wireguard",
+            help="wireguard, yaml or json (yaml and json need --as-peer; default: wireguard)",
+        )
+        sub.add_argument(
+            "--allowed-ips",
+            type=_cidr_list("allowed-ips", masked=True),
+            action="extend",
+            default=[],
+            metavar="CIDR[,CIDR...]",
+            help="extra allowed IPs to add with --as-peer (repeatable)",
+        )
+        _global_options(sub, suppress=True)
+        sub.set_defaults(run=_run_showconf)
+
+    plan_parser = commands.add_parser(
+        "plan", help="print everything the agent on a node would program"
+    )
+    plan_kinds = plan_parser.add_subparsers(dest="kind", metavar="node", parser_class=_Parser)
+    plan_node = plan_kinds.add_parser("node", help="print the plan of the kg agent on NAME")
+    plan_node.add_argument("name", metavar="NAME")
+    plan_node.add_argument(
+        "--output",
+        "-o",
+        type=_choice("output format", ("text", "json")),
+        default="text",
+        help="text or json (default: text)",
+    )
+    plan_node.add_argument(
+        "--interface", default="kilo0", help="WireGuard interface (default: kilo0)"
+    )
+    plan_node.add_argument(
+        "--private-interface",
+        default="<private>",
+        help="name to print for the interface holding the node's private IP",
+    )
+    plan_node.add_argument(
+        "--encapsulate",
+        type=_choice("encapsulation", [e.value for e in Encapsulation]),
+        default=Encapsulation.ALWAYS.value,
+        help="never, crosssubnet or always, as the agent's flag (default: always)",
+    )
+    plan_node.add_argument(
+        "--compatibility",
+        type=_choice("compatibility", [c.value for c in Compatibility]),
+        default=Compatibility.NONE.value,
+        help="flannel or cilium, as the agent's flag (default: none)",
+    )
+    for flag, default_value, text in (
+        ("--local", True, "manage routes within the location"),
+        ("--cni", True, "manage the CNI config"),
+        ("--iptables-forward-rules", False, "add ACCEPT rules to FORWARD"),
+    ):
+        plan_node.add_argument(
+            flag,
+            type=_bool,
+            nargs="?",
+            const=True,
+            default=default_value,
+            metavar="BOOL",
+            help=f"{text}, as the agent's flag (default: {str(default_value).lower()})",
+        )
+    plan_node.add_argument(
+        "--service-cidr",
+        type=_cidr_list("service-cidr", masked=True),
+        action="extend",
+        default=[],
+        metavar="CIDR",
+        help="service CIDRs, as the agent's flag (repeatable)",
+    )
+    plan_node.add_argument(
+        "--cni-path",
+        default="/etc/cni/net.d/10-kilo.conflist",
+        help="CNI conflist the agent manages",
+    )
+    _global_options(plan_node, suppress=True)
+    plan_node.set_defaults(run=_run_plan)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(run=_run_version)
+    return parser
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+class _Context:
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+
+    def warn(self, message: str) -> None:
+        print(f"{PROG}: warning: {message}", file=self.err)
+
+    def load(self) -> Cluster:
+        args = self.args
+        if args.backend == "file":
+            if not args.file:
+                raise UsageError(
+                    "--backend file needs --file PATH (a dump from "
+                    "'kubectl get nodes,peers.kilo.squat.ai -o yaml')"
+                )
+            dump = file_backend.read_dump(args.file)
+            for warning in dump.warnings:
+                self.warn(f"{args.file}: {warning}")
+            nodes, peers = dump.nodes, dump.peers
+        else:
+            raise BackendError(
+                "the kubernetes backend is not available in this version; "
+                "use --backend file --file DUMP"
+            )
+        cluster = cluster_mod.translate_cluster(
+            nodes, peers, topology_label=args.topology_label, port=args.port
+        )
+        for diagnostic in cluster.diagnostics:
+            self.warn(str(diagnostic))
+        return cluster
+
+    def now(self) -> int | None:
+        if self.args.backend == "file" and not self.args.respect_last_seen:
+            return None
+        return int(time.time())
+
+    def granularity(self, cluster: Cluster) -> Granularity:
+        chosen, warnings = cluster_mod.resolve_granularity(
+            self.args.mesh_granularity, cluster.nodes
+        )
+        for warning in warnings:
+            self.warn(warning)
+        return chosen
+
+    def subnet(self, cluster: Cluster) -> IPNetwork:
+        if self.args.subnet:
+            parsed = ip.parse_network(self.args.subnet)
+            assert parsed is not None
+            return parsed
+        chosen, warnings = cluster_mod.infer_subnet(cluster.nodes)
+        for warning in warnings:
+            self.warn(warning)
+        return chosen
+
+
+class _Mesh:
+    """The ready part of a cluster and the settings every view is built with."""
+
+    def __init__(self, ctx: _Context) -> None:
+        cluster = ctx.load()
+        self.cluster = cluster
+        self.granularity = ctx.granularity(cluster)
+        self.subnet = ctx.subnet(cluster)
+        self.nodes = ready_nodes(cluster.nodes, ctx.now())
+        self.peers = ready_peers(cluster.peers)
+        if not self.nodes:
+            raise KiloError("did not find any valid Kilo nodes in the cluster")
+
+    def topology(
+        self, hostname: str, *, port: int, keepalive: int, service_cidrs: Sequence[IPNetwork] = ()
+    ) -> topology.Topology:
+        return topology.build_topology(
+            self.nodes,
+            self.peers,
+            granularity=self.granularity,
+            hostname=hostname,
+            subnet=self.subnet,
+            port=port,
+            persistent_keepalive=keepalive,
+            service_cidrs=service_cidrs,
+        )
+
+
+def _run_version(ctx: _Context) -> int:
+    print(f"{PROG} version {__version__}", file=ctx.out)
+    return 0
+
+
+def _run_graph(ctx: _Context) -> int:
+    mesh = _Mesh(ctx)
+    # Any perspective gives the same graph; the first node by name keeps it deterministic.
+    t = mesh.topology(mesh.nodes[0].name, port=ctx.args.port, keepalive=0)
+    print(graph.dot(t), file=ctx.out)
+    return 0
+
+
+def _run_showconf(ctx: _Context) -> int:
+    args = ctx.args
+    if args.output != "wireguard" and not args.as_peer:
+        ctx.warn(f"--output {args.output} has no effect without --as-peer")
+    mesh = _Mesh(ctx)
+    extra = [ip.parse_network(c) for c in args.allowed_ips]
+    extra_ips = [c for c in extra if c is not None]
+    if args.kind == "node":
+        node = next((n for n in mesh.nodes if n.name == args.name), None)
+        if node is None:
+            raise KiloError(f"did not find any node named {_q(args.name)} in the cluster")
+        t = mesh.topology(node.name, port=args.port, keepalive=node.persistent_keepalive)
+        if all(s.key != node.key for s in t.segments) and all(
+            p.public_key != node.key for p in t.peers
+        ):
+            print(f"Node {_q(args.name)} is not a leader node", file=ctx.err)
+            return 0
+        if not args.as_peer:
+            ctx.out.write(wireguard.render(wireguard.node_config(t)))
+            return 0
+        as_peer = wireguard.location_as_peer(t)
+        assert as_peer is not None
+        return _print_as_peer(ctx, args.name, wireguard.with_extra_allowed_ips(as_peer, extra_ips))
+
+    peer = next((p for p in mesh.peers if p.name == args.name), None)
+    if peer is None:
+        raise KiloError(f"did not find any peer named {_q(args.name)} in the cluster")
+    t = mesh.topology(mesh.nodes[0].name, port=args.port, keepalive=peer.persistent_keepalive)
+    if not args.as_peer:
+        ctx.out.write(wireguard.render(wireguard.peer_config(t, peer.name)))
+        return 0
+    own = wireguard.WireGuardPeer(
+        name=peer.name,
+        public_key=peer.public_key,
+        allowed_ips=peer.allowed_ips,
+        endpoint=peer.endpoint,
+        persistent_keepalive=peer.persistent_keepalive,
+        preshared_key=peer.preshared_key,
+    )
+    return _print_as_peer(ctx, args.name, wireguard.with_extra_allowed_ips(own, extra_ips))
+
+
+def _print_as_peer(ctx: _Context, name: str, peer: wireguard.WireGuardPeer) -> int:
+    output = ctx.args.output
+    if output == "wireguard":
+        ctx.out.write(wireguard.render_peers([peer]))
+    elif output == "yaml":
+        ctx.out.write(peerspec.to_yaml(peerspec.peer_object(peer, name)))
+    else:
+        ctx.out.write(peerspec.to_json(peerspec.peer_object(peer, name)))
+    return 0
+
+
+def _run_plan(ctx: _Context) -> int:
+    args = ctx.args
+    mesh = _Mesh(ctx)
+    node = next((n for n in mesh.nodes if n.name == args.name), None)
+    if node is None:
+        known = mesh.cluster.node(args.name)
+        why = " (it is not ready: it needs an endpoint, a key and a pod CIDR)" if known else ""
+        raise KiloError(f"did not find any ready node named {_q(args.name)} in the cluster{why}")
+    port = node.endpoint.port if node.endpoint is not None and node.endpoint.port else args.port
+    service_cidrs = [c for c in (ip.parse_network(s) for s in args.service_cidr) if c is not None]
+    t = mesh.topology(
+        node.name, port=port, keepalive=node.persistent_keepalive, service_cidrs=service_cidrs
+    )
+    settings = plan.PlanSettings(
+        interface=args.interface,
+        private_interface=args.private_interface,
+        encapsulation=Encapsulation(args.encapsulate),
+        compatibility=Compatibility(args.compatibility),
+        local=args.local,
+        cni=args.cni,
+        iptables_forward_rules=args.iptables_forward_rules,
+        cni_path=args.cni_path,
+    )
+    node_plan = plan.plan_node(t, node, settings)
+    if args.output == "json":
+        ctx.out.write(plan.to_json(node_plan) + "\n")
+    else:
+        ctx.out.write(plan.to_text(node_plan))
+    return 0
+
+
+def main(
+    argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "run", None) is None:
+            # Like Kilo's kgctl: a command group without its subcommand prints help.
+            parser.print_help(out)
+            return 0
+        result: int = args.run(_Context(args, out, err))
+        return result
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=err)
+        return 2
+    except KiloError as exc:
+        print(f"{PROG}: {exc}", file=err)
+        return 1
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""kgctl end to end on cluster dumps: the worked examples through the command line."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kilo.cli import kgctl
+from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
+from tests.unit.test_graph import REFERENCE_DOT
+from tests.unit.test_routes import BETA_ROUTES, BETA_RULES
+
+FILE = ["--backend", "file", "--file", str(EXAMPLE_DUMP)]
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = kgctl.main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_dump(
+    tmp_path: Path, objects: list[dict[str, Any]], name: str = "cluster.yaml"
+) -> list[str]:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objects}))
+    return ["--backend", "file", "--file", str(path)]
+
+
+ALPHA_CONF = f"""[Interface]
+ListenPort = 51820
+
+[Peer]
+AllowedIPs = 10.2.2.0/24, 172.31.5.5/32, 10.4.0.1/32, 172.31.100.0/24
+Endpoint = 3.3.3.3:51820
+PersistentKeepalive = 0
+PublicKey = {PUBLIC_KEYS["gamma"]}
+
+[Peer]
+AllowedIPs = 10.2.3.0/24, 10.4.0.3/32
+Endpoint = 3.3.3.4:51820
+PersistentKeepalive = 0
+PublicKey = {PUBLIC_KEYS["delta"]}
+
+[Peer]
+AllowedIPs = 10.5.0.1/32
+PersistentKeepalive = 0
+PublicKey = {PUBLIC_KEYS["laptop"]}
+"""
+
+LAPTOP_CONF = f"""[Peer]
+AllowedIPs = 10.2.2.0/24, 172.31.5.5/32, 10.4.0.1/32, 172.31.100.0/24
+Endpoint = 3.3.3.3:51820
+PersistentKeepalive = 25
+PublicKey = {PUBLIC_KEYS["gamma"]}
+
+[Peer]
+AllowedIPs = 10.2.0.0/24, 10.128.0.2/32, 10.2.1.0/24, 10.128.0.3/32, 10.4.0.2/32
+Endpoint = 34.1.1.1:51820
+PersistentKeepalive = 25
+PublicKey = {PUBLIC_KEYS["alpha"]}
+
+[Peer]
+AllowedIPs = 10.2.3.0/24, 10.4.0.3/32
+Endpoint = 3.3.3.4:51820
+PersistentKeepalive = 25
+PublicKey = {PUBLIC_KEYS["delta"]}
+"""
+
+
+def test_graph_reproduces_the_reference_example() -> None:
+    assert run(*FILE, "graph") == (0, REFERENCE_DOT + "\n", "")
+
+
+def test_graph_with_auto_granularity_equals_explicit_granularity() -> None:
+    # Kilo's e2e suite asserts exactly this against live clusters.
+    assert run(*FILE, "graph") == run(*FILE, "graph", "--mesh-granularity", "location")
+
+
+def test_global_flags_are_accepted_after_the_command() -> None:
+    assert run("graph", *FILE) == run(*FILE, "graph")
+
+
+def test_showconf_node_prints_the_leader_config_without_private_key() -> None:
+    assert run(*FILE, "showconf", "node", "alpha") == (0, ALPHA_CONF, "")
+
+
+def test_showconf_node_non_leader_notes_it_and_exits_zero_like_kilo() -> None:
+    assert run(*FILE, "showconf", "node", "beta") == (0, "", 'Node "beta" is not a leader node\n')
+
+
+def test_showconf_peer_has_no_interface_and_the_peers_keepalive() -> None:
+    assert run(*FILE, "showconf", "peer", "laptop") == (0, LAPTOP_CONF, "")
+
+
+def test_showconf_node_as_peer_wireguard() -> None:
+    code, out, _ = run(
+        *FILE, "showconf", "node", "alpha", "--as-peer", "--allowed-ips", "10.43.0.1/16"
+    )
+    assert code == 0
+    # The extra allowed IP is masked, as Kilo's flag parsing does.
+    assert out == (
+        "[Peer]\n"
+        "AllowedIPs = 10.2.0.0/24, 10.128.0.2/32, 10.2.1.0/24, 10.128.0.3/32, 10.4.0.2/32, "
+        "10.43.0.0/16\n"
+        "Endpoint = 34.1.1.1:51820\n"
+        "PersistentKeepalive = 0\n"
+        f"PublicKey = {PUBLIC_KEYS['alpha']}\n"
+    )
+
+
+def test_showconf_node_as_peer_yaml_is_a_valid_peer() -> None:
+    code, out, err = run(*FILE, "showconf", "node", "gamma", "--as-peer", "-o", "yaml")
+    assert (code, err) == (0, "")
+    assert out == (
+        "apiVersion: kilo.squat.ai/v1alpha1\n"
+        "kind: Peer\n"
+        "metadata:\n"
+        "  name: gamma\n"
+        "spec:\n"
+        "  allowedIPs:\n"
+        "  - 10.2.2.0/24\n"
+        "  - 172.31.5.5/32\n"
+        "  - 10.4.0.1/32\n"
+        "  endpoint:\n"
+        "    dnsOrIP:\n"
+        "      ip: 3.3.3.3\n"
+        "    port: 51820\n"
+        f"  publicKey: {PUBLIC_KEYS['gamma']}\n"
+    )
+
+
+def test_showconf_peer_as_peer_json_keeps_keepalive_in_seconds() -> None:
+    code, out, _ = run(*FILE, "showconf", "peer", "laptop", "--as-peer", "-o", "json")
+    assert code == 0
+    assert not out.endswith("\n")
+    assert json.loads(out) == {
+        "kind": "Peer",
+        "apiVersion": "kilo.squat.ai/v1alpha1",
+        "metadata": {"name": "laptop"},
+        "spec": {
+            "allowedIPs": ["10.5.0.1/32"],
+            "persistentKeepalive": 25,
+            "publicKey": str(PUBLIC_KEYS["laptop"]),
+        },
+    }
+
+
+def test_plan_node_shows_the_reference_routes_and_rules() -> None:
+    code, out, err = run(*FILE, "plan", "node", "beta", "--private-interface", "ens4")
+    assert (code, err) == (0, "")
+    routes_section = out.split("## Routes (proto static)\n")[1].split("\n\n")[0].splitlines()
+    assert routes_section == BETA_ROUTES
+    rules_section = out.split("## IP rules\n")[1].split("\n\n")[0].splitlines()
+    assert rules_section == BETA_RULES
+    assert "state: down" in out
+    assert "IPAM range 10.2.1.0/24" in out
+
+
+def test_plan_node_json_for_the_leader() -> None:
+    code, out, _ = run(*FILE, "plan", "node", "alpha", "-o", "json", "--encapsulate", "never")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["leader"] is True
+    assert plan["interface"] == {"name": "kilo0", "up": True, "address": "10.4.0.2/16"}
+    assert "PrivateKey" not in plan["wireguard"]["config"]
+    assert [p["name"] for p in plan["wireguard"]["peers"]] == [
+        "location:aws",
+        "node:delta",
+        "laptop",
+    ]
+    assert plan["tunnel"] is None  # --encapsulate=never: no tunnel and no IPIP rules
+    assert all("KILO-IPIP" not in e["text"] for e in plan["iptables"]["append"])
+    assert plan["cni"] == {"path": "/etc/cni/net.d/10-kilo.conflist", "subnet": "10.2.0.0/24"}
+
+
+def test_plan_names_a_node_that_exists_but_is_not_ready(tmp_path: Path) -> None:
+    objects = reference_objects()
+    del objects[1]["metadata"]["annotations"]["kilo.squat.ai/key"]
+    code, out, err = run(*write_dump(tmp_path, objects), "plan", "node", "beta")
+    assert (code, out) == (1, "")
+    assert err == (
+        'kgctl: did not find any ready node named "beta" in the cluster '
+        "(it is not ready: it needs an endpoint, a key and a pod CIDR)\n"
+    )
+
+
+def test_bad_annotation_warns_and_keeps_mesh(tmp_path: Path) -> None:
+    objects = reference_objects()
+    gamma = objects[2]["metadata"]["annotations"]
+    # Kilo does not trim spaces: the second item is dropped, and here also reported.
+    gamma["kilo.squat.ai/allowed-location-ips"] = "172.31.100.0/24, 172.31.101.0/24"
+    objects[1]["metadata"]["annotations"]["kilo.squat.ai/persistent-keepalive"] = "soon"
+    code, out, err = run(*write_dump(tmp_path, objects), "graph")
+    assert code == 0
+    assert out == REFERENCE_DOT + "\n"
+    assert err.splitlines() == [
+        "kgctl: warning: node 'beta': kilo.squat.ai/persistent-keepalive='soon' "
+        "is not an integer; using 0",
+        "kgctl: warning: node 'gamma': kilo.squat.ai/allowed-location-ips=' 172.31.101.0/24' "
+        "is not a CIDR (Kilo does not trim spaces); this item is dropped",
+    ]
+
+
+def test_invalid_peer_is_reported_and_the_others_kept(tmp_path: Path) -> None:
+    objects = reference_objects()
+    bad = copy.deepcopy(objects[-1])
+    bad["metadata"]["name"] = "broken"
+    bad["spec"]["publicKey"] = "not-a-key"
+    code, out, err = run(*write_dump(tmp_path, [*objects, bad]), "graph")
+    assert code == 0
+    assert out == REFERENCE_DOT + "\n"
+    assert "peer 'broken': spec.publicKey='not-a-key' is invalid" in err
+
+
+def test_node_with_garbage_everywhere_is_skipped_with_warnings(tmp_path: Path) -> None:
+    garbage = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": "zeta",
+            "annotations": {
+                "kilo.squat.ai/endpoint": "nowhere",
+                "kilo.squat.ai/key": "AAAA",
+                "kilo.squat.ai/internal-ip": "10.0.0.1",
+                "kilo.squat.ai/last-seen": ["x"],
+            },
+        },
+        "spec": {"podCIDR": "10.2.99.0/33"},
+    }
+    code, out, err = run(*write_dump(tmp_path, [*reference_objects(), garbage]), "graph")
+    assert code == 0
+    assert out == REFERENCE_DOT + "\n"
+    assert all(line.startswith("kgctl: warning: node 'zeta': ") for line in err.splitlines())
+    assert len(err.splitlines()) == 5
+
+
+def test_respect_last_seen_judges_liveness_by_the_clock() -> None:
+    code, out, err = run(*FILE, "--respect-last-seen", "graph")
+    assert (code, out) == (1, "")
+    assert err == "kgctl: did not find any valid Kilo nodes in the cluster\n"
+
+
+def test_reads_kubectl_json_and_multi_document_yaml(tmp_path: Path) -> None:
+    as_json = tmp_path / "cluster.json"
+    as_json.write_text(
+        json.dumps({"apiVersion": "v1", "kind": "List", "items": reference_objects()})
+    )
+    assert run("--backend", "file", "--file", str(as_json), "graph") == (
+        0,
+        REFERENCE_DOT + "\n",
+        "",
+    )
+    multi = tmp_path / "multi.yaml"
+    multi.write_text(yaml.safe_dump_all(reference_objects()))
+    assert run("--backend", "file", "--file", str(multi), "graph") == (0, REFERENCE_DOT + "\n", "")
+
+
+def test_subnet_override(tmp_path: Path) -> None:
+    code, out, _ = run(*FILE, "--subnet", "10.9.0.0/24", "graph")
+    assert code == 0
+    assert 'label="10.9.0.0/24"' in out
+    assert "10.9.0.2" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--mesh-granularity", "star", "graph"],
+            "mesh granularity star unknown; possible values are: location, full, auto",
+        ),
+        (["--port", "0", "graph"], "invalid port: port must be in range [1:65535], but got 0"),
+        (
+            ["showconf", "node", "alpha", "-o", "toml"],
+            "output format toml unknown; possible values are: wireguard, yaml, json",
+        ),
+        (
+            ["showconf", "node", "alpha", "--allowed-ips", "10.0.0.0/40"],
+            'allowed-ips must contain only valid CIDRs; got "10.0.0.0/40"',
+        ),
+        (["--subnet", "ten", "graph"], 'failed to parse "ten" as CIDR'),
+        (["graph", "--bogus"], "unrecognized arguments: --bogus"),
+        (["showconf", "node"], "the following arguments are required: NAME"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(argv: list[str], message: str) -> None:
+    code, out, err = run(*FILE, *argv)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert message in err
+
+
+def test_usage_errors_file_backend_without_file() -> None:
+    code, _, err = run("--backend", "file", "graph")
+    assert code == 2
+    assert err.startswith("kgctl: --backend file needs --file PATH")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["showconf", "node", "omega"],
+            'kgctl: did not find any node named "omega" in the cluster\n',
+        ),
+        (
+            ["showconf", "peer", "omega"],
+            'kgctl: did not find any peer named "omega" in the cluster\n',
+        ),
+    ],
+)
+def test_unknown_names_fail_with_exit_1(argv: list[str], message: str) -> None:
+    assert run(*FILE, *argv) == (1, "", message)
+
+
+def test_unreadable_and_invalid_dumps_fail_with_exit_1(tmp_path: Path) -> None:
+    code, _, err = run("--backend", "file", "--file", str(tmp_path / "missing.yaml"), "graph")
+    assert code == 1
+    assert "missing.yaml" in err and "No such file" in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("items: [\n")
+    code, _, err = run("--backend", "file", "--file", str(broken), "graph")
+    assert code == 1
+    assert "is not valid YAML or JSON at line 2" in err
+
+
+def test_kubernetes_backend_is_not_there_yet() -> None:
+    code, _, err = run("graph")
+    assert code == 1
+    assert "--backend file" in err
+
+
+def test_console_script_runs_from_a_shell() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kilo.cli.kgctl", *FILE, "graph"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, REFERENCE_DOT + "\n")
