@@ -1,0 +1,110 @@
+"""Hypothesis strategies for random Kilo clusters.
+
+Addresses are drawn so that the cluster is plausible: pod CIDRs and internal IPs are
+unique, peers live in their own range (a peer claiming a pod CIDR is a separate, known
+Kilo quirk), and endpoints mix public and private addresses so that leader election has
+real choices to make.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.keys import Key, clamp
+from kilo.mesh.model import Node, Peer
+
+LOCATIONS = ("aws", "gcp", "azure", "onprem", "")
+
+
+def key_for(index: int, salt: int = 0) -> Key:
+    raw = (index * 7919 + salt * 104729 + 1).to_bytes(8, "big") * 4
+    return Key(clamp(raw)).public_key()
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    location: str
+    has_internal_ip: bool
+    leader: bool
+    public_endpoint: bool
+    keepalive: int
+    alip: int | None  # index into a small pool of allowed-location IPs
+
+
+node_specs = st.builds(
+    NodeSpec,
+    location=st.sampled_from(LOCATIONS),
+    has_internal_ip=st.sampled_from((True, True, True, False)),
+    leader=st.booleans(),
+    public_endpoint=st.booleans(),
+    keepalive=st.sampled_from((0, 0, 25)),
+    alip=st.none() | st.integers(min_value=0, max_value=5),
+)
+
+# A small pool so that overlaps (and the order-dependent filter) actually happen.
+ALIP_POOL = (
+    "192.168.100.0/24",
+    "192.168.100.128/25",
+    "172.20.0.0/16",
+    "10.0.0.0/8",
+    "10.2.3.0/24",
+    "192.168.200.1/32",
+)
+
+
+def build_node(index: int, spec: NodeSpec) -> Node:
+    third, fourth = divmod(index, 250)
+    internal = ipaddress.ip_interface(f"10.{100 + third}.{fourth}.{10}/16")
+    if spec.public_endpoint:
+        endpoint = Endpoint.parse(f"203.0.{third}.{fourth + 1}:51820")
+    else:
+        endpoint = Endpoint.parse(f"192.168.{third}.{fourth + 1}:51820")
+    return Node(
+        name=f"node-{index:04d}",
+        endpoint=endpoint,
+        key=key_for(index),
+        internal_ip=internal if spec.has_internal_ip else None,
+        leader=spec.leader,
+        location=spec.location,
+        persistent_keepalive=spec.keepalive,
+        subnet=ipaddress.ip_network(f"10.{(index // 256) + 2}.{index % 256}.0/24"),
+        allowed_location_ips=()
+        if spec.alip is None
+        else (ipaddress.ip_interface(ALIP_POOL[spec.alip]),),
+    )
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    addresses: tuple[int, ...]
+    keepalive: int
+
+
+peer_specs = st.builds(
+    PeerSpec,
+    addresses=st.lists(st.integers(min_value=0, max_value=20), min_size=1, max_size=3).map(tuple),
+    keepalive=st.sampled_from((0, 10)),
+)
+
+
+def build_peer(index: int, spec: PeerSpec) -> Peer:
+    return Peer(
+        name=f"peer-{index:03d}",
+        allowed_ips=tuple(ipaddress.ip_interface(f"10.5.0.{a}/32") for a in spec.addresses),
+        public_key=key_for(index, salt=1),
+        persistent_keepalive=spec.keepalive,
+    )
+
+
+@st.composite
+def clusters(
+    draw: st.DrawFn, max_nodes: int = 12, max_peers: int = 4
+) -> tuple[list[Node], list[Peer]]:
+    specs = draw(st.lists(node_specs, min_size=1, max_size=max_nodes))
+    nodes = [build_node(i, s) for i, s in enumerate(specs)]
+    peers = [build_peer(i, s) for i, s in enumerate(draw(st.lists(peer_specs, max_size=max_peers)))]
+    return nodes, peers
