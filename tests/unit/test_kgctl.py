@@ -347,3 +347,164 @@ def test_console_script_runs_from_a_shell() -> None:
         check=False,
     )
     assert (result.returncode, result.stdout) == (0, REFERENCE_DOT + "\n")
+
+
+# --- the kilo-k8s-cli.md examples through the command line -----------------------------------
+
+B_KEY = "IgDTEvasUvxisSAmfBKh8ngFmc2leZBvkRwYBhkybUg="
+P_KEY = "GY5aT1N9dTR/nJnT1N2f4ClZWVj0jOAld0r8ysWLyjg="
+
+
+def node_dump(name: str, ip: str, pod_cidr: str, key: str, **extra: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                "kilo.squat.ai/endpoint": f"{ip}:51820",
+                "kilo.squat.ai/internal-ip": f"{ip}/24",
+                "kilo.squat.ai/key": key,
+                "kilo.squat.ai/last-seen": "1764000000",
+                **extra,
+            },
+        },
+        "spec": {"podCIDR": pod_cidr},
+    }
+
+
+def full_mesh_dump(tmp_path: Path) -> list[str]:
+    return write_dump(
+        tmp_path,
+        [
+            node_dump(
+                "a",
+                "172.18.0.2",
+                "10.42.0.0/24",
+                str(PUBLIC_KEYS["alpha"]),
+                **{"kilo.squat.ai/granularity": "full"},
+            ),
+            node_dump(
+                "b", "172.18.0.3", "10.42.1.0/24", B_KEY, **{"kilo.squat.ai/granularity": "full"}
+            ),
+            {
+                "apiVersion": "kilo.squat.ai/v1alpha1",
+                "kind": "Peer",
+                "metadata": {"name": "p"},
+                "spec": {"allowedIPs": ["10.5.0.1/32"], "publicKey": P_KEY},
+            },
+        ],
+    )
+
+
+def test_graph_of_the_full_mesh_example(tmp_path: Path) -> None:
+    from tests.unit.test_graph import FULL_MESH_DOT
+
+    dump = full_mesh_dump(tmp_path)
+    assert run(*dump, "graph") == (0, FULL_MESH_DOT + "\n", "")
+    assert run(*dump, "graph", "--mesh-granularity", "full") == run(*dump, "graph")
+
+
+def test_showconf_node_of_the_full_mesh_example(tmp_path: Path) -> None:
+    assert run(*full_mesh_dump(tmp_path), "showconf", "node", "a") == (
+        0,
+        "[Interface]\n"
+        "ListenPort = 51820\n"
+        "\n"
+        "[Peer]\n"
+        "AllowedIPs = 10.42.1.0/24, 172.18.0.3/32, 10.4.0.2/32\n"
+        "Endpoint = 172.18.0.3:51820\n"
+        "PersistentKeepalive = 0\n"
+        f"PublicKey = {B_KEY}\n"
+        "\n"
+        "[Peer]\n"
+        "AllowedIPs = 10.5.0.1/32\n"
+        "PersistentKeepalive = 0\n"
+        f"PublicKey = {P_KEY}\n",
+        "",
+    )
+
+
+def test_showconf_as_peer_yaml_of_the_kind_cluster_example(tmp_path: Path) -> None:
+    names = [
+        "kind-cluster-kilo-control-plane",
+        "kind-cluster-kilo-worker",
+        "kind-cluster-kilo-worker2",
+    ]
+    objects = [
+        node_dump(name, f"172.18.0.{i + 2}", f"10.42.{i}.0/24", str(PUBLIC_KEYS[key]))
+        for i, (name, key) in enumerate(zip(names, ["alpha", "beta", "gamma"], strict=True))
+    ]
+    code, out, err = run(
+        *write_dump(tmp_path, objects),
+        "--mesh-granularity",
+        "location",
+        "showconf",
+        "node",
+        names[0],
+        "--as-peer",
+        "-o",
+        "yaml",
+        "--allowed-ips",
+        "10.43.0.0/16",
+    )
+    assert (code, err) == (0, "")
+    assert out == (
+        "apiVersion: kilo.squat.ai/v1alpha1\n"
+        "kind: Peer\n"
+        "metadata:\n"
+        "  name: kind-cluster-kilo-control-plane\n"
+        "spec:\n"
+        "  allowedIPs:\n"
+        "  - 10.42.0.0/24\n"
+        "  - 172.18.0.2/32\n"
+        "  - 10.42.1.0/24\n"
+        "  - 172.18.0.3/32\n"
+        "  - 10.42.2.0/24\n"
+        "  - 172.18.0.4/32\n"
+        "  - 10.4.0.1/32\n"
+        "  - 10.43.0.0/16\n"
+        "  endpoint:\n"
+        "    dnsOrIP:\n"
+        "      ip: 172.18.0.2\n"
+        "    port: 51820\n"
+        f"  publicKey: {PUBLIC_KEYS['alpha']}\n"
+    )
+
+
+def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
+    from tests.unit import test_iptables as ipt
+    from tests.unit.test_routes import ALPHA_ROUTES, ALPHA_RULES
+
+    code, out, _ = run(
+        *FILE, "plan", "node", "alpha", "--service-cidr", "10.96.0.0/12", "-o", "json"
+    )
+    assert code == 0
+    plan = json.loads(out)
+    names = {"kilo0": "kilo0", "<private>": "ens4", "tunl0": "tunl0"}
+
+    def route_text(r: dict[str, Any]) -> str:
+        parts = [r["dst"]]
+        if "gw" in r:
+            parts += ["via", r["gw"]]
+        parts += ["dev", names[r["dev"]], "proto", "static"]
+        if r["onlink"]:
+            parts.append("onlink")
+        if "src" in r:
+            parts += ["src", r["src"]]
+        if "table" in r:
+            parts += ["table", str(r["table"])]
+        return " ".join(parts)
+
+    assert [route_text(r) for r in plan["routes"]] == ALPHA_ROUTES
+    assert len(plan["rules"]) == len(ALPHA_RULES)
+    append = [e["text"] for e in plan["iptables"]["append"]]
+    prepend = [e["text"] for e in plan["iptables"]["prepend"]]
+    assert append == ipt.IPIP_APPEND + ipt.NAT_APPEND
+    assert prepend == [
+        ipt.accept_ipip("10.128.0.2/32"),
+        ipt.accept_ipip("10.128.0.3/32"),
+        ipt.jump_nat("10.2.0.0/24"),
+        *ipt.SEGMENT_RETURNS,
+        *ipt.PEER_RULES,
+    ]
