@@ -508,3 +508,9 @@ def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
         *ipt.SEGMENT_RETURNS,
         *ipt.PEER_RULES,
     ]
+
+
+def test_a_command_group_without_subcommand_prints_its_help() -> None:
+    code, out, err = run("showconf")
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: kgctl showconf [-h] node|peer ...")

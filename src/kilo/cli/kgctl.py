@@ -124,6 +124,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--backend",
         type=_choice("backend", BACKENDS),
         default=default("kubernetes"),
+        metavar="{kubernetes,file}",
         help="where to read the cluster from: kubernetes or file (default: kubernetes)",
     )
     parser.add_argument(
@@ -140,6 +141,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--mesh-granularity",
         type=_choice("mesh granularity", GRANULARITY_CHOICES),
         default=default(AUTO),
+        metavar="{location,full,auto}",
         help="location, full or auto (read from the nodes' annotations; default: auto)",
     )
     parser.add_argument(
@@ -186,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     showconf = commands.add_parser(
         "showconf", help="print the WireGuard configuration of a node or peer"
     )
+    showconf.set_defaults(help_parser=showconf)
     showconf_kinds = showconf.add_subparsers(dest="kind", metavar="node|peer", parser_class=_Parser)
     for kind in ("node", "peer"):
         sub = showconf_kinds.add_parser(kind, help=f"print the WireGuard configuration of a {kind}")
@@ -200,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
             "-o",
             type=_choice("output format", OUTPUTS),
             default="wireguard",
+            metavar="{wireguard,yaml,json}",
             help="wireguard, yaml or json (yaml and json need --as-peer; default: wireguard)",
         )
         sub.add_argument(
@@ -216,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser = commands.add_parser(
         "plan", help="print everything the agent on a node would program"
     )
+    plan_parser.set_defaults(help_parser=plan_parser)
     plan_kinds = plan_parser.add_subparsers(dest="kind", metavar="node", parser_class=_Parser)
     plan_node = plan_kinds.add_parser("node", help="print the plan of the kg agent on NAME")
     plan_node.add_argument("name", metavar="NAME")
@@ -476,7 +481,7 @@ def main(
         args = parser.parse_args(argv)
         if getattr(args, "run", None) is None:
             # Like Kilo's kgctl: a command group without its subcommand prints help.
-            parser.print_help(out)
+            getattr(args, "help_parser", parser).print_help(out)
             return 0
         result: int = args.run(_Context(args, out, err))
         return result

@@ -269,16 +269,16 @@ class _Plan:
             return
         self.routes.append(route)
 
-    def encapsulate(self, route: Route) -> Route:
-        """Kilo's ``encapsulateRoute``: move a route onto the tunnel when the policy says so."""
-        if not self.enc.encapsulates(self.t.private_ip, route.gw):
-            return route
-        # Pin the source to the private IP: the other nodes (and cloud SDNs) know that address.
-        src = route.src if route.src is not None else self.own_ip
-        return replace(route, dev=Device.TUNNEL, src=src)
-
     def via_private(self, dst: CIDR, gw: IPAddress | None) -> None:
-        self.add(self.encapsulate(Route(dst=dst, gw=gw, dev=Device.PRIVATE, onlink=True)))
+        """A route towards the location's gateway, through the tunnel when the policy says so.
+
+        This is Kilo's ``encapsulateRoute`` applied to a route on the private interface.
+        """
+        if self.enc.encapsulates(self.t.private_ip, gw):
+            # Pin the source to the private IP: the other nodes (and cloud SDNs) know it.
+            self.add(Route(dst=dst, gw=gw, dev=Device.TUNNEL, onlink=True, src=self.own_ip))
+        else:
+            self.add(Route(dst=dst, gw=gw, dev=Device.PRIVATE, onlink=True))
 
     def non_leader(self, *, local: bool) -> None:
         t = self.t
