@@ -101,6 +101,19 @@ class _Reporter:
         )
 
 
+def _identify(obj: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], str | None, _Reporter]:
+    """The metadata and name of an object; an object without a name is reported and ignored."""
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        metadata = {}
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        report = _Reporter(kind, "<unnamed>")
+        report("metadata.name", repr(name), f"is missing; the {kind} is ignored")
+        return metadata, None, report
+    return metadata, name, _Reporter(kind, name)
+
+
 def parse_discovered_endpoints(text: str) -> dict[str, UDPAddr] | None:
     """Decode the ``discovered-endpoints`` JSON; ``None`` when it is not valid."""
     try:
@@ -166,14 +179,9 @@ def translate_node(
 
     ``port`` is the mesh port, used only for the legacy ``force-external-ip`` annotation.
     """
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    assert isinstance(metadata, Mapping)
-    name = metadata.get("name")
-    if not isinstance(name, str) or not name:
-        report = _Reporter("node", "<unnamed>")
-        report("metadata.name", repr(name), "is missing; the node is ignored")
+    metadata, name, report = _identify(obj, "node")
+    if name is None:
         return Translated(None, tuple(report.diagnostics))
-    report = _Reporter("node", name)
     annotations, bad = _string_map(metadata.get("annotations"))
     labels, bad_labels = _string_map(metadata.get("labels"))
     for bad_key, bad_value in bad + bad_labels:
@@ -411,14 +419,9 @@ def _validate_peer_endpoint(endpoint: object) -> tuple[str, str] | None:
 
 def translate_peer(obj: Mapping[str, Any]) -> Translated[Peer]:
     """Translate a ``kilo.squat.ai/v1alpha1`` ``Peer``; an invalid Peer is ignored as a whole."""
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    assert isinstance(metadata, Mapping)
-    name = metadata.get("name")
-    if not isinstance(name, str) or not name:
-        report = _Reporter("peer", "<unnamed>")
-        report("metadata.name", repr(name), "is missing; the peer is ignored")
+    _, name, report = _identify(obj, "peer")
+    if name is None:
         return Translated(None, tuple(report.diagnostics))
-    report = _Reporter("peer", name)
     spec = obj.get("spec")
     problem = validate_peer_spec(spec)
     if problem is not None:
