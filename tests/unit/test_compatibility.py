@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kilo.errors import AddressPoolExhausted
-from kilo.mesh import translate
+from kilo.mesh import translate, wireguard
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.keys import Key
 from kilo.mesh.model import Granularity, Node
@@ -61,12 +61,58 @@ def test_legacy_region_label_is_the_location_when_the_topology_label_is_absent()
     assert node is not None and node.location == "us-east"
 
 
-def test_negative_keepalive_is_zero_with_a_warning() -> None:
+def keepalive_mesh(keepalive: str) -> str:
+    """The WireGuard config of leader a, whose peer b has ``keepalive`` and was seen at a NAT."""
+    a = node_object(
+        {
+            translate.ENDPOINT: "203.0.113.1:51820",
+            translate.KEY: str(PUBLIC_KEYS["alpha"]),
+            translate.PERSISTENT_KEEPALIVE: keepalive,
+            translate.DISCOVERED_ENDPOINTS: (
+                f'{{"{PUBLIC_KEYS["beta"]}":{{"IP":"198.51.100.9","Port":41000,"Zone":""}}}}'
+            ),
+        }
+    )
+    b = node_object(
+        {
+            translate.ENDPOINT: "203.0.113.2:51820",
+            translate.KEY: str(PUBLIC_KEYS["beta"]),
+            translate.PERSISTENT_KEEPALIVE: keepalive,
+        }
+    )
+    b["metadata"]["name"] = "n2"
+    b["spec"]["podCIDR"] = "10.2.1.0/24"
+    nodes = [n for n in (translate.translate_node(o).value for o in (a, b)) if n is not None]
+    t = build_topology(
+        nodes,
+        [],
+        granularity=Granularity.FULL,
+        hostname="n1",
+        subnet=ipaddress.ip_network("10.4.0.0/16"),
+        persistent_keepalive=nodes[0].persistent_keepalive,  # the agent passes its own
+    )
+    return wireguard.render(wireguard.node_config(t))
+
+
+def test_negative_keepalive_renders_zero_but_keeps_kilos_nat_decision() -> None:
     result = translate.translate_node(node_object({translate.PERSISTENT_KEEPALIVE: "-5"}))
-    assert result.value is not None and result.value.persistent_keepalive == 0
+    assert result.value is not None and result.value.persistent_keepalive == -5
     assert [str(d) for d in result.diagnostics] == [
-        "node 'n1': kilo.squat.ai/persistent-keepalive='-5' is negative; using 0"
+        "node 'n1': kilo.squat.ai/persistent-keepalive='-5' is negative: WireGuard gets 0, "
+        "but like Kilo the node still counts as behind NAT"
     ]
+    text = keepalive_mesh("-5")
+    # Kilo substitutes the NAT-discovered endpoint for any non-zero keepalive...
+    assert "Endpoint = 198.51.100.9:41000\n" in text
+    # ...but would write a keepalive WireGuard rejects.
+    assert "PersistentKeepalive = 0\n" in text
+
+
+def test_keepalive_above_65535_is_capped_for_wireguard() -> None:
+    result = translate.translate_node(node_object({translate.PERSISTENT_KEEPALIVE: "100000"}))
+    assert result.value is not None and result.value.persistent_keepalive == 100000
+    assert "exceeds WireGuard's maximum; WireGuard gets 65535" in str(result.diagnostics[0])
+    assert "PersistentKeepalive = 65535\n" in keepalive_mesh("100000")
 
 
 def test_negative_peer_keepalive_message_names_the_number() -> None:
@@ -100,3 +146,34 @@ def test_address_pool_exhausted_is_an_error_before_any_allocation() -> None:
         "Kilo subnet 10.4.0.0/30 has room for 3 WireGuard IPs but the mesh has 4 segments; "
         "use a larger --subnet"
     )
+
+
+def test_null_discovered_endpoint_hides_the_endpoint_as_in_kilo() -> None:
+    """Kept on purpose: it decides the mesh (a Go node renders the same config)."""
+    text = keepalive_mesh("10")
+    assert "Endpoint = 198.51.100.9:41000\n" in text
+    a = node_object(
+        {
+            translate.ENDPOINT: "203.0.113.1:51820",
+            translate.KEY: str(PUBLIC_KEYS["alpha"]),
+            translate.DISCOVERED_ENDPOINTS: f'{{"{PUBLIC_KEYS["beta"]}":null}}',
+        }
+    )
+    b = node_object(
+        {
+            translate.ENDPOINT: "203.0.113.2:51820",
+            translate.KEY: str(PUBLIC_KEYS["beta"]),
+            translate.PERSISTENT_KEEPALIVE: "10",
+        }
+    )
+    b["metadata"]["name"] = "n2"
+    b["spec"]["podCIDR"] = "10.2.1.0/24"
+    nodes = [n for n in (translate.translate_node(o).value for o in (a, b)) if n is not None]
+    t = build_topology(
+        nodes,
+        [],
+        granularity=Granularity.FULL,
+        hostname="n1",
+        subnet=ipaddress.ip_network("10.4.0.0/16"),
+    )
+    assert "Endpoint" not in wireguard.render(wireguard.node_config(t))

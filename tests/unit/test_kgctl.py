@@ -513,4 +513,123 @@ def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
 def test_a_command_group_without_subcommand_prints_its_help() -> None:
     code, out, err = run("showconf")
     assert (code, err) == (0, "")
-    assert out.startswith("usage: kgctl showconf [-h] node|peer ...")
+    assert out.startswith("usage: kgctl showconf [-h]")
+    assert "node|peer ..." in out
+
+
+# --- robustness and command-line details ------------------------------------------------------
+
+
+def test_deeply_nested_dumps_fail_cleanly(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 600 + "]" * 600)
+    code, out, err = run("--backend", "file", "--file", str(deep), "graph")
+    assert (code, out) == (1, "")
+    assert err == f"kgctl: cluster dump {deep} is nested too deeply to be a cluster dump\n"
+
+
+def test_plan_of_a_node_whose_pod_cidr_is_the_last_address(tmp_path: Path) -> None:
+    objects = [node_dump("a", "203.0.113.1", "255.255.255.255/32", str(PUBLIC_KEYS["alpha"]))]
+    code, out, err = run(
+        *write_dump(tmp_path, objects), "--mesh-granularity", "full", "plan", "node", "a"
+    )
+    assert (code, err) == (0, "")
+    assert "## Tunnel" not in out
+
+
+def test_duplicate_names_keep_the_last_object_and_warn(tmp_path: Path) -> None:
+    objects = reference_objects()
+    stale = copy.deepcopy(objects[0])
+    stale["metadata"]["annotations"]["kilo.squat.ai/endpoint"] = "198.51.100.77:51820"
+    code, out, err = run(*write_dump(tmp_path, [stale, *objects]), "graph")
+    assert (code, out) == (0, REFERENCE_DOT + "\n")
+    assert err == (
+        "kgctl: warning: node 'alpha': metadata.name='alpha' appears 2 times in the input; "
+        "only the last one is used\n"
+    )
+
+
+def test_showconf_options_may_come_before_the_kind() -> None:
+    expected = run(*FILE, "showconf", "node", "alpha", "--as-peer", "-o", "yaml")
+    assert expected[0] == 0
+    assert run(*FILE, "showconf", "--as-peer", "-o", "yaml", "node", "alpha") == expected
+    assert run("showconf", *FILE, "-o", "yaml", "node", "alpha", "--as-peer") == expected
+
+
+@pytest.mark.parametrize(
+    "argv", [["--p", "1", "graph"], ["--port", "+5", "graph"], ["--port", "5_0", "graph"]]
+)
+def test_abbreviations_and_loose_numbers_are_refused(argv: list[str]) -> None:
+    code, out, err = run(*FILE, *argv)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+
+
+def test_respect_last_seen_keeps_fresh_nodes_ready(tmp_path: Path) -> None:
+    objects = reference_objects()
+    now = str(int(__import__("time").time()))
+    for obj in objects:
+        if obj["kind"] == "Node":
+            obj["metadata"]["annotations"]["kilo.squat.ai/last-seen"] = now
+    dump = write_dump(tmp_path, objects)
+    assert run(*dump, "--respect-last-seen", "graph") == (0, REFERENCE_DOT + "\n", "")
+    # Two of the four nodes stop checking in: they drop out of the mesh.
+    for obj in objects[2:4]:
+        obj["metadata"]["annotations"]["kilo.squat.ai/last-seen"] = "1764000000"
+    code, out, _ = run(*write_dump(tmp_path, objects, "stale.yaml"), "--respect-last-seen", "graph")
+    assert code == 0
+    assert '"gamma"' not in out and '"delta"' not in out and '"alpha"' in out
+
+
+def test_plan_rules_of_alpha_and_gamma_through_the_cli() -> None:
+    from tests.unit.test_routes import ALPHA_RULES
+
+    code, out, _ = run(*FILE, "plan", "node", "alpha")
+    assert code == 0
+    rules = out.split("## IP rules\n")[1].split("\n\n")[0].splitlines()
+    assert rules == ALPHA_RULES
+    code, out, _ = run(*FILE, "plan", "node", "gamma")
+    assert code == 0
+    assert (
+        'prepend IPv4 nat -A POSTROUTING -d 172.31.100.0/24 -m comment --comment "Kilo: jump to '
+        'NAT chain" -j KILO-NAT\n'
+    ) in out
+
+
+def test_plan_crosssubnet_keeps_beta_on_the_private_interface() -> None:
+    from tests.unit.test_routes import BETA_UNENCAPSULATED
+
+    code, out, _ = run(
+        *FILE, "plan", "node", "beta", "--encapsulate", "crosssubnet", "--private-interface", "ens4"
+    )
+    assert code == 0
+    routes = out.split("## Routes (proto static)\n")[1].split("\n\n")[0].splitlines()
+    assert routes == BETA_UNENCAPSULATED
+    assert out.split("## IP rules\n")[1].startswith("(none)")
+
+
+def test_showconf_peer_uses_the_first_ready_node_by_name_for_nat_endpoints(tmp_path: Path) -> None:
+    # A second peer "phone" keeps alive; alpha and gamma saw it at different addresses.
+    objects = reference_objects()
+    phone = copy.deepcopy(objects[-1])
+    phone["metadata"]["name"] = "phone"
+    phone["spec"] = {
+        "allowedIPs": ["10.5.0.2/32"],
+        "persistentKeepalive": 10,
+        "publicKey": str(PUBLIC_KEYS["beta"]),
+    }
+    for index, address in ((0, "198.51.100.10"), (2, "198.51.100.20")):
+        objects[index]["metadata"]["annotations"]["kilo.squat.ai/discovered-endpoints"] = (
+            json.dumps({str(PUBLIC_KEYS["beta"]): {"IP": address, "Port": 4000, "Zone": ""}})
+        )
+    dump = write_dump(tmp_path, [*objects, phone])
+    # Each leader's own config prefers its own observation...
+    assert "Endpoint = 198.51.100.20:4000\n" in run(*dump, "showconf", "node", "gamma")[1]
+    assert "Endpoint = 198.51.100.10:4000\n" in run(*dump, "showconf", "node", "alpha")[1]
+    # ...and a peer's config is seen from the first ready node by name (alpha), every time.
+    code, out, _ = run(*dump, "showconf", "peer", "laptop")
+    assert code == 0
+    assert out.endswith(
+        "[Peer]\nAllowedIPs = 10.5.0.2/32\nEndpoint = 198.51.100.10:4000\n"
+        f"PersistentKeepalive = 25\nPublicKey = {PUBLIC_KEYS['beta']}\n"
+    )

@@ -394,8 +394,8 @@ def test_pod_cidrs_plural_is_ignored() -> None:
         (tr.PERSISTENT_KEEPALIVE, "", {"persistent_keepalive": 0}, None),
         (tr.PERSISTENT_KEEPALIVE, "2.5", {"persistent_keepalive": 0}, None),
         (tr.PERSISTENT_KEEPALIVE, "25s", {"persistent_keepalive": 0}, None),
-        # Deliberate fix: a negative keepalive is 0, not a negative duration.
-        (tr.PERSISTENT_KEEPALIVE, "-5", {"persistent_keepalive": 0}, None),
+        # Kept as Kilo keeps it (it decides NAT substitution), but reported; WireGuard gets 0.
+        (tr.PERSISTENT_KEEPALIVE, "-5", {"persistent_keepalive": -5}, None),
         (tr.WIREGUARD_IP, "10.4.0.2", {"wireguard_ip": None}, None),
         (tr.DISCOVERED_ENDPOINTS, "{not json", {"discovered_endpoints": None}, None),
         (tr.DISCOVERED_ENDPOINTS, "[]", {"discovered_endpoints": None}, None),
@@ -733,7 +733,8 @@ def test_node_annotations_prefer_the_dns_name_and_bracket_ipv6() -> None:
 def test_node_annotations_read_back_identically(node: Node) -> None:
     obj = {"metadata": {"name": NAME, "annotations": tr.node_annotations(node)}}
     back, diagnostics = translated(obj)
-    assert diagnostics == []
+    # An agent without a key writes the all-zero key, which is reported when read back.
+    assert [d.field for d in diagnostics] == ([] if not node.key.is_zero else [tr.KEY])
     agent_fields = (
         "endpoint",
         "internal_ip",
@@ -1088,3 +1089,38 @@ def test_peer_readiness() -> None:
     assert not no_ips.is_ready
     assert not zero_key.is_ready
     assert ready_peers([no_ips, ready, zero_key]) == [ready]
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "problem"),
+    [
+        (
+            {"metadata": {"name": NAME, "annotations": [1, 2]}},
+            "metadata.annotations",
+            "is not a map; ignored",
+        ),
+        ({"metadata": {"name": NAME, "labels": "eu"}}, "metadata.labels", "is not a map; ignored"),
+        (
+            {"metadata": {"name": NAME}, "spec": [1]},
+            "spec",
+            "is not a map; the node has no pod CIDR",
+        ),
+        (
+            {"metadata": {"name": NAME, "annotations": {tr.KEY: "A" * 43 + "="}}},
+            tr.KEY,
+            "is the all-zero key; the node is not ready",
+        ),
+        ({"metadata": {"name": 5}}, "metadata.name", "is not a string; the node is ignored"),
+    ],
+)
+def test_malformed_structure_is_reported(obj: dict[str, Any], field: str, problem: str) -> None:
+    result = tr.translate_node(obj)
+    assert [(d.field, d.problem) for d in result.diagnostics] == [(field, problem)]
+
+
+def test_null_discovered_endpoint_is_kept_as_kilo_keeps_it() -> None:
+    text = f'{{"{KEY}":null}}'
+    node, diagnostics = translated(node_object({tr.DISCOVERED_ENDPOINTS: text}))
+    assert node.discovered_endpoints == {KEY: None}
+    assert [d.field for d in diagnostics] == [tr.DISCOVERED_ENDPOINTS]
+    assert tr.format_discovered_endpoints(node.discovered_endpoints) == text

@@ -55,12 +55,21 @@ def parse_dump(text: str, *, source: str = "<dump>") -> Dump:
         raise BackendError(
             f"cluster dump {source} is not valid YAML or JSON{where}: {problem}"
         ) from exc
+    except RecursionError as exc:
+        raise BackendError(
+            f"cluster dump {source} is nested too deeply to be a cluster dump"
+        ) from exc
     dump = Dump()
-    for index, document in enumerate(documents):
-        if document is None:
-            continue
-        for obj, where in _objects(document, f"document {index + 1}"):
-            _sort(obj, where, dump)
+    try:
+        for index, document in enumerate(documents):
+            if document is None:
+                continue
+            for obj, where in _objects(document, f"document {index + 1}"):
+                _sort(obj, where, dump)
+    except RecursionError as exc:
+        raise BackendError(
+            f"cluster dump {source} is nested too deeply to be a cluster dump"
+        ) from exc
     return dump
 
 

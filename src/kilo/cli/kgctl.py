@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from kilo import __version__
 from kilo.adapters import file as file_backend
@@ -54,17 +54,23 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line and exit with status 2."""
+    """An argparse parser whose errors are one line and exit with status 2.
+
+    Abbreviated long options are refused: ``--p 1`` must not silently mean ``--port 1``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {_q(text)}: not an integer") from None
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"invalid port {_q(text)}: not a number")
+    value = int(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(
             f"invalid port: port must be in range [1:65535], but got {value}"
@@ -73,11 +79,11 @@ def _port(text: str) -> int:
 
 
 def _choice(what: str, choices: Sequence[str]) -> Callable[[str], str]:
+    shown = ", ".join(c if c else '"" (none)' for c in choices)
+
     def parse(text: str) -> str:
         if text not in choices:
-            raise argparse.ArgumentTypeError(
-                f"{what} {text} unknown; possible values are: {', '.join(choices)}"
-            )
+            raise argparse.ArgumentTypeError(f"{what} {text} unknown; possible values are: {shown}")
         return text
 
     return parse
@@ -168,6 +174,35 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+SHOWCONF_DEFAULTS: dict[str, object] = {"as_peer": False, "output": "wireguard", "allowed_ips": []}
+
+
+def _showconf_options(parser: argparse.ArgumentParser, *, kind: str) -> None:
+    """Options of ``showconf``; defaults are filled in after parsing (see ``main``)."""
+    parser.add_argument(
+        "--as-peer",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"print the {kind} as a peer of some other WireGuard interface",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=_choice("output format", OUTPUTS),
+        default=argparse.SUPPRESS,
+        metavar="{wireguard,yaml,json}",
+        help="wireguard, yaml or json (yaml and json need --as-peer; default: wireguard)",
+    )
+    parser.add_argument(
+        "--allowed-ips",
+        type=_cidr_list("allowed-ips", masked=True),
+        action="extend",
+        default=argparse.SUPPRESS,
+        metavar="CIDR[,CIDR...]",
+        help="extra allowed IPs to add with --as-peer (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -190,30 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     showconf.set_defaults(help_parser=showconf)
     showconf_kinds = showconf.add_subparsers(dest="kind", metavar="node|peer", parser_class=_Parser)
+    # Like Kilo's persistent flags, showconf's options may come before or after node|peer.
+    _showconf_options(showconf, kind="node or peer")
+    _global_options(showconf, suppress=True)
     for kind in ("node", "peer"):
         sub = showconf_kinds.add_parser(kind, help=f"print the WireGuard configuration of a {kind}")
         sub.add_argument("name", metavar="NAME")
-        sub.add_argument(
-            "--as-peer",
-            action="store_true",
-            help=f"print the {kind} as a peer of some other WireGuard interface",
-        )
-        sub.add_argument(
-            "--output",
-            "-o",
-            type=_choice("output format", OUTPUTS),
-            default="wireguard",
-            metavar="{wireguard,yaml,json}",
-            help="wireguard, yaml or json (yaml and json need --as-peer; default: wireguard)",
-        )
-        sub.add_argument(
-            "--allowed-ips",
-            type=_cidr_list("allowed-ips", masked=True),
-            action="extend",
-            default=[],
-            metavar="CIDR[,CIDR...]",
-            help="extra allowed IPs to add with --as-peer (repeatable)",
-        )
+        _showconf_options(sub, kind=kind)
         _global_options(sub, suppress=True)
         sub.set_defaults(run=_run_showconf)
 
@@ -221,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="print everything the agent on a node would program"
     )
     plan_parser.set_defaults(help_parser=plan_parser)
+    _global_options(plan_parser, suppress=True)
     plan_kinds = plan_parser.add_subparsers(dest="kind", metavar="node", parser_class=_Parser)
     plan_node = plan_kinds.add_parser("node", help="print the plan of the kg agent on NAME")
     plan_node.add_argument("name", metavar="NAME")
@@ -247,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan_node.add_argument(
         "--compatibility",
-        type=_choice("compatibility", [c.value for c in Compatibility]),
+        type=_choice(
+            "compatibility", [Compatibility.FLANNEL, Compatibility.CILIUM, Compatibility.NONE]
+        ),
         default=Compatibility.NONE.value,
         help="flannel or cilium, as the agent's flag (default: none)",
     )
@@ -479,6 +500,10 @@ def main(
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "command", None) == "showconf":
+            for name, value in SHOWCONF_DEFAULTS.items():
+                if not hasattr(args, name):
+                    setattr(args, name, list(value) if isinstance(value, list) else value)
         if getattr(args, "run", None) is None:
             # Like Kilo's kgctl: a command group without its subcommand prints help.
             getattr(args, "help_parser", parser).print_help(out)

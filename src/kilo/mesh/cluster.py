@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kilo.errors import ConfigError, TopologyError
 from kilo.mesh import translate
@@ -27,6 +27,7 @@ from kilo.mesh.model import (
 )
 
 AUTO = "auto"
+T = TypeVar("T", Node, Peer)
 GRANULARITY_CHOICES = (Granularity.LOCATION.value, Granularity.FULL.value, AUTO)
 
 
@@ -63,11 +64,38 @@ def translate_cluster(
         diagnostics.extend(peer_result.diagnostics)
         if peer_result.value is not None:
             peers.append(peer_result.value)
+    unique_nodes = _last_by_name(nodes, "node", diagnostics)
+    unique_peers = _last_by_name(peers, "peer", diagnostics)
     return Cluster(
-        nodes=tuple(sorted(nodes, key=lambda n: n.name)),
-        peers=tuple(sorted(peers, key=lambda p: p.name)),
+        nodes=tuple(sorted(unique_nodes, key=lambda n: n.name)),
+        peers=tuple(sorted(unique_peers, key=lambda p: p.name)),
         diagnostics=tuple(diagnostics),
     )
+
+
+def _last_by_name(items: list[T], kind: str, diagnostics: list[Diagnostic]) -> list[T]:
+    """One object per name: the last one, as when the objects are applied in order.
+
+    The API server cannot hold two objects with one name, but concatenated dumps can.
+    """
+    by_name: dict[str, T] = {}
+    counts: dict[str, int] = {}
+    for item in items:
+        name = item.name
+        by_name[name] = item
+        counts[name] = counts.get(name, 0) + 1
+    for name, count in sorted(counts.items()):
+        if count > 1:
+            diagnostics.append(
+                Diagnostic(
+                    kind=kind,
+                    name=name,
+                    field="metadata.name",
+                    value=name,
+                    problem=f"appears {count} times in the input; only the last one is used",
+                )
+            )
+    return list(by_name.values())
 
 
 def resolve_granularity(requested: str, nodes: Iterable[Node]) -> tuple[Granularity, list[str]]:

@@ -25,6 +25,8 @@ DEFAULT_INTERFACE = "kilo0"
 DEFAULT_TOPOLOGY_LABEL = "topology.kubernetes.io/region"
 LEGACY_TOPOLOGY_LABEL = "failure-domain.beta.kubernetes.io/region"
 LOCAL_ROUTE_TABLE = 1107
+# WireGuard's persistent keepalive is a 16-bit number of seconds.
+MAX_KEEPALIVE = 65535
 
 T = TypeVar("T")
 
@@ -68,7 +70,7 @@ class Node:
     persistent_keepalive: int = 0
     subnet: IPNetwork | None = None
     wireguard_ip: IPInterface | None = None
-    discovered_endpoints: Mapping[str, UDPAddr] | None = None
+    discovered_endpoints: Mapping[str, UDPAddr | None] | None = None
     allowed_location_ips: tuple[IPInterface, ...] = ()
     granularity: str = ""
 
@@ -115,6 +117,11 @@ class Translated(Generic[T]):
 
     value: T | None
     diagnostics: tuple[Diagnostic, ...] = field(default_factory=tuple)
+
+
+def wireguard_keepalive(seconds: int) -> int:
+    """A keepalive WireGuard accepts: annotations may hold any integer, WireGuard 0..65535."""
+    return max(0, min(seconds, MAX_KEEPALIVE))
 
 
 def ready_nodes(nodes: Iterable[Node], now: int | None) -> list[Node]:

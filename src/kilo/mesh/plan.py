@@ -95,6 +95,7 @@ def plan_node(t: Topology, node: Node, settings: PlanSettings) -> NodePlan:
             settings.compatibility, has_private_ip=t.private_ip is not None
         )
         and t.subnet is not None
+        and t.subnet.num_addresses > 1
     ):
         # Kilo gives the tunnel the first host address of the pod CIDR (§6.7 step 11).
         tunnel_address = host_interface(t.subnet.network_address + 1)

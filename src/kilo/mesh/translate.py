@@ -21,6 +21,7 @@ from kilo.mesh.model import (
     DEFAULT_PORT,
     DEFAULT_TOPOLOGY_LABEL,
     LEGACY_TOPOLOGY_LABEL,
+    MAX_KEEPALIVE,
     Diagnostic,
     Granularity,
     Node,
@@ -101,6 +102,12 @@ class _Reporter:
         )
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """A value for a message: its text, cut so that a garbage object cannot flood the log."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _identify(obj: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], str | None, _Reporter]:
     """The metadata and name of an object; an object without a name is reported and ignored."""
     metadata = obj.get("metadata")
@@ -109,22 +116,28 @@ def _identify(obj: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], str
     name = metadata.get("name")
     if not isinstance(name, str) or not name:
         report = _Reporter(kind, "<unnamed>")
-        report("metadata.name", repr(name), f"is missing; the {kind} is ignored")
+        problem = "is missing" if name is None or name == "" else "is not a string"
+        report("metadata.name", _short(name), f"{problem}; the {kind} is ignored")
         return metadata, None, report
     return metadata, name, _Reporter(kind, name)
 
 
-def parse_discovered_endpoints(text: str) -> dict[str, UDPAddr] | None:
-    """Decode the ``discovered-endpoints`` JSON; ``None`` when it is not valid."""
+def parse_discovered_endpoints(text: str) -> dict[str, UDPAddr | None] | None:
+    """Decode the ``discovered-endpoints`` JSON; ``None`` when it is not valid.
+
+    A ``null`` entry is kept as ``None``: Kilo keeps it too, and it then hides that peer's
+    endpoint (and any later report of it), which changes the mesh.
+    """
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except ValueError:
         return None
     if not isinstance(data, dict):
         return None
-    result: dict[str, UDPAddr] = {}
+    result: dict[str, UDPAddr | None] = {}
     for key, value in data.items():
         if value is None:
+            result[key] = None
             continue
         if not isinstance(value, dict):
             return None
@@ -156,13 +169,15 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def format_discovered_endpoints(endpoints: Mapping[str, UDPAddr] | None) -> str:
+def format_discovered_endpoints(endpoints: Mapping[str, UDPAddr | None] | None) -> str:
     """Encode discovered endpoints exactly as Go's ``encoding/json`` does."""
     if endpoints is None:
         return ""
     return json.dumps(
         {
-            key: {"IP": "" if a.ip is None else str(a.ip), "Port": a.port, "Zone": a.zone}
+            key: None
+            if a is None
+            else {"IP": "" if a.ip is None else str(a.ip), "Port": a.port, "Zone": a.zone}
             for key, a in sorted(endpoints.items())
         },
         separators=(",", ":"),
@@ -182,13 +197,20 @@ def translate_node(
     metadata, name, report = _identify(obj, "node")
     if name is None:
         return Translated(None, tuple(report.diagnostics))
+    for field in ("annotations", "labels"):
+        value = metadata.get(field)
+        if value is not None and not isinstance(value, Mapping):
+            report(f"metadata.{field}", _short(value), "is not a map; ignored")
     annotations, bad = _string_map(metadata.get("annotations"))
     labels, bad_labels = _string_map(metadata.get("labels"))
     for bad_key, bad_value in bad + bad_labels:
         report(bad_key, bad_value, "is not a string; ignored")
 
-    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
-    assert isinstance(spec, Mapping)
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        if spec is not None:
+            report("spec", _short(spec), "is not a map; the node has no pod CIDR")
+        spec = {}
     pod_cidr = spec.get("podCIDR")
     subnet = None
     if isinstance(pod_cidr, str) and pod_cidr:
@@ -247,10 +269,21 @@ def translate_node(
                 annotations[PERSISTENT_KEEPALIVE],
                 "is not an integer; using 0",
             )
-        elif parsed < 0:
-            report(PERSISTENT_KEEPALIVE, annotations[PERSISTENT_KEEPALIVE], "is negative; using 0")
         else:
             keepalive = parsed
+            if parsed < 0:
+                report(
+                    PERSISTENT_KEEPALIVE,
+                    annotations[PERSISTENT_KEEPALIVE],
+                    "is negative: WireGuard gets 0, but like Kilo the node still counts as "
+                    "behind NAT",
+                )
+            elif parsed > MAX_KEEPALIVE:
+                report(
+                    PERSISTENT_KEEPALIVE,
+                    annotations[PERSISTENT_KEEPALIVE],
+                    f"exceeds WireGuard's maximum; WireGuard gets {MAX_KEEPALIVE}",
+                )
 
     discovered = None
     if DISCOVERED_ENDPOINTS in annotations:
@@ -258,6 +291,12 @@ def translate_node(
         discovered = parse_discovered_endpoints(text) if text else None
         if text and discovered is None:
             report(DISCOVERED_ENDPOINTS, text, "is not valid JSON of endpoints; ignored")
+        elif discovered is not None and None in discovered.values():
+            report(
+                DISCOVERED_ENDPOINTS,
+                text,
+                "has null entries; like Kilo, the peers they name get no endpoint",
+            )
 
     allowed_location_ips: list[IPInterface] = []
     if annotations.get(ALLOWED_LOCATION_IPS):
@@ -280,6 +319,8 @@ def translate_node(
         parsed_key = Key.try_parse(annotations[KEY])
         if parsed_key is None:
             report(KEY, annotations[KEY], "is not a WireGuard key; the node is not ready")
+        elif parsed_key.is_zero:
+            report(KEY, annotations[KEY], "is the all-zero key; the node is not ready")
         else:
             key = parsed_key
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.ip import IPInterface, IPNetwork
 from kilo.mesh.keys import Key
+from kilo.mesh.model import wireguard_keepalive
 from kilo.mesh.topology import Topology
 
 AllowedIP = IPInterface | IPNetwork
@@ -157,7 +158,7 @@ def _render_peer(peer: WireGuardPeer) -> list[str]:
     endpoint = "" if peer.endpoint is None else str(peer.endpoint)
     if endpoint:
         lines.append(f"Endpoint = {endpoint}")
-    lines.append(f"PersistentKeepalive = {peer.persistent_keepalive}")
+    lines.append(f"PersistentKeepalive = {wireguard_keepalive(peer.persistent_keepalive)}")
     if peer.preshared_key is not None and not peer.preshared_key.is_zero:
         lines.append(f"PresharedKey = {peer.preshared_key}")
     if not peer.public_key.is_zero:
