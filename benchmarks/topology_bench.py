@@ -4,10 +4,16 @@ For each cluster size and granularity, and for a few node perspectives (a leader
 non-leader where one exists), time what an agent does on every apply: build the topology,
 render the WireGuard config, plan routes and rules, and plan iptables rules.
 
-    python benchmarks/topology_bench.py [--sizes 100,1000,5000] [--repeat 5]
+    python benchmarks/topology_bench.py [--sizes 100,1000,5000] [--repeat 5] [--alips | --no-alips]
+
+By default every cluster is timed twice: without allowed-location IPs and with them
+(``--alips``: one /32 per node inside its location's 100.64.<location>.0/24, plus that /24
+on the location's first node). In a location mesh they are all kept; in a full mesh every
+node is its own segment, so each /24 overlaps the /32s of its location and the
+order-dependent filter has real work to do.
 
 Targets (2-core machine): 5000-node full mesh under 1 s per perspective; 1000-node
-location mesh under 50 ms.
+location mesh under 50 ms; with or without allowed-location IPs.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Callable
 
 from kilo.mesh import iptables, routes, wireguard
 from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.ip import IPInterface
 from kilo.mesh.keys import Key, clamp
 from kilo.mesh.model import Compatibility, Encapsulation, Granularity, Node, Peer
 from kilo.mesh.topology import build_topology
@@ -29,11 +36,19 @@ SUBNET = ipaddress.ip_network("10.4.0.0/16")
 LOCATIONS = 50
 
 
-def synthetic_cluster(size: int, *, peers: int = 10) -> tuple[list[Node], list[Peer]]:
+def synthetic_cluster(
+    size: int, *, peers: int = 10, alips: bool = False
+) -> tuple[list[Node], list[Peer]]:
     nodes = []
     for i in range(size):
         location = f"loc-{i % LOCATIONS:02d}"
         hi, lo = divmod(i, 250)
+        allowed_location_ips: tuple[IPInterface, ...] = ()
+        if alips:
+            rank, loc = divmod(i, LOCATIONS)  # rank 0 is the location's first node
+            own = ipaddress.ip_interface(f"100.64.{loc}.{rank % 254 + 1}/32")
+            around = ipaddress.ip_interface(f"100.64.{loc}.0/24")
+            allowed_location_ips = (own, around) if rank == 0 else (own,)
         nodes.append(
             Node(
                 name=f"node-{i:05d}",
@@ -43,6 +58,7 @@ def synthetic_cluster(size: int, *, peers: int = 10) -> tuple[list[Node], list[P
                 location=location,
                 subnet=ipaddress.ip_network(f"10.{64 + i // 256}.{i % 256}.0/24"),
                 leader=(i < LOCATIONS and i % 7 == 0),
+                allowed_location_ips=allowed_location_ips,
             )
         )
     peer_list = [
@@ -96,22 +112,43 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--repeat", type=int, default=5)
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument(
+        "--alips", action="store_true", help="only clusters with allowed-location IPs"
+    )
+    variant.add_argument(
+        "--no-alips", action="store_true", help="only clusters without allowed-location IPs"
+    )
     args = parser.parse_args()
-    print(f"{'nodes':>6} {'granularity':<11} {'perspective':<12} {'median ms':>10} {'max ms':>8}")
+    variants = [False, True]
+    if args.alips:
+        variants = [True]
+    elif args.no_alips:
+        variants = [False]
+    print(
+        f"{'nodes':>6} {'alips':<5} {'granularity':<11} {'perspective':<12} "
+        f"{'median ms':>10} {'max ms':>8}"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
-        nodes, peers = synthetic_cluster(size)
-        for granularity in (Granularity.LOCATION, Granularity.FULL):
-            # node-00000 leads loc-00; node-00050 (if any) is a follower in loc-00.
-            perspectives = {"leader": "node-00000"}
-            if granularity == Granularity.LOCATION and size > LOCATIONS:
-                perspectives["non-leader"] = f"node-{LOCATIONS:05d}"
-            for role, hostname in perspectives.items():
-                work = functools.partial(per_node, nodes, peers, granularity, hostname)
-                samples = timed(work, args.repeat)
-                print(
-                    f"{size:>6} {granularity.value:<11} {role:<12} "
-                    f"{statistics.median(samples) * 1000:>10.1f} {max(samples) * 1000:>8.1f}"
-                )
+        for alips in variants:
+            bench_cluster(size, alips=alips, repeat=args.repeat)
+
+
+def bench_cluster(size: int, *, alips: bool, repeat: int) -> None:
+    nodes, peers = synthetic_cluster(size, alips=alips)
+    for granularity in (Granularity.LOCATION, Granularity.FULL):
+        # node-00000 leads loc-00; node-00050 (if any) is a follower in loc-00.
+        perspectives = {"leader": "node-00000"}
+        if granularity == Granularity.LOCATION and size > LOCATIONS:
+            perspectives["non-leader"] = f"node-{LOCATIONS:05d}"
+        for role, hostname in perspectives.items():
+            work = functools.partial(per_node, nodes, peers, granularity, hostname)
+            samples = timed(work, repeat)
+            print(
+                f"{size:>6} {'yes' if alips else 'no':<5} {granularity.value:<11} {role:<12} "
+                f"{statistics.median(samples) * 1000:>10.1f} {max(samples) * 1000:>8.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

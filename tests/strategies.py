@@ -9,7 +9,7 @@ real choices to make.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hypothesis import strategies as st
 
@@ -107,4 +107,65 @@ def clusters(
     specs = draw(st.lists(node_specs, min_size=1, max_size=max_nodes))
     nodes = [build_node(i, s) for i, s in enumerate(specs)]
     peers = [build_peer(i, s) for i, s in enumerate(draw(st.lists(peer_specs, max_size=max_peers)))]
+    return nodes, peers
+
+
+# --- Clusters with many overlapping allowed-location IPs -----------------------------
+#
+# For the allowed-location-IP filter: IPv4 and IPv6 allowed-location IPs with host bits
+# set and prefixes from /8 (/16 for IPv6) up to a single address, drawn near the pod
+# CIDRs, internal IPs, WireGuard IPs and peers' allowed IPs so that they overlap those and
+# each other. Some nodes also have an IPv6 pod CIDR and some peers IPv6 allowed IPs.
+
+V4_ANCHORS = ("10.2.0.0", "10.100.0.10", "10.4.0.0", "10.5.0.0", "192.168.100.0", "172.20.0.0")
+V6_ANCHORS = ("fd00::", "fd00:0:0:1::", "2001:db8::")
+
+
+def _near(
+    anchor: str, offset: int, prefix: int
+) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    return ipaddress.ip_interface(f"{ipaddress.ip_address(anchor) + offset}/{prefix}")
+
+
+# Offsets reach the pod CIDRs (10.2.<i>.0/24) and internal IPs (10.100.<i>.10) of the
+# first nodes and the first WireGuard IPs, and 0, 1 and 255 hit edges.
+_offsets = st.builds(
+    lambda base, low: base + low,
+    st.integers(min_value=0, max_value=3).map(lambda i: i * 256),
+    st.sampled_from((0, 1, 2, 3, 10, 128, 255)),
+)
+
+v4_cidrs = st.builds(
+    _near, st.sampled_from(V4_ANCHORS), _offsets, st.integers(min_value=8, max_value=32)
+)
+v6_cidrs = st.builds(
+    _near, st.sampled_from(V6_ANCHORS), _offsets, st.integers(min_value=16, max_value=128)
+)
+overlapping_cidrs = st.one_of(v4_cidrs, v4_cidrs, v4_cidrs, v6_cidrs)
+
+
+@st.composite
+def alip_clusters(
+    draw: st.DrawFn, max_nodes: int = 12, max_peers: int = 4
+) -> tuple[list[Node], list[Peer]]:
+    # A small pool per cluster, so that the same CIDRs recur across nodes and segments.
+    pool = draw(st.lists(overlapping_cidrs, min_size=1, max_size=10))
+    pick = st.lists(st.sampled_from(pool), max_size=4).map(tuple)
+    specs = draw(st.lists(node_specs, min_size=1, max_size=max_nodes))
+    nodes = []
+    for i, node_spec in enumerate(specs):
+        node = build_node(i, node_spec)
+        v6_subnet = draw(st.booleans())
+        nodes.append(
+            replace(
+                node,
+                subnet=ipaddress.ip_network(f"fd00:0:0:{i}::/64") if v6_subnet else node.subnet,
+                allowed_location_ips=draw(pick),
+            )
+        )
+    peers = []
+    for i, peer_spec in enumerate(draw(st.lists(peer_specs, max_size=max_peers))):
+        peer = build_peer(i, peer_spec)
+        extra = draw(st.lists(st.sampled_from(pool) | overlapping_cidrs, max_size=2))
+        peers.append(replace(peer, allowed_ips=peer.allowed_ips + tuple(extra)))
     return nodes, peers

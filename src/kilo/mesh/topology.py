@@ -277,29 +277,36 @@ class _AllowedLocationIPFilter:
 
     def __init__(self, drafts: Sequence[_SegmentDraft], peers: Sequence[Peer]) -> None:
         self._drafts = drafts
-        self._allowed_ips = _CidrIndex(a for d in drafts for a in d.allowed_ips)
+        self._allowed_ips = _CidrIndex(_span(a) for d in drafts for a in d.allowed_ips)
         self._indexed = [len(d.allowed_ips) for d in drafts]
-        self._location_ips = _CidrIndex(a for d in drafts for a in d.allowed_location_ips)
-        self._peer_ips = _CidrIndex(a for p in peers for a in p.allowed_ips)
+        self._spans = [[_span(a) for a in d.allowed_location_ips] for d in drafts]
+        self._location_ips = _CidrIndex(span for spans in self._spans for span in spans)
+        self._peer_ips = _CidrIndex(_span(a) for p in peers for a in p.allowed_ips)
 
     def filter(self, index: int) -> list[IPInterface]:
         draft = self._drafts[index]
         for cidr in draft.allowed_ips[self._indexed[index] :]:
-            self._allowed_ips.add(cidr)
+            self._allowed_ips.add(_span(cidr))
         self._indexed[index] = len(draft.allowed_ips)
+        spans = self._spans[index]
+        if not spans:
+            return []
         # The segment's own allowed-location IPs do not count against it: they are
         # subtracted from the counts of the (global) index.
-        own = _CidrIndex(draft.allowed_location_ips)
+        own = _CidrIndex(spans)
         kept: list[IPInterface] = []
-        dropped: list[IPInterface] = []
-        for alip in draft.allowed_location_ips:
-            (dropped if self._clashes(alip, own) else kept).append(alip)
-        for alip in dropped:
-            self._location_ips.remove(alip)
+        dropped: list[_Span] = []
+        for alip, span in zip(draft.allowed_location_ips, spans, strict=True):
+            if self._clashes(span, own):
+                dropped.append(span)
+            else:
+                kept.append(alip)
+        for span in dropped:
+            self._location_ips.remove(span)
         return kept
 
-    def _clashes(self, alip: IPInterface, own: _CidrIndex) -> bool:
-        version, host_bits, address = _span(alip)
+    def _clashes(self, span: _Span, own: _CidrIndex) -> bool:
+        version, host_bits, address = span
         first = address >> host_bits << host_bits
         last = first | ((1 << host_bits) - 1)
         # It intersects another segment's allowed-location IP.
@@ -317,6 +324,17 @@ class _AllowedLocationIPFilter:
         )
 
 
+# A CIDR as integers: IP version, number of host bits, address as stored.
+_Span = tuple[int, int, int]
+
+
+def _span(cidr: IPInterface | IPNetwork) -> _Span:
+    # int() of an interface is its address: ``.ip`` would build an address object.
+    if isinstance(cidr, IPv4Interface | IPv6Interface):
+        return cidr.version, cidr.max_prefixlen - cidr.network.prefixlen, int(cidr)
+    return cidr.version, cidr.max_prefixlen - cidr.prefixlen, int(cidr.network_address)
+
+
 class _CidrIndex:
     """A multiset of CIDRs that counts, without a scan, the two halves of ``intersect``.
 
@@ -329,40 +347,38 @@ class _CidrIndex:
     Different IP versions never match, as in ``ip.contains``.
     """
 
-    def __init__(self, cidrs: Iterable[IPInterface | IPNetwork] = ()) -> None:
+    def __init__(self, spans: Iterable[_Span] = ()) -> None:
         # version -> host bits -> (address >> host bits) -> how many CIDRs
         self._networks: dict[int, dict[int, dict[int, int]]] = {4: {}, 6: {}}
         # version -> sorted stored addresses
         self._addresses: dict[int, list[int]] = {4: [], 6: []}
-        for cidr in cidrs:
-            version, host_bits, address = _span(cidr)
-            self._count(version, host_bits, address, 1)
-            self._addresses[version].append(address)
-        for addresses in self._addresses.values():
-            addresses.sort()
+        for span in spans:
+            self._count(span, 1)
+            self._addresses[span[0]].append(span[2])
+        self._addresses[4].sort()
+        self._addresses[6].sort()
 
-    def add(self, cidr: IPInterface | IPNetwork) -> None:
-        version, host_bits, address = _span(cidr)
-        self._count(version, host_bits, address, 1)
-        bisect.insort(self._addresses[version], address)
+    def add(self, span: _Span) -> None:
+        self._count(span, 1)
+        bisect.insort(self._addresses[span[0]], span[2])
 
-    def remove(self, cidr: IPInterface | IPNetwork) -> None:
-        version, host_bits, address = _span(cidr)
-        self._count(version, host_bits, address, -1)
-        addresses = self._addresses[version]
-        del addresses[bisect.bisect_left(addresses, address)]
+    def remove(self, span: _Span) -> None:
+        self._count(span, -1)
+        addresses = self._addresses[span[0]]
+        del addresses[bisect.bisect_left(addresses, span[2])]
 
     def containing(self, version: int, address: int) -> int:
-        return sum(
-            networks.get(address >> host_bits, 0)
-            for host_bits, networks in self._networks[version].items()
-        )
+        count = 0
+        for host_bits, networks in self._networks[version].items():
+            count += networks.get(address >> host_bits, 0)
+        return count
 
     def within(self, version: int, first: int, last: int) -> int:
         addresses = self._addresses[version]
         return bisect.bisect_right(addresses, last) - bisect.bisect_left(addresses, first)
 
-    def _count(self, version: int, host_bits: int, address: int, delta: int) -> None:
+    def _count(self, span: _Span, delta: int) -> None:
+        version, host_bits, address = span
         by_host_bits = self._networks[version]
         networks = by_host_bits.setdefault(host_bits, {})
         key = address >> host_bits
@@ -373,12 +389,6 @@ class _CidrIndex:
         del networks[key]
         if not networks:
             del by_host_bits[host_bits]
-
-
-def _span(cidr: IPInterface | IPNetwork) -> tuple[int, int, int]:
-    """The IP version, the number of host bits and the address as stored, as integers."""
-    network = cidr.network if isinstance(cidr, IPv4Interface | IPv6Interface) else cidr
-    return cidr.version, network.max_prefixlen - network.prefixlen, int(ipmod.address_of(cidr))
 
 
 def _deduplicate_peers(peers: Sequence[Peer]) -> list[Peer]:
