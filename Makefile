@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: venv lint test unit example bench clean
+.PHONY: venv lint test unit integration example bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ test: lint
 
 unit: $(PY)
 	$(BIN)/pytest tests/unit
+
+# Integration tests alone: a real etcd + kube-apiserver (built once, see README).
+integration: $(PY)
+	$(BIN)/pytest tests/integration
 
 # Until the local sandbox exists, the main job is kgctl on an example cluster dump.
 example: $(PY)

@@ -333,10 +333,11 @@ def test_unreadable_and_invalid_dumps_fail_with_exit_1(tmp_path: Path) -> None:
     assert "is not valid YAML or JSON at line 2" in err
 
 
-def test_kubernetes_backend_is_not_there_yet() -> None:
-    code, _, err = run("graph")
-    assert code == 1
-    assert "--backend file" in err
+def test_kubernetes_backend_without_kubeconfig_fails_naming_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.kubeconfig"
+    code, out, err = run("--kubeconfig", str(missing), "graph")
+    assert (code, out) == (1, "")
+    assert err == f"kgctl: cannot read kubeconfig {missing}: No such file or directory\n"
 
 
 def test_console_script_runs_from_a_shell() -> None:
@@ -633,3 +634,37 @@ def test_showconf_peer_uses_the_first_ready_node_by_name_for_nat_endpoints(tmp_p
         "[Peer]\nAllowedIPs = 10.5.0.2/32\nEndpoint = 198.51.100.10:4000\n"
         f"PersistentKeepalive = 25\nPublicKey = {PUBLIC_KEYS['beta']}\n"
     )
+
+
+def test_list_shows_nodes_leaders_and_peers() -> None:
+    code, out, err = run(*FILE, "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "NODE",
+        "LOCATION",
+        "LEADER",
+        "ENDPOINT",
+        "WIREGUARD-IP",
+        "READY",
+        "LAST-SEEN",
+    ]
+    assert lines[1].split()[:6] == ["alpha", "gcp", "yes", "34.1.1.1:51820", "10.4.0.2", "yes"]
+    assert lines[2].split()[:6] == ["beta", "gcp", "-", "10.128.0.3:51820", "-", "yes"]
+    assert lines[6].split() == ["PEER", "ALLOWED-IPS", "ENDPOINT", "KEEPALIVE"]
+    assert lines[7].split() == ["laptop", "10.5.0.1/32", "-", "25"]
+
+
+def test_list_json_and_wide() -> None:
+    code, out, _ = run(*FILE, "list", "-o", "json")
+    assert code == 0
+    data = json.loads(out)
+    gamma = next(n for n in data["nodes"] if n["name"] == "gamma")
+    assert (
+        gamma["segment"] == "location:aws"
+        and gamma["leader"]
+        and gamma["wireguardIP"] == "10.4.0.1"
+    )
+    assert data["peers"][0]["allowedIPs"] == ["10.5.0.1/32"]
+    code, out, _ = run(*FILE, "list", "-o", "wide")
+    assert "SEGMENT" in out.splitlines()[0] and "node:delta" in out

@@ -16,9 +16,10 @@ from typing import Any, NoReturn, TextIO
 
 from kilo import __version__
 from kilo.adapters import file as file_backend
-from kilo.errors import BackendError, KiloError
+from kilo.adapters import kubeconfig, kubernetes
+from kilo.errors import KiloError
 from kilo.mesh import cluster as cluster_mod
-from kilo.mesh import graph, ip, peerspec, plan, topology, wireguard
+from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
 from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES, Cluster
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
@@ -111,6 +112,20 @@ def _subnet(text: str) -> str:
     return str(parsed)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.removesuffix("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {_q(text)}: not a number of seconds"
+        ) from None
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {_q(text)}: must be between 0 and 86400 s"
+        )
+    return value
+
+
 def _bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "t", "true"):
@@ -164,6 +179,13 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default(None),
         help="Kilo WireGuard subnet (default: inferred from the nodes' wireguard-ip annotations, "
         "else 10.4.0.0/16)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=default(10.0),
+        metavar="SECONDS",
+        help="give up on the Kubernetes API server after this long (default: 10)",
     )
     parser.add_argument(
         "--respect-last-seen",
@@ -302,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(plan_node, suppress=True)
     plan_node.set_defaults(run=_run_plan)
 
+    list_parser = commands.add_parser("list", help="list the nodes and peers of the mesh")
+    list_parser.add_argument(
+        "--output",
+        "-o",
+        type=_choice("output format", ("table", "wide", "json")),
+        default="table",
+        metavar="{wide,json}",
+        help="wide (more columns) or json (default: a table)",
+    )
+    _global_options(list_parser, suppress=True)
+    list_parser.set_defaults(run=_run_list)
+
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=_run_version)
     return parser
@@ -332,10 +366,9 @@ class _Context:
                 self.warn(f"{args.file}: {warning}")
             nodes, peers = dump.nodes, dump.peers
         else:
-            raise BackendError(
-                "the kubernetes backend is not available in this version; "
-                "use --backend file --file DUMP"
-            )
+            config = kubeconfig.load(args.kubeconfig)
+            with kubernetes.ClusterReader(config, timeout=args.timeout) as reader:
+                nodes, peers = reader.nodes(), reader.peers()
         cluster = cluster_mod.translate_cluster(
             nodes, peers, topology_label=args.topology_label, port=args.port
         )
@@ -397,6 +430,29 @@ class _Mesh:
 
 def _run_version(ctx: _Context) -> int:
     print(f"{PROG} version {__version__}", file=ctx.out)
+    return 0
+
+
+def _run_list(ctx: _Context) -> int:
+    cluster = ctx.load()
+    now = int(time.time())
+    judge = ctx.now() is not None
+    ready = ready_nodes(cluster.nodes, now if judge else None)
+    t = None
+    if ready:
+        granularity = ctx.granularity(cluster)
+        t = topology.build_topology(
+            ready,
+            ready_peers(cluster.peers),
+            granularity=granularity,
+            hostname=ready[0].name,
+            subnet=ctx.subnet(cluster),
+        )
+    nodes, peers = listing.rows(cluster, t, now=now, judge_liveness=judge)
+    if ctx.args.output == "json":
+        ctx.out.write(listing.to_json(nodes, peers) + "\n")
+    else:
+        ctx.out.write(listing.to_text(nodes, peers, now=now, wide=ctx.args.output == "wide"))
     return 0
 
 

@@ -1,0 +1,257 @@
+"""The Kubernetes backend: Nodes and Kilo Peers through the API server (lightkube).
+
+Thin: objects leave this module as plain dicts, exactly as the API returns them, and are
+translated by the pure core. Every failure becomes a :class:`~kilo.errors.BackendError`
+whose message names the server, or the verb and resource that RBAC denied.
+
+* :class:`ClusterReader` lists once (``kgctl``).
+* :class:`Informer` keeps a local cache current with list + watch: it resumes from the
+  last resourceVersion after a dropped connection (backoff with jitter), and on ``410
+  Gone`` it lists again and reports every object that disappeared in the gap as deleted,
+  so that no deletion is ever lost.
+* :func:`patch_node_annotations` writes only the given keys (a JSON merge patch), and
+  :func:`remove_node_annotations` deletes only the keys that are present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from lightkube import ApiError, AsyncClient, Client
+from lightkube.config.kubeconfig import SingleConfig
+from lightkube.core.resource import GlobalResource
+from lightkube.generic_resource import create_global_resource
+from lightkube.resources.core_v1 import Node
+from lightkube.types import PatchType
+
+from kilo.errors import BackendError
+
+PEER_GROUP = "kilo.squat.ai"
+PEER_VERSION = "v1alpha1"
+PEER_CRD = "peers.kilo.squat.ai"
+Peer = create_global_resource(PEER_GROUP, PEER_VERSION, "Peer", "peers")
+
+RESOURCES: dict[str, type[GlobalResource]] = {"nodes": Node, "peers": Peer}
+
+
+def describe_error(exc: BaseException, server: str, *, verb: str, resource: str) -> str:
+    """One line that says what failed, naming the server or the denied verb and resource."""
+    if isinstance(exc, ApiError):
+        code = exc.status.code
+        message = exc.status.message or str(exc)
+        if code == 403:
+            return f"forbidden: cannot {verb} {resource} ({message})"
+        if code == 401:
+            return f"unauthorized by the Kubernetes API server at {server}: check the credentials"
+        if code == 404 and resource == "peers":
+            return (
+                f"the Peer CRD {PEER_CRD} is not installed on {server} "
+                "(kubectl apply -f manifests/crds.yaml)"
+            )
+        return f"cannot {verb} {resource} on {server}: {message} (HTTP {code})"
+    if isinstance(exc, httpx2.TimeoutException):
+        return (
+            f"the Kubernetes API server at {server} did not answer in time ({type(exc).__name__})"
+        )
+    if isinstance(exc, httpx2.HTTPError | OSError):
+        return f"cannot reach the Kubernetes API server at {server}: {exc or type(exc).__name__}"
+    return f"cannot {verb} {resource} on {server}: {exc}"
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    data: dict[str, Any] = obj.to_dict()
+    return data
+
+
+def as_dict(obj: Any, *, kind: str, api_version: str) -> dict[str, Any]:
+    data = _to_dict(obj)
+    data.setdefault("apiVersion", api_version)
+    data.setdefault("kind", kind)
+    return data
+
+
+class ClusterReader:
+    """Lists Nodes and Peers once, for ``kgctl``."""
+
+    def __init__(self, config: SingleConfig, *, timeout: float = 10.0) -> None:
+        self.server = config.cluster.server
+        self._client = Client(config, timeout=httpx2.Timeout(timeout), trust_env=False)
+
+    def _list(self, resource: str) -> list[dict[str, Any]]:
+        res = RESOURCES[resource]
+        kind, api_version = (
+            ("Node", "v1") if resource == "nodes" else ("Peer", f"{PEER_GROUP}/{PEER_VERSION}")
+        )
+        try:
+            return [as_dict(o, kind=kind, api_version=api_version) for o in self._client.list(res)]
+        except (ApiError, httpx2.HTTPError, OSError) as exc:
+            raise BackendError(
+                describe_error(exc, self.server, verb="list", resource=resource)
+            ) from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ClusterReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._list("nodes")
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self._list("peers")
+
+
+def patch_node_annotations(
+    client: Client, name: str, annotations: Mapping[str, str | None]
+) -> None:
+    """Set (or, with ``None``, remove) exactly these annotations with one merge patch."""
+    if not annotations:
+        return
+    body = {"metadata": {"annotations": dict(annotations)}}
+    try:
+        client.patch(Node, name, body, patch_type=PatchType.MERGE)
+    except (ApiError, httpx2.HTTPError, OSError) as exc:
+        raise BackendError(
+            describe_error(exc, str(client.config.cluster.server), verb="patch", resource="nodes")
+            + f" (node {name!r})"
+        ) from exc
+
+
+def remove_node_annotations(client: Client, name: str, keys: Iterable[str]) -> None:
+    """Remove those of ``keys`` that are present; absent keys are not an error.
+
+    A merge patch with ``null`` values deletes what is there and ignores what is not, unlike
+    Kilo's JSON patch of ``remove`` operations, which fails as a whole if one key is missing.
+    """
+    patch_node_annotations(client, name, dict.fromkeys(keys))
+
+
+# --- the watch-backed cache ----------------------------------------------------------------
+
+
+class EventType(enum.StrEnum):
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: EventType
+    name: str
+    obj: dict[str, Any]  # the new object, or the last known one for DELETED
+
+
+class Informer:
+    """A local cache of one resource kept current by list + watch.
+
+    ``events()`` yields an ADDED event per object of the initial list, then every change.
+    ``cache`` always reflects what has been yielded.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        resource: str,
+        *,
+        server: str,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self._client = client
+        self._resource = resource
+        self._res = RESOURCES[resource]
+        self._server = server
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.resource_version: str | None = None
+        self.relists = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+
+    async def _relist(self) -> list[Event]:
+        listing = self._client.list(self._res)
+        fresh: dict[str, dict[str, Any]] = {}
+        async for obj in listing:
+            data = _to_dict(obj)
+            fresh[data["metadata"]["name"]] = data
+        self.resource_version = listing.resourceVersion
+        events = [
+            Event(EventType.DELETED, name, old)
+            for name, old in self.cache.items()
+            if name not in fresh
+        ]
+        for name, data in fresh.items():
+            old = self.cache.get(name)
+            if old is None:
+                events.append(Event(EventType.ADDED, name, data))
+            elif _version(old) != _version(data):
+                events.append(Event(EventType.MODIFIED, name, data))
+        self.cache = fresh
+        self.relists += 1
+        return events
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        delay = self._backoff_initial
+        while True:
+            try:
+                if self.resource_version is None:
+                    for event in await self._relist():
+                        yield event
+                async for kind, obj in self._client.watch(
+                    self._res, resource_version=self.resource_version
+                ):
+                    delay = self._backoff_initial
+                    data = _to_dict(obj)
+                    version = _version(data)
+                    if version:
+                        self.resource_version = version
+                    change = self._apply(kind, data)
+                    if change is not None:
+                        yield change
+            except ApiError as exc:
+                if exc.status.code == 410:
+                    # The resourceVersion is gone (compaction, restart): list again and diff.
+                    self.resource_version = None
+                    continue
+                self.last_error = describe_error(
+                    exc, self._server, verb="watch", resource=self._resource
+                )
+                if exc.status.code in (401, 403, 404):
+                    raise BackendError(self.last_error) from exc
+            except (httpx2.HTTPError, OSError) as exc:
+                self.last_error = describe_error(
+                    exc, self._server, verb="watch", resource=self._resource
+                )
+            else:
+                continue  # the server closed the watch normally: resume from the last version
+            self.reconnects += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, self._backoff_max)
+
+    def _apply(self, kind: str, data: dict[str, Any]) -> Event | None:
+        name = data.get("metadata", {}).get("name")
+        if not name or kind == "BOOKMARK":
+            return None
+        if kind == "DELETED":
+            old = self.cache.pop(name, data)
+            return Event(EventType.DELETED, name, old)
+        existed = name in self.cache
+        self.cache[name] = data
+        return Event(EventType.MODIFIED if existed else EventType.ADDED, name, data)
+
+
+def _version(data: Mapping[str, Any]) -> str | None:
+    version = data.get("metadata", {}).get("resourceVersion")
+    return version if isinstance(version, str) else None

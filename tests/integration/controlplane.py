@@ -1,0 +1,396 @@
+"""A real test control plane: etcd and kube-apiserver on loopback, with TLS and RBAC.
+
+The binaries come from ``tests/controlplane/build.sh`` (built once from the Go module proxy
+into a cache outside the clone). Everything listens on 127.0.0.1 only; every file lives in
+one temporary directory; ``stop()`` ends both processes, also after a failed start.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = ROOT / "tests" / "controlplane" / "build.sh"
+SERVICE_CIDR = "10.96.0.0/12"
+
+
+def build_binaries() -> Path:
+    """Build (or reuse) etcd and kube-apiserver; return the directory holding ``bin/``."""
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- PKI ---------------------------------------------------------------------------------------
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, name: str) -> CertificateAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    def issue(
+        self,
+        common_name: str,
+        *,
+        organizations: tuple[str, ...] = (),
+        server_names: tuple[str, ...] = (),
+        server_ips: tuple[str, ...] = (),
+        client: bool = True,
+    ) -> tuple[bytes, bytes]:
+        """A certificate and key (PEM) signed by this CA."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        now = datetime.datetime.now(datetime.UTC)
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        if server_names or server_ips:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attributes))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        )
+        if server_names or server_ips:
+            alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
+            alt_names += [x509.IPAddress(ipaddress.ip_address(i)) for i in server_ips]
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        return _pem_cert(builder.sign(self.key, hashes.SHA256())), _pem_key(key)
+
+
+# --- the control plane -------------------------------------------------------------------------
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+class ControlPlane:
+    """etcd + kube-apiserver in a temporary directory; use as a context manager."""
+
+    def __init__(self, binaries: Path, *, workdir: Path | None = None) -> None:
+        self.binaries = binaries
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kilo-controlplane-"))
+        self.etcd_port = free_port()
+        self.etcd_peer_port = free_port()
+        self.port = free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        self.etcd: subprocess.Popen[bytes] | None = None
+        self.apiserver: subprocess.Popen[bytes] | None = None
+        self.ca = CertificateAuthority.create("kilo-test-ca")
+        self.pki = self.workdir / "pki"
+        self.admin_kubeconfig = self.workdir / "admin.kubeconfig"
+
+    # --- files ---
+
+    def _write(self, name: str, data: bytes, mode: int = 0o600) -> Path:
+        path = self.pki / name
+        path.write_bytes(data)
+        path.chmod(mode)
+        return path
+
+    def _prepare(self) -> None:
+        self.pki.mkdir(parents=True, exist_ok=True)
+        self._write("ca.crt", _pem_cert(self.ca.cert), 0o644)
+        cert, key = self.ca.issue(
+            "kube-apiserver",
+            server_names=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ),
+            server_ips=("127.0.0.1", "10.96.0.1"),
+            client=False,
+        )
+        self._write("apiserver.crt", cert, 0o644)
+        self._write("apiserver.key", key)
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._write("sa.key", _pem_key(sa_key))
+        self._write(
+            "sa.pub",
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            0o644,
+        )
+        self.write_kubeconfig(self.admin_kubeconfig, "admin", organizations=("system:masters",))
+
+    def write_kubeconfig(
+        self,
+        path: Path,
+        user: str,
+        *,
+        organizations: tuple[str, ...] = (),
+        token: str | None = None,
+    ) -> Path:
+        """A kubeconfig for ``user`` (client certificate, or a bearer token)."""
+        credentials: dict[str, str]
+        if token is not None:
+            credentials = {"token": token}
+        else:
+            cert, key = self.ca.issue(user, organizations=organizations)
+            credentials = {
+                "client-certificate-data": _b64(cert),
+                "client-key-data": _b64(key),
+            }
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "kilo-test",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": _b64(_pem_cert(self.ca.cert)),
+                    },
+                }
+            ],
+            "users": [{"name": user, "user": credentials}],
+            "contexts": [{"name": "kilo-test", "context": {"cluster": "kilo-test", "user": user}}],
+            "current-context": "kilo-test",
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    # --- processes ---
+
+    def start(self) -> ControlPlane:
+        try:
+            self._prepare()
+            self._start_etcd()
+            self._start_apiserver()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _log(self, name: str) -> int:
+        return os.open(self.workdir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def _start_etcd(self) -> None:
+        bin_etcd = self.binaries / "bin" / "etcd"
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        log = self._log("etcd")
+        self.etcd = subprocess.Popen(
+            [
+                str(bin_etcd),
+                "--name=kilo-test",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=kilo-test={peer}",
+                "--log-level=warn",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        os.close(log)
+
+    def _start_apiserver(self) -> None:
+        bin_apiserver = self.binaries / "bin" / "kube-apiserver"
+        pki = self.pki
+        log = self._log("kube-apiserver")
+        self.apiserver = subprocess.Popen(
+            [
+                str(bin_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # The kubernetes Service endpoint may not be a loopback address.
+                "--endpoint-reconciler-type=none",
+                f"--secure-port={self.port}",
+                f"--cert-dir={self.workdir / 'certs'}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=RBAC",
+                "--enable-priority-and-fairness=false",
+                "--watch-cache=true",
+                "--v=1",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        os.close(log)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        cert, key = self.ca.issue("readiness-probe", organizations=("system:masters",))
+        cert_path = self._write("probe.crt", cert, 0o644)
+        key_path = self._write("probe.key", key)
+        context.load_cert_chain(str(cert_path), str(key_path))
+        return context
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Poll ``/readyz`` until the apiserver (and its RBAC bootstrap) is ready."""
+        context = self.ssl_context()
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for name, process in (("etcd", self.etcd), ("kube-apiserver", self.apiserver)):
+                if process is not None and process.poll() is not None:
+                    raise ControlPlaneError(
+                        f"{name} exited with {process.returncode}:\n{self.tail(name)}"
+                    )
+            try:
+                with urllib.request.urlopen(
+                    f"{self.server}/readyz", context=context, timeout=5
+                ) as r:
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}"
+                exc.close()  # an HTTP error keeps its response (and socket) open
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        raise ControlPlaneError(
+            f"kube-apiserver not ready after {timeout} s ({last}):\n{self.tail('kube-apiserver')}"
+        )
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now, so that old resourceVersions are gone."""
+        url = f"http://127.0.0.1:{self.etcd_port}/v3/kv/range"
+        request = urllib.request.Request(url, data=b'{"key": "AA=="}', method="POST")
+        with urllib.request.urlopen(request, timeout=10) as r:
+            revision = int(json.load(r)["header"]["revision"])
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.etcd_port}/v3/kv/compaction",
+            data=json.dumps({"revision": revision, "physical": True}).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+        return revision
+
+    def restart_apiserver(self) -> None:
+        _terminate(self.apiserver)
+        self._start_apiserver()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        _terminate(self.apiserver)
+        _terminate(self.etcd)
+        self.apiserver = self.etcd = None
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,374 @@
+"""The Kubernetes backend and kgctl against a real kube-apiserver (with etcd and RBAC)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+from lightkube import ApiError, AsyncClient, Client, KubeConfig
+from lightkube.codecs import load_all_yaml
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.core_v1 import Node, ServiceAccount
+from lightkube.types import PatchType
+
+from kilo.adapters import kubeconfig, kubernetes
+from kilo.cli import kgctl
+from kilo.mesh import translate
+from tests.examples import reference_objects
+from tests.integration.controlplane import ControlPlane
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def from_dict(resource: Any, data: dict[str, Any]) -> Any:
+    """A lightkube object from a plain dict (typed loosely: lightkube's stubs say DictMixin)."""
+    return resource.from_dict(data)
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = kgctl.main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def admin_client(control_plane: ControlPlane) -> Iterator[Client]:
+    with Client(
+        KubeConfig.from_file(str(control_plane.admin_kubeconfig)), trust_env=False
+    ) as client:
+        yield client
+
+
+def apply_manifest(client: Client, path: Path) -> None:
+    for obj in load_all_yaml(path.read_text()):
+        try:
+            client.create(obj)
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
+
+
+@pytest.fixture(scope="module")
+def cluster(admin_client: Client) -> Iterator[Client]:
+    """The reference cluster (kilo-mesh.md §2.3) created through the API, checked in now."""
+    client = admin_client
+    apply_manifest(client, ROOT / "manifests" / "crds.yaml")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        crd = client.get(CustomResourceDefinition, "peers.kilo.squat.ai")
+        conditions = crd.status.conditions if crd.status else None
+        if any(c.type == "Established" and c.status == "True" for c in conditions or []):
+            break
+        time.sleep(0.2)
+    apply_manifest(client, ROOT / "manifests" / "rbac.yaml")
+    now = str(int(time.time()))
+    for obj in copy.deepcopy(reference_objects()):
+        if obj["kind"] == "Node":
+            obj["metadata"]["annotations"][translate.LAST_SEEN] = now
+            client.create(from_dict(Node, obj))
+        else:
+            client.create(from_dict(kubernetes.Peer, obj))
+    yield client
+    for obj in reference_objects():
+        if obj["kind"] == "Node":
+            client.delete(Node, obj["metadata"]["name"])
+        else:
+            client.delete(kubernetes.Peer, obj["metadata"]["name"])
+
+
+def live_dump(client: Client, path: Path) -> Path:
+    """What ``kubectl get nodes,peers.kilo.squat.ai -o yaml`` would write."""
+    items = [kubernetes.as_dict(n, kind="Node", api_version="v1") for n in client.list(Node)]
+    items += [
+        kubernetes.as_dict(p, kind="Peer", api_version="kilo.squat.ai/v1alpha1")
+        for p in client.list(kubernetes.Peer)
+    ]
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    return path
+
+
+COMMANDS = [
+    ["graph"],
+    ["showconf", "node", "alpha"],
+    ["showconf", "node", "gamma", "--as-peer", "-o", "yaml"],
+    ["showconf", "peer", "laptop"],
+    ["plan", "node", "beta"],
+    ["list", "-o", "json"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_live_output_equals_dump_output(
+    cluster: Client, control_plane: ControlPlane, tmp_path: Path, command: list[str]
+) -> None:
+    dump = live_dump(cluster, tmp_path / "dump.yaml")
+    live = run("--kubeconfig", str(control_plane.admin_kubeconfig), *command)
+    offline = run("--backend", "file", "--file", str(dump), "--respect-last-seen", *command)
+    assert live[0] == 0, live[2]
+    assert live == offline
+
+
+def test_live_graph_matches_the_reference(cluster: Client, control_plane: ControlPlane) -> None:
+    from tests.unit.test_graph import REFERENCE_DOT
+
+    assert run("--kubeconfig", str(control_plane.admin_kubeconfig), "graph") == (
+        0,
+        REFERENCE_DOT + "\n",
+        "",
+    )
+
+
+def test_invalid_peer_is_reported_and_valid_peers_kept(
+    cluster: Client, control_plane: ControlPlane
+) -> None:
+    bad = from_dict(
+        kubernetes.Peer,
+        {
+            "metadata": {"name": "broken"},
+            "spec": {"allowedIPs": ["10.5.0.9/32"], "publicKey": "!" * 44},
+        },
+    )
+    cluster.create(bad)
+    try:
+        code, out, err = run("--kubeconfig", str(control_plane.admin_kubeconfig), "list")
+    finally:
+        cluster.delete(kubernetes.Peer, "broken")
+    assert code == 0
+    assert "peer 'broken': spec.publicKey=" in err
+    assert "laptop" in out and "broken" not in out
+
+
+def service_account_kubeconfig(plane: ControlPlane, client: Client, name: str, path: Path) -> Path:
+    request = from_dict(
+        ServiceAccount.Token,
+        {
+            "metadata": {"name": name, "namespace": "kube-system"},
+            "spec": {"expirationSeconds": 3600},
+        },
+    )
+    token = client.create(request, name, namespace="kube-system")
+    return plane.write_kubeconfig(path, name, token=token.status.token)
+
+
+def test_the_shipped_cluster_role_is_enough_for_kgctl_and_the_agent(
+    cluster: Client, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    config = service_account_kubeconfig(
+        control_plane, cluster, "kilo", tmp_path / "kilo.kubeconfig"
+    )
+    code, out, err = run("--kubeconfig", str(config), "list", "-o", "json")
+    assert code == 0, err
+    assert [n["name"] for n in json.loads(out)["nodes"]] == ["alpha", "beta", "delta", "gamma"]
+    # The agent writes its own node's annotations, and removes them on clean-up.
+    client = Client(kubeconfig.load(str(config)), trust_env=False)
+    kubernetes.patch_node_annotations(client, "beta", {translate.LAST_SEEN: "1"})
+    assert annotations_of(cluster, "beta")[translate.LAST_SEEN] == "1"
+    kubernetes.remove_node_annotations(
+        client, "beta", [translate.CNI_COMPATIBILITY_IP, translate.LAST_SEEN]
+    )
+    assert translate.LAST_SEEN not in annotations_of(cluster, "beta")
+    kubernetes.patch_node_annotations(client, "beta", {translate.LAST_SEEN: str(int(time.time()))})
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (lambda c: c.delete(Node, "beta"), "nodes"),
+        (
+            lambda c: c.create(from_dict(kubernetes.Peer, {"metadata": {"name": "x"}, "spec": {}})),
+            "peers",
+        ),
+        (lambda c: list(c.list(ServiceAccount, namespace="kube-system")), "serviceaccounts"),
+    ],
+    ids=["delete-nodes", "create-peers", "list-serviceaccounts"],
+)
+def test_the_shipped_cluster_role_grants_nothing_more(
+    cluster: Client, control_plane: ControlPlane, tmp_path: Path, action: Any, message: str
+) -> None:
+    config = service_account_kubeconfig(
+        control_plane, cluster, "kilo", tmp_path / "kilo.kubeconfig"
+    )
+    with (
+        Client(kubeconfig.load(str(config)), trust_env=False) as client,
+        pytest.raises(ApiError) as caught,
+    ):
+        action(client)
+    assert caught.value.status.code == 403
+    assert message in (caught.value.status.message or "")
+
+
+def test_rbac_denial_names_the_verb_and_resource(
+    cluster: Client, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    cluster.create(
+        from_dict(ServiceAccount, {"metadata": {"name": "nobody", "namespace": "kube-system"}})
+    )
+    try:
+        config = service_account_kubeconfig(
+            control_plane, cluster, "nobody", tmp_path / "nobody.kubeconfig"
+        )
+        code, out, err = run("--kubeconfig", str(config), "graph")
+    finally:
+        cluster.delete(ServiceAccount, "nobody", namespace="kube-system")
+    assert (code, out) == (1, "")
+    assert err.startswith("kgctl: forbidden: cannot list nodes (")
+    assert 'cannot list resource "nodes"' in err
+
+
+def test_unreachable_server_fails_fast_naming_it(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    config = control_plane.write_kubeconfig(tmp_path / "closed.kubeconfig", "admin")
+    text = config.read_text().replace(control_plane.server, f"https://127.0.0.1:{port}")
+    config.write_text(text)
+    code, out, err = run("--kubeconfig", str(config), "graph")
+    assert (code, out) == (1, "")
+    assert f"cannot reach the Kubernetes API server at https://127.0.0.1:{port}" in err
+
+
+def test_silent_server_fails_within_the_timeout(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    # A loopback server that accepts connections and never answers.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        config = control_plane.write_kubeconfig(tmp_path / "silent.kubeconfig", "admin")
+        config.write_text(
+            config.read_text().replace(control_plane.server, f"https://127.0.0.1:{port}")
+        )
+        started = time.monotonic()
+        code, out, err = run("--kubeconfig", str(config), "--timeout", "1", "graph")
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    assert (code, out) == (1, "")
+    assert f"https://127.0.0.1:{port} did not answer in time" in err
+    assert elapsed < 10  # a hang guard, not a speed target
+
+
+# --- the watch-backed cache ---------------------------------------------------------------
+
+
+async def next_event(events: Any, timeout: float = 10.0) -> kubernetes.Event:
+    event: kubernetes.Event = await asyncio.wait_for(anext(events), timeout)
+    return event
+
+
+def new_node(name: str) -> Node:
+    return cast(
+        Node, from_dict(Node, {"metadata": {"name": name, "labels": {"kilo-test": "watch"}}})
+    )
+
+
+def annotations_of(client: Client, name: str) -> dict[str, str]:
+    meta = client.get(Node, name).metadata
+    assert meta is not None
+    return dict(meta.annotations or {})
+
+
+def test_watch_delivers_add_update_delete(cluster: Client, control_plane: ControlPlane) -> None:
+    async def scenario() -> None:
+        config = kubeconfig.load(str(control_plane.admin_kubeconfig))
+        async with AsyncClient(config, trust_env=False) as client:
+            informer = kubernetes.Informer(client, "nodes", server=control_plane.server)
+            events = informer.events()
+            initial = {(await next_event(events)).name for _ in range(4)}
+            assert initial == {"alpha", "beta", "gamma", "delta"}
+            cluster.create(new_node("watched"))
+            event = await next_event(events)
+            assert (event.type, event.name) == (kubernetes.EventType.ADDED, "watched")
+            cluster.patch(
+                Node,
+                "watched",
+                {"metadata": {"annotations": {"a": "b"}}},
+                patch_type=PatchType.MERGE,
+            )
+            event = await next_event(events)
+            assert (event.type, event.name) == (kubernetes.EventType.MODIFIED, "watched")
+            assert event.obj["metadata"]["annotations"] == {"a": "b"}
+            cluster.delete(Node, "watched")
+            event = await next_event(events)
+            assert (event.type, event.name) == (kubernetes.EventType.DELETED, "watched")
+            await events.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_watch_recovers_after_restart_and_compaction_without_losing_deletions(
+    cluster: Client, control_plane: ControlPlane
+) -> None:
+    async def scenario() -> None:
+        config = kubeconfig.load(str(control_plane.admin_kubeconfig))
+        async with AsyncClient(config, trust_env=False) as client:
+            informer = kubernetes.Informer(
+                client, "nodes", server=control_plane.server, backoff_initial=0.2, backoff_max=1.0
+            )
+            events = informer.events()
+            cluster.create(new_node("doomed"))
+            seen = {(await next_event(events)).name for _ in range(5)}
+            assert "doomed" in seen
+            # The informer is suspended (not reading): its watch breaks with the restart, and
+            # meanwhile a node is deleted, one added, and etcd's history compacted away.
+            control_plane.restart_apiserver()
+            cluster.delete(Node, "doomed")
+            cluster.create(new_node("newcomer"))
+            for i in range(20):
+                cluster.patch(
+                    Node,
+                    "newcomer",
+                    {"metadata": {"annotations": {"n": str(i)}}},
+                    patch_type=PatchType.MERGE,
+                )
+            control_plane.compact_etcd()
+            control_plane.restart_apiserver()
+            changes: dict[str, kubernetes.EventType] = {}
+            while "doomed" not in changes or "newcomer" not in changes:
+                event = await next_event(events, timeout=60)
+                changes[event.name] = event.type
+            assert changes["doomed"] == kubernetes.EventType.DELETED
+            fresh = {
+                n.metadata.name: n.metadata.resourceVersion
+                for n in cluster.list(Node)
+                if n.metadata
+            }
+            # Let the informer catch up with the last writes, then compare with a fresh list.
+            while {k: v["metadata"]["resourceVersion"] for k, v in informer.cache.items()} != fresh:
+                await next_event(events, timeout=30)
+            assert informer.relists >= 2  # the 410 Gone path, not a lucky resume
+            await events.aclose()
+            cluster.delete(Node, "newcomer")
+
+    asyncio.run(scenario())
