@@ -372,3 +372,105 @@ def test_watch_recovers_after_restart_and_compaction_without_losing_deletions(
             cluster.delete(Node, "newcomer")
 
     asyncio.run(scenario())
+
+
+# --- the Peer CRD's schema ----------------------------------------------------------------
+
+KEY = "GY5aT1N9dTR/nJnT1N2f4ClZWVj0jOAld0r8ysWLyjg="
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"allowedIPs": ["10.5.0.1/32"], "publicKey": KEY},
+        {"allowedIPs": [], "publicKey": KEY, "persistentKeepalive": 0},
+        {"allowedIPs": ["10.5.0.1/24"], "publicKey": KEY, "presharedKey": ""},
+        {
+            "allowedIPs": ["10.5.0.1/32"],
+            "publicKey": KEY,
+            "endpoint": {"dnsOrIP": {"ip": "198.51.100.4"}, "port": 65535},
+        },
+        {
+            "allowedIPs": ["10.5.0.1/32"],
+            "publicKey": KEY,
+            "endpoint": {"dnsOrIP": {"dns": "vpn.example.com"}, "port": 1},
+        },
+        {
+            "allowedIPs": ["10.5.0.1/32"],
+            "publicKey": KEY,
+            "endpoint": {"dnsOrIP": {"ip": "", "dns": "a.b"}, "port": 51820},
+        },
+    ],
+    ids=["minimal", "empty-allowed-ips", "host-bits", "ip-endpoint", "dns-endpoint", "empty-ip"],
+)
+def test_crd_accepts_what_kilo_accepts(cluster: Client, spec: dict[str, Any]) -> None:
+    peer = cluster.create(
+        from_dict(kubernetes.Peer, {"metadata": {"name": "accepted"}, "spec": spec})
+    )
+    cluster.delete(kubernetes.Peer, "accepted")
+    assert peer.metadata.name == "accepted"
+    assert translate.validate_peer_spec(spec) is None  # Kilo's own validation agrees
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"allowedIPs": ["10.5.0.1/32"], "publicKey": KEY, "persistentKeepalive": -1},
+            "persistentKeepalive",
+        ),
+        (
+            {
+                "allowedIPs": ["10.5.0.1/32"],
+                "publicKey": KEY,
+                "endpoint": {"dnsOrIP": {"ip": "1.2.3.4"}, "port": 0},
+            },
+            "port",
+        ),
+        (
+            {
+                "allowedIPs": ["10.5.0.1/32"],
+                "publicKey": KEY,
+                "endpoint": {"dnsOrIP": {}, "port": 51820},
+            },
+            "either an endpoint DNS name or IP address",
+        ),
+        (
+            {
+                "allowedIPs": ["10.5.0.1/32"],
+                "publicKey": KEY,
+                "endpoint": {"dnsOrIP": {"dns": "Not_A_Name"}, "port": 51820},
+            },
+            "dns",
+        ),
+        ({"allowedIPs": ["10.5.0.1/32"], "publicKey": ""}, "publicKey"),
+        ({"allowedIPs": ["10.5.0.1/32"]}, "publicKey"),
+    ],
+    ids=["negative-keepalive", "port-0", "no-dns-or-ip", "bad-dns", "empty-key", "no-key"],
+)
+def test_crd_rejects_what_kilo_rejects(cluster: Client, spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        cluster.create(from_dict(kubernetes.Peer, {"metadata": {"name": "rejected"}, "spec": spec}))
+    assert caught.value.status.code == 422
+    assert message in (caught.value.status.message or "")
+    assert translate.validate_peer_spec(spec) is not None  # Kilo rejects it too
+
+
+def test_the_agent_can_watch_nodes_and_peers_with_the_shipped_role(
+    cluster: Client, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    config = service_account_kubeconfig(
+        control_plane, cluster, "kilo", tmp_path / "kilo.kubeconfig"
+    )
+
+    async def scenario() -> None:
+        async with AsyncClient(kubeconfig.load(str(config)), trust_env=False) as client:
+            for resource, expected in (("nodes", "alpha"), ("peers", "laptop")):
+                informer = kubernetes.Informer(client, resource, server=control_plane.server)
+                events = informer.events()
+                names = set()
+                while expected not in names:
+                    names.add((await next_event(events)).name)
+                await events.aclose()
+
+    asyncio.run(scenario())

@@ -1124,3 +1124,13 @@ def test_null_discovered_endpoint_is_kept_as_kilo_keeps_it() -> None:
     assert node.discovered_endpoints == {KEY: None}
     assert [d.field for d in diagnostics] == [tr.DISCOVERED_ENDPOINTS]
     assert tr.format_discovered_endpoints(node.discovered_endpoints) == text
+
+
+def test_annotation_changes_are_only_the_changed_agent_keys() -> None:
+    current = tr.node_annotations(BASE_NODE)
+    assert tr.annotation_changes(current, BASE_NODE) == {}
+    moved = dataclasses.replace(BASE_NODE, last_seen=BASE_NODE.last_seen + 30)
+    assert tr.annotation_changes({**current, "other": "x"}, moved) == {
+        tr.LAST_SEEN: str(BASE_NODE.last_seen + 30)
+    }
+    assert tr.annotation_changes(None, BASE_NODE) == tr.node_annotations(BASE_NODE)

@@ -390,6 +390,16 @@ def node_annotations(node: Node) -> dict[str, str]:
     }
 
 
+def annotation_changes(current: Mapping[str, str] | None, node: Node) -> dict[str, str]:
+    """The agent annotations of ``node`` that differ from ``current``: a merge patch body.
+
+    Only changed keys are sent, so concurrent writers of other annotations are not
+    overwritten; a node without any annotations is fine (Kilo would panic there).
+    """
+    existing = current or {}
+    return {k: v for k, v in node_annotations(node).items() if existing.get(k) != v}
+
+
 # --- Peers ---------------------------------------------------------------------------------
 
 
