@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from hypothesis import strategies as st
 
-from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.keys import Key, clamp
 from kilo.mesh.model import Node, Peer
 
@@ -33,6 +33,9 @@ class NodeSpec:
     public_endpoint: bool
     keepalive: int
     alip: int | None  # index into a small pool of allowed-location IPs
+    dns_endpoint: bool = False
+    # NAT endpoints this node observed: (node index or -1 - peer index, port); None = null entry
+    discovered: tuple[tuple[int, int | None], ...] = ()
 
 
 node_specs = st.builds(
@@ -43,6 +46,14 @@ node_specs = st.builds(
     public_endpoint=st.booleans(),
     keepalive=st.sampled_from((0, 0, 25)),
     alip=st.none() | st.integers(min_value=0, max_value=5),
+    dns_endpoint=st.sampled_from((False, False, False, True)),
+    discovered=st.lists(
+        st.tuples(
+            st.integers(min_value=-3, max_value=11),
+            st.none() | st.integers(min_value=1024, max_value=1030),
+        ),
+        max_size=3,
+    ).map(tuple),
 )
 
 # A small pool so that overlaps (and the order-dependent filter) actually happen.
@@ -59,10 +70,20 @@ ALIP_POOL = (
 def build_node(index: int, spec: NodeSpec) -> Node:
     third, fourth = divmod(index, 250)
     internal = ipaddress.ip_interface(f"10.{100 + third}.{fourth}.{10}/16")
-    if spec.public_endpoint:
+    if spec.dns_endpoint:
+        endpoint = Endpoint.parse(f"node-{index}.example.com:51820")
+    elif spec.public_endpoint:
         endpoint = Endpoint.parse(f"203.0.{third}.{fourth + 1}:51820")
     else:
         endpoint = Endpoint.parse(f"192.168.{third}.{fourth + 1}:51820")
+    discovered: dict[str, UDPAddr | None] = {}
+    for target, port in spec.discovered:
+        key = key_for(target) if target >= 0 else key_for(-1 - target, salt=1)
+        discovered[str(key)] = (
+            None
+            if port is None
+            else UDPAddr(ipaddress.ip_address(f"198.51.100.{index % 250 + 1}"), port)
+        )
     return Node(
         name=f"node-{index:04d}",
         endpoint=endpoint,
@@ -72,6 +93,7 @@ def build_node(index: int, spec: NodeSpec) -> Node:
         location=spec.location,
         persistent_keepalive=spec.keepalive,
         subnet=ipaddress.ip_network(f"10.{(index // 256) + 2}.{index % 256}.0/24"),
+        discovered_endpoints=discovered or None,
         allowed_location_ips=()
         if spec.alip is None
         else (ipaddress.ip_interface(ALIP_POOL[spec.alip]),),

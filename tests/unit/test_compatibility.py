@@ -177,3 +177,17 @@ def test_null_discovered_endpoint_hides_the_endpoint_as_in_kilo() -> None:
         subnet=ipaddress.ip_network("10.4.0.0/16"),
     )
     assert "Endpoint" not in wireguard.render(wireguard.node_config(t))
+
+
+def test_duplicate_node_names_are_refused_rather_than_resolved_by_input_order() -> None:
+    from kilo.errors import TopologyError
+
+    node = Node(name="a", endpoint=Endpoint.parse("203.0.113.1:51820"), key=Key(bytes([1]) * 32))
+    with pytest.raises(TopologyError, match="repeated: a"):
+        build_topology(
+            [node, node],
+            [],
+            granularity=Granularity.FULL,
+            hostname="a",
+            subnet=ipaddress.ip_network("10.4.0.0/16"),
+        )

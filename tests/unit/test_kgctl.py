@@ -267,8 +267,10 @@ def test_reads_kubectl_json_and_multi_document_yaml(tmp_path: Path) -> None:
 def test_subnet_override(tmp_path: Path) -> None:
     code, out, _ = run(*FILE, "--subnet", "10.9.0.0/24", "graph")
     assert code == 0
-    assert 'label="10.9.0.0/24"' in out
-    assert "10.9.0.2" in out
+    # The same graph, with every WireGuard IP allocated from the other subnet.
+    expected = REFERENCE_DOT.replace('label="10.4.0.0/16"', 'label="10.9.0.0/24"')
+    expected = expected.replace("\\n10.4.0.", "\\n10.9.0.")
+    assert out == expected + "\n"
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kilo.mesh import graph, iptables, wireguard
-from kilo.mesh.model import Granularity, Node, Peer
+from kilo.mesh.model import Compatibility, Encapsulation, Granularity, Node, Peer
 from kilo.mesh.plan import PlanSettings, plan_node
 from kilo.mesh.routes import Device
 from kilo.mesh.topology import Topology, build_topology
@@ -94,12 +94,21 @@ def test_each_remote_pod_cidr_is_in_exactly_one_peer_on_every_leader(cluster, gr
 
 
 @PROPERTY_SETTINGS
-@given(cluster=clusters(), granularity=granularities, local=st.booleans())
-def test_plan_routes_cover_every_remote_pod_cidr_exactly_once(cluster, granularity, local) -> None:
+@given(
+    cluster=clusters(),
+    granularity=granularities,
+    local=st.booleans(),
+    encapsulation=st.sampled_from(list(Encapsulation)),
+    compatibility=st.sampled_from(list(Compatibility)),
+)
+def test_plan_routes_cover_every_remote_pod_cidr_exactly_once(
+    cluster, granularity, local, encapsulation, compatibility
+) -> None:
     nodes, peers = cluster
+    settings = PlanSettings(local=local, encapsulation=encapsulation, compatibility=compatibility)
     for node in nodes:
         t = topology_of(nodes, peers, granularity, node.name)
-        plan = plan_node(t, node, PlanSettings(local=local))
+        plan = plan_node(t, node, settings)
         main = Counter(str(r.dst) for r in plan.routes if r.table is None)
         segment = t.local_segment
         assert segment is not None

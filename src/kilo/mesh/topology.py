@@ -9,11 +9,12 @@ that does not fit (Kilo gives that segment an empty IP and fails only on the nex
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface
 
-from kilo.errors import AddressPoolExhausted, LocalNodeMissing
+from kilo.errors import AddressPoolExhausted, LocalNodeMissing, TopologyError
 from kilo.mesh import ip as ipmod
 from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
@@ -133,7 +134,13 @@ def build_topology(
     persistent_keepalive: int = 0,
 ) -> Topology:
     """Build the topology from the ready ``nodes`` and ``peers`` as seen from ``hostname``."""
-    by_name = {node.name: node for node in nodes}
+    node_list = list(nodes)
+    by_name = {node.name: node for node in node_list}
+    if len(by_name) != len(node_list):
+        # Which duplicate won would depend on input order; the backends guarantee unique names.
+        counts = Counter(n.name for n in node_list)
+        twice = sorted(name for name, count in counts.items() if count > 1)
+        raise TopologyError(f"node names must be unique; repeated: {', '.join(twice)}")
     local = by_name.get(hostname)
     if local is None:
         raise LocalNodeMissing(hostname)
