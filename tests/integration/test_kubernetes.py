@@ -23,6 +23,7 @@ from lightkube.types import PatchType
 
 from kilo.adapters import kubeconfig, kubernetes
 from kilo.cli import kgctl
+from kilo.errors import BackendError
 from kilo.mesh import translate
 from tests.examples import reference_objects
 from tests.integration.controlplane import ControlPlane
@@ -474,3 +475,61 @@ def test_the_agent_can_watch_nodes_and_peers_with_the_shipped_role(
                 await events.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_watch_that_rbac_refuses_fails_instead_of_retrying(
+    cluster: Client, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
+
+    cluster.create(
+        from_dict(ServiceAccount, {"metadata": {"name": "lister", "namespace": "kube-system"}})
+    )
+    cluster.create(
+        from_dict(
+            ClusterRole,
+            {
+                "metadata": {"name": "lister"},
+                "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}],
+            },
+        )
+    )
+    cluster.create(
+        from_dict(
+            ClusterRoleBinding,
+            {
+                "metadata": {"name": "lister"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "lister",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "lister", "namespace": "kube-system"}
+                ],
+            },
+        )
+    )
+    try:
+        config = service_account_kubeconfig(
+            control_plane, cluster, "lister", tmp_path / "lister.kubeconfig"
+        )
+
+        async def scenario() -> str:
+            async with AsyncClient(kubeconfig.load(str(config)), trust_env=False) as client:
+                informer = kubernetes.Informer(client, "nodes", server=control_plane.server)
+                events = informer.events()
+                try:
+                    while True:
+                        await next_event(events)
+                except BackendError as exc:
+                    return str(exc)
+                finally:
+                    await events.aclose()
+
+        message = asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        cluster.delete(ClusterRoleBinding, "lister")
+        cluster.delete(ClusterRole, "lister")
+        cluster.delete(ServiceAccount, "lister", namespace="kube-system")
+    assert message.startswith("forbidden: cannot watch nodes")

@@ -55,6 +55,14 @@ def describe_error(exc: BaseException, server: str, *, verb: str, resource: str)
                 "(kubectl apply -f manifests/crds.yaml)"
             )
         return f"cannot {verb} {resource} on {server}: {message} (HTTP {code})"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        # lightkube reports a refused watch as a plain HTTP status error, not an ApiError.
+        code = exc.response.status_code
+        if code == 403:
+            return f"forbidden: cannot {verb} {resource} (HTTP 403 from {server})"
+        if code == 401:
+            return f"unauthorized by the Kubernetes API server at {server}: check the credentials"
+        return f"cannot {verb} {resource} on {server} (HTTP {code})"
     if isinstance(exc, httpx2.TimeoutException):
         return (
             f"the Kubernetes API server at {server} did not answer in time ({type(exc).__name__})"
@@ -66,6 +74,10 @@ def describe_error(exc: BaseException, server: str, *, verb: str, resource: str)
 
 def _to_dict(obj: Any) -> dict[str, Any]:
     data: dict[str, Any] = obj.to_dict()
+    # Nearly half of a cached Node is server-side-apply bookkeeping that Kilo never reads.
+    metadata = data.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
     return data
 
 
@@ -156,7 +168,8 @@ class Informer:
     """A local cache of one resource kept current by list + watch.
 
     ``events()`` yields an ADDED event per object of the initial list, then every change.
-    ``cache`` always reflects what has been yielded.
+    After a (re)list, ``cache`` already holds the whole new listing while its events are
+    being yielded; between events it is the state the events describe.
     """
 
     def __init__(
@@ -220,15 +233,18 @@ class Informer:
                     change = self._apply(kind, data)
                     if change is not None:
                         yield change
-            except ApiError as exc:
-                if exc.status.code == 410:
+            except httpx2.HTTPStatusError as exc:
+                # A refused watch arrives as a plain HTTP status error, an ERROR event in the
+                # stream as an ApiError.
+                code = exc.status.code if isinstance(exc, ApiError) else exc.response.status_code
+                if code == 410:
                     # The resourceVersion is gone (compaction, restart): list again and diff.
                     self.resource_version = None
                     continue
                 self.last_error = describe_error(
                     exc, self._server, verb="watch", resource=self._resource
                 )
-                if exc.status.code in (401, 403, 404):
+                if code in (401, 403, 404):
                     raise BackendError(self.last_error) from exc
             except (httpx2.HTTPError, OSError) as exc:
                 self.last_error = describe_error(
