@@ -17,6 +17,8 @@ if [ -x "$out/bin/etcd" ] && [ -x "$out/bin/kube-apiserver" ] && [ -f "$out/comp
   exit 0
 fi
 
+# Go may be installed without being on a non-interactive shell's PATH.
+command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "build.sh: Go is needed to build the test control plane" >&2; exit 1; }
 mkdir -p "$out/bin"
 rm -f "$out/complete"

@@ -129,23 +129,30 @@ def test_live_graph_matches_the_reference(cluster: Client, control_plane: Contro
     )
 
 
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"allowedIPs": ["10.5.0.9/32"], "publicKey": "!" * 44}, "spec.publicKey"),
+        (
+            {
+                "allowedIPs": ["10.5.0.300/32"],
+                "publicKey": "GY5aT1N9dTR/nJnT1N2f4ClZWVj0jOAld0r8ysWLyjg=",
+            },
+            "spec.allowedIPs",
+        ),
+    ],
+    ids=["bad-key", "bad-cidr"],
+)
 def test_invalid_peer_is_reported_and_valid_peers_kept(
-    cluster: Client, control_plane: ControlPlane
+    cluster: Client, control_plane: ControlPlane, spec: dict[str, Any], field: str
 ) -> None:
-    bad = from_dict(
-        kubernetes.Peer,
-        {
-            "metadata": {"name": "broken"},
-            "spec": {"allowedIPs": ["10.5.0.9/32"], "publicKey": "!" * 44},
-        },
-    )
-    cluster.create(bad)
+    cluster.create(from_dict(kubernetes.Peer, {"metadata": {"name": "broken"}, "spec": spec}))
     try:
         code, out, err = run("--kubeconfig", str(control_plane.admin_kubeconfig), "list")
     finally:
         cluster.delete(kubernetes.Peer, "broken")
     assert code == 0
-    assert "peer 'broken': spec.publicKey=" in err
+    assert f"kgctl: warning: peer 'broken': {field}=" in err
     assert "laptop" in out and "broken" not in out
 
 
