@@ -670,3 +670,53 @@ def test_list_json_and_wide() -> None:
     assert data["peers"][0]["allowedIPs"] == ["10.5.0.1/32"]
     code, out, _ = run(*FILE, "list", "-o", "wide")
     assert "SEGMENT" in out.splitlines()[0] and "node:delta" in out
+
+
+def test_a_server_that_drips_bytes_cannot_hold_kgctl_past_its_timeout(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n":
+                if stop.wait(0.3):
+                    return
+                conn.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    config = tmp_path / "drip.kubeconfig"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    try:
+        code, out, err = run("--kubeconfig", str(config), "--timeout", "1", "graph")
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert (code, out) == (1, "")
+    assert err == f"kgctl: http://127.0.0.1:{port} did not answer within --timeout 1 s\n"
+
+
+def test_kubeconfig_variable_naming_no_existing_file_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "typo"))
+    code, _, err = run("graph")
+    assert code == 1
+    assert err == f"kgctl: none of the files in KUBECONFIG exists: {tmp_path / 'typo'}\n"

@@ -47,7 +47,10 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _absolutise(data: dict[str, Any], base: Path) -> None:
     for section, fields in (("clusters", _PATH_FIELDS["cluster"]), ("users", _PATH_FIELDS["user"])):
-        for entry in data.get(section) or []:
+        entries = data.get(section) or []
+        if not isinstance(entries, list):
+            raise BackendError(f"kubeconfig {base}: {section} is not a list")
+        for entry in entries:
             inner = entry.get(section[:-1]) if isinstance(entry, Mapping) else None
             if not isinstance(inner, dict):
                 continue
@@ -79,9 +82,11 @@ def kubeconfig_paths(explicit: str | None, environ: Mapping[str, str]) -> list[P
         return [Path(explicit).expanduser()]
     listed = [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
     if listed:
+        # Like kubectl: with KUBECONFIG set, ~/.kube/config is never read instead.
         existing = [Path(p).expanduser() for p in listed if Path(p).expanduser().exists()]
-        if existing:
-            return existing
+        if not existing:
+            raise BackendError(f"none of the files in KUBECONFIG exists: {', '.join(listed)}")
+        return existing
     default = Path(DEFAULT_KUBECONFIG).expanduser()
     return [default] if default.exists() else []
 
@@ -109,7 +114,7 @@ def load(
     source = ":".join(str(p) for p in paths)
     try:
         config = KubeConfig.from_dict(merged, fname=paths[0])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BackendError(f"kubeconfig {source} is not a valid kubeconfig: {exc}") from exc
     return _single(config, source)
 

@@ -16,14 +16,17 @@ whose message names the server, or the verb and resource that RBAC denied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import random
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx2
+import msgspec
 from lightkube import ApiError, AsyncClient, Client
+from lightkube import ConfigError as LightkubeConfigError
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core.resource import GlobalResource
 from lightkube.generic_resource import create_global_resource
@@ -93,7 +96,10 @@ class ClusterReader:
 
     def __init__(self, config: SingleConfig, *, timeout: float = 10.0) -> None:
         self.server = config.cluster.server
-        self._client = Client(config, timeout=httpx2.Timeout(timeout), trust_env=False)
+        try:
+            self._client = Client(config, timeout=httpx2.Timeout(timeout), trust_env=False)
+        except (LightkubeConfigError, OSError, ValueError) as exc:
+            raise BackendError(f"cannot use the credentials for {self.server}: {exc}") from exc
 
     def _list(self, resource: str) -> list[dict[str, Any]]:
         res = RESOURCES[resource]
@@ -105,6 +111,13 @@ class ClusterReader:
         except (ApiError, httpx2.HTTPError, OSError) as exc:
             raise BackendError(
                 describe_error(exc, self.server, verb="list", resource=resource)
+            ) from exc
+        except LightkubeConfigError as exc:  # e.g. a failing exec credential plugin
+            raise BackendError(f"cannot authenticate to {self.server}: {exc}") from exc
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            raise BackendError(
+                f"{self.server} did not answer like a Kubernetes API server when listing "
+                f"{resource}: {exc}"
             ) from exc
 
     def close(self) -> None:
@@ -180,6 +193,7 @@ class Informer:
         server: str,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        watch_seconds: int = 300,
     ) -> None:
         self._client = client
         self._resource = resource
@@ -187,6 +201,7 @@ class Informer:
         self._server = server
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._watch_seconds = watch_seconds
         self.cache: dict[str, dict[str, Any]] = {}
         self.resource_version: str | None = None
         self.relists = 0
@@ -196,20 +211,29 @@ class Informer:
     async def _relist(self) -> list[Event]:
         listing = self._client.list(self._res)
         fresh: dict[str, dict[str, Any]] = {}
-        async for obj in listing:
-            data = _to_dict(obj)
-            fresh[data["metadata"]["name"]] = data
+        try:
+            async for obj in listing:
+                data = _to_dict(obj)
+                fresh[data["metadata"]["name"]] = data
+        except httpx2.HTTPStatusError as exc:
+            code = exc.status.code if isinstance(exc, ApiError) else exc.response.status_code
+            if code in (401, 403, 404):
+                raise BackendError(
+                    describe_error(exc, self._server, verb="list", resource=self._resource)
+                ) from exc
+            raise
         self.resource_version = listing.resourceVersion
-        events = [
-            Event(EventType.DELETED, name, old)
-            for name, old in self.cache.items()
-            if name not in fresh
-        ]
+        events: list[Event] = []
+        for name, old in self.cache.items():
+            current = fresh.get(name)
+            # Deleted, or deleted and created again under the same name during the gap.
+            if current is None or _uid(current) != _uid(old):
+                events.append(Event(EventType.DELETED, name, old))
         for name, data in fresh.items():
-            old = self.cache.get(name)
-            if old is None:
+            previous = self.cache.get(name)
+            if previous is None or _uid(previous) != _uid(data):
                 events.append(Event(EventType.ADDED, name, data))
-            elif _version(old) != _version(data):
+            elif _version(previous) != _version(data):
                 events.append(Event(EventType.MODIFIED, name, data))
         self.cache = fresh
         self.relists += 1
@@ -222,17 +246,32 @@ class Informer:
                 if self.resource_version is None:
                     for event in await self._relist():
                         yield event
-                async for kind, obj in self._client.watch(
-                    self._res, resource_version=self.resource_version
-                ):
-                    delay = self._backoff_initial
-                    data = _to_dict(obj)
-                    version = _version(data)
-                    if version:
-                        self.resource_version = version
-                    change = self._apply(kind, data)
-                    if change is not None:
-                        yield change
+                # The server ends each watch after server_timeout; a connection that goes
+                # silent for longer than that (a vanished host, a dropped NAT entry) is dead.
+                server_timeout = random.randint(self._watch_seconds, 2 * self._watch_seconds)
+                watch = cast(
+                    AsyncGenerator[tuple[str, Any], None],
+                    self._client.watch(
+                        self._res,
+                        resource_version=self.resource_version,
+                        server_timeout=server_timeout,
+                    ),
+                )
+                # aclosing: closing this generator must close the HTTP stream at once.
+                async with contextlib.aclosing(watch):
+                    while True:
+                        try:
+                            kind, obj = await asyncio.wait_for(anext(watch), server_timeout + 30)
+                        except StopAsyncIteration:
+                            break
+                        delay = self._backoff_initial
+                        data = _to_dict(obj)
+                        version = _version(data)
+                        if version:
+                            self.resource_version = version
+                        change = self._apply(kind, data)
+                        if change is not None:
+                            yield change
             except httpx2.HTTPStatusError as exc:
                 # A refused watch arrives as a plain HTTP status error, an ERROR event in the
                 # stream as an ApiError.
@@ -246,10 +285,12 @@ class Informer:
                 )
                 if code in (401, 403, 404):
                     raise BackendError(self.last_error) from exc
-            except (httpx2.HTTPError, OSError) as exc:
+            except (httpx2.HTTPError, OSError, TimeoutError) as exc:
                 self.last_error = describe_error(
                     exc, self._server, verb="watch", resource=self._resource
                 )
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.last_error = f"a malformed watch event from {self._server}: {exc}"
             else:
                 continue  # the server closed the watch normally: resume from the last version
             self.reconnects += 1
@@ -261,11 +302,16 @@ class Informer:
         if not name or kind == "BOOKMARK":
             return None
         if kind == "DELETED":
-            old = self.cache.pop(name, data)
-            return Event(EventType.DELETED, name, old)
+            if name not in self.cache:
+                return None  # already gone (a relist reported it)
+            return Event(EventType.DELETED, name, self.cache.pop(name))
         existed = name in self.cache
         self.cache[name] = data
         return Event(EventType.MODIFIED if existed else EventType.ADDED, name, data)
+
+
+def _uid(data: Mapping[str, Any]) -> object:
+    return data.get("metadata", {}).get("uid")
 
 
 def _version(data: Mapping[str, Any]) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
@@ -17,7 +18,7 @@ from typing import Any, NoReturn, TextIO
 from kilo import __version__
 from kilo.adapters import file as file_backend
 from kilo.adapters import kubeconfig, kubernetes
-from kilo.errors import KiloError
+from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
 from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
 from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES, Cluster
@@ -366,9 +367,7 @@ class _Context:
                 self.warn(f"{args.file}: {warning}")
             nodes, peers = dump.nodes, dump.peers
         else:
-            config = kubeconfig.load(args.kubeconfig)
-            with kubernetes.ClusterReader(config, timeout=args.timeout) as reader:
-                nodes, peers = reader.nodes(), reader.peers()
+            nodes, peers = _read_live(args.kubeconfig, args.timeout)
         cluster = cluster_mod.translate_cluster(
             nodes, peers, topology_label=args.topology_label, port=args.port
         )
@@ -398,6 +397,35 @@ class _Context:
         for warning in warnings:
             self.warn(warning)
         return chosen
+
+
+def _read_live(path: str | None, timeout: float) -> tuple[list[Any], list[Any]]:
+    """Nodes and Peers from the API server, all within ``timeout`` seconds.
+
+    Socket timeouts alone do not bound the whole exchange (a server can drip bytes, a
+    credential plugin can hang), so the work runs in a thread that is abandoned on time.
+    """
+    result: list[tuple[list[Any], list[Any]]] = []
+    failure: list[BaseException] = []
+    server: list[str] = ["the Kubernetes API server"]
+
+    def work() -> None:
+        try:
+            config = kubeconfig.load(path)
+            server[0] = str(config.cluster.server)
+            with kubernetes.ClusterReader(config, timeout=timeout) as reader:
+                result.append((reader.nodes(), reader.peers()))
+        except BaseException as exc:  # handed to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="kgctl-read", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise BackendError(f"{server[0]} did not answer within --timeout {timeout:g} s")
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 class _Mesh:
