@@ -555,3 +555,33 @@ def test_a_watch_that_rbac_refuses_fails_instead_of_retrying(
         cluster.delete(ClusterRole, "lister")
         cluster.delete(ServiceAccount, "lister", namespace="kube-system")
     assert message.startswith("forbidden: cannot watch nodes")
+
+
+def test_the_shipped_cluster_role_grants_exactly_these_rules(
+    cluster: Client, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    from lightkube.resources.authorization_v1 import SelfSubjectRulesReview
+
+    config = service_account_kubeconfig(
+        control_plane, cluster, "kilo", tmp_path / "kilo.kubeconfig"
+    )
+    with Client(kubeconfig.load(str(config)), trust_env=False) as client:
+        review = client.create(
+            from_dict(SelfSubjectRulesReview, {"spec": {"namespace": "kube-system"}})
+        )
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in review.status.resourceRules:
+        for group in rule.apiGroups or [""]:
+            for resource in rule.resources or []:
+                granted.setdefault((group, resource), set()).update(rule.verbs)
+    # What every authenticated user may do (asking about itself) is not ours to remove.
+    everyone = {
+        ("authorization.k8s.io", "selfsubjectaccessreviews"),
+        ("authorization.k8s.io", "selfsubjectrulesreviews"),
+        ("authentication.k8s.io", "selfsubjectreviews"),
+        ("certificates.k8s.io", "clustertrustbundles"),  # public CA bundles, readable by all
+    }
+    assert {k: v for k, v in granted.items() if k not in everyone} == {
+        ("", "nodes"): {"list", "watch", "patch"},
+        ("kilo.squat.ai", "peers"): {"list", "watch"},
+    }
