@@ -61,16 +61,17 @@ def test_legacy_region_label_is_the_location_when_the_topology_label_is_absent()
     assert node is not None and node.location == "us-east"
 
 
-def keepalive_mesh(keepalive: str) -> str:
-    """The WireGuard config of leader a, whose peer b has ``keepalive`` and was seen at a NAT."""
+SEEN_AT_NAT = '{"IP":"198.51.100.9","Port":41000,"Zone":""}'
+
+
+def keepalive_mesh(keepalive: str, seen: str = SEEN_AT_NAT) -> str:
+    """The WireGuard config of leader a, whose peer b has ``keepalive`` and was ``seen`` by a."""
     a = node_object(
         {
             translate.ENDPOINT: "203.0.113.1:51820",
             translate.KEY: str(PUBLIC_KEYS["alpha"]),
             translate.PERSISTENT_KEEPALIVE: keepalive,
-            translate.DISCOVERED_ENDPOINTS: (
-                f'{{"{PUBLIC_KEYS["beta"]}":{{"IP":"198.51.100.9","Port":41000,"Zone":""}}}}'
-            ),
+            translate.DISCOVERED_ENDPOINTS: f'{{"{PUBLIC_KEYS["beta"]}":{seen}}}',
         }
     )
     b = node_object(
@@ -150,33 +151,8 @@ def test_address_pool_exhausted_is_an_error_before_any_allocation() -> None:
 
 def test_null_discovered_endpoint_hides_the_endpoint_as_in_kilo() -> None:
     """Kept on purpose: it decides the mesh (a Go node renders the same config)."""
-    text = keepalive_mesh("10")
-    assert "Endpoint = 198.51.100.9:41000\n" in text
-    a = node_object(
-        {
-            translate.ENDPOINT: "203.0.113.1:51820",
-            translate.KEY: str(PUBLIC_KEYS["alpha"]),
-            translate.DISCOVERED_ENDPOINTS: f'{{"{PUBLIC_KEYS["beta"]}":null}}',
-        }
-    )
-    b = node_object(
-        {
-            translate.ENDPOINT: "203.0.113.2:51820",
-            translate.KEY: str(PUBLIC_KEYS["beta"]),
-            translate.PERSISTENT_KEEPALIVE: "10",
-        }
-    )
-    b["metadata"]["name"] = "n2"
-    b["spec"]["podCIDR"] = "10.2.1.0/24"
-    nodes = [n for n in (translate.translate_node(o).value for o in (a, b)) if n is not None]
-    t = build_topology(
-        nodes,
-        [],
-        granularity=Granularity.FULL,
-        hostname="n1",
-        subnet=ipaddress.ip_network("10.4.0.0/16"),
-    )
-    assert "Endpoint" not in wireguard.render(wireguard.node_config(t))
+    assert "Endpoint = 198.51.100.9:41000\n" in keepalive_mesh("10")
+    assert "Endpoint" not in keepalive_mesh("10", seen="null")
 
 
 def test_duplicate_node_names_are_refused_rather_than_resolved_by_input_order() -> None:
