@@ -1,0 +1,723 @@
+"""``kg``'s command line: Kilo's flags, defaults, syntax and start-up checks (reference §3)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import subprocess
+import sys
+from ipaddress import ip_network
+
+import pytest
+
+from kilo import __version__
+from kilo.agent import __main__ as kg
+from kilo.agent.settings import (
+    AgentSettings,
+    BackendSettings,
+    CNISettings,
+    HTTPSettings,
+    LogLevel,
+    LogSettings,
+    MeshSettings,
+    SettingsError,
+    ShowText,
+    WebhookRequested,
+    WebhookSettings,
+    WireGuardSettings,
+    help_text,
+    parse_args,
+    parse_duration,
+)
+from kilo.mesh.ip import IPNetwork
+from kilo.mesh.model import Compatibility, Encapsulation, Granularity
+
+
+def no_hostname() -> str | None:
+    return None
+
+
+def parse(*argv: str, hostname: str | None = "os-host") -> AgentSettings:
+    return parse_args(list(argv), hostname_fallback=lambda: hostname)
+
+
+def error_of(*argv: str, hostname: str | None = "os-host") -> str:
+    with pytest.raises(SettingsError) as caught:
+        parse(*argv, hostname=hostname)
+    return str(caught.value)
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = kg.main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# --- defaults -------------------------------------------------------------------------------
+
+DEFAULTS = [
+    ("backend.name", "kubernetes"),
+    ("backend.kubeconfig", ""),
+    ("backend.master", ""),
+    ("backend.topology_label", "topology.kubernetes.io/region"),
+    ("mesh.hostname", "os-host"),
+    ("mesh.granularity", Granularity.LOCATION),
+    ("mesh.subnet", ip_network("10.4.0.0/16")),
+    ("mesh.port", 51820),
+    ("mesh.local", True),
+    ("mesh.encapsulation", Encapsulation.ALWAYS),
+    ("mesh.compatibility", Compatibility.NONE),
+    ("mesh.service_cidrs", ()),
+    ("mesh.internal_cidrs", ()),
+    ("mesh.prioritise_private_addresses", False),
+    ("mesh.iptables_forward_rules", False),
+    ("mesh.resync_period", 30.0),
+    ("mesh.clean_up", True),
+    ("wireguard.interface", "kilo0"),
+    ("wireguard.create_interface", True),
+    ("wireguard.clean_up_interface", False),
+    ("wireguard.mtu", None),
+    ("cni.enabled", True),
+    ("cni.path", "/etc/cni/net.d/10-kilo.conflist"),
+    ("http.listen", ":1107"),
+    ("log.level", LogLevel.INFO),
+]
+
+
+def attribute(settings: object, path: str) -> object:
+    for name in path.split("."):
+        settings = getattr(settings, name)
+    return settings
+
+
+@pytest.mark.parametrize(("path", "expected"), DEFAULTS, ids=[p for p, _ in DEFAULTS])
+def test_default(path, expected):
+    assert attribute(parse(), path) == expected
+
+
+def test_dataclass_defaults_are_the_flag_defaults():
+    assert parse() == AgentSettings(mesh=MeshSettings(hostname="os-host"))
+
+
+# Reference §3.2, in its order, plus cobra's help flag.
+REFERENCE_FLAGS = [
+    *["backend", "clean-up", "clean-up-interface", "create-interface", "cni", "cni-path"],
+    *["compatibility", "encapsulate", "mesh-granularity", "kubeconfig", "master", "hostname"],
+    *["interface", "listen", "local", "mtu", "topology-label", "port", "service-cidr"],
+    *["internal-cidr", "subnet", "resync-period", "iptables-forward-rules"],
+    *["prioritise-private-addresses", "version", "log-level", "help"],
+]
+
+
+def test_every_flag_of_the_reference_is_in_the_help():
+    text = help_text()
+    for flag in REFERENCE_FLAGS:
+        assert f"--{flag} " in text
+    assert "-h, --help" in text
+
+
+# --- values of every flag -------------------------------------------------------------------
+
+VALUES = [
+    (["--backend=kubernetes"], "backend.name", "kubernetes"),
+    (["--kubeconfig", "/k"], "backend.kubeconfig", "/k"),
+    (["--master=https://api:6443"], "backend.master", "https://api:6443"),
+    (["--topology-label=zone"], "backend.topology_label", "zone"),
+    (["--hostname=node-1"], "mesh.hostname", "node-1"),
+    (["--mesh-granularity=full"], "mesh.granularity", Granularity.FULL),
+    (["--subnet=10.5.0.1/24"], "mesh.subnet", ip_network("10.5.0.0/24")),
+    (["--port=51821"], "mesh.port", 51821),
+    (["--encapsulate=crosssubnet"], "mesh.encapsulation", Encapsulation.CROSSSUBNET),
+    (["--encapsulate=never"], "mesh.encapsulation", Encapsulation.NEVER),
+    (["--compatibility=flannel"], "mesh.compatibility", Compatibility.FLANNEL),
+    (["--compatibility=cilium"], "mesh.compatibility", Compatibility.CILIUM),
+    (["--compatibility="], "mesh.compatibility", Compatibility.NONE),
+    (["--resync-period=1m30s"], "mesh.resync_period", 90.0),
+    (["--resync-period=500ms"], "mesh.resync_period", 0.5),
+    (["--interface=wg0"], "wireguard.interface", "wg0"),
+    (["--mtu=1380"], "wireguard.mtu", 1380),
+    (["--mtu=0"], "wireguard.mtu", 0),
+    (["--mtu=4294967295"], "wireguard.mtu", 4294967295),
+    (["--mtu=auto"], "wireguard.mtu", None),
+    (["--cni-path=/x.conflist"], "cni.path", "/x.conflist"),
+    (["--listen=127.0.0.1:9000"], "http.listen", "127.0.0.1:9000"),
+    (["--interface=a", "--interface=b"], "wireguard.interface", "b"),
+    # pflag gives a string flag the next argument, whatever it looks like.
+    (["--hostname", "--cni=false"], "mesh.hostname", "--cni=false"),
+    # An empty --hostname asks the operating system, as Kilo does.
+    (["--hostname="], "mesh.hostname", "os-host"),
+] + [([f"--log-level={level.value}"], "log.level", level) for level in LogLevel]
+
+
+@pytest.mark.parametrize(
+    ("argv", "path", "expected"), VALUES, ids=[" ".join(a) for a, *_ in VALUES]
+)
+def test_flag_value(argv, path, expected):
+    assert attribute(parse(*argv), path) == expected
+
+
+# --- Kilo's bool syntax ---------------------------------------------------------------------
+
+BOOL_FLAGS = [
+    ("clean-up", "mesh.clean_up", True),
+    ("clean-up-interface", "wireguard.clean_up_interface", False),
+    ("create-interface", "wireguard.create_interface", True),
+    ("cni", "cni.enabled", True),
+    ("local", "mesh.local", True),
+    ("iptables-forward-rules", "mesh.iptables_forward_rules", False),
+    ("prioritise-private-addresses", "mesh.prioritise_private_addresses", False),
+]
+TRUE_TEXTS = ["1", "t", "T", "TRUE", "true", "True"]
+FALSE_TEXTS = ["0", "f", "F", "FALSE", "false", "False"]
+
+
+@pytest.mark.parametrize(("flag", "path", "default"), BOOL_FLAGS, ids=[f for f, *_ in BOOL_FLAGS])
+def test_bool_flag_syntax(flag, path, default):
+    assert attribute(parse(), path) is default
+    assert attribute(parse(f"--{flag}"), path) is True
+    for text in TRUE_TEXTS:
+        assert attribute(parse(f"--{flag}={text}"), path) is True
+    for text in FALSE_TEXTS:
+        assert attribute(parse(f"--{flag}={text}"), path) is False
+
+
+@pytest.mark.parametrize(("flag", "path", "default"), BOOL_FLAGS, ids=[f for f, *_ in BOOL_FLAGS])
+def test_bool_flag_with_a_separate_value_makes_the_value_a_positional_argument(flag, path, default):
+    # pflag: "--cni false" is "--cni" (true) followed by the argument "false", which Kilo's
+    # root command rejects as an unknown command.
+    assert error_of(f"--{flag}", "false") == 'unknown command "false" for "kg"'
+    assert error_of(f"--{flag}", "true") == 'unknown command "true" for "kg"'
+
+
+@pytest.mark.parametrize("text", ["yes", "no", "", "tRUE", "2"])
+def test_bool_flag_rejects_other_words(text):
+    assert error_of(f"--cni={text}") == (
+        f'invalid argument "{text}" for "--cni" flag: '
+        f'strconv.ParseBool: parsing "{text}": invalid syntax'
+    )
+
+
+def test_positional_arguments_are_rejected():
+    assert error_of("node-1") == 'unknown command "node-1" for "kg"'
+    # cobra finds the stray argument before it parses flags: it is reported first.
+    assert error_of("--cni", "false", "--bogus") == 'unknown command "false" for "kg"'
+
+
+def test_arguments_after_double_dash_are_ignored_as_in_kilo():
+    assert parse("--hostname=n", "--", "anything") == parse("--hostname=n")
+
+
+# --- pflag errors (before any start-up check) -----------------------------------------------
+
+PFLAG_ERRORS = [
+    (["--bogus"], "unknown flag: --bogus"),
+    (["--port"], "flag needs an argument: --port"),
+    (["-x"], "unknown shorthand flag: 'x' in -x"),
+    (["-hx"], "unknown shorthand flag: 'x' in -x"),
+    (["---port=1"], "bad flag syntax: ---port=1"),
+    (["--=1"], "bad flag syntax: --=1"),
+    (
+        ["--port=abc"],
+        'invalid argument "abc" for "--port" flag: strconv.ParseInt: parsing "abc": invalid syntax',
+    ),
+    (
+        ["--port= 1"],
+        'invalid argument " 1" for "--port" flag: strconv.ParseInt: parsing " 1": invalid syntax',
+    ),
+    (
+        ["--port=99999999999999999999"],
+        'invalid argument "99999999999999999999" for "--port" flag: '
+        'strconv.ParseInt: parsing "99999999999999999999": value out of range',
+    ),
+    (
+        ["--resync-period=30"],
+        'invalid argument "30" for "--resync-period" flag: time: missing unit in duration "30"',
+    ),
+    (
+        ["--help=maybe"],
+        'invalid argument "maybe" for "-h, --help" flag: '
+        'strconv.ParseBool: parsing "maybe": invalid syntax',
+    ),
+    # Flag errors come before Kilo's own checks, even the log level's.
+    (
+        ["--log-level=loud", "--port=x"],
+        'invalid argument "x" for "--port" flag: strconv.ParseInt: parsing "x": invalid syntax',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), PFLAG_ERRORS, ids=[" ".join(a) for a, _ in PFLAG_ERRORS]
+)
+def test_pflag_error(argv, message):
+    assert error_of(*argv) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0x10", 16), ("010", 8), ("0o17", 15), ("0b11", 3), ("1_000", 1000), ("+443", 443)],
+)
+def test_port_is_a_go_integer(text, value):
+    assert parse(f"--port={text}").mesh.port == value
+
+
+# --- start-up checks: messages and order (reference §3.3) -----------------------------------
+
+# (step, argv, outcome): an error message, or the version text. The hostname step fails
+# when no --hostname is given and the operating system cannot name the host.
+STEPS: list[tuple[str, list[str], str | ShowText]] = [
+    (
+        "log-level",
+        ["--log-level=loud"],
+        "log level loud unknown; possible values are: all, debug, info, warn, error, none",
+    ),
+    ("version", ["--version"], ShowText(f"{__version__}\n")),
+    (
+        "subnet",
+        ["--subnet=10.4.0.0"],
+        'failed to parse "10.4.0.0" as CIDR: invalid CIDR address: 10.4.0.0',
+    ),
+    ("hostname", [], "failed to determine hostname"),
+    (
+        "encapsulate",
+        ["--encapsulate=sometimes"],
+        "encapsulation sometimes unknown; possible values are: never, crosssubnet, always",
+    ),
+    (
+        "compatibility",
+        ["--compatibility=calico"],
+        "compatibility calico unknown; possible values are: flannel, cilium",
+    ),
+    (
+        "mesh-granularity",
+        ["--mesh-granularity=auto"],
+        "mesh granularity auto unknown; possible values are: location, full",
+    ),
+    ("backend", ["--backend=file"], "backend file unknown; possible values are: kubernetes"),
+    ("port", ["--port=65536"], "invalid port: port must be in range [1:65535], but got 65536"),
+    (
+        "service-cidr",
+        ["--service-cidr=10.96.0.0/33"],
+        'failed to parse "10.96.0.0/33" as CIDR: invalid CIDR address: 10.96.0.0/33',
+    ),
+    (
+        "internal-cidr",
+        ["--internal-cidr=10.0.0.5"],
+        'failed to parse "10.0.0.5" as CIDR: invalid CIDR address: 10.0.0.5',
+    ),
+    (
+        "mtu",
+        ["--mtu=big"],
+        'failed to parse MTU "big": strconv.ParseUint: parsing "big": invalid syntax',
+    ),
+]
+
+
+def outcome(argv: list[str], *, hostname_known: bool) -> str | ShowText:
+    if hostname_known:
+        argv = ["--hostname=n", *argv]
+    try:
+        parse_args(argv, hostname_fallback=no_hostname)
+    except SettingsError as exc:
+        return str(exc)
+    except ShowText as shown:
+        return shown
+    raise AssertionError(f"{argv} was accepted")
+
+
+def same(a: str | ShowText, b: str | ShowText) -> bool:
+    if isinstance(a, ShowText) and isinstance(b, ShowText):
+        return a.text == b.text
+    return a == b
+
+
+@pytest.mark.parametrize(("step", "argv", "expected"), STEPS, ids=[s for s, *_ in STEPS])
+def test_startup_check(step, argv, expected):
+    assert same(outcome(argv, hostname_known=step != "hostname"), expected)
+
+
+PAIRS = list(itertools.combinations(range(len(STEPS)), 2))
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), PAIRS, ids=[f"{STEPS[i][0]}-before-{STEPS[j][0]}" for i, j in PAIRS]
+)
+def test_startup_checks_run_in_kilos_order(first, second):
+    first_step, first_argv, expected = STEPS[first]
+    second_step, second_argv, _ = STEPS[second]
+    hostname_known = "hostname" not in (first_step, second_step)
+    for argv in ([*first_argv, *second_argv], [*second_argv, *first_argv]):
+        assert same(outcome(argv, hostname_known=hostname_known), expected)
+
+
+def test_every_cidr_of_a_list_is_checked_service_cidrs_first():
+    assert error_of("--internal-cidr=bad-internal", "--service-cidr=10.0.0.0/8,bad-service") == (
+        'failed to parse "bad-service" as CIDR: invalid CIDR address: bad-service'
+    )
+
+
+def test_hostname_fallback_is_only_asked_when_hostname_is_empty():
+    calls: list[int] = []
+
+    def fallback() -> str | None:
+        calls.append(1)
+        return "from-os"
+
+    assert parse_args(["--hostname=n"], hostname_fallback=fallback).mesh.hostname == "n"
+    assert calls == []
+    assert parse_args([], hostname_fallback=fallback).mesh.hostname == "from-os"
+    assert calls == [1]
+    # Not asked at all when an earlier check fails.
+    with pytest.raises(SettingsError):
+        parse_args(["--subnet=x"], hostname_fallback=fallback)
+    assert calls == [1]
+
+
+def test_empty_hostname_from_the_os_is_no_hostname():
+    assert error_of(hostname="") == "failed to determine hostname"
+
+
+@pytest.mark.parametrize("text", ["auto", "1420", "0"])
+def test_mtu_accepted(text):
+    parse(f"--mtu={text}")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", 'strconv.ParseUint: parsing "": invalid syntax'),
+        ("-1", 'strconv.ParseUint: parsing "-1": invalid syntax'),
+        ("+1", 'strconv.ParseUint: parsing "+1": invalid syntax'),
+        ("0x10", 'strconv.ParseUint: parsing "0x10": invalid syntax'),
+        ("Auto", 'strconv.ParseUint: parsing "Auto": invalid syntax'),
+        ("4294967296", 'strconv.ParseUint: parsing "4294967296": value out of range'),
+    ],
+)
+def test_mtu_rejected(text, error):
+    assert error_of(f"--mtu={text}") == f'failed to parse MTU "{text}": {error}'
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "65536"])
+def test_port_out_of_range(port):
+    assert error_of(f"--port={port}") == (
+        f"invalid port: port must be in range [1:65535], but got {port}"
+    )
+
+
+def test_log_level_is_case_sensitive_and_may_not_be_empty():
+    assert error_of("--log-level=INFO").startswith("log level INFO unknown;")
+    assert error_of("--log-level=").startswith("log level  unknown;")
+
+
+# --- Go durations ---------------------------------------------------------------------------
+
+S = 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("30s", 30 * S),
+        ("1m30s", 90 * S),
+        ("500ms", S // 2),
+        ("1.5h", 5400 * S),
+        ("1h2m3.5s", 3723 * S + S // 2),
+        ("2h45m", 9900 * S),
+        ("-2ms", -2_000_000),
+        ("+1s", S),
+        ("0", 0),
+        ("-0", 0),
+        ("0s", 0),
+        ("1ns", 1),
+        ("1us", 1000),
+        ("1\u00b5s", 1000),
+        ("1\u03bcs", 1000),
+        (".5s", S // 2),
+        ("1.s", S),
+        ("1.0000000001s", S),
+        ("2562047h47m16.854775807s", (1 << 63) - 1),
+    ],
+)
+def test_go_duration(text, ns):
+    assert parse_duration(text) == ns
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", 'time: invalid duration ""'),
+        ("-", 'time: invalid duration "-"'),
+        ("s", 'time: invalid duration "s"'),
+        (".s", 'time: invalid duration ".s"'),
+        ("1", 'time: missing unit in duration "1"'),
+        ("1.5.5s", 'time: missing unit in duration "1.5.5s"'),
+        ("1x", 'time: unknown unit "x" in duration "1x"'),
+        ("1S", 'time: unknown unit "S" in duration "1S"'),
+        ("1 s", 'time: unknown unit " s" in duration "1 s"'),
+        ("1é", 'time: unknown unit "\\xc3\\xa9" in duration "1\\xc3\\xa9"'),
+        ("2562047h47m16.854775808s", 'time: invalid duration "2562047h47m16.854775808s"'),
+        ("9999999999999999999h", 'time: invalid duration "9999999999999999999h"'),
+    ],
+)
+def test_go_duration_errors(text, error):
+    with pytest.raises(ValueError, match=r"^time: ") as caught:
+        parse_duration(text)
+    assert str(caught.value) == error
+
+
+# --- CIDR lists -----------------------------------------------------------------------------
+
+
+def nets(*texts: str) -> tuple[IPNetwork, ...]:
+    return tuple(ip_network(t) for t in texts)
+
+
+@pytest.mark.parametrize("flag", ["service-cidr", "internal-cidr"])
+def test_cidr_lists_are_repeatable_and_comma_separated(flag):
+    attr = flag.replace("-", "_") + "s"
+    settings = parse(f"--{flag}=10.96.0.0/12,fd00::/108", f"--{flag}", "10.0.0.5/32")
+    assert getattr(settings.mesh, attr) == nets("10.96.0.0/12", "fd00::/108", "10.0.0.5/32")
+    # Masked, as Go's net.ParseCIDR returns the network.
+    assert getattr(parse(f"--{flag}=10.96.0.1/12").mesh, attr) == nets("10.96.0.0/12")
+    # An empty value is an empty list; later values are added to it.
+    assert getattr(parse(f"--{flag}=").mesh, attr) == ()
+    assert getattr(parse(f"--{flag}=", f"--{flag}=10.0.0.0/8").mesh, attr) == nets("10.0.0.0/8")
+    # CSV quoting, as pflag reads string slices.
+    assert getattr(parse(f'--{flag}="10.0.0.0/8",10.1.0.0/16').mesh, attr) == nets(
+        "10.0.0.0/8", "10.1.0.0/16"
+    )
+
+
+def test_cidr_list_items_are_not_trimmed():
+    assert error_of("--service-cidr=10.0.0.0/8, 10.1.0.0/16") == (
+        'failed to parse " 10.1.0.0/16" as CIDR: invalid CIDR address:  10.1.0.0/16'
+    )
+    assert error_of("--internal-cidr=10.0.0.0/8,,10.1.0.0/16") == (
+        'failed to parse "" as CIDR: invalid CIDR address: '
+    )
+
+
+def test_subnet_is_masked():
+    assert parse("--subnet=172.31.254.7/24").mesh.subnet == ip_network("172.31.254.0/24")
+
+
+# --- deliberate differences -----------------------------------------------------------------
+
+
+def test_port_message_says_must_deviation():
+    # Kilo: "invalid port: port mus be in range [1:65535], but got 0".
+    assert error_of("--port=0") == "invalid port: port must be in range [1:65535], but got 0"
+
+
+@pytest.mark.parametrize("value", ["calico", "Flannel", "flanel", "ipip", "none"])
+def test_unknown_compatibility_is_rejected_deviation(value):
+    # Kilo silently runs IPIP for any unknown value.
+    assert error_of(f"--compatibility={value}") == (
+        f"compatibility {value} unknown; possible values are: flannel, cilium"
+    )
+
+
+# --- Kilo's shipped manifests ---------------------------------------------------------------
+
+
+def test_kubeadm_manifest_args():
+    # $(NODE_NAME) is expanded by the kubelet before kg sees it.
+    settings = parse("--kubeconfig=/etc/kubernetes/kubeconfig", "--hostname=node-1")
+    assert settings.backend == BackendSettings(kubeconfig="/etc/kubernetes/kubeconfig")
+    assert settings.mesh == MeshSettings(hostname="node-1")
+    assert settings == AgentSettings(
+        mesh=MeshSettings(hostname="node-1"),
+        backend=BackendSettings(kubeconfig="/etc/kubernetes/kubeconfig"),
+    )
+
+
+def test_flannel_manifest_args():
+    settings = parse(
+        "--kubeconfig=/etc/kubernetes/kubeconfig",
+        "--hostname=node-1",
+        "--cni=false",
+        "--compatibility=flannel",
+        "--local=false",
+        "--internal-cidr=10.0.0.5/32",
+    )
+    assert settings.cni == CNISettings(enabled=False)
+    assert settings.mesh.compatibility is Compatibility.FLANNEL
+    assert settings.mesh.local is False
+    assert settings.mesh.internal_cidrs == nets("10.0.0.5/32")
+
+
+def test_cilium_manifest_args():
+    settings = parse(
+        "--kubeconfig=/etc/kubernetes/kubeconfig",
+        "--hostname=node-1",
+        "--cni=false",
+        "--compatibility=cilium",
+        "--local=false",
+        "--encapsulate=crosssubnet",
+        "--clean-up-interface=true",
+        "--subnet=172.31.254.0/24",
+        "--log-level=all",
+        "--internal-cidr=10.0.0.5/32",
+    )
+    assert settings == AgentSettings(
+        mesh=MeshSettings(
+            hostname="node-1",
+            compatibility=Compatibility.CILIUM,
+            local=False,
+            encapsulation=Encapsulation.CROSSSUBNET,
+            subnet=ip_network("172.31.254.0/24"),
+            internal_cidrs=nets("10.0.0.5/32"),
+        ),
+        backend=BackendSettings(kubeconfig="/etc/kubernetes/kubeconfig"),
+        wireguard=WireGuardSettings(clean_up_interface=True),
+        cni=CNISettings(enabled=False),
+        log=LogSettings(level=LogLevel.ALL),
+    )
+
+
+def test_userspace_manifest_args():
+    settings = parse(
+        "--kubeconfig=/etc/kubernetes/kubeconfig",
+        "--hostname=node-1",
+        "--create-interface=false",
+        "--interface=kilo0",
+    )
+    assert settings.wireguard == WireGuardSettings(create_interface=False, interface="kilo0")
+
+
+def test_e2e_args():
+    settings = parse(
+        "--hostname=n",
+        "--create-interface=false",
+        "--mesh-granularity=full",
+        "--kubeconfig=/k",
+        "--internal-cidr=172.18.0.2/32",
+    )
+    assert settings == AgentSettings(
+        mesh=MeshSettings(
+            hostname="n",
+            granularity=Granularity.FULL,
+            internal_cidrs=nets("172.18.0.2/32"),
+        ),
+        backend=BackendSettings(kubeconfig="/k"),
+        wireguard=WireGuardSettings(create_interface=False),
+        http=HTTPSettings(),
+    )
+
+
+def test_webhook_manifest_args():
+    with pytest.raises(WebhookRequested) as caught:
+        parse(
+            "webhook",
+            "--cert-file=/run/secrets/tls/tls.crt",
+            "--key-file=/run/secrets/tls/tls.key",
+            "--listen-metrics=:1107",
+            "--listen=:8443",
+        )
+    assert caught.value.settings == WebhookSettings(
+        cert_file="/run/secrets/tls/tls.crt", key_file="/run/secrets/tls/tls.key"
+    )
+
+
+# --- subcommands, help and version ----------------------------------------------------------
+
+
+def shown(*argv: str) -> str:
+    with pytest.raises(ShowText) as caught:
+        parse(*argv, hostname=None)
+    return caught.value.text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["--version=true"],
+        ["version"],
+        ["--log-level=debug", "version"],
+        # The version command has no pre-run: Kilo does not check the log level there.
+        ["version", "--log-level=loud"],
+        # --version wins over every check after the log level's.
+        ["--version", "--subnet=x", "--port=0", "--mtu=x"],
+    ],
+)
+def test_version(argv):
+    assert shown(*argv) == f"{__version__}\n"
+
+
+def test_version_false_runs_the_checks():
+    assert error_of("--version=false", hostname=None) == "failed to determine hostname"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["help"], ["--port=0", "--help"]])
+def test_help(argv):
+    assert shown(*argv) == help_text()
+
+
+def test_help_for_a_subcommand():
+    assert shown("webhook", "--help") == help_text("webhook")
+    assert shown("help", "webhook") == help_text("webhook")
+    assert "--cert-file string" in help_text("webhook")
+    assert "--log-level string" in help_text("webhook")
+
+
+def test_flag_errors_win_over_help():
+    assert error_of("--help", "--bogus") == "unknown flag: --bogus"
+
+
+def test_webhook_defaults_and_checks():
+    with pytest.raises(WebhookRequested) as caught:
+        parse("webhook")
+    assert caught.value.settings == WebhookSettings()
+    assert caught.value.settings.listen == ":8443"
+    assert caught.value.settings.listen_metrics == ":1107"
+    assert shown("webhook", "--version") == f"{__version__}\n"
+    assert error_of("webhook", "--version", "--log-level=x").startswith("log level x unknown;")
+    assert error_of("webhook", "--port=1") == "unknown flag: --port"
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def test_main_version():
+    assert run("--version") == (0, f"{__version__}\n", "")
+    assert run("version") == (0, f"{__version__}\n", "")
+
+
+def test_main_errors_are_one_line_on_stderr_with_status_1():
+    for argv in (["--bogus"], ["--cni", "false"], ["--port=0", "--hostname=n"], ["--log-level=x"]):
+        code, out, err = run(*argv)
+        assert (code, out) == (1, "")
+        assert err.count("\n") == 1 and err.endswith("\n")
+    assert run("--mtu=x", "--hostname=n")[2] == (
+        'failed to parse MTU "x": strconv.ParseUint: parsing "x": invalid syntax\n'
+    )
+
+
+def test_main_says_the_agent_loop_does_not_exist_yet():
+    assert run("--hostname=n") == (
+        1,
+        "",
+        "kg: the agent loop is not implemented yet; flags are valid\n",
+    )
+
+
+def test_main_help_and_webhook():
+    code, out, err = run("--help")
+    assert (code, err) == (0, "")
+    assert out.startswith("kg is the Kilo agent.")
+    assert run("webhook") == (
+        1,
+        "",
+        "kg webhook: the peer-validation webhook is not implemented yet\n",
+    )
+
+
+def test_kg_module_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "kilo.agent", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{__version__}\n", "")
