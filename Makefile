@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: venv lint test unit integration example bench clean
+.PHONY: venv lint test unit integration e2e example bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ test: lint
 
 unit: $(PY)
 	$(BIN)/pytest tests/unit
+
+# End-to-end tests alone: network namespaces, real iptables (root).
+e2e: $(PY)
+	$(BIN)/pytest tests/e2e
 
 # Integration tests alone: a real etcd + kube-apiserver (built once, see README).
 integration: $(PY)

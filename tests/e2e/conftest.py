@@ -1,0 +1,30 @@
+"""End-to-end fixtures: network namespaces that the tests create and always remove."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace (root and iproute2 are needed: CI runs as root)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.fail("the e2e tests need root and iproute2 (network namespaces)")
+    name = f"kilo-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
