@@ -28,7 +28,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import Literal
+from typing import Literal, TypeVar
 
 from kilo import __version__
 from kilo.mesh import ip
@@ -763,6 +763,17 @@ def _int(value: FlagValue) -> int:
     return value
 
 
+E = TypeVar("E", Encapsulation, Compatibility, Granularity)
+
+
+def _choice(kind: type[E], value: FlagValue, what: str, possible: str) -> E:
+    text = str(value)
+    try:
+        return kind(text)
+    except ValueError:
+        raise SettingsError(f"{what} {text} unknown; possible values are: {possible}") from None
+
+
 def parse_args(
     argv: Sequence[str], *, hostname_fallback: Callable[[], str | None]
 ) -> AgentSettings:
@@ -820,30 +831,16 @@ def _validate(
         if not hostname:
             raise SettingsError("failed to determine hostname")
     # 5. --encapsulate.
-    encapsulate = str(values["encapsulate"])
-    try:
-        encapsulation = Encapsulation(encapsulate)
-    except ValueError:
-        raise SettingsError(
-            f"encapsulation {encapsulate} unknown; possible values are: {_ENCAPSULATIONS}"
-        ) from None
+    encapsulation = _choice(Encapsulation, values["encapsulate"], "encapsulation", _ENCAPSULATIONS)
     # 5b. --compatibility, where Kilo picks the encapsulator. Kilo silently falls back to
     # IPIP for an unknown value; a typo would then change the data plane (deliberate fix).
-    compatibility_text = str(values["compatibility"])
-    try:
-        compatibility = Compatibility(compatibility_text)
-    except ValueError:
-        raise SettingsError(
-            f"compatibility {compatibility_text} unknown; possible values are: {_COMPATIBILITIES}"
-        ) from None
+    compatibility = _choice(
+        Compatibility, values["compatibility"], "compatibility", _COMPATIBILITIES
+    )
     # 6. --mesh-granularity (no "auto" in kg).
-    granularity_text = str(values["mesh-granularity"])
-    try:
-        granularity = Granularity(granularity_text)
-    except ValueError:
-        raise SettingsError(
-            f"mesh granularity {granularity_text} unknown; possible values are: {_GRANULARITIES}"
-        ) from None
+    granularity = _choice(
+        Granularity, values["mesh-granularity"], "mesh granularity", _GRANULARITIES
+    )
     # 7. --backend. (Building the Kubernetes client config is the caller's.)
     backend = str(values["backend"])
     if backend != BACKEND_KUBERNETES:
