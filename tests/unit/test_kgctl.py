@@ -17,6 +17,7 @@ from kilo.cli import kgctl
 from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
 from tests.unit.test_graph import REFERENCE_DOT
 from tests.unit.test_routes import BETA_ROUTES, BETA_RULES
+from tests.unit.test_topology import LAPTOP_CONF
 
 FILE = ["--backend", "file", "--file", str(EXAMPLE_DUMP)]
 
@@ -54,25 +55,6 @@ PublicKey = {PUBLIC_KEYS["delta"]}
 AllowedIPs = 10.5.0.1/32
 PersistentKeepalive = 0
 PublicKey = {PUBLIC_KEYS["laptop"]}
-"""
-
-LAPTOP_CONF = f"""[Peer]
-AllowedIPs = 10.2.2.0/24, 172.31.5.5/32, 10.4.0.1/32, 172.31.100.0/24
-Endpoint = 3.3.3.3:51820
-PersistentKeepalive = 25
-PublicKey = {PUBLIC_KEYS["gamma"]}
-
-[Peer]
-AllowedIPs = 10.2.0.0/24, 10.128.0.2/32, 10.2.1.0/24, 10.128.0.3/32, 10.4.0.2/32
-Endpoint = 34.1.1.1:51820
-PersistentKeepalive = 25
-PublicKey = {PUBLIC_KEYS["alpha"]}
-
-[Peer]
-AllowedIPs = 10.2.3.0/24, 10.4.0.3/32
-Endpoint = 3.3.3.4:51820
-PersistentKeepalive = 25
-PublicKey = {PUBLIC_KEYS["delta"]}
 """
 
 
