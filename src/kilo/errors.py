@@ -5,7 +5,8 @@
     ├── TopologyError            the cluster cannot be turned into a mesh
     │   ├── LocalNodeMissing     the perspective node is not among the ready nodes
     │   └── AddressPoolExhausted the Kilo subnet has fewer addresses than segments
-    └── BackendError             reading the cluster failed (file, API server)
+    ├── BackendError             reading the cluster failed (file, API server)
+    └── DataPlaneError           programming the node failed (netlink, WireGuard, iptables, files)
 
 Third-party exceptions are translated at the adapter edge with ``raise ... from exc``.
 """
@@ -48,3 +49,7 @@ class AddressPoolExhausted(TopologyError):
 
 class BackendError(KiloError):
     """The cluster state could not be read or written."""
+
+
+class DataPlaneError(KiloError):
+    """The node's interfaces, routes, rules, iptables or files could not be read or changed."""
