@@ -1,0 +1,234 @@
+"""Applies planned iptables rules with ``iptables-save`` and ``iptables-restore --noflush``.
+
+The shell around :mod:`kilo.mesh.iptables_restore`: per protocol and table it reads the
+table (``iptables-save -t TABLE``), lets the pure core compute the restore script, and
+runs it (``iptables-restore --wait=N --noflush``, script on stdin). A table already in
+the planned state costs one ``iptables-save`` and nothing else. Kilo instead runs one
+``iptables`` process per rule and per check.
+
+Which tables are read: every table the plan uses, plus ``filter`` and ``nat``, the only
+tables Kilo ever writes, so that rules and ``KILO-*`` chains a previous plan left there are
+removed. Tables are read one at a time (not with a bare ``iptables-save``) so that a table
+another tool made incompatible with ``iptables-nft`` cannot stop Kilo's own tables from
+being reconciled.
+
+IPv6: with ``ipv6=None`` the IPv6 client is used when ``ip6tables-save`` and
+``ip6tables-restore`` are installed and the kernel has IPv6 (``/sys/module/ipv6/
+parameters/disable`` reads 0; when that file cannot be read, ``/proc/net/if_inet6``
+exists). Kilo fails to start when the file cannot be read; here a missing file only
+falls back to the second test. Without IPv6, IPv6 rules in the plan are ignored, as
+Kilo's no-op IPv6 client ignores them.
+
+Metrics: ``on_operation(protocol, operation, table, chain)`` is called once per operation,
+before the process that performs it runs (Kilo's wrapper also counts attempts). Kilo's
+operation names are mapped as follows:
+
+* reading a table (``iptables-save -t T``): ``List`` with chain ``*``;
+* declaring a Kilo chain (``:KILO-NAT - [0:0]``, which creates or flushes it) and
+  flushing one before removal (``-F``): ``ClearChain``;
+* removing a chain (``-X``): ``DeleteChain``;
+* ``-A`` (append): ``AppendUnique``; ``-I CHAIN 1`` (insert at the top):
+  ``InsertUnique``; ``-D``: ``Delete``.
+
+Errors (a non-zero exit status, a missing binary, a timeout) raise
+:class:`~kilo.errors.DataPlaneError` naming the table, the protocol and the first line of
+the command's stderr.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kilo.errors import DataPlaneError
+from kilo.mesh.iptables import FILTER_TABLE, NAT_TABLE, Protocol, RuleSet
+from kilo.mesh.iptables_restore import (
+    KILO_CHAIN_PREFIX,
+    KILO_COMMENT_PREFIX,
+    TableState,
+    parse_save,
+    restore_script,
+    tables_of,
+)
+
+OperationCallback = Callable[[str, str, str, str], None]
+
+# The tables Kilo's rule sets ever use; read on every apply so that leftovers are removed.
+KILO_TABLES = (FILTER_TABLE, NAT_TABLE)
+# Seconds iptables-restore waits for the xtables lock; the process gets a little longer.
+LOCK_WAIT_SECONDS = 10
+COMMAND_TIMEOUT_SECONDS = 30.0
+
+IPV6_DISABLE_PARAMETER = Path("/sys/module/ipv6/parameters/disable")
+IF_INET6 = Path("/proc/net/if_inet6")
+
+_COMMANDS = {
+    Protocol.IPV4: ("iptables-save", "iptables-restore"),
+    Protocol.IPV6: ("ip6tables-save", "ip6tables-restore"),
+}
+_SCRIPT_OPERATIONS = {
+    "-A": "AppendUnique",
+    "-I": "InsertUnique",
+    "-D": "Delete",
+    "-F": "ClearChain",
+    "-X": "DeleteChain",
+}
+
+
+def kernel_has_ipv6(
+    *, disable_parameter: Path = IPV6_DISABLE_PARAMETER, if_inet6: Path = IF_INET6
+) -> bool:
+    """Whether IPv6 is enabled: the ``disable`` module parameter reads 0, else ``if_inet6`` exists.
+
+    Never raises: an unreadable parameter (IPv6 built into the kernel, or a restricted
+    ``/sys``) falls back to ``/proc/net/if_inet6``, which exists only with IPv6.
+    """
+    try:
+        return disable_parameter.read_text(encoding="ascii").strip() == "0"
+    except (OSError, UnicodeDecodeError):
+        return if_inet6.exists()
+
+
+def detect_ipv6() -> bool:
+    """Whether the IPv6 client can be used: ``ip6tables-save``/``-restore`` and kernel IPv6."""
+    tools = all(shutil.which(name) is not None for name in _COMMANDS[Protocol.IPV6])
+    return tools and kernel_has_ipv6()
+
+
+def script_operations(script: str) -> list[tuple[str, str, str]]:
+    """``(operation, table, chain)`` for every change in a restore script, in order."""
+    operations: list[tuple[str, str, str]] = []
+    table = ""
+    for line in script.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            operations.append(("ClearChain", table, line[1:].split()[0]))
+        else:
+            parts = line.split(maxsplit=2)
+            if len(parts) >= 2 and parts[0] in _SCRIPT_OPERATIONS:
+                operations.append((_SCRIPT_OPERATIONS[parts[0]], table, parts[1]))
+    return operations
+
+
+def _holds_kilo_state(state: TableState) -> bool:
+    if any(chain.startswith(KILO_CHAIN_PREFIX) for chain in state.chains):
+        return True
+    return any(
+        spec[i] == "--comment" and spec[i + 1].startswith(KILO_COMMENT_PREFIX)
+        for rules in state.rules.values()
+        for spec in rules
+        for i in range(len(spec) - 1)
+    )
+
+
+class IPTables:
+    """Kilo's iptables controller: brings the Kilo rules of every table to a plan."""
+
+    def __init__(
+        self,
+        *,
+        netns: str | None = None,
+        ipv6: bool | None = None,
+        on_operation: OperationCallback | None = None,
+    ) -> None:
+        self._prefix: tuple[str, ...] = ("ip", "netns", "exec", netns) if netns else ()
+        self._protocols = (
+            (Protocol.IPV4, Protocol.IPV6)
+            if (detect_ipv6() if ipv6 is None else ipv6)
+            else (Protocol.IPV4,)
+        )
+        self._on_operation = on_operation
+        # The agent applies from its resync loop and cleans up on shutdown; never both at once.
+        self._lock = threading.Lock()
+
+    @property
+    def protocols(self) -> tuple[Protocol, ...]:
+        """The protocols this controller programs (IPv6 only when enabled)."""
+        return self._protocols
+
+    def apply(self, planned: RuleSet) -> int:
+        """Bring every table to ``planned``; return how many tables had to change."""
+        with self._lock:
+            changed = 0
+            for protocol in self._protocols:
+                for table in sorted({*tables_of(planned, protocol), *KILO_TABLES}):
+                    if self._apply_table(planned, table, protocol):
+                        changed += 1
+            return changed
+
+    def clean_up(self) -> None:
+        """Remove every Kilo rule (comment ``Kilo:``) and every ``KILO-*`` chain, nothing else."""
+        self.apply(RuleSet())
+
+    def _apply_table(self, planned: RuleSet, table: str, protocol: Protocol) -> bool:
+        save, restore = _COMMANDS[protocol]
+        self._count(protocol, "List", table, "*")
+        output = self._run(protocol, table, [save, "-t", table])
+        current = parse_save(output).get(table, TableState())
+        if table not in tables_of(planned, protocol) and not _holds_kilo_state(current):
+            return False
+        script = restore_script(planned, table, protocol, current)
+        if script is None:
+            return False
+        for operation, op_table, chain in script_operations(script):
+            self._count(protocol, operation, op_table, chain)
+        self._run(
+            protocol,
+            table,
+            [restore, f"--wait={LOCK_WAIT_SECONDS}", "--noflush"],
+            stdin=script,
+        )
+        return True
+
+    def _count(self, protocol: Protocol, operation: str, table: str, chain: str) -> None:
+        if self._on_operation is not None:
+            self._on_operation(str(protocol), operation, table, chain)
+
+    def _run(
+        self, protocol: Protocol, table: str, argv: Sequence[str], *, stdin: str | None = None
+    ) -> str:
+        command = argv[0]
+        try:
+            result = subprocess.run(
+                [*self._prefix, *argv],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise DataPlaneError(
+                f"{command} for table {table} ({protocol}): {exc.filename or command} "
+                "is not installed"
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DataPlaneError(
+                f"{command} for table {table} ({protocol}): "
+                f"no answer within {COMMAND_TIMEOUT_SECONDS:g} s"
+            ) from exc
+        except OSError as exc:
+            raise DataPlaneError(
+                f"{command} for table {table} ({protocol}): {exc.strerror or exc}"
+            ) from exc
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines()
+            reason = lines[0] if lines else f"exit status {result.returncode}"
+            raise DataPlaneError(f"{command} failed for table {table} ({protocol}): {reason}")
+        return result.stdout
+
+
+__all__ = [
+    "COMMAND_TIMEOUT_SECONDS",
+    "KILO_TABLES",
+    "LOCK_WAIT_SECONDS",
+    "IPTables",
+    "OperationCallback",
+    "detect_ipv6",
+    "kernel_has_ipv6",
+    "script_operations",
+]
