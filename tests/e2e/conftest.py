@@ -7,8 +7,11 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.integration.controlplane import build_binaries
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,3 +31,9 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture(scope="session")
+def controlplane_binaries() -> Path:
+    """etcd and kube-apiserver for testbeds (built once, cached outside the clone)."""
+    return build_binaries()

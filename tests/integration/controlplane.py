@@ -1,8 +1,11 @@
 """A real test control plane: etcd and kube-apiserver on loopback, with TLS and RBAC.
 
 The binaries come from ``tests/controlplane/build.sh`` (built once from the Go module proxy
-into a cache outside the clone). Everything listens on 127.0.0.1 only; every file lives in
-one temporary directory; ``stop()`` ends both processes, also after a failed start.
+into a cache outside the clone). By default everything listens on 127.0.0.1 only; every
+file lives in one temporary directory; ``stop()`` ends both processes, also after a failed
+start. The end-to-end testbed runs both inside a network namespace (``netns``) with the API
+server bound to that namespace's addresses: etcd then stays on the namespace's loopback,
+where ``compact_etcd`` (which talks to it from the calling process) cannot reach it.
 """
 
 from __future__ import annotations
@@ -146,14 +149,32 @@ class ControlPlaneError(RuntimeError):
 class ControlPlane:
     """etcd + kube-apiserver in a temporary directory; use as a context manager."""
 
-    def __init__(self, binaries: Path, *, workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        binaries: Path,
+        *,
+        workdir: Path | None = None,
+        netns: str | None = None,
+        bind_address: str = "127.0.0.1",
+        advertise_address: str | None = None,
+        server_host: str = "127.0.0.1",
+        extra_sans: tuple[str, ...] = (),
+    ) -> None:
+        """``server_host`` is the address this process uses to reach the API server (the
+        ``server`` of ``admin_kubeconfig``); ``extra_sans`` are further IP addresses or DNS
+        names the serving certificate is valid for; with ``netns`` both processes run in
+        that network namespace."""
         self.binaries = binaries
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kilo-controlplane-"))
+        self.netns = netns
+        self.bind_address = bind_address
+        self.advertise_address = advertise_address or bind_address
+        self.extra_sans = extra_sans
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
         self.port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
+        self.server = f"https://{server_host}:{self.port}"
         self.etcd: subprocess.Popen[bytes] | None = None
         self.apiserver: subprocess.Popen[bytes] | None = None
         self.ca = CertificateAuthority.create("kilo-test-ca")
@@ -171,15 +192,19 @@ class ControlPlane:
     def _prepare(self) -> None:
         self.pki.mkdir(parents=True, exist_ok=True)
         self._write("ca.crt", _pem_cert(self.ca.cert), 0o644)
+        names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+        ips = ["127.0.0.1", "10.96.0.1"]
+        for san in (self.advertise_address, *self.extra_sans):
+            try:
+                ipaddress.ip_address(san)
+            except ValueError:
+                names.append(san)
+            else:
+                ips.append(san)
         cert, key = self.ca.issue(
             "kube-apiserver",
-            server_names=(
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-            ),
-            server_ips=("127.0.0.1", "10.96.0.1"),
+            server_names=tuple(dict.fromkeys(names)),
+            server_ips=tuple(dict.fromkeys(ips)),
             client=False,
         )
         self._write("apiserver.crt", cert, 0o644)
@@ -202,8 +227,10 @@ class ControlPlane:
         *,
         organizations: tuple[str, ...] = (),
         token: str | None = None,
+        server: str | None = None,
     ) -> Path:
-        """A kubeconfig for ``user`` (client certificate, or a bearer token)."""
+        """A kubeconfig for ``user`` (client certificate, or a bearer token); ``server``
+        overrides the URL, for clients that reach the API server by another address."""
         credentials: dict[str, str]
         if token is not None:
             credentials = {"token": token}
@@ -220,7 +247,7 @@ class ControlPlane:
                 {
                     "name": "kilo-test",
                     "cluster": {
-                        "server": self.server,
+                        "server": server or self.server,
                         "certificate-authority-data": _b64(_pem_cert(self.ca.cert)),
                     },
                 }
@@ -246,6 +273,10 @@ class ControlPlane:
             raise
         return self
 
+    def _netns_prefix(self) -> list[str]:
+        # ``ip netns exec`` execs the command, so the process (and its group) stays ours.
+        return [] if self.netns is None else ["ip", "netns", "exec", self.netns]
+
     def _log(self, name: str) -> int:
         return os.open(self.workdir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
@@ -256,6 +287,7 @@ class ControlPlane:
         log = self._log("etcd")
         self.etcd = subprocess.Popen(
             [
+                *self._netns_prefix(),
                 str(bin_etcd),
                 "--name=kilo-test",
                 f"--data-dir={self.workdir / 'etcd'}",
@@ -278,10 +310,11 @@ class ControlPlane:
         log = self._log("kube-apiserver")
         self.apiserver = subprocess.Popen(
             [
+                *self._netns_prefix(),
                 str(bin_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.advertise_address}",
                 # The kubernetes Service endpoint may not be a loopback address.
                 "--endpoint-reconciler-type=none",
                 f"--secure-port={self.port}",
