@@ -1033,8 +1033,9 @@ class Testbed:
         except subprocess.TimeoutExpired as exc:
             raise CommandError(argv, None, _text(exc.stdout), _text(exc.stderr)) from exc
         if result.returncode != 0:
+            # Plugins report errors as JSON on stdout; CommandError falls back to it.
             raise CommandError(
-                [f"CNI_COMMAND={command}", *argv], result.returncode, result.stderr, result.stdout
+                [f"CNI_COMMAND={command}", *argv], result.returncode, result.stdout, result.stderr
             )
         return result.stdout
 
