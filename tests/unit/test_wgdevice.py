@@ -1,0 +1,619 @@
+"""The live-device diff: UAPI parsing, planning only what differs, NAT discovery."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kilo.errors import KiloError
+from kilo.mesh.endpoint import Endpoint, UDPAddr
+from kilo.mesh.ip import IPNetwork, parse_interface
+from kilo.mesh.keys import ZERO_KEY, Key
+from kilo.mesh.model import Node, Peer
+from kilo.mesh.wgdevice import (
+    DeviceState,
+    PeerState,
+    UAPIParseError,
+    discovered_endpoints,
+    parse_uapi,
+    plan_changes,
+    plan_update,
+    redact,
+    stored_private_key,
+)
+from kilo.mesh.wireguard import WireGuardConfig, WireGuardPeer
+from tests.strategies import key_for
+from tests.uapi_sim import apply_set
+
+KEYS = tuple(key_for(i, salt=77) for i in range(6))
+A, B, C, D = KEYS[:4]
+PRIVATE = Key(bytes(range(1, 33)))  # not clamped: WireGuard stores it clamped
+PSK = Key(bytes([7]) * 32)
+
+
+def cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    parsed = parse_interface(text)
+    assert parsed is not None
+    return parsed
+
+
+def net(text: str) -> IPNetwork:
+    return ipaddress.ip_network(text)
+
+
+def ep(text: str) -> Endpoint:
+    parsed = Endpoint.parse(text)
+    assert parsed is not None
+    return parsed
+
+
+def udp(text: str) -> UDPAddr:
+    endpoint = ep(text).udp
+    assert endpoint is not None
+    return endpoint
+
+
+def peer(key: Key, *allowed: str, **kwargs: object) -> WireGuardPeer:
+    return WireGuardPeer(public_key=key, allowed_ips=tuple(map(cidr, allowed)), **kwargs)  # type: ignore[arg-type]
+
+
+def config(*peers: WireGuardPeer, private_key: Key | None = PRIVATE, port: int = 51820):
+    return WireGuardConfig(private_key=private_key, listen_port=port, peers=peers)
+
+
+def peers_only(*peers: WireGuardPeer) -> WireGuardConfig:
+    return WireGuardConfig(peers=peers)
+
+
+def from_scratch(desired: WireGuardConfig) -> DeviceState:
+    """Kilo's way, as an oracle: replace every peer and configure each fully, in order."""
+    lines = ["replace_peers=true"]
+    if desired.private_key is not None:
+        lines.append(f"private_key={desired.private_key.raw.hex()}")
+    if desired.listen_port:
+        lines.append(f"listen_port={desired.listen_port}")
+    for p in desired.peers:
+        lines.append(f"public_key={p.public_key.raw.hex()}")
+        if p.preshared_key is not None:
+            lines.append(f"preshared_key={p.preshared_key.raw.hex()}")
+        if p.endpoint is not None and p.endpoint.udp is not None:
+            lines.append(f"endpoint={p.endpoint.udp}")
+        keepalive = max(0, min(p.persistent_keepalive, 65535))
+        lines.append(f"persistent_keepalive_interval={keepalive}")
+        lines.append("replace_allowed_ips=true")
+        lines.extend(f"allowed_ip={a}" for a in p.allowed_ips)  # with host bits: masked on set
+    return apply_set(DeviceState(), "\n".join(lines))
+
+
+def expected(desired: WireGuardConfig, current: DeviceState) -> DeviceState:
+    """``desired`` configured from scratch, but with sessions and roamed endpoints kept."""
+    fresh = from_scratch(desired)
+    peers = []
+    for p in fresh.peers:
+        live = current.peer(p.public_key)
+        peers.append(
+            p
+            if live is None
+            else replace(
+                p,
+                endpoint=p.endpoint or live.endpoint,
+                last_handshake=live.last_handshake,
+                rx_bytes=live.rx_bytes,
+                tx_bytes=live.tx_bytes,
+            )
+        )
+    return DeviceState(
+        private_key=current.private_key if desired.private_key is None else fresh.private_key,
+        listen_port=desired.listen_port or current.listen_port,
+        peers=tuple(peers),
+    )
+
+
+def comparable(state: DeviceState) -> tuple[object, ...]:
+    return (
+        state.private_key,
+        state.listen_port,
+        {
+            p.public_key: replace(p, allowed_ips=tuple(sorted(p.allowed_ips, key=str)))
+            for p in state.peers
+        },
+    )
+
+
+def apply(desired: WireGuardConfig, current: DeviceState) -> tuple[str | None, DeviceState]:
+    text = plan_update(desired, current)
+    return text, current if text is None else apply_set(current, text)
+
+
+def mentioned(text: str | None) -> set[Key]:
+    if text is None:
+        return set()
+    return {
+        Key(bytes.fromhex(line.removeprefix("public_key=")))
+        for line in text.splitlines()
+        if line.startswith("public_key=")
+    }
+
+
+# --- Reading a device --------------------------------------------------------------------
+
+# What wireguard-go 0.0.20220316 answers to get=1 (one peer that completed a handshake).
+WIREGUARD_GO_REPLY = (
+    "private_key=2022222222222222222222222222222222222222222222222222222222222262\n"
+    "listen_port=51820\n"
+    "public_key=1111111111111111111111111111111111111111111111111111111111111111\n"
+    "preshared_key=0000000000000000000000000000000000000000000000000000000000000000\n"
+    "protocol_version=1\n"
+    "endpoint=192.0.2.9:5\n"
+    "last_handshake_time_sec=1700000000\n"
+    "last_handshake_time_nsec=250000000\n"
+    "tx_bytes=92\n"
+    "rx_bytes=148\n"
+    "persistent_keepalive_interval=25\n"
+    "allowed_ip=10.0.0.0/24\n"
+    "allowed_ip=fd00::/64\n"
+    "public_key=3333333333333333333333333333333333333333333333333333333333333333\n"
+    "preshared_key=0707070707070707070707070707070707070707070707070707070707070707\n"
+    "protocol_version=1\n"
+    "endpoint=[2001:db8::1]:51820\n"
+    "last_handshake_time_sec=0\n"
+    "last_handshake_time_nsec=0\n"
+    "tx_bytes=0\n"
+    "rx_bytes=0\n"
+    "persistent_keepalive_interval=0\n"
+    "errno=0\n"
+    "\n"
+)
+
+
+def test_parse_a_wireguard_go_reply() -> None:
+    state = parse_uapi(WIREGUARD_GO_REPLY)
+    assert state == DeviceState(
+        private_key=Key(bytes.fromhex("20" + "22" * 30 + "62")),
+        listen_port=51820,
+        peers=(
+            PeerState(
+                public_key=Key(bytes([0x11]) * 32),
+                endpoint=UDPAddr(ipaddress.ip_address("192.0.2.9"), 5),
+                persistent_keepalive=25,
+                allowed_ips=(net("10.0.0.0/24"), net("fd00::/64")),
+                last_handshake=1700000000.25,
+                rx_bytes=148,
+                tx_bytes=92,
+            ),
+            PeerState(
+                public_key=Key(bytes([0x33]) * 32),
+                preshared_key=PSK,
+                endpoint=UDPAddr(ipaddress.ip_address("2001:db8::1"), 51820),
+            ),
+        ),
+    )
+
+
+def test_a_device_without_key_or_peers() -> None:
+    assert parse_uapi("listen_port=42197\nerrno=0\n\n") == DeviceState(listen_port=42197)
+    assert parse_uapi("private_key=" + "00" * 32 + "\n") == DeviceState()
+
+
+def test_an_ipv6_endpoint_with_a_zone() -> None:
+    state = parse_uapi(f"public_key={A.raw.hex()}\nendpoint=[fe80::1%veth0]:51820\n")
+    assert state.peers[0].endpoint == UDPAddr(ipaddress.ip_address("fe80::1"), 51820, "veth0")
+    assert str(state.peers[0].endpoint) == "[fe80::1%veth0]:51820"
+
+
+def test_unknown_keys_are_skipped() -> None:
+    text = "fwmark=0\nnew_device_thing=1\npublic_key=" + "11" * 32 + "\nnew_peer_thing=x\n"
+    assert parse_uapi(text) == DeviceState(peers=(PeerState(public_key=Key(bytes([0x11]) * 32)),))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("listen_port=51820\ngarbage\n", "UAPI line 2: 'garbage' is not key=value"),
+        ("listen_port=70000\n", "UAPI line 1: listen_port='70000' is not a port"),
+        ("public_key=abc\n", "UAPI line 1: public_key='abc' is not a 64-digit hex key"),
+        (
+            "public_key=" + "11" * 32 + "\nendpoint=somewhere\n",
+            "UAPI line 2: endpoint='somewhere' is not ip:port",
+        ),
+        (
+            "public_key=" + "11" * 32 + "\nendpoint=192.0.2.1:0\n",
+            "UAPI line 2: endpoint='192.0.2.1:0' is not ip:port",
+        ),
+        (
+            "public_key=" + "11" * 32 + "\nallowed_ip=10.0.0.0/33\n",
+            "UAPI line 2: allowed_ip='10.0.0.0/33' is not a CIDR",
+        ),
+        (
+            "public_key=" + "11" * 32 + "\nrx_bytes=-1\n",
+            "UAPI line 2: rx_bytes='-1' is not an integer in 0..18446744073709551615",
+        ),
+        (
+            "public_key=" + "11" * 32 + "\nlisten_port=1\n",
+            "UAPI line 2: listen_port='1' is a device key after the first peer",
+        ),
+        ("errno=-22\n\n", "UAPI line 1: errno='-22' reports an error"),
+    ],
+)
+def test_a_bad_reply_names_the_line(text: str, message: str) -> None:
+    with pytest.raises(UAPIParseError) as info:
+        parse_uapi(text)
+    assert str(info.value) == message
+    assert isinstance(info.value, KiloError)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("key", ["private_key", "preshared_key"])
+def test_a_bad_secret_is_not_repeated_in_the_error(key: str) -> None:
+    secret = "ab" * 31 + "z9"  # 64 characters, not hex: nearly a key
+    text = (
+        f"{key}={secret}\n" if key == "private_key" else f"public_key={'11' * 32}\n{key}={secret}\n"
+    )
+    with pytest.raises(UAPIParseError) as info:
+        parse_uapi(text)
+    assert "abab" not in str(info.value)
+    assert f"{key}='(hidden)' is not a 64-digit hex key" in str(info.value)
+
+
+def test_repr_hides_private_and_preshared_keys() -> None:
+    state = parse_uapi(WIREGUARD_GO_REPLY)
+    assert state.private_key is not None
+    text = repr(state)
+    for secret in (state.private_key, PSK):
+        assert str(secret)[:4] not in text
+        assert secret.raw.hex()[:8] not in text
+    assert "private_key=(hidden)" in text
+    assert "preshared" not in text
+    assert repr(DeviceState()).startswith("DeviceState(private_key=None,")
+    change = plan_changes(config(peer(A, "10.0.0.0/24", preshared_key=PSK)), DeviceState())
+    assert change is not None
+    assert str(PRIVATE)[:4] not in repr(change)
+    assert str(PSK)[:4] not in repr(change)
+
+
+def test_redact_hides_keys_in_uapi_text() -> None:
+    text = plan_update(config(peer(A, "10.0.0.0/24", preshared_key=PSK)), DeviceState())
+    assert text is not None
+    hidden = redact(text)
+    assert PRIVATE.raw.hex() not in hidden
+    assert PSK.raw.hex() not in hidden
+    assert "private_key=(hidden)\n" in hidden
+    assert "preshared_key=(hidden)\n" in hidden
+    assert f"public_key={A.raw.hex()}\n" in hidden
+
+
+# --- Planning ----------------------------------------------------------------------------
+
+
+def test_an_empty_device_gets_the_full_config_in_order() -> None:
+    desired = config(
+        peer(A, "10.2.2.0/24", "172.31.5.5/32", endpoint=ep("192.0.2.3:51820")),
+        peer(B, "10.5.0.1/32", persistent_keepalive=25, preshared_key=PSK),
+    )
+    assert plan_update(desired, DeviceState(listen_port=40000)) == (
+        f"private_key={PRIVATE.raw.hex()}\n"
+        "listen_port=51820\n"
+        f"public_key={A.raw.hex()}\n"
+        "endpoint=192.0.2.3:51820\n"
+        "persistent_keepalive_interval=0\n"
+        "replace_allowed_ips=true\n"
+        "allowed_ip=10.2.2.0/24\n"
+        "allowed_ip=172.31.5.5/32\n"
+        f"public_key={B.raw.hex()}\n"
+        f"preshared_key={PSK.raw.hex()}\n"
+        "persistent_keepalive_interval=25\n"
+        "replace_allowed_ips=true\n"
+        "allowed_ip=10.5.0.1/32\n"
+    )
+
+
+def test_removals_come_first_then_only_changed_peers_in_config_order() -> None:
+    desired = config(peer(C, "10.3.0.0/24"), peer(A, "10.1.0.0/24"), peer(B, "10.2.0.0/24"))
+    _, current = apply(config(peer(A, "10.1.0.0/24"), peer(D, "10.4.0.0/24")), DeviceState())
+    text = plan_update(desired, current)
+    assert text is not None
+    keys = [line for line in text.splitlines() if line.startswith("public_key=")]
+    assert keys == [f"public_key={k.raw.hex()}" for k in (D, C, B)]
+    assert f"public_key={D.raw.hex()}\nremove=true\n" in text
+    assert "private_key" not in text  # same key, same port: untouched
+    assert "listen_port" not in text
+    assert "replace_peers" not in text
+
+
+def test_the_same_config_again_changes_nothing() -> None:
+    desired = config(peer(A, "10.1.0.0/24", endpoint=ep("192.0.2.1:51820"), preshared_key=PSK))
+    text, current = apply(desired, DeviceState())
+    assert text is not None
+    assert plan_update(desired, current) is None
+
+
+def test_allowed_ips_are_compared_masked_and_as_sets() -> None:
+    # Kilo keeps host bits (10.5.0.1/24); WireGuard stores 10.5.0.0/24 (pitfall 6).
+    desired = config(peer(A, "10.5.0.1/24", "fd00::1/64", "10.6.0.0/16"))
+    current = DeviceState(
+        private_key=stored_private_key(PRIVATE),
+        listen_port=51820,
+        peers=(
+            PeerState(
+                public_key=A,
+                allowed_ips=(net("10.6.0.0/16"), net("fd00::/64"), net("10.5.0.0/24")),
+            ),
+        ),
+    )
+    assert plan_update(desired, current) is None
+    # Two host-bit spellings of one network are one allowed IP.
+    assert (
+        plan_update(
+            config(peer(A, "10.5.0.1/24", "10.5.0.2/24", "fd00::/64", "10.6.0.0/16")), current
+        )
+        is None
+    )
+
+
+def test_a_changed_allowed_ip_touches_only_that_peer() -> None:
+    before = config(peer(A, "10.1.0.0/24"), peer(B, "10.2.0.0/24"), peer(C, "10.3.0.0/24"))
+    _, current = apply(before, DeviceState())
+    after = config(
+        peer(A, "10.1.0.0/24"), peer(B, "10.2.0.0/24", "10.9.0.0/24"), peer(C, "10.3.0.0/24")
+    )
+    assert plan_update(after, current) == (
+        f"public_key={B.raw.hex()}\nreplace_allowed_ips=true\nallowed_ip=10.2.0.0/24\nallowed_ip=10.9.0.0/24\n"
+    )
+
+
+def test_only_the_differing_fields_of_a_peer_are_sent() -> None:
+    current = DeviceState(
+        listen_port=51820,
+        peers=(
+            PeerState(
+                public_key=A,
+                preshared_key=PSK,
+                endpoint=udp("192.0.2.1:51820"),
+                persistent_keepalive=25,
+                allowed_ips=(net("10.1.0.0/24"),),
+            ),
+        ),
+    )
+    same = {"preshared_key": PSK, "endpoint": ep("192.0.2.1:51820"), "persistent_keepalive": 25}
+    assert plan_update(peers_only(peer(A, "10.1.0.0/24", **same)), current) is None
+    cases = {
+        "preshared_key=" + "00" * 32: {**same, "preshared_key": None},
+        "endpoint=192.0.2.2:51820": {**same, "endpoint": ep("192.0.2.2:51820")},
+        "persistent_keepalive_interval=0": {**same, "persistent_keepalive": 0},
+    }
+    for line, fields in cases.items():
+        text = plan_update(peers_only(peer(A, "10.1.0.0/24", **fields)), current)
+        assert text == f"public_key={A.raw.hex()}\n{line}\n"
+
+
+def test_no_preshared_key_equals_the_zero_key() -> None:
+    current = DeviceState(peers=(PeerState(public_key=A, allowed_ips=(net("10.1.0.0/24"),)),))
+    for psk in (None, ZERO_KEY):
+        assert plan_update(peers_only(peer(A, "10.1.0.0/24", preshared_key=psk)), current) is None
+
+
+def test_keepalive_is_what_wireguard_accepts() -> None:
+    current = DeviceState(
+        peers=(PeerState(public_key=A, persistent_keepalive=65535), PeerState(public_key=B))
+    )
+    desired = peers_only(peer(A, persistent_keepalive=100_000), peer(B, persistent_keepalive=-3))
+    assert plan_update(desired, current) is None
+
+
+def test_no_endpoint_keeps_the_roamed_endpoint() -> None:
+    # A Kilo Peer without an endpoint that connected: WireGuard learned where it is
+    # (pitfall 5: Kilo saw a difference on every resync and reset every session).
+    roamed = udp("198.51.100.7:41641")
+    current = DeviceState(
+        peers=(
+            PeerState(
+                public_key=A, endpoint=roamed, allowed_ips=(net("10.5.0.1/32"),), last_handshake=1.5
+            ),
+        )
+    )
+    assert plan_update(peers_only(peer(A, "10.5.0.1/32")), current) is None
+    unresolved = ep("laptop.example.com:51820")
+    assert plan_update(peers_only(peer(A, "10.5.0.1/32", endpoint=unresolved)), current) is None
+    # Another change to that peer still leaves its endpoint alone.
+    text, after = apply(peers_only(peer(A, "10.5.0.2/32")), current)
+    assert text is not None
+    assert "endpoint" not in text
+    live = after.peer(A)
+    assert live is not None
+    assert live.endpoint == roamed
+
+
+def test_a_resolved_dns_endpoint_uses_the_ip() -> None:
+    resolved = ep("gw.example.com:51820").resolved_to(ipaddress.ip_address("203.0.113.4"))
+    text = plan_update(peers_only(peer(A, endpoint=resolved)), DeviceState())
+    assert text is not None
+    assert "endpoint=203.0.113.4:51820\n" in text
+    current = DeviceState(peers=(PeerState(public_key=A, endpoint=udp("203.0.113.4:51820")),))
+    assert plan_update(peers_only(peer(A, endpoint=resolved)), current) is None
+
+
+def test_ipv6_endpoints_are_bracketed_and_compared_as_addresses() -> None:
+    text = plan_update(peers_only(peer(A, endpoint=ep("[2001:db8::1]:51820"))), DeviceState())
+    assert text is not None
+    assert "endpoint=[2001:db8::1]:51820\n" in text
+    current = parse_uapi(f"public_key={A.raw.hex()}\nendpoint=[2001:db8:0::1]:51820\n")
+    assert plan_update(peers_only(peer(A, endpoint=ep("[2001:db8::1]:51820"))), current) is None
+
+
+def test_private_key_and_port_only_when_they_differ() -> None:
+    clamped = apply_set(DeviceState(), f"private_key={PRIVATE.raw.hex()}").private_key
+    assert clamped is not None
+    assert clamped != PRIVATE  # the device clamps; the unclamped key is still the same key
+    current = DeviceState(private_key=clamped, listen_port=51820)
+    assert plan_update(config(), current) is None
+    assert plan_update(config(port=51821), current) == "listen_port=51821\n"
+    other = Key(bytes([9]) * 32)
+    assert plan_update(config(private_key=other), current) == f"private_key={other.raw.hex()}\n"
+    # No key and port 0 in the config mean "leave them".
+    assert plan_update(config(private_key=None, port=0), current) is None
+    assert plan_update(config(private_key=ZERO_KEY, port=0), DeviceState()) is None
+
+
+def test_an_allowed_ip_listed_twice_belongs_to_the_later_peer() -> None:
+    # A Kilo Peer claiming a pod CIDR steals it inside WireGuard (pitfall 17); the diff
+    # must agree with that, or it would move the CIDR back and forth on every apply.
+    desired = config(peer(A, "10.2.0.0/24", "10.1.0.0/24"), peer(B, "10.2.0.1/24"))
+    text, current = apply(desired, DeviceState())
+    assert text is not None
+    assert [p.allowed_ips for p in current.peers] == [(net("10.1.0.0/24"),), (net("10.2.0.0/24"),)]
+    assert plan_update(desired, current) is None
+    assert comparable(current) == comparable(from_scratch(desired))
+
+
+def test_a_key_listed_twice_is_one_peer_and_the_later_entry_wins() -> None:
+    desired = config(
+        peer(A, "10.1.0.0/24", endpoint=ep("192.0.2.1:1"), preshared_key=PSK),
+        peer(B, "10.2.0.0/24"),
+        peer(A, "10.3.0.0/24", persistent_keepalive=5),
+    )
+    text, current = apply(desired, DeviceState())
+    assert text is not None
+    assert text.count(f"public_key={A.raw.hex()}") == 1
+    assert comparable(current) == comparable(from_scratch(desired))
+    assert plan_update(desired, current) is None
+
+
+def test_a_device_needing_nothing_gives_none() -> None:
+    assert plan_update(WireGuardConfig(), DeviceState()) is None
+    assert plan_changes(WireGuardConfig(), DeviceState(listen_port=5)) is None
+
+
+# --- Properties --------------------------------------------------------------------------
+
+_CIDRS = (
+    "10.5.0.1/24",
+    "10.5.0.0/24",
+    "10.6.0.0/16",
+    "10.6.1.1/32",
+    "fd00::1/64",
+    "fd00::/64",
+    "192.0.2.0/25",
+)
+_ENDPOINTS = (
+    None,
+    "192.0.2.1:51820",
+    "192.0.2.2:51820",
+    "[2001:db8::1]:51820",
+    "dns",
+    "dns-resolved",
+)
+_PRIVATE_KEYS = (None, PRIVATE, Key(bytes([9]) * 32), ZERO_KEY)
+
+
+def _endpoint(choice: str | None) -> Endpoint | None:
+    if choice is None:
+        return None
+    if choice == "dns":
+        return ep("peer.example.com:51820")
+    if choice == "dns-resolved":
+        return ep("peer.example.com:51820").resolved_to(ipaddress.ip_address("203.0.113.9"))
+    return ep(choice)
+
+
+wg_peers = st.builds(
+    WireGuardPeer,
+    public_key=st.sampled_from(KEYS),
+    allowed_ips=st.lists(st.sampled_from(_CIDRS).map(cidr), max_size=4).map(tuple),
+    endpoint=st.sampled_from(_ENDPOINTS).map(_endpoint),
+    persistent_keepalive=st.sampled_from((0, 25, 70_000, -1)),
+    preshared_key=st.sampled_from((None, ZERO_KEY, PSK, Key(bytes([8]) * 32))),
+)
+configs = st.builds(
+    WireGuardConfig,
+    private_key=st.sampled_from(_PRIVATE_KEYS),
+    listen_port=st.sampled_from((0, 51820, 51821)),
+    peers=st.lists(wg_peers, max_size=6).map(tuple),
+)
+
+
+@st.composite
+def devices(draw: st.DrawFn) -> DeviceState:
+    """A plausible live device: some config, then traffic, handshakes and roaming."""
+    base = from_scratch(draw(configs))
+    peers = []
+    for p in base.peers:
+        handshake = draw(st.none() | st.floats(min_value=1.0, max_value=2e9))
+        roamed = draw(st.sampled_from((None, "198.51.100.7:41641", "[2001:db8::7]:1")))
+        peers.append(
+            replace(
+                p,
+                last_handshake=handshake,
+                rx_bytes=draw(st.integers(0, 10**9)),
+                tx_bytes=draw(st.integers(0, 10**9)),
+                endpoint=p.endpoint if roamed is None else udp(roamed),
+            )
+        )
+    port = draw(st.sampled_from((base.listen_port, 40000)))
+    return DeviceState(private_key=base.private_key, listen_port=port, peers=tuple(peers))
+
+
+@settings(max_examples=400, deadline=None)
+@given(desired=configs, current=devices())
+def test_applying_the_plan_gives_the_desired_device_and_is_idempotent(
+    desired: WireGuardConfig, current: DeviceState
+) -> None:
+    text, after = apply(desired, current)
+    # Equal to Kilo's replace-everything result, but with sessions and roamed endpoints kept.
+    assert comparable(after) == comparable(expected(desired, current))
+    assert plan_update(desired, after) is None
+    assert text is None or "replace_peers" not in text
+    # Exactly the peers that change are mentioned.
+    before = {p.public_key: p for p in current.peers}
+    now = {p.public_key: p for p in after.peers}
+    changed = {
+        k
+        for k in before.keys() | now.keys()
+        if k not in before
+        or k not in now
+        or comparable(DeviceState(peers=(before[k],))) != comparable(DeviceState(peers=(now[k],)))
+    }
+    assert mentioned(text) == changed
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=configs, second=configs, current=devices())
+def test_a_sequence_of_configs_converges(
+    first: WireGuardConfig, second: WireGuardConfig, current: DeviceState
+) -> None:
+    _, middle = apply(first, current)
+    _, after = apply(second, middle)
+    assert comparable(after) == comparable(expected(second, middle))
+    assert plan_update(second, after) is None
+
+
+# --- NAT discovery -----------------------------------------------------------------------
+
+
+def test_discovered_endpoints_follow_kilo() -> None:
+    seen = udp("198.51.100.7:41641")
+    device = DeviceState(
+        peers=(
+            PeerState(public_key=KEYS[0], endpoint=seen, last_handshake=10.0),  # node, keepalive
+            PeerState(public_key=KEYS[1], endpoint=seen, last_handshake=10.0),  # node, no keepalive
+            PeerState(public_key=KEYS[2], endpoint=seen),  # node, keepalive, no handshake
+            PeerState(public_key=KEYS[3], endpoint=seen, last_handshake=10.0),  # peer, keepalive 0
+            PeerState(public_key=KEYS[4], last_handshake=10.0),  # peer, no endpoint (Kilo: null)
+        )
+    )
+    nodes = [
+        Node(name="a", key=KEYS[0], persistent_keepalive=25),
+        Node(name="b", key=KEYS[1]),
+        Node(name="c", key=KEYS[2], persistent_keepalive=25),
+        Node(name="off-device", key=KEYS[5], persistent_keepalive=25),
+    ]
+    peers = [Peer(name="laptop", public_key=KEYS[3]), Peer(name="phone", public_key=KEYS[4])]
+    assert discovered_endpoints(device, nodes, peers) == {
+        str(KEYS[0]): seen,
+        str(KEYS[3]): seen,
+        str(KEYS[4]): None,
+    }
+    assert discovered_endpoints(DeviceState(), nodes, peers) == {}
