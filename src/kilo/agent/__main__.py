@@ -1,21 +1,40 @@
 """``kg``: the Kilo agent that runs on every node.
 
-Composition root. The command line is read and validated exactly as Kilo's ``kg`` does
-(``kilo.agent.settings``); the agent loop itself arrives later, so after a successful
-validation ``kg`` says so and exits 1. Exit status, as in Kilo: 0 for ``version``,
-``--version`` and help, 1 for every error, printed as one line on stderr.
+Composition root: read and validate the command line exactly as Kilo's ``kg`` does
+(``kilo.agent.settings``), build the adapters, then run the reconcile loop
+(``kilo.agent.mesh``) next to the HTTP server until SIGINT/SIGTERM. Exit status, as in Kilo:
+0 for ``version``, ``--version``, help and a clean shutdown; 1 for every error, printed as
+one line on stderr.
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
-from kilo.agent.settings import SettingsError, ShowText, WebhookRequested, parse_args
+from kilo import __version__
+from kilo.agent import logs
+from kilo.agent.settings import (
+    AgentSettings,
+    SettingsError,
+    ShowText,
+    WebhookRequested,
+    parse_args,
+)
+from kilo.errors import KiloError
+
+if TYPE_CHECKING:
+    from kilo.agent.metrics import AgentMetrics
 
 PROG = "kg"
+STATE_DIRECTORY = Path("/var/lib/kilo")
+ROUTE_STATE = "routes.json"
+CNI_BRIDGE = "kube-bridge"
 
 
 def _os_hostname() -> str | None:
@@ -26,6 +45,10 @@ def _os_hostname() -> str | None:
         return None
 
 
+class _Fatal(Exception):
+    """A start-up failure: its message is Kilo's one-line error."""
+
+
 def main(
     argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -33,7 +56,7 @@ def main(
     err = err or sys.stderr
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        parse_args(args, hostname_fallback=_os_hostname)
+        settings = parse_args(args, hostname_fallback=_os_hostname)
     except ShowText as shown:
         try:
             out.write(shown.text)
@@ -47,8 +70,221 @@ def main(
     except WebhookRequested:
         print(f"{PROG} webhook: the peer-validation webhook is not implemented yet", file=err)
         return 1
-    print(f"{PROG}: the agent loop is not implemented yet; flags are valid", file=err)
-    return 1
+    logs.configure(settings.log.level, out)
+    try:
+        return asyncio.run(_run(settings))
+    except _Fatal as exc:
+        print(exc, file=err)
+        return 1
+
+
+async def _run(settings: AgentSettings) -> int:
+    # Imported here so that flag errors and --version never pay for (or fail on) the
+    # netlink, Kubernetes and Prometheus libraries.
+    import msgspec
+    from lightkube import AsyncClient, Client
+    from prometheus_client import CollectorRegistry
+
+    from kilo.adapters import cni, keyfile, kubeconfig, kubernetes, netlink, tunnel, wireguard
+    from kilo.adapters.iptables import IPTables
+    from kilo.agent.http import HTTPServer
+    from kilo.agent.mesh import Agent, DataPlane, HostFacts
+    from kilo.agent.metrics import AgentMetrics
+    from kilo.mesh.discovery import discover_ips, external_ip
+    from kilo.mesh.model import Encapsulation
+
+    log = logs.get("kilo")
+    log.info(f"Starting Kilo network mesh '{__version__}'.", extra={"unleveled": True})
+
+    try:
+        config = kubeconfig.load(settings.backend.kubeconfig or None)
+        if settings.backend.master:
+            config = config._replace(
+                cluster=msgspec.structs.replace(config.cluster, server=settings.backend.master)
+            )
+    except KiloError as exc:
+        raise _Fatal(f"failed to create Kubernetes config: {exc}") from exc
+    server = str(config.cluster.server)
+
+    registry = CollectorRegistry()
+    device_holder: list[wireguard.WireGuardDevice] = []
+    agent_holder: list[Agent] = []
+
+    def wireguard_peers() -> list[tuple[str, str, float | None, int, int]]:
+        if not device_holder:
+            return []
+        names = agent_holder[0].peer_names if agent_holder else {}
+        try:
+            state = device_holder[0].get()
+        except KiloError:
+            return []
+        return [
+            (
+                str(p.public_key),
+                names.get(str(p.public_key), ""),
+                p.last_handshake,
+                p.rx_bytes,
+                p.tx_bytes,
+            )
+            for p in state.peers
+        ]
+
+    metrics = AgentMetrics(registry, peers=wireguard_peers)
+
+    # Construction (kilo-mesh.md §6.1): key, interface, IP discovery, encapsulator.
+    try:
+        key = keyfile.load_or_create(STATE_DIRECTORY)
+        if key.generated:
+            log.warning("no private key found on disk; generating one now")
+        links = netlink.Links()
+        interface = settings.wireguard.interface
+        if links.index(interface) is None:
+            if not settings.wireguard.create_interface:
+                raise KiloError(
+                    f"interface {interface} does not exist and --create-interface=false "
+                    "(a userspace WireGuard such as wireguard-go must create it first)"
+                )
+            links.create_wireguard(interface, settings.wireguard.mtu or 1420)
+        interfaces = links.interfaces()
+        ignore = {links.index(interface) or 0, links.index(CNI_BRIDGE) or 0}
+        hostname = settings.mesh.hostname
+        from kilo.agent.mesh import resolve
+
+        resolved = [] if resolve(hostname) is None else [resolve(hostname)]
+        found = discover_ips(
+            hostname=hostname,
+            resolved=[a for a in resolved if a is not None],
+            interfaces=interfaces,
+            default_interface=links.default_route_interface(),
+            internal_cidrs=settings.mesh.internal_cidrs,
+            ignore=ignore,
+        )
+        private_interface = None
+        if found.private is not None:
+            private_interface = next(
+                (
+                    i.name
+                    for i in sorted(interfaces, key=lambda i: i.index)
+                    if any(a.ip == found.private.ip for a in i.addresses)
+                ),
+                None,
+            )
+        encapsulator = None
+        if (
+            found.private is not None
+            and private_interface is not None
+            and (settings.mesh.encapsulation != Encapsulation.NEVER)
+        ):
+            encapsulator = tunnel.Tunnel(links, settings.mesh.compatibility, private_interface)
+        device = wireguard.open_device(interface)
+        device_holder.append(device)
+        host = HostFacts(
+            key=key.private,
+            public_key=key.public,
+            discovered=found,
+            external_ip=external_ip(
+                found, prioritise_private=settings.mesh.prioritise_private_addresses
+            ),
+            private_interface=private_interface,
+        )
+        iptables = IPTables(on_operation=metrics.iptables_operation)
+        routes = netlink.RouteTable(state_file=STATE_DIRECTORY / ROUTE_STATE)
+    except KiloError as exc:
+        raise _Fatal(f"failed to create Kilo mesh: {exc}") from exc
+    if routes.state_error:
+        log.warning(
+            "ignoring the route state file; routes of an earlier run may be left behind",
+            fields={"error": routes.state_error},
+        )
+    log.info(
+        "discovered the node's addresses",
+        fields={
+            "private": str(found.private) if found.private else "",
+            "public": str(found.public),
+            "private_interface": private_interface or "",
+        },
+    )
+
+    cni_path = Path(settings.cni.path)
+    plane = DataPlane(
+        links=links,
+        routes=routes,
+        iptables=iptables,
+        device=device,
+        tunnel=encapsulator,
+        update_cni=lambda subnet: cni.update_cni_config(cni_path, subnet),
+    )
+
+    api = Client(config, trust_env=False)
+
+    class Writer:
+        async def patch(self, name: str, annotations: Mapping[str, str | None]) -> None:
+            await asyncio.to_thread(kubernetes.patch_node_annotations, api, name, annotations)
+
+    agent = Agent(settings, host, plane, Writer(), _MetricsAdapter(metrics))
+    agent_holder.append(agent)
+
+    try:
+        http = HTTPServer(
+            settings.http.listen,
+            registry=registry,
+            healthy=lambda: agent.healthy,
+            graph=agent.graph,
+        )
+    except KiloError as exc:
+        raise _Fatal(str(exc)) from exc
+    http.start()
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    def route_deleted() -> None:
+        loop.call_soon_threadsafe(agent.trigger)
+
+    stop_watch = routes.watch_deletions(route_deleted)
+    status = 0
+    try:
+        async with AsyncClient(config, trust_env=False) as client:
+            nodes = kubernetes.Informer(client, "nodes", server=server)
+            peers = kubernetes.Informer(client, "peers", server=server)
+            try:
+                await agent.run(nodes, peers, stop)
+            except KiloError as exc:
+                log.error(f"error: Kilo exited unexpectedly: {exc}")
+                status = 1
+        if stop.is_set():
+            log.info("caught interrupt; gracefully cleaning up; see you next time!")
+    finally:
+        stop_watch()
+        if settings.mesh.clean_up:
+            await agent.clean_up()
+        http.stop()
+        routes.close()
+        api.close()
+        links.close()
+    return status
+
+
+class _MetricsAdapter:
+    """The loop's view of the Prometheus metrics."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self._m = metrics
+
+    def error(self, event: str) -> None:
+        self._m.errors.labels(event=event).inc()
+
+    def reconciled(self) -> None:
+        self._m.reconciles.inc()
+
+    def set_counts(self, nodes: int, peers: int) -> None:
+        self._m.nodes.set(nodes)
+        self._m.peers_gauge.set(peers)
+
+    def set_leader(self, leader: bool) -> None:
+        self._m.leader.set(1 if leader else 0)
 
 
 if __name__ == "__main__":

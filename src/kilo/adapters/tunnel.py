@@ -1,0 +1,104 @@
+"""The encapsulators' device side (kilo-mesh.md §4.1): IPIP ``tunl0``, flannel and cilium.
+
+The pure half (which gateway, when to encapsulate, which iptables rules) lives in
+``kilo.mesh.routes`` and ``kilo.mesh.iptables``; this module only finds, creates, addresses
+and removes the tunnel interface. CI kernels have no IPIP module, so only the error path of
+IPIP (a clear message pointing at ``--encapsulate=never``) is exercised there.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Protocol
+
+from kilo.errors import DataPlaneError, KiloError
+from kilo.mesh.discovery import Interface
+from kilo.mesh.ip import IPInterface
+from kilo.mesh.model import Compatibility
+
+IPIP_DEVICE = "tunl0"
+FLANNEL_DEVICE = "flannel.1"
+CILIUM_DEVICE = "cilium_tunl"
+CILIUM_HOST = "cilium_host"
+IPIP_OVERHEAD = 20
+
+
+class _Links(Protocol):
+    def index(self, name: str) -> int | None: ...
+    def interfaces(self) -> list[Interface]: ...
+    def mtu(self, name: str) -> int: ...
+    def set_mtu(self, name: str, mtu: int) -> bool: ...
+    def set_up(self, name: str, up: bool) -> bool: ...
+    def set_address(self, name: str, cidr: IPInterface) -> bool: ...
+    def delete_addresses(self, name: str) -> None: ...
+    def delete(self, name: str) -> bool: ...
+
+
+class Tunnel:
+    """One encapsulator's interface, initialised against the private interface ``base``."""
+
+    def __init__(self, links: _Links, compatibility: Compatibility, base: str) -> None:
+        self._links = links
+        self._compatibility = compatibility
+        self._owned = False
+        self._device: str | None = None
+        if compatibility == Compatibility.FLANNEL:
+            return  # flannel.1 belongs to flannel; it may appear later
+        if compatibility == Compatibility.CILIUM and links.index(CILIUM_DEVICE) is not None:
+            self._device = CILIUM_DEVICE
+            links.set_up(CILIUM_DEVICE, True)
+            return
+        self._create_ipip(base)
+
+    def _create_ipip(self, base: str) -> None:
+        if self._links.index(IPIP_DEVICE) is None:
+            try:
+                result = subprocess.run(
+                    ["ip", "tunnel", "add", IPIP_DEVICE, "mode", "ipip"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise DataPlaneError(
+                    f"failed to create the IPIP tunnel {IPIP_DEVICE}: {exc}"
+                ) from exc
+            if result.returncode != 0 and "File exists" not in result.stderr:
+                detail = (result.stderr.strip().splitlines() or ["unknown error"])[0]
+                raise DataPlaneError(
+                    f"failed to create the IPIP tunnel {IPIP_DEVICE}: {detail} (does the kernel "
+                    "have the ipip module? without it, run with --encapsulate=never)"
+                )
+        self._owned = True
+        self._device = IPIP_DEVICE
+        self._links.set_mtu(IPIP_DEVICE, self._links.mtu(base) - IPIP_OVERHEAD)
+        self._links.set_up(IPIP_DEVICE, True)
+
+    @property
+    def name(self) -> str | None:
+        if self._compatibility == Compatibility.FLANNEL:
+            return FLANNEL_DEVICE if self._links.index(FLANNEL_DEVICE) is not None else None
+        return self._device
+
+    def set(self, cidr: IPInterface) -> None:
+        if self._compatibility == Compatibility.FLANNEL or self._device is None:
+            return
+        self._links.set_address(self._device, cidr)
+
+    def cni_compatibility_ip(self) -> IPInterface | None:
+        if self._compatibility != Compatibility.CILIUM:
+            return None
+        for interface in self._links.interfaces():
+            if interface.name == CILIUM_HOST:
+                return next((a for a in interface.addresses if a.version == 4), None)
+        return None
+
+    def clean_up(self) -> None:
+        if not self._owned or self._device is None:
+            return
+        try:
+            self._links.delete_addresses(self._device)
+        except KiloError:
+            return  # as Kilo: a tunnel whose addresses cannot be removed is left in place
+        self._links.delete(self._device)
