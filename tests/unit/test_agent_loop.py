@@ -203,7 +203,14 @@ class Harness:
         address = self.dns.get(host)
         return None if address is None else ipaddress.ip_address(address)
 
-    def node(self, name: str, *, location: str = "aws", pod: int = 0, **annotations: str) -> None:
+    def node(
+        self,
+        name: str,
+        *,
+        location: str = "aws",
+        pod: int = 0,
+        annotations: dict[str, str] | None = None,
+    ) -> None:
         self.version += 1
         obj: dict[str, Any] = {
             "metadata": {
@@ -211,7 +218,7 @@ class Harness:
                 "uid": f"uid-{name}",
                 "resourceVersion": str(self.version),
                 "labels": {"topology.kubernetes.io/region": location},
-                "annotations": dict(annotations),
+                "annotations": dict(annotations or {}),
             },
             "spec": {"podCIDR": f"10.42.{pod}.0/24"},
         }
@@ -227,7 +234,7 @@ class Harness:
             translate.LAST_SEEN: str(int(self.now)),
             **(extra or {}),
         }
-        self.node(name, location=location, pod=pod, **annotations)
+        self.node(name, location=location, pod=pod, annotations=annotations)
 
     def written(self) -> dict[str, str | None]:
         merged: dict[str, str | None] = {}
@@ -375,3 +382,20 @@ def test_clean_up_removes_what_was_added() -> None:
 def test_resync_period_below_a_second_is_raised() -> None:
     h = Harness("--resync-period=0s")
     assert h.agent.resync_period == 1.0
+
+
+def test_a_restarted_agent_does_not_flap_its_published_wireguard_ip() -> None:
+    h = Harness()
+    h.node("a")
+    h.remote("b", location="gcp")
+    h.round(check_in=True)
+    published = h.written()
+    # A new agent process (same key) finds its own annotations on the Node.
+    again = Harness()
+    again.node("a", annotations={k: v for k, v in published.items() if v is not None})
+    again.remote("b", location="gcp")
+    again.round(check_in=True)
+    for patch in again.writer.patches:
+        assert translate.WIREGUARD_IP not in patch, patch
+        assert translate.DISCOVERED_ENDPOINTS not in patch, patch
+    assert again.agent.wireguard_ip == ipaddress.ip_interface("10.4.0.1/16")

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import enum
 import random
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -194,8 +194,16 @@ class Informer:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         watch_seconds: int = 300,
+        retry_refusals: bool = False,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
+        # A long-running agent retries refusals (401/403/404) once it has listed: a
+        # restarting API server refuses requests until its RBAC caches are loaded.
+        # Refusals before the first list (or in one-shot tools) are misconfiguration: fatal.
+        self._retry_refusals = retry_refusals
+        self._on_error = on_error
+        self._listed = False
         self._resource = resource
         self._res = RESOURCES[resource]
         self._server = server
@@ -217,12 +225,13 @@ class Informer:
                 fresh[data["metadata"]["name"]] = data
         except httpx2.HTTPStatusError as exc:
             code = exc.status.code if isinstance(exc, ApiError) else exc.response.status_code
-            if code in (401, 403, 404):
+            if code in (401, 403, 404) and not (self._retry_refusals and self._listed):
                 raise BackendError(
                     describe_error(exc, self._server, verb="list", resource=self._resource)
                 ) from exc
             raise
         self.resource_version = listing.resourceVersion
+        self._listed = True
         events: list[Event] = []
         for name, old in self.cache.items():
             current = fresh.get(name)
@@ -283,7 +292,7 @@ class Informer:
                 self.last_error = describe_error(
                     exc, self._server, verb="watch", resource=self._resource
                 )
-                if code in (401, 403, 404):
+                if code in (401, 403, 404) and not (self._retry_refusals and self._listed):
                     raise BackendError(self.last_error) from exc
             except (httpx2.HTTPError, OSError, TimeoutError) as exc:
                 self.last_error = describe_error(
@@ -293,6 +302,8 @@ class Informer:
                 self.last_error = f"a malformed watch event from {self._server}: {exc}"
             else:
                 continue  # the server closed the watch normally: resume from the last version
+            if self._on_error is not None and self.last_error is not None:
+                self._on_error(self.last_error)
             self.reconnects += 1
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, self._backoff_max)

@@ -247,8 +247,16 @@ async def _run(settings: AgentSettings) -> int:
     status = 0
     try:
         async with AsyncClient(config, trust_env=False) as client:
-            nodes = kubernetes.Informer(client, "nodes", server=server)
-            peers = kubernetes.Informer(client, "peers", server=server)
+
+            def backend_error(message: str) -> None:
+                log.error("the Kubernetes watch failed; retrying", fields={"error": message})
+
+            nodes, peers = (
+                kubernetes.Informer(
+                    client, resource, server=server, retry_refusals=True, on_error=backend_error
+                )
+                for resource in ("nodes", "peers")
+            )
             try:
                 await agent.run(nodes, peers, stop)
             except KiloError as exc:

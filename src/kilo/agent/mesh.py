@@ -208,6 +208,7 @@ class Agent:
         self.applied_local: Node | None = None
         self.peer_names: dict[str, str] = {}
         self.healthy = False
+        self.applied = False  # whether this run has applied a topology yet
         self.graph_input: tuple[tuple[Node, ...], tuple[Peer, ...]] | None = None
         self._apply_needed = True
         self._wake = asyncio.Event()
@@ -311,8 +312,12 @@ class Agent:
             private_ip=self.host.discovered.private,
             port=self.settings.mesh.port,
             granularity=self.settings.mesh.granularity.value,
-            wireguard_ip=self.wireguard_ip,
-            discovered_endpoints=self.discovered,
+            # Until this run has applied once, what the node says is the best knowledge:
+            # publishing "none" first would make every other node re-apply twice.
+            wireguard_ip=self.wireguard_ip if self.applied else self.local_observed.wireguard_ip,
+            discovered_endpoints=(
+                self.discovered if self.applied else self.local_observed.discovered_endpoints
+            ),
             cni_compatibility_ip=cni_ip,
             last_seen=last_seen,
         )
@@ -527,14 +532,12 @@ class Agent:
         if applied.errors == 0 and not self.healthy:
             self.healthy = True
             log.info("the mesh is applied; the agent is healthy", fields={"node": self.hostname})
-        changed = applied.wireguard_ip != self.wireguard_ip or applied.discovered != (
-            self.discovered or {}
-        )
         self.wireguard_ip = applied.wireguard_ip
         self.discovered = applied.discovered
-        if changed:
-            await self.sync_local(check_in=False)
-            self.applied_local = self.desired_local(self.last_written)
+        self.applied = True
+        # Publish the apply's results (WireGuard IP, NAT endpoints) if they changed.
+        await self.sync_local(check_in=False)
+        self.applied_local = self.desired_local(self.last_written)
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
