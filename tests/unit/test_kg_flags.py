@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import subprocess
 import sys
 from ipaddress import ip_network
@@ -694,12 +695,16 @@ def test_main_errors_are_one_line_on_stderr_with_status_1():
     )
 
 
-def test_main_says_the_agent_loop_does_not_exist_yet():
-    assert run("--hostname=n") == (
-        1,
-        "",
-        "kg: the agent loop is not implemented yet; flags are valid\n",
-    )
+def test_main_start_up_failure_is_one_line_on_stderr_after_the_first_log_line(tmp_path):
+    missing = tmp_path / "no-such-kubeconfig"
+    code, out, err = run("--hostname=n", f"--kubeconfig={missing}")
+    assert code == 1
+    first = json.loads(out.splitlines()[0])
+    assert first["msg"] == f"Starting Kilo network mesh '{__version__}'."
+    assert "level" not in first
+    assert err.startswith("failed to create Kubernetes config: ")
+    assert str(missing) in err
+    assert err.count("\n") == 1
 
 
 def test_main_help_and_webhook():
