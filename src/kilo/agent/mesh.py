@@ -244,7 +244,9 @@ class Agent:
 
     def on_node_event(self, event: Event) -> None:
         new: Node | None = None
-        if event.type != EventType.DELETED:
+        if event.type == EventType.DELETED:
+            self._report("node", event, ())
+        else:
             result = translate.translate_node(
                 event.obj,
                 topology_label=self.settings.backend.topology_label,
@@ -276,7 +278,9 @@ class Agent:
 
     def on_peer_event(self, event: Event) -> None:
         new: Peer | None = None
-        if event.type != EventType.DELETED:
+        if event.type == EventType.DELETED:
+            self._report("peer", event, ())
+        else:
             result = translate.translate_peer(event.obj)
             self._report("peer", event, result.diagnostics)
             new = result.value
