@@ -71,3 +71,35 @@ def _write_private(path: Path, key: Key) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise ConfigError(f"cannot write private key {path}: {exc.strerror or exc}") from exc
+
+
+def read_key_file(path: Path) -> Key | None:
+    """The private key in ``path`` (``kgctl connect --private-key``); ``None`` if missing.
+
+    Unlike the agent's key, a file that holds no valid key is an error, never replaced: it
+    may be a key the user meant to use.
+    """
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"failed to read private key {path}: {exc.strerror or exc}") from exc
+    key = Key.try_parse(text.strip("\n"))
+    if key is None:
+        raise ConfigError(
+            f"failed to parse private key {path}: not a base64 WireGuard key "
+            "(as written by 'wg genkey')"
+        )
+    return key
+
+
+def write_key_file(path: Path, key: Key) -> None:
+    """Write ``key`` to ``path`` (0600); a missing parent directory is created 0700."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create key directory {path.parent}: {exc.strerror or exc}"
+        ) from exc
+    _write_private(path, key)

@@ -4,7 +4,8 @@ Thin: objects leave this module as plain dicts, exactly as the API returns them,
 translated by the pure core. Every failure becomes a :class:`~kilo.errors.BackendError`
 whose message names the server, or the verb and resource that RBAC denied.
 
-* :class:`ClusterReader` lists once (``kgctl``).
+* :class:`ClusterReader` lists once (``kgctl``); :class:`PeerStore` gets, creates and
+  deletes one Peer (``kgctl connect``).
 * :class:`Informer` keeps a local cache current with list + watch: it resumes from the
   last resourceVersion after a dropped connection (backoff with jitter), and on ``410
   Gone`` it lists again and reports every object that disappeared in the gap as deleted,
@@ -134,6 +135,79 @@ class ClusterReader:
 
     def peers(self) -> list[dict[str, Any]]:
         return self._list("peers")
+
+
+class PeerStore:
+    """Get, create and delete single Kilo Peers (``kgctl connect``)."""
+
+    def __init__(self, config: SingleConfig, *, timeout: float = 10.0) -> None:
+        self.server = str(config.cluster.server)
+        try:
+            self._client = Client(config, timeout=httpx2.Timeout(timeout), trust_env=False)
+        except (LightkubeConfigError, OSError, ValueError) as exc:
+            raise BackendError(f"cannot use the credentials for {self.server}: {exc}") from exc
+
+    def _fail(self, exc: BaseException, verb: str, name: str) -> BackendError:
+        if isinstance(exc, LightkubeConfigError):
+            return BackendError(f"cannot authenticate to {self.server}: {exc}")
+        if isinstance(exc, msgspec.DecodeError | msgspec.ValidationError | ValueError):
+            return BackendError(
+                f"{self.server} did not answer like a Kubernetes API server when trying to "
+                f"{verb} Peer {name!r}: {exc}"
+            )
+        return BackendError(
+            describe_error(exc, self.server, verb=verb, resource="peers") + f" (Peer {name!r})"
+        )
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """The Peer ``name``, or ``None`` when there is none (the CRD missing is an error)."""
+        try:
+            obj = self._client.get(Peer, name)
+        except ApiError as exc:
+            if _object_not_found(exc, name):
+                return None
+            raise self._fail(exc, "get", name) from exc
+        except (httpx2.HTTPError, OSError, LightkubeConfigError) as exc:
+            raise self._fail(exc, "get", name) from exc
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            raise self._fail(exc, "get", name) from exc
+        return as_dict(obj, kind="Peer", api_version=f"{PEER_GROUP}/{PEER_VERSION}")
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create the Peer ``obj``; ``None`` when one of that name exists already."""
+        name = str(obj.get("metadata", {}).get("name", ""))
+        try:
+            created = self._client.create(Peer.from_dict(dict(obj)))
+        except ApiError as exc:
+            if exc.status.code == 409:
+                return None
+            raise self._fail(exc, "create", name) from exc
+        except (httpx2.HTTPError, OSError, LightkubeConfigError) as exc:
+            raise self._fail(exc, "create", name) from exc
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            raise self._fail(exc, "create", name) from exc
+        return as_dict(created, kind="Peer", api_version=f"{PEER_GROUP}/{PEER_VERSION}")
+
+    def delete(self, name: str) -> bool:
+        """Delete the Peer ``name``; ``False`` when it was already gone."""
+        try:
+            self._client.delete(Peer, name)
+        except ApiError as exc:
+            if _object_not_found(exc, name):
+                return False
+            raise self._fail(exc, "delete", name) from exc
+        except (httpx2.HTTPError, OSError, LightkubeConfigError) as exc:
+            raise self._fail(exc, "delete", name) from exc
+        return True
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _object_not_found(exc: ApiError, name: str) -> bool:
+    """A 404 about the object itself, not about its resource type (a missing CRD)."""
+    details = exc.status.details
+    return exc.status.code == 404 and details is not None and details.name == name
 
 
 def patch_node_annotations(

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TextIO
 from kilo import __version__
 from kilo.adapters import file as file_backend
 from kilo.adapters import kubeconfig, kubernetes
+from kilo.cli import connect
 from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
 from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
@@ -337,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(list_parser, suppress=True)
     list_parser.set_defaults(run=_run_list)
 
+    connect_parser = commands.add_parser(
+        "connect",
+        help="join this Linux machine to the mesh as a Peer and keep it connected",
+        description="Join this Linux machine to the mesh as the Kilo Peer NAME: create the "
+        "Peer (or use it if it holds this machine's key), configure the WireGuard interface "
+        "and routes, follow the cluster until SIGINT/SIGTERM, then clean up.",
+    )
+    connect.add_arguments(connect_parser)
+    _global_options(connect_parser, suppress=True)
+    connect_parser.set_defaults(run=_run_connect)
+
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=_run_version)
     return parser
@@ -459,6 +471,10 @@ class _Mesh:
 def _run_version(ctx: _Context) -> int:
     print(f"{PROG} version {__version__}", file=ctx.out)
     return 0
+
+
+def _run_connect(ctx: _Context) -> int:
+    return connect.run(ctx.args, ctx.out, ctx.err)
 
 
 def _run_list(ctx: _Context) -> int:

@@ -1,0 +1,378 @@
+"""``kgctl connect``'s shell: flags and defaults, the key file, one sync and the clean-up,
+with in-memory stand-ins for the device, the routes, the links and the API server."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import ipaddress
+import json
+import stat
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kilo.adapters import keyfile
+from kilo.cli import connect, kgctl, logs
+from kilo.errors import ConfigError, DataPlaneError
+from kilo.mesh import wireguard
+from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.keys import Key
+from kilo.mesh.routes import Device, Route, Rule
+from kilo.mesh.wgdevice import DeviceState
+from kilo.mesh.wireguard import WireGuardConfig
+from tests.examples import PRIVATE_KEYS, PUBLIC_KEYS, reference_cluster
+from tests.unit.test_topology import LAPTOP_CONF
+
+# Readiness is judged by the clock; the reference cluster's last-seen is long past.
+FUTURE = 2**40
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return kgctl.build_parser().parse_args(["connect", *argv])
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = kgctl.main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# --- flags -----------------------------------------------------------------------------------
+
+
+def test_kilos_flags_and_defaults() -> None:
+    args = parse()
+    assert args.name is None
+    assert args.allowed_ip == ipaddress.ip_interface("10.10.10.10/32")
+    assert args.allowed_ips == []
+    assert args.private_key == ""
+    assert args.clean_up is True
+    assert args.create_interface is True
+    assert args.mtu == 1420
+    assert args.resync_period == 30.0
+    assert args.interface == "kilo0"
+    assert args.persistent_keepalive == 10
+    assert args.log_level == "info"
+    assert args.port == 51820
+    assert args.run is kgctl._run_connect
+
+
+def test_flags_with_kilos_syntax() -> None:
+    args = parse(
+        "laptop",
+        "-a",
+        "10.5.0.1/24",
+        "--allowed-ips=10.43.0.0/16,10.44.0.1/16",
+        "--allowed-ips",
+        "192.168.0.0/24",
+        "--clean-up=false",
+        "--create-interface=false",
+        "--resync-period=1m30s",
+        "-i",
+        "wg7",
+        "--persistent-keepalive=0",
+        "--log-level=debug",
+        "--port=51999",
+        "--private-key=/tmp/k",
+    )
+    assert args.name == "laptop"
+    # Kept as given; Kilo masks it to 10.5.0.0/24.
+    assert str(args.allowed_ip) == "10.5.0.1/24"
+    assert [str(c) for c in args.allowed_ips] == ["10.43.0.0/16", "10.44.0.0/16", "192.168.0.0/24"]
+    assert args.clean_up is False
+    assert args.create_interface is False
+    assert args.resync_period == 90.0
+    assert args.interface == "wg7"
+    assert args.persistent_keepalive == 0
+    assert args.log_level == "debug"
+    assert args.port == 51999
+    assert args.private_key == "/tmp/k"
+    assert parse("--clean-up").clean_up is True
+    assert parse("--resync-period=500ms").resync_period == 0.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--allowed-ip=nope"], 'invalid --allowed-ip "nope": not a CIDR'),
+        (["--allowed-ips=10.0.0.0/8,x"], 'invalid --allowed-ips "x": not a CIDR'),
+        (["--clean-up=maybe"], 'invalid boolean value "maybe"'),
+        (["--resync-period=30"], 'invalid duration "30"'),
+        (["--resync-period=1x"], 'invalid duration "1x"'),
+        (["--mtu=12"], 'invalid --mtu "12"'),
+        (["--persistent-keepalive=-1"], "--persistent-keepalive"),
+        (["--log-level=loud"], "log level loud unknown; possible values are: all, debug, info"),
+        (["a", "b"], "unrecognized arguments: b"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str) -> None:
+    code, out, err = run("connect", *argv)
+    assert code == 2
+    assert out == ""
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_refuses_the_file_backend_and_bad_names() -> None:
+    code, _, err = run("connect", "laptop", "--backend=file")
+    assert (code, err) == (1, "kgctl: connect needs --backend kubernetes: it creates a Peer\n")
+    code, _, err = run("connect", "Not_A_Name")
+    assert code == 1
+    assert 'peer name "Not_A_Name" is not a valid Kubernetes object name' in err
+
+
+# --- the key file ----------------------------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_key_file_missing_is_none_and_written_private(tmp_path: Path) -> None:
+    path = tmp_path / "connect" / "laptop.key"
+    assert keyfile.read_key_file(path) is None
+    keyfile.write_key_file(path, PRIVATE_KEYS["laptop"])
+    assert mode(path.parent) == 0o700
+    assert mode(path) == 0o600
+    assert keyfile.read_key_file(path) == PRIVATE_KEYS["laptop"]
+
+
+def test_key_file_written_by_wg_genkey_with_a_newline_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    path.write_text(f"{PRIVATE_KEYS['laptop']}\n")
+    assert keyfile.read_key_file(path) == PRIVATE_KEYS["laptop"]
+
+
+def test_an_unusable_key_file_is_an_error_and_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    path.write_text("my notes, not a key")
+    with pytest.raises(ConfigError, match=f"failed to parse private key {path}"):
+        keyfile.read_key_file(path)
+    assert path.read_text() == "my notes, not a key"
+    with pytest.raises(ConfigError, match="failed to read private key"):
+        keyfile.read_key_file(tmp_path)  # a directory
+
+
+# --- one sync and the clean-up, with stand-ins -----------------------------------------------
+
+
+class FakeDevice:
+    def __init__(self) -> None:
+        self.applied: list[WireGuardConfig] = []
+        self.fail = False
+
+    def get(self) -> DeviceState:
+        if self.fail:
+            raise DataPlaneError("WireGuard device kilo0: no socket")
+        return DeviceState()
+
+    def apply(self, desired: WireGuardConfig) -> bool:
+        if self.fail:
+            raise DataPlaneError("WireGuard device kilo0: no socket")
+        self.applied.append(desired)
+        return True
+
+
+class FakeRoutes:
+    def __init__(self) -> None:
+        self.sets: list[tuple[tuple[Route, ...], Mapping[Device, str]]] = []
+        self.cleaned = False
+        self.closed = False
+
+    def set(
+        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+    ) -> tuple[int, int]:
+        assert list(rules) == []
+        self.sets.append((tuple(routes), dict(devices)))
+        return len(routes), 0
+
+    def clean_up(self) -> None:
+        self.cleaned = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeLinks:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def delete(self, name: str) -> bool:
+        self.calls.append(("delete", name))
+        return True
+
+    def delete_addresses(self, name: str) -> None:
+        self.calls.append(("delete_addresses", name))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+
+class FakeStore:
+    def __init__(self, peer: dict[str, Any] | None) -> None:
+        self.peer = peer
+        self.deleted: list[str] = []
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.peer
+
+    def delete(self, name: str) -> bool:
+        self.deleted.append(name)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def connection(*argv: str) -> tuple[connect.Connection, io.StringIO]:
+    out = io.StringIO()
+    log = logs.configure("debug", out)
+    conn = connect.Connection(parse("laptop", *argv), "laptop", log, io.StringIO())
+    conn.private_key = PRIVATE_KEYS["laptop"]
+    conn.device = FakeDevice()
+    conn.routes = FakeRoutes()
+    conn.links = FakeLinks()
+    return conn, out
+
+
+def lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_sync_applies_the_peer_config_with_the_key_and_port_and_the_routes() -> None:
+    conn, out = connection("--port=51821", "-i", "wg0")
+    nodes, peers = reference_cluster()
+    nodes = [dataclasses.replace(n, last_seen=FUTURE) for n in nodes]
+    assert conn.sync(nodes, peers)
+    (config,) = conn.device.applied
+    assert wireguard.render(config) == (
+        f"[Interface]\nPrivateKey = {PRIVATE_KEYS['laptop']}\nListenPort = 51821\n\n" + LAPTOP_CONF
+    )
+    ((routes, devices),) = conn.routes.sets
+    assert devices == {Device.KILO: "wg0"}
+    assert len(routes) == 11
+    entries = lines(out)
+    assert [e["msg"] for e in entries] == ["WireGuard configuration updated", "routes updated"]
+    assert all(str(PRIVATE_KEYS["laptop"]) not in json.dumps(e) for e in entries)
+
+
+def test_a_failing_device_does_not_stop_the_routes_and_a_plan_error_is_logged() -> None:
+    conn, out = connection()
+    nodes, peers = reference_cluster()
+    nodes = [dataclasses.replace(n, last_seen=FUTURE) for n in nodes]
+    conn.device.fail = True
+    assert not conn.sync(nodes, peers)
+    assert len(conn.routes.sets) == 1
+    assert not conn.sync(nodes, [])
+    entries = lines(out)
+    assert entries[0]["msg"] == "failed to sync WireGuard"
+    assert entries[-1] == {
+        **entries[-1],
+        "level": "error",
+        "msg": "failed to sync",
+        "error": 'did not find any peer named "laptop" in the cluster',
+    }
+
+
+def test_a_node_whose_dns_endpoint_does_not_resolve_does_not_abort_the_sync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connect, "resolve", lambda host, timeout=0: None)
+    conn, out = connection()
+    nodes, peers = reference_cluster()
+    nodes = [
+        dataclasses.replace(
+            n,
+            last_seen=FUTURE,
+            endpoint=Endpoint.parse("gamma.invalid:51820") if n.name == "gamma" else n.endpoint,
+        )
+        for n in nodes
+    ]
+    assert conn.sync(nodes, peers)
+    (config,) = conn.device.applied
+    gamma = config.peer(PUBLIC_KEYS["gamma"])
+    assert gamma is not None and gamma.endpoint is not None and not gamma.endpoint.resolved
+    assert len(config.peers) == 3
+    warnings = [e for e in lines(out) if e["level"] == "warn"]
+    assert len(warnings) == 1 and "gamma.invalid:51820" in warnings[0]["msg"]
+    conn.sync(nodes, peers)  # warned once
+    assert len([e for e in lines(out) if e["level"] == "warn"]) == 1
+
+
+def own_peer(key: Key) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "laptop"},
+        "spec": {"allowedIPs": ["10.10.10.10/32"], "publicKey": str(key)},
+    }
+
+
+def test_clean_up_of_an_existing_interface_removes_peers_and_address_and_our_peer() -> None:
+    conn, out = connection()
+    conn.interface_touched = True
+    conn.peer_created = True
+    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn._finish()
+    assert conn.routes.cleaned and conn.routes.closed
+    assert conn.device.applied == [WireGuardConfig(private_key=None, peers=())]
+    assert conn.links.calls == [("delete_addresses", "kilo0"), ("close",)]
+    assert conn.store.deleted == ["laptop"]
+    assert "deleted peer" in [e["msg"] for e in lines(out)]
+
+
+def test_clean_up_deletes_a_created_interface_and_never_a_reused_peer() -> None:
+    conn, _ = connection()
+    conn.interface_created = True
+    conn.interface_touched = True
+    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn._finish()
+    assert conn.links.calls == [("delete", "kilo0"), ("close",)]
+    assert conn.device.applied == []
+    assert conn.store.deleted == []
+
+
+def test_clean_up_keeps_a_peer_that_now_holds_another_key() -> None:
+    conn, out = connection()
+    conn.peer_created = True
+    conn.store = FakeStore(own_peer(PUBLIC_KEYS["alpha"]))
+    conn._finish()
+    assert conn.store.deleted == []
+    assert "not deleting the peer" in out.getvalue()
+
+
+def test_clean_up_false_leaves_everything() -> None:
+    conn, _ = connection("--clean-up=false")
+    conn.interface_created = True
+    conn.interface_touched = True
+    conn.peer_created = True
+    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn._finish()
+    assert not conn.routes.cleaned and conn.routes.closed
+    assert conn.links.calls == [("close",)]
+    assert conn.store.deleted == []
+
+
+def test_a_missing_peer_is_told_apart_from_a_missing_crd() -> None:
+    from lightkube import ApiError
+    from lightkube.models.meta_v1 import Status, StatusDetails
+
+    from kilo.adapters import kubernetes
+
+    missing_peer = ApiError(
+        status=Status(
+            code=404,
+            message='peers.kilo.squat.ai "laptop" not found',
+            details=StatusDetails(name="laptop", group="kilo.squat.ai", kind="peers"),
+        )
+    )
+    missing_crd = ApiError(
+        status=Status(code=404, message="the server could not find the requested resource")
+    )
+    assert kubernetes._object_not_found(missing_peer, "laptop")
+    assert not kubernetes._object_not_found(missing_crd, "laptop")
+    assert "the Peer CRD peers.kilo.squat.ai is not installed" in kubernetes.describe_error(
+        missing_crd, "https://api", verb="get", resource="peers"
+    )
