@@ -67,9 +67,10 @@ def main(
     except SettingsError as exc:
         print(exc, file=err)
         return 1
-    except WebhookRequested:
-        print(f"{PROG} webhook: the peer-validation webhook is not implemented yet", file=err)
-        return 1
+    except WebhookRequested as requested:
+        from kilo.agent import webhook
+
+        return webhook.main(requested.settings, out=out, err=err)
     logs.configure(settings.log.level, out)
     try:
         return asyncio.run(_run(settings))

@@ -148,6 +148,10 @@ class WebhookSettings:
     listen: str = DEFAULT_WEBHOOK_LISTEN
     listen_metrics: str = DEFAULT_WEBHOOK_LISTEN_METRICS
     log: LogSettings = LogSettings()
+    # Additions (Kilo's webhook reads nothing from the cluster): where to read Nodes and
+    # Peers for the overlap checks, as for the agent.
+    kubeconfig: str = ""
+    master: str = ""
 
 
 # --- outcomes other than settings -------------------------------------------------------------
@@ -550,6 +554,13 @@ WEBHOOK_FLAGS = (
     Flag("cert-file", "string", "", "The path to a certificate file"),
     Flag("key-file", "string", "", "The path to a key file"),
     Flag(
+        "kubeconfig",
+        "string",
+        "",
+        "Path to kubeconfig. Nodes and peers are read from the cluster to deny peers whose "
+        "allowed IPs overlap other peers' allowed IPs or nodes' pod CIDRs.",
+    ),
+    Flag(
         "listen-metrics",
         "string",
         DEFAULT_WEBHOOK_LISTEN_METRICS,
@@ -560,6 +571,12 @@ WEBHOOK_FLAGS = (
         "string",
         DEFAULT_WEBHOOK_LISTEN,
         "The webhook server will be listening to that address",
+    ),
+    Flag(
+        "master",
+        "string",
+        "",
+        "The address of the Kubernetes API server (overrides any value in kubeconfig).",
     ),
 )
 
@@ -808,6 +825,8 @@ def parse_args(
                 listen=str(values["listen"]),
                 listen_metrics=str(values["listen-metrics"]),
                 log=LogSettings(level=level),
+                kubeconfig=str(values["kubeconfig"]),
+                master=str(values["master"]),
             )
         )
     return _validate(values, hostname_fallback)
