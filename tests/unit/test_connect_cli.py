@@ -92,6 +92,9 @@ def test_flags_with_kilos_syntax() -> None:
     assert args.port == 51999
     assert args.private_key == "/tmp/k"
     assert parse("--clean-up").clean_up is True
+    # Kilo's docs say "--clean-up false", which Kilo reads as the peer name "false".
+    args = parse("--clean-up", "false")
+    assert (args.clean_up, args.name) == (False, None)
     assert parse("--resync-period=500ms").resync_period == 0.5
 
 
