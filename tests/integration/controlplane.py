@@ -47,6 +47,14 @@ def build_binaries() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+def build_helm() -> Path:
+    """Build (or reuse) helm, pinned in tests/controlplane/helm; return the binary's path."""
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "helm"], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

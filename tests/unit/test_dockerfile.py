@@ -1,0 +1,278 @@
+"""What can be checked of the image without building it (no Docker engine here).
+
+Every command a manifest runs exists in the image at the path the manifest uses, the host
+paths the containers share agree with the code's constants, the users and capabilities are
+the documented ones, and one image (the chart's) is named everywhere. Which Debian package
+ships which file is checked with dpkg on this machine, which runs the image's Debian release
+(bookworm), for the packages installed here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kilo.adapters import iptables as iptables_adapter
+from kilo.adapters import wireguard as wireguard_adapter
+from kilo.agent import __main__ as kg_main
+from kilo.agent import settings
+from tests.manifests import (
+    CHART,
+    DOCKERFILE,
+    MANIFESTS,
+    ROOT,
+    Container,
+    agent_files,
+    apt_packages,
+    containers,
+    dockerfile_instructions,
+    find,
+    load_file,
+    one,
+    pod_specs,
+    rendered_files,
+)
+
+INSTRUCTIONS = dockerfile_instructions()
+PYTHON_IMAGE = "python:3.11-slim-bookworm"
+PACKAGES = {
+    "containernetworking-plugins",
+    "fonts-dejavu-core",
+    "graphviz",
+    "iproute2",
+    "iptables",
+    "wireguard-go",
+    "wireguard-tools",
+}
+ENTRYPOINT = "/usr/local/bin/kg"
+# What the image provides, and where from. pip installs console scripts into the python
+# image's prefix, /usr/local. Debian images are merged-/usr: /bin/x is /usr/bin/x.
+IMAGE_COMMANDS = {
+    "kg": "/usr/local/bin/kg",
+    "/usr/local/bin/kg": "/usr/local/bin/kg",
+    "kgctl": "/usr/local/bin/kgctl",
+    "python3": "/usr/local/bin/python3",
+    "/bin/sh": "/bin/sh",
+    "wireguard-go": "/usr/bin/wireguard-go",
+}
+DEBIAN_FILES = {
+    "wireguard-go": ["/usr/bin/wireguard-go"],
+    "wireguard-tools": ["/usr/bin/wg"],
+    "iproute2": ["/bin/ip"],
+    "graphviz": ["/usr/bin/dot"],
+    "containernetworking-plugins": [
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/usr/lib/cni/loopback",
+        "/usr/lib/cni/portmap",
+    ],
+    # The commands docker/iptables-wrapper runs for each backend.
+    "iptables": [
+        f"/usr/sbin/{family}-{mode}{suffix}"
+        for family in ("iptables", "ip6tables")
+        for mode in ("legacy", "nft")
+        for suffix in ("", "-save", "-restore")
+    ],
+}
+WRAPPED = {
+    "iptables",
+    "iptables-save",
+    "iptables-restore",
+    "ip6tables",
+    "ip6tables-save",
+    "ip6tables-restore",
+}
+CHART_SCRIPTS = {
+    "install-cni": CHART / "files" / "install-cni.sh",
+    "generate-kubeconfig": CHART / "files" / "k3s-kubeconfig.sh",
+}
+
+
+def instructions(keyword: str) -> list[str]:
+    return [rest for k, rest in INSTRUCTIONS if k == keyword]
+
+
+def all_containers() -> list[tuple[str, Container]]:
+    return [(p.name, c) for p in rendered_files() for c in containers(load_file(p))]
+
+
+def container_id(item: tuple[str, Container]) -> str:
+    file, c = item
+    return f"{file}:{c.owner}:{c.name}"
+
+
+ALL_CONTAINERS = all_containers()
+
+
+def test_base_image_is_python_311_on_debian_bookworm() -> None:
+    assert instructions("ARG")[0] == f"PYTHON_IMAGE={PYTHON_IMAGE}"
+    assert instructions("FROM") == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
+
+
+def test_apt_installs_the_tools() -> None:
+    assert apt_packages(INSTRUCTIONS) == PACKAGES
+    assert set(DEBIAN_FILES) <= PACKAGES
+
+
+def test_the_package_is_built_as_a_wheel_and_installed_offline() -> None:
+    runs = instructions("RUN")
+    assert any(r.startswith("pip wheel") and r.endswith("--wheel-dir /wheels .") for r in runs)
+    install = [r for r in runs if "pip install" in r]
+    assert len(install) == 1
+    assert "--no-index --find-links /wheels kilo" in install[0]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"kg", "kgctl"}
+
+
+def test_entrypoint_is_kg_and_the_user_is_uid_1000() -> None:
+    assert [json.loads(e) for e in instructions("ENTRYPOINT")] == [[ENTRYPOINT]]
+    assert instructions("USER") == ["1000"]
+    assert any("useradd --uid 1000" in r for r in instructions("RUN"))
+    assert "PYTHONUNBUFFERED=1" in instructions("ENV")
+
+
+def test_the_iptables_wrapper_stands_in_for_every_command_the_adapter_runs() -> None:
+    assert "docker/iptables-wrapper /usr/sbin/kilo-iptables-wrapper" in instructions("COPY")
+    link = next(r for r in instructions("RUN") if "kilo-iptables-wrapper" in r)
+    names = set(link.split("for name in ")[1].split(";")[0].split())
+    assert names == WRAPPED
+    used = {name for pair in iptables_adapter._COMMANDS.values() for name in pair}
+    assert used <= names
+
+
+@pytest.mark.parametrize("package", sorted(DEBIAN_FILES))
+def test_the_debian_package_ships_the_files_the_image_uses(package: str) -> None:
+    if shutil.which("dpkg") is None:
+        pytest.skip("no dpkg here")
+    listed = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip(f"{package} is not installed on this machine")
+    files = set(listed.stdout.split())
+    for path in DEBIAN_FILES[package]:
+        usr = path if path.startswith("/usr/") else "/usr" + path
+        assert path in files or usr in files, f"{package} does not ship {path}"
+
+
+@pytest.mark.parametrize("item", ALL_CONTAINERS, ids=container_id)
+def test_every_container_runs_a_command_the_image_has(item: tuple[str, Container]) -> None:
+    _, c = item
+    command = c.spec.get("command") or [ENTRYPOINT]
+    assert command[0] in IMAGE_COMMANDS, f"{command[0]} is not in the image"
+    if command[0] == "/bin/sh":
+        # The script is one of the chart's files (tests/unit/test_image_scripts.py runs them).
+        assert command[1] == "-c"
+        assert command[2].strip() == CHART_SCRIPTS[c.name].read_text().strip()
+    if command[0] == "wireguard-go":
+        assert c.spec["args"] == ["--foreground", "kilo0"]
+
+
+def _substitute(args: list[str]) -> list[str]:
+    return [a.replace("$(NODE_NAME)", "node-a").replace("$(NODE_IP)", "192.0.2.7") for a in args]
+
+
+@pytest.mark.parametrize("item", ALL_CONTAINERS, ids=container_id)
+def test_kg_containers_pass_flags_kg_accepts(item: tuple[str, Container]) -> None:
+    _, c = item
+    if c.spec.get("command"):
+        return
+    args = _substitute(c.spec["args"])
+    try:
+        parsed = settings.parse_args(args, hostname_fallback=lambda: None)
+    except settings.WebhookRequested as webhook:
+        mounts = c.mounts()
+        for path in (webhook.settings.cert_file, webhook.settings.key_file):
+            directory, key = path.rsplit("/", 1)
+            assert mounts[directory]["secret"]["secretName"] == "peer-validation-webhook-tls"
+            assert key in ("tls.crt", "tls.key")
+        return
+    assert parsed.mesh.hostname == "node-a"
+    mounts = c.mounts()
+    # The state directory, the iptables lock and, with --cni, the conflist's directory.
+    assert mounts[str(kg_main.STATE_DIRECTORY)]["hostPath"]["path"] == "/var/lib/kilo"
+    assert mounts["/run/xtables.lock"]["hostPath"] == {
+        "path": "/run/xtables.lock",
+        "type": "FileOrCreate",
+    }
+    cni_dir, cni_name = parsed.cni.path.rsplit("/", 1)
+    if parsed.cni.enabled:
+        assert "hostPath" in mounts[cni_dir]
+        install = next(x for x in c.siblings() if x.name == "install-cni")
+        assert install.env()["CNI_CONF_NAME"] == cni_name
+    else:
+        assert cni_dir not in mounts
+    if parsed.backend.kubeconfig:
+        directory, file = parsed.backend.kubeconfig.rsplit("/", 1)
+        volume = mounts[directory]
+        if "configMap" in volume:
+            items = volume["configMap"].get("items")
+            assert file in ([i["path"] for i in items] if items else ["kubeconfig"])
+        else:  # written by the generate-kubeconfig init container
+            assert volume["emptyDir"] == {}
+    if not parsed.wireguard.create_interface:
+        sidecar = next(x for x in c.siblings() if x.name == "wireguard")
+        assert sidecar.spec["command"] == ["wireguard-go"]
+        socket_dir = str(wireguard_adapter.DEFAULT_SOCKET_DIR)
+        assert sidecar.mounts()[socket_dir] == mounts[socket_dir]
+        assert sidecar.spec["args"][-1] == parsed.wireguard.interface
+
+
+@pytest.mark.parametrize("path", rendered_files(), ids=lambda p: p.name)
+def test_every_volume_is_mounted_and_every_mount_has_a_volume(path: Path) -> None:
+    for owner, pod in pod_specs(load_file(path)):
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        mounted = {
+            m["name"]
+            for c in [*pod.get("initContainers", []), *pod["containers"]]
+            for m in c.get("volumeMounts", [])
+        }
+        assert mounted == volumes, f"{path.name} {owner}"
+
+
+@pytest.mark.parametrize("item", ALL_CONTAINERS, ids=container_id)
+def test_users_and_capabilities(item: tuple[str, Container]) -> None:
+    _, c = item
+    context = c.spec.get("securityContext", {})
+    assert "privileged" not in context
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    added = context["capabilities"].get("add", [])
+    if c.owner == "DaemonSet/kilo":
+        assert context["runAsUser"] == 0
+        expected = {"kilo": ["NET_ADMIN", "NET_RAW"], "wireguard": ["NET_ADMIN"]}
+        assert added == expected.get(c.name, [])
+    else:  # the webhook and its cert-gen Job: the image's own user
+        pod = c.pod["securityContext"]
+        assert (pod["runAsNonRoot"], pod["runAsUser"], pod["runAsGroup"]) == (True, 1000, 1000)
+        assert added == []
+        assert context["readOnlyRootFilesystem"] is True
+
+
+def test_one_image_named_in_the_chart_and_versioned_with_the_package() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert values["image"]["tag"] == chart["appVersion"] == chart["version"] == version
+    image = f"{values['image']['repository']}:{values['image']['tag']}"
+    images = {c.spec["image"] for _, c in ALL_CONTAINERS}
+    assert images == {image}
+    # The Dockerfile's header shows the same tag for `docker build -t`.
+    assert f"docker build -t {image} ." in DOCKERFILE.read_text()
+
+
+def test_the_chart_ships_the_same_crds() -> None:
+    assert (CHART / "crds" / "crds.yaml").read_text() == (MANIFESTS / "crds.yaml").read_text()
+
+
+@pytest.mark.parametrize("path", agent_files(), ids=lambda p: p.name)
+def test_every_agent_manifest_has_exactly_the_rbac_of_rbac_yaml(path: Path) -> None:
+    objects = load_file(path)
+    reference = load_file(MANIFESTS / "rbac.yaml")
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+        assert find(objects, kind) == find(reference, kind), f"{path.name}: {kind}"
+    assert one(objects, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "kilo"
