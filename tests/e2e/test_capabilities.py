@@ -1,0 +1,95 @@
+"""kg runs the mesh with only the capabilities the manifests grant (NET_ADMIN, NET_RAW).
+
+charts/kilo drops every capability of the agent container but these two instead of Kilo's
+``privileged: true``. Here each node's kg runs under setpriv with that bounding set (see
+restricted_kg.py): it must still program WireGuard (through wireguard-go's UAPI socket),
+routes, rules, iptables and the CNI conflist so that pods in two clouds reach each other,
+and clean up on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import harness
+from tests.e2e.harness import Location, Testbed
+
+LOCATIONS = [Location("aws", nodes=1), Location("gcp", nodes=1)]
+CONVERGE = 60.0
+CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
+ROOT = Path(__file__).resolve().parents[2]
+# What a missing capability looks like in kg's log (EPERM, EACCES, from netlink or iptables).
+DENIED = ("not permitted", "permission denied", "eperm", "eacces")
+
+
+def capabilities(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {
+        line.split(":")[0]: int(line.split()[1], 16)
+        for line in status.splitlines()
+        if line.startswith("Cap")
+    }
+
+
+@pytest.fixture(scope="module")
+def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
+    harness.cleanup_stale()
+    with Testbed(LOCATIONS, binaries=controlplane_binaries) as testbed:
+        for node in testbed.nodes:
+            # nsenter -m starts in the node's root directory: name the checkout.
+            testbed.start_agent(
+                node, module="tests.e2e.restricted_kg", env={"PYTHONPATH": str(ROOT)}
+            )
+        try:
+            for node in testbed.nodes:
+                testbed.add_pod(node, f"pod-{node}", timeout=CONVERGE)
+            yield testbed
+        except BaseException:
+            for node in testbed.nodes:
+                print(f"--- {node}\n{testbed.agent_log(node)[-4000:]}")
+            raise
+
+
+def test_kg_has_only_net_admin_and_net_raw(bed: Testbed) -> None:
+    wanted = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
+    for node in bed.nodes:
+        process = bed.agent(node)
+        assert process is not None and process.poll() is None, bed.agent_log(node)
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"kilo.agent" in cmdline  # setpriv has exec'd kg itself
+        caps = capabilities(process.pid)
+        assert (caps["CapEff"], caps["CapPrm"], caps["CapBnd"]) == (wanted, wanted, wanted)
+        assert caps["CapInh"] == caps["CapAmb"] == 0
+
+
+def test_pods_in_two_clouds_reach_each_other(bed: Testbed) -> None:
+    aws, gcp = bed.pods["pod-aws-1"], bed.pods["pod-gcp-1"]
+
+    for src, dst in ((aws, gcp), (gcp, aws)):
+        harness.wait_for(
+            functools.partial(bed.ping, src.netns, dst.ip, count=1, timeout=1),
+            timeout=CONVERGE,
+            message=f"{src.name} does not reach {dst.ip}",
+            interval=0.5,
+        )
+    for node in bed.nodes:
+        denied = [
+            line
+            for line in bed.agent_log(node).splitlines()
+            if any(word in line.lower() for word in DENIED)
+        ]
+        assert denied == []
+
+
+def test_kg_cleans_up_with_these_capabilities(bed: Testbed) -> None:
+    for node in list(bed.nodes):
+        assert bed.stop_agent(node, signal.SIGTERM) == 0, bed.agent_log(node)
+        routes = bed.run(node, "ip", "-4", "route", "show", "table", "all", "dev", "kilo0")
+        assert routes.strip() == ""
+        assert "KILO-" not in bed.run(node, "iptables-save")
