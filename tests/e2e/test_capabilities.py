@@ -9,8 +9,11 @@ and clean up on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +96,54 @@ def test_kg_cleans_up_with_these_capabilities(bed: Testbed) -> None:
         routes = bed.run(node, "ip", "-4", "route", "show", "table", "all", "dev", "kilo0")
         assert routes.strip() == ""
         assert "KILO-" not in bed.run(node, "iptables-save")
+
+
+def test_the_wireguard_go_sidecar_needs_only_net_admin(netns: str, tmp_path: Path) -> None:
+    """The userspace sidecar's grant: NET_ADMIN (and the TUN device), nothing else."""
+    pidfile = tmp_path / "pid"
+    script = (
+        f"mount -t tmpfs none /var/run/wireguard && echo $$ > {pidfile} && "
+        "exec setpriv --bounding-set=-all,+net_admin --inh-caps=-all --no-new-privs "
+        "wireguard-go --foreground kilo0"
+    )
+    unshare = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", netns, *unshare],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        pid = harness.wait_for(
+            lambda: pidfile.exists() and pidfile.read_text().strip(),
+            timeout=10,
+            message="wireguard-go did not start",
+        )
+        assert isinstance(pid, str)
+
+        def wg(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["nsenter", "-t", pid, "-m", "-n", "wg", *args],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+
+        harness.wait_for(
+            lambda: wg("show", "kilo0").returncode == 0,
+            timeout=10,
+            message="wireguard-go serves no UAPI socket for kilo0",
+        )
+        assert capabilities(int(pid))["CapEff"] == 1 << CAP_NET_ADMIN
+        # kg's side of the UAPI: a private key and a listen port are accepted.
+        key = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True)
+        (tmp_path / "key").write_text(key.stdout)
+        configured = wg(
+            "set", "kilo0", "private-key", str(tmp_path / "key"), "listen-port", "51820"
+        )
+        assert configured.returncode == 0, configured.stderr
+        assert wg("show", "kilo0", "listen-port").stdout.strip() == "51820"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
