@@ -4,7 +4,8 @@ charts/kilo drops every capability of the agent container but these two instead 
 ``privileged: true``. Here each node's kg runs under setpriv with that bounding set (see
 restricted_kg.py): it must still program WireGuard (through wireguard-go's UAPI socket),
 routes, rules, iptables and the CNI conflist so that pods in two clouds reach each other,
-and clean up on SIGTERM.
+and clean up on SIGTERM. The wireguard-go sidecar gets NET_ADMIN alone. (A container also
+limits devices and mounts; that part is the runtime's and is not reproduced here.)
 """
 
 from __future__ import annotations
