@@ -74,10 +74,12 @@ class FakeRoutes:
         self.rules: tuple[Rule, ...] = ()
         self.devices: Mapping[Device, str] = {}
         self.cleaned = False
+        self.calls = 0
 
     def set(
         self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
     ) -> tuple[int, int]:
+        self.calls += 1
         self.routes, self.rules, self.devices = tuple(routes), tuple(rules), dict(devices)
         return len(routes), 0
 
@@ -89,9 +91,11 @@ class FakeIPTables:
     def __init__(self, fail: bool = False) -> None:
         self.planned: RuleSet | None = None
         self.fail = fail
+        self.calls = 0
         self.cleaned = False
 
     def apply(self, planned: RuleSet) -> int:
+        self.calls += 1
         if self.fail:
             raise DataPlaneError("iptables-restore failed for table nat (IPv4): boom")
         self.planned = planned
@@ -399,3 +403,47 @@ def test_a_restarted_agent_does_not_flap_its_published_wireguard_ip() -> None:
         assert translate.WIREGUARD_IP not in patch, patch
         assert translate.DISCOVERED_ENDPOINTS not in patch, patch
     assert again.agent.wireguard_ip == ipaddress.ip_interface("10.4.0.1/16")
+
+
+def test_event_applies_skip_unchanged_subsystems_and_resync_rechecks_them() -> None:
+    h = Harness()
+    h.node("a")
+    h.remote("b", location="gcp", pod=1)
+    h.round(check_in=True)
+    iptables_calls, route_calls = h.iptables.calls, h.routes.calls
+    # A change that moves no rule or route: b's keepalive only changes WireGuard.
+    h.remote("b", location="gcp", pod=1, extra={translate.PERSISTENT_KEEPALIVE: "10"})
+    h.round()
+    assert (h.iptables.calls, h.routes.calls) == (iptables_calls, route_calls)
+    assert h.device.config.peers[0].persistent_keepalive == 0  # the local node's keepalive
+    # A new location changes both.
+    h.remote("c", location="azure", pod=2)
+    h.round()
+    assert (h.iptables.calls, h.routes.calls) == (iptables_calls + 1, route_calls + 1)
+    # The resync re-checks everything against the kernel, changed or not.
+    h.round(resync=True)
+    assert (h.iptables.calls, h.routes.calls) == (iptables_calls + 2, route_calls + 2)
+
+
+def test_a_deleted_route_forces_a_full_apply() -> None:
+    h = Harness()
+    h.node("a")
+    h.remote("b", location="gcp")
+    h.round(check_in=True)
+    route_calls = h.routes.calls
+    h.agent.trigger()
+    h.round()
+    assert h.routes.calls == route_calls + 1
+
+
+def test_check_ins_alone_never_apply_however_long_the_resync_period() -> None:
+    h = Harness("--resync-period=300s")
+    h.node("a")
+    h.remote("b", location="gcp")
+    h.round(check_in=True)
+    reconciles = h.metrics.reconciles
+    for _ in range(6):  # three minutes of check-ins, ours and b's
+        h.now += 30
+        h.remote("b", location="gcp")
+        h.round(check_in=True)
+    assert h.metrics.reconciles == reconciles

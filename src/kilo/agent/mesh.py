@@ -211,6 +211,13 @@ class Agent:
         self.applied = False  # whether this run has applied a topology yet
         self.graph_input: tuple[tuple[Node, ...], tuple[Peer, ...]] | None = None
         self._apply_needed = True
+        # A full apply re-reads everything from the kernel (resync, a deleted route, an
+        # earlier failure); in between, sub-systems whose plan did not change are skipped.
+        self._full_needed = True
+        self._applied_iptables: RuleSet | None = None
+        self._applied_routes: tuple[object, ...] | None = None
+        self._auto_mtu: int | None = None
+        self._local_was_ready = False
         self._wake = asyncio.Event()
         self._apply_lock = threading.Lock()
         self._logged: dict[tuple[str, str], object] = {}
@@ -294,8 +301,9 @@ class Agent:
             self._wake.set()
 
     def trigger(self) -> None:
-        """Ask for an apply soon (e.g. someone deleted one of our routes)."""
+        """Ask for a full apply soon (e.g. someone deleted one of our routes)."""
         self._apply_needed = True
+        self._full_needed = True
         self._wake.set()
 
     # -- the local node -----------------------------------------------------------------------
@@ -359,10 +367,16 @@ class Agent:
 
     # -- apply --------------------------------------------------------------------------------
 
-    def _mtu(self) -> int | None:
+    def _mtu(self, full: bool) -> int | None:
         configured = self.settings.wireguard.mtu
         if configured is not None:
             return configured
+        # Finding the default route dumps the routing table: only on full applies.
+        if full or self._auto_mtu is None:
+            self._auto_mtu = self._detect_mtu()
+        return self._auto_mtu
+
+    def _detect_mtu(self) -> int:
         links = self.plane.links
         try:
             index = links.default_route_interface()
@@ -374,12 +388,16 @@ class Agent:
             pass
         return 1420
 
-    def apply(self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node) -> _Applied | None:
+    def apply(
+        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, *, full: bool = True
+    ) -> _Applied | None:
         """Kilo's apply_topology (§6.7) on a snapshot; runs in a worker thread."""
         with self._apply_lock:
-            return self._apply(nodes, peers, local)
+            return self._apply(nodes, peers, local, full)
 
-    def _apply(self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node) -> _Applied | None:
+    def _apply(
+        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, full: bool
+    ) -> _Applied | None:
         self.metrics.reconciled()
         now = int(self.clock())
         ready = [
@@ -403,7 +421,7 @@ class Agent:
             self.metrics.error("apply")
             log.error(f"failed to apply {step}", fields={"error": str(exc)})
 
-        mtu = self._mtu()
+        mtu = self._mtu(full)
         if mtu is not None:
             try:
                 plane.links.set_mtu(self.interface, mtu)
@@ -453,10 +471,13 @@ class Agent:
                 cni_path=self.settings.cni.path,
             ),
         )
-        try:
-            plane.iptables.apply(plan.iptables)
-        except KiloError as exc:
-            failed("iptables rules", exc)
+        if full or plan.iptables != self._applied_iptables:
+            self._applied_iptables = None
+            try:
+                plane.iptables.apply(plan.iptables)
+                self._applied_iptables = plan.iptables
+            except KiloError as exc:
+                failed("iptables rules", exc)
         if plan.tunnel_address is not None and plane.tunnel is not None:
             try:
                 plane.tunnel.set(plan.tunnel_address)
@@ -487,12 +508,18 @@ class Agent:
             devices[Device.PRIVATE] = self.host.private_interface
         if tunnel_name:
             devices[Device.TUNNEL] = tunnel_name
-        try:
-            added, removed = plane.routes.set(plan.routes, plan.rules, devices)
-            if added or removed:
-                log.info("routes and rules updated", fields={"added": added, "removed": removed})
-        except KiloError as exc:
-            failed("routes and rules", exc)
+        wanted = (plan.routes, plan.rules, tuple(sorted(devices.items())))
+        if full or wanted != self._applied_routes:
+            self._applied_routes = None
+            try:
+                added, removed = plane.routes.set(plan.routes, plan.rules, devices)
+                self._applied_routes = wanted
+                if added or removed:
+                    log.info(
+                        "routes and rules updated", fields={"added": added, "removed": removed}
+                    )
+            except KiloError as exc:
+                failed("routes and rules", exc)
         if self.settings.cni.enabled and local_ready.subnet is not None:
             try:
                 if plane.update_cni(local_ready.subnet):
@@ -520,19 +547,26 @@ class Agent:
         local = self.desired_local(self.last_written)
         if local is None:
             return
-        if not (
-            resync
-            or self._apply_needed
-            or mesh_changed(self.applied_local, local, int(self.clock()))
-        ):
+        now = int(self.clock())
+        local_changed = (
+            self.applied_local is None
+            or replace(self.applied_local, last_seen=0) != replace(local, last_seen=0)
+            or local.is_ready(now) != self._local_was_ready
+        )
+        if not (resync or self._apply_needed or local_changed):
             return
+        full = resync or self._full_needed
         self._apply_needed = False
+        self._full_needed = False
         nodes = [n for name, n in self.nodes.items() if name != self.hostname]
         peers = list(self.peers.values())
-        applied = await asyncio.to_thread(self.apply, nodes, peers, local)
+        applied = await asyncio.to_thread(self.apply, nodes, peers, local, full=full)
         self.applied_local = local
+        self._local_was_ready = local.is_ready(now)
         if applied is None:
             return
+        if applied.errors:
+            self._full_needed = True
         if applied.errors == 0 and not self.healthy:
             self.healthy = True
             log.info("the mesh is applied; the agent is healthy", fields={"node": self.hostname})
@@ -542,6 +576,8 @@ class Agent:
         # Publish the apply's results (WireGuard IP, NAT endpoints) if they changed.
         await self.sync_local(check_in=False)
         self.applied_local = self.desired_local(self.last_written)
+        if self.applied_local is not None:
+            self._local_was_ready = self.applied_local.is_ready(int(self.clock()))
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
