@@ -4,6 +4,7 @@ exercised in tests/e2e)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -447,3 +448,43 @@ def test_check_ins_alone_never_apply_however_long_the_resync_period() -> None:
         h.remote("b", location="gcp")
         h.round(check_in=True)
     assert h.metrics.reconciles == reconciles
+
+
+def test_an_unexpected_exception_in_a_round_is_logged_and_the_loop_goes_on() -> None:
+    h = Harness()
+    h.node("a")
+
+    class Broken(FakeRoutes):
+        def set(self, *args: Any) -> tuple[int, int]:
+            raise OSError("netlink socket closed")
+
+    h.agent.plane = DataPlane(
+        links=h.links,
+        routes=Broken(),
+        iptables=h.iptables,
+        device=h.device,
+        tunnel=None,
+        update_cni=lambda subnet: False,
+    )
+
+    async def scenario() -> None:
+        failed = asyncio.Event()
+        record = h.metrics.error
+
+        def error(event: str) -> None:
+            record(event)
+            failed.set()
+
+        h.metrics.error = error  # type: ignore[method-assign]
+        worker = asyncio.create_task(h.agent._worker())
+        try:
+            await asyncio.wait_for(failed.wait(), 10)
+            await asyncio.sleep(0)  # let the worker finish handling the failure
+            assert not worker.done()
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    asyncio.run(scenario())
+    assert "apply" in h.metrics.errors

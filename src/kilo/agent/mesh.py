@@ -595,7 +595,16 @@ class Agent:
                 next_check_in = loop.time() + CHECK_IN_PERIOD
             if resync:
                 next_resync = loop.time() + self.resync_period
-            await self._round(check_in=check_in, resync=resync)
+            try:
+                await self._round(check_in=check_in, resync=resync)
+            except Exception as exc:  # a bug or an unexpected OS error: log, count, go on
+                self.metrics.error("apply")
+                self._full_needed = True
+                log.error(
+                    "reconcile failed unexpectedly; retrying at the next event or resync",
+                    exc_info=exc,
+                    fields={"error": f"{type(exc).__name__}: {exc}"},
+                )
 
     async def _consume(self, informer: Informer, handle: Callable[[Event], None]) -> None:
         async for event in informer.events():
@@ -612,8 +621,9 @@ class Agent:
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                failure = None if task is stopper else task.exception()
+                if failure is not None:
+                    raise failure
         finally:
             for task in [*tasks, stopper]:
                 task.cancel()
