@@ -25,6 +25,8 @@ FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
+# kilo.sandbox's package data links to these two (the wheel holds copies).
+COPY manifests/crds.yaml manifests/rbac.yaml ./manifests/
 # Wheels of kilo and of every pinned dependency, so that the final stage installs offline
 # and carries no compiler or build cache.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

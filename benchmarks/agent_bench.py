@@ -3,7 +3,7 @@
     python benchmarks/agent_bench.py [--sizes 100,300,1000] [--window 60] [--changes 50]
                                      [--quick] [--profile DIR]
 
-Builds the network-namespace testbed of ``tests/e2e/harness.py``: a control plane (etcd +
+Builds the network-namespace testbed of ``kilo.sandbox.testbed``: a control plane (etcd +
 kube-apiserver) and one location, ``lead``, of one node that runs the real ``kg`` against
 its own wireguard-go. Every other Node exists only as an API object written by this
 process: simulated nodes, ``--per-location`` (10) to a location, each with a real random
@@ -63,21 +63,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
+from lightkube import Client, KubeConfig
+from lightkube.resources.core_v1 import Node
+from lightkube.types import PatchType
+
+from kilo.adapters.keyfile import generate_private_key
+from kilo.mesh import translate
+from kilo.sandbox import testbed
+from kilo.sandbox.controlplane import build_binaries
+from kilo.sandbox.testbed import Location, Testbed
+
+# kg under cProfile runs this module (python -m benchmarks.agent_bench) from the checkout.
 ROOT = Path(__file__).resolve().parents[1]
-# The testbed lives with the tests; a script's path starts at benchmarks/.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from lightkube import Client, KubeConfig  # noqa: E402
-from lightkube.resources.core_v1 import Node  # noqa: E402
-from lightkube.types import PatchType  # noqa: E402
-from tests.e2e import harness  # noqa: E402
-from tests.e2e.harness import Location, Testbed  # noqa: E402
-from tests.integration.controlplane import build_binaries  # noqa: E402
-
-from kilo.adapters.keyfile import generate_private_key  # noqa: E402
-from kilo.mesh import translate  # noqa: E402
-
 PROFILE_ENV = "KILO_BENCH_PROFILE"
 LEADER_LOCATION = "lead"
 LEADER = f"{LEADER_LOCATION}-1"
@@ -108,7 +105,7 @@ def sim_object(i: int, per_location: int, last_seen: int) -> dict[str, Any]:
     return {
         "metadata": {
             "name": sim_name(i),
-            "labels": {harness.TOPOLOGY_LABEL: f"sim{i // per_location:04d}"},
+            "labels": {testbed.TOPOLOGY_LABEL: f"sim{i // per_location:04d}"},
             "annotations": {
                 translate.KEY: str(generate_private_key().public_key()),
                 translate.ENDPOINT: f"198.51.100.{host}:{port}",
@@ -287,7 +284,7 @@ def agent_pid(process: subprocess.Popen[bytes], module: str) -> int:
         args = cmdline()
         return "-m" in args and module in args and Path(args[0]).name.startswith("python")
 
-    harness.wait_for(is_kg, timeout=10, interval=0.01, message="kg did not exec")
+    testbed.wait_for(is_kg, timeout=10, interval=0.01, message="kg did not exec")
     return process.pid
 
 
@@ -395,7 +392,7 @@ class Agent:
         self.resync = resync
         self.profile = opts.profile / f"kg-{tag}.prof" if opts.profile else None
         self.module = "benchmarks.agent_bench" if self.profile else "kilo.agent"
-        self.uapi = bed.path(LEADER, f"/var/run/wireguard/{harness.WG_INTERFACE}.sock")
+        self.uapi = bed.path(LEADER, f"/var/run/wireguard/{testbed.WG_INTERFACE}.sock")
         self.process: subprocess.Popen[bytes] | None = None
         self.pid = 0
 
@@ -505,7 +502,7 @@ class Agent:
                 time.sleep(POLL)
             samples.append(time.perf_counter() - start)
         # The same answer through the harness, as the e2e tests read it.
-        if cidr not in self.bed.run(LEADER, "wg", "show", harness.WG_INTERFACE, "allowed-ips"):
+        if cidr not in self.bed.run(LEADER, "wg", "show", testbed.WG_INTERFACE, "allowed-ips"):
             raise BenchError(f"wg show does not list {cidr}")
         return Latency(
             changes=changes,
@@ -524,7 +521,7 @@ class Agent:
         if code != 0:
             raise BenchError(f"kg exited with {code} on SIGTERM: {self.tail()}")
         # Clean-up empties the device; the next start counts peers from zero.
-        harness.wait_for(
+        testbed.wait_for(
             lambda: peer_count(self.uapi) == 0, timeout=10, message="peers left after kg"
         )
         if self.profile is None:
@@ -580,7 +577,7 @@ def measure_size(
 
 
 def run(opts: Options) -> list[SizeResult]:
-    harness.cleanup_stale()
+    testbed.cleanup_stale()
     results = []
     binaries = build_binaries()
     with Testbed([Location(LEADER_LOCATION, nodes=1)], binaries=binaries) as bed:
@@ -762,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     try:
         results = run(opts)
-    except (BenchError, harness.TestbedError, AssertionError) as exc:
+    except (BenchError, testbed.TestbedError, AssertionError) as exc:
         print(f"agent_bench: {exc}", file=sys.stderr)
         return 1
     report(results, opts, info)

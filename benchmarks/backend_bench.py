@@ -3,7 +3,7 @@
     python benchmarks/backend_bench.py [--nodes 5000] [--patches 500] [--concurrency 32]
 
 Starts the test control plane (etcd + kube-apiserver, TLS, RBAC; see
-``tests/integration/controlplane.py``), creates N Nodes carrying the annotations a Kilo
+``kilo.sandbox.controlplane``), creates N Nodes carrying the annotations a Kilo
 agent writes (endpoint, internal IP, key, last-seen, location over 50 locations, a WireGuard
 IP on every fourth node, a leader per location) and a pod CIDR, then measures:
 
@@ -36,7 +36,6 @@ import tracemalloc
 import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import httpx2
@@ -49,8 +48,8 @@ from kilo.adapters import kubeconfig, kubernetes
 from kilo.errors import BackendError
 from kilo.mesh import translate
 from kilo.mesh.cluster import translate_cluster
+from kilo.sandbox.controlplane import ControlPlane, ControlPlaneError, build_binaries
 
-ROOT = Path(__file__).resolve().parents[1]
 LOCATIONS = 50
 ENDPOINT_RANGES = ("198.51.100", "203.0.113")  # TEST-NET-2 and TEST-NET-3
 INTERNAL_BASE = ipaddress.ip_address("172.16.0.1")
@@ -452,11 +451,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.nodes < 2 or args.patches < 1 or args.concurrency < 1:
         parser.error("--nodes must be at least 2, --patches and --concurrency at least 1")
-
-    # The control plane lives with the tests; a script's path starts at benchmarks/.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.integration.controlplane import ControlPlane, ControlPlaneError, build_binaries
 
     results = Results(nodes=args.nodes, concurrency=args.concurrency, patches=args.patches)
     binaries = build_binaries()

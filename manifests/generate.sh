@@ -6,11 +6,11 @@
 # and compares, so an edit to the chart without ./manifests/generate.sh fails the tests.
 #
 # Usage: manifests/generate.sh [OUTPUT-DIRECTORY]  (default: manifests/)
-#   HELM=/path/to/helm; by default the helm that tests/controlplane/build.sh builds.
+#   HELM=/path/to/helm; by default the helm that src/kilo/sandbox/go/build.sh builds.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$root/manifests}"
-helm="${HELM:-$(bash "$root/tests/controlplane/build.sh" helm)}"
+helm="${HELM:-$(bash "$root/src/kilo/sandbox/go/build.sh" helm)}"
 
 render() {
   local file="$1"

@@ -6,7 +6,9 @@
     │   ├── LocalNodeMissing     the perspective node is not among the ready nodes
     │   └── AddressPoolExhausted the Kilo subnet has fewer addresses than segments
     ├── BackendError             reading the cluster failed (file, API server)
-    └── DataPlaneError           programming the node failed (netlink, WireGuard, iptables, files)
+    ├── DataPlaneError           programming the node failed (netlink, WireGuard, iptables, files)
+    └── SandboxError             the local sandbox (or the tests' testbed) could not be built,
+                                 reached or removed
 
 Third-party exceptions are translated at the adapter edge with ``raise ... from exc``.
 """
@@ -53,3 +55,7 @@ class BackendError(KiloError):
 
 class DataPlaneError(KiloError):
     """The node's interfaces, routes, rules, iptables or files could not be read or changed."""
+
+
+class SandboxError(KiloError):
+    """The local sandbox, its control plane or the tests' testbed failed (kilo.sandbox)."""

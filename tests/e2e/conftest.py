@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.controlplane import build_binaries
+from kilo.sandbox.controlplane import build_binaries
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -25,8 +25,8 @@ from lightkube.resources.core_v1 import Node
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
-from tests.e2e import harness
-from tests.e2e.harness import Location, Testbed
+from kilo.sandbox import testbed
+from kilo.sandbox.testbed import Location, Testbed
 
 KEEPALIVE = translate.PERSISTENT_KEEPALIVE
 LOCATIONS = [
@@ -77,7 +77,7 @@ def kilo_state(snapshot: dict[str, Any]) -> dict[str, Any]:
     kilo0 = [
         {k: a.get(k) for k in ("ifname", "addr_info", "operstate")}
         for a in snapshot["addrs"]
-        if a.get("ifname") == harness.WG_INTERFACE
+        if a.get("ifname") == testbed.WG_INTERFACE
     ]
     return {
         "routes": routes,
@@ -88,24 +88,24 @@ def kilo_state(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_for(predicate: Any, message: str, timeout: float = CONVERGE) -> Any:
-    return harness.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
+    return testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
 
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    harness.cleanup_stale()
-    with Testbed(LOCATIONS, binaries=controlplane_binaries) as testbed:
-        testbed.before = {BARE: testbed.snapshot(BARE)}  # type: ignore[attr-defined]
-        for node in testbed.nodes:
-            testbed.start_agent(node)
+    testbed.cleanup_stale()
+    with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
+        built.before = {BARE: built.snapshot(BARE)}  # type: ignore[attr-defined]
+        for node in built.nodes:
+            built.start_agent(node)
         try:
-            for node in testbed.nodes:
+            for node in built.nodes:
                 if node != BARE:
-                    testbed.add_pod(node, f"pod-{node}", timeout=CONVERGE)
-            yield testbed
+                    built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
+            yield built
         except BaseException:
-            for node in testbed.nodes:
-                sys.stderr.write(f"--- {node}\n{testbed.agent_log(node)[-4000:]}\n")
+            for node in built.nodes:
+                sys.stderr.write(f"--- {node}\n{built.agent_log(node)[-4000:]}\n")
             raise
 
 
@@ -221,7 +221,7 @@ def test_a_peer_reaches_pods_and_pods_reach_it(bed: Testbed) -> None:
     private = bed.run("laptop", "wg", "genkey").strip()
     public = bed.run("laptop", "wg", "pubkey", stdin=private).strip()
     bed.api().create(
-        harness._from_dict(
+        testbed.from_dict(
             Peer,
             {
                 "apiVersion": "kilo.squat.ai/v1alpha1",
@@ -269,12 +269,12 @@ def test_a_node_with_garbage_annotations_is_skipped_with_a_warning(bed: Testbed)
         translate.ALLOWED_LOCATION_IPS: "everything",
     }
     bed.api().create(
-        harness._from_dict(
+        testbed.from_dict(
             Node,
             {
                 "metadata": {
                     "name": "garbage",
-                    "labels": {harness.TOPOLOGY_LABEL: "aws"},
+                    "labels": {testbed.TOPOLOGY_LABEL: "aws"},
                     "annotations": garbage,
                 },
                 "spec": {"podCIDR": "10.42.99.0/24"},

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import harness
-from tests.e2e.harness import Location, Testbed
+from kilo.sandbox import testbed
+from kilo.sandbox.testbed import Location, Testbed
 
 LOCATIONS = [Location("aws", nodes=1), Location("gcp", nodes=1)]
 CONVERGE = 60.0
@@ -43,20 +43,18 @@ def capabilities(pid: int) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    harness.cleanup_stale()
-    with Testbed(LOCATIONS, binaries=controlplane_binaries) as testbed:
-        for node in testbed.nodes:
+    testbed.cleanup_stale()
+    with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
+        for node in built.nodes:
             # nsenter -m starts in the node's root directory: name the checkout.
-            testbed.start_agent(
-                node, module="tests.e2e.restricted_kg", env={"PYTHONPATH": str(ROOT)}
-            )
+            built.start_agent(node, module="tests.e2e.restricted_kg", env={"PYTHONPATH": str(ROOT)})
         try:
-            for node in testbed.nodes:
-                testbed.add_pod(node, f"pod-{node}", timeout=CONVERGE)
-            yield testbed
+            for node in built.nodes:
+                built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
+            yield built
         except BaseException:
-            for node in testbed.nodes:
-                print(f"--- {node}\n{testbed.agent_log(node)[-4000:]}")
+            for node in built.nodes:
+                print(f"--- {node}\n{built.agent_log(node)[-4000:]}")
             raise
 
 
@@ -76,7 +74,7 @@ def test_pods_in_two_clouds_reach_each_other(bed: Testbed) -> None:
     aws, gcp = bed.pods["pod-aws-1"], bed.pods["pod-gcp-1"]
 
     for src, dst in ((aws, gcp), (gcp, aws)):
-        harness.wait_for(
+        testbed.wait_for(
             functools.partial(bed.ping, src.netns, dst.ip, count=1, timeout=1),
             timeout=CONVERGE,
             message=f"{src.name} does not reach {dst.ip}",
@@ -115,7 +113,7 @@ def test_the_wireguard_go_sidecar_needs_only_net_admin(netns: str, tmp_path: Pat
         start_new_session=True,
     )
     try:
-        pid = harness.wait_for(
+        pid = testbed.wait_for(
             lambda: pidfile.exists() and pidfile.read_text().strip(),
             timeout=10,
             message="wireguard-go did not start",
@@ -130,7 +128,7 @@ def test_the_wireguard_go_sidecar_needs_only_net_admin(netns: str, tmp_path: Pat
                 check=False,
             )
 
-        harness.wait_for(
+        testbed.wait_for(
             lambda: wg("show", "kilo0").returncode == 0,
             timeout=10,
             message="wireguard-go serves no UAPI socket for kilo0",

@@ -26,8 +26,8 @@ from lightkube.resources.core_v1 import Node
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
-from tests.e2e import harness
-from tests.e2e.harness import Location, Testbed
+from kilo.sandbox import testbed
+from kilo.sandbox.testbed import Location, Testbed
 
 LOCATIONS = [
     Location("aws", nodes=2),
@@ -42,7 +42,7 @@ Peer = RESOURCES["peers"]
 
 
 def wait_for(predicate: Any, message: str, timeout: float = CONVERGE) -> Any:
-    return harness.wait_for(predicate, timeout=timeout, message=message, interval=0.25)
+    return testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.25)
 
 
 class Connect:
@@ -117,30 +117,30 @@ def environment() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    harness.cleanup_stale()
-    with Testbed(LOCATIONS, binaries=controlplane_binaries) as testbed:
-        assert testbed.plane is not None
-        for node in testbed.nodes:
-            testbed.start_agent(node)
+    testbed.cleanup_stale()
+    with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
+        assert built.plane is not None
+        for node in built.nodes:
+            built.start_agent(node)
         running: list[Connect] = []
-        testbed.connects = running  # type: ignore[attr-defined]
+        built.connects = running  # type: ignore[attr-defined]
         try:
-            for node in testbed.nodes:
-                testbed.add_pod(node, f"pod-{node}", timeout=CONVERGE)
-            testbed.add_laptop("laptop")
+            for node in built.nodes:
+                built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
+            built.add_laptop("laptop")
             # The admin credentials, for the API server's address on the internet bridge.
-            kubeconfig = testbed.workdir / "laptop-admin.kubeconfig"
-            testbed.plane.write_kubeconfig(
+            kubeconfig = built.workdir / "laptop-admin.kubeconfig"
+            built.plane.write_kubeconfig(
                 kubeconfig,
                 "laptop-admin",
                 organizations=("system:masters",),
-                server=f"https://{harness.CP_WAN}:{testbed.plane.port}",
+                server=f"https://{testbed.CP_WAN}:{built.plane.port}",
             )
-            testbed.laptop_kubeconfig = kubeconfig  # type: ignore[attr-defined]
-            yield testbed
+            built.laptop_kubeconfig = kubeconfig  # type: ignore[attr-defined]
+            yield built
         except BaseException:
-            for node in testbed.nodes:
-                sys.stderr.write(f"--- {node}\n{testbed.agent_log(node)[-3000:]}\n")
+            for node in built.nodes:
+                sys.stderr.write(f"--- {node}\n{built.agent_log(node)[-3000:]}\n")
             raise
         finally:
             for run in running:
@@ -169,7 +169,7 @@ def peer_object(bed: Testbed, name: str) -> dict[str, Any]:
     return obj
 
 
-def pod_per_location(bed: Testbed) -> dict[str, harness.Pod]:
+def pod_per_location(bed: Testbed) -> dict[str, testbed.Pod]:
     return {loc.name: bed.pods[f"pod-{loc.name}-2"] for loc in LOCATIONS}
 
 

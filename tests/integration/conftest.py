@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.controlplane import ControlPlane, build_binaries
+from kilo.sandbox.controlplane import ControlPlane, build_binaries
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -25,8 +25,8 @@ from kilo.adapters import kubeconfig, kubernetes
 from kilo.cli import kgctl
 from kilo.errors import BackendError
 from kilo.mesh import translate
+from kilo.sandbox.controlplane import ControlPlane
 from tests.examples import reference_objects
-from tests.integration.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 

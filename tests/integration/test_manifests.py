@@ -40,7 +40,7 @@ from lightkube.resources.authorization_v1 import SelfSubjectRulesReview
 from lightkube.resources.core_v1 import Namespace, Node, Secret, ServiceAccount
 
 from kilo.adapters import kubeconfig, kubernetes
-from tests.integration.controlplane import ControlPlane, build_helm
+from kilo.sandbox.controlplane import ControlPlane, build_helm
 from tests.manifests import (
     CHART,
     GENERATOR,

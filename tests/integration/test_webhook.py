@@ -35,12 +35,12 @@ from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBi
 from lightkube.types import PatchType
 
 from kilo.adapters import kubernetes
-from tests.integration.controlplane import (
+from kilo.sandbox.controlplane import (
     CertificateAuthority,
     ControlPlane,
     _b64,
-    _pem_cert,
     free_port,
+    pem_cert,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +234,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "cert": directory / "tls.crt",
         "key": directory / "tls.key",
     }
-    paths["ca"].write_bytes(_pem_cert(ca.cert))
+    paths["ca"].write_bytes(pem_cert(ca.cert))
     paths["cert"].write_bytes(cert)
     paths["key"].write_bytes(key)
     paths["key"].chmod(0o600)

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from kilo.agent import logs, webhook
 from kilo.agent.settings import WebhookSettings
 from kilo.errors import ConfigError
-from tests.integration.controlplane import CertificateAuthority, _pem_cert
+from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
 
 KEY = "GY5aT1N9dTR/nJnT1N2f4ClZWVj0jOAld0r8ysWLyjg="
 
@@ -100,7 +100,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cert, key = ca.issue("webhook", server_ips=("127.0.0.1",), client=False)
     other_cert, other_key = ca.issue("other", server_ips=("127.0.0.1",), client=False)
     files = {
-        "ca": _pem_cert(ca.cert),
+        "ca": pem_cert(ca.cert),
         "cert": cert,
         "key": key,
         "other_key": other_key,

@@ -1,14 +1,17 @@
 """A Kilo testbed in network namespaces: clouds, a NATed office, a laptop, a control plane.
 
-A library, not a test module (no pytest here): the end-to-end tests and the local sandbox
-both build on :class:`Testbed`. Everything it creates carries one short run prefix
-(``ktb`` + 6 hex digits) so that a crashed run can be recognised and removed
-(:func:`cleanup_stale`) without touching anyone else's namespaces.
+The end-to-end tests, the agent benchmark and ``kilo-sandbox`` all build on
+:class:`Testbed`. Everything it creates carries one short run prefix (three letters + 6 hex
+digits: ``ktb…`` for the tests' runs, random; the sandbox's is derived from its directory) so
+that a crashed run can be recognised and removed (:func:`cleanup_stale` for the tests' runs,
+whose owner process is recorded in ``/run/kilo-e2e``; :func:`remove_run` for any prefix)
+without touching anyone else's namespaces. A testbed outlives the process that built it
+unless :meth:`Testbed.close` is called: every process it starts is in a session of its own.
 
 Topology (addresses are documentation and private ranges that exist only inside our
 namespaces)::
 
-    test process ── <run>h 198.51.100.x/30 ── cp (etcd + kube-apiserver, 203.0.113.2)
+    this process ── <run>h 198.51.100.x/30 ── cp (etcd + kube-apiserver, 203.0.113.2)
                                                 │
     internet: bridge br0, router 203.0.113.1 ───┼── public nodes  wan0 203.0.113.10+
                                                 ├── NAT gateways  wan0 203.0.113.100+
@@ -18,7 +21,7 @@ namespaces)::
 
 Network safety: the only link in the host namespace is the veth to ``cp`` (one /30 that
 overlaps no host route or address); ``cp`` forwards nothing and has no route beyond that
-/30, so no test packet can reach the host's uplink, and the test process reaches only the
+/30, so no packet of the testbed can reach the host's uplink, and the host reaches only the
 API server.
 
 Every node and laptop is one long-lived process, the holder: ``unshare -m --propagation
@@ -55,10 +58,15 @@ from lightkube.codecs import load_all_yaml
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 
-from tests.integration.controlplane import ControlPlane, build_binaries
+from kilo.errors import SandboxError
+from kilo.sandbox import prerequisites
+from kilo.sandbox.controlplane import ControlPlane, build_binaries
 
-ROOT = Path(__file__).resolve().parents[2]
+# Package data: links to manifests/crds.yaml and manifests/rbac.yaml, resolved when the
+# package is built, so that an installed package has them too.
+MANIFESTS = Path(__file__).resolve().parent / "manifests"
 FAMILY = "ktb"
+PREFIX = re.compile(r"[a-z]{3}[0-9a-f]{6}")
 KEEP_ENV = "KILO_E2E_KEEP"
 # Who owns which run (pid and start time): /run is a tmpfs, like /run/netns.
 OWNERS = Path("/run/kilo-e2e")
@@ -103,7 +111,7 @@ _SIGKILL = signal.SIGKILL
 NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 
 
-class TestbedError(RuntimeError):
+class TestbedError(SandboxError):
     """The testbed could not be built, used or removed as asked."""
 
     __test__ = False  # not a pytest test class despite the name
@@ -222,7 +230,7 @@ def _text(data: str | bytes | None) -> str:
     return data or ""
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The process's start time in clock ticks: with the pid, it names one process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -234,8 +242,8 @@ def _process_start(pid: int) -> str | None:
     return fields[19]
 
 
-def _alive(pid: int) -> bool:
-    return _process_start(pid) is not None
+def alive(pid: int) -> bool:
+    return process_start(pid) is not None
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -269,17 +277,17 @@ def _kill_namespace_processes(netns: str, timeout: float = 10) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     wait_for(
-        lambda: not any(_alive(p) for p in pids),
+        lambda: not any(alive(p) for p in pids),
         timeout=timeout,
         message=f"processes {pids} in namespace {netns} survive SIGKILL",
     )
 
 
-def _link_exists(name: str) -> bool:
+def link_exists(name: str) -> bool:
     return _run(["ip", "link", "show", "dev", name], check=False).returncode == 0
 
 
-def _remove_namespaces(namespaces: Iterable[str], host_link: str | None) -> list[str]:
+def remove_namespaces(namespaces: Iterable[str], host_link: str | None) -> list[str]:
     """Kill what runs in them and delete them; the names still there afterwards."""
     namespaces = list(namespaces)
     existing = set(list_namespaces())
@@ -287,13 +295,18 @@ def _remove_namespaces(namespaces: Iterable[str], host_link: str | None) -> list
         if netns in existing:
             with contextlib.suppress(AssertionError):
                 _kill_namespace_processes(netns)
-    if host_link and _link_exists(host_link):
+    if host_link and link_exists(host_link):
         _run(["ip", "link", "del", "dev", host_link], check=False)
     for netns in namespaces:
         if netns in existing:
             _run(["ip", "netns", "del", netns], check=False)
     left = set(list_namespaces())
     return [n for n in namespaces if n in left]
+
+
+def run_namespaces(prefix: str) -> list[str]:
+    """The namespaces of run ``prefix`` (``<prefix>-<role>``)."""
+    return [n for n in list_namespaces() if n.startswith(f"{prefix}-")]
 
 
 def _read_owner(run: str) -> dict[str, Any]:
@@ -306,7 +319,7 @@ def _read_owner(run: str) -> dict[str, Any]:
 
 def _owner_alive(owner: Mapping[str, Any]) -> bool:
     pid = owner.get("pid")
-    return isinstance(pid, int) and _process_start(pid) == owner.get("start")
+    return isinstance(pid, int) and process_start(pid) == owner.get("start")
 
 
 def cleanup_stale(prefix: str = FAMILY) -> list[str]:
@@ -326,7 +339,7 @@ def cleanup_stale(prefix: str = FAMILY) -> list[str]:
         owner = _read_owner(run)
         if _owner_alive(owner):
             continue
-        _remove_namespaces(namespaces, f"{run}h")
+        remove_namespaces(namespaces, f"{run}h")
         workdir = owner.get("workdir")
         if isinstance(workdir, str) and not os.environ.get(KEEP_ENV):
             shutil.rmtree(workdir, ignore_errors=True)
@@ -387,7 +400,7 @@ def _resolve_in(root: Path, path: str) -> Path:
     raise TestbedError(f"too many symbolic links in {path} under {root}")
 
 
-def _from_dict(resource: Any, data: dict[str, Any]) -> Any:
+def from_dict(resource: Any, data: dict[str, Any]) -> Any:
     return resource.from_dict(data)
 
 
@@ -404,7 +417,15 @@ class Testbed:
         locations: Sequence[Location],
         *,
         binaries: Path | None = None,
+        prefix: str | None = None,
+        workdir: Path | None = None,
+        owned: bool = True,
     ) -> None:
+        """``prefix`` (default: a fresh ``ktb…``) names every namespace and the host link;
+        ``workdir`` (default ``$TMPDIR/kilo-e2e-<prefix>``, removed by :meth:`close`) holds
+        logs, kubeconfigs and the control plane's files. An ``owned`` testbed records this
+        process as its owner, so that :func:`cleanup_stale` removes it once this process is
+        gone; a testbed meant to outlive its builder (the sandbox) is not owned."""
         names = [loc.name for loc in locations]
         if len(set(names)) != len(names):
             raise TestbedError(f"location names must be unique: {names}")
@@ -415,9 +436,12 @@ class Testbed:
                 raise TestbedError(f"location {loc.name}: 1 to 90 nodes, not {loc.nodes}")
         self.locations = list(locations)
         self.binaries = binaries
-        self.prefix = self._new_prefix()
+        if prefix is not None and not PREFIX.fullmatch(prefix):
+            raise TestbedError(f"prefix {prefix!r}: want {PREFIX.pattern}")
+        self.prefix = prefix or self._new_prefix()
+        self.owned = owned
         self.host_link = f"{self.prefix}h"
-        self.workdir = Path(tempfile.gettempdir()) / f"kilo-e2e-{self.prefix}"
+        self.workdir = workdir or Path(tempfile.gettempdir()) / f"kilo-e2e-{self.prefix}"
         self.logs = self.workdir / "logs"
         self.nodes: dict[str, Machine] = {}
         self.laptops: dict[str, Machine] = {}
@@ -523,12 +547,12 @@ class Testbed:
                 # it started late can survive.
                 self._plane_thread.join(150)
                 self.plane.stop()
-        ours = [n for n in list_namespaces() if n.startswith(f"{self.prefix}-")]
+        ours = run_namespaces(self.prefix)
         namespaces = list(dict.fromkeys([*reversed(self._namespaces), *ours]))
-        left = _remove_namespaces(namespaces, self.host_link)
+        left = remove_namespaces(namespaces, self.host_link)
         if left:
             problems.append(f"namespaces not removed: {left}")
-        if _link_exists(self.host_link):
+        if link_exists(self.host_link):
             problems.append(f"host link {self.host_link} not removed")
         self._namespaces = left
         with contextlib.suppress(OSError):
@@ -539,24 +563,24 @@ class Testbed:
             raise TestbedError(f"testbed {self.prefix}: " + "; ".join(problems))
 
     def _check_host(self) -> None:
-        if os.geteuid() != 0:
-            raise TestbedError("the testbed needs root (network and mount namespaces)")
-        for tool in ("ip", "nsenter", "unshare", "wireguard-go", "wg", "iptables", "ping"):
-            if shutil.which(tool) is None:
-                raise TestbedError(f"the testbed needs {tool!r} on PATH")
-        for plugin in ("bridge", "host-local", "portmap"):
-            if not (CNI_BIN / plugin).exists():
-                raise TestbedError(f"the testbed needs the CNI plugin {CNI_BIN / plugin}")
+        problem = prerequisites.missing(
+            prerequisites.observe(cni_dir=str(CNI_BIN)), subject="the testbed"
+        )
+        if problem is not None:
+            raise TestbedError(problem)
 
     def _claim(self) -> None:
         """Record our ownership, then pick and create the host link under a lock (parallel
         runs must not choose the same /30)."""
+        if run_namespaces(self.prefix) or link_exists(self.host_link):
+            raise TestbedError(f"testbed {self.prefix} exists already (its namespaces or link)")
         self._claimed = True
         self.logs.mkdir(parents=True)
         OWNERS.mkdir(mode=0o755, exist_ok=True)
-        start = _process_start(os.getpid())
-        record = {"pid": os.getpid(), "start": start, "workdir": str(self.workdir)}
-        (OWNERS / f"{self.prefix}.json").write_text(json.dumps(record))
+        if self.owned:
+            start = process_start(os.getpid())
+            record = {"pid": os.getpid(), "start": start, "workdir": str(self.workdir)}
+            (OWNERS / f"{self.prefix}.json").write_text(json.dumps(record))
         cp = self._add_namespace("cp")
         with open(OWNERS / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -749,7 +773,7 @@ class Testbed:
     def _populate_api(self) -> None:
         assert self.plane is not None
         client = self.api()
-        self._apply(ROOT / "manifests" / "crds.yaml")
+        self._apply(MANIFESTS / "crds.yaml")
 
         def established() -> bool:
             crd = client.get(CustomResourceDefinition, "peers.kilo.squat.ai")
@@ -757,9 +781,9 @@ class Testbed:
             return any(c.type == "Established" and c.status == "True" for c in conditions)
 
         wait_for(established, timeout=30, message="the Peer CRD is not established")
-        self._apply(ROOT / "manifests" / "rbac.yaml")
+        self._apply(MANIFESTS / "rbac.yaml")
         # The nodes use the shipped role through its service account, as a DaemonSet would.
-        request = _from_dict(
+        request = from_dict(
             ServiceAccount.Token,
             {
                 "metadata": {"name": "kilo", "namespace": "kube-system"},
@@ -778,7 +802,7 @@ class Testbed:
         for node in self.nodes.values():
             assert node.location is not None
             client.create(
-                _from_dict(
+                from_dict(
                     Node,
                     {
                         "metadata": {
@@ -1112,7 +1136,7 @@ class Testbed:
         finally:
             del self.pods[name]
             self._conflists.pop(name, None)
-            _remove_namespaces([pod.netns], None)
+            remove_namespaces([pod.netns], None)
             self._roles.pop(name, None)
             self._namespaces.remove(pod.netns)
 

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Build the test control plane (etcd and kube-apiserver) and helm from the Go module proxy, once.
+# Build the control plane (etcd and kube-apiserver) and helm from the Go module proxy, once.
 #
 # The binaries go to a cache outside the clone, keyed by the pinned go.mod/go.sum, so a
-# rerun (or another clone) reuses them; a missing or partial cache rebuilds itself. helm has
-# its own key (helm/go.mod, helm/go.sum), so pinning another helm never rebuilds kube-apiserver.
+# rerun (or another clone, or the installed package) reuses them; a missing or partial cache
+# rebuilds itself. helm has its own key (helm/go.mod, helm/go.sum), so pinning another helm
+# never rebuilds kube-apiserver.
 #
-#   build.sh        builds both; prints the directory that holds bin/etcd and bin/kube-apiserver
-#   build.sh helm   builds helm only; prints the path of the helm binary
+#   build.sh               builds both; prints the directory that holds bin/etcd and bin/kube-apiserver
+#   build.sh controlplane  etcd and kube-apiserver only (the sandbox and the tests' testbeds)
+#   build.sh helm          builds helm only; prints the path of the helm binary
+#   build.sh check         prints the control plane's directory if it is built, else exits 1
 #
-# Cold build on a 2-core machine: about 12 minutes (kube-apiserver 10, etcd 2) plus helm
-# (about 3 minutes when the Kubernetes libraries are already in the Go build cache); with a
-# warm Go build cache (~/.cache/go-build) a rebuild only relinks (about 1 minute).
+# Progress goes to stderr, one line per step ("HH:MM:SS building etcd ..."). Cold build on a
+# 2-core machine: about 12 minutes (kube-apiserver 10, etcd 2) plus helm (about 3 minutes
+# when the Kubernetes libraries are already in the Go build cache); with a warm Go build
+# cache (~/.cache/go-build) a rebuild only relinks (about 1 minute).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache_root="${KILO_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kilo-controlplane}"
@@ -42,12 +46,19 @@ build_helm() {
   echo "$out/bin/helm"
 }
 
-if [ "${1:-}" = helm ]; then
+mode="${1:-all}"
+case "$mode" in
+  all | controlplane | helm | check) ;;
+  *) echo "build.sh: unknown mode '$mode' (all, controlplane, helm, check)" >&2; exit 2 ;;
+esac
+if [ "$mode" = helm ]; then
   build_helm
   exit 0
 fi
 # The manifest tests need helm; build it first so that its path never ends this script's output.
-build_helm >/dev/null
+if [ "$mode" = all ]; then
+  build_helm >/dev/null
+fi
 key="$(cat "$here"/apiserver/go.mod "$here"/apiserver/go.sum "$here"/etcd/go.mod "$here"/etcd/go.sum | sha256sum | cut -c1-16)"
 out="$cache_root/$key"
 
@@ -55,11 +66,13 @@ if [ -x "$out/bin/etcd" ] && [ -x "$out/bin/kube-apiserver" ] && [ -f "$out/comp
   echo "$out"
   exit 0
 fi
+[ "$mode" = check ] && exit 1
 
-command -v go >/dev/null || { echo "build.sh: Go is needed to build the test control plane" >&2; exit 1; }
+command -v go >/dev/null || { echo "build.sh: Go is needed to build the control plane" >&2; exit 1; }
 mkdir -p "$out/bin"
 rm -f "$out/complete"
-# Go may not build from a read-only source tree in the module cache; build from a copy.
+# Go may not build from a read-only source tree (the module cache, an installed package);
+# build from a copy.
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp -r "$here/apiserver" "$here/etcd" "$work/"
@@ -68,5 +81,5 @@ step "building etcd (about 2 minutes the first time)"
 step "building kube-apiserver (about 10 minutes the first time)"
 (cd "$work/apiserver" && go build -trimpath -o "$out/bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
 touch "$out/complete"
-step "test control plane ready in $out"
+step "control plane ready in $out"
 echo "$out"

@@ -1,16 +1,19 @@
-"""A real test control plane: etcd and kube-apiserver on loopback, with TLS and RBAC.
+"""A real control plane: etcd and kube-apiserver on loopback, with TLS and RBAC.
 
-The binaries come from ``tests/controlplane/build.sh`` (built once from the Go module proxy
-into a cache outside the clone). By default everything listens on 127.0.0.1 only; every
-file lives in one temporary directory; ``stop()`` ends both processes, also after a failed
-start. The end-to-end testbed runs both inside a network namespace (``netns``) with the API
-server bound to that namespace's addresses: etcd then stays on the namespace's loopback,
-where ``compact_etcd`` (which talks to it from the calling process) cannot reach it.
+The binaries come from ``go/build.sh`` next to this module (built once from the Go module
+proxy into a cache outside the clone: ``~/.cache/kilo-controlplane/<hash of the pinned
+go.mod and go.sum>``). By default everything listens on 127.0.0.1 only; every file lives in
+one directory (a temporary one unless ``workdir`` is given); ``stop()`` ends both
+processes, also after a failed start. The testbed runs both inside a network namespace
+(``netns``) with the API server bound to that namespace's addresses: etcd then stays on the
+namespace's loopback, where ``compact_etcd`` (which talks to it from the calling process)
+cannot reach it.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import datetime
 import ipaddress
@@ -25,6 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,25 +38,62 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = ROOT / "tests" / "controlplane" / "build.sh"
+from kilo.errors import SandboxError
+
+# Package data: the script and the pinned go.mod/go.sum it builds from.
+BUILD_SCRIPT = Path(__file__).resolve().parent / "go" / "build.sh"
 SERVICE_CIDR = "10.96.0.0/12"
 
 
-def build_binaries() -> Path:
+class ControlPlaneError(SandboxError):
+    """The control plane could not be built, started or reached."""
+
+
+def _build(mode: str, on_progress: Callable[[str], None] | None) -> Path:
+    """Run ``build.sh mode``; its last stdout line is the result. Its step lines (stderr)
+    go to ``on_progress`` when given, else straight to our stderr."""
+    argv = ["bash", str(BUILD_SCRIPT), mode]
+    if on_progress is None:
+        try:
+            result = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
+        except subprocess.CalledProcessError as exc:
+            raise ControlPlaneError(f"{BUILD_SCRIPT} {mode} exited with {exc.returncode}") from exc
+        return Path(result.stdout.strip().splitlines()[-1])
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as build:
+        assert build.stdout is not None and build.stderr is not None
+        # build.sh writes its one result line to stdout at the very end, so reading stderr
+        # to the end first cannot block on a full stdout pipe.
+        for line in build.stderr:
+            tail.append(line.rstrip("\n"))
+            on_progress(line.rstrip("\n"))
+        out = build.stdout.read()
+        code = build.wait()
+    if code != 0 or not out.strip():
+        raise ControlPlaneError(
+            f"{BUILD_SCRIPT} {mode} exited with {code}: " + " / ".join(tail)[-2000:]
+        )
+    return Path(out.strip().splitlines()[-1])
+
+
+def build_binaries(*, on_progress: Callable[[str], None] | None = None) -> Path:
     """Build (or reuse) etcd and kube-apiserver; return the directory holding ``bin/``."""
+    return _build("controlplane", on_progress)
+
+
+def cached_binaries() -> Path | None:
+    """The directory of already built binaries, or None if a build is needed (needs Go)."""
     result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
+        ["bash", str(BUILD_SCRIPT), "check"], capture_output=True, text=True, check=False
     )
+    if result.returncode != 0 or not result.stdout.strip():
+        return None
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def build_helm() -> Path:
-    """Build (or reuse) helm, pinned in tests/controlplane/helm; return the binary's path."""
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "helm"], check=True, stdout=subprocess.PIPE, text=True
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
+def build_helm(*, on_progress: Callable[[str], None] | None = None) -> Path:
+    """Build (or reuse) helm, pinned in go/helm; return the binary's path."""
+    return _build("helm", on_progress)
 
 
 def free_port() -> int:
@@ -72,7 +113,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _pem_cert(cert: x509.Certificate) -> bytes:
+def pem_cert(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -144,18 +185,14 @@ class CertificateAuthority:
             alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
             alt_names += [x509.IPAddress(ipaddress.ip_address(i)) for i in server_ips]
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        return _pem_cert(builder.sign(self.key, hashes.SHA256())), _pem_key(key)
+        return pem_cert(builder.sign(self.key, hashes.SHA256())), _pem_key(key)
 
 
 # --- the control plane -------------------------------------------------------------------------
 
 
-class ControlPlaneError(RuntimeError):
-    pass
-
-
 class ControlPlane:
-    """etcd + kube-apiserver in a temporary directory; use as a context manager."""
+    """etcd + kube-apiserver in one directory; use as a context manager."""
 
     def __init__(
         self,
@@ -199,7 +236,7 @@ class ControlPlane:
 
     def _prepare(self) -> None:
         self.pki.mkdir(parents=True, exist_ok=True)
-        self._write("ca.crt", _pem_cert(self.ca.cert), 0o644)
+        self._write("ca.crt", pem_cert(self.ca.cert), 0o644)
         names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
         ips = ["127.0.0.1", "10.96.0.1"]
         for san in (self.advertise_address, *self.extra_sans):
@@ -256,7 +293,7 @@ class ControlPlane:
                     "name": "kilo-test",
                     "cluster": {
                         "server": server or self.server,
-                        "certificate-authority-data": _b64(_pem_cert(self.ca.cert)),
+                        "certificate-authority-data": _b64(pem_cert(self.ca.cert)),
                     },
                 }
             ],

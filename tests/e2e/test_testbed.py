@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 from lightkube.resources.core_v1 import Node
 
-from tests.e2e import harness
-from tests.e2e.harness import CommandError, Location, Testbed, TestbedError
+from kilo.sandbox import testbed
+from kilo.sandbox.testbed import CommandError, Location, Testbed, TestbedError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 KEEPALIVE = "kilo.squat.ai/persistent-keepalive"
 LOCATIONS = [
@@ -33,9 +35,9 @@ LOCATIONS = [
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    harness.cleanup_stale()
-    with Testbed(LOCATIONS, binaries=controlplane_binaries) as testbed:
-        yield testbed
+    testbed.cleanup_stale()
+    with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
+        yield built
 
 
 def test_lan_neighbours_ping_each_other(bed: Testbed) -> None:
@@ -57,7 +59,7 @@ def test_public_nodes_ping_each_other_over_the_internet(bed: Testbed) -> None:
 def test_nat_nodes_reach_public_nodes_masqueraded(bed: Testbed) -> None:
     assert bed.nodes["office-1"].wan_ip is None
     echo = bed.tcp_exchange("office-1", "aws-1", str(bed.nodes["aws-1"].wan_ip), 8080)
-    assert echo == harness.Echo(reply="hello", peer=bed.gateways["office"])
+    assert echo == testbed.Echo(reply="hello", peer=bed.gateways["office"])
 
 
 def test_public_nodes_cannot_reach_nat_nodes(bed: Testbed) -> None:
@@ -69,13 +71,13 @@ def test_public_nodes_cannot_reach_nat_nodes(bed: Testbed) -> None:
 
 def test_the_api_server_is_reachable_from_nodes_and_the_test_process(bed: Testbed) -> None:
     for node in ("aws-1", "office-2"):
-        assert bed.can_connect(node, harness.CP_WAN, bed.api_port), node
+        assert bed.can_connect(node, testbed.CP_WAN, bed.api_port), node
     listed = {str(n.metadata.name): n for n in bed.api().list(Node) if n.metadata}
     assert sorted(listed) == sorted(bed.nodes)
     cidrs = set()
     for name, obj in listed.items():
         assert obj.metadata is not None and obj.spec is not None
-        assert obj.metadata.labels == {harness.TOPOLOGY_LABEL: name.split("-")[0]}
+        assert obj.metadata.labels == {testbed.TOPOLOGY_LABEL: name.split("-")[0]}
         assert obj.spec.podCIDR == bed.nodes[name].pod_cidr
         cidrs.add(obj.spec.podCIDR)
     assert len(cidrs) == len(listed)
@@ -85,7 +87,7 @@ def test_the_api_server_is_reachable_from_nodes_and_the_test_process(bed: Testbe
 
 def test_the_node_kubeconfig_points_at_the_internet_address(bed: Testbed) -> None:
     text = bed.node_kubeconfig.read_text()
-    assert f"server: https://{harness.CP_WAN}:{bed.api_port}" in text
+    assert f"server: https://{testbed.CP_WAN}:{bed.api_port}" in text
     assert "token:" in text
 
 
@@ -112,13 +114,13 @@ def test_hostnames_resolve_to_lan_addresses_inside_the_nodes(bed: Testbed) -> No
 
 
 def test_nodes_start_with_kilos_cni_template(bed: Testbed) -> None:
-    assert bed.cni_config("gcp-2") == harness.KILO_CNI_TEMPLATE
+    assert bed.cni_config("gcp-2") == testbed.KILO_CNI_TEMPLATE
     assert bed.cni_ranges("gcp-2") == []
 
 
 def test_a_pod_gets_an_address_from_its_node_pod_cidr(bed: Testbed) -> None:
     node = bed.nodes["aws-2"]
-    config = json.loads(json.dumps(harness.KILO_CNI_TEMPLATE))
+    config = json.loads(json.dumps(testbed.KILO_CNI_TEMPLATE))
     config["plugins"][0]["ipam"]["ranges"] = [[{"subnet": node.pod_cidr}]]
     bed.write_cni_config(node.name, config)
     pod = bed.add_pod(node.name, "pod1")
@@ -129,7 +131,7 @@ def test_a_pod_gets_an_address_from_its_node_pod_cidr(bed: Testbed) -> None:
     assert bed.ping("pod1", pod.gateway)
     bed.remove_pod("pod1")
     assert "pod1" not in bed.pods
-    assert pod.netns not in harness.list_namespaces()
+    assert pod.netns not in testbed.list_namespaces()
 
 
 def test_add_pod_waits_for_the_agent_to_fill_in_the_ranges(bed: Testbed) -> None:
@@ -141,14 +143,14 @@ def test_add_pod_waits_for_the_agent_to_fill_in_the_ranges(bed: Testbed) -> None
 def test_wait_for_reports_the_message_and_the_last_value() -> None:
     values = iter(range(1000))
     with pytest.raises(AssertionError, match=r"still odd \(after 0.1 s; last value: False\)"):
-        harness.wait_for(lambda: next(values) < 0, timeout=0.1, message="still odd")
+        testbed.wait_for(lambda: next(values) < 0, timeout=0.1, message="still odd")
 
     def broken() -> bool:
         raise ValueError("not yet")
 
     with pytest.raises(AssertionError, match=r"last value: ValueError\('not yet'\)"):
-        harness.wait_for(broken, timeout=0.1, message="broken", ignoring=(ValueError,))
-    assert harness.wait_for(lambda: 7, timeout=0, message="unused") == 7
+        testbed.wait_for(broken, timeout=0.1, message="broken", ignoring=(ValueError,))
+    assert testbed.wait_for(lambda: 7, timeout=0, message="unused") == 7
 
 
 def processes_in(namespaces: list[str]) -> list[int]:
@@ -163,9 +165,9 @@ def processes_in(namespaces: list[str]) -> list[int]:
 
 def test_agent_hooks_run_the_agent_inside_the_node(bed: Testbed) -> None:
     """With a stand-in for kg: the real one is not this test's subject."""
-    env = {"PYTHONPATH": str(harness.ROOT)}
+    env = {"PYTHONPATH": str(ROOT)}
     bed.start_agent("gcp-1", "--extra=1", env=env, module="tests.e2e.fake_agent")
-    line = harness.wait_for(
+    line = testbed.wait_for(
         lambda: [x for x in bed.agent_log("gcp-1").splitlines() if x.startswith("{")],
         timeout=10,
         message="the stand-in agent wrote nothing",
@@ -187,7 +189,7 @@ def test_agent_hooks_run_the_agent_inside_the_node(bed: Testbed) -> None:
 CRASHING_RUN = """
 import sys, time
 from pathlib import Path
-from tests.e2e.harness import Location, Testbed
+from kilo.sandbox.testbed import Location, Testbed
 bed = Testbed([Location("aws", nodes=1)], binaries=Path(sys.argv[1])).start()
 print(bed.prefix, flush=True)
 time.sleep(600)
@@ -199,29 +201,29 @@ def test_cleanup_stale_removes_a_crashed_run_and_spares_live_ones(
 ) -> None:
     crashed = subprocess.Popen(
         [sys.executable, "-c", CRASHING_RUN, str(controlplane_binaries)],
-        cwd=harness.ROOT,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert crashed.stdout is not None
         prefix = crashed.stdout.readline().strip()
-        assert prefix.startswith(harness.FAMILY), prefix
+        assert prefix.startswith(testbed.FAMILY), prefix
     finally:
         crashed.kill()
         crashed.wait()
         if crashed.stdout is not None:
             crashed.stdout.close()
-    left = [n for n in harness.list_namespaces() if n.startswith(f"{prefix}-")]
+    left = [n for n in testbed.list_namespaces() if n.startswith(f"{prefix}-")]
     pids = processes_in(left)
     assert len(pids) >= 3  # wireguard-go, etcd, kube-apiserver outlive their owner
-    assert prefix in harness.cleanup_stale()
-    assert not [n for n in harness.list_namespaces() if n.startswith(prefix)]
-    assert not [p for p in pids if harness._alive(p)]
-    assert not harness._link_exists(f"{prefix}h")
+    assert prefix in testbed.cleanup_stale()
+    assert not [n for n in testbed.list_namespaces() if n.startswith(prefix)]
+    assert not [p for p in pids if testbed.alive(p)]
+    assert not testbed.link_exists(f"{prefix}h")
     assert not (Path(tempfile.gettempdir()) / f"kilo-e2e-{prefix}").exists()
     # The module's testbed is alive: untouched.
-    assert bed.prefix not in harness.cleanup_stale()
+    assert bed.prefix not in testbed.cleanup_stale()
     assert bed.ping("aws-1", str(bed.nodes["aws-2"].lan_ip))
 
 
@@ -229,21 +231,21 @@ def test_close_removes_everything(bed: Testbed) -> None:
     laptop = bed.add_laptop("laptop")
     assert bed.ping("laptop", str(bed.nodes["gcp-1"].wan_ip))
     node = bed.nodes["office-2"]
-    config = json.loads(json.dumps(harness.KILO_CNI_TEMPLATE))
+    config = json.loads(json.dumps(testbed.KILO_CNI_TEMPLATE))
     config["plugins"][0]["ipam"]["ranges"] = [[{"subnet": node.pod_cidr}]]
     bed.write_cni_config(node.name, config)
     bed.add_pod(node.name, "left-behind")  # close() runs CNI DEL for it
-    ours = [n for n in harness.list_namespaces() if n.startswith(f"{bed.prefix}-")]
+    ours = [n for n in testbed.list_namespaces() if n.startswith(f"{bed.prefix}-")]
     pids = processes_in(ours)
     assert laptop.pid in pids and bed.nodes["aws-1"].pid in pids
     assert bed.plane is not None and bed.plane.apiserver is not None
     assert bed.plane.apiserver.pid in pids
     bed.close()
     assert not bed.pods
-    assert not [n for n in harness.list_namespaces() if n.startswith(bed.prefix)]
-    assert not [p for p in pids if harness._alive(p)]
-    assert not harness._link_exists(bed.host_link)
-    assert not bed.workdir.exists() or os.environ.get(harness.KEEP_ENV)
+    assert not [n for n in testbed.list_namespaces() if n.startswith(bed.prefix)]
+    assert not [p for p in pids if testbed.alive(p)]
+    assert not testbed.link_exists(bed.host_link)
+    assert not bed.workdir.exists() or os.environ.get(testbed.KEEP_ENV)
     bed.close()  # idempotent
 
 
@@ -251,5 +253,5 @@ def test_a_failed_start_leaves_nothing(tmp_path: Path) -> None:
     bed = Testbed([Location("aws", nodes=1)], binaries=tmp_path / "missing")
     with pytest.raises(TestbedError, match="control plane"):
         bed.start()
-    assert not [n for n in harness.list_namespaces() if n.startswith(bed.prefix)]
-    assert not harness._link_exists(bed.host_link)
+    assert not [n for n in testbed.list_namespaces() if n.startswith(bed.prefix)]
+    assert not testbed.link_exists(bed.host_link)
