@@ -521,10 +521,7 @@ class Testbed:
         if not self._claimed:
             return
         problems: list[str] = []
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-            self._client = None
+        self.close_client()
         for name in list(self._agents):
             with contextlib.suppress(TestbedError):
                 self.stop_agent(name, timeout=10)
@@ -834,6 +831,13 @@ class Testbed:
         if self.plane is None:
             raise TestbedError(f"testbed {self.prefix} has no control plane yet")
         return self.plane.port
+
+    def close_client(self) -> None:
+        """Close the admin client (and its connections) and nothing else."""
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
 
     def api(self) -> Client:
         """An admin client for the test process (through the host<->cp link)."""

@@ -1,0 +1,666 @@
+"""``kilo-sandbox up``, ``status`` and ``down``: a Kilo mesh across simulated clouds.
+
+``up`` builds (or reuses) etcd and kube-apiserver, builds the testbed of
+:mod:`kilo.sandbox.testbed` (public clouds, a NATed office, a control plane), starts ``kg``
+on every node, adds one pod per node and a VPN peer (a laptop configured from ``kgctl
+showconf peer`` with ``wg setconf``), waits until the mesh has converged and measures
+reachability with real packets. Every process it starts is in a session of its own, so the
+sandbox keeps running after ``up`` returns; ``<dir>/state.json`` records its namespaces,
+processes, machines and pods for ``status`` and ``down``.
+
+``down`` never depends on the state file alone: every namespace and the host link carry the
+prefix derived from the directory (:func:`kilo.sandbox.state.prefix_for`), so it also
+removes what a crashed ``up`` left. It only ever deletes the files a sandbox writes in its
+directory (:data:`kilo.sandbox.state.FILES` and ``run/``), never a path read from the state.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from kilo.adapters.kubernetes import RESOURCES
+from kilo.errors import KiloError, SandboxError
+from kilo.mesh import translate
+from kilo.mesh.model import DEFAULT_SUBNET
+from kilo.sandbox import prerequisites, report, state, testbed
+from kilo.sandbox.controlplane import build_binaries, cached_binaries
+from kilo.sandbox.progress import Progress
+from kilo.sandbox.testbed import Location, Testbed
+
+DEFAULT_DIR = Path("/var/lib/kilo-sandbox")
+CLOUDS = ("aws", "gcp", "azure", "hetzner", "ovh", "linode", "vultr", "scaleway")
+NAT_SITE = "office"
+PEER = "laptop"
+PEER_IP = "10.5.0.1"
+KEEPALIVE = 5
+GRANULARITIES = ("location", "full")
+MAX_NODES = 10
+HEALTHY = "the mesh is applied; the agent is healthy"
+AGENTS_TIMEOUT = 120.0
+CONVERGE_TIMEOUT = 180.0
+REACH_TIMEOUT = 60.0
+STATUS_REACH_TIMEOUT = 10.0
+PING_WORKERS = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpOptions:
+    directory: Path
+    locations: int = 2
+    nodes: int = 2
+    granularity: str = "location"
+
+
+class Sandbox:
+    """The files and names of the sandbox in one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.prefix = state.prefix_for(str(self.directory))
+        self.host_link = f"{self.prefix}h"
+        self.state_path = self.directory / state.STATE_FILE
+        self.kubeconfig = self.directory / state.KUBECONFIG_FILE
+        self.workdir = self.directory / state.RUN_DIR
+
+    def load(self) -> state.State:
+        """The recorded state; SandboxError when there is none or it cannot be read."""
+        try:
+            text = self.state_path.read_text()
+        except FileNotFoundError:
+            raise SandboxError(f"no sandbox in {self.directory}") from None
+        except OSError as exc:
+            raise SandboxError(f"cannot read {self.state_path}: {exc.strerror}") from exc
+        try:
+            return state.loads(text)
+        except state.StateError as exc:
+            raise SandboxError(f"{self.state_path}: {exc}") from exc
+
+    def save(self, current: state.State) -> None:
+        temporary = self.state_path.with_name(f".{state.STATE_FILE}.new")
+        temporary.write_text(state.dumps(current))
+        temporary.replace(self.state_path)
+
+    def leftovers(self) -> list[str]:
+        """What of a sandbox exists here: state file, namespaces, host link."""
+        found = [str(self.state_path)] if self.state_path.exists() else []
+        found += testbed.run_namespaces(self.prefix)
+        if testbed.link_exists(self.host_link):
+            found.append(f"link {self.host_link}")
+        return found
+
+
+# --- helpers that run things ---------------------------------------------------------------------
+
+
+def _environment() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k != "KUBECONFIG" and not k.lower().endswith("_proxy")
+    }
+
+
+def kgctl(kubeconfig: Path, *args: str, timeout: float = 60) -> str:
+    """``kgctl ARGS`` against the sandbox (this installation's kgctl); its stdout."""
+    argv = [sys.executable, "-m", "kilo.cli.kgctl", f"--kubeconfig={kubeconfig}", *args]
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_environment(),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SandboxError(f"kgctl {' '.join(args)} timed out after {timeout:g} s") from exc
+    if result.returncode != 0:
+        raise SandboxError(
+            f"kgctl {' '.join(args)} exited with {result.returncode}: {result.stderr.strip()}"
+        )
+    return result.stdout
+
+
+def _listing(kubeconfig: Path) -> dict[str, Any]:
+    data = json.loads(kgctl(kubeconfig, "list", "-o", "json"))
+    if not isinstance(data, dict):
+        raise SandboxError(f"kgctl list -o json printed {type(data).__name__}, not an object")
+    return data
+
+
+def _quiet(argv: Sequence[str], timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(list(argv), -1, "", "timed out")
+
+
+def wg_dump(holder: int) -> str | None:
+    """``wg show kilo0 dump`` in the mount namespace of ``holder`` (where the UAPI socket
+    is); None when it cannot be read."""
+    result = _quiet(
+        ["nsenter", "-t", str(holder), "-m", "-n", "wg", "show", testbed.WG_INTERFACE, "dump"]
+    )
+    return result.stdout if result.returncode == 0 else None
+
+
+def ping(netns: str, ip: str) -> bool:
+    argv = ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", "1", "-W", "1", ip]
+    return _quiet(argv).returncode == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A row or column of the reachability matrix."""
+
+    label: str
+    netns: str
+    ip: str
+
+
+def targets(current: state.State) -> list[Target]:
+    pods = [Target(p.name, p.netns, p.ip) for p in current.pods]
+    peers = [Target(f"{m.name} (peer)", m.netns, m.mesh_ip) for m in current.peers if m.mesh_ip]
+    return pods + peers
+
+
+def measure(
+    everyone: Sequence[Target],
+    *,
+    timeout: float,
+    probe: Callable[[str, str], bool] = ping,
+) -> dict[report.Path, bool]:
+    """Ping every target from every other one; failed paths are retried until they all get
+    through or ``timeout`` passes (a path through a NATed site can need one more keepalive
+    round, and a new peer its first handshake)."""
+    paths = [(a, b) for a in everyone for b in everyone if a != b]
+    reached: dict[report.Path, bool] = {}
+    deadline = time.monotonic() + timeout
+    with concurrent.futures.ThreadPoolExecutor(PING_WORKERS) as pool:
+        while True:
+            todo = [(a, b) for a, b in paths if not reached.get((a.label, b.label))]
+            results = pool.map(lambda path: probe(path[0].netns, path[1].ip), todo)
+            for (a, b), ok in zip(todo, results, strict=True):
+                reached[(a.label, b.label)] = ok
+            if all(reached.values()) or time.monotonic() >= deadline:
+                return reached
+            time.sleep(0.5)
+
+
+def _record(pid: int, role: str) -> state.Process | None:
+    start = testbed.process_start(pid)
+    return None if start is None else state.Process(role=role, pid=pid, start=start)
+
+
+def _snapshot(box: Sandbox, bed: Testbed, granularity: str, **extra: Any) -> state.State:
+    """The state of ``bed`` as far as it is built."""
+    processes: list[state.Process | None] = []
+    if bed.plane is not None:
+        for role, popen in (("etcd", bed.plane.etcd), ("kube-apiserver", bed.plane.apiserver)):
+            if popen is not None:
+                processes.append(_record(popen.pid, role))
+    for machine in [*bed.nodes.values(), *bed.laptops.values()]:
+        if machine.process is not None:
+            processes.append(_record(machine.process.pid, f"wireguard-go {machine.name}"))
+        agent = bed.agent(machine.name)
+        if agent is not None:
+            processes.append(_record(agent.pid, f"kg {machine.name}"))
+
+    def recorded(m: testbed.Machine, mesh_ip: str = "") -> state.Machine:
+        return state.Machine(
+            name=m.name,
+            netns=m.netns,
+            holder=m.pid,
+            location=m.location or "",
+            lan_ip=m.lan_ip or "",
+            wan_ip=m.wan_ip or "",
+            pod_cidr=m.pod_cidr or "",
+            mesh_ip=mesh_ip,
+        )
+
+    return state.State(
+        directory=str(box.directory),
+        prefix=box.prefix,
+        granularity=granularity,
+        host_link=box.host_link,
+        workdir=str(box.workdir),
+        api_server=bed.plane.server if bed.plane is not None else "",
+        kubeconfig=str(box.kubeconfig),
+        nat_locations=tuple(sorted(bed.gateways)),
+        namespaces=tuple(testbed.run_namespaces(box.prefix)),
+        processes=tuple(p for p in processes if p is not None),
+        nodes=tuple(recorded(m) for m in bed.nodes.values() if m.process is not None),
+        peers=tuple(recorded(m, PEER_IP) for m in bed.laptops.values() if m.process is not None),
+        pods=tuple(
+            state.Pod(name=p.name, node=p.node, netns=p.netns, ip=p.ip) for p in bed.pods.values()
+        ),
+        **extra,
+    )
+
+
+def _wait(
+    predicate: Callable[[], object], *, timeout: float, what: str, interval: float = 0.5
+) -> None:
+    try:
+        testbed.wait_for(predicate, timeout=timeout, message=what, interval=interval)
+    except AssertionError as exc:
+        raise SandboxError(str(exc)) from None
+
+
+# --- up -------------------------------------------------------------------------------------------
+
+
+def _check_prerequisites(subject: str, *, binaries_built: bool = True) -> str | None:
+    return prerequisites.missing(
+        prerequisites.observe(binaries_built=binaries_built), subject=subject
+    )
+
+
+def _locations(options: UpOptions) -> list[Location]:
+    clouds = [Location(name, nodes=options.nodes) for name in CLOUDS[: options.locations]]
+    office = Location(
+        NAT_SITE,
+        nodes=options.nodes,
+        nat=True,
+        # Behind NAT only the office can open the tunnels; keepalives keep them open.
+        annotations={translate.PERSISTENT_KEEPALIVE: str(KEEPALIVE)},
+    )
+    return [*clouds, office]
+
+
+def _agents_healthy(bed: Testbed) -> bool:
+    for node in bed.nodes:
+        process = bed.agent(node)
+        if process is None or process.poll() is not None:
+            tail = "\n".join(bed.agent_log(node).splitlines()[-15:])
+            raise SandboxError(f"kg on {node} exited:\n{tail}")
+    return all(HEALTHY in bed.agent_log(node) for node in bed.nodes)
+
+
+def _connect_peer(bed: Testbed, kubeconfig: Path) -> None:
+    """The laptop joins as a Peer the way a user's machine would: a key pair, the Peer
+    object, then ``kgctl showconf peer`` into ``wg setconf`` and routes to the mesh."""
+    bed.add_laptop(PEER)
+    private = bed.run(PEER, "wg", "genkey").strip()
+    public = bed.run(PEER, "wg", "pubkey", stdin=private).strip()
+    bed.api().create(
+        testbed.from_dict(
+            RESOURCES["peers"],
+            {
+                "apiVersion": "kilo.squat.ai/v1alpha1",
+                "kind": "Peer",
+                "metadata": {"name": PEER},
+                "spec": {
+                    "allowedIPs": [f"{PEER_IP}/32"],
+                    "publicKey": public,
+                    "persistentKeepalive": KEEPALIVE,
+                },
+            },
+        )
+    )
+    leaders = report.leaders(_listing(kubeconfig))
+    holders = {name: m.pid for name, m in bed.nodes.items()}
+
+    def leaders_know_the_peer() -> bool:
+        return all(public in (wg_dump(holders[leader]) or "") for leader in leaders)
+
+    _wait(leaders_know_the_peer, timeout=60, what="the leaders did not add the VPN peer")
+    config = kgctl(kubeconfig, "showconf", "peer", PEER)
+    bed.path(PEER, f"/var/run/wireguard/{PEER}.conf").write_text(config)
+    key = bed.path(PEER, f"/var/run/wireguard/{PEER}.key")
+    key.write_text(private + "\n")
+    key.chmod(0o600)
+    bed.run(PEER, "wg", "setconf", testbed.WG_INTERFACE, f"/var/run/wireguard/{PEER}.conf")
+    bed.run(
+        PEER, "wg", "set", testbed.WG_INTERFACE, "private-key", f"/var/run/wireguard/{PEER}.key"
+    )
+    bed.run(PEER, "ip", "address", "add", f"{PEER_IP}/32", "dev", testbed.WG_INTERFACE)
+    bed.run(PEER, "ip", "link", "set", testbed.WG_INTERFACE, "up")
+    for network in (str(testbed.POD_CIDRS), DEFAULT_SUBNET):
+        bed.run(PEER, "ip", "route", "add", network, "dev", testbed.WG_INTERFACE)
+
+
+def _peer_counts(current: state.State) -> dict[str, int]:
+    counts = {}
+    for node in current.nodes:
+        dump = wg_dump(node.holder)
+        counts[node.name] = -1 if dump is None else len(report.parse_dump(dump))
+    return counts
+
+
+def _write_graph(box: Sandbox) -> Path:
+    dot = kgctl(box.kubeconfig, "graph")
+    for name in state.GRAPH_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (box.directory / name).unlink()
+    if shutil.which("dot") is not None:
+        svg = box.directory / "mesh.svg"
+        result = subprocess.run(
+            ["dot", "-Tsvg", "-o", str(svg)],
+            input=dot,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode == 0:
+            return svg
+    path = box.directory / "mesh.dot"
+    path.write_text(dot)
+    return path
+
+
+def _kgctl_command() -> str:
+    """How to call this installation's kgctl."""
+    script = Path(sys.executable).parent / "kgctl"
+    if not script.exists():
+        return f"{sys.executable} -m kilo.cli.kgctl"
+    found = shutil.which("kgctl")
+    return (
+        "kgctl" if found is not None and Path(found).resolve() == script.resolve() else str(script)
+    )
+
+
+def _commented(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    width = max(len(command) for command, _ in pairs)
+    return [f"  {command.ljust(width)}   # {comment}" for command, comment in pairs]
+
+
+def _summary(box: Sandbox, current: state.State, listing: Mapping[str, Any]) -> str:
+    clouds = list(dict.fromkeys(m.location for m in current.nodes))
+    public = [c for c in clouds if c not in current.nat_locations]
+    a, b = current.pods[0], current.pods[-1]
+    first = current.nodes[0]
+    kgctl_cmd = _kgctl_command()
+    dir_flag = "" if box.directory == DEFAULT_DIR.resolve() else f" --dir {box.directory}"
+    rendered = (
+        "rendered by Graphviz" if current.graph.endswith(".svg") else "install Graphviz for SVG"
+    )
+    lines = [
+        f"Kilo sandbox {box.prefix} in {box.directory}: {len(current.nodes)} nodes in "
+        f"{', '.join(public)} and {', '.join(current.nat_locations)} (behind NAT), "
+        f"{current.granularity} granularity, VPN peer {PEER} ({PEER_IP}).",
+        f"Leaders: {', '.join(report.leaders(listing))}.",
+        f"Graph: {current.graph} (kgctl graph, {rendered}).",
+        "",
+        f"kgctl against the sandbox (API server {current.api_server}, reachable from this "
+        "machine only):",
+        f"  export KUBECONFIG={box.kubeconfig}",
+        *_commented(
+            [
+                (f"{kgctl_cmd} list -o wide", "segments, pod CIDRs, keys"),
+                (f"{kgctl_cmd} graph | dot -Tsvg > mesh.svg", "the mesh as a picture"),
+                (
+                    f"{kgctl_cmd} showconf node {report.leaders(listing)[0]}",
+                    "a leader's WireGuard config",
+                ),
+            ]
+        ),
+        "Inside the mesh (root):",
+        *_commented(
+            [
+                (f"ip netns exec {a.netns} ping {b.ip}", f"pod on {a.node} to pod on {b.node}"),
+                (f"nsenter -t {first.holder} -m -n wg show", f"WireGuard on {first.name}"),
+                (f"tail -f {box.workdir}/logs/{first.name}.kg.log", f"kg on {first.name}"),
+            ]
+        ),
+        "Then:",
+        *_commented(
+            [
+                (f"kilo-sandbox status{dir_flag}", "reachability again, leaders, handshakes"),
+                (f"kilo-sandbox down{dir_flag}", "removes everything"),
+            ]
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
+    box = Sandbox(options.directory)
+    cached = cached_binaries()
+    problem = _check_prerequisites("kilo-sandbox up", binaries_built=cached is not None)
+    if problem is not None:
+        err.write(problem + "\n")
+        return 1
+    if box.leftovers():
+        err.write(
+            f"a sandbox is already up in {box.directory} ({', '.join(box.leftovers()[:3])}): "
+            "`kilo-sandbox status` shows it, `kilo-sandbox down` removes it.\n"
+        )
+        return 1
+    # Children (ip, iptables, wg...) are looked up on this PATH; sudo's may lack sbin.
+    os.environ["PATH"] = ":".join(prerequisites.search_path())
+    box.directory.mkdir(parents=True, exist_ok=True)
+    progress = Progress(err)
+    if cached is not None:
+        binaries = cached
+        err.write(f"etcd and kube-apiserver: {binaries}/bin (built already)\n")
+    else:
+        with progress.step(
+            "building etcd and kube-apiserver from the Go module proxy "
+            "(about 12 minutes on 2 cores, once)"
+        ) as step:
+            binaries = build_binaries(on_progress=step.note)
+    locations = _locations(options)
+    bed = Testbed(locations, binaries=binaries, prefix=box.prefix, workdir=box.workdir, owned=False)
+    count = sum(loc.nodes for loc in locations)
+    granularity = options.granularity
+    try:
+        with progress.step(
+            f"creating {len(locations)} sites with {count} nodes in network namespaces, "
+            "starting etcd and kube-apiserver"
+        ):
+            bed.start()
+        box.save(_snapshot(box, bed, granularity))
+        shutil.copyfile(bed.admin_kubeconfig, box.kubeconfig)
+        box.kubeconfig.chmod(0o600)
+        with progress.step(f"starting kg on {count} nodes ({granularity} granularity)"):
+            for node in bed.nodes:
+                # Kilo's defaults: the testbed's faster resync is for tests.
+                bed.start_agent(
+                    node, "--log-level=info", "--resync-period=30s", granularity=granularity
+                )
+            box.save(_snapshot(box, bed, granularity))
+            _wait(
+                lambda: _agents_healthy(bed),
+                timeout=AGENTS_TIMEOUT,
+                what="not every kg became healthy",
+            )
+        with progress.step("adding a pod to each node (the bridge and host-local CNI plugins)"):
+            for node in bed.nodes:
+                bed.add_pod(node, f"pod-{node}", timeout=AGENTS_TIMEOUT)
+            box.save(_snapshot(box, bed, granularity))
+        with progress.step(f"connecting the VPN peer {PEER} (kgctl showconf peer, wg setconf)"):
+            _connect_peer(bed, box.kubeconfig)
+            current = _snapshot(box, bed, granularity)
+            box.save(current)
+        with progress.step("waiting for the mesh to converge"):
+            _wait(
+                lambda: report.converged(_listing(box.kubeconfig), _peer_counts(current)),
+                timeout=CONVERGE_TIMEOUT,
+                what="the mesh did not converge (nodes, leaders or WireGuard peers)",
+                interval=1.0,
+            )
+        with progress.step("measuring reachability with real packets"):
+            reached = measure(targets(current), timeout=REACH_TIMEOUT)
+        graph = _write_graph(box)
+        listing = _listing(box.kubeconfig)
+        table = kgctl(box.kubeconfig, "list")
+        current = replace(current, graph=str(graph), complete=True)
+        box.save(current)
+    except KeyboardInterrupt:
+        err.write("interrupted: removing the sandbox\n")
+        _remove(box)
+        return 130
+    except (KiloError, OSError, subprocess.SubprocessError) as exc:
+        err.write(
+            f"kilo-sandbox up failed: {exc}\nLogs: {box.workdir}/logs; "
+            "`kilo-sandbox down` removes what was created.\n"
+        )
+        return 1
+    finally:
+        bed.close_client()
+    labels = [t.label for t in targets(current)]
+    out.write("$ kgctl list\n" + table + "\n")
+    out.write(report.matrix(labels, labels, reached))
+    out.write("\n")
+    out.write(_summary(box, current, listing))
+    good, total = report.tally(reached)
+    if good != total:
+        missed = ", ".join(f"{a} -> {b}" for a, b in report.failures(reached))
+        err.write(f"not every path is reachable ({missed}); the sandbox keeps running.\n")
+        return 1
+    return 0
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def status(directory: Path, out: TextIO, err: TextIO) -> int:
+    box = Sandbox(directory)
+    if os.geteuid() != 0:
+        err.write("kilo-sandbox status needs root (it enters the sandbox's namespaces).\n")
+        return 1
+    os.environ["PATH"] = ":".join(prerequisites.search_path())
+    try:
+        current = box.load()
+    except SandboxError as exc:
+        left = testbed.run_namespaces(box.prefix)
+        hint = (
+            f"; namespaces of a sandbox exist ({', '.join(left[:3])}...): "
+            "`kilo-sandbox down` removes them"
+            if left
+            else "; `kilo-sandbox up` creates one"
+        )
+        err.write(f"{exc}{hint}.\n")
+        return 1
+    healthy = True
+    rows = []
+    for process in current.processes:
+        running = testbed.process_start(process.pid) == process.start
+        healthy &= running
+        rows.append(f"  {process.role:<28} {process.pid:>8}  {'running' if running else 'GONE'}")
+    out.write(f"Kilo sandbox {current.prefix} in {current.directory}")
+    out.write("" if current.complete else " (up did not finish)")
+    out.write("\nprocesses:\n" + "\n".join(rows) + "\n\n")
+    try:
+        listing = _listing(box.kubeconfig)
+        out.write("$ kgctl list\n" + kgctl(box.kubeconfig, "list") + "\n")
+        out.write(f"Leaders: {', '.join(report.leaders(listing)) or 'none'}\n\n")
+        names = report.key_names(listing)
+    except SandboxError as exc:
+        out.write(f"the API server does not answer: {exc}\n\n")
+        healthy = False
+        names = {}
+    handshakes: list[tuple[str, report.PeerState]] = []
+    for machine in [*current.nodes, *current.peers]:
+        dump = wg_dump(machine.holder)
+        if dump is None:
+            healthy = False
+            out.write(f"{machine.name}: WireGuard cannot be read (wireguard-go gone?)\n")
+            continue
+        handshakes += [(machine.name, peer) for peer in report.parse_dump(dump)]
+    out.write(report.handshakes(handshakes, names, now=int(time.time())) + "\n")
+    everyone = targets(current)
+    reached = measure(everyone, timeout=STATUS_REACH_TIMEOUT)
+    labels = [t.label for t in everyone]
+    out.write(report.matrix(labels, labels, reached))
+    good, total = report.tally(reached)
+    return 0 if healthy and good == total and total > 0 else 1
+
+
+# --- down ---------------------------------------------------------------------------------------
+
+
+def _kill(processes: Sequence[state.Process]) -> list[int]:
+    """SIGKILL each recorded process (and its group) that is still the same process."""
+    killed = []
+    for process in processes:
+        if testbed.process_start(process.pid) != process.start:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        killed.append(process.pid)
+    return killed
+
+
+def _remove(box: Sandbox) -> tuple[list[str], list[str]]:
+    """Remove everything; (what was removed, what is left)."""
+    removed: list[str] = []
+    recorded: state.State | None = None
+    with contextlib.suppress(SandboxError):
+        recorded = box.load()
+    prefixes = [box.prefix]
+    if recorded is not None and recorded.prefix not in prefixes:
+        prefixes.append(recorded.prefix)
+    processes = list(recorded.processes) if recorded is not None else []
+    killed = _kill(processes)
+    if killed:
+        removed.append(f"{len(killed)} processes")
+    left: list[str] = []
+    for prefix in prefixes:
+        namespaces = testbed.run_namespaces(prefix)
+        link = f"{prefix}h"
+        had_link = testbed.link_exists(link)
+        still = testbed.remove_namespaces(namespaces, link)
+        left += still
+        if namespaces:
+            removed.append(f"{len(namespaces) - len(still)} namespaces {prefix}-*")
+        if had_link:
+            removed.append(f"link {link}")
+        if testbed.link_exists(link):
+            left.append(f"link {link}")
+    try:
+        testbed.wait_for(
+            lambda: not any(testbed.alive(p) for p in killed),
+            timeout=10,
+            message="processes survive SIGKILL",
+        )
+    except AssertionError:
+        left += [f"process {p}" for p in killed if testbed.alive(p)]
+    if box.workdir.exists():
+        shutil.rmtree(box.workdir, ignore_errors=True)
+        removed.append(str(box.workdir))
+        if box.workdir.exists():
+            left.append(str(box.workdir))
+    for name in (*state.FILES, f".{state.STATE_FILE}.new"):
+        path = box.directory / name
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(str(path))
+    with contextlib.suppress(OSError):
+        box.directory.rmdir()  # only when empty: the directory may hold the user's files
+    return removed, left
+
+
+def down(directory: Path, out: TextIO, err: TextIO) -> int:
+    box = Sandbox(directory)
+    if os.geteuid() != 0:
+        err.write("kilo-sandbox down needs root (it deletes network namespaces).\n")
+        return 1
+    os.environ["PATH"] = ":".join(prerequisites.search_path())
+    removed, left = _remove(box)
+    if left:
+        err.write(f"could not remove: {', '.join(left)}\n")
+        return 1
+    if removed:
+        out.write("removed " + ", ".join(removed) + "\n")
+    else:
+        out.write(f"nothing to remove: no sandbox in {box.directory}\n")
+    return 0
