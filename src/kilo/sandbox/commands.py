@@ -495,7 +495,13 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
                 what="the mesh did not converge (nodes, leaders or WireGuard peers)",
                 interval=1.0,
             )
-        with progress.step("measuring reachability with real packets"):
+        # Neither the office (behind NAT) nor the laptop (no endpoint) can dial the other:
+        # the office's leader learns the laptop's address from the endpoints the other
+        # leaders discovered and publish when they check in (every resync period).
+        with progress.step(
+            "measuring reachability with real packets (the NATed office learns the VPN "
+            "peer's address at the next check-in: up to 30 s)"
+        ):
             reached = measure(targets(current), timeout=REACH_TIMEOUT)
         graph = _write_graph(box)
         listing = _listing(box.kubeconfig)

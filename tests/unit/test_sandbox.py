@@ -1,0 +1,439 @@
+"""kilo-sandbox's pure parts: prerequisite checks, the printed tables, the state file,
+convergence, the progress display and the package data the command needs once installed."""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from kilo.sandbox import __main__ as cli
+from kilo.sandbox import commands, prerequisites, progress, report, state, testbed
+from kilo.sandbox.prerequisites import CNI_PLUGINS, COMMANDS, Facts
+
+ROOT = Path(__file__).resolve().parents[2]
+SANDBOX = ROOT / "src" / "kilo" / "sandbox"
+
+EVERYTHING = Facts(
+    root=True,
+    tun=True,
+    commands=frozenset(COMMANDS),
+    cni_plugins=frozenset(CNI_PLUGINS),
+)
+
+
+def facts(**changes: object) -> Facts:
+    values = {
+        "root": True,
+        "tun": True,
+        "commands": frozenset(COMMANDS),
+        "cni_plugins": frozenset(CNI_PLUGINS),
+        "binaries_built": True,
+        "go": True,
+    }
+    values.update(changes)
+    return Facts(**values)  # type: ignore[arg-type]
+
+
+# --- prerequisites ----------------------------------------------------------------------------
+
+
+def test_nothing_missing() -> None:
+    assert prerequisites.missing(EVERYTHING) is None
+    # Go only matters while the control plane is not built.
+    assert prerequisites.missing(facts(go=False)) is None
+
+
+def test_not_root_is_one_sentence() -> None:
+    assert prerequisites.missing(facts(root=False)) == (
+        "kilo-sandbox up needs root (it creates network and mount namespaces: run it with sudo)."
+    )
+
+
+def test_no_tun() -> None:
+    assert prerequisites.missing(facts(tun=False)) == (
+        "kilo-sandbox up needs /dev/net/tun (wireguard-go's TUN device: modprobe tun)."
+    )
+
+
+def test_missing_commands_name_their_debian_packages() -> None:
+    found = frozenset(COMMANDS) - {"wg", "wireguard-go", "iptables", "iptables-restore"}
+    assert prerequisites.missing(facts(commands=found)) == (
+        "kilo-sandbox up needs the commands iptables, iptables-restore, wireguard-go, wg "
+        "(Debian packages: iptables wireguard-go wireguard-tools; `make sandbox` installs them)."
+    )
+    one = frozenset(COMMANDS) - {"ip"}
+    assert prerequisites.missing(facts(commands=one), subject="the testbed") == (
+        "the testbed needs the command ip "
+        "(Debian packages: iproute2; `make sandbox` installs them)."
+    )
+
+
+def test_missing_cni_plugins() -> None:
+    assert prerequisites.missing(facts(cni_plugins=frozenset({"bridge"}))) == (
+        "kilo-sandbox up needs the CNI plugins host-local, portmap in /usr/lib/cni "
+        "(Debian packages: containernetworking-plugins; `make sandbox` installs them)."
+    )
+
+
+def test_go_is_needed_for_the_first_build_only() -> None:
+    assert prerequisites.missing(facts(binaries_built=False, go=False)) == (
+        "kilo-sandbox up needs Go (https://go.dev/dl/), once, to build etcd and kube-apiserver."
+    )
+    assert prerequisites.missing(facts(binaries_built=False, go=True)) is None
+
+
+def test_everything_missing_is_still_one_sentence() -> None:
+    sentence = prerequisites.missing(
+        Facts(
+            root=False,
+            tun=False,
+            commands=frozenset(),
+            cni_plugins=frozenset(),
+            binaries_built=False,
+            go=False,
+        )
+    )
+    assert sentence is not None
+    assert sentence.startswith("kilo-sandbox up needs root (")
+    assert sentence.count(".") == sentence.count("/go.dev/") + 1  # one full stop, at the end
+    assert sentence.endswith(" installs them).")
+    assert "\n" not in sentence
+    assert " and Go (https://go.dev/dl/)" in sentence
+
+
+def test_search_path_adds_the_sbin_directories_it_lacks() -> None:
+    assert prerequisites.search_path("/usr/bin:/usr/sbin") == [
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/local/sbin",
+        "/sbin",
+    ]
+
+
+def test_observe_sees_this_process() -> None:
+    seen = prerequisites.observe(cni_dir="/nonexistent")
+    assert seen.cni_plugins == frozenset()
+    assert "sh" not in seen.commands  # only the commands asked for
+
+
+# --- the reachability matrix --------------------------------------------------------------------
+
+
+def test_matrix_marks_each_path() -> None:
+    names = ["pod-a", "pod-b", "laptop (peer)"]
+    reached = {
+        ("pod-a", "pod-b"): True,
+        ("pod-a", "laptop (peer)"): True,
+        ("pod-b", "pod-a"): True,
+        ("pod-b", "laptop (peer)"): False,
+        ("laptop (peer)", "pod-a"): True,
+    }
+    assert report.matrix(names, names, reached) == (
+        "reachability, ping from each row to each column: 4 of 5 paths reachable\n"
+        "FROM \\ TO      pod-a  pod-b  laptop (peer)\n"
+        "pod-a          -      ok     ok\n"
+        "pod-b          ok     -      FAIL\n"
+        "laptop (peer)  ok     ?      -\n"
+    )
+    assert report.tally(reached) == (4, 5)
+    assert report.failures(reached) == [("pod-b", "laptop (peer)")]
+
+
+def test_matrix_of_nothing() -> None:
+    assert report.matrix([], [], {}).startswith("reachability, ping from each row to each column")
+
+
+# --- WireGuard ---------------------------------------------------------------------------------
+
+DUMP = (
+    "cHJpdmF0ZQ==\tcHVibGlj\t51820\toff\n"
+    "a2V5LWE=\t(none)\t203.0.113.10:51820\t10.4.0.1/32,10.42.0.0/24\t1700000000\t10\t20\t5\n"
+    "a2V5LWI=\t(none)\t(none)\t10.5.0.1/32\t0\t0\t0\toff\n"
+)
+
+
+def test_parse_dump_skips_the_interface_line() -> None:
+    assert report.parse_dump(DUMP) == [
+        report.PeerState(
+            public_key="a2V5LWE=", endpoint="203.0.113.10:51820", latest_handshake=1700000000
+        ),
+        report.PeerState(public_key="a2V5LWI=", endpoint="(none)", latest_handshake=0),
+    ]
+    assert report.parse_dump("") == []
+
+
+def test_handshakes_table_names_peers_and_ages() -> None:
+    peers = report.parse_dump(DUMP)
+    text = report.handshakes(
+        [("aws-1", peers[0]), ("aws-1", peers[1])], {"a2V5LWE=": "gcp-1"}, now=1700000012
+    )
+    assert text == (
+        "MACHINE  PEER       ENDPOINT            LATEST HANDSHAKE\n"
+        "aws-1    gcp-1      203.0.113.10:51820  12 s ago\n"
+        "aws-1    a2V5LWI=…  (none)              never\n"
+    )
+    assert report.handshakes([], {}, now=0) == "no WireGuard peers\n"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(-3, "0 s ago"), (0, "0 s ago"), (119, "119 s ago"), (120, "2 min ago"), (7300, "2 h ago")],
+)
+def test_age(seconds: int, text: str) -> None:
+    assert report.age(seconds) == text
+
+
+# --- convergence -------------------------------------------------------------------------------
+
+
+def node(
+    name: str, segment: str, *, leader: bool, key: str = "", ready: bool = True
+) -> dict[str, object]:
+    return {
+        "name": name,
+        "segment": segment,
+        "leader": leader,
+        "ready": ready,
+        "publicKey": key,
+    }
+
+
+LOCATION_LISTING: dict[str, list[dict[str, object]]] = {
+    "nodes": [
+        node("aws-1", "location:aws", leader=True, key="K1"),
+        node("aws-2", "location:aws", leader=False, key="K2"),
+        node("gcp-1", "location:gcp", leader=True, key="K3"),
+        node("office-1", "location:office", leader=True, key="K4"),
+    ],
+    "peers": [{"name": "laptop", "publicKey": "P1"}],
+}
+
+
+def test_expected_peers_location_granularity() -> None:
+    assert report.expected_peers(LOCATION_LISTING) == {
+        "aws-1": 3,  # gcp, office and the laptop
+        "aws-2": 0,
+        "gcp-1": 3,
+        "office-1": 3,
+    }
+    assert report.leaders(LOCATION_LISTING) == ["aws-1", "gcp-1", "office-1"]
+    assert report.key_names(LOCATION_LISTING) == {
+        "K1": "aws-1",
+        "K2": "aws-2",
+        "K3": "gcp-1",
+        "K4": "office-1",
+        "P1": "laptop",
+    }
+
+
+def test_expected_peers_full_granularity() -> None:
+    listing = {
+        "nodes": [node(f"n{i}", f"node:n{i}", leader=True) for i in range(4)],
+        "peers": [],
+    }
+    assert report.expected_peers(listing) == {f"n{i}": 3 for i in range(4)}
+
+
+def test_converged() -> None:
+    counts = {"aws-1": 3, "aws-2": 0, "gcp-1": 3, "office-1": 3}
+    assert report.converged(LOCATION_LISTING, counts)
+    assert not report.converged(LOCATION_LISTING, {**counts, "gcp-1": 2})
+    assert not report.converged(LOCATION_LISTING, {**counts, "aws-2": -1})  # unreadable
+    nodes = LOCATION_LISTING["nodes"]
+    not_ready = [*nodes[:1], node("aws-2", "location:aws", leader=False, ready=False), *nodes[2:]]
+    assert not report.converged({**LOCATION_LISTING, "nodes": not_ready}, counts)
+    two_leaders = [*nodes[:1], node("aws-2", "location:aws", leader=True), *nodes[2:]]
+    assert not report.converged({**LOCATION_LISTING, "nodes": two_leaders}, {**counts, "aws-2": 3})
+    assert not report.converged({"nodes": [], "peers": []}, {})
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def test_measure_retries_only_what_failed_until_it_gets_through() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def probe(netns: str, ip: str) -> bool:
+        calls.append((netns, ip))
+        # b -> a fails once (a keepalive round), then gets through.
+        return not (netns == "ns-b" and ip == "10.0.0.1" and calls.count((netns, ip)) == 1)
+
+    everyone = [commands.Target("a", "ns-a", "10.0.0.1"), commands.Target("b", "ns-b", "10.0.0.2")]
+    assert commands.measure(everyone, timeout=30, probe=probe) == {
+        ("a", "b"): True,
+        ("b", "a"): True,
+    }
+    assert sorted(calls) == [("ns-a", "10.0.0.2"), ("ns-b", "10.0.0.1"), ("ns-b", "10.0.0.1")]
+
+
+def test_measure_gives_up_at_the_deadline() -> None:
+    everyone = [commands.Target("a", "ns-a", "10.0.0.1"), commands.Target("b", "ns-b", "10.0.0.2")]
+    reached = commands.measure(everyone, timeout=0, probe=lambda netns, ip: netns == "ns-a")
+    assert reached == {("a", "b"): True, ("b", "a"): False}
+
+
+# --- the state file ----------------------------------------------------------------------------
+
+
+def sample_state() -> state.State:
+    return state.State(
+        directory="/var/lib/kilo-sandbox",
+        prefix="ksb123abc",
+        granularity="location",
+        host_link="ksb123abch",
+        workdir="/var/lib/kilo-sandbox/run",
+        api_server="https://198.51.100.2:6443",
+        kubeconfig="/var/lib/kilo-sandbox/kubeconfig",
+        nat_locations=("office",),
+        namespaces=("ksb123abc-cp", "ksb123abc-aws-1"),
+        processes=(state.Process(role="etcd", pid=10, start="123"),),
+        nodes=(state.Machine(name="aws-1", netns="ksb123abc-aws-1", holder=11, location="aws"),),
+        peers=(
+            state.Machine(name="laptop", netns="ksb123abc-laptop", holder=12, mesh_ip="10.5.0.1"),
+        ),
+        pods=(
+            state.Pod(name="pod-aws-1", node="aws-1", netns="ksb123abc-pod-aws-1", ip="10.42.0.2"),
+        ),
+        complete=True,
+    )
+
+
+def test_state_round_trips() -> None:
+    assert state.loads(state.dumps(sample_state())) == sample_state()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{", "not JSON"),
+        ("[]", "not a JSON object"),
+        ('{"version": 99}', "version 99, want 1"),
+        ('{"version": 1}', "bad field"),
+        (
+            '{"version": 1, "directory": "d", "prefix": "p", "granularity": "g", '
+            '"host_link": "h", "workdir": "w", "pods": [1]}',
+            "bad field",
+        ),
+    ],
+)
+def test_state_refuses_what_it_cannot_read(text: str, problem: str) -> None:
+    with pytest.raises(state.StateError, match=problem):
+        state.loads(text)
+
+
+def test_state_ignores_fields_it_does_not_know() -> None:
+    data = json.loads(state.dumps(sample_state()))
+    data["pods"][0]["future"] = "field"
+    assert state.loads(json.dumps(data)) == sample_state()
+
+
+def test_prefix_is_derived_from_the_directory() -> None:
+    a = state.prefix_for("/var/lib/kilo-sandbox")
+    assert a == state.prefix_for("/var/lib/kilo-sandbox")
+    assert a != state.prefix_for("/tmp/other")
+    assert testbed.PREFIX.fullmatch(a)
+    assert a.startswith(state.FAMILY) and not a.startswith(testbed.FAMILY)
+    # The host link (prefix + "h") is a valid interface name.
+    assert len(a) + 1 <= 15
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0:00"), (7.9, "0:07"), (761, "12:41"), (3723, "1:02:03")]
+)
+def test_elapsed(seconds: float, text: str) -> None:
+    assert progress.elapsed(seconds) == text
+
+
+def test_progress_in_a_log_prints_lines() -> None:
+    stream = io.StringIO()
+    clock = Clock()
+    shown = progress.Progress(stream, tty=False, clock=clock)
+    with shown.step("building etcd") as step:
+        step.note("12:00:00 building etcd (about 2 minutes the first time)")
+        clock.now += 75
+    assert stream.getvalue() == (
+        "building etcd ...\n"
+        "  12:00:00 building etcd (about 2 minutes the first time)\n"
+        "✓ building etcd (1:15)\n"
+    )
+
+
+def test_progress_on_a_terminal_redraws_one_line() -> None:
+    stream = io.StringIO()
+    clock = Clock()
+    shown = progress.Progress(stream, tty=True, clock=clock)
+    with pytest.raises(RuntimeError), shown.step("waiting"):
+        clock.now += 3
+        raise RuntimeError("boom")
+    text = stream.getvalue()
+    assert text.startswith("⠋ waiting  0:00")
+    assert text.endswith(f"{progress.CLEAR}✗ waiting (0:03)\n")
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["up", "--locations", "0"],
+        ["up", "--locations", "9"],
+        ["up", "--nodes", "x"],
+        ["up", "--granularity", "cross"],
+        ["sideways"],
+        [],
+    ],
+)
+def test_command_line_mistakes_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: kilo-sandbox")
+
+
+def test_command_line_defaults() -> None:
+    args = cli.parser().parse_args(["up"])
+    assert (args.locations, args.nodes, args.granularity) == (2, 2, "location")
+    assert args.dir == commands.DEFAULT_DIR
+    args = cli.parser().parse_args(["down", "--dir", "/tmp/x"])
+    assert args.dir == Path("/tmp/x")
+
+
+# --- what the installed package must contain ---------------------------------------------------
+
+
+def test_package_data_covers_the_build_and_the_manifests() -> None:
+    """Every file kilo-sandbox reads besides its modules is package data, so that it works
+    from a wheel: build.sh, the pinned go.mod/go.sum and the CRD and RBAC manifests."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["kilo"]
+    needed = [
+        p.relative_to(ROOT / "src" / "kilo").as_posix()
+        for p in sorted((SANDBOX / "go").rglob("*")) + sorted((SANDBOX / "manifests").iterdir())
+        if p.is_file()
+    ]
+    assert "sandbox/go/apiserver/go.sum" in needed and "sandbox/manifests/crds.yaml" in needed
+    for path in needed:
+        assert any(fnmatch.fnmatch(path, pattern) for pattern in patterns), path
+
+
+def test_the_sandbox_applies_the_shipped_manifests() -> None:
+    for name in ("crds.yaml", "rbac.yaml"):
+        assert (testbed.MANIFESTS / name).read_bytes() == (ROOT / "manifests" / name).read_bytes()
