@@ -344,7 +344,11 @@ class Informer:
                 async with contextlib.aclosing(watch):
                     while True:
                         try:
-                            kind, obj = await asyncio.wait_for(anext(watch), server_timeout + 30)
+                            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a
+                            # cancellation that races with a completing event, and a busy
+                            # watch (1000 nodes checking in) then never stops.
+                            async with asyncio.timeout(server_timeout + 30):
+                                kind, obj = await anext(watch)
                         except StopAsyncIteration:
                             break
                         delay = self._backoff_initial

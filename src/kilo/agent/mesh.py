@@ -347,7 +347,8 @@ class Agent:
         if not material and not check_in:
             return
         try:
-            await asyncio.wait_for(self.writer.patch(self.hostname, changes), API_TIMEOUT)
+            async with asyncio.timeout(API_TIMEOUT):
+                await self.writer.patch(self.hostname, changes)
         except (KiloError, TimeoutError) as exc:
             event = "local" if material else "checkin"
             self.metrics.error(event)
@@ -585,8 +586,10 @@ class Agent:
         next_check_in = loop.time()
         while True:
             timeout = max(0.0, min(next_resync, next_check_in) - loop.time())
+            # asyncio.timeout, not wait_for, which can swallow a cancellation on 3.11.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             await asyncio.sleep(DEBOUNCE)
             self._wake.clear()
             check_in = loop.time() >= next_check_in
@@ -657,10 +660,8 @@ class Agent:
         """Remove what the agent added (§6.8), each step independent of the others."""
         await asyncio.to_thread(self._clean_up_data_plane)
         try:
-            await asyncio.wait_for(
-                self.writer.patch(self.hostname, dict.fromkeys(translate.AGENT_ANNOTATIONS)),
-                API_TIMEOUT,
-            )
+            async with asyncio.timeout(API_TIMEOUT):
+                await self.writer.patch(self.hostname, dict.fromkeys(translate.AGENT_ANNOTATIONS))
         except (KiloError, TimeoutError) as exc:
             self.metrics.error("cleanUp")
             log.error(

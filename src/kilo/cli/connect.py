@@ -560,8 +560,10 @@ class Connection:
         next_resync = loop.time()
         while True:
             timeout = max(0.0, next_resync - loop.time())
+            # asyncio.timeout, not wait_for, which can swallow a cancellation on 3.11.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             await asyncio.sleep(DEBOUNCE)
             self._wake.clear()
             if loop.time() >= next_resync:
