@@ -4,6 +4,7 @@ convergence, the progress display and the package data the command needs once in
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import json
 import tomllib
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from kilo.errors import KiloError
 from kilo.sandbox import __main__ as cli
-from kilo.sandbox import commands, prerequisites, progress, report, state, testbed
+from kilo.sandbox import commands, controlplane, prerequisites, progress, report, state, testbed
 from kilo.sandbox.prerequisites import CNI_PLUGINS, COMMANDS, Facts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -437,3 +439,42 @@ def test_package_data_covers_the_build_and_the_manifests() -> None:
 def test_the_sandbox_applies_the_shipped_manifests() -> None:
     for name in ("crds.yaml", "rbac.yaml"):
         assert (testbed.MANIFESTS / name).read_bytes() == (ROOT / "manifests" / name).read_bytes()
+
+
+# --- the build script ---------------------------------------------------------------------------
+
+
+def test_an_empty_cache_needs_a_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KILO_CONTROLPLANE_CACHE", str(tmp_path / "cache"))
+    assert controlplane.cached_binaries() is None
+    assert not (tmp_path / "cache").exists()  # checking builds nothing
+
+
+def test_a_complete_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key is the hash of the pinned go.mod/go.sum contents, as build.sh computes it."""
+    go = SANDBOX / "go"
+    pinned = b"".join(
+        (go / part / name).read_bytes()
+        for part in ("apiserver", "etcd")
+        for name in ("go.mod", "go.sum")
+    )
+    key = hashlib.sha256(pinned).hexdigest()[:16]
+    built = tmp_path / key
+    (built / "bin").mkdir(parents=True)
+    for binary in ("etcd", "kube-apiserver"):
+        (built / "bin" / binary).write_text("#!/bin/sh\n")
+        (built / "bin" / binary).chmod(0o755)
+    (built / "complete").touch()
+    monkeypatch.setenv("KILO_CONTROLPLANE_CACHE", str(tmp_path))
+    assert controlplane.cached_binaries() == built
+    lines: list[str] = []
+    assert controlplane.build_binaries(on_progress=lines.append) == built
+    assert lines == []  # nothing to build, nothing to show
+
+
+def test_build_errors_carry_the_script_output() -> None:
+    lines: list[str] = []
+    with pytest.raises(controlplane.ControlPlaneError, match="unknown mode 'sideways'") as info:
+        controlplane._build("sideways", lines.append)
+    assert isinstance(info.value, KiloError)
+    assert lines == ["build.sh: unknown mode 'sideways' (all, controlplane, helm, check)"]
