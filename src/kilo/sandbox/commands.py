@@ -513,9 +513,11 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
         _remove(box)
         return 130
     except (KiloError, OSError, subprocess.SubprocessError) as exc:
+        # A testbed that failed to start has removed itself, logs included.
+        logs = box.workdir / "logs"
+        where = f"logs in {logs}; " if logs.is_dir() else ""
         err.write(
-            f"kilo-sandbox up failed: {exc}\nLogs: {box.workdir}/logs; "
-            "`kilo-sandbox down` removes what was created.\n"
+            f"kilo-sandbox up failed: {exc}\n{where}`kilo-sandbox down` removes what is left.\n"
         )
         return 1
     finally:
