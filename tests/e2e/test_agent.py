@@ -198,7 +198,7 @@ def test_agent_http_endpoints(bed: Testbed) -> None:
         "import urllib.request, sys\n"
         f"base = 'http://{leader.lan_ip}:1107'\n"
         "print(urllib.request.urlopen(base + '/health').status)\n"
-        "print(urllib.request.urlopen(base + '/graph?format=dot').read().decode()[:15])\n"
+        "print(urllib.request.urlopen(base + '/graph?format=dot').read().decode()[:14])\n"
         "print('<svg' in urllib.request.urlopen(base + '/graph').read().decode())\n"
         "sys.stdout.write(urllib.request.urlopen(base + '/metrics').read().decode())\n"
     )
