@@ -364,15 +364,13 @@ def _write_graph(box: Sandbox) -> Path:
     return path
 
 
-def _kgctl_command() -> str:
-    """How to call this installation's kgctl."""
-    script = Path(sys.executable).parent / "kgctl"
+def _command(name: str, module: str) -> str:
+    """How to call this installation's console script ``name``."""
+    script = Path(sys.executable).parent / name
     if not script.exists():
-        return f"{sys.executable} -m kilo.cli.kgctl"
-    found = shutil.which("kgctl")
-    return (
-        "kgctl" if found is not None and Path(found).resolve() == script.resolve() else str(script)
-    )
+        return f"{sys.executable} -m {module}"
+    found = shutil.which(name)
+    return name if found is not None and Path(found).resolve() == script.resolve() else str(script)
 
 
 def _commented(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -385,7 +383,8 @@ def _summary(box: Sandbox, current: state.State, listing: Mapping[str, Any]) -> 
     public = [c for c in clouds if c not in current.nat_locations]
     a, b = current.pods[0], current.pods[-1]
     first = current.nodes[0]
-    kgctl_cmd = _kgctl_command()
+    kgctl_cmd = _command("kgctl", "kilo.cli.kgctl")
+    sandbox_cmd = _command("kilo-sandbox", "kilo.sandbox")
     dir_flag = "" if box.directory == DEFAULT_DIR.resolve() else f" --dir {box.directory}"
     rendered = (
         "rendered by Graphviz" if current.graph.endswith(".svg") else "install Graphviz for SVG"
@@ -421,8 +420,8 @@ def _summary(box: Sandbox, current: state.State, listing: Mapping[str, Any]) -> 
         "Then:",
         *_commented(
             [
-                (f"kilo-sandbox status{dir_flag}", "reachability again, leaders, handshakes"),
-                (f"kilo-sandbox down{dir_flag}", "removes everything"),
+                (f"{sandbox_cmd} status{dir_flag}", "reachability again, leaders, handshakes"),
+                (f"{sandbox_cmd} down{dir_flag}", "removes everything"),
             ]
         ),
     ]
