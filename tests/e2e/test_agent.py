@@ -392,7 +392,12 @@ def test_full_mesh_on_the_same_testbed(bed: Testbed) -> None:
     restart_all(bed, "full")
     ips = pods(bed)
     for src, (dst, ip) in itertools.product(ips, ips.items()):
-        if src != dst:
+        # Two nodes behind the same NAT are not a pair Kilo's full mesh can promise: each
+        # may take the other's NAT-discovered endpoint (the gateway's public address, from
+        # the other sites' annotations), which only works with hairpin NAT, and the test
+        # gateway (like many) has none. Kilo decides this the same way (mesh agreement).
+        same_nat_site = src.startswith("pod-office") and dst.startswith("pod-office")
+        if src != dst and not same_nat_site:
             wait_for(
                 lambda src=src, ip=ip: reachable(bed, bed.pods[src].netns, ip),
                 f"full mesh: {src} does not reach {dst}",
