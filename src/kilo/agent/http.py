@@ -131,13 +131,19 @@ def _bind_targets(host: str, port: int) -> list[tuple[socket.AddressFamily, tupl
     return [(info[0], info[4]) for info in infos[:1]]
 
 
-class _Server(ThreadingHTTPServer):
+class ListeningServer(ThreadingHTTPServer):
+    """A threading HTTP server bound like Go's ``net.Listen`` (shared by kg and kg webhook)."""
+
     daemon_threads = True
 
-    def __init__(self, family: socket.AddressFamily, address: tuple[Any, ...], app: _App) -> None:
+    def __init__(
+        self,
+        family: socket.AddressFamily,
+        address: tuple[Any, ...],
+        handler: type[BaseHTTPRequestHandler],
+    ) -> None:
         self.address_family = family
-        self.app = app
-        super().__init__(address, _Handler, bind_and_activate=False)
+        super().__init__(address, handler, bind_and_activate=False)
         try:
             if family == socket.AF_INET6 and address[0] == "::":
                 # Like Go, an address without a host serves IPv4 too.
@@ -154,6 +160,12 @@ class _Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+
+class _Server(ListeningServer):
+    def __init__(self, family: socket.AddressFamily, address: tuple[Any, ...], app: _App) -> None:
+        self.app = app
+        super().__init__(family, address, _Handler)
 
 
 @dataclass(frozen=True, slots=True)

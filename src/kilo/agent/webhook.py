@@ -35,13 +35,12 @@ import logging
 import re
 import signal
 import socket
-import socketserver
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any, TextIO, cast
 from urllib.parse import urlsplit
@@ -59,7 +58,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from kilo import __version__
 from kilo.agent import logs
-from kilo.agent.http import parse_listen
+from kilo.agent.http import ListeningServer, parse_listen
 from kilo.agent.settings import WebhookSettings
 from kilo.errors import BackendError, ConfigError, KiloError
 from kilo.mesh import admission
@@ -565,7 +564,7 @@ class _Handler(BaseHTTPRequestHandler):
         server.logger.debug(f"{self.address_string()} {format % args}")
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(ListeningServer):
     daemon_threads = True
 
     def __init__(
@@ -577,30 +576,13 @@ class _Server(ThreadingHTTPServer):
         tls: ssl.SSLContext | None,
         logger: logging.LoggerAdapter[logging.Logger],
     ) -> None:
-        self.address_family = family
         self.app = app
         self.tls = tls
         self.logger = logger
         self.closing = False
         self._active = 0
         self._idle = threading.Condition()
-        super().__init__(address, _Handler, bind_and_activate=False)
-        try:
-            if family == socket.AF_INET6 and address[0] == "::":
-                # Like Go, an address without a host serves IPv4 too.
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self.server_bind()
-            self.server_activate()
-        except BaseException:
-            self.server_close()
-            raise
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can hang on DNS.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
+        super().__init__(family, address, _Handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self.tls is None:
