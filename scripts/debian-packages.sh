@@ -32,4 +32,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing Debian packages: ${need[*]}" >&2
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
