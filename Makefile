@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: venv packages sandbox sandbox-down lint test unit integration e2e example bench bench-agent clean
+.PHONY: venv packages sandbox sandbox-down lint test unit integration e2e fuzz example bench bench-agent clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -50,6 +50,13 @@ e2e: $(PY)
 # Integration tests alone: a real etcd + kube-apiserver (built once, see README).
 integration: $(PY)
 	$(BIN)/pytest tests/integration
+
+# The fuzz suite's long, random profile: Nodes and Peers of any shape through everything kg,
+# kgctl and kg webhook compute (CI runs a short, fixed profile of the same tests).
+# `make fuzz KILO_FUZZ_EXAMPLES=50000` explores more; failures are replayed from .hypothesis/.
+KILO_FUZZ_EXAMPLES ?= 5000
+fuzz: $(PY)
+	KILO_FUZZ_EXAMPLES=$(KILO_FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz -o timeout=0 tests/unit
 
 # kgctl on an example cluster dump: no root, no namespaces.
 example: $(PY)

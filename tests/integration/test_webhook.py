@@ -515,6 +515,45 @@ def test_without_the_object_selector_every_peer_is_judged(admin: Client, webhook
 # --- direct requests --------------------------------------------------------------------------
 
 
+def test_a_keepalive_wireguard_cannot_hold_is_denied_deviation(
+    admin: Client, webhook: Webhook
+) -> None:
+    obj = peer("webhook-keepalive", "10.79.2.0/24")
+    obj.spec["persistentKeepalive"] = 10**12
+    assert denial_of(admin, obj) == (
+        "persistent keepalive must be at most 65535 seconds (WireGuard's maximum); "
+        "got 1000000000000"
+    )
+
+
+def test_a_huge_invalid_cidr_is_echoed_short_in_the_answer_and_the_log(
+    admin: Client, webhook: Webhook
+) -> None:
+    # Through the API server (which takes up to 3 MiB) and straight to the webhook.
+    shown = "9" * 79 + "…"
+    message = f'failed to parse "{shown}" as a valid IP address: invalid CIDR address: {shown}'
+    assert denial_of(admin, peer("webhook-huge-cidr", "9" * 2_000_000)) == message
+    status, answer = webhook.post(review_body("webhook-huge-cidr", "9" * 5_000_000))
+    assert status == 200
+    assert json.loads(answer)["response"]["status"]["message"] == message
+    assert len(answer) < 500
+    logged = webhook.process.wait_for_log(
+        lambda line: line.get("name") == "webhook-huge-cidr" and "reason" in line
+    )
+    assert logged["reason"] == message
+
+
+def test_an_unknown_operation_shares_one_metrics_label(webhook: Webhook) -> None:
+    review = json.loads(review_body("webhook-odd-operation", "10.79.3.0/24"))
+    for index in range(3):
+        review["request"]["operation"] = f"OPERATION-{index}-" + "X" * 1000
+        status, _ = webhook.post(json.dumps(review).encode())
+        assert status == 200
+    text = webhook.metrics()
+    assert 'admission_requests_total{operation="other",response="allowed"} 3.0' in text
+    assert "OPERATION-" not in text
+
+
 def test_bad_requests_are_400_with_clear_messages_and_the_process_lives_on(
     webhook: Webhook,
 ) -> None:

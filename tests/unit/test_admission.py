@@ -598,3 +598,39 @@ def test_allowed_means_valid_for_kilo_and_free_of_overlaps(peer_spec: dict[str, 
             )
             is None
         )
+
+
+# --- issue 11: silent clamping and unbounded echo -------------------------------------------
+
+
+@pytest.mark.parametrize("keepalive", [65536, 10**12, 2**63])
+def test_a_keepalive_wireguard_cannot_hold_is_denied_deviation(keepalive: int) -> None:
+    answer = judge(review_of(peer_object(spec_=spec("10.9.0.1/32", persistentKeepalive=keepalive))))
+    assert answer.allowed is False
+    assert answer.message.startswith(
+        "persistent keepalive must be at most 65535 seconds (WireGuard's maximum); got "
+    )
+    assert len(answer.message) < 200
+
+
+def test_the_largest_keepalive_wireguard_holds_is_allowed() -> None:
+    answer = judge(review_of(peer_object(spec_=spec("10.9.0.1/32", persistentKeepalive=65535))))
+    assert answer.allowed is True
+
+
+def test_a_huge_invalid_cidr_is_echoed_short() -> None:
+    cidr = "9" * 5_000_000
+    answer = judge(review_of(peer_object(spec_=spec(cidr))))
+    assert answer.allowed is False
+    shown = "9" * 79 + "…"
+    assert answer.message == (
+        f'failed to parse "{shown}" as a valid IP address: invalid CIDR address: {shown}'
+    )
+    assert len(answer.body) < 500
+
+
+def test_a_huge_kind_and_operation_are_echoed_short() -> None:
+    answer = judge(review_of(peer_object(kind="K" * 100_000), operation="O" * 100_000))
+    assert answer.status == 400
+    assert len(answer.body) < 400
+    assert len(answer.operation) <= 80

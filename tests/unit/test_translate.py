@@ -389,7 +389,8 @@ def test_pod_cidrs_plural_is_ignored() -> None:
         (tr.LAST_SEEN, "1764000000.5", {"last_seen": 0}, None),
         (tr.LAST_SEEN, "9223372036854775808", {"last_seen": 0}, None),
         (tr.LAST_SEEN, "1_000", {"last_seen": 0}, None),
-        (tr.LAST_SEEN, "1" * 5000, {"last_seen": 0}, None),  # never raises
+        # Never raises; the value is quoted short.
+        (tr.LAST_SEEN, "1" * 5000, {"last_seen": 0}, "1" * 79 + "…"),
         (tr.PERSISTENT_KEEPALIVE, "abc", {"persistent_keepalive": 0}, None),
         (tr.PERSISTENT_KEEPALIVE, "", {"persistent_keepalive": 0}, None),
         (tr.PERSISTENT_KEEPALIVE, "2.5", {"persistent_keepalive": 0}, None),
@@ -528,20 +529,21 @@ def test_yaml_false_leader_is_reported() -> None:
 def test_annotation_that_is_not_a_scalar_is_dropped(value: Any) -> None:
     node, diagnostics = translated(node_object({tr.LOCATION: value}))
     assert node.location == "us-east1"  # the annotation is treated as absent
-    assert fields(diagnostics) == [("node", NAME, tr.LOCATION, repr(value))]
+    # Shown as JSON, as an operator reads Kubernetes objects.
+    assert fields(diagnostics) == [("node", NAME, tr.LOCATION, json.dumps(value))]
 
 
 def test_label_that_is_not_a_scalar_is_dropped() -> None:
     node, diagnostics = translated(node_object({tr.LOCATION: DELETE}, {TOPOLOGY_LABEL: ["x"]}))
     assert node.location == ""
-    assert fields(diagnostics) == [("node", NAME, TOPOLOGY_LABEL, "['x']")]
+    assert fields(diagnostics) == [("node", NAME, TOPOLOGY_LABEL, '["x"]')]
 
 
 @pytest.mark.parametrize("pod_cidr", [5, ["10.2.0.0/24"], {"a": 1}, True])
 def test_pod_cidr_that_is_not_a_string(pod_cidr: Any) -> None:
     node, diagnostics = translated(node_object(pod_cidr=pod_cidr))
     assert node.subnet is None
-    assert fields(diagnostics) == [("node", NAME, "spec.podCIDR", repr(pod_cidr))]
+    assert fields(diagnostics) == [("node", NAME, "spec.podCIDR", json.dumps(pod_cidr))]
 
 
 @pytest.mark.parametrize(
@@ -1134,3 +1136,73 @@ def test_annotation_changes_are_only_the_changed_agent_keys() -> None:
         tr.LAST_SEEN: str(BASE_NODE.last_seen + 30)
     }
     assert tr.annotation_changes(None, BASE_NODE) == tr.node_annotations(BASE_NODE)
+
+
+# --- issue 11: one hostile object costs only itself, and is quoted short --------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["[" * 1000, "{" * 100_000, '{"a":' * 3000 + "1" + "}" * 3000, '{"k": ' + "9" * 5000 + "}"],
+    ids=["brackets", "braces", "deep-object", "huge-number"],
+)
+def test_discovered_endpoints_nested_too_deeply_are_ignored_not_raised(value: str) -> None:
+    node, diagnostics = translated(node_object({tr.DISCOVERED_ENDPOINTS: value}))
+    assert node == dataclasses.replace(BASE_NODE, discovered_endpoints=None)
+    assert fields(diagnostics) == [("node", NAME, tr.DISCOVERED_ENDPOINTS, value[:79] + "…")]
+    assert "is not valid JSON of endpoints; ignored" in diagnostics[0].problem
+
+
+def test_every_value_in_a_diagnostic_is_quoted_short() -> None:
+    huge = {
+        tr.LOCATION: ["L" * 1_000_000],
+        tr.ENDPOINT: "e" * 1_000_000,
+        tr.KEY: "k" * 1_000_000,
+        "x" * 10_000: {"deep": [[[[[["x" * 1_000_000]]]]]]},
+    }
+    obj = node_object(huge, {TOPOLOGY_LABEL: 10**5000}, pod_cidr=[10**5000], name="n" * 10_000)
+    result = tr.translate_node(obj)
+    assert result.diagnostics
+    for diagnostic in result.diagnostics:
+        assert len(diagnostic.name) <= 253
+        assert len(diagnostic.field) <= 320
+        assert len(diagnostic.value) <= 80
+        assert len(str(diagnostic)) < 1000
+    assert any(d.value == "[<16610-bit integer>]" for d in result.diagnostics)
+
+
+def test_a_flood_of_bad_allowed_location_ips_is_reported_in_four_lines() -> None:
+    node, diagnostics = translated(
+        node_object({tr.ALLOWED_LOCATION_IPS: "10.9.0.0/24," + "bad," * 100_000})
+    )
+    assert node.allowed_location_ips == (ip_interface("10.9.0.0/24"),)
+    assert [d.value for d in diagnostics[:3]] == ["bad"] * 3
+    assert len(diagnostics) == 4
+    assert diagnostics[3].problem == "has 99998 more items that are not CIDRs; they are dropped"
+
+
+@pytest.mark.parametrize("obj", [[], "node", 5, None, [{"metadata": {"name": "n1"}}]])
+def test_an_object_that_is_not_a_map_is_ignored(obj: Any) -> None:
+    for translate in (tr.translate_node, tr.translate_peer):
+        result = translate(obj)
+        assert result.value is None
+        assert [d.problem for d in result.diagnostics] == ["is not an object; ignored"]
+
+
+@pytest.mark.parametrize(
+    "keepalive", [65536, 10**12, 2**63, 10**5000], ids=["65536", "1e12", "2^63", "1e5000"]
+)
+def test_a_peer_keepalive_above_wireguards_maximum_is_capped_with_a_warning(
+    keepalive: int,
+) -> None:
+    result = tr.translate_peer(
+        peer_object(
+            {"allowedIPs": ["10.5.0.1/32"], "publicKey": KEY, "persistentKeepalive": keepalive}
+        )
+    )
+    assert result.value is not None
+    assert result.value.persistent_keepalive == 65535
+    [diagnostic] = result.diagnostics
+    assert diagnostic.field == "spec.persistentKeepalive"
+    assert diagnostic.problem == "exceeds WireGuard's maximum; WireGuard gets 65535"
+    assert len(diagnostic.value) <= 80

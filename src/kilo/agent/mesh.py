@@ -41,6 +41,7 @@ from kilo.mesh.localnode import local_node, mesh_changed, peer_changed
 from kilo.mesh.model import Diagnostic, Node, Peer, ready_nodes, ready_peers
 from kilo.mesh.plan import TUNNEL_NAMES, PlanSettings, plan_node
 from kilo.mesh.routes import Device, Route, Rule
+from kilo.mesh.text import shorten
 from kilo.mesh.topology import Topology, build_topology
 from kilo.mesh.wgdevice import DeviceState, discovered_endpoints
 from kilo.mesh.wireguard import WireGuardConfig
@@ -609,15 +610,29 @@ class Agent:
                     fields={"error": f"{type(exc).__name__}: {exc}"},
                 )
 
-    async def _consume(self, informer: Informer, handle: Callable[[Event], None]) -> None:
+    async def _consume(
+        self, informer: Informer, handle: Callable[[Event], None], kind: str
+    ) -> None:
         async for event in informer.events():
-            handle(event)
+            try:
+                handle(event)
+            except Exception as exc:  # a bug: one object must never stop every agent
+                self.metrics.error("run")
+                log.error(
+                    "could not handle a watch event; the object keeps its last known state",
+                    exc_info=exc,
+                    fields={
+                        "kind": kind,
+                        "name": shorten(event.name, 253),
+                        "error": shorten(f"{type(exc).__name__}: {exc}", 200),
+                    },
+                )
 
     async def run(self, nodes: Informer, peers: Informer, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; a fatal backend error propagates."""
         tasks = [
-            asyncio.create_task(self._consume(nodes, self.on_node_event), name="nodes"),
-            asyncio.create_task(self._consume(peers, self.on_peer_event), name="peers"),
+            asyncio.create_task(self._consume(nodes, self.on_node_event, "node"), name="nodes"),
+            asyncio.create_task(self._consume(peers, self.on_peer_event, "peer"), name="peers"),
             asyncio.create_task(self._worker(), name="reconcile"),
         ]
         stopper = asyncio.create_task(stop.wait(), name="stop")

@@ -64,6 +64,7 @@ from kilo.errors import BackendError, ConfigError, KiloError
 from kilo.mesh import admission
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import Peer
+from kilo.mesh.text import shorten
 
 if TYPE_CHECKING:
     from lightkube.config.kubeconfig import SingleConfig
@@ -77,6 +78,7 @@ MAX_BODY = 16 * 1024 * 1024
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 IDLE_TIMEOUT_SECONDS = 300.0
 SHUTDOWN_GRACE_SECONDS = 5.0
+OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 NOT_SYNCED = (
     "the cluster state has not been synced yet: judging with Kilo's checks only, "
     "without the allowed-IP overlap checks"
@@ -261,7 +263,25 @@ class ClusterWatcher:
             self._publish()
 
     def _update(self, resource: str, name: str, obj: Mapping[str, Any] | None) -> bool:
-        """Record one object (``None``: deleted); whether the view changes."""
+        """Record one object (``None``: deleted); whether the view changes.
+
+        An object that cannot be read (a bug) keeps its last known state and is logged:
+        one object must never keep the webhook from following the cluster.
+        """
+        try:
+            return self._record(resource, name, obj)
+        except Exception as exc:
+            self._log.error(
+                "could not read an object; it keeps its last known state",
+                fields={
+                    "resource": resource,
+                    "name": shorten(name, 253),
+                    "error": shorten(f"{type(exc).__name__}: {exc}", 200),
+                },
+            )
+            return False
+
+    def _record(self, resource: str, name: str, obj: Mapping[str, Any] | None) -> bool:
         if resource == "nodes":
             cidrs = admission.pod_cidrs_of(obj) if obj is not None else ()
             if self._pod_cidrs.get(name, ()) == cidrs:
@@ -402,7 +422,10 @@ class WebhookApp:
                 (("Content-Type", answer.content_type), ("X-Content-Type-Options", "nosniff")),
             )
         response = "allowed" if answer.allowed else "denied"
-        self._metrics.admission_requests.labels(operation=answer.operation, response=response).inc()
+        # Kubernetes sends one of four operations; any other text shares one label value, so
+        # that a client cannot grow the metrics without bound.
+        operation = answer.operation if answer.operation in OPERATIONS else "other"
+        self._metrics.admission_requests.labels(operation=operation, response=response).inc()
         fields = {"name": answer.name, "operation": answer.operation, "uid": answer.uid}
         if answer.allowed:
             if self._view is not None and not view.synced and answer.operation != "DELETE":

@@ -54,6 +54,7 @@ from kilo.mesh.keys import Key
 from kilo.mesh.localnode import mesh_changed, peer_changed
 from kilo.mesh.model import Node, Peer, ready_nodes, ready_peers
 from kilo.mesh.routes import Device
+from kilo.mesh.text import shorten
 from kilo.mesh.wireguard import WireGuardConfig
 
 DEFAULT_KEY_DIRECTORY = Path("/var/lib/kilo/connect")
@@ -504,7 +505,18 @@ class Connection:
 
     async def _consume(self, informer: Any, handle: Callable[[Any], bool]) -> None:
         async for event in informer.events():
-            if handle(event):
+            try:
+                changed = handle(event)
+            except Exception as exc:  # a bug: one object must never end the connection
+                self.log.error(
+                    "could not handle a watch event; the object keeps its last known state",
+                    fields={
+                        "name": shorten(str(event.name), 253),
+                        "error": shorten(f"{type(exc).__name__}: {exc}", 200),
+                    },
+                )
+                continue
+            if changed:
                 self._trigger()
 
     def _report(self, kind: str, event: Any, diagnostics: Sequence[Any]) -> None:

@@ -47,7 +47,8 @@ from typing import Any
 
 from kilo.mesh import ip
 from kilo.mesh.ip import IPNetwork
-from kilo.mesh.model import Peer
+from kilo.mesh.model import MAX_KEEPALIVE, Peer
+from kilo.mesh.text import short_json, shorten
 from kilo.mesh.translate import validate_peer_spec
 
 API_VERSION = "admission.k8s.io/v1"
@@ -103,7 +104,7 @@ def review(
     """Judge the AdmissionReview in ``body``; never raises for any input."""
     ct = content_type or ""
     if ct.partition(";")[0].strip().lower() != JSON:
-        return _error(f"received Content-Type={ct}, expected {JSON}")
+        return _error(f"received Content-Type={shorten(ct)}, expected {JSON}")
     try:
         document = _decode(body)
         request = _request(document)
@@ -120,9 +121,26 @@ def review(
     problem = validate_peer_spec(spec)
     message = problem[1] if problem is not None else None
     if message is None and isinstance(spec, Mapping):
+        message = keepalive_problem(spec.get("persistentKeepalive"))
+    if message is None and isinstance(spec, Mapping):
         allowed_ips = spec.get("allowedIPs") or []
         message = overlap(name, allowed_ips, peers=peers, pod_cidrs=pod_cidrs)
     return _answer(uid=uid, operation=operation, name=name, denied=message)
+
+
+def keepalive_problem(keepalive: object) -> str | None:
+    """Why a (Kilo-valid) keepalive cannot be used, or ``None``.
+
+    WireGuard's persistent keepalive is a 16-bit number of seconds. Kilo accepts any
+    non-negative integer and WireGuard then gets something else (agents here cap it at
+    65535 with a warning), so the webhook denies what would be silently changed.
+    """
+    if isinstance(keepalive, int) and not isinstance(keepalive, bool) and keepalive > MAX_KEEPALIVE:
+        return (
+            f"persistent keepalive must be at most {MAX_KEEPALIVE} seconds (WireGuard's "
+            f"maximum); got {short_json(keepalive)}"
+        )
+    return None
 
 
 def overlap(
@@ -223,7 +241,7 @@ def _peer(request: Mapping[str, Any]) -> tuple[str, object]:
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     # Without apiVersion and kind the object is read as a Peer, as Kilo reads it.
     if (kind and kind != PEER_KIND) or (api_version and api_version != PEER_API_VERSION):
-        what = " ".join(part for part in (api_version, kind) if part)
+        what = shorten(" ".join(part for part in (api_version, kind) if part))
         raise _BadRequest(
             f"{UNMARSHAL}request.object is a {what}, not a {PEER_API_VERSION} {PEER_KIND}"
         )
@@ -294,9 +312,9 @@ def _error(message: str, *, operation: str = "", uid: str = "") -> Answer:
         status=400,
         content_type=TEXT,
         body=(text + "\n").encode("utf-8"),
-        operation=operation,
+        operation=shorten(_clean(operation)),
         message=text,
-        uid=uid,
+        uid=shorten(_clean(uid)),
     )
 
 
@@ -309,11 +327,12 @@ def _answer(*, uid: str, operation: str, name: str, denied: str | None = None) -
         status=200,
         content_type=JSON,
         body=body,
-        operation=operation,
+        operation=shorten(_clean(operation)),
         allowed=denied is None,
         message=_clean(denied or ""),
-        name=_clean(name),
-        uid=_clean(uid),
+        # For logs only: the body above echoes the uid exactly, as the API server needs.
+        name=shorten(_clean(name), 253),
+        uid=shorten(_clean(uid)),
     )
 
 
@@ -326,6 +345,7 @@ __all__ = [
     "TEXT",
     "Answer",
     "go_json",
+    "keepalive_problem",
     "overlap",
     "pod_cidrs_of",
     "review",

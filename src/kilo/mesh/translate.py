@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from kilo.mesh import ip as ipmod
-from kilo.mesh.endpoint import Endpoint, UDPAddr, dns1123_subdomain_errors, is_dns1123_subdomain
+from kilo.mesh.endpoint import (
+    DNS1123_MAX_LENGTH,
+    Endpoint,
+    UDPAddr,
+    dns1123_subdomain_errors,
+    is_dns1123_subdomain,
+)
 from kilo.mesh.ip import IPInterface
 from kilo.mesh.keys import KEY_LENGTH, ZERO_KEY, InvalidKeyError, Key, decode_base64
 from kilo.mesh.model import (
@@ -28,6 +34,7 @@ from kilo.mesh.model import (
     Peer,
     Translated,
 )
+from kilo.mesh.text import short_json, shorten, show
 
 PREFIX = "kilo.squat.ai/"
 FORCE_ENDPOINT = PREFIX + "force-endpoint"
@@ -71,45 +78,64 @@ def parse_int64(text: str) -> int | None:
 
 
 def _string_map(value: object) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Coerce a metadata map to str -> str; hand-written dumps may hold YAML numbers."""
+    """Coerce a metadata map to str -> str; hand-written dumps may hold YAML numbers.
+
+    A key that is not a string (a dump can hold any YAML key) and a value that is neither
+    a string nor a plain number (a list, a map, an integer too big to be anything) are
+    returned as ``bad``, both quoted short.
+    """
     result: dict[str, str] = {}
     bad: list[tuple[str, str]] = []
     if not isinstance(value, Mapping):
         return result, bad
     for k, v in value.items():
-        if isinstance(v, str):
-            result[str(k)] = v
+        if not isinstance(k, str):
+            bad.append((short_json(k), short_json(v)))
+        elif isinstance(v, str):
+            result[k] = v
         elif isinstance(v, bool):
-            result[str(k)] = "true" if v else "false"
-        elif isinstance(v, int | float):
-            result[str(k)] = str(v)
+            result[k] = "true" if v else "false"
+        elif (isinstance(v, int) and v.bit_length() <= 64) or isinstance(v, float):
+            result[k] = str(v)
         elif v is None:
-            result[str(k)] = ""
+            result[k] = ""
         else:
-            bad.append((str(k), repr(v)))
+            bad.append((k, short_json(v)))
     return result, bad
 
 
+# A field (annotation or label key) is at most 253 + 1 + 63 characters in Kubernetes.
+_FIELD_LIMIT = 320
+# Reporting every bad item of a list annotation would let one annotation flood the log.
+_ITEMS_REPORTED = 3
+
+
 class _Reporter:
+    """Collects the diagnostics of one object; every value is cut to a bounded length."""
+
     def __init__(self, kind: str, name: str) -> None:
         self.kind = kind
-        self.name = name
+        self.name = shorten(name, DNS1123_MAX_LENGTH)
         self.diagnostics: list[Diagnostic] = []
 
     def __call__(self, field: str, value: str, problem: str) -> None:
         self.diagnostics.append(
-            Diagnostic(kind=self.kind, name=self.name, field=field, value=value, problem=problem)
+            Diagnostic(
+                kind=self.kind,
+                name=self.name,
+                field=shorten(field, _FIELD_LIMIT),
+                value=shorten(value),
+                problem=problem,
+            )
         )
 
 
-def _short(value: object, limit: int = 80) -> str:
-    """A value for a message: its text, cut so that a garbage object cannot flood the log."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _identify(obj: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], str | None, _Reporter]:
+def _identify(obj: object, kind: str) -> tuple[Mapping[str, Any], str | None, _Reporter]:
     """The metadata and name of an object; an object without a name is reported and ignored."""
+    if not isinstance(obj, Mapping):
+        report = _Reporter(kind, "<unnamed>")
+        report("", short_json(obj), "is not an object; ignored")
+        return {}, None, report
     metadata = obj.get("metadata")
     if not isinstance(metadata, Mapping):
         metadata = {}
@@ -117,7 +143,7 @@ def _identify(obj: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], str
     if not isinstance(name, str) or not name:
         report = _Reporter(kind, "<unnamed>")
         problem = "is missing" if name is None or name == "" else "is not a string"
-        report("metadata.name", _short(name), f"{problem}; the {kind} is ignored")
+        report("metadata.name", short_json(name), f"{problem}; the {kind} is ignored")
         return metadata, None, report
     return metadata, name, _Reporter(kind, name)
 
@@ -130,7 +156,10 @@ def parse_discovered_endpoints(text: str) -> dict[str, UDPAddr | None] | None:
     """
     try:
         data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than Python's decoder goes ("[" * 1000). Go's
+        # decoder refuses nesting deeper than 10000 and any such text is not a map of
+        # endpoints either, so both ignore the annotation.
         return None
     if not isinstance(data, dict):
         return None
@@ -200,7 +229,7 @@ def translate_node(
     for field in ("annotations", "labels"):
         value = metadata.get(field)
         if value is not None and not isinstance(value, Mapping):
-            report(f"metadata.{field}", _short(value), "is not a map; ignored")
+            report(f"metadata.{field}", short_json(value), "is not a map; ignored")
     annotations, bad = _string_map(metadata.get("annotations"))
     labels, bad_labels = _string_map(metadata.get("labels"))
     for bad_key, bad_value in bad + bad_labels:
@@ -209,7 +238,7 @@ def translate_node(
     spec = obj.get("spec")
     if not isinstance(spec, Mapping):
         if spec is not None:
-            report("spec", _short(spec), "is not a map; the node has no pod CIDR")
+            report("spec", short_json(spec), "is not a map; the node has no pod CIDR")
         spec = {}
     pod_cidr = spec.get("podCIDR")
     subnet = None
@@ -218,7 +247,7 @@ def translate_node(
         if subnet is None:
             report("spec.podCIDR", pod_cidr, "is not a CIDR; the node is not ready")
     elif pod_cidr is not None and not isinstance(pod_cidr, str):
-        report("spec.podCIDR", repr(pod_cidr), "is not a string; the node is not ready")
+        report("spec.podCIDR", short_json(pod_cidr), "is not a string; the node is not ready")
 
     leader = LEADER in annotations
     if leader and annotations[LEADER].strip().lower() in ("false", "no", "0"):
@@ -300,13 +329,22 @@ def translate_node(
 
     allowed_location_ips: list[IPInterface] = []
     if annotations.get(ALLOWED_LOCATION_IPS):
+        dropped = 0
         for item in annotations[ALLOWED_LOCATION_IPS].split(","):
             cidr = ipmod.parse_interface(item)
-            if cidr is None:
+            if cidr is not None:
+                allowed_location_ips.append(cidr)
+                continue
+            dropped += 1
+            if dropped <= _ITEMS_REPORTED:
                 hint = " (Kilo does not trim spaces)" if item != item.strip() else ""
                 report(ALLOWED_LOCATION_IPS, item, f"is not a CIDR{hint}; this item is dropped")
-            else:
-                allowed_location_ips.append(cidr)
+        if dropped > _ITEMS_REPORTED:
+            report(
+                ALLOWED_LOCATION_IPS,
+                annotations[ALLOWED_LOCATION_IPS],
+                f"has {dropped - _ITEMS_REPORTED} more items that are not CIDRs; they are dropped",
+            )
 
     granularity = annotations.get(GRANULARITY, "")
     if granularity not in (Granularity.LOCATION, Granularity.FULL):
@@ -416,9 +454,11 @@ def validate_peer_spec(spec: object) -> tuple[str, str] | None:
             return "spec.allowedIPs", "allowedIPs must be a list of CIDRs"
         for item in allowed:
             if not isinstance(item, str) or ipmod.parse_interface(item) is None:
+                shown = show(item)
                 return (
                     "spec.allowedIPs",
-                    f'failed to parse "{item}" as a valid IP address: invalid CIDR address: {item}',
+                    f'failed to parse "{shown}" as a valid IP address: invalid CIDR address: '
+                    f"{shown}",
                 )
     endpoint = spec.get("endpoint")
     if endpoint is not None:
@@ -432,7 +472,8 @@ def validate_peer_spec(spec: object) -> tuple[str, str] | None:
         if keepalive < 0:
             return (
                 "spec.persistentKeepalive",
-                f"persistent keepalive must be greater than or equal to zero; got {keepalive}",
+                "persistent keepalive must be greater than or equal to zero; "
+                f"got {short_json(keepalive)}",
             )
     public_key = spec.get("publicKey", "")
     if not isinstance(public_key, str):
@@ -461,10 +502,13 @@ def _validate_peer_endpoint(endpoint: object) -> tuple[str, str] | None:
     if dns and not is_dns1123_subdomain(dns):
         return "spec.endpoint.dnsOrIP.dns", "; ".join(dns1123_subdomain_errors(dns))
     if ip_text and ipmod.parse_ip(ip_text) is None:
-        return "spec.endpoint.dnsOrIP.ip", f'failed to parse "{ip_text}" as a valid IP address'
+        return (
+            "spec.endpoint.dnsOrIP.ip",
+            f'failed to parse "{shorten(ip_text)}" as a valid IP address',
+        )
     port = endpoint.get("port", 0)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        return "spec.endpoint.port", f"port must be a valid UDP port number, got {port}"
+        return "spec.endpoint.port", f"port must be a valid UDP port number, got {show(port)}"
     return None
 
 
@@ -494,12 +538,21 @@ def translate_peer(obj: Mapping[str, Any]) -> Translated[Peer]:
             # Kilo lets the DNS name win over the IP (its API docs say the opposite).
             endpoint = Endpoint.parse(f"{dns_or_ip['dns']}:{ep['port']}")
     keepalive = spec.get("persistentKeepalive") or 0
+    if keepalive > MAX_KEEPALIVE:
+        # Only WireGuard reads a Peer's keepalive, and any non-zero value means the same
+        # for the NAT-discovered endpoint, so capping it changes nothing else.
+        report(
+            "spec.persistentKeepalive",
+            short_json(keepalive),
+            f"exceeds WireGuard's maximum; WireGuard gets {MAX_KEEPALIVE}",
+        )
+        keepalive = MAX_KEEPALIVE
     peer = Peer(
         name=name,
         allowed_ips=allowed_ips,
         public_key=Key.parse(spec["publicKey"]),
         preshared_key=_preshared_key(spec.get("presharedKey"), report),
-        persistent_keepalive=max(keepalive, 0),
+        persistent_keepalive=keepalive,
         endpoint=endpoint,
     )
     return Translated(peer, tuple(report.diagnostics))
@@ -522,6 +575,4 @@ def _field_value(spec: object, path: str) -> str:
         if not isinstance(value, Mapping):
             return ""
         value = value.get(part)
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, default=str)
+    return show(value)
