@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube import ApiError
 from lightkube.resources.core_v1 import Node
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
 from kilo.sandbox import testbed
 from kilo.sandbox.testbed import Location, Testbed
+from tests import hostile
 
 KEEPALIVE = translate.PERSISTENT_KEEPALIVE
 LOCATIONS = [
@@ -289,6 +291,89 @@ def test_a_node_with_garbage_annotations_is_skipped_with_a_warning(bed: Testbed)
     assert reachable(bed, bed.pods["pod-gcp-1"].netns, ips["pod-aws-2"])
     assert reachable(bed, bed.pods["pod-office-1"].netns, ips["pod-aws-1"])
     assert all(p.poll() is None for p in (bed.agent(n) for n in bed.nodes) if p)
+
+
+def test_hostile_nodes_and_peers_cost_only_themselves(bed: Testbed) -> None:
+    """Issue 11's chaos test: the hostile corpus (issue 11's cases and the fuzz suite's
+    worst examples) is written into the live cluster while every pod pings every other
+    pod; no agent stops or turns unhealthy, no ping is lost, kgctl still answers."""
+    ips = pods(bed)
+    count = 150  # 30 s at 5 per second: the objects are written and applied meanwhile
+    pings = {
+        (src, dst): subprocess.Popen(
+            [
+                *bed.enter(bed.pods[src].netns),
+                *("ping", "-n", "-q", "-i", "0.2", "-c", str(count), ips[dst]),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for src, dst in itertools.permutations(ips, 2)
+    }
+    # The two ready hostile nodes with broken discovered-endpoints; leaders add them.
+    keys = {n["metadata"]["annotations"][translate.KEY] for n in hostile.CORPUS_NODES[:2]}
+    created: list[tuple[Any, str]] = []
+    refused: dict[str, str] = {}
+    api = bed.api()
+    try:
+        for obj in hostile.CORPUS_NODES:
+            api.create(testbed.from_dict(Node, obj))
+            created.append((Node, obj["metadata"]["name"]))
+        for obj in hostile.CORPUS_PEERS:
+            try:
+                api.create(testbed.from_dict(Peer, obj))
+                created.append((Peer, obj["metadata"]["name"]))
+            except ApiError as exc:  # the CRD's schema refuses what Kilo's validation refuses
+                refused[obj["metadata"]["name"]] = exc.status.message or ""
+        assert set(refused) == {"hostile-endpoint"}, refused
+        wait_for(
+            lambda: all(keys <= set(wg_peers(bed, leader)) for leader in LEADERS.values()),
+            "the leaders did not add the hostile nodes' WireGuard peers",
+        )
+        for node in bed.nodes:
+            wait_for(
+                lambda node=node: "hostile-discovered" in bed.agent_log(node),
+                f"{node} did not warn about the hostile nodes",
+            )
+        losses = {}
+        for (src, dst), process in pings.items():
+            out, _ = process.communicate(timeout=count * 0.2 + 30)
+            if f"{count} packets transmitted, {count} received" not in out:
+                losses[f"{src} -> {dst}"] = out.strip().splitlines()[-2:]
+        assert losses == {}
+        for node in bed.nodes:
+            agent = bed.agent(node)
+            assert agent is not None and agent.poll() is None, node
+            log = bed.agent_log(node)
+            assert "Traceback" not in log, node
+            assert max(len(line) for line in log.splitlines()) < 4000, node
+        health = bed.run(
+            "aws-2",
+            sys.executable,
+            "-c",
+            "import urllib.request\n"
+            f"for ip in {[str(m.lan_ip) for m in bed.nodes.values()]!r}:\n"
+            "    print(urllib.request.urlopen(f'http://{ip}:1107/health').status)\n",
+        )
+        assert health.split() == ["200"] * len(bed.nodes)
+        for command in (["list"], ["graph"], ["showconf", "node", "aws-1"]):
+            result = kgctl(bed, *command, check=False)
+            assert result.returncode == 0, result.stderr
+            assert "hostile-discovered" in result.stderr
+            assert "Traceback" not in result.stderr
+            assert max(len(line) for line in result.stderr.splitlines()) < 1000
+    finally:
+        for process in pings.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for resource, name in created:
+            api.delete(resource, name)
+    wait_for(
+        lambda: not any(keys & set(wg_peers(bed, leader)) for leader in LEADERS.values()),
+        "the leaders kept the hostile nodes' WireGuard peers after their deletion",
+    )
 
 
 def test_a_deleted_route_and_iptables_rule_are_repaired(bed: Testbed) -> None:
