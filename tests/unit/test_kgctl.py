@@ -702,3 +702,25 @@ def test_kubeconfig_variable_naming_no_existing_file_is_an_error(
     code, _, err = run("graph")
     assert code == 1
     assert err == f"kgctl: none of the files in KUBECONFIG exists: {tmp_path / 'typo'}\n"
+
+
+def test_text_that_cannot_be_encoded_is_escaped_not_a_crash() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+    escaping = kgctl._escaping(stream)
+    escaping.write("location \ud800bad\n")
+    escaping.flush()
+    assert raw.getvalue() == b"location \\ud800bad\n"
+
+
+def test_list_escapes_control_characters_and_cuts_huge_cells(tmp_path: Path) -> None:
+    objects = copy.deepcopy(reference_objects())
+    annotations = objects[0]["metadata"]["annotations"]  # alpha
+    annotations["kilo.squat.ai/location"] = "\u202eevil\x1b[31mred\x00"
+    objects[1]["metadata"]["annotations"]["kilo.squat.ai/location"] = "z" * 100_000  # beta
+    code, out, _ = run(*write_dump(tmp_path, objects), "list")
+    assert code == 0
+    assert "\x1b" not in out and "\u202e" not in out and "\x00" not in out
+    lines = out.splitlines()
+    assert lines[1].split()[:2] == ["alpha", "\\u202eevil\\x1b[31mred\\x00"]
+    assert lines[2].split()[:2] == ["beta", "z" * 252 + "…"]

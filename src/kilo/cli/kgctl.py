@@ -8,6 +8,7 @@ the command line is wrong.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import threading
@@ -592,11 +593,22 @@ def _run_plan(ctx: _Context) -> int:
     return 0
 
 
+def _escaping(stream: TextIO) -> TextIO:
+    """``stream``, writing what it cannot encode as backslash escapes instead of failing.
+
+    A hand-written or JSON dump can hold lone surrogates (``"\\ud800"``) in a location or
+    a name; printing one must not end the command with a ``UnicodeEncodeError``.
+    """
+    if isinstance(stream, io.TextIOWrapper):
+        stream.reconfigure(errors="backslashreplace")
+    return stream
+
+
 def main(
     argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
+    out = out or _escaping(sys.stdout)
+    err = err or _escaping(sys.stderr)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kilo.mesh.cluster import Cluster
+from kilo.mesh.text import printable, shorten
 from kilo.mesh.topology import Topology
 
 
@@ -99,7 +100,12 @@ def age(seconds: int) -> str:
     return f"{seconds // 86400}d"
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+# A cell is cut at the longest Kubernetes name: a location can be any annotation value.
+_CELL_LIMIT = 253
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    body = [[printable(shorten(cell, _CELL_LIMIT)) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = [
         "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()

@@ -102,3 +102,17 @@ def _json(value: object, depth: int, budget: int) -> str:
             parts.append("…")
         return opening + ", ".join(parts) + closing
     return short_repr(value, budget)
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters written as escapes (``\\x1b``).
+
+    For text a terminal shows: a location or name written by someone else must not be able
+    to move the cursor, colour the output or reverse its direction (U+202E).
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
