@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kilo.agent.http import INDEX, NO_DOT, UNHEALTHY, HTTPServer, parse_listen
+from kilo.agent.http import INDEX, NO_DOT, UNHEALTHY, HTTPServer
+from kilo.agent.listen import ListenAddress, parse_listen
 from kilo.agent.metrics import AgentMetrics
 from kilo.errors import DataPlaneError, LocalNodeMissing
 from tests.unit.test_graph import REFERENCE_DOT
@@ -302,7 +303,7 @@ def test_requests_are_not_logged_to_stderr(
     ],
 )
 def test_listen_addresses_are_read_like_go(listen: str, expected: tuple[str, int]) -> None:
-    assert parse_listen(listen) == expected
+    assert parse_listen(listen) == ListenAddress(*expected)
 
 
 @pytest.mark.parametrize(
@@ -311,14 +312,14 @@ def test_listen_addresses_are_read_like_go(listen: str, expected: tuple[str, int
         ("1107", "address 1107: missing port in address"),
         ("::1:1107", "address ::1:1107: too many colons in address"),
         ("[::1]1107", "address [::1]1107: missing port in address"),
-        (":70000", "address :70000: unknown port '70000'"),
-        (":no-such-service", "address :no-such-service: unknown port 'no-such-service'"),
+        (":70000", "address 70000: invalid port"),
+        (":no-such-service", "lookup tcp/no-such-service: unknown port"),
     ],
 )
 def test_malformed_listen_addresses_fail_to_listen(listen: str, reason: str) -> None:
     with pytest.raises(DataPlaneError) as caught:
         HTTPServer(listen, registry=CollectorRegistry(), healthy=lambda: True, graph=str)
-    assert str(caught.value) == f"failed to listen on {listen}: {reason}"
+    assert str(caught.value) == f"failed to listen on {listen}: listen tcp: {reason}"
 
 
 def test_a_port_in_use_fails_to_listen(server: HTTPServer) -> None:

@@ -425,7 +425,10 @@ def test_stop_waits_for_requests_in_progress(pki: dict[str, Path]) -> None:
 
 
 def test_listen_errors_name_the_address() -> None:
-    with pytest.raises(ConfigError, match=r"^failed to listen on nonsense: address nonsense"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^failed to listen on nonsense: listen tcp: address nonsense: missing port",
+    ):
         webhook.Server("nonsense", app=webhook.MetricsApp(CollectorRegistry()), logger=adapter())
     taken = webhook.Server(
         "127.0.0.1:0", app=webhook.MetricsApp(CollectorRegistry()), logger=adapter()

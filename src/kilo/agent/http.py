@@ -19,23 +19,23 @@ debug level only.
 
 from __future__ import annotations
 
-import errno
 import gzip
 import logging
 import shutil
 import socket
-import socketserver
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from kilo.agent import listen as listen_mod
+from kilo.agent.listen import ListeningServer
 from kilo.errors import DataPlaneError, KiloError
 
 INDEX = (
@@ -67,8 +67,6 @@ NO_DOT = "unable to render graph: Graphviz's dot is not installed; use ?format=d
 IDLE_TIMEOUT_SECONDS = 300.0
 
 _TEXT = "text/plain; charset=utf-8"
-# Binding "::" fails with these when the kernel has no IPv6; then "0.0.0.0" is used.
-_NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,81 +83,6 @@ def error(status: int, message: str) -> Response:
         (message + "\n").encode(),
         (("Content-Type", _TEXT), ("X-Content-Type-Options", "nosniff")),
     )
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split a Go listen address (``":1107"``, ``"[::1]:1107"``, ``"host:port"``).
-
-    Raises :class:`ValueError` with Go's wording for a malformed address.
-    """
-    if listen.startswith("["):
-        end = listen.find("]")
-        if end < 0:
-            raise ValueError(f"address {listen}: missing ']' in address")
-        host, rest = listen[1:end], listen[end + 1 :]
-        if not rest.startswith(":"):
-            raise ValueError(f"address {listen}: missing port in address")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = listen.rpartition(":")
-        if not colon:
-            raise ValueError(f"address {listen}: missing port in address")
-        if ":" in host:
-            raise ValueError(f"address {listen}: too many colons in address")
-    if port_text.isdigit():
-        port = int(port_text)
-    else:
-        try:
-            port = socket.getservbyname(port_text, "tcp")
-        except OSError:
-            port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"address {listen}: unknown port {port_text!r}")
-    return host, port
-
-
-def _bind_targets(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:
-    """Where to bind, in order of preference (Go: dual-stack for no host, IPv4 first)."""
-    if not host:
-        targets: list[tuple[socket.AddressFamily, tuple[Any, ...]]] = []
-        if socket.has_ipv6:
-            targets.append((socket.AF_INET6, ("::", port)))
-        targets.append((socket.AF_INET, ("0.0.0.0", port)))
-        return targets
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    return [(info[0], info[4]) for info in infos[:1]]
-
-
-class ListeningServer(ThreadingHTTPServer):
-    """A threading HTTP server bound like Go's ``net.Listen`` (shared by kg and kg webhook)."""
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        family: socket.AddressFamily,
-        address: tuple[Any, ...],
-        handler: type[BaseHTTPRequestHandler],
-    ) -> None:
-        self.address_family = family
-        super().__init__(address, handler, bind_and_activate=False)
-        try:
-            if family == socket.AF_INET6 and address[0] == "::":
-                # Like Go, an address without a host serves IPv4 too.
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self.server_bind()
-            self.server_activate()
-        except BaseException:
-            self.server_close()
-            raise
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can hang on DNS.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
 
 
 class _Server(ListeningServer):
@@ -306,24 +229,12 @@ class HTTPServer:
             logger=logger or logging.getLogger(__name__),
         )
         try:
-            host, port = parse_listen(listen)
-            self._server = self._bind(host, port, app)
+            self._server = listen_mod.bind(
+                listen, lambda family, address: _Server(family, address, app)
+            )
         except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise DataPlaneError(f"failed to listen on {listen}: {reason}") from exc
+            raise DataPlaneError(listen_mod.bind_error(listen, exc)) from exc
         self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def _bind(host: str, port: int, app: _App) -> _Server:
-        targets = _bind_targets(host, port)
-        for index, (family, address) in enumerate(targets):
-            try:
-                return _Server(family, address, app)
-            except OSError as exc:
-                # No IPv6 in this kernel: fall back to IPv4 for a host-less address.
-                if index + 1 == len(targets) or exc.errno not in _NO_IPV6:
-                    raise
-        raise OSError("no address to listen on")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -355,5 +266,4 @@ __all__ = [
     "GRAPH_LAYOUTS",
     "INDEX",
     "HTTPServer",
-    "parse_listen",
 ]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import gzip
 import logging
 import re
@@ -57,8 +56,9 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from kilo import __version__
+from kilo.agent import listen as listen_mod
 from kilo.agent import logs
-from kilo.agent.http import ListeningServer, parse_listen
+from kilo.agent.listen import ListeningServer
 from kilo.agent.settings import WebhookSettings
 from kilo.errors import BackendError, ConfigError, KiloError
 from kilo.mesh import admission
@@ -85,8 +85,6 @@ NOT_SYNCED = (
 )
 
 _TEXT = "text/plain; charset=utf-8"
-# Binding "::" fails with these when the kernel has no IPv6; then "0.0.0.0" is used.
-_NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL})
 
 
 # --- cluster state -------------------------------------------------------------------------
@@ -642,19 +640,6 @@ class _Server(ListeningServer):
             return self._idle.wait_for(lambda: self._active == 0, timeout)
 
 
-def _bind_targets(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:
-    """Where to bind, in order of preference (Go: dual-stack for no host, IPv4 first)."""
-    if not host:
-        targets: list[tuple[socket.AddressFamily, tuple[Any, ...]]] = []
-        if socket.has_ipv6:
-            targets.append((socket.AF_INET6, ("::", port)))
-        targets.append((socket.AF_INET, ("0.0.0.0", port)))
-        return targets
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    return [(info[0], info[4]) for info in infos[:1]]
-
-
 class Server:
     """One listening server (HTTPS with ``tls``), serving ``app`` once started."""
 
@@ -667,29 +652,13 @@ class Server:
         logger: logging.LoggerAdapter[logging.Logger],
     ) -> None:
         try:
-            host, port = parse_listen(listen)
-            self._server = self._bind(host, port, app, tls, logger)
+            self._server = listen_mod.bind(
+                listen,
+                lambda family, address: _Server(family, address, app=app, tls=tls, logger=logger),
+            )
         except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError(f"failed to listen on {listen}: {reason}") from exc
+            raise ConfigError(listen_mod.bind_error(listen, exc)) from exc
         self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def _bind(
-        host: str,
-        port: int,
-        app: App,
-        tls: ssl.SSLContext | None,
-        logger: logging.LoggerAdapter[logging.Logger],
-    ) -> _Server:
-        targets = _bind_targets(host, port)
-        for index, (family, address) in enumerate(targets):
-            try:
-                return _Server(family, address, app=app, tls=tls, logger=logger)
-            except OSError as exc:
-                if index + 1 == len(targets) or exc.errno not in _NO_IPV6:
-                    raise
-        raise OSError("no address to listen on")
 
     @property
     def address(self) -> tuple[str, int]:
