@@ -26,6 +26,7 @@ from kilo.agent.settings import (
     WebhookRequested,
     WebhookSettings,
     WireGuardSettings,
+    go_quote,
     help_text,
     parse_args,
     parse_duration,
@@ -137,14 +138,27 @@ VALUES = [
     (["--resync-period=500ms"], "mesh.resync_period", 0.5),
     (["--interface=wg0"], "wireguard.interface", "wg0"),
     (["--mtu=1380"], "wireguard.mtu", 1380),
-    (["--mtu=0"], "wireguard.mtu", 0),
-    (["--mtu=4294967295"], "wireguard.mtu", 4294967295),
+    (["--mtu=576"], "wireguard.mtu", 576),
+    (["--mtu=65535"], "wireguard.mtu", 65535),
+    (["--mtu=1280", "--subnet=fd00::/64"], "wireguard.mtu", 1280),
     (["--mtu=auto"], "wireguard.mtu", None),
     (["--cni-path=/x.conflist"], "cni.path", "/x.conflist"),
+    (["--cni=false", "--cni-path="], "cni.path", ""),
     (["--listen=127.0.0.1:9000"], "http.listen", "127.0.0.1:9000"),
+    (["--listen=[::1]:http"], "http.listen", "[::1]:http"),
+    (["--listen=localhost:"], "http.listen", "localhost:"),
     (["--interface=a", "--interface=b"], "wireguard.interface", "b"),
+    (["--interface=wg-a.b_c@15byte"], "wireguard.interface", "wg-a.b_c@15byte"),
+    (["--master=http://127.0.0.1:8080"], "backend.master", "http://127.0.0.1:8080"),
+    (
+        ["--master=https://[fd00::1]/k8s/clusters/c-1"],
+        "backend.master",
+        "https://[fd00::1]/k8s/clusters/c-1",
+    ),
+    (["--topology-label="], "backend.topology_label", ""),
+    (["--topology-label=example.com/site"], "backend.topology_label", "example.com/site"),
     # pflag gives a string flag the next argument, whatever it looks like.
-    (["--hostname", "--cni=false"], "mesh.hostname", "--cni=false"),
+    (["--kubeconfig", "--cni=false"], "backend.kubeconfig", "--cni=false"),
     # An empty --hostname asks the operating system, as Kilo does.
     (["--hostname="], "mesh.hostname", "os-host"),
 ] + [([f"--log-level={level.value}"], "log.level", level) for level in LogLevel]
@@ -311,6 +325,41 @@ STEPS: list[tuple[str, list[str], str | ShowText]] = [
         ["--mtu=big"],
         'failed to parse MTU "big": strconv.ParseUint: parsing "big": invalid syntax',
     ),
+    # Checks Kilo does not make, after all of Kilo's (docs/compatibility.md).
+    (
+        "node-name",
+        ["--hostname=Node_1"],
+        'invalid hostname "Node_1": --hostname must be this node\'s Kubernetes name, a '
+        "lower-case RFC 1123 subdomain (lower-case letters, digits, '-' and '.', at most 253 "
+        "characters)",
+    ),
+    (
+        "master",
+        ["--master=10.0.0.1:6443"],
+        'failed to create Kubernetes config: invalid --master "10.0.0.1:6443": it is not a '
+        "URL: it has no http:// or https:// in front",
+    ),
+    ("mtu-range", ["--mtu=0"], "invalid MTU: MTU must be in range [576:65535], but got 0"),
+    (
+        "interface",
+        ["--interface="],
+        'invalid interface name "": it is empty',
+    ),
+    (
+        "topology-label",
+        ["--topology-label=topology.kubernetes.io/"],
+        'invalid topology label "topology.kubernetes.io/": its name is empty',
+    ),
+    (
+        "cni-path",
+        ["--cni-path="],
+        'invalid CNI path "": give the CNI configuration file to manage, or --cni=false',
+    ),
+    (
+        "listen",
+        ["--listen=::bad"],
+        "failed to listen on ::bad: listen tcp: address ::bad: too many colons in address",
+    ),
 ]
 
 
@@ -337,7 +386,18 @@ def test_startup_check(step, argv, expected):
     assert same(outcome(argv, hostname_known=step != "hostname"), expected)
 
 
-PAIRS = list(itertools.combinations(range(len(STEPS)), 2))
+def _flags_of(step: tuple[str, list[str], str | ShowText]) -> set[str]:
+    name, argv, _ = step
+    named = {arg[2:].partition("=")[0] for arg in argv}
+    return named | {"hostname"} if name == "hostname" else named
+
+
+# Two steps that set the same flag cannot both fail: the last value wins.
+PAIRS = [
+    (i, j)
+    for i, j in itertools.combinations(range(len(STEPS)), 2)
+    if not _flags_of(STEPS[i]) & _flags_of(STEPS[j])
+]
 
 
 @pytest.mark.parametrize(
@@ -378,7 +438,7 @@ def test_empty_hostname_from_the_os_is_no_hostname():
     assert error_of(hostname="") == "failed to determine hostname"
 
 
-@pytest.mark.parametrize("text", ["auto", "1420", "0"])
+@pytest.mark.parametrize("text", ["auto", "1420", "576", "65535"])
 def test_mtu_accepted(text):
     parse(f"--mtu={text}")
 
@@ -396,6 +456,176 @@ def test_mtu_accepted(text):
 )
 def test_mtu_rejected(text, error):
     assert error_of(f"--mtu={text}") == f'failed to parse MTU "{text}": {error}'
+
+
+@pytest.mark.parametrize("mtu", ["0", "100", "575", "65536", "70000", "4294967295"])
+def test_mtu_out_of_range_is_rejected_deviation(mtu):
+    # Kilo takes any uint32: 0 makes a kernel WireGuard interface carry nothing (IPv4 is
+    # disabled below 68 bytes) at the first apply, and wireguard-go refuses it.
+    assert error_of(f"--mtu={mtu}") == (
+        f"invalid MTU: MTU must be in range [576:65535], but got {mtu}"
+    )
+
+
+def test_mtu_of_an_ipv6_subnet_is_at_least_1280_deviation():
+    # Below 1280 bytes the kernel removes a device's IPv6 addresses.
+    assert error_of("--subnet=fd00:4::/64", "--mtu=1279") == (
+        "invalid MTU: MTU must be in range [1280:65535] for IPv6, but got 1279"
+    )
+    assert error_of("--subnet=fd00:4::/64", "--mtu=100") == (
+        "invalid MTU: MTU must be in range [1280:65535], but got 100"
+    )
+    assert parse("--subnet=10.4.0.0/16", "--mtu=1279").wireguard.mtu == 1279
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "it is empty"),
+        ("a" * 16, "it is 16 bytes long; Linux allows at most 15"),
+        ("a" * 40, "it is 40 bytes long; Linux allows at most 15"),
+        ("\u00e9" * 8, "it is 16 bytes long; Linux allows at most 15"),
+        (".", '"." and ".." are not interface names'),
+        ("..", '"." and ".." are not interface names'),
+        ("a/b", 'it contains "/"; interface names cannot contain "/", ":", "%" or white space'),
+        ("eth0:1", 'it contains ":"; interface names cannot contain "/", ":", "%" or white space'),
+        ("wg%d", 'it contains "%"; interface names cannot contain "/", ":", "%" or white space'),
+        (
+            "a b",
+            'it contains white space; interface names cannot contain "/", ":", "%" or white space',
+        ),
+        (
+            "a\tb",
+            'it contains white space; interface names cannot contain "/", ":", "%" or white space',
+        ),
+        # The kernel's isspace counts 0xA0, the second byte of "\u00e0" in UTF-8.
+        (
+            "k\u00e0",
+            'it contains white space; interface names cannot contain "/", ":", "%" or white space',
+        ),
+    ],
+)
+def test_interface_name_is_one_the_kernel_accepts_deviation(name, problem):
+    assert error_of(f"--interface={name}") == f"invalid interface name {go_quote(name)}: {problem}"
+
+
+@pytest.mark.parametrize("name", ["kilo0", "a" * 15, "wg.0", "wg-0_x", "..a", "\u00e9" * 7])
+def test_interface_names_the_kernel_accepts(name):
+    assert parse(f"--interface={name}").wireguard.interface == name
+
+
+@pytest.mark.parametrize(
+    ("listen", "reason"),
+    [
+        ("1107", "address 1107: missing port in address"),
+        ("::bad", "address ::bad: too many colons in address"),
+        ("[::1", "address [::1: missing ']' in address"),
+        ("[::1]", "address [::1]: missing port in address"),
+        ("[::1]x:1", "address [::1]x:1: missing port in address"),
+        ("[::1]:1:2", "address [::1]:1:2: too many colons in address"),
+        ("a[b:1", "address a[b:1: unexpected '[' in address"),
+        ("a]b:1", "address a]b:1: unexpected ']' in address"),
+        (":99999", "address 99999: invalid port"),
+        (":-1", "address -1: invalid port"),
+        (":99999999999999999999999", "address 99999999999999999999999: invalid port"),
+        (":no-such-service", "lookup tcp/no-such-service: unknown port"),
+        (":0x50", "lookup tcp/0x50: unknown port"),
+        ("bad!host:1107", "lookup bad!host: no such host"),
+        ("010.0.0.1:1107", "lookup 010.0.0.1: no such host"),
+        ("1.2.3:1107", "lookup 1.2.3: no such host"),
+        ("-a:1107", "lookup -a: no such host"),
+    ],
+)
+def test_listen_is_checked_before_anything_is_created(listen, reason):
+    # Kilo finds these only when it binds, after creating its key and interface.
+    assert error_of(f"--listen={listen}") == f"failed to listen on {listen}: listen tcp: {reason}"
+
+
+@pytest.mark.parametrize(
+    "listen", [":1107", ":", "127.0.0.1:1107", "[::1]:0", ":HTTP", ":+80", "localhost:1107"]
+)
+def test_listen_addresses_go_accepts(listen):
+    assert parse(f"--listen={listen}").http.listen == listen
+
+
+@pytest.mark.parametrize(
+    ("master", "problem"),
+    [
+        ("::not a url", "it contains white space or control characters"),
+        ("::not-a-url", "it is not a URL: it has no http:// or https:// in front"),
+        ("api:6443", "it is not a URL: it has no http:// or https:// in front"),
+        ("ftp://api", "scheme ftp unknown; possible values are: http, https"),
+        ("https://", "it has no host"),
+        ("https://:6443", "it has no host"),
+        ("https://api:0", "port must be in range [1:65535], but got 0"),
+        ("https://api:99999", "port must be in range [1:65535], but got 99999"),
+        ("https://api:x", 'port "x" is not a number'),
+        ("https://api:", 'port "" is not a number'),
+        ("https://bad!host", 'host "bad!host" is not an IP address or a DNS name'),
+        ("https://[::1", "it is not a URL: Invalid IPv6 URL"),
+        (
+            "https://[api]:6443",
+            "it is not a URL: 'api' does not appear to be an IPv4 or IPv6 address",
+        ),
+        ("https://[::1]x", 'it is not a URL: "x" follows the host'),
+    ],
+)
+def test_master_is_a_url_the_client_can_use_deviation(master, problem):
+    # Kilo's client-go panics on most of these, after nothing; a bare host:port it
+    # completes with a scheme, which the Python client cannot.
+    assert error_of(f"--master={master}") == (
+        f"failed to create Kubernetes config: invalid --master {go_quote(master)}: {problem}"
+    )
+
+
+@pytest.mark.parametrize("hostname", ["Node-1", "node_1", "-node", "node.", "a" * 254, "n\u00f6de"])
+def test_hostname_must_be_able_to_name_a_node_deviation(hostname):
+    # Kilo runs on with such a name and never finds its Node: it silently does nothing.
+    assert error_of(f"--hostname={hostname}").startswith(
+        f"invalid hostname {go_quote(hostname)}: --hostname must be this node's Kubernetes name"
+    )
+
+
+def test_a_host_name_from_the_os_that_cannot_name_a_node_says_so():
+    assert error_of(hostname="MyHost") == (
+        'invalid hostname "MyHost": the host name (--hostname is empty) must be this node\'s '
+        "Kubernetes name, a lower-case RFC 1123 subdomain (lower-case letters, digits, '-' and "
+        "'.', at most 253 characters)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("label", "problem"),
+    [
+        (
+            "a b",
+            "its name \"a b\" must consist of alphanumeric characters, '-', '_' or '.', and "
+            "must start and end with an alphanumeric character",
+        ),
+        ("/region", "its prefix before '/' is empty"),
+        ("example.com/", "its name is empty"),
+        ("a/b/c", "it contains more than one '/'"),
+        (
+            "Example.com/region",
+            'its prefix "Example.com" is not a lower-case DNS subdomain of at most 253 characters',
+        ),
+        ("r" * 64, "its name is 64 characters long; at most 63"),
+    ],
+)
+def test_topology_label_is_a_label_key_deviation(label, problem):
+    # Kilo takes any string; one that is no label key can never match, so every node lands
+    # in one location without a word.
+    assert error_of(f"--topology-label={label}") == (
+        f"invalid topology label {go_quote(label)}: {problem}"
+    )
+
+
+def test_cni_path_may_be_empty_only_without_cni_deviation():
+    assert error_of("--cni-path=") == (
+        'invalid CNI path "": give the CNI configuration file to manage, or --cni=false'
+    )
+    assert error_of("--cni-path= ").startswith('invalid CNI path " ":')
+    assert parse("--cni=false", "--cni-path=").cni == CNISettings(enabled=False, path="")
 
 
 @pytest.mark.parametrize("port", ["0", "-1", "65536"])
@@ -676,6 +906,38 @@ def test_webhook_cluster_flags_are_additions():
     assert "--kubeconfig string" in help_text("webhook")
     assert "--master string" in help_text("webhook")
     assert error_of("webhook", "--hostname=x") == "unknown flag: --hostname"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--listen=:99999"],
+            "failed to listen on :99999: listen tcp: address 99999: invalid port",
+        ),
+        (
+            ["--listen-metrics=metrics"],
+            "failed to listen on metrics: listen tcp: address metrics: missing port in address",
+        ),
+        # The metrics server starts first, as in Kilo.
+        (
+            ["--listen=x", "--listen-metrics=y"],
+            "failed to listen on y: listen tcp: address y: missing port in address",
+        ),
+        (
+            ["--master=api:6443"],
+            'failed to create Kubernetes config: invalid --master "api:6443": it is not a URL: '
+            "it has no http:// or https:// in front",
+        ),
+        # The log level comes first, as for kg.
+        (
+            ["--log-level=x", "--listen=x"],
+            "log level x unknown; possible values are: all, debug, info, warn, error, none",
+        ),
+    ],
+)
+def test_webhook_flags_are_checked_before_it_starts(argv, message):
+    assert error_of("webhook", *argv) == message
 
 
 def test_webhook_defaults_and_checks():

@@ -1,6 +1,7 @@
 """The ``kg`` command line: Kilo's flags, defaults and start-up validation, as values.
 
-Pure apart from the ``hostname_fallback`` the caller passes in. The command line is read
+Pure apart from the ``hostname_fallback`` the caller passes in and ``/etc/services``, read
+for a service name in a listen address. The command line is read
 the way Kilo's Go binary reads it (cobra and pflag), so existing manifests keep working:
 
 * long flags only (``-h`` is the one shorthand); ``--flag value`` and ``--flag=value``;
@@ -15,9 +16,15 @@ the way Kilo's Go binary reads it (cobra and pflag), so existing manifests keep 
 
 Then the checks of Kilo's start-up run in Kilo's order with Kilo's messages (reference
 §3.3), so that, for example, a bad ``--log-level`` is reported before ``--version`` is
-honoured. Two deliberate differences are listed in ``docs/compatibility.md``: ``port must
-be`` instead of Kilo's ``port mus be``, and an unknown ``--compatibility`` is an error
-instead of silently meaning IPIP. Building the Kubernetes client config (Kilo's step 7,
+honoured. Deliberate differences are listed in ``docs/compatibility.md``: ``port must be``
+instead of Kilo's ``port mus be``; an unknown ``--compatibility`` is an error instead of
+silently meaning IPIP; and after all of Kilo's checks come checks Kilo does not make, so
+that every flag is refused here rather than after the agent has created its key and
+interface or, worse, silently breaks it: the host name must be able to name a Node,
+``--master`` must be an http(s) URL, ``--mtu`` within 576..65535 (1280.. with an IPv6
+subnet), ``--interface`` a name the kernel accepts, ``--topology-label`` a label key,
+``--cni-path`` non-empty with ``--cni``, and ``--listen`` (last, as in Kilo) an address
+:mod:`kilo.agent.listen` can bind. Building the Kubernetes client config (Kilo's step 7,
 ``failed to create Kubernetes config``) reads files and is left to the caller.
 """
 
@@ -31,7 +38,9 @@ from ipaddress import IPv4Network
 from typing import Literal, TypeVar
 
 from kilo import __version__
-from kilo.mesh import ip
+from kilo.agent import listen
+from kilo.mesh import flags, ip
+from kilo.mesh.endpoint import is_dns1123_subdomain
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
     DEFAULT_INTERFACE,
@@ -818,6 +827,7 @@ def parse_args(
         level = _check_log_level(values)
         if values["version"]:
             raise ShowText(f"{__version__}\n")
+        _check_webhook(values)
         raise WebhookRequested(
             WebhookSettings(
                 cert_file=str(values["cert-file"]),
@@ -830,6 +840,27 @@ def parse_args(
             )
         )
     return _validate(values, hostname_fallback)
+
+
+def _check_webhook(values: Mapping[str, FlagValue]) -> None:
+    """``kg webhook``'s flags that can be checked before anything runs: the addresses, in
+    the order the servers start (metrics first, as in Kilo), then ``--master``."""
+    for flag in ("listen-metrics", "listen"):
+        problem = listen.listen_error(str(values[flag]))
+        if problem:
+            raise SettingsError(problem)
+    _master(values)
+
+
+def _master(values: Mapping[str, FlagValue]) -> str:
+    """``--master``, empty or a URL the API client can use."""
+    master = str(values["master"])
+    problem = master and flags.api_server_url_problem(master)
+    if problem:
+        raise SettingsError(
+            f"failed to create Kubernetes config: invalid --master {go_quote(master)}: {problem}"
+        )
+    return master
 
 
 def _validate(
@@ -871,7 +902,7 @@ def _validate(
     # 9. --service-cidr, then --internal-cidr.
     service_cidrs = tuple(_cidr(text) for text in _strings(values["service-cidr"]))
     internal_cidrs = tuple(_cidr(text) for text in _strings(values["internal-cidr"]))
-    # 10. --mtu: "auto" or an unsigned 32-bit integer (0 included, as in Kilo).
+    # 10. --mtu: "auto" or an unsigned 32-bit integer.
     mtu_text = str(values["mtu"])
     mtu: int | None = None
     if mtu_text != MTU_AUTO:
@@ -879,6 +910,49 @@ def _validate(
             mtu = parse_uint32(mtu_text)
         except ValueError as exc:
             raise SettingsError(f"failed to parse MTU {go_quote(mtu_text)}: {exc}") from None
+
+    # Checks Kilo does not make (docs/compatibility.md), after all of Kilo's, so that a
+    # command line Kilo refuses gets Kilo's message. Each refuses a value that would fail
+    # only after the key and the interface exist, or would silently break the agent.
+    # The host name must be able to name this node's Node object.
+    if not is_dns1123_subdomain(hostname):
+        given = "--hostname" if values["hostname"] else "the host name (--hostname is empty)"
+        raise SettingsError(
+            f"invalid hostname {go_quote(hostname)}: {given} must be this node's Kubernetes "
+            "name, a lower-case RFC 1123 subdomain (lower-case letters, digits, '-' and '.', "
+            "at most 253 characters)"
+        )
+    # --master: a URL the API client can use (Kilo's client-go panics on some).
+    master = _master(values)
+    # --mtu: what a WireGuard interface can carry (Kilo takes any uint32; 0 or 100 breaks
+    # the interface at the first apply).
+    if mtu is not None:
+        problem = flags.mtu_problem(mtu, ipv6=subnet.version == 6)
+        if problem:
+            raise SettingsError(f"invalid MTU: {problem}")
+    # --interface: a name the kernel accepts.
+    interface = str(values["interface"])
+    problem = flags.interface_name_problem(interface)
+    if problem:
+        raise SettingsError(f"invalid interface name {go_quote(interface)}: {problem}")
+    # --topology-label: empty (no label) or a label key some node could carry.
+    topology_label = str(values["topology-label"])
+    problem = topology_label and flags.label_key_problem(topology_label)
+    if problem:
+        raise SettingsError(f"invalid topology label {go_quote(topology_label)}: {problem}")
+    # --cni-path: the file to write when Kilo manages the CNI configuration.
+    cni = _bool(values["cni"])
+    cni_path = str(values["cni-path"])
+    if cni and not cni_path.strip():
+        raise SettingsError(
+            f"invalid CNI path {go_quote(cni_path)}: give the CNI configuration file to "
+            "manage, or --cni=false"
+        )
+    # 12. --listen, last as in Kilo (the socket is bound before anything is created).
+    listen_address = str(values["listen"])
+    problem = listen.listen_error(listen_address)
+    if problem:
+        raise SettingsError(problem)
 
     return AgentSettings(
         mesh=MeshSettings(
@@ -899,17 +973,17 @@ def _validate(
         backend=BackendSettings(
             name=backend,
             kubeconfig=str(values["kubeconfig"]),
-            master=str(values["master"]),
-            topology_label=str(values["topology-label"]),
+            master=master,
+            topology_label=topology_label,
         ),
         wireguard=WireGuardSettings(
-            interface=str(values["interface"]),
+            interface=interface,
             create_interface=_bool(values["create-interface"]),
             clean_up_interface=_bool(values["clean-up-interface"]),
             mtu=mtu,
         ),
-        cni=CNISettings(enabled=_bool(values["cni"]), path=str(values["cni-path"])),
-        http=HTTPSettings(listen=str(values["listen"])),
+        cni=CNISettings(enabled=cni, path=cni_path),
+        http=HTTPSettings(listen=listen_address),
         log=LogSettings(level=level),
     )
 
