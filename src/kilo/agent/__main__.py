@@ -10,10 +10,11 @@ one line on stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -29,9 +30,11 @@ from kilo.agent.settings import (
 from kilo.errors import KiloError
 
 if TYPE_CHECKING:
+    from kilo.adapters.netlink import Links
     from kilo.agent.metrics import AgentMetrics
 
 PROG = "kg"
+DEFAULT_MTU = 1420  # of an interface kg creates with --mtu=auto (then set on each apply)
 STATE_DIRECTORY = Path("/var/lib/kilo")
 ROUTE_STATE = "routes.json"
 CNI_BRIDGE = "kube-bridge"
@@ -43,6 +46,19 @@ def _os_hostname() -> str | None:
         return socket.gethostname() or None
     except OSError:
         return None
+
+
+def _undo(what: str, step: Callable[[], object]) -> None:
+    """One step of undoing a failed start-up; its own failure is logged, not raised, so
+    that the start-up error stays the one reported and the other steps still run."""
+    try:
+        step()
+    except KiloError as exc:
+        logs.get("kilo").error(f"failed to remove {what}", fields={"error": str(exc)})
+
+
+def _remove_interface(links: Links, interface: str) -> None:
+    _undo(f"the interface {interface}", lambda: links.delete(interface))
 
 
 class _Fatal(Exception):
@@ -132,119 +148,139 @@ async def _run(settings: AgentSettings) -> int:
 
     metrics = AgentMetrics(registry, peers=wireguard_peers)
 
-    # Construction (kilo-mesh.md §6.1): key, interface, IP discovery, encapsulator.
+    def healthy() -> bool:
+        return bool(agent_holder) and agent_holder[0].healthy
+
+    def graph() -> str:
+        if not agent_holder:
+            raise KiloError("the agent is still starting; no graph to show")
+        return agent_holder[0].graph()
+
+    # Bound before anything is created on the node, so that an address that cannot be
+    # bound (in use, a host name that does not resolve) changes nothing; Kilo binds after
+    # its mesh construction. Served once the agent exists.
     try:
-        key = keyfile.load_or_create(STATE_DIRECTORY)
-        if key.generated:
-            log.warning("no private key found on disk; generating one now")
-        links = netlink.Links()
-        interface = settings.wireguard.interface
-        if links.index(interface) is None:
-            if not settings.wireguard.create_interface:
-                raise KiloError(
-                    f"interface {interface} does not exist and --create-interface=false "
-                    "(a userspace WireGuard such as wireguard-go must create it first)"
-                )
-            links.create_wireguard(interface, settings.wireguard.mtu or 1420)
-        interfaces = links.interfaces()
-        ignore = {links.index(interface) or 0, links.index(CNI_BRIDGE) or 0}
-        hostname = settings.mesh.hostname
-        from kilo.agent.mesh import resolve
-
-        resolved = [] if resolve(hostname) is None else [resolve(hostname)]
-        found = discover_ips(
-            hostname=hostname,
-            resolved=[a for a in resolved if a is not None],
-            interfaces=interfaces,
-            default_interface=links.default_route_interface(),
-            internal_cidrs=settings.mesh.internal_cidrs,
-            ignore=ignore,
-        )
-        private_interface = None
-        if found.private is not None:
-            private_interface = next(
-                (
-                    i.name
-                    for i in sorted(interfaces, key=lambda i: i.index)
-                    if any(a.ip == found.private.ip for a in i.addresses)
-                ),
-                None,
-            )
-        encapsulator = None
-        if (
-            found.private is not None
-            and private_interface is not None
-            and (settings.mesh.encapsulation != Encapsulation.NEVER)
-        ):
-            encapsulator = tunnel.Tunnel(links, settings.mesh.compatibility, private_interface)
-        device = wireguard.open_device(interface)
-        device_holder.append(device)
-        host = HostFacts(
-            key=key.private,
-            public_key=key.public,
-            discovered=found,
-            external_ip=external_ip(
-                found, prioritise_private=settings.mesh.prioritise_private_addresses
-            ),
-            private_interface=private_interface,
-        )
-        iptables = IPTables(on_operation=metrics.iptables_operation)
-        routes = netlink.RouteTable(state_file=STATE_DIRECTORY / ROUTE_STATE)
-    except KiloError as exc:
-        raise _Fatal(f"failed to create Kilo mesh: {exc}") from exc
-    if routes.state_error:
-        log.warning(
-            "ignoring the route state file; routes of an earlier run may be left behind",
-            fields={"error": routes.state_error},
-        )
-    log.info(
-        "discovered the node's addresses",
-        fields={
-            "private": str(found.private) if found.private else "",
-            "public": str(found.public),
-            "private_interface": private_interface or "",
-        },
-    )
-
-    cni_path = Path(settings.cni.path)
-    plane = DataPlane(
-        links=links,
-        routes=routes,
-        iptables=iptables,
-        device=device,
-        tunnel=encapsulator,
-        update_cni=lambda subnet: cni.update_cni_config(cni_path, subnet),
-    )
-
-    api = Client(config, trust_env=False)
-
-    class Writer:
-        async def patch(self, name: str, annotations: Mapping[str, str | None]) -> None:
-            await asyncio.to_thread(kubernetes.patch_node_annotations, api, name, annotations)
-
-    agent = Agent(settings, host, plane, Writer(), _MetricsAdapter(metrics))
-    agent_holder.append(agent)
-
-    try:
-        http = HTTPServer(
-            settings.http.listen,
-            registry=registry,
-            healthy=lambda: agent.healthy,
-            graph=agent.graph,
-        )
+        http = HTTPServer(settings.http.listen, registry=registry, healthy=healthy, graph=graph)
     except KiloError as exc:
         raise _Fatal(str(exc)) from exc
-    http.start()
 
-    loop = asyncio.get_running_loop()
+    # Whatever start-up created is undone if a later step of it fails (LIFO); on success
+    # the agent owns it and its clean-up rules apply.
+    with contextlib.ExitStack() as undo:
+        undo.callback(http.stop)
+        # Construction (kilo-mesh.md §6.1): key, interface, IP discovery, encapsulator.
+        try:
+            key = keyfile.load_or_create(STATE_DIRECTORY)
+            if key.generated:
+                log.warning("no private key found on disk; generating one now")
+            links = netlink.Links()
+            undo.callback(links.close)
+            interface = settings.wireguard.interface
+            if links.index(interface) is None:
+                if not settings.wireguard.create_interface:
+                    raise KiloError(
+                        f"interface {interface} does not exist and --create-interface=false "
+                        "(a userspace WireGuard such as wireguard-go must create it first)"
+                    )
+                if links.create_wireguard(interface, settings.wireguard.mtu or DEFAULT_MTU):
+                    undo.callback(_remove_interface, links, interface)
+            interfaces = links.interfaces()
+            ignore = {links.index(interface) or 0, links.index(CNI_BRIDGE) or 0}
+            hostname = settings.mesh.hostname
+            from kilo.agent.mesh import resolve
+
+            resolved = [] if resolve(hostname) is None else [resolve(hostname)]
+            found = discover_ips(
+                hostname=hostname,
+                resolved=[a for a in resolved if a is not None],
+                interfaces=interfaces,
+                default_interface=links.default_route_interface(),
+                internal_cidrs=settings.mesh.internal_cidrs,
+                ignore=ignore,
+            )
+            private_interface = None
+            if found.private is not None:
+                private_interface = next(
+                    (
+                        i.name
+                        for i in sorted(interfaces, key=lambda i: i.index)
+                        if any(a.ip == found.private.ip for a in i.addresses)
+                    ),
+                    None,
+                )
+            encapsulator = None
+            if (
+                found.private is not None
+                and private_interface is not None
+                and (settings.mesh.encapsulation != Encapsulation.NEVER)
+            ):
+                encapsulator = tunnel.Tunnel(links, settings.mesh.compatibility, private_interface)
+                undo.callback(_undo, "the tunnel interface", encapsulator.clean_up)
+            device = wireguard.open_device(interface)
+            device_holder.append(device)
+            host = HostFacts(
+                key=key.private,
+                public_key=key.public,
+                discovered=found,
+                external_ip=external_ip(
+                    found, prioritise_private=settings.mesh.prioritise_private_addresses
+                ),
+                private_interface=private_interface,
+            )
+            iptables = IPTables(on_operation=metrics.iptables_operation)
+            routes = netlink.RouteTable(state_file=STATE_DIRECTORY / ROUTE_STATE)
+            undo.callback(routes.close)
+        except KiloError as exc:
+            raise _Fatal(f"failed to create Kilo mesh: {exc}") from exc
+        if routes.state_error:
+            log.warning(
+                "ignoring the route state file; routes of an earlier run may be left behind",
+                fields={"error": routes.state_error},
+            )
+        log.info(
+            "discovered the node's addresses",
+            fields={
+                "private": str(found.private) if found.private else "",
+                "public": str(found.public),
+                "private_interface": private_interface or "",
+            },
+        )
+
+        cni_path = Path(settings.cni.path)
+        plane = DataPlane(
+            links=links,
+            routes=routes,
+            iptables=iptables,
+            device=device,
+            tunnel=encapsulator,
+            update_cni=lambda subnet: cni.update_cni_config(cni_path, subnet),
+        )
+
+        api = Client(config, trust_env=False)
+        undo.callback(api.close)
+
+        class Writer:
+            async def patch(self, name: str, annotations: Mapping[str, str | None]) -> None:
+                await asyncio.to_thread(kubernetes.patch_node_annotations, api, name, annotations)
+
+        agent = Agent(settings, host, plane, Writer(), _MetricsAdapter(metrics))
+        agent_holder.append(agent)
+
+        loop = asyncio.get_running_loop()
+
+        def route_deleted() -> None:
+            loop.call_soon_threadsafe(agent.trigger)
+
+        try:
+            stop_watch = routes.watch_deletions(route_deleted)
+        except KiloError as exc:
+            raise _Fatal(f"failed to create Kilo mesh: {exc}") from exc
+        undo.pop_all()
+
+    http.start()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-
-    def route_deleted() -> None:
-        loop.call_soon_threadsafe(agent.trigger)
-
-    stop_watch = routes.watch_deletions(route_deleted)
     status = 0
     try:
         async with AsyncClient(config, trust_env=False) as client:
