@@ -8,6 +8,7 @@ import dataclasses
 import io
 import ipaddress
 import json
+import socket
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -96,6 +97,11 @@ def test_flags_with_kilos_syntax() -> None:
     args = parse("--clean-up", "false")
     assert (args.clean_up, args.name) == (False, None)
     assert parse("--resync-period=500ms").resync_period == 0.5
+    assert parse("--mtu=576").mtu == 576
+    assert parse("--mtu=1280", "-a", "fd00::1/128").mtu == 1280
+    assert parse("-i", "a" * 15).interface == "a" * 15
+    assert parse("-a", "fe80::1/64").allowed_ip == ipaddress.ip_interface("fe80::1/64")
+    assert parse("--topology-label=").topology_label == ""
 
 
 @pytest.mark.parametrize(
@@ -106,10 +112,32 @@ def test_flags_with_kilos_syntax() -> None:
         (["--clean-up=maybe"], 'invalid boolean value "maybe"'),
         (["--resync-period=30"], 'invalid duration "30"'),
         (["--resync-period=1x"], 'invalid duration "1x"'),
-        (["--mtu=12"], 'invalid --mtu "12"'),
+        (["--mtu=12"], 'invalid --mtu "12": MTU must be in range [576:65535], but got 12'),
+        (["--mtu=0"], 'invalid --mtu "0": MTU must be in range [576:65535], but got 0'),
+        (["--mtu=70000"], 'invalid --mtu "70000": MTU must be in range [576:65535], but got 70000'),
+        (["--mtu=x"], 'invalid --mtu "x": not a whole number of bytes'),
+        (
+            ["--mtu=1000", "-a", "fd00::1/128"],
+            "invalid --mtu 1000 with the IPv6 --allowed-ip fd00::1/128: MTU must be in range "
+            "[1280:65535] for IPv6, but got 1000",
+        ),
         (["--persistent-keepalive=-1"], "--persistent-keepalive"),
+        (["--persistent-keepalive=65536"], "--persistent-keepalive"),
         (["--log-level=loud"], "log level loud unknown; possible values are: all, debug, info"),
         (["a", "b"], "unrecognized arguments: b"),
+        (["--interface="], 'invalid --interface "": it is empty'),
+        (["-i", "a" * 40], f'invalid --interface "{"a" * 40}": it is 40 bytes long'),
+        (["-i", "a/b"], 'invalid --interface "a/b": it contains "/"'),
+        (["-i", "wg%d"], 'invalid --interface "wg%d": it contains "%"'),
+        (["-a", "0.0.0.0/32"], "an unspecified address cannot be this machine's address"),
+        (["-a", "::/128"], "an unspecified address cannot be this machine's address"),
+        (["-a", "127.0.0.2/32"], "a loopback address cannot be this machine's address"),
+        (["-a", "ff02::1/128"], "a multicast address cannot be this machine's address"),
+        (["-a", "10.5.0.1/0"], "a /0 would route every address to this machine"),
+        (["--resync-period=3000000h"], "longer than Go's longest"),
+        (["Not_A_Name"], 'invalid peer name "Not_A_Name": a lowercase RFC 1123 subdomain'),
+        (["a" * 254], "must be no more than 253 characters"),
+        (["--topology-label=a b"], 'invalid --topology-label "a b": its name "a b" must'),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str) -> None:
@@ -120,12 +148,17 @@ def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str) -> None:
     assert err.count("\n") == 1
 
 
-def test_refuses_the_file_backend_and_bad_names() -> None:
+def test_refuses_the_file_backend_and_a_host_name_that_cannot_name_a_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     code, _, err = run("connect", "laptop", "--backend=file")
     assert (code, err) == (1, "kgctl: connect needs --backend kubernetes: it creates a Peer\n")
-    code, _, err = run("connect", "Not_A_Name")
+    # Without NAME the host name is the Peer's name; one that cannot be is no command-line
+    # mistake (exit 1), but it is refused before anything is touched all the same.
+    monkeypatch.setattr(socket, "gethostname", lambda: "My_Laptop")
+    code, _, err = run("connect")
     assert code == 1
-    assert 'peer name "Not_A_Name" is not a valid Kubernetes object name' in err
+    assert 'peer name "My_Laptop" is not a valid Kubernetes object name' in err
 
 
 # --- the key file ----------------------------------------------------------------------------

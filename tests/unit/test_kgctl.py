@@ -274,6 +274,24 @@ def test_subnet_override(tmp_path: Path) -> None:
         (["--subnet", "ten", "graph"], 'failed to parse "ten" as CIDR'),
         (["graph", "--bogus"], "unrecognized arguments: --bogus"),
         (["showconf", "node"], "the following arguments are required: NAME"),
+        (["showconf", "node", "Alpha"], 'invalid node name "Alpha": a lowercase RFC 1123'),
+        (["showconf", "peer", "a_b"], 'invalid peer name "a_b": a lowercase RFC 1123'),
+        (["plan", "node", "x" * 254], 'invalid node name "' + "x" * 254 + '": must be no more'),
+        (["plan", "node", "beta", "--interface="], 'invalid --interface "": it is empty'),
+        (["plan", "node", "beta", "--interface=a:b"], 'invalid --interface "a:b": it contains'),
+        (
+            ["plan", "node", "beta", "--private-interface=" + "e" * 16],
+            f'invalid --private-interface "{"e" * 16}": it is 16 bytes long',
+        ),
+        (
+            ["plan", "node", "beta", "--cni-path="],
+            'invalid --cni-path "": give the CNI configuration file, or --cni=false',
+        ),
+        (
+            ["--topology-label", "a b", "graph"],
+            'invalid --topology-label "a b": its name "a b" must consist of',
+        ),
+        (["graph", "--topology-label=x/"], 'invalid --topology-label "x/": its name is empty'),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(argv: list[str], message: str) -> None:

@@ -44,10 +44,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from kilo.cli import logs
+from kilo.cli import arguments, logs
 from kilo.errors import ConfigError, DataPlaneError, KiloError
 from kilo.mesh import connect as plan_mod
-from kilo.mesh import ip, translate
+from kilo.mesh import flags, ip, translate
 from kilo.mesh.endpoint import Endpoint, is_dns1123_subdomain
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.keys import Key
@@ -83,6 +83,26 @@ def _allowed_ip(text: str) -> IPInterface:
     parsed = ip.parse_interface(text)
     if parsed is None:
         raise argparse.ArgumentTypeError(f"invalid --allowed-ip {_q(text)}: not a CIDR")
+    # This machine's address: it goes on the interface (the kernel refuses these for IPv6,
+    # after the Peer exists) and into the Peer, whose allowed IPs every node routes here.
+    kind = (
+        "an unspecified"
+        if parsed.ip.is_unspecified
+        else "a loopback"
+        if parsed.ip.is_loopback
+        else "a multicast"
+        if parsed.ip.is_multicast
+        else ""
+    )
+    if kind:
+        raise argparse.ArgumentTypeError(
+            f"invalid --allowed-ip {_q(text)}: {kind} address cannot be this machine's "
+            "address in the mesh"
+        )
+    if parsed.network.prefixlen == 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid --allowed-ip {_q(text)}: a /0 would route every address to this machine"
+        )
     return parsed
 
 
@@ -100,6 +120,10 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+# The longest Go duration (2^63 - 1 ns, about 292 years).
+_MAX_DURATION = ((1 << 63) - 1) / 1e9
+
+
 def _duration(text: str) -> float:
     """A Go duration (``30s``, ``1m30s``, ``500ms``), in seconds."""
     parts = _DURATION_PART.findall(text)
@@ -107,7 +131,12 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"invalid duration {_q(text)}: want a number with a unit, such as 30s or 1m"
         )
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds > _MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {_q(text)}: longer than Go's longest, 2562047h47m16s"
+        )
+    return seconds
 
 
 def _bounded(what: str, low: int, high: int) -> Callable[[str], int]:
@@ -143,6 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name",
         nargs="?",
+        type=arguments.object_name("peer"),
         default=None,
         metavar="NAME",
         help="the Peer to connect as (default: this machine's host name)",
@@ -196,7 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--mtu",
-        type=_bounded("--mtu", 576, 65535),
+        type=arguments.mtu("--mtu"),
         default=DEFAULT_MTU,
         help=f"MTU of an interface this command creates (default: {DEFAULT_MTU})",
     )
@@ -210,6 +240,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interface",
         "-i",
+        type=arguments.interface_name("--interface"),
         default=DEFAULT_INTERFACE,
         help=f"the WireGuard interface (default: {DEFAULT_INTERFACE})",
     )
@@ -228,6 +259,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LEVEL",
         help=f"one of {', '.join(LOG_LEVELS)} (default: info); logs are JSON lines on stdout",
     )
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of ``connect``'s flags, or ``None``."""
+    if args.allowed_ip.version == 6:
+        problem = flags.mtu_problem(args.mtu, ipv6=True)
+        if problem:
+            return (
+                f"invalid --mtu {args.mtu} with the IPv6 --allowed-ip {args.allowed_ip}: {problem}"
+            )
+    return None
 
 
 # --- helpers ---------------------------------------------------------------------------------

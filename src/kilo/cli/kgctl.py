@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TextIO
 from kilo import __version__
 from kilo.adapters import file as file_backend
 from kilo.adapters import kubeconfig, kubernetes
-from kilo.cli import connect
+from kilo.cli import arguments, connect
 from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
 from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
@@ -38,6 +38,7 @@ from kilo.mesh.model import (
 PROG = "kgctl"
 BACKENDS = ("kubernetes", "file")
 OUTPUTS = ("wireguard", "yaml", "json")
+PRIVATE_PLACEHOLDER = "<private>"
 
 EPILOG = """\
 exit status:
@@ -138,6 +139,21 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean value {_q(text)}; use true or false")
 
 
+def _private_interface(text: str) -> str:
+    if text == PRIVATE_PLACEHOLDER:
+        return text
+    return arguments.interface_name("--private-interface")(text)
+
+
+def _check_plan(args: argparse.Namespace) -> str | None:
+    if args.cni and not args.cni_path.strip():
+        return (
+            f"invalid --cni-path {_q(args.cni_path)}: give the CNI configuration file, "
+            "or --cni=false"
+        )
+    return None
+
+
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """Options accepted before and after the command, like Kilo's persistent flags."""
 
@@ -173,6 +189,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument(
         "--topology-label",
+        type=arguments.label_key("--topology-label"),
         default=default(DEFAULT_TOPOLOGY_LABEL),
         help=f"node label that names the location (default: {DEFAULT_TOPOLOGY_LABEL})",
     )
@@ -255,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(showconf, suppress=True)
     for kind in ("node", "peer"):
         sub = showconf_kinds.add_parser(kind, help=f"print the WireGuard configuration of a {kind}")
-        sub.add_argument("name", metavar="NAME")
+        sub.add_argument("name", metavar="NAME", type=arguments.object_name(kind))
         _showconf_options(sub, kind=kind)
         _global_options(sub, suppress=True)
         sub.set_defaults(run=_run_showconf)
@@ -267,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(plan_parser, suppress=True)
     plan_kinds = plan_parser.add_subparsers(dest="kind", metavar="node", parser_class=_Parser)
     plan_node = plan_kinds.add_parser("node", help="print the plan of the kg agent on NAME")
-    plan_node.add_argument("name", metavar="NAME")
+    plan_node.add_argument("name", metavar="NAME", type=arguments.object_name("node"))
     plan_node.add_argument(
         "--output",
         "-o",
@@ -276,12 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="text or json (default: text)",
     )
     plan_node.add_argument(
-        "--interface", default="kilo0", help="WireGuard interface (default: kilo0)"
+        "--interface",
+        type=arguments.interface_name("--interface"),
+        default="kilo0",
+        help="WireGuard interface (default: kilo0)",
     )
     plan_node.add_argument(
         "--private-interface",
-        default="<private>",
-        help="name to print for the interface holding the node's private IP",
+        type=_private_interface,
+        default=PRIVATE_PLACEHOLDER,
+        help="name to print for the interface holding the node's private IP "
+        f"(default: {PRIVATE_PLACEHOLDER})",
     )
     plan_node.add_argument(
         "--encapsulate",
@@ -325,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CNI conflist the agent manages",
     )
     _global_options(plan_node, suppress=True)
-    plan_node.set_defaults(run=_run_plan)
+    plan_node.set_defaults(run=_run_plan, check=_check_plan)
 
     list_parser = commands.add_parser("list", help="list the nodes and peers of the mesh")
     list_parser.add_argument(
@@ -348,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     connect.add_arguments(connect_parser)
     _global_options(connect_parser, suppress=True)
-    connect_parser.set_defaults(run=_run_connect)
+    connect_parser.set_defaults(run=_run_connect, check=connect.check_arguments)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=_run_version)
@@ -616,6 +638,10 @@ def main(
             for name, value in SHOWCONF_DEFAULTS.items():
                 if not hasattr(args, name):
                     setattr(args, name, list(value) if isinstance(value, list) else value)
+        check = getattr(args, "check", None)
+        problem = check(args) if check is not None else None
+        if problem:
+            raise UsageError(problem)
         if getattr(args, "run", None) is None:
             # Like Kilo's kgctl: a command group without its subcommand prints help.
             getattr(args, "help_parser", parser).print_help(out)
