@@ -397,19 +397,46 @@ def test_progress_on_a_terminal_redraws_one_line() -> None:
         ["up", "--locations", "0"],
         ["up", "--locations", "9"],
         ["up", "--nodes", "x"],
+        ["up", "--nodes", "-1"],
+        ["up", "--nodes", "1_0"],
+        ["up", "--nodes", "99999999999999999999999"],
         ["up", "--granularity", "cross"],
+        ["up", "--dir", ""],
+        ["down", "--dir", " "],
+        ["up", "--loc", "2"],
         ["sideways"],
         [],
     ],
 )
-def test_command_line_mistakes_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_command_line_mistakes_exit_2_with_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("usage: kilo-sandbox")
+    err = capsys.readouterr().err
+    assert err.startswith("kilo-sandbox")
+    assert err.count("\n") == 1 and err.endswith("--help)\n")
 
 
-def test_command_line_defaults() -> None:
+def test_an_empty_dir_flag_names_the_way_out(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["up", "--dir="])
+    assert capsys.readouterr().err == (
+        "kilo-sandbox up: argument --dir: '' names no directory; give one, or leave --dir "
+        "out for $KILO_SANDBOX_DIR, else /var/lib/kilo-sandbox (see kilo-sandbox up --help)\n"
+    )
+
+
+def test_an_empty_kilo_sandbox_dir_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cli.DIR_ENV, "")
+    assert cli.parser().parse_args(["status"]).dir == commands.DEFAULT_DIR
+    monkeypatch.setenv(cli.DIR_ENV, "/tmp/box")
+    assert cli.parser().parse_args(["status"]).dir == Path("/tmp/box")
+
+
+def test_command_line_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cli.DIR_ENV, raising=False)
     args = cli.parser().parse_args(["up"])
     assert (args.locations, args.nodes, args.granularity) == (2, 2, "location")
     assert args.dir == commands.DEFAULT_DIR

@@ -1,7 +1,8 @@
 """``kilo-sandbox up|status|down``: a real multi-cloud Kilo mesh on this machine (root).
 
 Exit status: 0 success (``up``: every path reachable; ``status``: every process running and
-every path reachable), 1 failure (one sentence on stderr says why), 2 command-line mistake.
+every path reachable), 1 failure (one sentence on stderr says why), 2 command-line mistake
+(one line on stderr, before anything is checked or created).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from kilo.errors import KiloError
 from kilo.sandbox import commands
@@ -18,12 +20,24 @@ from kilo.sandbox import commands
 DIR_ENV = "KILO_SANDBOX_DIR"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``kilo-sandbox up: argument --nodes: ...``), exit 2,
+    and no abbreviated options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _count(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        digits = text[1:] if text[:1] in "+-" else text
+        if not (digits.isascii() and digits.isdigit()):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        value = int(text)
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
         return value
@@ -31,28 +45,42 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _directory(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no directory; give one, or leave --dir out for ${DIR_ENV}, else "
+            f"{commands.DEFAULT_DIR}"
+        )
+    return Path(text)
+
+
+def _default_directory() -> Path:
+    """``$KILO_SANDBOX_DIR`` (empty counts as unset), else the default directory."""
+    return Path(os.environ.get(DIR_ENV) or str(commands.DEFAULT_DIR))
+
+
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--dir",
-        type=Path,
-        default=Path(os.environ.get(DIR_ENV, str(commands.DEFAULT_DIR))),
+        type=_directory,
+        default=_default_directory(),
         help=f"the sandbox's directory (default ${DIR_ENV}, else {commands.DEFAULT_DIR}); "
         "one sandbox per directory",
     )
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="kilo-sandbox",
         description="A Kilo mesh across simulated clouds, a NATed office and a VPN peer, in "
         "network namespaces on this machine: real WireGuard (wireguard-go), routes, "
         "iptables, CNI plugins and a real etcd + kube-apiserver. Needs root.",
-        allow_abbrev=False,
+        epilog="exit status: 0 success, 1 failure (one sentence on stderr), "
+        "2 command-line mistake (one line on stderr)",
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="up|status|down")
     up = sub.add_parser(
         "up",
         parents=[common],
         help="build the sandbox and wait until the mesh converges",
-        allow_abbrev=False,
     )
     up.add_argument(
         "--locations",
@@ -77,14 +105,12 @@ def parser() -> argparse.ArgumentParser:
         "status",
         parents=[common],
         help="processes, kgctl list, leaders, WireGuard handshakes, reachability again",
-        allow_abbrev=False,
     )
     sub.add_parser(
         "down",
         parents=[common],
         help="remove every namespace, process, link and file of the sandbox "
         "(also after a crash; safe to repeat)",
-        allow_abbrev=False,
     )
     return top
 

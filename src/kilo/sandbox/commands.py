@@ -443,7 +443,11 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
         return 1
     # Children (ip, iptables, wg...) are looked up on this PATH; sudo's may lack sbin.
     os.environ["PATH"] = ":".join(prerequisites.search_path())
-    box.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        box.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
+        return 1
     progress = Progress(err)
     if cached is not None:
         binaries = cached
