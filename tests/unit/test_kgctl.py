@@ -742,3 +742,19 @@ def test_list_escapes_control_characters_and_cuts_huge_cells(tmp_path: Path) -> 
     lines = out.splitlines()
     assert lines[1].split()[:2] == ["alpha", "\\u202eevil\\x1b[31mred\\x00"]
     assert lines[2].split()[:2] == ["beta", "z" * 252 + "…"]
+
+
+def test_plan_takes_an_empty_cni_path_without_cni_and_any_valid_interface_names() -> None:
+    code, out, err = run(
+        *FILE,
+        "plan",
+        "node",
+        "beta",
+        "--cni=false",
+        "--cni-path=",
+        "--interface=wg-kilo.0",
+        "--private-interface=ens4",
+    )
+    assert (code, err) == (0, "")
+    assert "## WireGuard interface wg-kilo.0\n" in out
+    assert "not managed (--cni=false)" in out
