@@ -10,10 +10,15 @@ import sys
 from ipaddress import ip_network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kilo import __version__
 from kilo.agent import __main__ as kg
 from kilo.agent.settings import (
+    PERSISTENT_FLAGS,
+    ROOT_FLAGS,
+    WEBHOOK_FLAGS,
     AgentSettings,
     BackendSettings,
     CNISettings,
@@ -998,3 +1003,26 @@ def test_kg_module_runs():
         check=False,
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, f"{__version__}\n", "")
+
+
+FLAG_NAMES = sorted({f.name for f in (*ROOT_FLAGS, *WEBHOOK_FLAGS, *PERSISTENT_FLAGS)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(FLAG_NAMES), st.text(max_size=12)).map(
+            lambda pair: f"--{pair[0]}={pair[1]}"
+        ),
+        max_size=4,
+    ),
+    st.booleans(),
+)
+def test_no_command_line_crashes_the_parser(argv: list[str], webhook: bool) -> None:
+    # Whatever the values: settings, or one of the ways out with a one-line message.
+    try:
+        parse_args(["webhook", *argv] if webhook else argv, hostname_fallback=lambda: "n")
+    except SettingsError as exc:
+        assert "\n" not in str(exc)
+    except (ShowText, WebhookRequested):
+        pass

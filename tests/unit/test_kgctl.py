@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kilo.cli import kgctl
 from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
@@ -758,3 +760,40 @@ def test_plan_takes_an_empty_cni_path_without_cni_and_any_valid_interface_names(
     assert (code, err) == (0, "")
     assert "## WireGuard interface wg-kilo.0\n" in out
     assert "not managed (--cni=false)" in out
+
+
+KGCTL_FLAGS = [
+    "--port",
+    "--topology-label",
+    "--mesh-granularity",
+    "--subnet",
+    "--timeout",
+    "--output",
+    "--allowed-ips",
+    "--interface",
+    "--private-interface",
+    "--cni-path",
+    "--encapsulate",
+    "--service-cidr",
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from([["graph"], ["showconf", "node"], ["plan", "node"], ["list"]]),
+    st.text(max_size=10),
+    st.lists(
+        st.tuples(st.sampled_from(KGCTL_FLAGS), st.text(max_size=10)).map(
+            lambda pair: f"{pair[0]}={pair[1]}"
+        ),
+        max_size=3,
+    ),
+)
+def test_a_command_line_mistake_is_always_one_line(
+    command: list[str], name: str, flags: list[str]
+) -> None:
+    argv = [*FILE, *command, *([name] if command[-1] == "node" else []), *flags]
+    code, _, err = run(*argv)
+    assert code in (0, 1, 2)
+    if code == 2:
+        assert err.count("\n") == 1 and err.startswith("kgctl: ")

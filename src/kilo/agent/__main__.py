@@ -28,6 +28,7 @@ from kilo.agent.settings import (
     parse_args,
 )
 from kilo.errors import KiloError
+from kilo.mesh.flags import one_line
 
 if TYPE_CHECKING:
     from kilo.adapters.netlink import Links
@@ -91,7 +92,7 @@ def main(
     try:
         return asyncio.run(_run(settings))
     except _Fatal as exc:
-        print(exc, file=err)
+        print(one_line(str(exc)), file=err)
         return 1
 
 

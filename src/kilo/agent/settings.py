@@ -171,7 +171,14 @@ class CommandLineExit(Exception):
 
 
 class SettingsError(CommandLineExit):
-    """A command line Kilo rejects; ``str()`` is Kilo's one-line message (exit status 1)."""
+    """A command line Kilo rejects; ``str()`` is Kilo's one-line message (exit status 1).
+
+    Kilo repeats some values as given (``log level %v unknown``); control characters in
+    them are escaped, so that the message stays one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(flags.one_line(message))
 
 
 class ShowText(CommandLineExit):

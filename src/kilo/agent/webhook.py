@@ -62,6 +62,7 @@ from kilo.agent.listen import ListeningServer
 from kilo.agent.settings import WebhookSettings
 from kilo.errors import BackendError, ConfigError, KiloError
 from kilo.mesh import admission
+from kilo.mesh.flags import one_line
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import Peer
 from kilo.mesh.text import shorten
@@ -783,7 +784,7 @@ def main(settings: WebhookSettings, *, out: TextIO, err: TextIO) -> int:
             server.stop(0)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        print(exc, file=err)
+        print(one_line(str(exc)), file=err)
         return 1
     try:
         log.info(f"Starting Kilo peer-validation webhook '{__version__}'.")

@@ -24,6 +24,7 @@ from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
 from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
 from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES, Cluster
+from kilo.mesh.flags import one_line
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
     DEFAULT_PORT,
@@ -649,10 +650,10 @@ def main(
         result: int = args.run(_Context(args, out, err))
         return result
     except UsageError as exc:
-        print(f"{PROG}: {exc}", file=err)
+        print(f"{PROG}: {one_line(str(exc))}", file=err)
         return 2
     except KiloError as exc:
-        print(f"{PROG}: {exc}", file=err)
+        print(f"{PROG}: {one_line(str(exc))}", file=err)
         return 1
     except BrokenPipeError:
         return 1
