@@ -177,8 +177,3 @@ def test_api_server_urls_the_client_can_use(url: str) -> None:
 )
 def test_label_keys(key: str) -> None:
     assert flags.label_key_problem(key) is None
-
-
-def test_one_line_escapes_only_control_characters() -> None:
-    assert flags.one_line('log level loud unknown; "x" \\ é') == 'log level loud unknown; "x" \\ é'
-    assert flags.one_line("a\nb\tc\x1b\u2028\udcff") == "a\\nb\\tc\\x1b\\u2028\\xff"

@@ -28,7 +28,7 @@ from kilo.agent.settings import (
     parse_args,
 )
 from kilo.errors import KiloError
-from kilo.mesh.flags import one_line
+from kilo.mesh.text import printable
 
 if TYPE_CHECKING:
     from kilo.adapters.netlink import Links
@@ -92,7 +92,7 @@ def main(
     try:
         return asyncio.run(_run(settings))
     except _Fatal as exc:
-        print(one_line(str(exc)), file=err)
+        print(printable(str(exc)), file=err)
         return 1
 
 

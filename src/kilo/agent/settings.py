@@ -51,6 +51,7 @@ from kilo.mesh.model import (
     Encapsulation,
     Granularity,
 )
+from kilo.mesh.text import printable
 
 PROG = "kg"
 BACKEND_KUBERNETES = "kubernetes"
@@ -178,7 +179,7 @@ class SettingsError(CommandLineExit):
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(flags.one_line(message))
+        super().__init__(printable(message))
 
 
 class ShowText(CommandLineExit):

@@ -62,10 +62,9 @@ from kilo.agent.listen import ListeningServer
 from kilo.agent.settings import WebhookSettings
 from kilo.errors import BackendError, ConfigError, KiloError
 from kilo.mesh import admission
-from kilo.mesh.flags import one_line
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import Peer
-from kilo.mesh.text import shorten
+from kilo.mesh.text import printable, shorten
 
 if TYPE_CHECKING:
     from lightkube.config.kubeconfig import SingleConfig
@@ -784,7 +783,7 @@ def main(settings: WebhookSettings, *, out: TextIO, err: TextIO) -> int:
             server.stop(0)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        print(one_line(str(exc)), file=err)
+        print(printable(str(exc)), file=err)
         return 1
     try:
         log.info(f"Starting Kilo peer-validation webhook '{__version__}'.")

@@ -24,7 +24,6 @@ from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
 from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
 from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES, Cluster
-from kilo.mesh.flags import one_line
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
     DEFAULT_PORT,
@@ -35,6 +34,7 @@ from kilo.mesh.model import (
     ready_nodes,
     ready_peers,
 )
+from kilo.mesh.text import printable
 
 PROG = "kgctl"
 BACKENDS = ("kubernetes", "file")
@@ -650,10 +650,10 @@ def main(
         result: int = args.run(_Context(args, out, err))
         return result
     except UsageError as exc:
-        print(f"{PROG}: {one_line(str(exc))}", file=err)
+        print(f"{PROG}: {printable(str(exc))}", file=err)
         return 2
     except KiloError as exc:
-        print(f"{PROG}: {one_line(str(exc))}", file=err)
+        print(f"{PROG}: {printable(str(exc))}", file=err)
         return 1
     except BrokenPipeError:
         return 1

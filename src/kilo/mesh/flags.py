@@ -36,42 +36,6 @@ def _q(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-# --- messages ---------------------------------------------------------------------------------
-
-
-def one_line(message: str) -> str:
-    """``message`` with control characters escaped as Go's ``%q`` would (``\\n``, ``\\x1b``,
-    ...), so that an error that repeats a command-line value stays one line. Anything else,
-    and so every message without such characters, is unchanged."""
-    if all(char.isprintable() or char == " " for char in message):
-        return message
-    return "".join(char if char.isprintable() or char == " " else _escape(char) for char in message)
-
-
-_NAMED_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-}
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if char in _NAMED_ESCAPES:
-        return _NAMED_ESCAPES[char]
-    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of argv (surrogateescape)
-        return f"\\x{code - 0xDC00:02x}"
-    if code < 0x80:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
 # --- interface names --------------------------------------------------------------------------
 
 IFNAMSIZ = 16  # the kernel's buffer, with the terminating NUL
@@ -337,7 +301,6 @@ __all__ = [
     "label_key_problem",
     "mtu_problem",
     "mtu_range",
-    "one_line",
     "parse_decimal_port",
     "split_host_port",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from kilo.errors import KiloError
-from kilo.mesh.flags import one_line
+from kilo.mesh.text import printable
 from kilo.sandbox import commands
 
 DIR_ENV = "KILO_SANDBOX_DIR"
@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: {printable(message)} (see {self.prog} --help)\n")
 
 
 def _count(low: int, high: int) -> Callable[[str], int]:
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.status(args.dir, out, err)
         return commands.down(args.dir, out, err)
     except KiloError as exc:
-        err.write(f"kilo-sandbox {args.command}: {one_line(str(exc))}\n")
+        err.write(f"kilo-sandbox {args.command}: {printable(str(exc))}\n")
         return 1
     except KeyboardInterrupt:
         err.write(f"kilo-sandbox {args.command}: interrupted\n")
