@@ -340,9 +340,9 @@ STEPS: list[tuple[str, list[str], str | ShowText]] = [
     ),
     (
         "master",
-        ["--master=10.0.0.1:6443"],
-        'failed to create Kubernetes config: invalid --master "10.0.0.1:6443": it is not a '
-        "URL: it has no http:// or https:// in front",
+        ["--master=10.0.0.1:99999"],
+        'failed to create Kubernetes config: invalid --master "10.0.0.1:99999": port must be '
+        "in range [1:65535], but got 99999",
     ),
     ("mtu-range", ["--mtu=0"], "invalid MTU: MTU must be in range [576:65535], but got 0"),
     (
@@ -557,8 +557,8 @@ def test_listen_addresses_go_accepts(listen):
     ("master", "problem"),
     [
         ("::not a url", "it contains white space or control characters"),
-        ("::not-a-url", "it is not a URL: it has no http:// or https:// in front"),
-        ("api:6443", "it is not a URL: it has no http:// or https:// in front"),
+        ("::not-a-url", "it has no host"),
+        ("api:99999", "port must be in range [1:65535], but got 99999"),
         ("ftp://api", "scheme ftp unknown; possible values are: http, https"),
         ("https://", "it has no host"),
         ("https://:6443", "it has no host"),
@@ -576,8 +576,7 @@ def test_listen_addresses_go_accepts(listen):
     ],
 )
 def test_master_is_a_url_the_client_can_use_deviation(master, problem):
-    # Kilo's client-go panics on most of these, after nothing; a bare host:port it
-    # completes with a scheme, which the Python client cannot.
+    # Kilo's client-go panics on most of these, after nothing.
     assert error_of(f"--master={master}") == (
         f"failed to create Kubernetes config: invalid --master {go_quote(master)}: {problem}"
     )
@@ -591,9 +590,18 @@ def test_hostname_must_be_able_to_name_a_node_deviation(hostname):
     )
 
 
+@pytest.mark.parametrize("master", ["api:6443", "10.0.0.1:6443", "[fd00::1]:6443"])
+def test_a_bare_host_and_port_is_https_as_client_go_completes_it(master):
+    assert parse(f"--master={master}").backend.master == f"https://{master}"
+
+
+def test_a_host_name_from_the_os_is_lower_cased_as_the_kubelet_does_deviation():
+    assert parse(hostname=" MyHost\n").mesh.hostname == "myhost"
+
+
 def test_a_host_name_from_the_os_that_cannot_name_a_node_says_so():
-    assert error_of(hostname="MyHost") == (
-        'invalid hostname "MyHost": the host name (--hostname is empty) must be this node\'s '
+    assert error_of(hostname="My_Host") == (
+        'invalid hostname "my_host": the host name (--hostname is empty) must be this node\'s '
         "Kubernetes name, a lower-case RFC 1123 subdomain (lower-case letters, digits, '-' and "
         "'.', at most 253 characters)"
     )
@@ -930,9 +938,9 @@ def test_webhook_cluster_flags_are_additions():
             "failed to listen on y: listen tcp: address y: missing port in address",
         ),
         (
-            ["--master=api:6443"],
-            'failed to create Kubernetes config: invalid --master "api:6443": it is not a URL: '
-            "it has no http:// or https:// in front",
+            ["--master=api:0"],
+            'failed to create Kubernetes config: invalid --master "api:0": port must be in '
+            "range [1:65535], but got 0",
         ),
         # The log level comes first, as for kg.
         (

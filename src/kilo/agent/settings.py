@@ -861,14 +861,22 @@ def _check_webhook(values: Mapping[str, FlagValue]) -> None:
 
 
 def _master(values: Mapping[str, FlagValue]) -> str:
-    """``--master``, empty or a URL the API client can use."""
+    """``--master``, empty or a URL the API client can use.
+
+    A bare ``host:port`` gets ``https://`` in front, as client-go completes it for Kilo
+    (its ``DefaultServerURL`` picks https whenever TLS is configured, which it is for
+    every API server an agent talks to).
+    """
     master = str(values["master"])
-    problem = master and flags.api_server_url_problem(master)
+    if not master:
+        return master
+    url = master if "://" in master else "https://" + master
+    problem = flags.api_server_url_problem(url)
     if problem:
         raise SettingsError(
             f"failed to create Kubernetes config: invalid --master {go_quote(master)}: {problem}"
         )
-    return master
+    return url
 
 
 def _validate(
@@ -885,7 +893,9 @@ def _validate(
     # 4. The host name.
     hostname = str(values["hostname"])
     if not hostname:
-        hostname = hostname_fallback() or ""
+        # Lower-cased as the kubelet lower-cases it to name the Node (Kilo does not, and
+        # never finds its Node on a host named "MyHost").
+        hostname = (hostname_fallback() or "").strip().lower()
         if not hostname:
             raise SettingsError("failed to determine hostname")
     # 5. --encapsulate.
