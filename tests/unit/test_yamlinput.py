@@ -13,19 +13,9 @@ from kilo.adapters import file as file_backend
 from kilo.adapters import yamlinput
 from kilo.errors import BackendError
 from tests.examples import EXAMPLE_DUMP
+from tests.hostile import BOMB
 
 DUMP = yamlinput.CLUSTER_DUMP
-
-# The 9 x 9 x ... "billion laughs": 300 bytes that expand to 9^9 (387 million) strings.
-BOMB = "\n".join(
-    [
-        'a: &a ["x","x","x","x","x","x","x","x","x"]',
-        *(
-            f"{name}: &{name} [{','.join([f'*{previous}'] * 9)}]"
-            for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
-        ),
-    ]
-)
 
 
 def refusal(data: bytes | str, *, loader: type | None = None, source: str = "dump.yaml") -> str:
