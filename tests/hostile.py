@@ -11,6 +11,9 @@ rest are checked by ``tests/unit/test_kubeconfig.py`` only.
 from __future__ import annotations
 
 import base64
+import http.server
+import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -269,3 +272,92 @@ def write(name: str, directory: Path) -> tuple[Path, str]:
     elif data is not None:
         path.write_bytes(data)
     return path, message(path)
+
+
+# --- a server that answers every request with one fixed error ---------------------------------
+
+
+class ErrorServer:
+    """An HTTP server on 127.0.0.1 answering every request with ``status`` and ``body``.
+
+    It counts the requests it got, so a test can tell that a credential plugin failed
+    before anything was sent. Use as a context manager.
+    """
+
+    def __init__(self, status: int, body: bytes, *, content_type: str = "application/json") -> None:
+        self.requests = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                owner.requests += 1
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = do_PATCH = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        # shutdown() waits for the loop to look at its flag, which it does every poll_interval.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> ErrorServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._thread.join()
+        self._server.server_close()
+
+
+def status_body(code: int, message: str) -> bytes:
+    """A Kubernetes ``Status`` object, as the API server sends with an error."""
+    return json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": "InternalError",
+            "code": code,
+        }
+    ).encode()
+
+
+def plugin_kubeconfig(directory: Path, server: str, script: str) -> Path:
+    """A kubeconfig for ``server`` whose user gets its token from a credential plugin script."""
+    plugin = directory / "credential-plugin"
+    plugin.write_text(script)
+    plugin.chmod(0o755)
+    exec_ = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": str(plugin)}
+    path = directory / "plugin.kubeconfig"
+    path.write_bytes(_dump(config(server=server, user={"exec": exec_})))
+    return path
+
+
+def server_kubeconfig(directory: Path, server: str) -> Path:
+    path = directory / "server.kubeconfig"
+    path.write_bytes(_dump(config(server=server)))
+    return path
+
+
+FAILING_PLUGIN = (
+    "#!/bin/sh\n"
+    'echo "error: could not get a token: the session of \\"alice\\" expired" >&2\n'
+    'echo "run: login --again" >&2\n'
+    "exit 3\n"
+)
