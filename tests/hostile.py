@@ -154,11 +154,24 @@ CASES: dict[str, tuple[_Content, _Message]] = {
             "(Relative URLs cannot have a path starting with ':')"
         ),
     ),
-    "server-without-scheme": (
+    "server-ftp": (
         lambda d: _dump(config(server="ftp://k")),
         lambda p: (
-            f'kubeconfig {p}: cluster "c": server "ftp://k" is not a valid URL (an http:// '
-            "or https:// URL with a host is needed)"
+            f'kubeconfig {p}: cluster "c": server "ftp://k" is not a valid URL (the scheme '
+            "must be http or https)"
+        ),
+    ),
+    "server-port-out-of-range": (
+        lambda d: _dump(config(server="https://k:99999")),
+        lambda p: (
+            f'kubeconfig {p}: cluster "c": server "https://k:99999" is not a valid URL (port '
+            "99999 is not in 1..65535)"
+        ),
+    ),
+    "server-without-host": (
+        lambda d: _dump(config(server="https://")),
+        lambda p: (
+            f'kubeconfig {p}: cluster "c": server "https://" is not a valid URL (it has no host)'
         ),
     ),
     "server-not-a-string": (

@@ -9,6 +9,7 @@ import yaml
 
 from kilo.adapters import kubeconfig
 from kilo.errors import BackendError
+from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
 from tests import hostile
 
 
@@ -185,3 +186,22 @@ def test_in_cluster_without_the_service_environment_is_an_error_not_a_key_error(
     assert str(caught.value).endswith(
         "not running in a cluster (KUBERNETES_SERVICE_HOST is not set)"
     )
+
+
+@pytest.mark.parametrize(
+    ("server", "tls", "expected"),
+    [
+        ("10.0.0.1:6443", None, "http://10.0.0.1:6443"),
+        ("k8s.example:6443", {"insecure-skip-tls-verify": True}, "https://k8s.example:6443"),
+        ("[::1]:6443", {"certificate-authority": "ca.crt"}, "https://[::1]:6443"),
+        ("https://k8s.example", None, "https://k8s.example"),
+    ],
+)
+def test_a_server_without_a_scheme_gets_one_as_in_client_go(
+    tmp_path: Path, server: str, tls: dict[str, object] | None, expected: str
+) -> None:
+    """client-go's DefaultServerURL: https:// when TLS is configured, else http://."""
+    (tmp_path / "ca.crt").write_bytes(pem_cert(CertificateAuthority.create("ca").cert))
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump(hostile.config(cluster={"server": server, **(tls or {})})))
+    assert kubeconfig.load(str(path), environ={}).cluster.server == expected

@@ -220,7 +220,6 @@ class _Files:
         if not raw_cluster.get("server"):
             raise BackendError(f"{cluster_where} has no server")
         cluster = _convert(raw_cluster, Cluster, cluster_where)
-        _check_server(cluster.server, cluster_where)
         _check_files(raw_cluster, _PATH_FIELDS["cluster"], cluster_where)
 
         user = User()
@@ -235,6 +234,16 @@ class _Files:
             user = _convert(raw_user, User, user_where)
             _check_files(raw_user, _PATH_FIELDS["user"], user_where)
             _check_plugin(user, user_where, self.environ)
+        tls = bool(
+            cluster.certificate_auth
+            or cluster.certificate_auth_data
+            or cluster.insecure
+            or user.client_cert
+            or user.client_cert_data
+        )
+        server = _server_url(cluster.server, tls=tls, where=cluster_where)
+        if server != cluster.server:
+            cluster = msgspec.structs.replace(cluster, server=server)
         single = SingleConfig(
             context_name=current, context=context, cluster=cluster, user=user, fname=path
         )
@@ -249,15 +258,38 @@ def _convert(raw: object, model: type[_T], where: str) -> _T:
         raise BackendError(f"{where}: {_cut(str(exc))}") from exc
 
 
-def _check_server(server: str, where: str) -> None:
+def _server_url(server: str, *, tls: bool, where: str) -> str:
+    """``server`` as client-go reads it, or an error naming what is wrong with it.
+
+    Like client-go's ``DefaultServerURL``, a server without a scheme (``10.0.0.1:6443``,
+    ``k8s.example:6443``) gets ``https://`` when TLS is configured, else ``http://``.
+    """
+    problem = ""
     try:
         url = httpx2.URL(server)
-        valid = url.scheme in ("http", "https") and bool(url.host)
-        problem = "" if valid else "an http:// or https:// URL with a host is needed"
     except httpx2.InvalidURL as exc:
         problem = str(exc)
-    if problem:
-        raise BackendError(f"{where}: server {_q(server)} is not a valid URL ({_cut(problem)})")
+    else:
+        if url.scheme and url.host:
+            if url.scheme not in ("http", "https"):
+                problem = "the scheme must be http or https"
+            elif url.port is not None and not 0 < url.port < 65536:
+                problem = f"port {url.port} is not in 1..65535"
+            else:
+                return server
+        elif "://" in server:
+            problem = "it has no host"
+    if not problem or "://" not in server:
+        candidate = ("https://" if tls else "http://") + server
+        try:
+            url = httpx2.URL(candidate)
+        except httpx2.InvalidURL as exc:
+            problem = problem or str(exc)
+        else:
+            if url.host:
+                return candidate
+            problem = problem or "it has no host"
+    raise BackendError(f"{where}: server {_q(server)} is not a valid URL ({_cut(problem)})")
 
 
 def _check_files(raw: Mapping[str, Any], fields: tuple[str, ...], where: str) -> None:
