@@ -334,6 +334,20 @@ def test_console_script_runs_from_a_shell() -> None:
     assert (result.returncode, result.stdout) == (0, REFERENCE_DOT + "\n")
 
 
+def test_a_dump_on_standard_input() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kilo.cli.kgctl", "--backend", "file", "--file", "-", "graph"],
+        input=EXAMPLE_DUMP.read_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    assert (result.returncode, result.stdout.decode(), result.stderr) == (
+        0,
+        REFERENCE_DOT + "\n",
+        b"",
+    )
+
+
 # --- the kilo-k8s-cli.md examples through the command line -----------------------------------
 
 B_KEY = "IgDTEvasUvxisSAmfBKh8ngFmc2leZBvkRwYBhkybUg="
