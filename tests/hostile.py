@@ -116,6 +116,10 @@ CASES: dict[str, tuple[_Content, _Message]] = {
         lambda d: _dump({**config(), "clusters": [3]}),
         lambda p: f"kubeconfig {p}: clusters[0] is a number, not a mapping",
     ),
+    "null-entry": (
+        lambda d: _dump({**config(), "contexts": [None]}),
+        lambda p: f"kubeconfig {p}: contexts[0] is null, not a mapping",
+    ),
     "user-not-a-mapping": (
         lambda d: _dump({**config(), "users": [{"name": "u", "user": "token"}]}),
         lambda p: f"kubeconfig {p}: users[0].user is a string, not a mapping",

@@ -63,18 +63,23 @@ def _read(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise BackendError(
-            f"kubeconfig {path} is not a kubeconfig (a {_kind(data)}, not a mapping)"
-        )
+        raise BackendError(f"kubeconfig {path} is not a kubeconfig ({_kind(data)}, not a mapping)")
     _check_shape(data, path)
     _absolutise(data, path.parent)
     return data
 
 
 def _kind(value: object) -> str:
-    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
-        type(value), type(value).__name__
-    )
+    """What YAML calls the type of ``value``, for messages."""
+    names: dict[type, str] = {
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "null",
+    }
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _check_shape(data: dict[str, Any], path: Path) -> None:
@@ -88,18 +93,18 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         for index, entry in enumerate(entries):
             if not isinstance(entry, Mapping):
                 raise BackendError(
-                    f"kubeconfig {path}: {section}[{index}] is a {_kind(entry)}, not a mapping"
+                    f"kubeconfig {path}: {section}[{index}] is {_kind(entry)}, not a mapping"
                 )
             singular = section[:-1]
             inner = entry.get(singular)
             if inner is not None and not isinstance(inner, Mapping):
                 raise BackendError(
-                    f"kubeconfig {path}: {section}[{index}].{singular} is a {_kind(inner)}, "
+                    f"kubeconfig {path}: {section}[{index}].{singular} is {_kind(inner)}, "
                     "not a mapping"
                 )
     current = data.get("current-context")
     if current is not None and not isinstance(current, str):
-        raise BackendError(f"kubeconfig {path}: current-context is a {_kind(current)}, not a name")
+        raise BackendError(f"kubeconfig {path}: current-context is {_kind(current)}, not a name")
 
 
 def _absolutise(data: dict[str, Any], base: Path) -> None:
