@@ -14,7 +14,7 @@ from lightkube import AsyncClient
 
 from kilo.adapters import kubeconfig, kubernetes
 from kilo.errors import BackendError
-from tests import hostile
+from tests import bad_kubeconfigs
 
 
 def short(text: str) -> str:
@@ -37,7 +37,7 @@ def list_nodes(path: Path) -> str:
         (
             500,
             "application/json",
-            hostile.status_body(500, "etcdserver: timed out"),
+            bad_kubeconfigs.status_body(500, "etcdserver: timed out"),
             "etcdserver: timed out",
         ),
         # lightkube fails to decode these as a Status: the HTTP status must still show.
@@ -48,7 +48,7 @@ def list_nodes(path: Path) -> str:
             b'{"kind": "Status", "code": "x"}',
             '{"kind": "Status", "code": "x"}',
         ),
-        (503, "application/json; charset=utf-8", hostile.status_body(503, "busy"), "busy"),
+        (503, "application/json; charset=utf-8", bad_kubeconfigs.status_body(503, "busy"), "busy"),
         (
             502,
             "text/html",
@@ -62,24 +62,24 @@ def list_nodes(path: Path) -> str:
 def test_an_error_answer_names_its_status_and_message(
     tmp_path: Path, status: int, content_type: str, body: bytes, said: str
 ) -> None:
-    with hostile.ErrorServer(status, body, content_type=content_type) as server:
-        message = list_nodes(hostile.server_kubeconfig(tmp_path, server.url))
+    with bad_kubeconfigs.ErrorServer(status, body, content_type=content_type) as server:
+        message = list_nodes(bad_kubeconfigs.server_kubeconfig(tmp_path, server.url))
     detail = f": {said}" if said else ""
     assert message == f"cannot list nodes on {server.url}{detail} (HTTP {status})"
 
 
 def test_a_long_error_message_is_cut(tmp_path: Path) -> None:
-    body = hostile.status_body(500, "x" * 10_000)
-    with hostile.ErrorServer(500, body) as server:
-        message = list_nodes(hostile.server_kubeconfig(tmp_path, server.url))
+    body = bad_kubeconfigs.status_body(500, "x" * 10_000)
+    with bad_kubeconfigs.ErrorServer(500, body) as server:
+        message = list_nodes(bad_kubeconfigs.server_kubeconfig(tmp_path, server.url))
     assert message == f"cannot list nodes on {server.url}: {'x' * 199}… (HTTP 500)"
 
 
 def test_a_success_that_is_not_kubernetes_is_named_as_such(tmp_path: Path) -> None:
-    with hostile.ErrorServer(
+    with bad_kubeconfigs.ErrorServer(
         200, b"<html>a captive portal</html>", content_type="text/html"
     ) as server:
-        message = list_nodes(hostile.server_kubeconfig(tmp_path, server.url))
+        message = list_nodes(bad_kubeconfigs.server_kubeconfig(tmp_path, server.url))
     assert message.startswith(
         f"{server.url} did not answer like a Kubernetes API server when trying to list nodes: "
     )
@@ -89,7 +89,7 @@ def test_a_success_that_is_not_kubernetes_is_named_as_such(tmp_path: Path) -> No
     ("script", "said"),
     [
         (
-            hostile.FAILING_PLUGIN,
+            bad_kubeconfigs.FAILING_PLUGIN,
             'exited with status 3: error: could not get a token: the session of "alice" expired',
         ),
         ("#!/bin/sh\nexit 1\n", "exited with status 1 and printed nothing on stderr"),
@@ -112,8 +112,8 @@ def test_a_success_that_is_not_kubernetes_is_named_as_such(tmp_path: Path) -> No
 def test_a_failing_credential_plugin_is_named_not_the_server(
     tmp_path: Path, script: str, said: str
 ) -> None:
-    with hostile.ErrorServer(200, b"{}") as server:
-        path = hostile.plugin_kubeconfig(tmp_path, server.url, script)
+    with bad_kubeconfigs.ErrorServer(200, b"{}") as server:
+        path = bad_kubeconfigs.plugin_kubeconfig(tmp_path, server.url, script)
         message = list_nodes(path)
         assert server.requests == 0
     plugin = short(str(tmp_path / "credential-plugin"))
@@ -121,8 +121,10 @@ def test_a_failing_credential_plugin_is_named_not_the_server(
 
 
 def test_a_credential_plugin_that_vanished_after_loading_cannot_be_run(tmp_path: Path) -> None:
-    with hostile.ErrorServer(200, b"{}") as server:
-        path = hostile.plugin_kubeconfig(tmp_path, server.url, hostile.FAILING_PLUGIN)
+    with bad_kubeconfigs.ErrorServer(200, b"{}") as server:
+        path = bad_kubeconfigs.plugin_kubeconfig(
+            tmp_path, server.url, bad_kubeconfigs.FAILING_PLUGIN
+        )
         config = kubeconfig.load(str(path), environ={})
         (tmp_path / "credential-plugin").unlink()
         with pytest.raises(BackendError) as caught, kubernetes.ClusterReader(config) as reader:
@@ -135,8 +137,10 @@ def test_a_credential_plugin_that_vanished_after_loading_cannot_be_run(tmp_path:
 
 
 def test_peer_store_names_the_status_and_the_peer(tmp_path: Path) -> None:
-    with hostile.ErrorServer(500, hostile.status_body(500, "boom")) as server:
-        config = kubeconfig.load(str(hostile.server_kubeconfig(tmp_path, server.url)), environ={})
+    with bad_kubeconfigs.ErrorServer(500, bad_kubeconfigs.status_body(500, "boom")) as server:
+        config = kubeconfig.load(
+            str(bad_kubeconfigs.server_kubeconfig(tmp_path, server.url)), environ={}
+        )
         store = kubernetes.PeerStore(config)
         try:
             with pytest.raises(BackendError) as caught:
@@ -147,8 +151,10 @@ def test_peer_store_names_the_status_and_the_peer(tmp_path: Path) -> None:
 
 
 def test_peer_store_names_a_failing_credential_plugin(tmp_path: Path) -> None:
-    with hostile.ErrorServer(200, b"{}") as server:
-        path = hostile.plugin_kubeconfig(tmp_path, server.url, hostile.FAILING_PLUGIN)
+    with bad_kubeconfigs.ErrorServer(200, b"{}") as server:
+        path = bad_kubeconfigs.plugin_kubeconfig(
+            tmp_path, server.url, bad_kubeconfigs.FAILING_PLUGIN
+        )
         store = kubernetes.PeerStore(kubeconfig.load(str(path), environ={}))
         try:
             with pytest.raises(
@@ -173,8 +179,10 @@ def test_the_informer_stops_on_a_failing_credential_plugin_before_its_first_list
     """A plugin that fails is misconfiguration, like an RBAC refusal: kg exits naming it."""
 
     async def main() -> str:
-        with hostile.ErrorServer(200, b"{}") as server:
-            path = hostile.plugin_kubeconfig(tmp_path, server.url, hostile.FAILING_PLUGIN)
+        with bad_kubeconfigs.ErrorServer(200, b"{}") as server:
+            path = bad_kubeconfigs.plugin_kubeconfig(
+                tmp_path, server.url, bad_kubeconfigs.FAILING_PLUGIN
+            )
             config = kubeconfig.load(str(path), environ={})
             async with AsyncClient(config, trust_env=False) as client:
                 informer = kubernetes.Informer(
@@ -200,9 +208,11 @@ def test_the_informer_retries_a_server_error_and_reports_it(tmp_path: Path) -> N
             reported.append(message)
             retried.set()
 
-        with hostile.ErrorServer(500, hostile.status_body(500, "etcd is down")) as server:
+        with bad_kubeconfigs.ErrorServer(
+            500, bad_kubeconfigs.status_body(500, "etcd is down")
+        ) as server:
             config = kubeconfig.load(
-                str(hostile.server_kubeconfig(tmp_path, server.url)), environ={}
+                str(bad_kubeconfigs.server_kubeconfig(tmp_path, server.url)), environ={}
             )
             async with AsyncClient(config, trust_env=False) as client:
                 informer = kubernetes.Informer(

@@ -1,14 +1,14 @@
 """No kubeconfig can crash ``kgctl``, ``kg`` or ``kg webhook`` (issue 11).
 
-Each bad kubeconfig of ``tests.hostile`` is given to the installed console scripts, run as
-real subprocesses: stderr must be exactly one line, the documented message naming the
-file, with the documented exit status (``kgctl``: 1; ``kg``, ``kg webhook``: 1), and no
-traceback anywhere. ``kg`` and ``kgctl connect`` must stop before they create anything:
+Each bad kubeconfig of ``tests.bad_kubeconfigs`` is given to the installed console
+scripts, run as real subprocesses: stderr must be exactly one line, the documented message
+naming the file, with the documented exit status (``kgctl``: 1; ``kg``, ``kg webhook``:
+1), and no traceback anywhere. ``kg`` and ``kgctl connect`` must stop before they create anything:
 they run with ``/var/lib`` (where their keys go) bound to an empty directory in their own
 mount and network namespaces (when root), which must still be empty afterwards.
 
 A failing API server (HTTP 500) and a failing credential plugin need a server: a local
-one on 127.0.0.1 (``tests.hostile.ErrorServer``).
+one on 127.0.0.1 (``tests.bad_kubeconfigs.ErrorServer``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 
 from kilo.cli import kgctl
 from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
-from tests import hostile
+from tests import bad_kubeconfigs
 
 BIN = Path(sys.executable).parent
 KGCTL_COMMANDS = {
@@ -119,10 +119,10 @@ def outcomes(
 ) -> dict[tuple[str, str], Outcome]:
     """Every entry point run on every case, a few processes at a time (each takes ~1 s)."""
     jobs: dict[tuple[str, str], tuple[list[str], Path, str]] = {}
-    for case in hostile.ENTRY_POINT_CASES:
+    for case in bad_kubeconfigs.ENTRY_POINT_CASES:
         for entry in ENTRY_POINTS:
             directory = tmp_path_factory.mktemp(f"{entry.replace(' ', '-')}-{case}")
-            path, message = hostile.write(case, directory)
+            path, message = bad_kubeconfigs.write(case, directory)
             state = directory / "var-lib"
             argv = {
                 "kgctl list": [str(BIN / "kgctl"), "--kubeconfig", str(path), "list"],
@@ -155,7 +155,7 @@ def nothing_in(state: Path) -> bool:
     return not state.exists() or not any(state.iterdir())
 
 
-@pytest.mark.parametrize("case", hostile.ENTRY_POINT_CASES)
+@pytest.mark.parametrize("case", bad_kubeconfigs.ENTRY_POINT_CASES)
 def test_kgctl_list_says_what_is_wrong_with_the_kubeconfig(
     case: str, outcomes: dict[tuple[str, str], Outcome]
 ) -> None:
@@ -165,13 +165,13 @@ def test_kgctl_list_says_what_is_wrong_with_the_kubeconfig(
 
 
 @pytest.mark.parametrize("command", KGCTL_COMMANDS)
-@pytest.mark.parametrize("case", sorted(hostile.CASES))
+@pytest.mark.parametrize("case", sorted(bad_kubeconfigs.CASES))
 def test_every_kgctl_command_says_what_is_wrong_with_the_kubeconfig(
     case: str, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In-process, for every case and command (the subprocess test above covers ``list``)."""
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    path, message = hostile.write(case, tmp_path)
+    path, message = bad_kubeconfigs.write(case, tmp_path)
     out, err = io.StringIO(), io.StringIO()
     code = kgctl.main(["--kubeconfig", str(path), *KGCTL_COMMANDS[command]], out=out, err=err)
     assert (code, out.getvalue()) == (1, "")
@@ -182,7 +182,7 @@ def test_every_kgctl_command_says_what_is_wrong_with_the_kubeconfig(
         assert err.getvalue() == f"kgctl: {message}\n"
 
 
-@pytest.mark.parametrize("case", hostile.ENTRY_POINT_CASES)
+@pytest.mark.parametrize("case", bad_kubeconfigs.ENTRY_POINT_CASES)
 def test_kgctl_connect_stops_on_the_kubeconfig_before_creating_anything(
     case: str, outcomes: dict[tuple[str, str], Outcome]
 ) -> None:
@@ -192,7 +192,7 @@ def test_kgctl_connect_stops_on_the_kubeconfig_before_creating_anything(
     assert nothing_in(outcome.state)
 
 
-@pytest.mark.parametrize("case", hostile.ENTRY_POINT_CASES)
+@pytest.mark.parametrize("case", bad_kubeconfigs.ENTRY_POINT_CASES)
 def test_kg_stops_on_the_kubeconfig_before_its_key_or_interface(
     case: str, outcomes: dict[tuple[str, str], Outcome]
 ) -> None:
@@ -204,7 +204,7 @@ def test_kg_stops_on_the_kubeconfig_before_its_key_or_interface(
     assert nothing_in(outcome.state)
 
 
-@pytest.mark.parametrize("case", hostile.ENTRY_POINT_CASES)
+@pytest.mark.parametrize("case", bad_kubeconfigs.ENTRY_POINT_CASES)
 def test_kg_webhook_stops_on_the_kubeconfig(
     case: str, outcomes: dict[tuple[str, str], Outcome]
 ) -> None:
@@ -220,9 +220,9 @@ def test_kg_webhook_stops_on_the_kubeconfig(
 def test_kgctl_reports_an_http_500_with_its_status_and_message(
     command: str, tmp_path: Path
 ) -> None:
-    body = hostile.status_body(500, "etcdserver: request timed out")
-    with hostile.ErrorServer(500, body) as server:
-        path = hostile.server_kubeconfig(tmp_path, server.url)
+    body = bad_kubeconfigs.status_body(500, "etcdserver: request timed out")
+    with bad_kubeconfigs.ErrorServer(500, body) as server:
+        path = bad_kubeconfigs.server_kubeconfig(tmp_path, server.url)
         done = run(kgctl_argv(path, command, tmp_path), tmp_path)
     if command == "connect":
         expected = (
@@ -237,8 +237,10 @@ def test_kgctl_reports_an_http_500_with_its_status_and_message(
 
 @pytest.mark.parametrize("command", [*KGCTL_COMMANDS, "connect"])
 def test_kgctl_names_a_failing_credential_plugin(command: str, tmp_path: Path) -> None:
-    with hostile.ErrorServer(200, b"{}") as server:
-        path = hostile.plugin_kubeconfig(tmp_path, server.url, hostile.FAILING_PLUGIN)
+    with bad_kubeconfigs.ErrorServer(200, b"{}") as server:
+        path = bad_kubeconfigs.plugin_kubeconfig(
+            tmp_path, server.url, bad_kubeconfigs.FAILING_PLUGIN
+        )
         done = run(kgctl_argv(path, command, tmp_path), tmp_path)
         assert server.requests == 0
     plugin = tmp_path / "credential-plugin"

@@ -10,7 +10,7 @@ import yaml
 from kilo.adapters import kubeconfig
 from kilo.errors import BackendError
 from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
-from tests import hostile
+from tests import bad_kubeconfigs
 
 
 def write(
@@ -100,9 +100,9 @@ def test_broken_files_are_named(tmp_path: Path) -> None:
 # --- bad kubeconfigs: one line naming the file and what is wrong (issue 11) --------------------
 
 
-@pytest.mark.parametrize("name", sorted(hostile.CASES))
+@pytest.mark.parametrize("name", sorted(bad_kubeconfigs.CASES))
 def test_a_bad_kubeconfig_is_one_line_naming_the_file(name: str, tmp_path: Path) -> None:
-    path, expected = hostile.write(name, tmp_path)
+    path, expected = bad_kubeconfigs.write(name, tmp_path)
     with pytest.raises(BackendError) as caught:
         kubeconfig.load(str(path), environ={})
     message = str(caught.value)
@@ -115,7 +115,7 @@ def test_a_bad_kubeconfig_is_one_line_naming_the_file(name: str, tmp_path: Path)
 
 
 def test_relative_paths_in_messages_are_resolved_against_the_file(tmp_path: Path) -> None:
-    path, expected = hostile.write("missing-certificate-authority", tmp_path)
+    path, expected = bad_kubeconfigs.write("missing-certificate-authority", tmp_path)
     assert f'"{tmp_path / "ca.crt"}"' in expected
     with pytest.raises(BackendError, match="cannot read certificate-authority"):
         kubeconfig.load(str(path), environ={})
@@ -134,7 +134,7 @@ def test_each_message_names_the_file_that_defines_the_entry(tmp_path: Path) -> N
         )
     )
     second = tmp_path / "second"
-    second.write_text(yaml.safe_dump(hostile.config(server="http://[::1", current=None)))
+    second.write_text(yaml.safe_dump(bad_kubeconfigs.config(server="http://[::1", current=None)))
     with pytest.raises(BackendError) as caught:
         kubeconfig.load(environ={"KUBECONFIG": f"{first}:{second}"})
     assert str(caught.value) == (
@@ -142,7 +142,7 @@ def test_each_message_names_the_file_that_defines_the_entry(tmp_path: Path) -> N
         "(Invalid port: ':1')"
     )
     # The file of the current context is the config's file, for later messages.
-    second.write_text(yaml.safe_dump(hostile.config(current=None)))
+    second.write_text(yaml.safe_dump(bad_kubeconfigs.config(current=None)))
     config = kubeconfig.load(environ={"KUBECONFIG": f"{first}:{second}"})
     assert config.fname == first
     assert kubeconfig.describe(config) == f"kubeconfig {first}"
@@ -150,7 +150,7 @@ def test_each_message_names_the_file_that_defines_the_entry(tmp_path: Path) -> N
 
 def test_a_context_without_a_user_is_anonymous(tmp_path: Path) -> None:
     path = tmp_path / "config"
-    path.write_text(yaml.safe_dump(hostile.config(context={"cluster": "c"})))
+    path.write_text(yaml.safe_dump(bad_kubeconfigs.config(context={"cluster": "c"})))
     config = kubeconfig.load(str(path), environ={})
     assert config.user is not None and config.user.token is None
 
@@ -163,11 +163,11 @@ def test_a_credential_plugin_is_looked_up_in_its_own_path(tmp_path: Path) -> Non
     plugin.chmod(0o755)
     exec_ = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "get-token"}
     path = tmp_path / "config"
-    path.write_text(yaml.safe_dump(hostile.config(user={"exec": exec_})))
+    path.write_text(yaml.safe_dump(bad_kubeconfigs.config(user={"exec": exec_})))
     with pytest.raises(BackendError, match='the credential plugin "get-token"'):
         kubeconfig.load(str(path), environ={"PATH": "/usr/bin:/bin"})
     exec_["env"] = [{"name": "PATH", "value": str(bin_dir)}]  # type: ignore[assignment]
-    path.write_text(yaml.safe_dump(hostile.config(user={"exec": exec_})))
+    path.write_text(yaml.safe_dump(bad_kubeconfigs.config(user={"exec": exec_})))
     config = kubeconfig.load(str(path), environ={"PATH": "/usr/bin:/bin"})
     assert config.user is not None and config.user.exec is not None
 
@@ -203,5 +203,7 @@ def test_a_server_without_a_scheme_gets_one_as_in_client_go(
     """client-go's DefaultServerURL: https:// when TLS is configured, else http://."""
     (tmp_path / "ca.crt").write_bytes(pem_cert(CertificateAuthority.create("ca").cert))
     path = tmp_path / "config"
-    path.write_text(yaml.safe_dump(hostile.config(cluster={"server": server, **(tls or {})})))
+    path.write_text(
+        yaml.safe_dump(bad_kubeconfigs.config(cluster={"server": server, **(tls or {})}))
+    )
     assert kubeconfig.load(str(path), environ={}).cluster.server == expected

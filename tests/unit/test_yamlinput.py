@@ -12,8 +12,8 @@ import yaml
 from kilo.adapters import file as file_backend
 from kilo.adapters import yamlinput
 from kilo.errors import BackendError
+from tests.bad_kubeconfigs import BOMB
 from tests.examples import EXAMPLE_DUMP
-from tests.hostile import BOMB
 
 DUMP = yamlinput.CLUSTER_DUMP
 

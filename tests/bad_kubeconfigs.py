@@ -1,6 +1,7 @@
-"""Hostile inputs: a YAML alias bomb, and kubeconfig files that are wrong in every way a user
-can get one wrong, with the message each must give: one line naming the file and what is
-wrong (``kilo.adapters.kubeconfig.load``).
+"""Bad kubeconfigs: files that are wrong in every way a user can get one wrong, with the
+message each must give (one line naming the file and what is wrong, from
+``kilo.adapters.kubeconfig.load``); the YAML alias bomb they and cluster dumps must survive;
+and a local HTTP server that answers every request with an error.
 
 ``write(name, directory)`` writes case ``name`` into ``directory`` and returns the path to
 pass as ``--kubeconfig`` and the expected message. ``ENTRY_POINT_CASES`` are the ones the
