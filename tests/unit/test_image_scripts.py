@@ -23,6 +23,7 @@ import yaml
 from kilo.adapters import cni as cni_file
 from kilo.adapters import kubeconfig
 from kilo.mesh import ip
+from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
 from tests.manifests import MANIFESTS, ROOT, Container, containers, load_file, one
 
 # Essential: yes in Debian, so present in any Debian-based image.
@@ -202,7 +203,8 @@ def test_install_cni_fails_loudly_without_the_plugins(
 
 # --- generate-kubeconfig (k3s) -------------------------------------------------------------------
 
-CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+# A real certificate: kubeconfig.load builds an API client, which reads it.
+CA_PEM = pem_cert(CertificateAuthority.create("k3s-test-ca").cert)
 
 
 @pytest.fixture

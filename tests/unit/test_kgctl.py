@@ -354,6 +354,20 @@ def test_console_script_runs_from_a_shell() -> None:
     assert (result.returncode, result.stdout) == (0, REFERENCE_DOT + "\n")
 
 
+def test_a_dump_on_standard_input() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kilo.cli.kgctl", "--backend", "file", "--file", "-", "graph"],
+        input=EXAMPLE_DUMP.read_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    assert (result.returncode, result.stdout.decode(), result.stderr) == (
+        0,
+        REFERENCE_DOT + "\n",
+        b"",
+    )
+
+
 # --- the kilo-k8s-cli.md examples through the command line -----------------------------------
 
 B_KEY = "IgDTEvasUvxisSAmfBKh8ngFmc2leZBvkRwYBhkybUg="
@@ -527,10 +541,14 @@ def test_a_command_group_without_subcommand_prints_its_help() -> None:
 
 def test_deeply_nested_dumps_fail_cleanly(tmp_path: Path) -> None:
     deep = tmp_path / "deep.yaml"
-    deep.write_text("[" * 600 + "]" * 600)
+    # 100000 levels crash libyaml's composer (a segmentation fault), 600 PyYAML's (recursion).
+    deep.write_text("[" * 100_000 + "]" * 100_000)
     code, out, err = run("--backend", "file", "--file", str(deep), "graph")
     assert (code, out) == (1, "")
-    assert err == f"kgctl: cluster dump {deep} is nested too deeply to be a cluster dump\n"
+    assert err == (
+        f"kgctl: cluster dump {deep} is nested more than 100 levels deep at line 1, "
+        "column 101; refusing it\n"
+    )
 
 
 def test_plan_of_a_node_whose_pod_cidr_is_the_last_address(tmp_path: Path) -> None:

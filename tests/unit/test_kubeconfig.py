@@ -9,6 +9,8 @@ import yaml
 
 from kilo.adapters import kubeconfig
 from kilo.errors import BackendError
+from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
+from tests import bad_kubeconfigs
 
 
 def write(
@@ -93,3 +95,115 @@ def test_broken_files_are_named(tmp_path: Path) -> None:
     empty.write_text("current-context: nowhere\nclusters: []\ncontexts: []\n")
     with pytest.raises(BackendError, match=f"kubeconfig {empty}: "):
         kubeconfig.load(str(empty))
+
+
+# --- bad kubeconfigs: one line naming the file and what is wrong (issue 11) --------------------
+
+
+@pytest.mark.parametrize("name", sorted(bad_kubeconfigs.CASES))
+def test_a_bad_kubeconfig_is_one_line_naming_the_file(name: str, tmp_path: Path) -> None:
+    path, expected = bad_kubeconfigs.write(name, tmp_path)
+    with pytest.raises(BackendError) as caught:
+        kubeconfig.load(str(path), environ={})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(path) in message
+    if name == "garbage-certificate-authority-data":
+        assert message.startswith(expected)
+    else:
+        assert message == expected
+
+
+def test_relative_paths_in_messages_are_resolved_against_the_file(tmp_path: Path) -> None:
+    path, expected = bad_kubeconfigs.write("missing-certificate-authority", tmp_path)
+    assert f'"{tmp_path / "ca.crt"}"' in expected
+    with pytest.raises(BackendError, match="cannot read certificate-authority"):
+        kubeconfig.load(str(path), environ={})
+
+
+def test_each_message_names_the_file_that_defines_the_entry(tmp_path: Path) -> None:
+    # The context comes from the first file, its (broken) cluster from the second.
+    first = tmp_path / "first"
+    first.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "ctx",
+                "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }
+        )
+    )
+    second = tmp_path / "second"
+    second.write_text(yaml.safe_dump(bad_kubeconfigs.config(server="http://[::1", current=None)))
+    with pytest.raises(BackendError) as caught:
+        kubeconfig.load(environ={"KUBECONFIG": f"{first}:{second}"})
+    assert str(caught.value) == (
+        f'kubeconfig {second}: cluster "c": server "http://[::1" is not a valid URL '
+        "(Invalid port: ':1')"
+    )
+    # The file of the current context is the config's file, for later messages.
+    second.write_text(yaml.safe_dump(bad_kubeconfigs.config(current=None)))
+    config = kubeconfig.load(environ={"KUBECONFIG": f"{first}:{second}"})
+    assert config.fname == first
+    assert kubeconfig.describe(config) == f"kubeconfig {first}"
+
+
+def test_a_context_without_a_user_is_anonymous(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump(bad_kubeconfigs.config(context={"cluster": "c"})))
+    config = kubeconfig.load(str(path), environ={})
+    assert config.user is not None and config.user.token is None
+
+
+def test_a_credential_plugin_is_looked_up_in_its_own_path(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    plugin = bin_dir / "get-token"
+    plugin.write_text("#!/bin/sh\nexit 0\n")
+    plugin.chmod(0o755)
+    exec_ = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "get-token"}
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump(bad_kubeconfigs.config(user={"exec": exec_})))
+    with pytest.raises(BackendError, match='the credential plugin "get-token"'):
+        kubeconfig.load(str(path), environ={"PATH": "/usr/bin:/bin"})
+    exec_["env"] = [{"name": "PATH", "value": str(bin_dir)}]  # type: ignore[assignment]
+    path.write_text(yaml.safe_dump(bad_kubeconfigs.config(user={"exec": exec_})))
+    config = kubeconfig.load(str(path), environ={"PATH": "/usr/bin:/bin"})
+    assert config.user is not None and config.user.exec is not None
+
+
+def test_in_cluster_without_the_service_environment_is_an_error_not_a_key_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("secret-token")
+    (account / "namespace").write_text("kube-system")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(BackendError) as caught:
+        kubeconfig.load(environ={}, service_account=str(account))
+    assert str(caught.value).endswith(
+        "not running in a cluster (KUBERNETES_SERVICE_HOST is not set)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("server", "tls", "expected"),
+    [
+        ("10.0.0.1:6443", None, "http://10.0.0.1:6443"),
+        ("k8s.example:6443", {"insecure-skip-tls-verify": True}, "https://k8s.example:6443"),
+        ("[::1]:6443", {"certificate-authority": "ca.crt"}, "https://[::1]:6443"),
+        ("https://k8s.example", None, "https://k8s.example"),
+    ],
+)
+def test_a_server_without_a_scheme_gets_one_as_in_client_go(
+    tmp_path: Path, server: str, tls: dict[str, object] | None, expected: str
+) -> None:
+    """client-go's DefaultServerURL: https:// when TLS is configured, else http://."""
+    (tmp_path / "ca.crt").write_bytes(pem_cert(CertificateAuthority.create("ca").cert))
+    path = tmp_path / "config"
+    path.write_text(
+        yaml.safe_dump(bad_kubeconfigs.config(cluster={"server": server, **(tls or {})}))
+    )
+    assert kubeconfig.load(str(path), environ={}).cluster.server == expected

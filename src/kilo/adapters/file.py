@@ -8,15 +8,11 @@ applying them.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import yaml
-
-from kilo.errors import BackendError
+from kilo.adapters import yamlinput
 
 PEER_API_GROUP = "kilo.squat.ai"
 
@@ -30,46 +26,20 @@ class Dump:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_dump(path: str) -> Dump:
+def read_dump(path: str, *, stdin: BinaryIO | None = None) -> Dump:
     """Read a dump from ``path`` (``-`` for standard input)."""
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BackendError(f"cannot read cluster dump {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise BackendError(
-            f"cannot read cluster dump {path}: not UTF-8 text ({exc.reason})"
-        ) from exc
-    return parse_dump(text, source=path)
+    return parse_dump(yamlinput.read(path, yamlinput.CLUSTER_DUMP, stdin=stdin), source=path)
 
 
-def parse_dump(text: str, *, source: str = "<dump>") -> Dump:
-    try:
-        documents = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise BackendError(
-            f"cluster dump {source} is not valid YAML or JSON{where}: {problem}"
-        ) from exc
-    except RecursionError as exc:
-        raise BackendError(
-            f"cluster dump {source} is nested too deeply to be a cluster dump"
-        ) from exc
+def parse_dump(data: bytes | str, *, source: str = "<dump>") -> Dump:
+    documents = yamlinput.load_all(data, yamlinput.CLUSTER_DUMP, source=source)
     dump = Dump()
-    try:
-        for index, document in enumerate(documents):
-            if document is None:
-                continue
-            for obj, where in _objects(document, f"document {index + 1}"):
-                _sort(obj, where, dump)
-    except RecursionError as exc:
-        raise BackendError(
-            f"cluster dump {source} is nested too deeply to be a cluster dump"
-        ) from exc
+    # yamlinput bounds the nesting, and refuses recursive structures: no RecursionError here.
+    for index, document in enumerate(documents):
+        if document is None:
+            continue
+        for obj, where in _objects(document, f"document {index + 1}"):
+            _sort(obj, where, dump)
     return dump
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import random
+import re
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -34,6 +36,7 @@ from lightkube.generic_resource import create_global_resource
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from kilo.adapters import kubeconfig
 from kilo.errors import BackendError
 
 PEER_GROUP = "kilo.squat.ai"
@@ -46,11 +49,12 @@ RESOURCES: dict[str, type[GlobalResource]] = {"nodes": Node, "peers": Peer}
 
 def describe_error(exc: BaseException, server: str, *, verb: str, resource: str) -> str:
     """One line that says what failed, naming the server or the denied verb and resource."""
-    if isinstance(exc, ApiError):
-        code = exc.status.code
-        message = exc.status.message or str(exc)
+    status = _status_error(exc)
+    if status is not None:
+        code = _status_code(status)
+        message = _status_message(status)
         if code == 403:
-            return f"forbidden: cannot {verb} {resource} ({message})"
+            return f"forbidden: cannot {verb} {resource} ({message or f'HTTP 403 from {server}'})"
         if code == 401:
             return f"unauthorized by the Kubernetes API server at {server}: check the credentials"
         if code == 404 and resource == "peers":
@@ -58,22 +62,161 @@ def describe_error(exc: BaseException, server: str, *, verb: str, resource: str)
                 f"the Peer CRD {PEER_CRD} is not installed on {server} "
                 "(kubectl apply -f manifests/crds.yaml)"
             )
-        return f"cannot {verb} {resource} on {server}: {message} (HTTP {code})"
-    if isinstance(exc, httpx2.HTTPStatusError):
-        # lightkube reports a refused watch as a plain HTTP status error, not an ApiError.
-        code = exc.response.status_code
-        if code == 403:
-            return f"forbidden: cannot {verb} {resource} (HTTP 403 from {server})"
-        if code == 401:
-            return f"unauthorized by the Kubernetes API server at {server}: check the credentials"
-        return f"cannot {verb} {resource} on {server} (HTTP {code})"
+        detail = f": {message}" if message else ""
+        return f"cannot {verb} {resource} on {server}{detail} (HTTP {code})"
     if isinstance(exc, httpx2.TimeoutException):
         return (
             f"the Kubernetes API server at {server} did not answer in time ({type(exc).__name__})"
         )
     if isinstance(exc, httpx2.HTTPError | OSError):
         return f"cannot reach the Kubernetes API server at {server}: {exc or type(exc).__name__}"
-    return f"cannot {verb} {resource} on {server}: {exc}"
+    return f"cannot {verb} {resource} on {server}: {_cut(str(exc) or type(exc).__name__)}"
+
+
+# What a request through lightkube can raise besides BackendError: HTTP and transport errors,
+# a credential plugin's or token file's failure (ConfigError, OSError, the plugin's output
+# not being JSON or not holding a token), and an answer that is not Kubernetes' (msgspec).
+REQUEST_ERRORS: tuple[type[BaseException], ...] = (
+    httpx2.HTTPError,
+    OSError,
+    LightkubeConfigError,
+    msgspec.MsgspecError,
+    ValueError,
+    KeyError,
+    TypeError,
+)
+
+
+def describe_failure(exc: BaseException, config: SingleConfig, *, verb: str, resource: str) -> str:
+    """:func:`describe_error`, also telling the credentials' and the server's faults apart."""
+    server = str(config.cluster.server)
+    if _status_error(exc) is None:
+        credentials = credential_error(exc, config)
+        if credentials is not None:
+            return credentials
+        if isinstance(exc, msgspec.MsgspecError | ValueError):
+            return (
+                f"{server} did not answer like a Kubernetes API server when trying to {verb} "
+                f"{resource}: {_cut(str(exc))}"
+            )
+    return describe_error(exc, server, verb=verb, resource=resource)
+
+
+def credential_error(exc: BaseException, config: SingleConfig) -> str | None:
+    """What failed in getting credentials (a credential plugin, a token file), or ``None``.
+
+    lightkube gets them inside the request (``lightkube.config.client_adapter``), so their
+    failures arrive as the request's: ``ConfigError`` ("Exec CMD returned N: STDERR", a token
+    file not found), ``OSError`` when the plugin cannot be run, ``JSONDecodeError``,
+    ``KeyError`` or ``TypeError`` when it prints no ExecCredential. They are told apart from
+    the server's and the transport's by where they were raised.
+    """
+    if not _raised_in(exc, _AUTH_MODULE):
+        return None
+    where = kubeconfig.describe(config)
+    user = config.user
+    plugin = user.exec if user is not None else None
+    if plugin is None:
+        return f"{where}: cannot authenticate to {config.cluster.server}: {_cut(str(exc))}"
+    name = f'"{_cut(plugin.command)}"'
+    who = f' of user "{_cut(config.context.user or "", 40)}"'
+    if isinstance(exc, LightkubeConfigError):
+        match = _EXEC_FAILED.match(str(exc))
+        if match is None:
+            return f"{where}: the credential plugin {name}{who} failed: {_cut(str(exc))}"
+        lines = [line.strip() for line in match["stderr"].splitlines() if line.strip()]
+        said = f": {_cut(lines[0])}" if lines else " and printed nothing on stderr"
+        return (
+            f"{where}: the credential plugin {name}{who} exited with status {match['code']}{said}"
+        )
+    if isinstance(exc, OSError):
+        return (
+            f"{where}: cannot run the credential plugin {name}{who}: "
+            f"{exc.strerror or _cut(str(exc))}"
+        )
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{where}: the credential plugin {name}{who} wrote output that is not UTF-8 text"
+    return (
+        f"{where}: the credential plugin {name}{who} did not print an ExecCredential with "
+        f"status.token ({_cut(str(exc) or type(exc).__name__)})"
+    )
+
+
+_AUTH_MODULE = "lightkube.config.client_adapter"
+
+
+def _raised_in(exc: BaseException, module: str) -> bool:
+    """Whether ``exc`` was raised while code of ``module`` was running."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") == module:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+STATUS_MESSAGE_LIMIT = 200
+_EXEC_FAILED = re.compile(r"Exec .* returned (?P<code>-?\d+): (?P<stderr>.*)\Z", re.DOTALL)
+
+
+def is_refusal(exc: BaseException, config: SingleConfig) -> bool:
+    """A refusal that retrying will not fix soon: RBAC, a missing CRD, bad credentials."""
+    status = _status_error(exc)
+    if status is not None:
+        return _status_code(status) in (401, 403, 404)
+    return credential_error(exc, config) is not None
+
+
+def _status_error(exc: BaseException) -> httpx2.HTTPStatusError | None:
+    """The HTTP error answer behind ``exc``: ``exc`` itself, or one lightkube failed to decode.
+
+    lightkube turns an error answer with a JSON content type into an ``ApiError`` by decoding
+    its body as a ``Status``; when that fails (a proxy's page, a truncated body), the decoding
+    error is raised with the HTTP error as its context.
+    """
+    current: BaseException | None = exc
+    for _ in range(4):
+        if current is None:
+            break
+        if isinstance(current, httpx2.HTTPStatusError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _status_code(exc: httpx2.HTTPStatusError) -> int:
+    if isinstance(exc, ApiError) and exc.status.code:
+        return int(exc.status.code)
+    return exc.response.status_code
+
+
+def _status_message(exc: httpx2.HTTPStatusError) -> str:
+    """The ``Status`` message of an error answer, else the first line of its body, cut short.
+
+    Cut at 200 characters, not 80: RBAC's messages name the user, verb, resource and group
+    in about 150.
+    """
+    if isinstance(exc, ApiError) and exc.status.message:
+        return _cut(exc.status.message, STATUS_MESSAGE_LIMIT)
+    try:
+        body = exc.response.content
+    except httpx2.ResponseNotRead:  # a refused watch: the body was never read
+        return ""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
+        return _cut(decoded["message"], STATUS_MESSAGE_LIMIT)
+    text = body[:4096].decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return _cut(lines[0], STATUS_MESSAGE_LIMIT) if lines else ""
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """Text from elsewhere (a server, a plugin) for a one-line message."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -96,6 +239,7 @@ class ClusterReader:
     """Lists Nodes and Peers once, for ``kgctl``."""
 
     def __init__(self, config: SingleConfig, *, timeout: float = 10.0) -> None:
+        self.config = config
         self.server = config.cluster.server
         try:
             self._client = Client(config, timeout=httpx2.Timeout(timeout), trust_env=False)
@@ -109,16 +253,9 @@ class ClusterReader:
         )
         try:
             return [as_dict(o, kind=kind, api_version=api_version) for o in self._client.list(res)]
-        except (ApiError, httpx2.HTTPError, OSError) as exc:
+        except REQUEST_ERRORS as exc:
             raise BackendError(
-                describe_error(exc, self.server, verb="list", resource=resource)
-            ) from exc
-        except LightkubeConfigError as exc:  # e.g. a failing exec credential plugin
-            raise BackendError(f"cannot authenticate to {self.server}: {exc}") from exc
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            raise BackendError(
-                f"{self.server} did not answer like a Kubernetes API server when listing "
-                f"{resource}: {exc}"
+                describe_failure(exc, self.config, verb="list", resource=resource)
             ) from exc
 
     def close(self) -> None:
@@ -141,6 +278,7 @@ class PeerStore:
     """Get, create and delete single Kilo Peers (``kgctl connect``)."""
 
     def __init__(self, config: SingleConfig, *, timeout: float = 10.0) -> None:
+        self.config = config
         self.server = str(config.cluster.server)
         try:
             self._client = Client(config, timeout=httpx2.Timeout(timeout), trust_env=False)
@@ -148,15 +286,8 @@ class PeerStore:
             raise BackendError(f"cannot use the credentials for {self.server}: {exc}") from exc
 
     def _fail(self, exc: BaseException, verb: str, name: str) -> BackendError:
-        if isinstance(exc, LightkubeConfigError):
-            return BackendError(f"cannot authenticate to {self.server}: {exc}")
-        if isinstance(exc, msgspec.DecodeError | msgspec.ValidationError | ValueError):
-            return BackendError(
-                f"{self.server} did not answer like a Kubernetes API server when trying to "
-                f"{verb} Peer {name!r}: {exc}"
-            )
         return BackendError(
-            describe_error(exc, self.server, verb=verb, resource="peers") + f" (Peer {name!r})"
+            describe_failure(exc, self.config, verb=verb, resource="peers") + f" (Peer {name!r})"
         )
 
     def get(self, name: str) -> dict[str, Any] | None:
@@ -167,9 +298,7 @@ class PeerStore:
             if _object_not_found(exc, name):
                 return None
             raise self._fail(exc, "get", name) from exc
-        except (httpx2.HTTPError, OSError, LightkubeConfigError) as exc:
-            raise self._fail(exc, "get", name) from exc
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        except REQUEST_ERRORS as exc:
             raise self._fail(exc, "get", name) from exc
         return as_dict(obj, kind="Peer", api_version=f"{PEER_GROUP}/{PEER_VERSION}")
 
@@ -182,9 +311,7 @@ class PeerStore:
             if exc.status.code == 409:
                 return None
             raise self._fail(exc, "create", name) from exc
-        except (httpx2.HTTPError, OSError, LightkubeConfigError) as exc:
-            raise self._fail(exc, "create", name) from exc
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        except REQUEST_ERRORS as exc:
             raise self._fail(exc, "create", name) from exc
         return as_dict(created, kind="Peer", api_version=f"{PEER_GROUP}/{PEER_VERSION}")
 
@@ -196,7 +323,7 @@ class PeerStore:
             if _object_not_found(exc, name):
                 return False
             raise self._fail(exc, "delete", name) from exc
-        except (httpx2.HTTPError, OSError, LightkubeConfigError) as exc:
+        except REQUEST_ERRORS as exc:
             raise self._fail(exc, "delete", name) from exc
         return True
 
@@ -297,11 +424,10 @@ class Informer:
             async for obj in listing:
                 data = _to_dict(obj)
                 fresh[data["metadata"]["name"]] = data
-        except httpx2.HTTPStatusError as exc:
-            code = exc.status.code if isinstance(exc, ApiError) else exc.response.status_code
-            if code in (401, 403, 404) and not (self._retry_refusals and self._listed):
+        except REQUEST_ERRORS as exc:
+            if self._fatal(exc):
                 raise BackendError(
-                    describe_error(exc, self._server, verb="list", resource=self._resource)
+                    describe_failure(exc, self._client.config, verb="list", resource=self._resource)
                 ) from exc
             raise
         self.resource_version = listing.resourceVersion
@@ -359,25 +485,23 @@ class Informer:
                         change = self._apply(kind, data)
                         if change is not None:
                             yield change
-            except httpx2.HTTPStatusError as exc:
+            except REQUEST_ERRORS as exc:  # TimeoutError (asyncio.timeout) is an OSError
                 # A refused watch arrives as a plain HTTP status error, an ERROR event in the
                 # stream as an ApiError.
-                code = exc.status.code if isinstance(exc, ApiError) else exc.response.status_code
-                if code == 410:
+                status = _status_error(exc)
+                if status is not None and _status_code(status) == 410:
                     # The resourceVersion is gone (compaction, restart): list again and diff.
                     self.resource_version = None
                     continue
-                self.last_error = describe_error(
-                    exc, self._server, verb="watch", resource=self._resource
-                )
-                if code in (401, 403, 404) and not (self._retry_refusals and self._listed):
+                config = self._client.config
+                if isinstance(exc, msgspec.MsgspecError) and status is None:
+                    self.last_error = f"a malformed watch event from {self._server}: {exc}"
+                else:
+                    self.last_error = describe_failure(
+                        exc, config, verb="watch", resource=self._resource
+                    )
+                if self._fatal(exc):
                     raise BackendError(self.last_error) from exc
-            except (httpx2.HTTPError, OSError, TimeoutError) as exc:
-                self.last_error = describe_error(
-                    exc, self._server, verb="watch", resource=self._resource
-                )
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.last_error = f"a malformed watch event from {self._server}: {exc}"
             else:
                 continue  # the server closed the watch normally: resume from the last version
             if self._on_error is not None and self.last_error is not None:
@@ -385,6 +509,12 @@ class Informer:
             self.reconnects += 1
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, self._backoff_max)
+
+    def _fatal(self, exc: BaseException) -> bool:
+        """Refusals before the first list are misconfiguration (see ``__init__``)."""
+        if not is_refusal(exc, self._client.config):
+            return False
+        return not (self._retry_refusals and self._listed)
 
     def _apply(self, kind: str, data: dict[str, Any]) -> Event | None:
         name = data.get("metadata", {}).get("name")

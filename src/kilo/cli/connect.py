@@ -371,6 +371,9 @@ class Connection:
     def _start(self) -> None:
         from kilo.adapters import keyfile, kubeconfig, kubernetes, netlink, wireguard
 
+        # First, so that a bad kubeconfig stops the command before any key, Peer, interface
+        # or route exists (and before the key directory is even read).
+        self.config = kubeconfig.load(self.args.kubeconfig)
         generated = False
         private = keyfile.read_key_file(self.key_path)
         if private is None:
@@ -383,7 +386,6 @@ class Connection:
             fields={"key": str(public), "path": str(self.key_path)},
         )
 
-        self.config = kubeconfig.load(self.args.kubeconfig)
         self.store = kubernetes.PeerStore(self.config, timeout=self.args.timeout)
         decision = self._decide(self.store.get(self.name), public)
         # Written before the Peer exists, so that a Peer this creates always has its key kept.

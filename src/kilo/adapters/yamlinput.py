@@ -1,0 +1,275 @@
+"""YAML from users (kubeconfigs, cluster dumps), read with bounded work and one-line errors.
+
+Rules: every YAML document Kilo reads from a user goes through here; nothing in it may
+crash, hang or exhaust memory, whatever the bytes. Each limit is an error that names the
+file (and the line and column where there is one), never a traceback:
+
+* size: at most ``max_bytes`` are read (also from standard input); one more is an error;
+* text: UTF-8 without the control characters YAML forbids;
+* depth: collections nested deeper than ``max_depth`` are refused *before* any node is
+  composed (libyaml's composer recurses in C and crashes the process on deep input; the
+  pure-Python one raises ``RecursionError``);
+* aliases: the number of values the documents would hold if every alias were expanded is
+  counted (each anchored node's expanded size is remembered, so counting is linear) and
+  refused past ``ALIAS_FACTOR`` times the values written plus ``ALIAS_ALLOWANCE``, and an
+  alias inside its own anchor (a recursive structure) is refused. Go's yaml.v2 (kubectl)
+  also refuses "excessive aliasing" rather than every alias: kubectl never writes aliases,
+  but a hand-written dump or kubeconfig may share a label map or two, and that still works;
+* scalars: a YAML 1.1 base-60 integer (``1:2:3``) longer than ``MAX_BASE60`` characters is
+  refused (PyYAML computes it in quadratic time: 200 kB take seconds); a value PyYAML
+  cannot construct (a date such as ``2001-13-45``, an integer of more than 4300 digits)
+  is a YAML error, not a ``ValueError``.
+
+Both PyYAML loaders are supported and give the same values: libyaml's ``CSafeLoader``
+when PyYAML has it (the wheels do), else the pure-Python ``SafeLoader``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import yaml
+
+from kilo.errors import BackendError
+
+MiB = 1024 * 1024
+MAX_DEPTH = 100
+ALIAS_FACTOR = 10
+ALIAS_ALLOWANCE = 100_000
+MAX_BASE60 = 64
+# What PyYAML's reader refuses (yaml/reader.py NON_PRINTABLE); checked first so that both
+# loaders give the same message, with a line and column.
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+_CONSTRUCTION_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, KeyError)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputKind:
+    """A kind of YAML input: what messages call it and how much of it is accepted."""
+
+    name: str  # "cluster dump", "kubeconfig"
+    syntax: str  # what the input must be: "YAML", "YAML or JSON"
+    max_bytes: int
+    max_depth: int = MAX_DEPTH
+
+
+# A dump of 5000 nodes as kubectl writes it is 20 to 30 MB.
+CLUSTER_DUMP = InputKind(name="cluster dump", syntax="YAML or JSON", max_bytes=256 * MiB)
+KUBECONFIG = InputKind(name="kubeconfig", syntax="YAML", max_bytes=16 * MiB)
+
+
+def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    value = loader.construct_scalar(node)
+    if isinstance(value, str) and ":" in value and len(value) > MAX_BASE60:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"a base-60 integer longer than {MAX_BASE60} characters; quote it if it is a string",
+            node.start_mark,
+        )
+    return loader.construct_yaml_int(node)
+
+
+class _PureLoader(yaml.SafeLoader):
+    """PyYAML's pure-Python safe loader, with bounded base-60 integers."""
+
+
+_PureLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+_C_BASE: type[Any] | None = getattr(yaml, "CSafeLoader", None)
+LOADERS: tuple[type[Any], ...] = (_PureLoader,)
+if _C_BASE is not None:
+    _CLoader: type[Any] = type("_CLoader", (_C_BASE,), {"__doc__": "libyaml's safe loader."})
+    _CLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+    LOADERS = (_CLoader, _PureLoader)
+# The loader used unless a test asks for another: libyaml's when there is one.
+LOADER: type[Any] = LOADERS[0]
+
+
+def read(path: str, kind: InputKind, *, stdin: BinaryIO | None = None) -> bytes:
+    """At most ``kind.max_bytes`` of ``path`` (``-`` for standard input), else an error."""
+    try:
+        if path == "-":
+            source = stdin if stdin is not None else sys.stdin.buffer
+            data = source.read(kind.max_bytes + 1)
+        else:
+            with open(path, "rb") as file:
+                data = file.read(kind.max_bytes + 1)
+    except OSError as exc:
+        raise BackendError(f"cannot read {kind.name} {path}: {exc.strerror or exc}") from exc
+    if len(data) > kind.max_bytes:
+        raise BackendError(
+            f"{kind.name} {path} is larger than {_size(kind.max_bytes)}; refusing it"
+        )
+    return data
+
+
+def load_all(
+    data: bytes | str, kind: InputKind, *, source: str, loader: type[Any] | None = None
+) -> list[Any]:
+    """Every document of ``data``; :class:`BackendError` says in one line what is wrong."""
+    text = _text(data, kind, source)
+    chosen = LOADER if loader is None else loader
+    _check_events(text, kind, source, chosen)
+    documents: list[Any] = []
+    instance = chosen(text)
+    try:
+        while instance.check_data():
+            documents.append(instance.get_data())
+    except yaml.YAMLError as exc:
+        raise BackendError(_describe(exc, kind, source, text)) from exc
+    except _CONSTRUCTION_ERRORS as exc:
+        raise BackendError(
+            f"{kind.name} {source} is not valid {kind.syntax}: {_short(str(exc))}"
+        ) from exc
+    finally:
+        instance.dispose()
+    return documents
+
+
+def load_single(
+    data: bytes | str, kind: InputKind, *, source: str, loader: type[Any] | None = None
+) -> Any:
+    """The one document of ``data`` (``None`` when empty), as ``yaml.safe_load`` reads it."""
+    documents = load_all(data, kind, source=source, loader=loader)
+    if len(documents) > 1:
+        raise BackendError(
+            f"{kind.name} {source} holds {len(documents)} YAML documents; expected one"
+        )
+    return documents[0] if documents else None
+
+
+def read_all(path: str, kind: InputKind, *, stdin: BinaryIO | None = None) -> list[Any]:
+    return load_all(read(path, kind, stdin=stdin), kind, source=path)
+
+
+def read_single(path: str, kind: InputKind) -> Any:
+    return load_single(read(path, kind), kind, source=path)
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _text(data: bytes | str, kind: InputKind, source: str) -> str:
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BackendError(
+                f"{kind.name} {source} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from exc
+    else:
+        text = data
+    bad = _NON_PRINTABLE.search(text)
+    if bad is not None:
+        line, column = _line_column(text, bad.start())
+        raise BackendError(
+            f"{kind.name} {source} is not valid {kind.syntax} at line {line}, column {column}: "
+            f"it holds the control character #x{ord(bad.group()):04x} (is it a binary file?)"
+        )
+    return text
+
+
+def _check_events(text: str, kind: InputKind, source: str, loader: type[Any]) -> None:
+    """Refuse deep nesting, recursive aliases and alias bombs from the event stream alone.
+
+    The parser keeps its own stack (no recursion), so this is safe on any input, and it
+    counts, per document, every value as often as aliases would repeat it.
+    """
+    written = 0  # values as written (scalars, aliases, collections)
+    expanded = 0  # values if every alias were replaced by a copy of its anchor's node
+    # Sizes saturate here, so that a bomb's exponential sizes stay small integers; no input
+    # of this length could be allowed that many values.
+    ceiling = ALIAS_FACTOR * 2 * (len(text) + 1) + ALIAS_ALLOWANCE + 1
+    sizes: dict[str, int] = {}
+    open_collections: list[list[Any]] = []  # [anchor, expanded size so far]
+    instance = loader(text)
+    try:
+        for event in _events(instance):
+            size = 0
+            if isinstance(event, yaml.ScalarEvent):
+                written += 1
+                size = 1
+                if event.anchor is not None:
+                    sizes[event.anchor] = 1
+            elif isinstance(event, yaml.AliasEvent):
+                written += 1
+                if any(anchor == event.anchor for anchor, _ in open_collections):
+                    raise BackendError(
+                        f"{kind.name} {source}: the YAML alias *{_short(str(event.anchor))}"
+                        f"{_at(event.start_mark)} is inside its own anchor (a recursive "
+                        "structure); refusing it"
+                    )
+                size = sizes.get(str(event.anchor), 1)  # undefined: the loader says so
+            elif isinstance(event, yaml.CollectionStartEvent):
+                written += 1
+                if len(open_collections) >= kind.max_depth:
+                    raise BackendError(
+                        f"{kind.name} {source} is nested more than {kind.max_depth} levels "
+                        f"deep{_at(event.start_mark)}; refusing it"
+                    )
+                open_collections.append([event.anchor, 1])
+                continue
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, size = open_collections.pop()
+                if anchor is not None:
+                    sizes[anchor] = size
+            elif isinstance(event, yaml.DocumentEndEvent):
+                sizes.clear()  # anchors are per document
+                continue
+            else:
+                continue
+            if open_collections:
+                open_collections[-1][1] = min(open_collections[-1][1] + size, ceiling)
+            else:
+                expanded = min(expanded + size, ceiling)
+    except yaml.YAMLError as exc:
+        raise BackendError(_describe(exc, kind, source, text)) from exc
+    finally:
+        instance.dispose()
+    limit = ALIAS_FACTOR * written + ALIAS_ALLOWANCE
+    if expanded > limit:
+        raise BackendError(
+            f"{kind.name} {source}: YAML aliases expand to more than {limit} values; "
+            f"refusing it (a {kind.name} needs no aliases)"
+        )
+
+
+def _events(loader: Any) -> Iterator[yaml.Event]:
+    while loader.check_event():
+        yield loader.get_event()
+
+
+def _describe(exc: yaml.YAMLError, kind: InputKind, source: str, text: str) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = _at(mark)
+    if mark is None and isinstance(exc, yaml.reader.ReaderError):
+        line, column = _line_column(text, exc.position)
+        where = f" at line {line}, column {column}"
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    return f"{kind.name} {source} is not valid {kind.syntax}{where}: {_short(str(problem))}"
+
+
+def _at(mark: Any) -> str:
+    return "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
+
+
+def _size(n: int) -> str:
+    return f"{n // MiB} MiB" if n % MiB == 0 else f"{n} bytes"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """Text from the input, cut so that a message stays one short line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,245 @@
+"""YAML from users is read with bounded work, and every refusal is one line naming the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kilo.adapters import file as file_backend
+from kilo.adapters import yamlinput
+from kilo.errors import BackendError
+from tests.bad_kubeconfigs import BOMB
+from tests.examples import EXAMPLE_DUMP
+
+DUMP = yamlinput.CLUSTER_DUMP
+
+
+def refusal(data: bytes | str, *, loader: type | None = None, source: str = "dump.yaml") -> str:
+    with pytest.raises(BackendError) as caught:
+        yamlinput.load_all(data, DUMP, source=source, loader=loader)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert source in message
+    return message
+
+
+@pytest.fixture(params=yamlinput.LOADERS, ids=lambda loader: loader.__name__)
+def loader(request: pytest.FixtureRequest) -> type:
+    return request.param  # type: ignore[no-any-return]
+
+
+def test_the_c_loader_is_used_when_pyyaml_has_it() -> None:
+    assert hasattr(yaml, "CSafeLoader")  # the PyYAML wheels are built with libyaml
+    assert issubclass(yamlinput.LOADER, yaml.CSafeLoader)
+    assert [issubclass(loader, yaml.CSafeLoader) for loader in yamlinput.LOADERS] == [True, False]
+
+
+def test_both_loaders_read_the_example_dump_as_yaml_safe_load_does() -> None:
+    text = EXAMPLE_DUMP.read_text()
+    expected = list(yaml.safe_load_all(text))
+    for loader in yamlinput.LOADERS:
+        assert yamlinput.load_all(text.encode(), DUMP, source="x", loader=loader) == expected
+
+
+def test_both_loaders_agree_on_scalars_anchors_and_merge_keys(loader: type) -> None:
+    text = (
+        "base: &base {labels: {a: '1'}, n: 0x1F, f: 1.5e3, t: yes, z: ~, d: 2024-01-02}\n"
+        "node: {<<: *base, name: n1, seq: [*base, 1:20]}\n"
+        "---\n"
+        "second: [1, '2', !!str 3]\n"
+    )
+    assert yamlinput.load_all(text, DUMP, source="x", loader=loader) == list(
+        yaml.safe_load_all(text)
+    )
+
+
+def test_a_dump_with_an_anchor_or_two_still_works(loader: type) -> None:
+    # An anchor nobody uses is harmless; a label map shared by two nodes is what a person
+    # writing a dump by hand might do.
+    text = EXAMPLE_DUMP.read_text().replace("  metadata:\n", "  metadata: &shared\n", 1)
+    assert text != EXAMPLE_DUMP.read_text()
+    labels = "labels: &labels {topology.kubernetes.io/region: gcp}\n"
+    small = (
+        labels + "items:\n"
+        "- {kind: Node, apiVersion: v1, metadata: {name: a, labels: *labels}}\n"
+        "- {kind: Node, apiVersion: v1, metadata: {name: b, labels: *labels}}\n"
+    )
+    (documents,) = yamlinput.load_all(small, DUMP, source="x", loader=loader)
+    assert [n["metadata"]["labels"] for n in documents["items"]] == [
+        {"topology.kubernetes.io/region": "gcp"}
+    ] * 2
+    assert yamlinput.load_all(text, DUMP, source="x", loader=loader)
+
+
+def test_the_alias_bomb_is_refused_before_it_is_built(loader: type) -> None:
+    assert len(BOMB) < 400
+    message = refusal(BOMB, loader=loader, source="bomb.yaml")
+    # The limit is ten times the values written (1 mapping, 9 keys, 9 sequences of 9) plus
+    # the allowance: the bomb's 387 million values were counted, never built.
+    limit = yamlinput.ALIAS_FACTOR * 100 + yamlinput.ALIAS_ALLOWANCE
+    assert message == (
+        f"cluster dump bomb.yaml: YAML aliases expand to more than {limit} values; refusing it "
+        "(a cluster dump needs no aliases)"
+    )
+
+
+def test_the_alias_bomb_through_read_dump_is_one_error_not_millions_of_warnings(
+    tmp_path: Path,
+) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    with pytest.raises(BackendError, match=f"^cluster dump {bomb}: YAML aliases expand"):
+        file_backend.read_dump(str(bomb))
+
+
+def test_aliases_just_under_the_limit_are_accepted(loader: type) -> None:
+    # 1 anchor of 1000 scalars, aliased 110 times: 111 000 values from ~1100 written.
+    anchor = "a: &a [" + ",".join(["x"] * 1000) + "]\n"
+    ok = anchor + "b: [" + ",".join(["*a"] * 110) + "]\n"
+    (data,) = yamlinput.load_all(ok, DUMP, source="x", loader=loader)
+    assert len(data["b"]) == 110
+    too_many = anchor + "b: [" + ",".join(["*a"] * 200) + "]\n"
+    assert "YAML aliases expand to more than" in refusal(too_many, loader=loader)
+
+
+def test_anchors_are_counted_per_document(loader: type) -> None:
+    # An alias in the second document cannot use the first one's anchor: the loader says so.
+    message = refusal("a: &a [1]\n---\nb: *a\n", loader=loader)
+    assert message.startswith("cluster dump dump.yaml is not valid YAML or JSON at line 3")
+    assert "undefined alias" in message
+
+
+def test_a_recursive_alias_is_refused(loader: type) -> None:
+    message = refusal("a: &a [1, *a]\n", loader=loader)
+    assert message == (
+        "cluster dump dump.yaml: the YAML alias *a at line 1, column 11 is inside its own "
+        "anchor (a recursive structure); refusing it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "line 1, column 101"),  # crashes libyaml's composer
+        ("a:\n" + "".join(" " * i + "- \n" for i in range(1, 200)), "line 101, column 101"),
+        ("- " * 150 + "x\n", "line 1, column 201"),
+        ("{a: " * 101 + "1" + "}" * 101, "line 1, column 401"),
+    ],
+    ids=["flow", "block", "compact", "mappings"],
+)
+def test_deep_nesting_is_refused_without_recursion(loader: type, text: str, where: str) -> None:
+    assert refusal(text, loader=loader) == (
+        f"cluster dump dump.yaml is nested more than 100 levels deep at {where}; refusing it"
+    )
+
+
+def test_nesting_up_to_the_limit_is_accepted(loader: type) -> None:
+    text = "[" * 100 + "]" * 100
+    assert yamlinput.load_all(text, DUMP, source="x", loader=loader) == list(
+        yaml.safe_load_all(text)
+    )
+
+
+def test_input_over_the_size_cap_is_refused_after_reading_one_byte_more(tmp_path: Path) -> None:
+    small = dataclasses.replace(DUMP, max_bytes=1000)
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"# " + b"x" * 997 + b"\n")  # exactly 1000 bytes
+    assert yamlinput.read(str(path), small) == path.read_bytes()
+    path.write_bytes(b"# " + b"x" * 998 + b"\n")
+    with pytest.raises(BackendError) as caught:
+        yamlinput.read(str(path), small)
+    assert str(caught.value) == f"cluster dump {path} is larger than 1000 bytes; refusing it"
+
+
+def test_standard_input_is_capped_too() -> None:
+    small = dataclasses.replace(DUMP, max_bytes=10)
+
+    class Endless(io.RawIOBase):
+        """An input that never ends: only a bounded read can finish."""
+
+        def __init__(self) -> None:
+            self.read_sizes: list[int] = []
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            assert size >= 0, "an unbounded read of an endless input"
+            self.read_sizes.append(size)
+            return b"x" * size
+
+    stdin = Endless()
+    with pytest.raises(BackendError, match=r"^cluster dump - is larger than 10 bytes; refusing"):
+        yamlinput.read("-", small, stdin=stdin)  # type: ignore[arg-type]
+    assert stdin.read_sizes == [11]
+
+
+def test_the_caps_fit_real_inputs() -> None:
+    # A dump of 5000 nodes is 20 to 30 MB; a kubeconfig with inline certificates a few kB.
+    assert yamlinput.CLUSTER_DUMP.max_bytes == 256 * 1024 * 1024
+    assert yamlinput.KUBECONFIG.max_bytes == 16 * 1024 * 1024
+
+
+def test_binary_input_is_refused_naming_the_byte(loader: type) -> None:
+    assert refusal(b"apiVersion: v1\n\xff\xfe\x00", loader=loader) == (
+        "cluster dump dump.yaml is not UTF-8 text (invalid start byte at byte 15)"
+    )
+
+
+def test_control_characters_are_refused_with_a_line_and_column(loader: type) -> None:
+    assert refusal(b"kind: List\nitems: [\x00\x01]\n", loader=loader) == (
+        "cluster dump dump.yaml is not valid YAML or JSON at line 2, column 9: it holds the "
+        "control character #x0000 (is it a binary file?)"
+    )
+
+
+def test_syntax_errors_are_one_line_with_a_line_and_column(loader: type) -> None:
+    message = refusal("kind: List\nitems: [1, 2\n", loader=loader)
+    assert message.startswith("cluster dump dump.yaml is not valid YAML or JSON at line 3")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a: 2001-13-45\n", "month must be in 1..12"),
+        ("a: " + "1" * 5000 + "\n", "Exceeds the limit (4300 digits)"),
+        ("a: !!int x\n", "invalid literal for int()"),
+        ("a: !!timestamp x\n", "'NoneType' object has no attribute 'groupdict'"),
+    ],
+)
+def test_values_pyyaml_cannot_construct_are_yaml_errors(
+    loader: type, text: str, problem: str
+) -> None:
+    message = refusal(text, loader=loader)
+    assert message.startswith("cluster dump dump.yaml is not valid YAML or JSON: ")
+    assert problem in message
+
+
+def test_long_base60_integers_are_refused_before_the_quadratic_conversion(loader: type) -> None:
+    # PyYAML turns 1:1:1:... into an integer by repeated multiplication: 200 kB of it take
+    # seconds, a 16 MiB kubeconfig hours.
+    assert yamlinput.load_all("a: 1:20:30\n", DUMP, source="x", loader=loader) == [{"a": 4830}]
+    message = refusal("a: 1" + ":1" * 100_000 + "\n", loader=loader)
+    assert message == (
+        "cluster dump dump.yaml is not valid YAML or JSON at line 1, column 4: a base-60 "
+        "integer longer than 64 characters; quote it if it is a string"
+    )
+
+
+def test_echoed_input_is_cut() -> None:
+    name = "x" * 500
+    message = refusal(f"a: &{name} [*{name}]\n")
+    assert len(message) < 250
+    assert "…" in message
+
+
+def test_load_single_wants_one_document() -> None:
+    kind = yamlinput.KUBECONFIG
+    assert yamlinput.load_single("", kind, source="k") is None
+    assert yamlinput.load_single("a: 1\n", kind, source="k") == {"a": 1}
+    with pytest.raises(BackendError, match=r"^kubeconfig k holds 2 YAML documents; expected one$"):
+        yamlinput.load_single("a: 1\n---\nb: 2\n", kind, source="k")
