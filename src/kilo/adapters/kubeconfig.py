@@ -33,6 +33,7 @@ from lightkube.config.models import Cluster, Context, User
 
 from kilo.adapters import yamlinput
 from kilo.errors import BackendError
+from kilo.mesh.text import one_line, show
 
 DEFAULT_KUBECONFIG = "~/.kube/config"
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -53,9 +54,7 @@ _PATH_FIELDS = {
 
 def _q(value: object) -> str:
     """A value from the file for a message: quoted, and cut at 80 characters."""
-    text = value if isinstance(value, str) else repr(value)
-    text = text if len(text) <= 78 else text[:77] + "…"
-    return f'"{text}"'
+    return f'"{show(value, 78)}"'
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -260,7 +259,7 @@ def _convert(raw: object, model: type[_T], where: str) -> _T:
     try:
         return msgspec.convert(raw if raw is not None else {}, model)
     except (msgspec.ValidationError, TypeError, ValueError) as exc:
-        raise BackendError(f"{where}: {_cut(str(exc))}") from exc
+        raise BackendError(f"{where}: {one_line(str(exc))}") from exc
 
 
 def _server_url(server: str, *, tls: bool, where: str) -> str:
@@ -294,7 +293,7 @@ def _server_url(server: str, *, tls: bool, where: str) -> str:
             if url.host:
                 return candidate
             problem = problem or "it has no host"
-    raise BackendError(f"{where}: server {_q(server)} is not a valid URL ({_cut(problem)})")
+    raise BackendError(f"{where}: server {_q(server)} is not a valid URL ({one_line(problem)})")
 
 
 def _check_files(raw: Mapping[str, Any], fields: tuple[str, ...], where: str) -> None:
@@ -324,7 +323,7 @@ def _check_plugin(user: User, where: str, environ: Mapping[str, str]) -> None:
     search = dict(environ)
     search.update((var.name, var.value) for var in plugin.env or [])
     if not plugin.command or shutil.which(plugin.command, path=search.get("PATH")) is None:
-        hint = f" ({_cut(plugin.installHint)})" if plugin.installHint else ""
+        hint = f" ({one_line(plugin.installHint)})" if plugin.installHint else ""
         raise BackendError(
             f"{where}: the credential plugin {_q(plugin.command)} (exec.command) is not an "
             f"executable file{hint}"
@@ -338,17 +337,12 @@ def _check_usable(single: SingleConfig, where: str) -> None:
     except (LightkubeConfigError, OSError, ValueError, TypeError, httpx2.InvalidURL) as exc:
         user = f" with user {_q(single.context.user)}" if single.context.user else ""
         problem = f"{where}: cannot use cluster {_q(single.context.cluster)}{user}: "
-        problem += _cut(str(exc) or type(exc).__name__)
+        problem += one_line(str(exc) or type(exc).__name__)
     else:
         return
     # Not chained: the traceback would keep lightkube's temporary certificate files open
     # until a garbage collection, which then warns about them.
     raise BackendError(problem)
-
-
-def _cut(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def describe(config: SingleConfig) -> str:

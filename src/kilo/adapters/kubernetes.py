@@ -38,6 +38,7 @@ from lightkube.types import PatchType
 
 from kilo.adapters import kubeconfig
 from kilo.errors import BackendError
+from kilo.mesh.text import one_line
 
 PEER_GROUP = "kilo.squat.ai"
 PEER_VERSION = "v1alpha1"
@@ -70,7 +71,7 @@ def describe_error(exc: BaseException, server: str, *, verb: str, resource: str)
         )
     if isinstance(exc, httpx2.HTTPError | OSError):
         return f"cannot reach the Kubernetes API server at {server}: {exc or type(exc).__name__}"
-    return f"cannot {verb} {resource} on {server}: {_cut(str(exc) or type(exc).__name__)}"
+    return f"cannot {verb} {resource} on {server}: {one_line(str(exc) or type(exc).__name__)}"
 
 
 # What a request through lightkube can raise besides BackendError: HTTP and transport errors,
@@ -97,7 +98,7 @@ def describe_failure(exc: BaseException, config: SingleConfig, *, verb: str, res
         if isinstance(exc, msgspec.MsgspecError | ValueError):
             return (
                 f"{server} did not answer like a Kubernetes API server when trying to {verb} "
-                f"{resource}: {_cut(str(exc))}"
+                f"{resource}: {one_line(str(exc))}"
             )
     return describe_error(exc, server, verb=verb, resource=resource)
 
@@ -117,28 +118,28 @@ def credential_error(exc: BaseException, config: SingleConfig) -> str | None:
     user = config.user
     plugin = user.exec if user is not None else None
     if plugin is None:
-        return f"{where}: cannot authenticate to {config.cluster.server}: {_cut(str(exc))}"
-    name = f'"{_cut(plugin.command)}"'
-    who = f' of user "{_cut(config.context.user or "", 40)}"'
+        return f"{where}: cannot authenticate to {config.cluster.server}: {one_line(str(exc))}"
+    name = f'"{one_line(plugin.command)}"'
+    who = f' of user "{one_line(config.context.user or "", 40)}"'
     if isinstance(exc, LightkubeConfigError):
         match = _EXEC_FAILED.match(str(exc))
         if match is None:
-            return f"{where}: the credential plugin {name}{who} failed: {_cut(str(exc))}"
+            return f"{where}: the credential plugin {name}{who} failed: {one_line(str(exc))}"
         lines = [line.strip() for line in match["stderr"].splitlines() if line.strip()]
-        said = f": {_cut(lines[0])}" if lines else " and printed nothing on stderr"
+        said = f": {one_line(lines[0])}" if lines else " and printed nothing on stderr"
         return (
             f"{where}: the credential plugin {name}{who} exited with status {match['code']}{said}"
         )
     if isinstance(exc, OSError):
         return (
             f"{where}: cannot run the credential plugin {name}{who}: "
-            f"{exc.strerror or _cut(str(exc))}"
+            f"{exc.strerror or one_line(str(exc))}"
         )
     if isinstance(exc, UnicodeDecodeError):
         return f"{where}: the credential plugin {name}{who} wrote output that is not UTF-8 text"
     return (
         f"{where}: the credential plugin {name}{who} did not print an ExecCredential with "
-        f"status.token ({_cut(str(exc) or type(exc).__name__)})"
+        f"status.token ({one_line(str(exc) or type(exc).__name__)})"
     )
 
 
@@ -197,7 +198,7 @@ def _status_message(exc: httpx2.HTTPStatusError) -> str:
     in about 150.
     """
     if isinstance(exc, ApiError) and exc.status.message:
-        return _cut(exc.status.message, STATUS_MESSAGE_LIMIT)
+        return one_line(exc.status.message, STATUS_MESSAGE_LIMIT)
     try:
         body = exc.response.content
     except httpx2.ResponseNotRead:  # a refused watch: the body was never read
@@ -207,16 +208,10 @@ def _status_message(exc: httpx2.HTTPStatusError) -> str:
     except ValueError:
         decoded = None
     if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
-        return _cut(decoded["message"], STATUS_MESSAGE_LIMIT)
+        return one_line(decoded["message"], STATUS_MESSAGE_LIMIT)
     text = body[:4096].decode("utf-8", "replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _cut(lines[0], STATUS_MESSAGE_LIMIT) if lines else ""
-
-
-def _cut(text: str, limit: int = 80) -> str:
-    """Text from elsewhere (a server, a plugin) for a one-line message."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return one_line(lines[0], STATUS_MESSAGE_LIMIT) if lines else ""
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from kilo.errors import BackendError
+from kilo.mesh.text import one_line
 
 MiB = 1024 * 1024
 MAX_DEPTH = 100
@@ -126,7 +127,7 @@ def load_all(
         raise BackendError(_describe(exc, kind, source, text)) from exc
     except _CONSTRUCTION_ERRORS as exc:
         raise BackendError(
-            f"{kind.name} {source} is not valid {kind.syntax}: {_short(str(exc))}"
+            f"{kind.name} {source} is not valid {kind.syntax}: {one_line(str(exc))}"
         ) from exc
     finally:
         instance.dispose()
@@ -202,7 +203,7 @@ def _check_events(text: str, kind: InputKind, source: str, loader: type[Any]) ->
                 written += 1
                 if any(anchor == event.anchor for anchor, _ in open_collections):
                     raise BackendError(
-                        f"{kind.name} {source}: the YAML alias *{_short(str(event.anchor))}"
+                        f"{kind.name} {source}: the YAML alias *{one_line(str(event.anchor))}"
                         f"{_at(event.start_mark)} is inside its own anchor (a recursive "
                         "structure); refusing it"
                     )
@@ -253,7 +254,7 @@ def _describe(exc: yaml.YAMLError, kind: InputKind, source: str, text: str) -> s
         line, column = _line_column(text, exc.position)
         where = f" at line {line}, column {column}"
     problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
-    return f"{kind.name} {source} is not valid {kind.syntax}{where}: {_short(str(problem))}"
+    return f"{kind.name} {source} is not valid {kind.syntax}{where}: {one_line(str(problem))}"
 
 
 def _at(mark: Any) -> str:
@@ -267,9 +268,3 @@ def _line_column(text: str, index: int) -> tuple[int, int]:
 
 def _size(n: int) -> str:
     return f"{n // MiB} MiB" if n % MiB == 0 else f"{n} bytes"
-
-
-def _short(text: str, limit: int = 80) -> str:
-    """Text from the input, cut so that a message stays one short line."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

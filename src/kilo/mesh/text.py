@@ -116,3 +116,9 @@ def printable(text: str) -> str:
         ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
         for ch in text
     )
+
+
+def one_line(text: str, limit: int = LIMIT) -> str:
+    """Text from elsewhere (a server, a plugin, a file) as one short line: runs of white
+    space, newlines included, become one space, and the result is cut at ``limit``."""
+    return shorten(" ".join(text.split()), limit)
