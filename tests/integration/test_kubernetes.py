@@ -584,4 +584,39 @@ def test_the_shipped_cluster_role_grants_exactly_these_rules(
     assert {k: v for k, v in granted.items() if k not in everyone} == {
         ("", "nodes"): {"list", "watch", "patch"},
         ("kilo.squat.ai", "peers"): {"list", "watch"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
     }
+    [crd_rule] = [
+        r for r in review.status.resourceRules if "customresourcedefinitions" in r.resources
+    ]
+    assert crd_rule.resourceNames == ["peers.kilo.squat.ai"]
+
+
+def test_the_shipped_cluster_role_is_enough_for_kilos_go_agent(
+    cluster: Client, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Every API request Kilo's Go kg makes (kilo-k8s-cli.md §1.6), as its service account:
+    the Peer CRD get at start-up (without it Go kg exits), list and watch of Nodes and
+    Peers, and the patch of its own Node."""
+    from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+
+    config = service_account_kubeconfig(
+        control_plane, cluster, "kilo", tmp_path / "kilo.kubeconfig"
+    )
+    with Client(kubeconfig.load(str(config)), trust_env=False) as client:
+        crd = client.get(CustomResourceDefinition, "peers.kilo.squat.ai")
+        assert crd.spec.group == "kilo.squat.ai"
+        for resource in (Node, kubernetes.Peer):
+            assert list(client.list(resource))
+            watch = client.watch(resource, resource_version="0", server_timeout=5)
+            next(iter(watch))  # the first event: the watch was allowed
+        client.patch(
+            Node,
+            "beta",
+            {"metadata": {"annotations": {translate.LAST_SEEN: str(int(time.time()))}}},
+            patch_type=PatchType.MERGE,
+        )
+        # The get is for Kilo's CRD only.
+        with pytest.raises(ApiError) as caught:
+            client.get(CustomResourceDefinition, "other.example.com")
+        assert caught.value.status.code == 403
