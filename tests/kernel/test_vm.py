@@ -87,7 +87,7 @@ def guest_run(controlplane_binaries: Path) -> Iterator[GuestRun]:
                 sys.executable,
                 *("-m", "pytest", str(GUEST.relative_to(ROOT)), "-p", "no:cacheprovider"),
                 *("-p", "no:hypothesispytest"),
-                *(f"--junitxml={junit}", "-o", "junit_family=xunit1", "-v"),
+                *(f"--junitxml={junit}", "-o", "junit_family=xunit1", "-v", "--durations=0"),
                 *("-o", f"timeout={GUEST_BUDGET}"),
             ],
             cwd=ROOT,

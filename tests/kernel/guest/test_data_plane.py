@@ -127,15 +127,14 @@ def bed(share: Path) -> Iterator[Testbed]:
             for node in built.nodes:
                 if node != BARE:
                     built.start_agent(node, RESYNC, *agent_args(node))
-            for node in built.nodes:
-                if node != BARE:
-                    wait_for(lambda node=node: healthy(built, node), f"{node} is not healthy")
-            # The modules are loaded now: the fallback tunl0 they create in every namespace
-            # is part of what dc-3's agent finds.
+            # Once the agents have made the kernel load its modules, the fallback tunl0
+            # that ipip creates in every namespace is part of what dc-3's agent finds.
+            wait_for(lambda: modules_loaded() == {"wireguard", "ipip"}, "no modules loaded")
             built.before = built.snapshot(BARE)  # type: ignore[attr-defined]
             built.before_ip6tables = ip6tables(built, BARE)  # type: ignore[attr-defined]
             built.start_agent(BARE, RESYNC, *agent_args(BARE))
-            wait_for(lambda: healthy(built, BARE), f"{BARE} is not healthy")
+            for node in built.nodes:
+                wait_for(lambda node=node: healthy(built, node), f"{node} is not healthy")
             for node in PODS:
                 built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
             yield built
@@ -151,7 +150,7 @@ def pod_ips(bed: Testbed) -> dict[str, str]:
 
 def test_kg_creates_kernel_wireguard_and_the_kernel_loads_its_modules(bed: Testbed) -> None:
     assert bed.modules_before == set()  # type: ignore[attr-defined]
-    assert modules_loaded() == {"wireguard", "ipip"}
+    assert modules_loaded() == {"wireguard", "ipip"}  # loaded by the kernel for kg's links
     for name, node in bed.nodes.items():
         kind = link(bed, name, testbed.WG_INTERFACE).get("linkinfo", {}).get("info_kind")
         if node.userspace:
@@ -309,12 +308,13 @@ def emulate_flannel(bed: Testbed, nodes: tuple[str, ...]) -> None:
     macs = {}
     for node in nodes:
         machine = bed.nodes[node]
+        vxlan_mtu = mtu(bed, node, "lan0") - 50
         bed.run(
             node,
             *("ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1"),
             *("local", str(machine.lan_ip), "dev", "lan0", "dstport", "8472", "nolearning"),
         )
-        bed.run(node, "ip", "link", "set", "flannel.1", "mtu", "1450", "up")
+        bed.run(node, "ip", "link", "set", "flannel.1", "mtu", str(vxlan_mtu), "up")
         bed.run(node, "ip", "addr", "add", f"{network(machine.pod_cidr)}/32", "dev", "flannel.1")
         macs[node] = link(bed, node, "flannel.1")["address"]
     for node, other in itertools.permutations(nodes, 2):
@@ -414,7 +414,7 @@ def test_cilium_compatibility_with_cilium_host_and_cilium_tunl(bed: Testbed) -> 
     # Every planned route was accepted by the kernel (the agents are healthy), with the
     # cilium_host addresses as gateways.
     table = bed.run("aws-1", "ip", "route", "show", "table", "1107")
-    assert f"{aws2.lan_ip} via {hosts['aws-2']} dev cilium_tunl onlink" in table, table
+    assert f"{aws2.lan_ip} via {hosts['aws-2']} dev cilium_tunl proto static onlink" in table
     route = bed.run("aws-2", "ip", "route", "show", str(bed.nodes["gcp-1"].pod_cidr))
     assert f"via {hosts['aws-1']} dev tunl0" in route, route
     assert "UP" in link(bed, "aws-2", "tunl0")["flags"]
@@ -442,8 +442,13 @@ def test_clean_up_leaves_the_namespace_as_it_found_it(bed: Testbed) -> None:
     assert "caught interrupt; gracefully cleaning up" in bed.agent_log(BARE)
     after = bed.snapshot(BARE)
     before = bed.before  # type: ignore[attr-defined]
-    for part in ("links", "addrs", "routes", "rules", "iptables"):
+    for part in ("addrs", "routes", "rules", "iptables"):
         assert after[part] == before[part], part
+    links = {link["ifname"]: link for link in after["links"]}
+    for found in before["links"]:
+        now = links.pop(found["ifname"], {})
+        assert {k: (v, now.get(k)) for k, v in found.items() if now.get(k) != v} == {}, found
+    assert links == {}
     assert ip6tables(bed, BARE) == bed.before_ip6tables  # type: ignore[attr-defined]
     annotations = bed.node_annotations(BARE)
     assert [a for a in translate.AGENT_ANNOTATIONS if a in annotations] == []
