@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: venv packages sandbox sandbox-down lint test unit integration e2e fuzz example bench bench-agent clean
+.PHONY: venv packages sandbox sandbox-down lint test unit integration e2e e2e-kernel fuzz example bench bench-agent clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -46,6 +46,11 @@ unit: $(PY)
 # End-to-end tests alone: network namespaces, real iptables (root).
 e2e: $(PY)
 	$(BIN)/pytest tests/e2e
+
+# Kilo's default data plane (kernel WireGuard, IPIP, --mtu auto, flannel and cilium devices)
+# in a virtual machine with Debian's kernel, which has the modules this host's lacks (root).
+e2e-kernel: $(PY)
+	$(BIN)/pytest tests/kernel
 
 # Integration tests alone: a real etcd + kube-apiserver (built once, see README).
 integration: $(PY)

@@ -20,6 +20,13 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v sysctl >/dev/null || need+=(procps)
 # Graphviz renders the mesh graph as SVG (kgctl graph, the agent's /graph, the sandbox).
 command -v dot >/dev/null || need+=(graphviz)
+# The kernel suite (tests/kernel) and `kilo-sandbox up --kernel` boot Debian's kernel under QEMU's
+# emulation (src/kilo/sandbox/vm.py): QEMU for x86 (without recommends: no GUI, only SeaBIOS and
+# the iPXE ROMs), a static busybox for its initramfs, kmod's depmod and modprobe. The kernel
+# package itself is fetched with `apt-get download` into ~/.cache/kilo-kernel, never installed.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
+{ command -v depmod && command -v modprobe; } >/dev/null || need+=(kmod)
 # The venv of the Makefile.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 

@@ -264,12 +264,12 @@ def module_files(kernel: Kernel, names: Sequence[str] = ROOT_MODULES) -> list[Pa
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GuestCommand:
     """What the guest runs: ``argv`` in ``cwd`` with ``env``, its output in
-    ``<share>/guest.log``, at most ``timeout`` seconds."""
+    ``<share>/guest.log``, at most ``timeout`` seconds (None: until the VM is killed)."""
 
     argv: Sequence[str]
     cwd: Path
     share: Path
-    timeout: float
+    timeout: float | None
     env: Sequence[tuple[str, str]] = ()
 
 
@@ -286,6 +286,8 @@ def init_script(kernel: Kernel, modules: Sequence[Path], command: GuestCommand) 
     ]
     exports = "\n".join(f"export {name}={q(value)}" for name, value in env)
     inner = " ".join(q(a) for a in command.argv)
+    if command.timeout is not None:
+        inner = f"timeout -k 10 {int(command.timeout)} {inner}"
     log = q(str(command.share / "guest.log"))
     status = q(str(command.share / STATUS_FILE))
     # Process 1 of the real root: the command, its status, power off. (sysrq works without
@@ -298,7 +300,7 @@ ip link set lo up
 modprobe virtio_net
 modprobe tun
 cd {q(str(command.cwd))}
-timeout -k 10 {int(command.timeout)} {inner} </dev/null >{log} 2>&1
+{inner} </dev/null >{log} 2>&1
 echo $? >{status}.new && mv {status}.new {status}
 sync
 echo o >/proc/sysrq-trigger
@@ -344,10 +346,48 @@ exec switch_root /newroot /bin/sh /run/kilo-vm/stage2
 """
 
 
+# Commands the VM needs on the host -> the Debian package that ships them.
+COMMANDS = {
+    QEMU: "qemu-system-x86",
+    "apt-get": "apt",
+    "dpkg-deb": "dpkg",
+    "depmod": "kmod",
+    "modprobe": "kmod",
+}
+
+
+def _static(path: Path) -> bool:
+    """Whether the ELF file ``path`` has no program interpreter (is statically linked)."""
+    try:
+        head = path.read_bytes()[:8192]
+    except OSError:
+        return False
+    return head.startswith(b"\x7fELF") and b"/ld-linux" not in head and b"ld.so" not in head
+
+
+def missing() -> str | None:
+    """One sentence naming what the VM needs and this host lacks, or None."""
+    needs = [
+        f"{command} ({package})"
+        for command, package in COMMANDS.items()
+        if shutil.which(command, path=":".join(_search_path())) is None
+    ]
+    if not _static(BUSYBOX):
+        needs.append(f"a static {BUSYBOX} (busybox-static)")
+    if not needs:
+        return None
+    return "the virtual machine needs " + ", ".join(needs) + " (scripts/debian-packages.sh)."
+
+
+def _search_path() -> list[str]:
+    path = os.environ.get("PATH", "").split(":")
+    return [*path, *(d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin") if d not in path)]
+
+
 def initramfs(kernel: Kernel, command: GuestCommand) -> bytes:
     """busybox-static, the root's modules and ``/init`` as one cpio archive."""
-    if not BUSYBOX.is_file():
-        raise VMError(f"{BUSYBOX} is missing (Debian package busybox-static)")
+    if not _static(BUSYBOX):
+        raise VMError(f"{BUSYBOX} is missing or not static (Debian package busybox-static)")
     modules = module_files(kernel)
     entries: list[tuple[str, int, bytes]] = [
         (d, stat.S_IFDIR | 0o755, b"") for d in ("bin", "dev", "proc", "sys", "modules", "newroot")
@@ -382,7 +422,10 @@ def qemu_argv(
         *("-smp", str(cpus), "-m", str(memory_mb)),
         *("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"),
         *("-kernel", str(kernel.image), "-initrd", str(initrd)),
-        *("-append", "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off rcupdate.rcu_expedited=1"),
+        *(
+            "-append",
+            "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off rcupdate.rcu_expedited=1",
+        ),
         *("-serial", f"file:{console}"),
         "-fsdev",
         "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
