@@ -28,7 +28,7 @@ from kilo.sandbox import testbed, vm
 ROOT = Path(__file__).resolve().parents[2]
 GUEST = Path(__file__).resolve().parent / "guest"
 # The guest's whole run (boot, testbed, agents, every test) must end within this.
-GUEST_BUDGET = 1200
+GUEST_BUDGET = 1800
 # pytest-timeout covers the session fixture's set-up in the first test.
 HOST_TIMEOUT = GUEST_BUDGET + 300
 

@@ -462,8 +462,10 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
     if options.kernel:
         return _up_in_vm(options, out, err)
     box = Sandbox(options.directory)
-    cached = cached_binaries()
-    problem = _check_prerequisites("kilo-sandbox up", binaries_built=cached is not None)
+    # Inside the VM of up --kernel the control plane runs on the host.
+    attached = options.attached_plane is not None
+    cached = None if attached else cached_binaries()
+    problem = _check_prerequisites("kilo-sandbox up", binaries_built=attached or cached is not None)
     if problem is not None:
         err.write(problem + "\n")
         return 1
@@ -481,7 +483,10 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
         err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
         return 1
     progress = Progress(err)
-    if cached is not None:
+    binaries: Path | None
+    if attached:
+        binaries = None
+    elif cached is not None:
         binaries = cached
         err.write(f"etcd and kube-apiserver: {binaries}/bin (built already)\n")
     else:
