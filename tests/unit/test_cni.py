@@ -8,15 +8,10 @@ from ipaddress import ip_network
 import pytest
 
 from kilo.errors import KiloError
-from kilo.mesh.cni import (
-    CNIConfigError,
-    current_cidr,
-    format_go_float,
-    go_json_dumps,
-    go_json_loads,
-    rewrite,
-    set_cidr,
-)
+from kilo.mesh.cni import CNIConfigError, current_cidr, rewrite, set_cidr
+from kilo.mesh.gojson import dumps as go_json_dumps
+from kilo.mesh.gojson import format_float as format_go_float
+from kilo.mesh.gojson import loads as go_json_loads
 
 POD_CIDR = ip_network("10.2.0.0/24")
 
