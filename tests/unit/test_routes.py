@@ -454,13 +454,12 @@ def test_ipv6_one_address_cidr() -> None:
 
 def test_gateway_per_encapsulator() -> None:
     private, cni, pod = ip("10.128.0.3"), iface("10.2.1.88/32"), net("10.2.1.0/24")
-    endpoint = ip("34.1.1.1")
-    assert ALWAYS.gw(endpoint, private, cni, pod) == private
-    assert FLANNEL.gw(endpoint, private, cni, pod) == ip("10.2.1.0")
-    assert CILIUM.gw(endpoint, private, cni, pod) == ip("10.2.1.88")
-    assert CILIUM.gw(endpoint, private, None, pod) == ip("10.2.1.0")
+    assert ALWAYS.gw(private, cni, pod) == private
+    assert FLANNEL.gw(private, cni, pod) == ip("10.2.1.0")
+    assert CILIUM.gw(private, cni, pod) == ip("10.2.1.88")
+    assert CILIUM.gw(private, None, pod) == ip("10.2.1.0")
     for policy in (ALWAYS, FLANNEL, CILIUM):
-        assert policy.without_private_ip().gw(endpoint, private, cni, pod) is None
+        assert policy.without_private_ip().gw(private, cni, pod) is None
 
 
 def test_without_private_ip_keeps_the_strategy() -> None:

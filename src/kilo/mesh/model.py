@@ -92,8 +92,9 @@ class Peer:
     persistent_keepalive: int = 0
     endpoint: Endpoint | None = None
 
-    @property
     def is_ready(self) -> bool:
+        """Kilo's ``Peer.Ready``: a key and at least one allowed IP (a method, like
+        :meth:`Node.is_ready`, which needs the time)."""
         return bool(self.allowed_ips) and not self.public_key.is_zero
 
 
@@ -129,4 +130,4 @@ def ready_nodes(nodes: Iterable[Node], now: int | None) -> list[Node]:
 
 
 def ready_peers(peers: Iterable[Peer]) -> list[Peer]:
-    return [p for p in peers if p.is_ready]
+    return [p for p in peers if p.is_ready()]
