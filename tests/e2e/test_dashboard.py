@@ -36,7 +36,6 @@ import yaml
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh.keys import Key
 from kilo.sandbox import testbed
-from kilo.sandbox.controlplane import build_prometheus
 from kilo.sandbox.testbed import Location, Testbed
 from tests import dashboard
 
@@ -171,8 +170,8 @@ def leaders(bed: Testbed) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(bed: Testbed) -> Iterator[Prometheus]:
-    binary = build_prometheus()
+def prometheus(bed: Testbed, prometheus_binary: Path) -> Iterator[Prometheus]:
+    binary = prometheus_binary
     work = Path(tempfile.mkdtemp(prefix="kilo-e2e-prometheus-"))
     try:
         config = {
