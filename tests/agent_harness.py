@@ -142,6 +142,7 @@ class FakeMetrics:
         self.reconciles = 0
         self.counts = (0, 0)
         self.leader: bool | None = None
+        self.node: tuple[str, str] | None = None
 
     def error(self, event: str) -> None:
         self.errors.append(event)
@@ -154,6 +155,9 @@ class FakeMetrics:
 
     def set_leader(self, leader: bool) -> None:
         self.leader = leader
+
+    def set_node(self, node: str, location: str) -> None:
+        self.node = (node, location)
 
 
 class Harness:

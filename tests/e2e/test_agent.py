@@ -216,6 +216,10 @@ def test_agent_http_endpoints(bed: Testbed) -> None:
     assert metrics["kilo_leader"] == 1
     handshakes = [k for k in metrics if k.startswith("kilo_wireguard_peer_last_handshake")]
     assert len(handshakes) == 2
+    assert metrics['kilo_node_info{location="aws",node="aws-1"}'] == 1
+    # Kilo's metric names only: no prometheus_client _created series.
+    assert "_created" not in out
+    assert "kilo_reconciles_total" in metrics
 
 
 def test_a_peer_reaches_pods_and_pods_reach_it(bed: Testbed) -> None:

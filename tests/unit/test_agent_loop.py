@@ -59,6 +59,16 @@ def test_leader_configures_peers_and_non_leader_has_none() -> None:
     assert h.written()[translate.WIREGUARD_IP] == ""
 
 
+def test_each_apply_names_the_node_and_its_location_for_the_metrics() -> None:
+    h = Harness()
+    h.node("a", location="gcp")
+    h.round(check_in=True)
+    assert h.metrics.node == ("a", "gcp")
+    h.node("a", location="aws")
+    h.round()
+    assert h.metrics.node == ("a", "aws")
+
+
 def test_last_seen_alone_does_not_trigger_an_apply() -> None:
     h = Harness()
     h.node("a")

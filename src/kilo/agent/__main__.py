@@ -101,13 +101,12 @@ async def _run(settings: AgentSettings) -> int:
     # netlink, Kubernetes and Prometheus libraries.
     import msgspec
     from lightkube import AsyncClient, Client
-    from prometheus_client import CollectorRegistry
 
     from kilo.adapters import cni, keyfile, kubeconfig, kubernetes, netlink, tunnel, wireguard
     from kilo.adapters.iptables import IPTables
     from kilo.agent.http import HTTPServer
     from kilo.agent.mesh import Agent, DataPlane, HostFacts
-    from kilo.agent.metrics import AgentMetrics
+    from kilo.agent.metrics import AgentMetrics, new_registry
     from kilo.mesh.discovery import discover_ips, external_ip
     from kilo.mesh.model import Encapsulation
 
@@ -124,7 +123,7 @@ async def _run(settings: AgentSettings) -> int:
         raise _Fatal(f"failed to create Kubernetes config: {exc}") from exc
     server = str(config.cluster.server)
 
-    registry = CollectorRegistry()
+    registry = new_registry()
     device_holder: list[wireguard.WireGuardDevice] = []
     agent_holder: list[Agent] = []
 
@@ -331,6 +330,9 @@ class _MetricsAdapter:
 
     def set_leader(self, leader: bool) -> None:
         self._m.leader.set(1 if leader else 0)
+
+    def set_node(self, node: str, location: str) -> None:
+        self._m.set_node(node, location)
 
 
 if __name__ == "__main__":

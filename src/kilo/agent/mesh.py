@@ -107,6 +107,7 @@ class MetricsPort(Protocol):
     def reconciled(self) -> None: ...
     def set_counts(self, nodes: int, peers: int) -> None: ...
     def set_leader(self, leader: bool) -> None: ...
+    def set_node(self, node: str, location: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +486,7 @@ class Agent:
                 plane.tunnel.set(plan.tunnel_address)
             except KiloError as exc:
                 failed("the tunnel address", exc)
+        self.metrics.set_node(self.hostname, local_ready.location)
         self.metrics.set_leader(plan.leader)
         try:
             if plan.leader and plan.address is not None and plan.wireguard is not None:

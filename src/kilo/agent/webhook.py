@@ -9,7 +9,8 @@ server in a daemon thread:
 * plain HTTP on ``--listen-metrics`` serving only ``/metrics``: Kilo's three webhook
   metrics, ``admission_requests_total{operation,response}``,
   ``http_requests_total{handler,method}`` and ``errors_total`` (no ``kilo_`` prefix), plus
-  the process and Python collectors.
+  the process and Python collectors; no ``_created`` series
+  (:func:`kilo.agent.metrics.new_registry`).
 
 The decision itself is the pure :func:`kilo.mesh.admission.review`. For its overlap checks
 (an extension: Kilo's webhook reads nothing from the cluster) a :class:`ClusterWatcher`
@@ -59,6 +60,7 @@ from kilo import __version__
 from kilo.agent import listen as listen_mod
 from kilo.agent import logs
 from kilo.agent.listen import ListeningServer
+from kilo.agent.metrics import new_registry
 from kilo.agent.settings import WebhookSettings
 from kilo.errors import BackendError, ConfigError, KiloError
 from kilo.mesh import admission
@@ -766,7 +768,7 @@ def main(settings: WebhookSettings, *, out: TextIO, err: TextIO) -> int:
     try:
         tls = load_tls(settings.cert_file, settings.key_file)
         config = kube_config(settings, log)
-        registry = CollectorRegistry()
+        registry = new_registry()
         metrics = WebhookMetrics(registry)
         if config is not None:
             watcher = ClusterWatcher(config, logger=log)
