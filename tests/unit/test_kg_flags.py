@@ -31,11 +31,10 @@ from kilo.agent.settings import (
     WebhookRequested,
     WebhookSettings,
     WireGuardSettings,
-    go_quote,
     help_text,
     parse_args,
-    parse_duration,
 )
+from kilo.mesh.gosyntax import go_quote, parse_duration
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import Compatibility, Encapsulation, Granularity
 

@@ -18,13 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from kilo import __version__
+from kilo import __version__, completion
 from kilo.agent import logs
 from kilo.agent.settings import (
     AgentSettings,
     SettingsError,
     ShowText,
     WebhookRequested,
+    complete,
     parse_args,
 )
 from kilo.errors import KiloError
@@ -72,6 +73,13 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in completion.REQUESTS:
+        # cobra's hidden command, which the completion scripts run.
+        candidates, directive = complete(args[1:])
+        descriptions = args[0] == completion.REQUEST
+        out.write(completion.answer(candidates, directive, descriptions=descriptions))
+        print(f"Completion ended with directive: {completion.directive_name(directive)}", file=err)
+        return 0
     try:
         settings = parse_args(args, hostname_fallback=_os_hostname)
     except ShowText as shown:

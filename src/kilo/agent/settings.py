@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Literal, TypeVar
 
-from kilo import __version__
+from kilo import __version__, completion
 from kilo.agent import listen
 from kilo.mesh import flags, ip
 from kilo.mesh.endpoint import is_dns1123_subdomain
@@ -423,8 +423,15 @@ _SUBCOMMANDS = {
     for c in (
         _Command(
             "completion",
-            "Generate the autocompletion script for the specified shell (not implemented)",
-            (),
+            "Generate the autocompletion script for the specified shell",
+            (
+                Flag(
+                    completion.NO_DESCRIPTIONS_FLAG[2:],
+                    "bool",
+                    False,
+                    "disable completion descriptions",
+                ),
+            ),
         ),
         _Command("help", "Help about any command", ()),
         _Command("version", "Print the version and exit.", ()),
@@ -638,7 +645,7 @@ def parse_args(
     if command.name == "version":
         raise ShowText(f"{__version__}\n")
     if command.name == "completion":
-        raise SettingsError(f"{PROG} completion: shell completion is not implemented yet")
+        _completion(values, _positionals)
     if command.name == "webhook":
         level = _check_log_level(values)
         if values["version"]:
@@ -814,6 +821,81 @@ def _validate(
     )
 
 
+# --- shell completion -----------------------------------------------------------------------
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "backend": (BACKEND_KUBERNETES,),
+    "compatibility": (Compatibility.FLANNEL.value, Compatibility.CILIUM.value),
+    "encapsulate": tuple(_ENCAPSULATIONS.split(", ")),
+    "log-level": tuple(level.value for level in LogLevel),
+    "mesh-granularity": (Granularity.LOCATION.value, Granularity.FULL.value),
+}
+_PATHS = frozenset({"kubeconfig", "cni-path", "cert-file", "key-file"})
+
+
+def _option(flag: Flag, *, persistent: bool = False) -> completion.Option:
+    names = (f"--{flag.name}", f"-{flag.shorthand}") if flag.shorthand else (f"--{flag.name}",)
+    return completion.Option(
+        names=names,
+        help=flag.help,
+        takes_value=flag.kind != "bool",
+        choices=_CHOICES.get(flag.name, ()),
+        path=flag.name in _PATHS,
+        repeatable=flag.kind == "strings",
+        persistent=persistent,
+    )
+
+
+def completion_tree() -> completion.Command:
+    """kg's commands and flags, for shell completion (``kg __complete``)."""
+    help_flag = Flag("help", "bool", False, "help for kg", shorthand="h")
+    root_options = (
+        *(_option(f) for f in ROOT_FLAGS),
+        *(_option(f, persistent=True) for f in PERSISTENT_FLAGS),
+        _option(help_flag),
+    )
+    commands = []
+    for sub in _SUBCOMMANDS.values():
+        if sub.name == "completion":
+            commands.append(completion.completion_command(PROG))
+        elif sub.name == "help":
+            commands.append(
+                completion.Command(
+                    name="help", help=sub.short, max_args=1, arguments=completion.HELP_TOPICS
+                )
+            )
+        else:
+            options = (
+                *(_option(f) for f in sub.flags),
+                _option(Flag("help", "bool", False, f"help for {sub.name}", shorthand="h")),
+            )
+            commands.append(completion.Command(name=sub.name, help=sub.short, options=options))
+    return completion.Command(
+        name=PROG, help="kg is the Kilo agent", options=root_options, commands=tuple(commands)
+    )
+
+
+def complete(words: Sequence[str]) -> tuple[list[str], int]:
+    """The answer to ``kg __complete WORDS...``: cobra's candidates and directive."""
+    return completion.complete(completion_tree(), list(words) or [""])
+
+
+def _completion(values: Mapping[str, FlagValue], positionals: Sequence[str]) -> None:
+    """``kg completion [SHELL]``: the script on stdout, or the command's help."""
+    if not positionals:
+        raise ShowText(help_text("completion"))
+    shell = positionals[0]
+    if shell not in completion.SHELLS:
+        raise SettingsError(
+            f"unknown command {go_quote(shell)} for {go_quote(PROG + ' completion')}"
+        )
+    if len(positionals) > 1:
+        path = f"{PROG} completion {shell}"
+        raise SettingsError(f"unknown command {go_quote(positionals[1])} for {go_quote(path)}")
+    descriptions = not _bool(values[completion.NO_DESCRIPTIONS_FLAG[2:]])
+    raise ShowText(completion.script(shell, PROG, descriptions=descriptions))
+
+
 # --- help -----------------------------------------------------------------------------------
 
 _ROOT_LONG = """\
@@ -830,6 +912,22 @@ def help_text(name: str = PROG) -> str:
         lines += [_ROOT_LONG, "", "Usage:", f"  {PROG} [flags]", f"  {PROG} [command]", ""]
         lines.append("Available Commands:")
         lines += [f"  {c.name:<11} {c.short}" for c in _SUBCOMMANDS.values()]
+        lines.append("")
+    elif command.name == "completion":
+        lines += [
+            f"Generate the autocompletion script for {PROG} for the specified shell.",
+            "The script asks kg itself what to offer; load it, for example, with",
+            f"source <({PROG} completion bash).",
+            "",
+            "Usage:",
+            f"  {PROG} completion SHELL [flags]",
+            "",
+            "Available Commands:",
+        ]
+        lines += [
+            f"  {shell:<11} Generate the autocompletion script for {shell}"
+            for shell in completion.SHELLS
+        ]
         lines.append("")
     else:
         lines += [command.short, "", "Usage:", f"  {PROG} {command.name} [flags]", ""]
