@@ -385,6 +385,14 @@ def test_connect_creates_its_own_interface_with_wireguard_go_and_removes_it(bed:
     )
     created = run.wait_logged("created WireGuard interface")
     assert created["implementation"] == "wireguard-go"  # no kernel WireGuard here
+    # Kilo's lines and fields (kgctl connect's): the public key, the interface's name, its IP.
+    assert created["name"] == "wg1"
+    key = run.logged("generated public key")
+    spec = peer_spec(bed, "roadwarrior")
+    assert key is not None and key["private key"] == "generated"
+    assert spec is not None and spec["publicKey"] == key["key"]
+    assert run.wait_logged("set IP address of WireGuard interface")["IP"] == f"{address}/32"
+    assert run.wait_logged("starting syncer")["level"] == "info"
     started = run.logged("started wireguard-go")
     assert started is not None
     child = started["pid"]

@@ -361,7 +361,11 @@ def test_sync_applies_the_peer_config_with_the_key_and_port_and_the_routes() -> 
     assert devices == {Device.KILO: "wg0"}
     assert len(routes) == 11
     entries = lines(out)
-    assert [e["msg"] for e in entries] == ["WireGuard configuration updated", "routes updated"]
+    # Kilo's message for a device whose configuration differs.
+    assert [e["msg"] for e in entries] == [
+        "WireGuard configurations are different",
+        "routes updated",
+    ]
     assert all(str(PRIVATE_KEYS["laptop"]) not in json.dumps(e) for e in entries)
 
 
@@ -379,6 +383,7 @@ def test_a_failing_device_does_not_stop_the_routes_and_a_plan_error_is_logged() 
         **entries[-1],
         "level": "error",
         "msg": "failed to sync",
+        "err": 'did not find any peer named "laptop" in the cluster',
         "error": 'did not find any peer named "laptop" in the cluster',
     }
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from kilo import __version__, completion
+from kilo import __version__, completion, jsonlog
 from kilo.agent import logs
 from kilo.agent.settings import (
     AgentSettings,
@@ -120,7 +120,8 @@ async def _run(settings: AgentSettings) -> int:
     from kilo.mesh.model import Encapsulation
 
     log = logs.get("kilo")
-    log.info(f"Starting Kilo network mesh '{__version__}'.", extra={"unleveled": True})
+    # Kilo's two lines of its main logger: no level, no component.
+    logs.get("").log(jsonlog.UNLEVELED, f"Starting Kilo network mesh '{__version__}'.")
 
     try:
         config = kubeconfig.load(settings.backend.kubeconfig or None)
@@ -306,10 +307,15 @@ async def _run(settings: AgentSettings) -> int:
             try:
                 await agent.run(nodes, peers, stop)
             except KiloError as exc:
-                log.error(f"error: Kilo exited unexpectedly: {exc}")
+                # Kilo's last words, on stderr as Kilo prints them; also a log line.
+                message = f"error: Kilo exited unexpectedly: {exc}"
+                log.error(message)
+                print(printable(message), file=sys.stderr)
                 status = 1
         if stop.is_set():
-            log.info("caught interrupt; gracefully cleaning up; see you next time!")
+            logs.get("").log(
+                jsonlog.UNLEVELED, "caught interrupt; gracefully cleaning up; see you next time!"
+            )
     finally:
         stop_watch()
         if settings.mesh.clean_up:

@@ -363,9 +363,14 @@ class Connection:
             generated = True
         self.private_key = private
         public = private.public_key()
+        # Kilo's line, whether the key is new or read.
         self.log.info(
-            "generated public key" if generated else "using the private key",
-            fields={"key": str(public), "path": str(self.key_path)},
+            "generated public key",
+            fields={
+                "key": str(public),
+                "path": str(self.key_path),
+                "private key": "generated" if generated else "read",
+            },
         )
 
         self.store = kubernetes.PeerStore(self.config, timeout=self.args.timeout)
@@ -408,6 +413,7 @@ class Connection:
             )
         self.interface_touched = True
         self.links.set_address(self.interface, self.allowed_ip)
+        self.log.info("set IP address of WireGuard interface", fields={"IP": str(self.allowed_ip)})
         self.links.set_up(self.interface, True)
         self.device = wireguard.open_device(self.interface, socket_dir=SOCKET_DIR)
         self.routes = netlink.RouteTable(state_file=self.state_path)
@@ -447,6 +453,7 @@ class Connection:
         self.log.info(
             "created WireGuard interface",
             fields={
+                "name": self.interface,
                 "interface": self.interface,
                 "index": self.links.index(self.interface),
                 "implementation": kind,
@@ -591,6 +598,7 @@ class Connection:
 
     async def _worker(self, nodes: Any, peers: Any) -> None:
         assert self._wake is not None
+        self.log.info("starting syncer")
         loop = asyncio.get_running_loop()
         # The first sync waits for both initial lists (an empty list yields no event).
         while nodes.resource_version is None or peers.resource_version is None:
@@ -652,7 +660,7 @@ class Connection:
                 extra_allowed_ips=self.args.allowed_ips,
             )
         except KiloError as exc:
-            self.log.error("failed to sync", fields={"error": str(exc)})
+            self.log.error("failed to sync", fields={"err": str(exc), "error": str(exc)})
             return False
         for warning in plan.warnings:
             self._warn_once(warning)
@@ -661,7 +669,7 @@ class Connection:
             config = plan_mod.keep_live_endpoints(plan.config, self.device.get(), now=time.time())
             if self.device.apply(config):
                 self.log.info(
-                    "WireGuard configuration updated",
+                    "WireGuard configurations are different",
                     fields={"peers": [p.name for p in config.peers]},
                 )
         except KiloError as exc:
@@ -694,7 +702,11 @@ class Connection:
         try:
             step()
         except KiloError as exc:
-            self.log.error(f"failed to clean up {what}", fields={"error": str(exc)})
+            # "err" as Kilo writes it, for the steps Kilo has.
+            kilo = _KILO_CLEAN_UP_ERRORS.get(what, f"failed to clean up {what}")
+            self.log.error(
+                f"failed to clean up {what}", fields={"err": f"{kilo}: {exc}", "error": str(exc)}
+            )
 
     def _clean_up(self) -> None:
         if self.routes is not None:
@@ -746,6 +758,13 @@ class Connection:
                 child.kill()
                 child.wait()
         self.log.info("stopped wireguard-go", fields={"pid": child.pid})
+
+
+_KILO_CLEAN_UP_ERRORS = {
+    "the routes": "failed to clean up routes",
+    "the interface": "failed to remove WireGuard interface",
+    "the peer": "failed to delete peer",
+}
 
 
 def _has_fileno(stream: TextIO) -> bool:
