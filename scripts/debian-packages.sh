@@ -20,6 +20,9 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v sysctl >/dev/null || need+=(procps)
 # Graphviz renders the mesh graph as SVG (kgctl graph, the agent's /graph, the sandbox).
 command -v dot >/dev/null || need+=(graphviz)
+# The completion scripts of kg and kgctl are tested in real zsh and fish (bash is there).
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
 # The venv of the Makefile.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 

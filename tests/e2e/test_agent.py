@@ -26,7 +26,7 @@ from lightkube.resources.core_v1 import Node
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
-from kilo.sandbox import testbed
+from kilo.sandbox import kubelet, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests import hostile
 
@@ -466,6 +466,12 @@ def test_clean_up_removes_what_the_agent_added(bed: Testbed) -> None:
     annotations = bed.node_annotations(BARE)
     left = [a for a in translate.AGENT_ANNOTATIONS if a in annotations]
     assert left == []
+    # The kubelet's annotations and the Node's status are as the kubelet left them.
+    assert {k: v for k, v in annotations.items() if k in kubelet.KUBELET_ANNOTATIONS} == dict(
+        kubelet.KUBELET_ANNOTATIONS
+    )
+    status = bed.api().get(Node, BARE).status
+    assert status is not None and len(status.images or []) == len(kubelet.IMAGES)
     assert "caught interrupt; gracefully cleaning up" in bed.agent_log(BARE)
 
 

@@ -109,20 +109,22 @@ def test_flags_with_kilos_syntax() -> None:
     [
         (["--allowed-ip=nope"], 'invalid --allowed-ip "nope": not a CIDR'),
         (["--allowed-ips=10.0.0.0/8,x"], 'invalid --allowed-ips "x": not a CIDR'),
-        (["--clean-up=maybe"], 'invalid boolean value "maybe"'),
-        (["--resync-period=30"], 'invalid duration "30"'),
-        (["--resync-period=1x"], 'invalid duration "1x"'),
-        (["--mtu=12"], 'invalid --mtu "12": MTU must be in range [576:65535], but got 12'),
-        (["--mtu=0"], 'invalid --mtu "0": MTU must be in range [576:65535], but got 0'),
-        (["--mtu=70000"], 'invalid --mtu "70000": MTU must be in range [576:65535], but got 70000'),
-        (["--mtu=x"], 'invalid --mtu "x": not a whole number of bytes'),
+        (
+            ["--clean-up=maybe"],
+            'invalid argument "maybe" for "--clean-up" flag: strconv.ParseBool: parsing "maybe": '
+            "invalid syntax",
+        ),
+        (["--clean-up=yes"], 'strconv.ParseBool: parsing "yes": invalid syntax'),
+        (["--resync-period=30"], 'time: missing unit in duration "30"'),
+        (["--resync-period=1x"], 'time: unknown unit "x" in duration "1x"'),
+        (["--mtu=x"], 'invalid argument "x" for "--mtu" flag: strconv.ParseUint: parsing "x"'),
+        (["--mtu=-1"], 'strconv.ParseUint: parsing "-1": invalid syntax'),
         (
             ["--mtu=1000", "-a", "fd00::1/128"],
             "invalid --mtu 1000 with the IPv6 --allowed-ip fd00::1/128: MTU must be in range "
             "[1280:65535] for IPv6, but got 1000",
         ),
-        (["--persistent-keepalive=-1"], "--persistent-keepalive"),
-        (["--persistent-keepalive=65536"], "--persistent-keepalive"),
+        (["--persistent-keepalive=x"], 'strconv.ParseInt: parsing "x": invalid syntax'),
         (["--log-level=loud"], "log level loud unknown; possible values are: all, debug, info"),
         (["a", "b"], "unrecognized arguments: b"),
         (["--interface="], 'invalid --interface "": it is empty'),
@@ -134,7 +136,7 @@ def test_flags_with_kilos_syntax() -> None:
         (["-a", "127.0.0.2/32"], "a loopback address cannot be this machine's address"),
         (["-a", "ff02::1/128"], "a multicast address cannot be this machine's address"),
         (["-a", "10.5.0.1/0"], "a /0 would route every address to this machine"),
-        (["--resync-period=3000000h"], "longer than Go's longest"),
+        (["--resync-period=3000000h"], 'time: invalid duration "3000000h"'),
         (["Not_A_Name"], 'invalid peer name "Not_A_Name": a lowercase RFC 1123 subdomain'),
         (["a" * 254], "must be no more than 253 characters"),
         (["--topology-label=a b"], 'invalid --topology-label "a b": its name "a b" must'),
@@ -146,6 +148,73 @@ def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str) -> None:
     assert out == ""
     assert message in err
     assert err.count("\n") == 1
+
+
+def test_numbers_durations_and_bools_have_pflags_syntax() -> None:
+    # Kilo's flags are pflag's: --mtu a uint, --persistent-keepalive an int (Go's literals),
+    # --resync-period a Go duration, the bools Go's ParseBool.
+    assert parse("--mtu=0x58c").mtu == 1420
+    assert parse("--mtu=0o2600").mtu == 1408
+    assert parse("--mtu=1_400").mtu == 1400
+    assert parse("--persistent-keepalive=0x19").persistent_keepalive == 25
+    assert parse("--persistent-keepalive=+5").persistent_keepalive == 5
+    assert parse("--persistent-keepalive=010").persistent_keepalive == 8
+    assert parse("--resync-period=1.5h").resync_period == 5400.0
+    assert parse("--resync-period=0").resync_period == 0.0
+    assert parse("--resync-period=-1s").resync_period == -1.0
+    for text, value in (("T", True), ("TRUE", True), ("1", True), ("F", False), ("0", False)):
+        assert parse(f"--clean-up={text}").clean_up is value
+
+
+def test_an_mtu_of_0_is_the_default_as_in_kilo() -> None:
+    # Kilo leaves an MTU of 0 out of its netlink request: the interface gets WireGuard's
+    # default, 1420. Any MTU from 68 (below it the kernel takes IPv4 off the interface)
+    # works as in Kilo.
+    assert parse("--mtu=0").mtu == 1420
+    assert parse("--mtu=68").mtu == 68
+    assert parse("--mtu=100").mtu == 100
+    assert parse("--mtu=0", "-a", "fd00::1/128").mtu == 1420
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mtu=67"], 'invalid --mtu "67": MTU must be in range [68:65535], but got 67'),
+        (["--mtu=70000"], 'invalid --mtu "70000": MTU must be in range [68:65535], but got 70000'),
+        (["--mtu=0x100000000"], "MTU must be in range [68:65535], but got 4294967296"),
+        (
+            ["--persistent-keepalive=-1"],
+            'invalid argument "-1" for "--persistent-keepalive" flag: persistent keepalive must '
+            "be in range [0:65535] seconds, but got -1",
+        ),
+        (["--persistent-keepalive=65536"], "must be in range [0:65535] seconds, but got 65536"),
+        (["--persistent-keepalive=0x10000"], "must be in range [0:65535] seconds, but got 65536"),
+    ],
+)
+def test_an_mtu_or_keepalive_the_data_plane_cannot_carry_is_refused_deviation(
+    argv: list[str], message: str
+) -> None:
+    # Kilo creates a kernel interface with any MTU: below 68 its IPv4 address is refused
+    # after the Peer exists; above 65535 packets too big for one UDP datagram vanish. A
+    # keepalive above 65535 is cut to 16 bits by WireGuard (70000 s becomes 4464 s) and a
+    # negative one is refused by Kilo's own Peer validation.
+    code, out, err = run("connect", *argv)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_a_resync_period_below_a_second_is_a_second_with_a_warning_deviation() -> None:
+    # Kilo's loop re-syncs without pause for 0 or a negative period; here changes are
+    # watched and the resync is a safety net: at most once a second.
+    for period in ("0", "-1s", "10ms"):
+        conn, out = connection(f"--resync-period={period}")
+        assert conn.resync_period == connect.MIN_RESYNC_PERIOD
+        (entry,) = lines(out)
+        assert entry["msg"] == "resync period raised to the minimum"
+        assert entry["level"] == "warn"
+    conn, out = connection("--resync-period=2s")
+    assert (conn.resync_period, out.getvalue()) == (2.0, "")
 
 
 def test_refuses_the_file_backend_and_a_host_name_that_cannot_name_a_peer(
@@ -292,7 +361,11 @@ def test_sync_applies_the_peer_config_with_the_key_and_port_and_the_routes() -> 
     assert devices == {Device.KILO: "wg0"}
     assert len(routes) == 11
     entries = lines(out)
-    assert [e["msg"] for e in entries] == ["WireGuard configuration updated", "routes updated"]
+    # Kilo's message for a device whose configuration differs.
+    assert [e["msg"] for e in entries] == [
+        "WireGuard configurations are different",
+        "routes updated",
+    ]
     assert all(str(PRIVATE_KEYS["laptop"]) not in json.dumps(e) for e in entries)
 
 
@@ -310,6 +383,7 @@ def test_a_failing_device_does_not_stop_the_routes_and_a_plan_error_is_logged() 
         **entries[-1],
         "level": "error",
         "msg": "failed to sync",
+        "err": 'did not find any peer named "laptop" in the cluster',
         "error": 'did not find any peer named "laptop" in the cluster',
     }
 

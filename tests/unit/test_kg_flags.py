@@ -31,11 +31,10 @@ from kilo.agent.settings import (
     WebhookRequested,
     WebhookSettings,
     WireGuardSettings,
-    go_quote,
     help_text,
     parse_args,
-    parse_duration,
 )
+from kilo.mesh.gosyntax import go_quote, parse_duration
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import Compatibility, Encapsulation, Granularity
 
@@ -988,7 +987,8 @@ def test_main_start_up_failure_is_one_line_on_stderr_after_the_first_log_line(tm
     assert code == 1
     first = json.loads(out.splitlines()[0])
     assert first["msg"] == f"Starting Kilo network mesh '{__version__}'."
-    assert "level" not in first
+    # Kilo's main logger: no level, no component.
+    assert "level" not in first and "component" not in first
     assert err.startswith("failed to create Kubernetes config: ")
     assert str(missing) in err
     assert err.count("\n") == 1

@@ -580,12 +580,90 @@ def test_showconf_options_may_come_before_the_kind() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--p", "1", "graph"], ["--port", "+5", "graph"], ["--port", "5_0", "graph"]]
+    ("argv", "message"),
+    [
+        (["--p", "1", "graph"], "invalid choice: '1'"),
+        (["--port", "_5", "graph"], 'invalid argument "_5" for "--port" flag: strconv.ParseInt'),
+        (["--port", "5__0", "graph"], 'strconv.ParseInt: parsing "5__0": invalid syntax'),
+        (["--port", "0x", "graph"], 'strconv.ParseInt: parsing "0x": invalid syntax'),
+        (["--port", "09", "graph"], 'strconv.ParseInt: parsing "09": invalid syntax'),
+        (["--port", "0", "graph"], "invalid port: port must be in range [1:65535], but got 0"),
+        (["--port=-0x10", "graph"], "port must be in range [1:65535], but got -16"),
+        (["--port", "1" * 20, "graph"], "value out of range"),
+    ],
 )
-def test_abbreviations_and_loose_numbers_are_refused(argv: list[str]) -> None:
+def test_abbreviations_and_numbers_go_does_not_read_are_refused(
+    argv: list[str], message: str
+) -> None:
     code, out, err = run(*FILE, *argv)
     assert (code, out) == (2, "")
     assert err.count("\n") == 1
+    assert message in err
+
+
+@pytest.mark.parametrize(
+    ("given", "port"),
+    [("0xca6c", 51820), ("0XCA6C", 51820), ("+51820", 51820), ("51_820", 51820), ("010", 8)],
+)
+def test_port_takes_gos_integer_syntax_as_kilos_int_flag(given: str, port: int) -> None:
+    # Kilo's --port is a pflag int: strconv.ParseInt(s, 0, 64), where 010 is octal.
+    code, out, err = run(*FILE, f"--port={given}", "showconf", "node", "alpha")
+    assert (code, err) == (0, "")
+    assert f"ListenPort = {port}\n" in out
+
+
+def test_bool_flags_take_gos_values_after_an_equals_sign() -> None:
+    expected = run(*FILE, "showconf", "node", "alpha", "--as-peer", "-o", "yaml")
+    assert expected[0] == 0
+    for value in ("true", "1", "t", "T", "TRUE", "True"):
+        assert run(*FILE, "showconf", "node", "alpha", f"--as-peer={value}", "-o=yaml") == expected
+    # As pflag: a bare --as-peer never takes the next word as its value.
+    assert run(*FILE, "showconf", "node", "--as-peer", "alpha", "-o", "yaml") == expected
+    assert run(*FILE, "showconf", "--as-peer", "node", "alpha", "-o", "yaml") == expected
+    plain = run(*FILE, "showconf", "node", "alpha")
+    assert plain == (0, ALPHA_CONF, "")
+    for value in ("false", "0", "f", "F", "FALSE", "False"):
+        assert run(*FILE, "showconf", "node", "alpha", f"--as-peer={value}") == plain
+    code, out, err = run(*FILE, "showconf", "node", "alpha", "--as-peer=yes")
+    assert (code, out) == (2, "")
+    assert err == (
+        'kgctl: argument --as-peer: invalid argument "yes" for "--as-peer" flag: '
+        'strconv.ParseBool: parsing "yes": invalid syntax\n'
+    )
+    assert run(*FILE, "--respect-last-seen=false", "graph") == run(*FILE, "graph")
+
+
+def test_help_command_prints_the_help_of_the_command_it_names() -> None:
+    assert run("help") == (0, kgctl.build_parser().format_help(), "")
+    assert run("help")[1].startswith("usage: kgctl")
+    code, out, err = run("help", "showconf", "node")
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: kgctl showconf node")
+    assert "--as-peer" in out
+    # As cobra's: a later word that is no command is ignored.
+    assert run("help", "showconf", "x") == run("help", "showconf")
+    assert "~/.config/fish/completions/kgctl.fish" in run("help", "completion", "fish")[1]
+    code, out, err = run("help", "bogus")
+    assert (code, out) == (2, "")
+    assert err.startswith('kgctl: unknown help topic "bogus"; the commands are: graph, showconf')
+
+
+def test_completion_prints_the_script_of_each_shell() -> None:
+    for shell in ("bash", "zsh", "fish", "powershell"):
+        code, out, err = run("completion", shell)
+        assert (code, err) == (0, "")
+        assert "kgctl __complete" in out.replace("__completeNoDesc", "__complete")
+        assert out.endswith("\n")
+    code, out, _ = run("completion", "zsh", "--no-descriptions")
+    assert "__completeNoDesc" in out
+    assert "__completeNoDesc" not in run("completion", "zsh")[1]
+    # A command group without its subcommand prints its help, as cobra's.
+    code, out, _ = run("completion")
+    assert code == 0
+    assert out.startswith("usage: kgctl completion")
+    code, out, err = run("completion", "tcsh")
+    assert (code, out) == (2, "")
+    assert "invalid choice: 'tcsh'" in err
 
 
 def test_respect_last_seen_keeps_fresh_nodes_ready(tmp_path: Path) -> None:

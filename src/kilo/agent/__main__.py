@@ -18,13 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from kilo import __version__
+from kilo import __version__, completion, jsonlog
 from kilo.agent import logs
 from kilo.agent.settings import (
     AgentSettings,
     SettingsError,
     ShowText,
     WebhookRequested,
+    complete,
     parse_args,
 )
 from kilo.errors import KiloError
@@ -72,6 +73,13 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in completion.REQUESTS:
+        # cobra's hidden command, which the completion scripts run.
+        candidates, directive = complete(args[1:])
+        descriptions = args[0] == completion.REQUEST
+        out.write(completion.answer(candidates, directive, descriptions=descriptions))
+        print(f"Completion ended with directive: {completion.directive_name(directive)}", file=err)
+        return 0
     try:
         settings = parse_args(args, hostname_fallback=_os_hostname)
     except ShowText as shown:
@@ -111,7 +119,8 @@ async def _run(settings: AgentSettings) -> int:
     from kilo.mesh.model import Encapsulation
 
     log = logs.get("kilo")
-    log.info(f"Starting Kilo network mesh '{__version__}'.", extra={"unleveled": True})
+    # Kilo's two lines of its main logger: no level, no component.
+    logs.get("").log(jsonlog.UNLEVELED, f"Starting Kilo network mesh '{__version__}'.")
 
     try:
         config = kubeconfig.load(settings.backend.kubeconfig or None)
@@ -297,10 +306,15 @@ async def _run(settings: AgentSettings) -> int:
             try:
                 await agent.run(nodes, peers, stop)
             except KiloError as exc:
-                log.error(f"error: Kilo exited unexpectedly: {exc}")
+                # Kilo's last words, on stderr as Kilo prints them; also a log line.
+                message = f"error: Kilo exited unexpectedly: {exc}"
+                log.error(message)
+                print(printable(message), file=sys.stderr)
                 status = 1
         if stop.is_set():
-            log.info("caught interrupt; gracefully cleaning up; see you next time!")
+            logs.get("").log(
+                jsonlog.UNLEVELED, "caught interrupt; gracefully cleaning up; see you next time!"
+            )
     finally:
         stop_watch()
         if settings.mesh.clean_up:

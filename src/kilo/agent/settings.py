@@ -37,10 +37,17 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Literal, TypeVar
 
-from kilo import __version__
+from kilo import __version__, completion
 from kilo.agent import listen
 from kilo.mesh import flags, ip
 from kilo.mesh.endpoint import is_dns1123_subdomain
+from kilo.mesh.gosyntax import (
+    go_quote,
+    parse_bool,
+    parse_duration,
+    parse_int,
+    parse_uint32,
+)
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
     DEFAULT_INTERFACE,
@@ -196,205 +203,6 @@ class WebhookRequested(CommandLineExit):
     def __init__(self, settings: WebhookSettings) -> None:
         super().__init__("webhook")
         self.settings = settings
-
-
-# --- Go's value syntax ----------------------------------------------------------------------
-
-
-def go_quote(text: str) -> str:
-    """Go's ``%q`` of a string (``strconv.Quote``)."""
-    out = ['"']
-    for char in text:
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif char in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[char])
-        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of argv (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char.isprintable() or char == " ":
-            out.append(char)
-        elif code < 0x80:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_GO_ESCAPES["\v"] = "\\v"
-
-
-def _time_quote(text: str) -> str:
-    """The quoting of Go's ``time`` package errors: non-ASCII bytes as ``\\xNN``."""
-    out = ['"']
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif " " <= char < "\x80":
-            out.append(char)
-        else:
-            data = char.encode("utf-8", "surrogateescape")
-            out.extend(f"\\x{byte:02x}" for byte in data)
-    out.append('"')
-    return "".join(out)
-
-
-_DIGITS = {2: "01", 8: "01234567", 10: "0123456789", 16: "0123456789abcdefABCDEF"}
-
-
-def _is_digit(char: str, base: int = 10) -> bool:
-    return len(char) == 1 and char in _DIGITS[base]
-
-
-def parse_bool(text: str) -> bool:
-    """Go's ``strconv.ParseBool``."""
-    if text in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if text in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise ValueError(f"strconv.ParseBool: parsing {go_quote(text)}: invalid syntax")
-
-
-def _underscore_ok(text: str) -> bool:
-    """Go's ``underscoreOK``: ``_`` only between digits or after a base prefix."""
-    saw = "^"
-    body = text[1:] if text[:1] in ("+", "-") else text
-    index = 0
-    is_hex = False
-    if len(body) >= 2 and body[0] == "0" and body[1] in "bBoOxX":
-        index = 2
-        saw = "0"
-        is_hex = body[1] in "xX"
-    for char in body[index:]:
-        if _is_digit(char, 16 if is_hex else 10):
-            saw = "0"
-            continue
-        if char == "_":
-            if saw != "0":
-                return False
-            saw = "_"
-            continue
-        if saw == "_":
-            return False
-        saw = "!"
-    return saw != "_"
-
-
-def parse_int(text: str) -> int:
-    """Go's ``strconv.ParseInt(text, 0, 64)``, as pflag's int flags use it."""
-    syntax = ValueError(f"strconv.ParseInt: parsing {go_quote(text)}: invalid syntax")
-    body = text[1:] if text[:1] in ("+", "-") else text
-    negative = text[:1] == "-"
-    base = 10
-    if len(body) >= 2 and body[0] == "0" and body[1] in "bBoOxX":
-        base = {"b": 2, "o": 8, "x": 16}[body[1].lower()]
-        body = body[2:]
-    elif len(body) > 1 and body[0] == "0":
-        base = 8
-        body = body[1:]
-    digits = body.replace("_", "")
-    if not digits or not all(_is_digit(c, base) for c in digits):
-        raise syntax
-    if "_" in body and not _underscore_ok(text):
-        raise syntax
-    value = -int(digits, base) if negative else int(digits, base)
-    if not -(1 << 63) <= value < 1 << 63:
-        raise ValueError(f"strconv.ParseInt: parsing {go_quote(text)}: value out of range")
-    return value
-
-
-def parse_uint32(text: str) -> int:
-    """Go's ``strconv.ParseUint(text, 10, 32)``."""
-    if not text or not all(_is_digit(c) for c in text):
-        raise ValueError(f"strconv.ParseUint: parsing {go_quote(text)}: invalid syntax")
-    value = int(text)
-    if value >= 1 << 32:
-        raise ValueError(f"strconv.ParseUint: parsing {go_quote(text)}: value out of range")
-    return value
-
-
-_UNITS = {
-    "ns": 1,
-    "us": 1_000,
-    "\u00b5s": 1_000,  # micro sign
-    "\u03bcs": 1_000,  # Greek mu
-    "ms": 1_000_000,
-    "s": _NS_PER_SECOND,
-    "m": 60 * _NS_PER_SECOND,
-    "h": 3600 * _NS_PER_SECOND,
-}
-
-
-def parse_duration(text: str) -> int:
-    """Go's ``time.ParseDuration``, in nanoseconds (``1m30s``, ``1.5h``, ``-2ms``, ``0``)."""
-    invalid = ValueError(f"time: invalid duration {_time_quote(text)}")
-    rest = text
-    negative = False
-    if rest[:1] in ("+", "-"):
-        negative = rest[0] == "-"
-        rest = rest[1:]
-    if rest == "0":
-        return 0
-    if not rest:
-        raise invalid
-    total = 0
-    while rest:
-        if not (rest[0] == "." or _is_digit(rest[0])):
-            raise invalid
-        end = 0
-        while end < len(rest) and _is_digit(rest[end]):
-            end += 1
-        whole = int(rest[:end]) if end else 0
-        if whole > 1 << 63:
-            raise invalid
-        has_whole = end > 0
-        rest = rest[end:]
-        fraction, scale, has_fraction = 0, 1.0, False
-        if rest[:1] == ".":
-            rest = rest[1:]
-            end = 0
-            while end < len(rest) and _is_digit(rest[end]):
-                end += 1
-            has_fraction = end > 0
-            for char in rest[:end]:
-                # Like Go, stop adding precision once it would overflow.
-                if fraction > ((1 << 63) - 1) // 10:
-                    break
-                fraction = fraction * 10 + int(char)
-                scale *= 10
-            rest = rest[end:]
-        if not has_whole and not has_fraction:
-            raise invalid
-        end = 0
-        while end < len(rest) and not (rest[end] == "." or _is_digit(rest[end])):
-            end += 1
-        if end == 0:
-            raise ValueError(f"time: missing unit in duration {_time_quote(text)}")
-        unit_text, rest = rest[:end], rest[end:]
-        unit = _UNITS.get(unit_text)
-        if unit is None:
-            raise ValueError(
-                f"time: unknown unit {_time_quote(unit_text)} in duration {_time_quote(text)}"
-            )
-        if whole > (1 << 63) // unit:
-            raise invalid
-        value = whole * unit
-        if fraction:
-            value += int(float(fraction) * (float(unit) / scale))
-            if value > 1 << 63:
-                raise invalid
-        total += value
-        if total > 1 << 63:
-            raise invalid
-    if negative:
-        return -total
-    if total > (1 << 63) - 1:
-        raise invalid
-    return total
 
 
 def _read_csv(text: str) -> list[str]:
@@ -615,8 +423,15 @@ _SUBCOMMANDS = {
     for c in (
         _Command(
             "completion",
-            "Generate the autocompletion script for the specified shell (not implemented)",
-            (),
+            "Generate the autocompletion script for the specified shell",
+            (
+                Flag(
+                    completion.NO_DESCRIPTIONS_FLAG[2:],
+                    "bool",
+                    False,
+                    "disable completion descriptions",
+                ),
+            ),
         ),
         _Command("help", "Help about any command", ()),
         _Command("version", "Print the version and exit.", ()),
@@ -830,7 +645,7 @@ def parse_args(
     if command.name == "version":
         raise ShowText(f"{__version__}\n")
     if command.name == "completion":
-        raise SettingsError(f"{PROG} completion: shell completion is not implemented yet")
+        _completion(values, _positionals)
     if command.name == "webhook":
         level = _check_log_level(values)
         if values["version"]:
@@ -1006,6 +821,81 @@ def _validate(
     )
 
 
+# --- shell completion -----------------------------------------------------------------------
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "backend": (BACKEND_KUBERNETES,),
+    "compatibility": (Compatibility.FLANNEL.value, Compatibility.CILIUM.value),
+    "encapsulate": tuple(_ENCAPSULATIONS.split(", ")),
+    "log-level": tuple(level.value for level in LogLevel),
+    "mesh-granularity": (Granularity.LOCATION.value, Granularity.FULL.value),
+}
+_PATHS = frozenset({"kubeconfig", "cni-path", "cert-file", "key-file"})
+
+
+def _option(flag: Flag, *, persistent: bool = False) -> completion.Option:
+    names = (f"--{flag.name}", f"-{flag.shorthand}") if flag.shorthand else (f"--{flag.name}",)
+    return completion.Option(
+        names=names,
+        help=flag.help,
+        takes_value=flag.kind != "bool",
+        choices=_CHOICES.get(flag.name, ()),
+        path=flag.name in _PATHS,
+        repeatable=flag.kind == "strings",
+        persistent=persistent,
+    )
+
+
+def completion_tree() -> completion.Command:
+    """kg's commands and flags, for shell completion (``kg __complete``)."""
+    help_flag = Flag("help", "bool", False, "help for kg", shorthand="h")
+    root_options = (
+        *(_option(f) for f in ROOT_FLAGS),
+        *(_option(f, persistent=True) for f in PERSISTENT_FLAGS),
+        _option(help_flag),
+    )
+    commands = []
+    for sub in _SUBCOMMANDS.values():
+        if sub.name == "completion":
+            commands.append(completion.completion_command(PROG))
+        elif sub.name == "help":
+            commands.append(
+                completion.Command(
+                    name="help", help=sub.short, max_args=1, arguments=completion.HELP_TOPICS
+                )
+            )
+        else:
+            options = (
+                *(_option(f) for f in sub.flags),
+                _option(Flag("help", "bool", False, f"help for {sub.name}", shorthand="h")),
+            )
+            commands.append(completion.Command(name=sub.name, help=sub.short, options=options))
+    return completion.Command(
+        name=PROG, help="kg is the Kilo agent", options=root_options, commands=tuple(commands)
+    )
+
+
+def complete(words: Sequence[str]) -> tuple[list[str], int]:
+    """The answer to ``kg __complete WORDS...``: cobra's candidates and directive."""
+    return completion.complete(completion_tree(), list(words) or [""])
+
+
+def _completion(values: Mapping[str, FlagValue], positionals: Sequence[str]) -> None:
+    """``kg completion [SHELL]``: the script on stdout, or the command's help."""
+    if not positionals:
+        raise ShowText(help_text("completion"))
+    shell = positionals[0]
+    if shell not in completion.SHELLS:
+        raise SettingsError(
+            f"unknown command {go_quote(shell)} for {go_quote(PROG + ' completion')}"
+        )
+    if len(positionals) > 1:
+        path = f"{PROG} completion {shell}"
+        raise SettingsError(f"unknown command {go_quote(positionals[1])} for {go_quote(path)}")
+    descriptions = not _bool(values[completion.NO_DESCRIPTIONS_FLAG[2:]])
+    raise ShowText(completion.script(shell, PROG, descriptions=descriptions))
+
+
 # --- help -----------------------------------------------------------------------------------
 
 _ROOT_LONG = """\
@@ -1022,6 +912,22 @@ def help_text(name: str = PROG) -> str:
         lines += [_ROOT_LONG, "", "Usage:", f"  {PROG} [flags]", f"  {PROG} [command]", ""]
         lines.append("Available Commands:")
         lines += [f"  {c.name:<11} {c.short}" for c in _SUBCOMMANDS.values()]
+        lines.append("")
+    elif command.name == "completion":
+        lines += [
+            f"Generate the autocompletion script for {PROG} for the specified shell.",
+            "The script asks kg itself what to offer; load it, for example, with",
+            f"source <({PROG} completion bash).",
+            "",
+            "Usage:",
+            f"  {PROG} completion SHELL [flags]",
+            "",
+            "Available Commands:",
+        ]
+        lines += [
+            f"  {shell:<11} Generate the autocompletion script for {shell}"
+            for shell in completion.SHELLS
+        ]
         lines.append("")
     else:
         lines += [command.short, "", "Usage:", f"  {PROG} {command.name} [flags]", ""]

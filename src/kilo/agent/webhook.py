@@ -403,7 +403,11 @@ class WebhookApp:
             self._metrics.errors.inc()
             self._log.error(
                 "failed to parse body from incoming request",
-                fields={"source": request.source, "error": exc.message},
+                fields={
+                    "source": request.source,
+                    "err": "failed to parse body from incoming request",
+                    "error": exc.message,
+                },
             )
             return error(exc.status, exc.message)
         view = self._view() if self._view is not None else UNSYNCED
@@ -415,7 +419,9 @@ class WebhookApp:
         )
         if answer.allowed is None:
             self._metrics.errors.inc()
-            self._log.error(answer.message, fields={"source": request.source})
+            self._log.error(
+                answer.message, fields={"source": request.source, "err": answer.message}
+            )
             return Response(
                 answer.status,
                 answer.body,

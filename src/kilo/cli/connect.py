@@ -31,7 +31,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -47,7 +46,7 @@ from typing import Any, TextIO
 from kilo.cli import arguments, logs
 from kilo.errors import ConfigError, DataPlaneError, KiloError
 from kilo.mesh import connect as plan_mod
-from kilo.mesh import flags, ip, translate
+from kilo.mesh import flags, gosyntax, ip, translate
 from kilo.mesh.endpoint import Endpoint, is_dns1123_subdomain
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.keys import Key
@@ -66,6 +65,7 @@ DEFAULT_RESYNC = "30s"
 LOG_LEVELS = tuple(logs.LEVELS)
 SOCKET_DIR = Path("/var/run/wireguard")
 MIN_RESYNC_PERIOD = 1.0
+MAX_KEEPALIVE = 65535
 DEBOUNCE = 0.05
 RESOLVE_TIMEOUT = 5.0
 WIREGUARD_GO_START = 10.0
@@ -116,47 +116,19 @@ def _cidrs(text: str) -> list[IPNetwork]:
     return result
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-# The longest Go duration (2^63 - 1 ns, about 292 years).
-_MAX_DURATION = ((1 << 63) - 1) / 1e9
-
-
 def _duration(text: str) -> float:
-    """A Go duration (``30s``, ``1m30s``, ``500ms``), in seconds."""
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {_q(text)}: want a number with a unit, such as 30s or 1m"
+    """A Go duration (``30s``, ``1m30s``, ``500ms``, ``0``, ``-1s``), in seconds."""
+    return gosyntax.parse_duration(text) / 1e9
+
+
+def _keepalive(text: str) -> int:
+    """pflag's int syntax; 0..65535, what the Peer's webhook and WireGuard take."""
+    value = gosyntax.parse_int(text)
+    if not 0 <= value <= MAX_KEEPALIVE:
+        raise ValueError(
+            f"persistent keepalive must be in range [0:{MAX_KEEPALIVE}] seconds, but got {value}"
         )
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds > _MAX_DURATION:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {_q(text)}: longer than Go's longest, 2562047h47m16s"
-        )
-    return seconds
-
-
-def _bounded(what: str, low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(
-                f"invalid {what} {_q(text)}: want a whole number from {low} to {high}"
-            )
-        return int(text)
-
-    return parse
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "t", "true"):
-        return True
-    if lowered in ("0", "f", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value {_q(text)}; use true or false")
+    return value
 
 
 def _log_level(text: str) -> str:
@@ -196,6 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--private-key",
+        type=arguments.FILE,
         default="",
         metavar="PATH",
         help="the private key: read if it exists, else generated and written there (0600) "
@@ -217,7 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ):
         parser.add_argument(
             flag,
-            type=_bool,
+            type=arguments.go_bool(flag),
             nargs="?",
             const=True,
             default=default,
@@ -226,16 +199,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--mtu",
-        type=arguments.mtu("--mtu"),
+        type=arguments.mtu("--mtu", default=DEFAULT_MTU),
         default=DEFAULT_MTU,
-        help=f"MTU of an interface this command creates (default: {DEFAULT_MTU})",
+        help=f"MTU of an interface this command creates; 0 is the default (default: {DEFAULT_MTU})",
     )
     parser.add_argument(
         "--resync-period",
-        type=_duration,
+        type=arguments.go_value("--resync-period", _duration),
         default=_duration(DEFAULT_RESYNC),
         metavar="DURATION",
-        help=f"how often to re-apply everything besides on changes (default: {DEFAULT_RESYNC})",
+        help="how often to re-apply everything besides on changes; at least every "
+        f"{MIN_RESYNC_PERIOD:g} s (default: {DEFAULT_RESYNC})",
     )
     parser.add_argument(
         "--interface",
@@ -246,7 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--persistent-keepalive",
-        type=_bounded("--persistent-keepalive", 0, 65535),
+        type=arguments.go_value("--persistent-keepalive", _keepalive),
         default=DEFAULT_KEEPALIVE,
         metavar="SECONDS",
         help="keepalive of a Peer this command creates, and towards the nodes "
@@ -254,7 +228,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        type=_log_level,
+        type=arguments.Value(_log_level, choices=LOG_LEVELS),
         default="info",
         metavar="LEVEL",
         help=f"one of {', '.join(LOG_LEVELS)} (default: info); logs are JSON lines on stdout",
@@ -264,7 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_arguments(args: argparse.Namespace) -> str | None:
     """What is wrong with a combination of ``connect``'s flags, or ``None``."""
     if args.allowed_ip.version == 6:
-        problem = flags.mtu_problem(args.mtu, ipv6=True)
+        problem = flags.mtu_problem(args.mtu, ipv6=True, minimum=flags.MIN_IPV4_MTU)
         if problem:
             return (
                 f"invalid --mtu {args.mtu} with the IPv6 --allowed-ip {args.allowed_ip}: {problem}"
@@ -325,7 +299,15 @@ class Connection:
         self.interface: str = args.interface
         self.allowed_ip: IPInterface = args.allowed_ip
         self.subnet = None if args.subnet is None else ip.parse_network(args.subnet)
-        self.resync_period = max(float(args.resync_period), MIN_RESYNC_PERIOD)
+        period = float(args.resync_period)
+        if period < MIN_RESYNC_PERIOD:
+            # Kilo's loop re-syncs without pause for 0 or less; changes are watched anyway.
+            log.warning(
+                "resync period raised to the minimum",
+                fields={"requested": f"{period:g}s", "used": f"{MIN_RESYNC_PERIOD:g}s"},
+            )
+            period = MIN_RESYNC_PERIOD
+        self.resync_period = period
         if args.private_key:
             self.key_path = Path(args.private_key)
         else:
@@ -381,9 +363,14 @@ class Connection:
             generated = True
         self.private_key = private
         public = private.public_key()
+        # Kilo's line, whether the key is new or read.
         self.log.info(
-            "generated public key" if generated else "using the private key",
-            fields={"key": str(public), "path": str(self.key_path)},
+            "generated public key",
+            fields={
+                "key": str(public),
+                "path": str(self.key_path),
+                "private key": "generated" if generated else "read",
+            },
         )
 
         self.store = kubernetes.PeerStore(self.config, timeout=self.args.timeout)
@@ -426,6 +413,7 @@ class Connection:
             )
         self.interface_touched = True
         self.links.set_address(self.interface, self.allowed_ip)
+        self.log.info("set IP address of WireGuard interface", fields={"IP": str(self.allowed_ip)})
         self.links.set_up(self.interface, True)
         self.device = wireguard.open_device(self.interface, socket_dir=SOCKET_DIR)
         self.routes = netlink.RouteTable(state_file=self.state_path)
@@ -465,6 +453,7 @@ class Connection:
         self.log.info(
             "created WireGuard interface",
             fields={
+                "name": self.interface,
                 "interface": self.interface,
                 "index": self.links.index(self.interface),
                 "implementation": kind,
@@ -609,6 +598,7 @@ class Connection:
 
     async def _worker(self, nodes: Any, peers: Any) -> None:
         assert self._wake is not None
+        self.log.info("starting syncer")
         loop = asyncio.get_running_loop()
         # The first sync waits for both initial lists (an empty list yields no event).
         while nodes.resource_version is None or peers.resource_version is None:
@@ -670,7 +660,7 @@ class Connection:
                 extra_allowed_ips=self.args.allowed_ips,
             )
         except KiloError as exc:
-            self.log.error("failed to sync", fields={"error": str(exc)})
+            self.log.error("failed to sync", fields={"err": str(exc), "error": str(exc)})
             return False
         for warning in plan.warnings:
             self._warn_once(warning)
@@ -679,7 +669,7 @@ class Connection:
             config = plan_mod.keep_live_endpoints(plan.config, self.device.get(), now=time.time())
             if self.device.apply(config):
                 self.log.info(
-                    "WireGuard configuration updated",
+                    "WireGuard configurations are different",
                     fields={"peers": [p.name for p in config.peers]},
                 )
         except KiloError as exc:
@@ -712,7 +702,11 @@ class Connection:
         try:
             step()
         except KiloError as exc:
-            self.log.error(f"failed to clean up {what}", fields={"error": str(exc)})
+            # "err" as Kilo writes it, for the steps Kilo has.
+            kilo = _KILO_CLEAN_UP_ERRORS.get(what, f"failed to clean up {what}")
+            self.log.error(
+                f"failed to clean up {what}", fields={"err": f"{kilo}: {exc}", "error": str(exc)}
+            )
 
     def _clean_up(self) -> None:
         if self.routes is not None:
@@ -764,6 +758,13 @@ class Connection:
                 child.kill()
                 child.wait()
         self.log.info("stopped wireguard-go", fields={"pid": child.pid})
+
+
+_KILO_CLEAN_UP_ERRORS = {
+    "the routes": "failed to clean up routes",
+    "the interface": "failed to remove WireGuard interface",
+    "the peer": "failed to delete peer",
+}
 
 
 def _has_fileno(stream: TextIO) -> bool:

@@ -59,7 +59,7 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 
 from kilo.errors import SandboxError
-from kilo.sandbox import prerequisites
+from kilo.sandbox import kubelet, prerequisites
 from kilo.sandbox.controlplane import ControlPlane, build_binaries
 
 # Package data: links to manifests/crds.yaml and manifests/rbac.yaml, resolved when the
@@ -797,20 +797,18 @@ class Testbed:
         self.node_kubeconfig.chmod(0o644)
         by_name = {loc.name: loc for loc in self.locations}
         for node in self.nodes.values():
-            assert node.location is not None
-            client.create(
-                from_dict(
-                    Node,
-                    {
-                        "metadata": {
-                            "name": node.name,
-                            "labels": {TOPOLOGY_LABEL: node.location},
-                            "annotations": dict(by_name[node.location].annotations),
-                        },
-                        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
-                    },
-                )
+            assert node.location is not None and node.lan_ip is not None
+            # As a kubelet registers it (and the controllers fill it in): labels,
+            # annotations and a status besides Kilo's, as Kilo meets Nodes in a cluster.
+            obj = kubelet.node(
+                node.name,
+                internal_ip=node.lan_ip,
+                external_ip=node.wan_ip,
+                pod_cidr=node.pod_cidr,
+                labels={TOPOLOGY_LABEL: node.location},
+                annotations=by_name[node.location].annotations,
             )
+            client.create(from_dict(Node, obj), field_manager=kubelet.FIELD_MANAGER)
 
     def _apply(self, path: Path) -> None:
         for obj in load_all_yaml(path.read_text()):
