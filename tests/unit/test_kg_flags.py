@@ -343,7 +343,7 @@ STEPS: list[tuple[str, list[str], str | ShowText]] = [
         'failed to create Kubernetes config: invalid --master "10.0.0.1:99999": port must be '
         "in range [1:65535], but got 99999",
     ),
-    ("mtu-range", ["--mtu=0"], "invalid MTU: MTU must be in range [576:65535], but got 0"),
+    ("mtu-range", ["--mtu=0"], "invalid MTU: MTU must be in range [68:65535], but got 0"),
     (
         "interface",
         ["--interface="],
@@ -442,7 +442,7 @@ def test_empty_hostname_from_the_os_is_no_hostname():
     assert error_of(hostname="") == "failed to determine hostname"
 
 
-@pytest.mark.parametrize("text", ["auto", "1420", "576", "65535"])
+@pytest.mark.parametrize("text", ["auto", "1420", "576", "68", "65535"])
 def test_mtu_accepted(text):
     parse(f"--mtu={text}")
 
@@ -462,12 +462,12 @@ def test_mtu_rejected(text, error):
     assert error_of(f"--mtu={text}") == f'failed to parse MTU "{text}": {error}'
 
 
-@pytest.mark.parametrize("mtu", ["0", "100", "575", "65536", "70000", "4294967295"])
+@pytest.mark.parametrize("mtu", ["0", "67", "65536", "70000", "4294967295"])
 def test_mtu_out_of_range_is_rejected_deviation(mtu):
     # Kilo takes any uint32: 0 makes a kernel WireGuard interface carry nothing (IPv4 is
     # disabled below 68 bytes) at the first apply, and wireguard-go refuses it.
     assert error_of(f"--mtu={mtu}") == (
-        f"invalid MTU: MTU must be in range [576:65535], but got {mtu}"
+        f"invalid MTU: MTU must be in range [68:65535], but got {mtu}"
     )
 
 
@@ -476,8 +476,8 @@ def test_mtu_of_an_ipv6_subnet_is_at_least_1280_deviation():
     assert error_of("--subnet=fd00:4::/64", "--mtu=1279") == (
         "invalid MTU: MTU must be in range [1280:65535] for IPv6, but got 1279"
     )
-    assert error_of("--subnet=fd00:4::/64", "--mtu=100") == (
-        "invalid MTU: MTU must be in range [1280:65535], but got 100"
+    assert error_of("--subnet=fd00:4::/64", "--mtu=50") == (
+        "invalid MTU: MTU must be in range [1280:65535], but got 50"
     )
     assert parse("--subnet=10.4.0.0/16", "--mtu=1279").wireguard.mtu == 1279
 

@@ -21,7 +21,7 @@ instead of Kilo's ``port mus be``; an unknown ``--compatibility`` is an error in
 silently meaning IPIP; and after all of Kilo's checks come checks Kilo does not make, so
 that every flag is refused here rather than after the agent has created its key and
 interface or, worse, silently breaks it: the host name must be able to name a Node,
-``--master`` must be an http(s) URL, ``--mtu`` within 576..65535 (1280.. with an IPv6
+``--master`` must be an http(s) URL, ``--mtu`` within 68..65535 (1280.. with an IPv6
 subnet), ``--interface`` a name the kernel accepts, ``--topology-label`` a label key,
 ``--cni-path`` non-empty with ``--cni``, and ``--listen`` (last, as in Kilo) an address
 :mod:`kilo.agent.listen` can bind. Building the Kubernetes client config (Kilo's step 7,

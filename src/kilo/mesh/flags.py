@@ -13,9 +13,8 @@ value, so that a value these checks accept cannot fail there for its syntax:
   would not be the one asked for;
 * MTUs: what WireGuard (kernel or ``wireguard-go``) and IP can carry: up to 65535 (the
   largest IP packet), at least 1280 for IPv6, below which the kernel removes a device's
-  IPv6 addresses, and for IPv4 at least 576 for ``kg`` (the datagram size every IPv4 host
-  must accept) and 68 for ``kgctl connect`` (below it the kernel takes IPv4 off the
-  device and ``wireguard-go`` refuses the MTU; Kilo's ``connect`` takes any);
+  IPv6 addresses, and at least 68 for IPv4 (below it the kernel takes IPv4 off the
+  device and ``wireguard-go`` refuses the MTU; Kilo's ``kg`` and ``connect`` take any);
 * host names in addresses: Go's ``isDomainName``, or an IP literal;
 * API server URLs: ``http://`` or ``https://``, a host and an optional port, as the HTTP
   client needs (Kilo's client-go also takes a bare ``host:port``; the Python client does
@@ -68,22 +67,21 @@ def interface_name_problem(name: str) -> str | None:
 
 # --- MTUs -------------------------------------------------------------------------------------
 
-MIN_MTU = 576
 MIN_IPV4_MTU = 68
 MIN_IPV6_MTU = 1280
 MAX_MTU = 65535
 
 
-def mtu_range(*, ipv6: bool, minimum: int = MIN_MTU) -> tuple[int, int]:
+def mtu_range(*, ipv6: bool, minimum: int = MIN_IPV4_MTU) -> tuple[int, int]:
     """The MTUs a WireGuard interface may have (``ipv6``: it carries IPv6; ``minimum``:
     the least for IPv4)."""
     return (max(MIN_IPV6_MTU, minimum) if ipv6 else minimum), MAX_MTU
 
 
-def mtu_problem(mtu: int, *, ipv6: bool, minimum: int = MIN_MTU) -> str | None:
+def mtu_problem(mtu: int, *, ipv6: bool, minimum: int = MIN_IPV4_MTU) -> str | None:
     """Why ``mtu`` is no MTU for a WireGuard interface, or ``None``.
 
-    The phrase has the shape of Kilo's port error: ``MTU must be in range [576:65535], but
+    The phrase has the shape of Kilo's port error: ``MTU must be in range [68:65535], but
     got 0``.
     """
     low, high = mtu_range(ipv6=ipv6, minimum=minimum)
@@ -296,7 +294,6 @@ __all__ = [
     "MAX_MTU",
     "MIN_IPV4_MTU",
     "MIN_IPV6_MTU",
-    "MIN_MTU",
     "URL_SCHEMES",
     "api_server_url_problem",
     "host_problem",
