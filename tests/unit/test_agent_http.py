@@ -20,7 +20,7 @@ from prometheus_client import metrics as prometheus_metrics
 from kilo.agent.http import INDEX, NO_DOT, UNHEALTHY, HTTPServer
 from kilo.agent.listen import ListenAddress, parse_listen
 from kilo.agent.metrics import AgentMetrics, new_registry
-from kilo.errors import DataPlaneError, LocalNodeMissing
+from kilo.errors import ConfigError, LocalNodeMissing
 from tests.unit.test_graph import REFERENCE_DOT
 
 Fetch = Callable[..., tuple[int, Message, bytes]]
@@ -337,14 +337,14 @@ def test_listen_addresses_are_read_like_go(listen: str, expected: tuple[str, int
     ],
 )
 def test_malformed_listen_addresses_fail_to_listen(listen: str, reason: str) -> None:
-    with pytest.raises(DataPlaneError) as caught:
+    with pytest.raises(ConfigError) as caught:
         HTTPServer(listen, registry=CollectorRegistry(), healthy=lambda: True, graph=str)
     assert str(caught.value) == f"failed to listen on {listen}: listen tcp: {reason}"
 
 
 def test_a_port_in_use_fails_to_listen(server: HTTPServer) -> None:
     _, port = server.address
-    with pytest.raises(DataPlaneError) as caught:
+    with pytest.raises(ConfigError) as caught:
         HTTPServer(
             f"127.0.0.1:{port}", registry=CollectorRegistry(), healthy=lambda: True, graph=str
         )
