@@ -601,8 +601,7 @@ class Connection:
         self.log.info("starting syncer")
         loop = asyncio.get_running_loop()
         # The first sync waits for both initial lists (an empty list yields no event).
-        while nodes.resource_version is None or peers.resource_version is None:
-            await asyncio.sleep(DEBOUNCE)
+        await asyncio.gather(nodes.listed(), peers.listed())
         next_resync = loop.time()
         while True:
             timeout = max(0.0, next_resync - loop.time())

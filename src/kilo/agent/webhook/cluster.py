@@ -177,10 +177,7 @@ class ClusterWatcher:
             delay = min(delay * 2, self._retry_max)
 
     async def _wait_listed(self, informer: Any, resource: str) -> None:
-        # An empty first list yields no event, so the end of the first list is noticed by
-        # looking at the informer, not by waiting for an event.
-        while informer.relists == 0:
-            await asyncio.sleep(0.05)
+        await informer.listed()
         self.listed(resource, informer.cache)
 
     def listed(self, resource: str, cache: Mapping[str, Mapping[str, Any]]) -> None:
