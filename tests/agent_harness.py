@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kilo.adapters.kubernetes import Event, EventType
+from kilo.agent import command_line
 from kilo.agent.mesh import Agent, DataPlane, HostFacts
-from kilo.agent.settings import parse_args
+from kilo.agent.settings import AgentSettings
 from kilo.errors import BackendError, DataPlaneError
 from kilo.mesh import translate
 from kilo.mesh.discovery import DiscoveredIPs, Interface
@@ -162,9 +163,10 @@ class FakeMetrics:
 
 class Harness:
     def __init__(self, *args: str, iptables_fail: bool = False) -> None:
-        settings = parse_args(
+        settings = command_line.read(
             ["--hostname=a", "--encapsulate=never", *args], hostname_fallback=lambda: None
         )
+        assert isinstance(settings, AgentSettings), settings
         self.links = FakeLinks()
         self.routes = FakeRoutes()
         self.iptables = FakeIPTables(iptables_fail)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from kilo.agent import settings
+from kilo.agent import command_line
 from tests.manifests import (
     CHART,
     DASHBOARD,
@@ -278,5 +278,5 @@ def test_the_agent_flags_of_every_kg_container_are_accepted_in_the_new_variant()
     for c in containers(HETEROGENEOUS):
         if c.owner.startswith("DaemonSet/kilo") and c.name == "kilo":
             args = [a.replace("$(NODE_NAME)", "node-a") for a in c.spec["args"]]
-            parsed: Any = settings.parse_args(args, hostname_fallback=lambda: None)
+            parsed: Any = command_line.read(args, hostname_fallback=lambda: None)
             assert parsed.wireguard.create_interface is (c.owner == "DaemonSet/kilo")

@@ -21,7 +21,7 @@ import pytest
 
 from kilo import completion
 from kilo.agent import __main__ as kg
-from kilo.agent import settings
+from kilo.agent import command_line
 from kilo.cli import kgctl
 from tests.examples import EXAMPLE_DUMP
 
@@ -231,7 +231,7 @@ def test_kg_completion_prints_the_scripts_and_its_help() -> None:
     )
     code, out, _ = run("completion")
     assert code == 0
-    assert out == settings.help_text("completion")
+    assert out == command_line.help_text("completion")
     assert "bash        Generate the autocompletion script for bash" in out
     assert run("help", "completion")[1] == out
     assert run("completion", "tcsh") == (1, "", 'unknown command "tcsh" for "kg completion"\n')

@@ -21,7 +21,7 @@ import yaml
 from kilo.adapters import iptables as iptables_adapter
 from kilo.adapters import wireguard as wireguard_adapter
 from kilo.agent import __main__ as kg_main
-from kilo.agent import settings
+from kilo.agent import command_line, settings
 from tests.manifests import (
     CHART,
     DOCKERFILE,
@@ -190,15 +190,15 @@ def test_kg_containers_pass_flags_kg_accepts(item: tuple[str, Container]) -> Non
     if c.spec.get("command"):
         return
     args = _substitute(c.spec["args"])
-    try:
-        parsed = settings.parse_args(args, hostname_fallback=lambda: None)
-    except settings.WebhookRequested as webhook:
+    parsed = command_line.read(args, hostname_fallback=lambda: None)
+    if isinstance(parsed, settings.WebhookSettings):
         mounts = c.mounts()
-        for path in (webhook.settings.cert_file, webhook.settings.key_file):
+        for path in (parsed.cert_file, parsed.key_file):
             directory, key = path.rsplit("/", 1)
             assert mounts[directory]["secret"]["secretName"] == "peer-validation-webhook-tls"
             assert key in ("tls.crt", "tls.key")
         return
+    assert isinstance(parsed, settings.AgentSettings), parsed
     assert parsed.mesh.hostname == "node-a"
     mounts = c.mounts()
     # The state directory, the iptables lock and, with --cni, the conflist's directory.

@@ -19,24 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from kilo import __version__, completion, jsonlog
-from kilo.agent import logs
-from kilo.agent.settings import (
-    AgentSettings,
-    SettingsError,
-    ShowText,
-    WebhookRequested,
-    complete,
-    parse_args,
-)
+from kilo.agent import command_line, logs
+from kilo.agent.cobra import CommandLineError
+from kilo.agent.settings import AgentSettings, WebhookSettings
 from kilo.errors import KiloError
+from kilo.mesh.model import DEFAULT_MTU
 from kilo.mesh.text import printable
 
 if TYPE_CHECKING:
     from kilo.adapters.netlink import Links
     from kilo.agent.metrics import AgentMetrics
 
-PROG = "kg"
-DEFAULT_MTU = 1420  # of an interface kg creates with --mtu=auto (then set on each apply)
 STATE_DIRECTORY = Path("/var/lib/kilo")
 ROUTE_STATE = "routes.json"
 CNI_BRIDGE = "kube-bridge"
@@ -75,27 +68,28 @@ def main(
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in completion.REQUESTS:
         # cobra's hidden command, which the completion scripts run.
-        candidates, directive = complete(args[1:])
+        candidates, directive = command_line.complete(args[1:])
         descriptions = args[0] == completion.REQUEST
         out.write(completion.answer(candidates, directive, descriptions=descriptions))
         print(f"Completion ended with directive: {completion.directive_name(directive)}", file=err)
         return 0
     try:
-        settings = parse_args(args, hostname_fallback=_os_hostname)
-    except ShowText as shown:
+        outcome = command_line.read(args, hostname_fallback=_os_hostname)
+    except CommandLineError as exc:
+        print(exc, file=err)
+        return 1
+    if isinstance(outcome, command_line.Show):
         try:
-            out.write(shown.text)
+            out.write(outcome.text)
             out.flush()
         except BrokenPipeError:
             return 1
         return 0
-    except SettingsError as exc:
-        print(exc, file=err)
-        return 1
-    except WebhookRequested as requested:
+    if isinstance(outcome, WebhookSettings):
         from kilo.agent import webhook
 
-        return webhook.main(requested.settings, out=out, err=err)
+        return webhook.main(outcome, out=out, err=err)
+    settings = outcome
     logs.configure(settings.log.level, out)
     try:
         return asyncio.run(_run(settings))

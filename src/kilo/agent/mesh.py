@@ -39,7 +39,15 @@ from kilo.mesh.ip import IPAddress, IPInterface
 from kilo.mesh.iptables import RuleSet
 from kilo.mesh.keys import ZERO_KEY, Key
 from kilo.mesh.localnode import local_node, mesh_changed, peer_changed
-from kilo.mesh.model import Diagnostic, Node, Peer, ready_nodes, ready_peers
+from kilo.mesh.model import (
+    DEFAULT_MTU,
+    WIREGUARD_OVERHEAD,
+    Diagnostic,
+    Node,
+    Peer,
+    ready_nodes,
+    ready_peers,
+)
 from kilo.mesh.plan import TUNNEL_NAMES, PlanSettings, plan_node
 from kilo.mesh.routes import Device, Route, Rule
 from kilo.mesh.text import shorten
@@ -53,9 +61,6 @@ MIN_RESYNC_PERIOD = 1.0
 DEBOUNCE = 0.05
 RESOLVE_TIMEOUT = 5.0
 API_TIMEOUT = 10.0
-# Kilo's --mtu=auto: the default route's interface less WireGuard's overhead, else 1420.
-DEFAULT_MTU = 1420
-WIREGUARD_OVERHEAD = 80
 
 log = logs.get("kilo")
 iptables_log = logs.get("iptables")

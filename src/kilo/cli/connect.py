@@ -51,7 +51,7 @@ from kilo.mesh.endpoint import Endpoint, is_dns1123_subdomain
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.keys import Key
 from kilo.mesh.localnode import mesh_changed, peer_changed
-from kilo.mesh.model import Node, Peer, ready_nodes, ready_peers
+from kilo.mesh.model import DEFAULT_MTU, Node, Peer, ready_nodes, ready_peers
 from kilo.mesh.routes import Device
 from kilo.mesh.text import shorten
 from kilo.mesh.wireguard import WireGuardConfig
@@ -59,7 +59,6 @@ from kilo.mesh.wireguard import WireGuardConfig
 DEFAULT_KEY_DIRECTORY = Path("/var/lib/kilo/connect")
 DEFAULT_ALLOWED_IP = "10.10.10.10/32"
 DEFAULT_INTERFACE = "kilo0"
-DEFAULT_MTU = 1420
 DEFAULT_KEEPALIVE = 10
 DEFAULT_RESYNC = "30s"
 LOG_LEVELS = tuple(logs.LEVELS)
