@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kilo.cli import arguments, logs
 from kilo.errors import ConfigError, DataPlaneError, KiloError
@@ -51,10 +51,18 @@ from kilo.mesh.endpoint import Endpoint, is_dns1123_subdomain
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.keys import Key
 from kilo.mesh.localnode import mesh_changed, peer_changed
-from kilo.mesh.model import DEFAULT_MTU, Node, Peer, ready_nodes, ready_peers
+from kilo.mesh.model import DEFAULT_MTU, Diagnostic, Node, Peer, ready_nodes, ready_peers
 from kilo.mesh.routes import Device
 from kilo.mesh.text import shorten
 from kilo.mesh.wireguard import WireGuardConfig
+
+if TYPE_CHECKING:
+    # Imported at run time only when needed: --help and flag errors never pay for them.
+    from lightkube.config.kubeconfig import SingleConfig
+
+    from kilo.adapters.kubernetes import Event, Informer, PeerStore
+    from kilo.adapters.netlink import Links, RouteTable
+    from kilo.adapters.wireguard import WireGuardDevice
 
 DEFAULT_KEY_DIRECTORY = Path("/var/lib/kilo/connect")
 DEFAULT_ALLOWED_IP = "10.10.10.10/32"
@@ -314,15 +322,15 @@ class Connection:
         self.state_path = self.key_path.with_name(self.key_path.stem + ".routes.json")
         self.private_key: Key | None = None
         # What this run created or changed, so that clean-up removes exactly that.
-        self.store: Any = None
-        self.config: Any = None
+        self.store: PeerStore | None = None
+        self.config: SingleConfig | None = None
         self.peer_created = False
         self.interface_created = False
         self.interface_touched = False
         self.child: subprocess.Popen[bytes] | None = None
-        self.links: Any = None
-        self.routes: Any = None
-        self.device: Any = None
+        self.links: Links | None = None
+        self.routes: RouteTable | None = None
+        self.device: WireGuardDevice | None = None
         self.nodes: dict[str, Node] = {}
         self.peers: dict[str, Peer] = {}
         self._versions: dict[tuple[str, str], object] = {}
@@ -435,8 +443,10 @@ class Connection:
         return decision
 
     def _create_interface(self) -> None:
+        links = self.links
+        assert links is not None
         try:
-            self.links.create_wireguard(self.interface, self.args.mtu)
+            links.create_wireguard(self.interface, self.args.mtu)
         except DataPlaneError as kernel_error:
             program = shutil.which("wireguard-go")
             if program is None:
@@ -448,18 +458,20 @@ class Connection:
         else:
             kind = "kernel"
         self.interface_created = True
-        self.links.set_mtu(self.interface, self.args.mtu)
+        links.set_mtu(self.interface, self.args.mtu)
         self.log.info(
             "created WireGuard interface",
             fields={
                 "name": self.interface,
                 "interface": self.interface,
-                "index": self.links.index(self.interface),
+                "index": links.index(self.interface),
                 "implementation": kind,
             },
         )
 
     def _start_wireguard_go(self, program: str) -> None:
+        links = self.links
+        assert links is not None
         env = {**os.environ, "WG_PROCESS_FOREGROUND": "1"}
         # Its own messages go to stderr: stdout carries only our JSON lines.
         self.child = subprocess.Popen(
@@ -472,7 +484,7 @@ class Connection:
         )
         sock = SOCKET_DIR / f"{self.interface}.sock"
         deadline = time.monotonic() + WIREGUARD_GO_START
-        while not (sock.exists() and self.links.index(self.interface) is not None):
+        while not (sock.exists() and links.index(self.interface) is not None):
             code = self.child.poll()
             if code is not None:
                 raise DataPlaneError(
@@ -496,15 +508,20 @@ class Connection:
 
         from kilo.adapters import kubernetes
 
+        config, routes = self.config, self.routes
+        assert config is not None and routes is not None
         loop = asyncio.get_running_loop()
-        server = str(self.config.cluster.server)
+        server = str(config.cluster.server)
 
         def backend_error(message: str) -> None:
             self.log.error("the Kubernetes watch failed; retrying", fields={"error": message})
 
-        stop_watch = self.routes.watch_deletions(lambda: loop.call_soon_threadsafe(self._trigger))
+        def route_deleted() -> None:
+            loop.call_soon_threadsafe(self._trigger)
+
+        stop_watch = routes.watch_deletions(route_deleted)
         try:
-            async with AsyncClient(self.config, trust_env=False) as client:
+            async with AsyncClient(config, trust_env=False) as client:
                 nodes, peers = (
                     kubernetes.Informer(
                         client, r, server=server, retry_refusals=True, on_error=backend_error
@@ -535,7 +552,7 @@ class Connection:
         assert self._wake is not None
         self._wake.set()
 
-    async def _consume(self, informer: Any, handle: Callable[[Any], bool]) -> None:
+    async def _consume(self, informer: Informer, handle: Callable[[Event], bool]) -> None:
         async for event in informer.events():
             try:
                 changed = handle(event)
@@ -551,7 +568,7 @@ class Connection:
             if changed:
                 self._trigger()
 
-    def _report(self, kind: str, event: Any, diagnostics: Sequence[Any]) -> None:
+    def _report(self, kind: str, event: Event, diagnostics: Sequence[Diagnostic]) -> None:
         """Warn once per object version about what could not be used."""
         key = (kind, event.name)
         version = event.obj.get("metadata", {}).get("resourceVersion")
@@ -567,7 +584,7 @@ class Connection:
                 fields={"kind": d.kind, "name": d.name, "field": d.field, "value": d.value},
             )
 
-    def _on_node(self, event: Any) -> bool:
+    def _on_node(self, event: Event) -> bool:
         new = None
         if event.type != "DELETED":
             result = translate.translate_node(
@@ -582,7 +599,7 @@ class Connection:
             self.nodes[event.name] = new
         return mesh_changed(old, new, int(time.time()))
 
-    def _on_peer(self, event: Any) -> bool:
+    def _on_peer(self, event: Event) -> bool:
         new = None
         if event.type != "DELETED":
             result = translate.translate_peer(event.obj)
@@ -595,7 +612,7 @@ class Connection:
             self.peers[event.name] = new
         return peer_changed(old, new)
 
-    async def _worker(self, nodes: Any, peers: Any) -> None:
+    async def _worker(self, nodes: Informer, peers: Informer) -> None:
         assert self._wake is not None
         self.log.info("starting syncer")
         loop = asyncio.get_running_loop()
@@ -662,10 +679,12 @@ class Connection:
             return False
         for warning in plan.warnings:
             self._warn_once(warning)
+        device, routes = self.device, self.routes
+        assert device is not None and routes is not None
         ok = True
         try:
-            config = plan_mod.keep_live_endpoints(plan.config, self.device.get(), now=time.time())
-            if self.device.apply(config):
+            config = plan_mod.keep_live_endpoints(plan.config, device.get(), now=time.time())
+            if device.apply(config):
                 self.log.info(
                     "WireGuard configurations are different",
                     fields={"peers": [p.name for p in config.peers]},
@@ -674,7 +693,7 @@ class Connection:
             ok = False
             self.log.error("failed to sync WireGuard", fields={"error": str(exc)})
         try:
-            added, removed = self.routes.set(plan.routes, (), {Device.KILO: self.interface})
+            added, removed = routes.set(plan.routes, (), {Device.KILO: self.interface})
             if added or removed:
                 self.log.info("routes updated", fields={"added": added, "removed": removed})
         except KiloError as exc:
@@ -707,24 +726,28 @@ class Connection:
             )
 
     def _clean_up(self) -> None:
+        links, device = self.links, self.device
         if self.routes is not None:
             self._step("the routes", self.routes.clean_up)
-        if self.interface_created:
+        if links is None:  # the interface was never touched
+            pass
+        elif self.interface_created:
             self._stop_child()
-            self._step("the interface", lambda: self.links.delete(self.interface))
+            self._step("the interface", lambda: links.delete(self.interface))
         elif self.interface_touched:
-            if self.device is not None:
+            if device is not None:
                 self._step(
                     "the WireGuard peers",
-                    lambda: self.device.apply(WireGuardConfig(private_key=None, peers=())),
+                    lambda: device.apply(WireGuardConfig(private_key=None, peers=())),
                 )
-            self._step("the address", lambda: self.links.delete_addresses(self.interface))
+            self._step("the address", lambda: links.delete_addresses(self.interface))
         if self.peer_created:
             self._step("the peer", self._delete_peer)
 
     def _delete_peer(self) -> None:
-        assert self.private_key is not None
-        current = self.store.get(self.name)
+        store = self.store
+        assert self.private_key is not None and store is not None
+        current = store.get(self.name)
         if current is None:
             self.log.info("the peer is already gone", fields={"peer": self.name})
             return
@@ -740,7 +763,7 @@ class Connection:
                 "not deleting the peer: it now holds another public key", fields={"peer": self.name}
             )
             return
-        self.store.delete(self.name)
+        store.delete(self.name)
         self.log.info("deleted peer", fields={"peer": self.name})
 
     def _stop_child(self) -> None:
