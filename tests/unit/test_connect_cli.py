@@ -10,7 +10,7 @@ import ipaddress
 import json
 import socket
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from kilo.cli import connect, kgctl, logs
 from kilo.errors import ConfigError, DataPlaneError
 from kilo.mesh import wireguard
 from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.ip import IPInterface
 from kilo.mesh.keys import Key
 from kilo.mesh.routes import Device, Route, Rule
 from kilo.mesh.wgdevice import DeviceState
@@ -208,12 +209,12 @@ def test_a_resync_period_below_a_second_is_a_second_with_a_warning_deviation() -
     # Kilo's loop re-syncs without pause for 0 or a negative period; here changes are
     # watched and the resync is a safety net: at most once a second.
     for period in ("0", "-1s", "10ms"):
-        conn, out = connection(f"--resync-period={period}")
+        conn, out, _ = connection(f"--resync-period={period}")
         assert conn.resync_period == connect.MIN_RESYNC_PERIOD
         (entry,) = lines(out)
         assert entry["msg"] == "resync period raised to the minimum"
         assert entry["level"] == "warn"
-    conn, out = connection("--resync-period=2s")
+    conn, out, _ = connection("--resync-period=2s")
     assert (conn.resync_period, out.getvalue()) == (2.0, "")
 
 
@@ -295,6 +296,13 @@ class FakeRoutes:
         self.sets.append((tuple(routes), dict(devices)))
         return len(routes), 0
 
+    @property
+    def state_error(self) -> str | None:
+        return None
+
+    def watch_deletions(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None
+
     def clean_up(self) -> None:
         self.cleaned = True
 
@@ -303,8 +311,25 @@ class FakeRoutes:
 
 
 class FakeLinks:
+    """Records what clean-up asks; start-up (index, create, address, up) is the e2e's."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
+
+    def index(self, name: str) -> int | None:
+        return 3
+
+    def create_wireguard(self, name: str, mtu: int) -> bool:
+        raise AssertionError("start-up is not driven here")
+
+    def set_mtu(self, name: str, mtu: int) -> bool:
+        raise AssertionError("start-up is not driven here")
+
+    def set_up(self, name: str, up: bool) -> bool:
+        raise AssertionError("start-up is not driven here")
+
+    def set_address(self, name: str, cidr: IPInterface) -> bool:
+        raise AssertionError("start-up is not driven here")
 
     def delete(self, name: str) -> bool:
         self.calls.append(("delete", name))
@@ -325,6 +350,9 @@ class FakeStore:
     def get(self, name: str) -> dict[str, Any] | None:
         return self.peer
 
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        raise AssertionError("start-up is not driven here")
+
     def delete(self, name: str) -> bool:
         self.deleted.append(name)
         return True
@@ -333,15 +361,24 @@ class FakeStore:
         pass
 
 
-def connection(*argv: str) -> tuple[connect.Connection, io.StringIO]:
+@dataclasses.dataclass
+class Fakes:
+    """The stand-ins a connection drives, kept with their own types for the assertions."""
+
+    device: FakeDevice = dataclasses.field(default_factory=FakeDevice)
+    routes: FakeRoutes = dataclasses.field(default_factory=FakeRoutes)
+    links: FakeLinks = dataclasses.field(default_factory=FakeLinks)
+    store: FakeStore = dataclasses.field(default_factory=lambda: FakeStore(None))
+
+
+def connection(*argv: str) -> tuple[connect.Connection, io.StringIO, Fakes]:
     out = io.StringIO()
     log = logs.configure("debug", out)
     conn = connect.Connection(parse("laptop", *argv), "laptop", log, io.StringIO())
     conn.private_key = PRIVATE_KEYS["laptop"]
-    conn.device = FakeDevice()
-    conn.routes = FakeRoutes()
-    conn.links = FakeLinks()
-    return conn, out
+    fakes = Fakes()
+    conn.device, conn.routes, conn.links = fakes.device, fakes.routes, fakes.links
+    return conn, out, fakes
 
 
 def lines(out: io.StringIO) -> list[dict[str, Any]]:
@@ -349,15 +386,15 @@ def lines(out: io.StringIO) -> list[dict[str, Any]]:
 
 
 def test_sync_applies_the_peer_config_with_the_key_and_port_and_the_routes() -> None:
-    conn, out = connection("--port=51821", "-i", "wg0")
+    conn, out, fakes = connection("--port=51821", "-i", "wg0")
     nodes, peers = reference_cluster()
     nodes = [dataclasses.replace(n, last_seen=FUTURE) for n in nodes]
     assert conn.sync(nodes, peers)
-    (config,) = conn.device.applied
+    (config,) = fakes.device.applied
     assert wireguard.render(config) == (
         f"[Interface]\nPrivateKey = {PRIVATE_KEYS['laptop']}\nListenPort = 51821\n\n" + LAPTOP_CONF
     )
-    ((routes, devices),) = conn.routes.sets
+    ((routes, devices),) = fakes.routes.sets
     assert devices == {Device.KILO: "wg0"}
     assert len(routes) == 11
     entries = lines(out)
@@ -370,12 +407,12 @@ def test_sync_applies_the_peer_config_with_the_key_and_port_and_the_routes() -> 
 
 
 def test_a_failing_device_does_not_stop_the_routes_and_a_plan_error_is_logged() -> None:
-    conn, out = connection()
+    conn, out, fakes = connection()
     nodes, peers = reference_cluster()
     nodes = [dataclasses.replace(n, last_seen=FUTURE) for n in nodes]
-    conn.device.fail = True
+    fakes.device.fail = True
     assert not conn.sync(nodes, peers)
-    assert len(conn.routes.sets) == 1
+    assert len(fakes.routes.sets) == 1
     assert not conn.sync(nodes, [])
     entries = lines(out)
     assert entries[0]["msg"] == "failed to sync WireGuard"
@@ -392,7 +429,7 @@ def test_a_node_whose_dns_endpoint_does_not_resolve_does_not_abort_the_sync(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(connect, "resolve", lambda host, timeout=0: None)
-    conn, out = connection()
+    conn, out, fakes = connection()
     nodes, peers = reference_cluster()
     nodes = [
         dataclasses.replace(
@@ -403,7 +440,7 @@ def test_a_node_whose_dns_endpoint_does_not_resolve_does_not_abort_the_sync(
         for n in nodes
     ]
     assert conn.sync(nodes, peers)
-    (config,) = conn.device.applied
+    (config,) = fakes.device.applied
     gamma = config.peer(PUBLIC_KEYS["gamma"])
     assert gamma is not None and gamma.endpoint is not None and not gamma.endpoint.resolved
     assert len(config.peers) == 3
@@ -421,48 +458,48 @@ def own_peer(key: Key) -> dict[str, Any]:
 
 
 def test_clean_up_of_an_existing_interface_removes_peers_and_address_and_our_peer() -> None:
-    conn, out = connection()
+    conn, out, fakes = connection()
     conn.interface_touched = True
     conn.peer_created = True
-    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn.store = fakes.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
     conn._finish()
-    assert conn.routes.cleaned and conn.routes.closed
-    assert conn.device.applied == [WireGuardConfig(private_key=None, peers=())]
-    assert conn.links.calls == [("delete_addresses", "kilo0"), ("close",)]
-    assert conn.store.deleted == ["laptop"]
+    assert fakes.routes.cleaned and fakes.routes.closed
+    assert fakes.device.applied == [WireGuardConfig(private_key=None, peers=())]
+    assert fakes.links.calls == [("delete_addresses", "kilo0"), ("close",)]
+    assert fakes.store.deleted == ["laptop"]
     assert "deleted peer" in [e["msg"] for e in lines(out)]
 
 
 def test_clean_up_deletes_a_created_interface_and_never_a_reused_peer() -> None:
-    conn, _ = connection()
+    conn, _, fakes = connection()
     conn.interface_created = True
     conn.interface_touched = True
-    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn.store = fakes.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
     conn._finish()
-    assert conn.links.calls == [("delete", "kilo0"), ("close",)]
-    assert conn.device.applied == []
-    assert conn.store.deleted == []
+    assert fakes.links.calls == [("delete", "kilo0"), ("close",)]
+    assert fakes.device.applied == []
+    assert fakes.store.deleted == []
 
 
 def test_clean_up_keeps_a_peer_that_now_holds_another_key() -> None:
-    conn, out = connection()
+    conn, out, fakes = connection()
     conn.peer_created = True
-    conn.store = FakeStore(own_peer(PUBLIC_KEYS["alpha"]))
+    conn.store = fakes.store = FakeStore(own_peer(PUBLIC_KEYS["alpha"]))
     conn._finish()
-    assert conn.store.deleted == []
+    assert fakes.store.deleted == []
     assert "not deleting the peer" in out.getvalue()
 
 
 def test_clean_up_false_leaves_everything() -> None:
-    conn, _ = connection("--clean-up=false")
+    conn, _, fakes = connection("--clean-up=false")
     conn.interface_created = True
     conn.interface_touched = True
     conn.peer_created = True
-    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn.store = fakes.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
     conn._finish()
-    assert not conn.routes.cleaned and conn.routes.closed
-    assert conn.links.calls == [("close",)]
-    assert conn.store.deleted == []
+    assert not fakes.routes.cleaned and fakes.routes.closed
+    assert fakes.links.calls == [("close",)]
+    assert fakes.store.deleted == []
 
 
 def test_a_missing_peer_is_told_apart_from_a_missing_crd() -> None:

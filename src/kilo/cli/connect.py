@@ -38,10 +38,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from kilo.cli import arguments, logs
 from kilo.errors import ConfigError, DataPlaneError, KiloError
@@ -52,17 +52,16 @@ from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.keys import Key
 from kilo.mesh.localnode import mesh_changed, peer_changed
 from kilo.mesh.model import DEFAULT_MTU, Diagnostic, Node, Peer, ready_nodes, ready_peers
-from kilo.mesh.routes import Device
+from kilo.mesh.routes import Device, Route, Rule
 from kilo.mesh.text import shorten
+from kilo.mesh.wgdevice import DeviceState
 from kilo.mesh.wireguard import WireGuardConfig
 
 if TYPE_CHECKING:
     # Imported at run time only when needed: --help and flag errors never pay for them.
     from lightkube.config.kubeconfig import SingleConfig
 
-    from kilo.adapters.kubernetes import Event, Informer, PeerStore
-    from kilo.adapters.netlink import Links, RouteTable
-    from kilo.adapters.wireguard import WireGuardDevice
+    from kilo.adapters.kubernetes import Event, Informer
 
 DEFAULT_KEY_DIRECTORY = Path("/var/lib/kilo/connect")
 DEFAULT_ALLOWED_IP = "10.10.10.10/32"
@@ -77,6 +76,44 @@ DEBOUNCE = 0.05
 RESOLVE_TIMEOUT = 5.0
 WIREGUARD_GO_START = 10.0
 WIREGUARD_GO_STOP = 5.0
+
+
+# --- the ports the connection drives (kilo.adapters' PeerStore, Links, RouteTable and
+# WireGuard device; unit tests drive stand-ins) ------------------------------------------------
+
+
+class PeerStorePort(Protocol):
+    def get(self, name: str) -> dict[str, Any] | None: ...
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
+    def delete(self, name: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+class LinksPort(Protocol):
+    def index(self, name: str) -> int | None: ...
+    def create_wireguard(self, name: str, mtu: int) -> bool: ...
+    def set_mtu(self, name: str, mtu: int) -> bool: ...
+    def set_up(self, name: str, up: bool) -> bool: ...
+    def set_address(self, name: str, cidr: IPInterface) -> bool: ...
+    def delete_addresses(self, name: str) -> None: ...
+    def delete(self, name: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+class RoutesPort(Protocol):
+    @property
+    def state_error(self) -> str | None: ...
+    def set(
+        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+    ) -> tuple[int, int]: ...
+    def watch_deletions(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+    def clean_up(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class DevicePort(Protocol):
+    def get(self) -> DeviceState: ...
+    def apply(self, desired: WireGuardConfig) -> bool: ...
 
 
 # --- flags ---------------------------------------------------------------------------------
@@ -322,15 +359,15 @@ class Connection:
         self.state_path = self.key_path.with_name(self.key_path.stem + ".routes.json")
         self.private_key: Key | None = None
         # What this run created or changed, so that clean-up removes exactly that.
-        self.store: PeerStore | None = None
+        self.store: PeerStorePort | None = None
         self.config: SingleConfig | None = None
         self.peer_created = False
         self.interface_created = False
         self.interface_touched = False
         self.child: subprocess.Popen[bytes] | None = None
-        self.links: Links | None = None
-        self.routes: RouteTable | None = None
-        self.device: WireGuardDevice | None = None
+        self.links: LinksPort | None = None
+        self.routes: RoutesPort | None = None
+        self.device: DevicePort | None = None
         self.nodes: dict[str, Node] = {}
         self.peers: dict[str, Peer] = {}
         self._versions: dict[tuple[str, str], object] = {}
