@@ -16,12 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kilo.cli import kgctl
+from tests import golden
 from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
-from tests.unit.test_graph import REFERENCE_DOT
 from tests.unit.test_routes import BETA_ROUTES, BETA_RULES
 from tests.unit.test_topology import LAPTOP_CONF
 
 FILE = ["--backend", "file", "--file", str(EXAMPLE_DUMP)]
+REFERENCE_DOT = golden.text("reference.dot")  # kgctl graph prints it and a newline
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -417,10 +418,8 @@ def full_mesh_dump(tmp_path: Path) -> list[str]:
 
 
 def test_graph_of_the_full_mesh_example(tmp_path: Path) -> None:
-    from tests.unit.test_graph import FULL_MESH_DOT
-
     dump = full_mesh_dump(tmp_path)
-    assert run(*dump, "graph") == (0, FULL_MESH_DOT + "\n", "")
+    assert run(*dump, "graph") == (0, golden.text("full-mesh.dot") + "\n", "")
     assert run(*dump, "graph", "--mesh-granularity", "full") == run(*dump, "graph")
 
 
