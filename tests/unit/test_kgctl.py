@@ -19,7 +19,6 @@ from kilo.cli import kgctl
 from tests import golden
 from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
 from tests.unit.test_routes import BETA_ROUTES, BETA_RULES
-from tests.unit.test_topology import LAPTOP_CONF
 
 FILE = ["--backend", "file", "--file", str(EXAMPLE_DUMP)]
 REFERENCE_DOT = golden.text("reference.dot")  # kgctl graph prints it and a newline
@@ -39,26 +38,8 @@ def write_dump(
     return ["--backend", "file", "--file", str(path)]
 
 
-ALPHA_CONF = f"""[Interface]
-ListenPort = 51820
-
-[Peer]
-AllowedIPs = 10.2.2.0/24, 172.31.5.5/32, 10.4.0.1/32, 172.31.100.0/24
-Endpoint = 3.3.3.3:51820
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["gamma"]}
-
-[Peer]
-AllowedIPs = 10.2.3.0/24, 10.4.0.3/32
-Endpoint = 3.3.3.4:51820
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["delta"]}
-
-[Peer]
-AllowedIPs = 10.5.0.1/32
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["laptop"]}
-"""
+# kgctl showconf node alpha: the leader's config without a private key.
+ALPHA_CONF = golden.text("alpha.conf")
 
 
 def test_graph_reproduces_the_reference_example() -> None:
@@ -83,7 +64,7 @@ def test_showconf_node_non_leader_notes_it_and_exits_zero_like_kilo() -> None:
 
 
 def test_showconf_peer_has_no_interface_and_the_peers_keepalive() -> None:
-    assert run(*FILE, "showconf", "peer", "laptop") == (0, LAPTOP_CONF, "")
+    assert run(*FILE, "showconf", "peer", "laptop") == (0, golden.text("laptop.conf"), "")
 
 
 def test_showconf_node_as_peer_wireguard() -> None:
@@ -424,21 +405,10 @@ def test_graph_of_the_full_mesh_example(tmp_path: Path) -> None:
 
 
 def test_showconf_node_of_the_full_mesh_example(tmp_path: Path) -> None:
+    # full-mesh-a.conf is kilo-k8s-cli.md §4.5, with B_KEY and P_KEY.
     assert run(*full_mesh_dump(tmp_path), "showconf", "node", "a") == (
         0,
-        "[Interface]\n"
-        "ListenPort = 51820\n"
-        "\n"
-        "[Peer]\n"
-        "AllowedIPs = 10.42.1.0/24, 172.18.0.3/32, 10.4.0.2/32\n"
-        "Endpoint = 172.18.0.3:51820\n"
-        "PersistentKeepalive = 0\n"
-        f"PublicKey = {B_KEY}\n"
-        "\n"
-        "[Peer]\n"
-        "AllowedIPs = 10.5.0.1/32\n"
-        "PersistentKeepalive = 0\n"
-        f"PublicKey = {P_KEY}\n",
+        golden.text("full-mesh-a.conf"),
         "",
     )
 
