@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from kilo.cli import kgctl
 from tests import golden
+from tests import reference_iptables as ipt
 from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
-from tests.unit.test_routes import BETA_ROUTES, BETA_RULES
 
 FILE = ["--backend", "file", "--file", str(EXAMPLE_DUMP)]
 REFERENCE_DOT = golden.text("reference.dot")  # kgctl graph prints it and a newline
@@ -124,9 +124,9 @@ def test_plan_node_shows_the_reference_routes_and_rules() -> None:
     code, out, err = run(*FILE, "plan", "node", "beta", "--private-interface", "ens4")
     assert (code, err) == (0, "")
     routes_section = out.split("## Routes (proto static)\n")[1].split("\n\n")[0].splitlines()
-    assert routes_section == BETA_ROUTES
+    assert routes_section == golden.lines("beta.routes")
     rules_section = out.split("## IP rules\n")[1].split("\n\n")[0].splitlines()
-    assert rules_section == BETA_RULES
+    assert rules_section == golden.lines("beta.rules")
     assert "state: down" in out
     assert "IPAM range 10.2.1.0/24" in out
 
@@ -461,9 +461,6 @@ def test_showconf_as_peer_yaml_of_the_kind_cluster_example(tmp_path: Path) -> No
 
 
 def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
-    from tests.unit import test_iptables as ipt
-    from tests.unit.test_routes import ALPHA_ROUTES, ALPHA_RULES
-
     code, out, _ = run(
         *FILE, "plan", "node", "alpha", "--service-cidr", "10.96.0.0/12", "-o", "json"
     )
@@ -484,8 +481,8 @@ def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
             parts += ["table", str(r["table"])]
         return " ".join(parts)
 
-    assert [route_text(r) for r in plan["routes"]] == ALPHA_ROUTES
-    assert len(plan["rules"]) == len(ALPHA_RULES)
+    assert [route_text(r) for r in plan["routes"]] == golden.lines("alpha.routes")
+    assert len(plan["rules"]) == len(golden.lines("alpha.rules"))
     append = [e["text"] for e in plan["iptables"]["append"]]
     prepend = [e["text"] for e in plan["iptables"]["prepend"]]
     assert append == ipt.IPIP_APPEND + ipt.NAT_APPEND
@@ -652,12 +649,10 @@ def test_respect_last_seen_keeps_fresh_nodes_ready(tmp_path: Path) -> None:
 
 
 def test_plan_rules_of_alpha_and_gamma_through_the_cli() -> None:
-    from tests.unit.test_routes import ALPHA_RULES
-
     code, out, _ = run(*FILE, "plan", "node", "alpha")
     assert code == 0
     rules = out.split("## IP rules\n")[1].split("\n\n")[0].splitlines()
-    assert rules == ALPHA_RULES
+    assert rules == golden.lines("alpha.rules")
     code, out, _ = run(*FILE, "plan", "node", "gamma")
     assert code == 0
     assert (
@@ -667,14 +662,12 @@ def test_plan_rules_of_alpha_and_gamma_through_the_cli() -> None:
 
 
 def test_plan_crosssubnet_keeps_beta_on_the_private_interface() -> None:
-    from tests.unit.test_routes import BETA_UNENCAPSULATED
-
     code, out, _ = run(
         *FILE, "plan", "node", "beta", "--encapsulate", "crosssubnet", "--private-interface", "ens4"
     )
     assert code == 0
     routes = out.split("## Routes (proto static)\n")[1].split("\n\n")[0].splitlines()
-    assert routes == BETA_UNENCAPSULATED
+    assert routes == golden.lines("beta-unencapsulated.routes")
     assert out.split("## IP rules\n")[1].startswith("(none)")
 
 
