@@ -65,7 +65,10 @@ def test_ipv6_pod_cidr() -> None:
 
 
 def test_the_mask_matters() -> None:
-    assert rewrite(REWRITTEN, ip_network("10.2.0.0/23")) is not None
+    # The same network address with another mask is another CIDR: the file is rewritten.
+    result = rewrite(REWRITTEN, ip_network("10.2.0.0/23"))
+    assert result == REWRITTEN.replace('"subnet":"10.2.0.0/24"', '"subnet":"10.2.0.0/23"')
+    assert result != REWRITTEN
 
 
 # --- reading the current CIDR ----------------------------------------------------------------
