@@ -86,6 +86,8 @@ mkdir -p "$cache_root"
 # One build at a time; a build that waited here may find its image made by the other one.
 exec 9>"$cache_root/lock"
 flock 9
+# Work directories of builds that were killed (builds take turns, so none is in use).
+rm -rf "$cache_root"/.work-*
 work="$(mktemp -d "$cache_root/.work-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
