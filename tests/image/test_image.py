@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kilo import __version__
 from kilo.sandbox import podman
 from tests import image_harness
 from tests.image import webhook_check
 from tests.manifests import (
+    CHART,
     MANIFESTS,
     Container,
     containers,
@@ -95,10 +97,15 @@ def test_the_cni_plugins_in_opt_cni_bin_are_debians_and_answer(kilo_image: str) 
 
 
 def our_containers() -> dict[str, Container]:
-    """One of each distinct container (command and security context) of our manifests."""
+    """One of each distinct container (command and security context) of our manifests that
+    runs our image (nkml and kube-router keep their own)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    image = f"{values['image']['repository']}:{values['image']['tag']}"
     distinct: dict[str, Container] = {}
     for path in rendered_files():
         for c in containers(load_file(path)):
+            if c.spec["image"] != image:
+                continue
             security = podman.Security.from_kubernetes(c.spec, c.pod)
             command = (c.spec.get("command") or ["(entrypoint)"])[0]
             distinct.setdefault(f"{c.name}:{command}:{' '.join(security.flags())}", c)
@@ -210,3 +217,28 @@ def test_the_iptables_wrapper_runs_the_backend_of_a_real_namespace(kilo_image: s
     assert result.returncode == 0, result.stderr
     assert ":KILO-TEST - [0:0]" in result.stdout
     assert result.stdout.splitlines()[-1] == "nft"
+
+
+def test_our_wireguard_probe_runs_in_the_image_with_its_capability(kilo_image: str) -> None:
+    """nkml's init container: a WireGuard link in a (here: the test's) network namespace."""
+    probe = next(
+        c
+        for c in containers(load_file(MANIFESTS / "kilo-k3s-userspace-heterogeneous.yaml"))
+        if c.name == "wireguard-probe"
+    )
+    with image_harness.network_namespace() as netns:
+        result = image_harness.run(
+            podman.Container(
+                image=kilo_image,
+                name=image_harness.name(),
+                command=tuple(probe.spec["command"]),
+                network=f"ns:/run/netns/{netns}",
+                security=podman.Security.from_kubernetes(probe.spec, probe.pod),
+            )
+        )
+        links = subprocess.run(
+            ["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("wireguard-probe: the kernel c"), result.stdout
+    assert "kilo-wg-probe" not in links.stdout
