@@ -63,9 +63,9 @@ def test_the_images_kg_accepts_every_argument_list_of_kilos_agents(kilo_image: s
     }
     script = (
         "import json, sys\n"
-        "from kilo.agent import settings\n"
+        "from kilo.agent import command_line\n"
         "for name, args in json.loads(sys.argv[1]).items():\n"
-        "    parsed = settings.parse_args(args, hostname_fallback=lambda: None)\n"
+        "    parsed = command_line.read(args, hostname_fallback=lambda: None)\n"
         "    print(name, '=>', parsed.mesh.hostname, parsed.backend.kubeconfig)\n"
     )
     result = image_harness.run(
