@@ -8,12 +8,14 @@ kube-apiserver) and one location, ``lead``, of one node that runs the real ``kg`
 its own wireguard-go. Every other Node exists only as an API object written by this
 process: simulated nodes, ``--per-location`` (10) to a location, each with a real random
 WireGuard public key, an endpoint in 198.51.100.128-253 (TEST-NET-2), an internal IP in
-172.24.0.0/16 and a /24 pod CIDR from 10.128.0.0/9. A thread patches the ``last-seen`` of
-every simulated node once per ``--check-in`` period (30 s, spread evenly over it), as real
-agents check in. With location granularity every location is one segment, so the leader
-has one WireGuard peer per simulated location: N/10 peers for N nodes. Nothing is ever sent
-to those endpoints: WireGuard only sends to a peer when there is traffic for it or a
-persistent keepalive, and there is neither.
+172.24.0.0/16 and a /24 pod CIDR from 10.128.0.0/9, and everything else a
+kubelet-registered Node holds (labels, annotations, a status with conditions, addresses and
+32 images: about 9 KB a Node, from ``kilo.sandbox.kubelet``), as the testbed's own nodes. A
+thread patches the ``last-seen`` of every simulated node once per ``--check-in`` period
+(30 s, spread evenly over it), as real agents check in. With location granularity every
+location is one segment, so the leader has one WireGuard peer per simulated location: N/10
+peers for N nodes. Nothing is ever sent to those endpoints: WireGuard only sends to a peer
+when there is traffic for it or a persistent keepalive, and there is neither.
 
 For each size N (ascending; the nodes are added to the same cluster), kg is started twice:
 
@@ -69,7 +71,7 @@ from lightkube.types import PatchType
 
 from kilo.adapters.keyfile import generate_private_key
 from kilo.mesh import translate
-from kilo.sandbox import testbed
+from kilo.sandbox import kubelet, testbed
 from kilo.sandbox.controlplane import build_binaries
 from kilo.sandbox.testbed import Location, Testbed
 
@@ -99,25 +101,25 @@ def sim_name(i: int) -> str:
 
 
 def sim_object(i: int, per_location: int, last_seen: int) -> dict[str, Any]:
+    """A simulated node as a cluster holds it (kubelet labels, annotations and status, see
+    kilo.sandbox.kubelet) with the annotations its Kilo agent would have written."""
     # 198.51.100.128-253 stays clear of the /30s the testbeds take for the host link
     # (from 198.51.100.0 up); the port keeps endpoints distinct.
     host, port = 128 + i % 126, 51820 + i // 126
-    return {
-        "metadata": {
-            "name": sim_name(i),
-            "labels": {testbed.TOPOLOGY_LABEL: f"sim{i // per_location:04d}"},
-            "annotations": {
-                translate.KEY: str(generate_private_key().public_key()),
-                translate.ENDPOINT: f"198.51.100.{host}:{port}",
-                translate.INTERNAL_IP: f"172.24.{i // 250}.{i % 250 + 1}/16",
-                translate.LAST_SEEN: str(last_seen),
-            },
+    internal = f"172.24.{i // 250}.{i % 250 + 1}"
+    return kubelet.node(
+        sim_name(i),
+        internal_ip=internal,
+        pod_cidr=f"10.{128 + i // 256}.{i % 256}.0/24",
+        labels={testbed.TOPOLOGY_LABEL: f"sim{i // per_location:04d}"},
+        annotations={
+            translate.KEY: str(generate_private_key().public_key()),
+            translate.ENDPOINT: f"198.51.100.{host}:{port}",
+            translate.INTERNAL_IP: f"{internal}/16",
+            translate.LAST_SEEN: str(last_seen),
         },
-        "spec": {
-            "podCIDR": f"10.{128 + i // 256}.{i % 256}.0/24",
-            "podCIDRs": [f"10.{128 + i // 256}.{i % 256}.0/24"],
-        },
-    }
+        now=last_seen,
+    )
 
 
 class Clients:
@@ -151,7 +153,10 @@ def create_nodes(clients: Clients, indexes: Iterable[int], per_location: int) ->
     now = int(time.time())
 
     def create(i: int) -> None:
-        clients.get().create(cast(Node, Node.from_dict(sim_object(i, per_location, now))))
+        clients.get().create(
+            cast(Node, Node.from_dict(sim_object(i, per_location, now))),
+            field_manager=kubelet.FIELD_MANAGER,
+        )
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(CREATE_WORKERS) as pool:

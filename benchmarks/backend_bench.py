@@ -5,7 +5,9 @@
 Starts the test control plane (etcd + kube-apiserver, TLS, RBAC; see
 ``kilo.sandbox.controlplane``), creates N Nodes carrying the annotations a Kilo
 agent writes (endpoint, internal IP, key, last-seen, location over 50 locations, a WireGuard
-IP on every fourth node, a leader per location) and a pod CIDR, then measures:
+IP on every fourth node, a leader per location), a pod CIDR, and what a kubelet-registered
+Node holds besides (labels, annotations, a status with 32 images: ``kilo.sandbox.kubelet``),
+then measures:
 
 * the informer's initial list: ``Informer.events()`` until N ADDED events are cached;
 * a burst of agent check-ins: concurrent merge patches of ``last-seen`` on distinct nodes,
@@ -48,6 +50,7 @@ from kilo.adapters import kubeconfig, kubernetes
 from kilo.errors import BackendError
 from kilo.mesh import translate
 from kilo.mesh.cluster import translate_cluster
+from kilo.sandbox import kubelet
 from kilo.sandbox.controlplane import ControlPlane, ControlPlaneError, build_binaries
 
 LOCATIONS = 50
@@ -95,19 +98,14 @@ def node_object(i: int, last_seen: int) -> dict[str, Any]:
         annotations[translate.WIREGUARD_IP] = f"{WIREGUARD_BASE + i}/16"
     if i < LOCATIONS:
         annotations[translate.LEADER] = "true"
-    return {
-        "metadata": {
-            "name": node_name(i),
-            "labels": {
-                "kubernetes.io/arch": "amd64",
-                "kubernetes.io/hostname": node_name(i),
-                "kubernetes.io/os": "linux",
-                "topology.kubernetes.io/region": location,
-            },
-            "annotations": annotations,
-        },
-        "spec": {"podCIDR": f"{POD_BASE + 256 * i}/24"},
-    }
+    return kubelet.node(
+        node_name(i),
+        internal_ip=str(INTERNAL_BASE + i),
+        pod_cidr=f"{POD_BASE + 256 * i}/24",
+        labels={"topology.kubernetes.io/region": location},
+        annotations=annotations,
+        now=last_seen,
+    )
 
 
 # --- measuring helpers ---------------------------------------------------------------------
@@ -224,7 +222,9 @@ def patch_body(last_seen: int) -> dict[str, Any]:
 
 async def create_nodes(client: AsyncClient, r: Results, now: int) -> None:
     def job(i: int) -> Callable[[], Coroutine[Any, Any, object]]:
-        return lambda: client.create(cast(Node, Node.from_dict(node_object(i, now))))
+        return lambda: client.create(
+            cast(Node, Node.from_dict(node_object(i, now))), field_manager=kubelet.FIELD_MANAGER
+        )
 
     start = time.perf_counter()
     await bounded(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Render the Kilo manifests from the chart: each manifests/<file> below is exactly what
+# Render the Kilo manifests from the chart: each manifests/<file>.yaml below is exactly what
 # `helm template kilo charts/kilo --namespace kube-system <values>` prints, after one header
-# line. crds.yaml and rbac.yaml are written by hand (the chart ships the same objects; the
+# line; kilo-dashboard.json is the chart's dashboard file. crds.yaml and rbac.yaml are written by hand (the chart ships the same objects; the
 # tests check it). tests/integration/test_manifests.py renders into a temporary directory
 # and compares, so an edit to the chart without ./manifests/generate.sh fails the tests.
 #
@@ -41,6 +41,18 @@ render kilo-k3s-cilium.yaml --set flavour=k3s --set mode=cilium
 render kilo-kubeadm-userspace.yaml --set flavour=kubeadm --set userspace=true
 render kilo-k3s-userspace.yaml --set flavour=k3s --set userspace=true
 render kilo-kubeadm-flannel-userspace.yaml --set flavour=kubeadm --set mode=flannel --set userspace=true
+# Kernel WireGuard where the kernel has it, the sidecar elsewhere (nkml labels the nodes).
+render kilo-k3s-userspace-heterogeneous.yaml --set flavour=k3s --set userspace=heterogeneous
 # Add-ons without the agent.
 render peer-validation.yaml --set agent.enabled=false --set peerValidation.enabled=true
 render podmonitor.yaml --set agent.enabled=false --set podMonitor.enabled=true
+render kube-router.yaml --set agent.enabled=false --set kubeRouter.enabled=true
+# Kilo's WireGuard exporter is kg itself here (per-peer metrics on its /metrics): the PodMonitor
+# above and the Grafana dashboard.
+render wg-exporter.yaml --set agent.enabled=false --set podMonitor.enabled=true \
+  --set dashboard.enabled=true
+render wg-exporter-role-kube-prometheus.yaml --set agent.enabled=false \
+  --set kubePrometheusRole.enabled=true
+# The dashboard itself, for Grafana's Import.
+cp "$root/charts/kilo/files/kilo-dashboard.json" "$out/.kilo-dashboard.json.new"
+mv -f "$out/.kilo-dashboard.json.new" "$out/kilo-dashboard.json"

@@ -20,6 +20,9 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v sysctl >/dev/null || need+=(procps)
 # Graphviz renders the mesh graph as SVG (kgctl graph, the agent's /graph, the sandbox).
 command -v dot >/dev/null || need+=(graphviz)
+# The completion scripts of kg and kgctl are tested in real zsh and fish (bash is there).
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
 # The kernel suite (tests/kernel) and `kilo-sandbox up --kernel` boot Debian's kernel under QEMU's
 # emulation (src/kilo/sandbox/vm.py): QEMU for x86 (without recommends: no GUI, only SeaBIOS and
 # the iPXE ROMs), a static busybox for its initramfs, kmod's depmod and modprobe. The kernel
@@ -29,6 +32,10 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"
 { command -v depmod && command -v modprobe; } >/dev/null || need+=(kmod)
 # The venv of the Makefile.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# The image: docker/build.sh builds it with mmdebstrap; the tests run it with podman (which
+# brings crun and conmon).
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v podman >/dev/null || need+=(podman)
 
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0

@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kilo.adapters.kubernetes import Event, EventType
+from kilo.agent import command_line
 from kilo.agent.mesh import Agent, DataPlane, HostFacts
-from kilo.agent.settings import parse_args
+from kilo.agent.settings import AgentSettings
 from kilo.errors import BackendError, DataPlaneError
 from kilo.mesh import translate
 from kilo.mesh.discovery import DiscoveredIPs, Interface
@@ -142,6 +143,7 @@ class FakeMetrics:
         self.reconciles = 0
         self.counts = (0, 0)
         self.leader: bool | None = None
+        self.node: tuple[str, str] | None = None
 
     def error(self, event: str) -> None:
         self.errors.append(event)
@@ -155,12 +157,16 @@ class FakeMetrics:
     def set_leader(self, leader: bool) -> None:
         self.leader = leader
 
+    def set_node(self, node: str, location: str) -> None:
+        self.node = (node, location)
+
 
 class Harness:
     def __init__(self, *args: str, iptables_fail: bool = False) -> None:
-        settings = parse_args(
+        settings = command_line.read(
             ["--hostname=a", "--encapsulate=never", *args], hostname_fallback=lambda: None
         )
+        assert isinstance(settings, AgentSettings), settings
         self.links = FakeLinks()
         self.routes = FakeRoutes()
         self.iptables = FakeIPTables(iptables_fail)

@@ -23,6 +23,9 @@ CHART = ROOT / "charts" / "kilo"
 DOCKERFILE = ROOT / "Dockerfile"
 GENERATOR = MANIFESTS / "generate.sh"
 HAND_WRITTEN = ("crds.yaml", "rbac.yaml")
+# The Grafana dashboard: the chart's file, copied to manifests/ by generate.sh.
+DASHBOARD = CHART / "files" / "kilo-dashboard.json"
+DASHBOARD_MANIFEST = MANIFESTS / "kilo-dashboard.json"
 
 Obj = dict[str, Any]
 
@@ -30,6 +33,11 @@ Obj = dict[str, Any]
 def rendered_files() -> list[Path]:
     """Every committed manifest that the chart renders."""
     return sorted(p for p in MANIFESTS.glob("*.yaml") if p.name not in HAND_WRITTEN)
+
+
+def generated_files() -> list[Path]:
+    """Every committed file that manifests/generate.sh writes."""
+    return sorted([*rendered_files(), DASHBOARD_MANIFEST])
 
 
 def agent_files() -> list[Path]:
@@ -121,6 +129,11 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
         keyword, _, rest = line.partition(" ")
         result.append((keyword.upper(), rest.strip()))
     return result
+
+
+def package_list(path: Path = ROOT / "docker" / "packages.txt") -> set[str]:
+    """The image's Debian packages: docker/packages.txt without comments."""
+    return {word for line in path.read_text().splitlines() for word in line.split("#")[0].split()}
 
 
 def apt_packages(instructions: list[tuple[str, str]]) -> set[str]:

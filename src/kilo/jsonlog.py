@@ -1,9 +1,13 @@
 """JSON log lines shaped like Kilo's (go-kit), shared by ``kg`` and ``kgctl connect``.
 
 One object per line, keys sorted: ``ts`` (UTC RFC 3339 with nanoseconds), ``caller``
-(``file.py:123``), ``level`` (``debug|info|warn|error``; absent on Kilo's unleveled start-up
-line), ``msg``, ``component`` where set, any fields passed as ``fields={...}``, and ``error``
-for an exception. Existing log queries written for Kilo keep working.
+(``file.py:123``), ``level`` (``debug|info|warn|error``), ``msg``, ``component`` where set,
+any fields passed as ``fields={...}``, and ``error`` for an exception. Existing log queries
+written for Kilo keep working.
+
+Kilo's start-up and shutdown lines have no level; go-kit's level filter lets such lines
+through at every ``--log-level``, even ``none``. Log them at :data:`UNLEVELED`, which no
+level silences and which writes no ``level`` field.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import time
 from typing import Any, TextIO
 
 _NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn"}
-# Above CRITICAL: "--log-level=none" silences everything.
+# Above CRITICAL: "--log-level=none" silences everything leveled.
 NONE = logging.CRITICAL + 10
+# Above NONE: Kilo's unleveled lines, written at every level.
+UNLEVELED = NONE + 10
 
 
 def timestamp(seconds_ns: int) -> str:
@@ -31,7 +37,7 @@ class JSONFormatter(logging.Formatter):
             "caller": f"{os.path.basename(record.pathname)}:{record.lineno}",
             "msg": record.getMessage(),
         }
-        if not getattr(record, "unleveled", False):
+        if record.levelno != UNLEVELED:
             entry["level"] = _NAMES.get(record.levelno, "error")
         component = getattr(record, "component", None)
         if component:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kilo.sandbox.controlplane import build_binaries
+from kilo.sandbox.controlplane import build_binaries, build_prometheus
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,3 +37,9 @@ def netns() -> Iterator[str]:
 def controlplane_binaries() -> Path:
     """etcd and kube-apiserver for testbeds (built once, cached outside the clone)."""
     return build_binaries()
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> Path:
+    """Prometheus, for the dashboard's queries (built once, cached like the control plane)."""
+    return build_prometheus()

@@ -26,7 +26,7 @@ from lightkube.resources.core_v1 import Node
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
-from kilo.sandbox import testbed
+from kilo.sandbox import kubelet, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests import hostile
 
@@ -216,6 +216,10 @@ def test_agent_http_endpoints(bed: Testbed) -> None:
     assert metrics["kilo_leader"] == 1
     handshakes = [k for k in metrics if k.startswith("kilo_wireguard_peer_last_handshake")]
     assert len(handshakes) == 2
+    assert metrics['kilo_node_info{location="aws",node="aws-1"}'] == 1
+    # Kilo's metric names only: no prometheus_client _created series.
+    assert "_created" not in out
+    assert "kilo_reconciles_total" in metrics
 
 
 def test_a_peer_reaches_pods_and_pods_reach_it(bed: Testbed) -> None:
@@ -462,6 +466,12 @@ def test_clean_up_removes_what_the_agent_added(bed: Testbed) -> None:
     annotations = bed.node_annotations(BARE)
     left = [a for a in translate.AGENT_ANNOTATIONS if a in annotations]
     assert left == []
+    # The kubelet's annotations and the Node's status are as the kubelet left them.
+    assert {k: v for k, v in annotations.items() if k in kubelet.KUBELET_ANNOTATIONS} == dict(
+        kubelet.KUBELET_ANNOTATIONS
+    )
+    status = bed.api().get(Node, BARE).status
+    assert status is not None and len(status.images or []) == len(kubelet.IMAGES)
     assert "caught interrupt; gracefully cleaning up" in bed.agent_log(BARE)
 
 

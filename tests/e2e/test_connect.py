@@ -349,8 +349,9 @@ def test_a_second_connect_with_the_kept_key_starts_afresh_and_clean_up_false_kee
     first_key = bed.path("laptop", KEY_FILE).read_text()
     run = start(bed, "laptop", "laptop", f"--allowed-ip={LAPTOP_IP}/32", "--clean-up=false")
     run.wait_logged("created peer")
-    using = run.logged("using the private key")
-    assert using is not None and run.logged("generated public key") is None
+    # Kilo's line names the public key whether the private key is new or read.
+    using = run.logged("generated public key")
+    assert using is not None and using["private key"] == "read"
     assert bed.path("laptop", KEY_FILE).read_text() == first_key
     assert peer_spec(bed, "laptop")["publicKey"] == using["key"]  # type: ignore[index]
     for location, pod in pod_per_location(bed).items():
@@ -385,6 +386,14 @@ def test_connect_creates_its_own_interface_with_wireguard_go_and_removes_it(bed:
     )
     created = run.wait_logged("created WireGuard interface")
     assert created["implementation"] == "wireguard-go"  # no kernel WireGuard here
+    # Kilo's lines and fields (kgctl connect's): the public key, the interface's name, its IP.
+    assert created["name"] == "wg1"
+    key = run.logged("generated public key")
+    spec = peer_spec(bed, "roadwarrior")
+    assert key is not None and key["private key"] == "generated"
+    assert spec is not None and spec["publicKey"] == key["key"]
+    assert run.wait_logged("set IP address of WireGuard interface")["IP"] == f"{address}/32"
+    assert run.wait_logged("starting syncer")["level"] == "info"
     started = run.logged("started wireguard-go")
     assert started is not None
     child = started["pid"]

@@ -96,9 +96,9 @@ BAD_FLAGS = [
         'invalid interface name "a/b": it contains "/"; interface names cannot contain "/", '
         '":", "%" or white space',
     ),
-    (["--mtu=0"], "invalid MTU: MTU must be in range [576:65535], but got 0"),
-    (["--mtu=100"], "invalid MTU: MTU must be in range [576:65535], but got 100"),
-    (["--mtu=70000"], "invalid MTU: MTU must be in range [576:65535], but got 70000"),
+    (["--mtu=0"], "invalid MTU: MTU must be in range [68:65535], but got 0"),
+    (["--mtu=67"], "invalid MTU: MTU must be in range [68:65535], but got 67"),
+    (["--mtu=70000"], "invalid MTU: MTU must be in range [68:65535], but got 70000"),
     (
         ["--master=::not a url"],
         'failed to create Kubernetes config: invalid --master "::not a url": it contains '

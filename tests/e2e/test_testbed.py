@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from lightkube.resources.core_v1 import Node
 
-from kilo.sandbox import testbed
+from kilo.sandbox import kubelet, testbed
 from kilo.sandbox.testbed import CommandError, Location, Testbed, TestbedError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,13 +76,24 @@ def test_the_api_server_is_reachable_from_nodes_and_the_test_process(bed: Testbe
     assert sorted(listed) == sorted(bed.nodes)
     cidrs = set()
     for name, obj in listed.items():
-        assert obj.metadata is not None and obj.spec is not None
-        assert obj.metadata.labels == {testbed.TOPOLOGY_LABEL: name.split("-")[0]}
+        assert obj.metadata is not None and obj.spec is not None and obj.status is not None
+        # As a kubelet registers it: its labels, annotations and status besides Kilo's.
+        assert obj.metadata.labels == {
+            **kubelet.node(name, internal_ip="192.0.2.1")["metadata"]["labels"],
+            testbed.TOPOLOGY_LABEL: name.split("-")[0],
+        }
         assert obj.spec.podCIDR == bed.nodes[name].pod_cidr
+        addresses = {a.type: a.address for a in obj.status.addresses or []}
+        assert addresses["InternalIP"] == bed.nodes[name].lan_ip
+        assert addresses.get("ExternalIP") == bed.nodes[name].wan_ip
+        assert addresses["Hostname"] == name
+        ready = [c for c in obj.status.conditions or [] if c.type == "Ready"]
+        assert [c.status for c in ready] == ["True"]
+        assert len(obj.status.images or []) == len(kubelet.IMAGES)
         cidrs.add(obj.spec.podCIDR)
     assert len(cidrs) == len(listed)
-    assert bed.node_annotations("office-1") == {KEEPALIVE: "10"}
-    assert bed.node_annotations("aws-1") == {}
+    assert bed.node_annotations("office-1") == {**kubelet.KUBELET_ANNOTATIONS, KEEPALIVE: "10"}
+    assert bed.node_annotations("aws-1") == kubelet.KUBELET_ANNOTATIONS
 
 
 def test_the_node_kubeconfig_points_at_the_internet_address(bed: Testbed) -> None:

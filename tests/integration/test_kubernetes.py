@@ -25,8 +25,10 @@ from kilo.adapters import kubeconfig, kubernetes
 from kilo.cli import kgctl
 from kilo.errors import BackendError
 from kilo.mesh import translate
+from kilo.sandbox import kubelet
 from kilo.sandbox.controlplane import ControlPlane
-from tests.examples import reference_objects
+from tests import golden
+from tests.examples import PUBLIC_KEYS, reference_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,11 +122,9 @@ def test_live_output_equals_dump_output(
 
 
 def test_live_graph_matches_the_reference(cluster: Client, control_plane: ControlPlane) -> None:
-    from tests.unit.test_graph import REFERENCE_DOT
-
     assert run("--kubeconfig", str(control_plane.admin_kubeconfig), "graph") == (
         0,
-        REFERENCE_DOT + "\n",
+        golden.text("reference.dot") + "\n",
         "",
     )
 
@@ -307,6 +307,42 @@ def annotations_of(client: Client, name: str) -> dict[str, str]:
     meta = client.get(Node, name).metadata
     assert meta is not None
     return dict(meta.annotations or {})
+
+
+@pytest.mark.parametrize(
+    "with_kubelet_annotations", [False, True], ids=["no-annotations", "kubelet"]
+)
+def test_the_agents_patches_on_a_kubelet_node_touch_only_kilos_annotations(
+    cluster: Client, with_kubelet_annotations: bool
+) -> None:
+    # A Node as a kubelet registers it, with its own annotations or (Kilo's Go agent panics
+    # on such a Node) none at all: the agent's merge patches add and remove Kilo's
+    # annotations only; labels, the kubelet's annotations and the status stay.
+    name = f"kubelet-{'annotated' if with_kubelet_annotations else 'bare'}"
+    obj = kubelet.node(
+        name,
+        internal_ip="10.9.0.1",
+        pod_cidr="10.9.1.0/24",
+        kubelet_annotations=with_kubelet_annotations,
+    )
+    cluster.create(from_dict(Node, obj), field_manager=kubelet.FIELD_MANAGER)
+    try:
+        created = cluster.get(Node, name).to_dict()
+        # The API server keeps the status of a Node on create, as for a kubelet's.
+        assert created["status"]["nodeInfo"]["kubeletVersion"] == kubelet.KUBELET_VERSION
+        assert len(created["status"]["images"]) == len(kubelet.IMAGES)
+        assert ("annotations" in created["metadata"]) is with_kubelet_annotations
+        theirs = dict(kubelet.KUBELET_ANNOTATIONS) if with_kubelet_annotations else {}
+        ours = {translate.KEY: str(PUBLIC_KEYS["alpha"]), translate.LAST_SEEN: "1"}
+        kubernetes.patch_node_annotations(cluster, name, ours)
+        assert annotations_of(cluster, name) == {**theirs, **ours}
+        kubernetes.remove_node_annotations(cluster, name, translate.AGENT_ANNOTATIONS)
+        after = cluster.get(Node, name).to_dict()
+        assert after["metadata"].get("annotations", {}) == theirs
+        assert after["metadata"]["labels"] == created["metadata"]["labels"]
+        assert after["status"] == created["status"]
+    finally:
+        cluster.delete(Node, name)
 
 
 def test_watch_delivers_add_update_delete(cluster: Client, control_plane: ControlPlane) -> None:

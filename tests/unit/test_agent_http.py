@@ -14,15 +14,17 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, enable_created_metrics
+from prometheus_client import metrics as prometheus_metrics
 
 from kilo.agent.http import INDEX, NO_DOT, UNHEALTHY, HTTPServer
 from kilo.agent.listen import ListenAddress, parse_listen
-from kilo.agent.metrics import AgentMetrics
-from kilo.errors import DataPlaneError, LocalNodeMissing
-from tests.unit.test_graph import REFERENCE_DOT
+from kilo.agent.metrics import AgentMetrics, new_registry
+from kilo.errors import ConfigError, LocalNodeMissing
+from tests import golden
 
 Fetch = Callable[..., tuple[int, Message, bytes]]
+REFERENCE_DOT = golden.text("reference.dot")
 
 
 class State:
@@ -44,7 +46,11 @@ class State:
 def served() -> Iterator[tuple[HTTPServer, State, AgentMetrics]]:
     # One server for the module: stopping one takes up to serve_forever's 0.5 s poll.
     state = State()
-    registry = CollectorRegistry()
+    # kg's registry, made in a process that still has prometheus_client's default (created
+    # series on); the setting is restored for the other modules afterwards.
+    created = prometheus_metrics._use_created
+    enable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = new_registry()
     metrics = AgentMetrics(registry)
     http = HTTPServer(
         "127.0.0.1:0",
@@ -57,6 +63,7 @@ def served() -> Iterator[tuple[HTTPServer, State, AgentMetrics]]:
         yield http, state, metrics
     finally:
         http.stop()
+        prometheus_metrics._use_created = created
 
 
 @pytest.fixture
@@ -152,6 +159,20 @@ def test_metrics_expose_the_registry(metrics: AgentMetrics, fetch: Fetch) -> Non
         'kilo_iptables_operations_total{chain="*",operation="List",protocol="IPv4",table="nat"}'
         in (text)
     )
+
+
+def test_metrics_have_no_created_series_in_either_format(
+    metrics: AgentMetrics, fetch: Fetch
+) -> None:
+    metrics.reconciles.inc()
+    metrics.errors.labels(event="apply").inc()
+    for accept in ("text/plain", "application/openmetrics-text"):
+        status, _, body = fetch("/metrics", headers={"Accept": accept})
+        text = body.decode()
+        assert status == 200
+        assert "kilo_reconciles" in text
+        assert 'kilo_errors_total{event="apply"}' in text
+        assert "_created" not in text, accept
 
 
 def test_metrics_negotiate_openmetrics_gzip_and_names(metrics: AgentMetrics, fetch: Fetch) -> None:
@@ -317,14 +338,14 @@ def test_listen_addresses_are_read_like_go(listen: str, expected: tuple[str, int
     ],
 )
 def test_malformed_listen_addresses_fail_to_listen(listen: str, reason: str) -> None:
-    with pytest.raises(DataPlaneError) as caught:
+    with pytest.raises(ConfigError) as caught:
         HTTPServer(listen, registry=CollectorRegistry(), healthy=lambda: True, graph=str)
     assert str(caught.value) == f"failed to listen on {listen}: listen tcp: {reason}"
 
 
 def test_a_port_in_use_fails_to_listen(server: HTTPServer) -> None:
     _, port = server.address
-    with pytest.raises(DataPlaneError) as caught:
+    with pytest.raises(ConfigError) as caught:
         HTTPServer(
             f"127.0.0.1:{port}", registry=CollectorRegistry(), healthy=lambda: True, graph=str
         )

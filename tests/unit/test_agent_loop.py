@@ -14,6 +14,7 @@ import pytest
 from kilo.adapters.kubernetes import Event, EventType
 from kilo.agent.mesh import DataPlane
 from kilo.mesh import translate
+from kilo.sandbox import kubelet
 from tests.agent_harness import (
     NOW,
     OTHER_KEYS,
@@ -57,6 +58,16 @@ def test_leader_configures_peers_and_non_leader_has_none() -> None:
     assert h.links.up["kilo0"] is False
     assert h.links.addresses["kilo0"] == []
     assert h.written()[translate.WIREGUARD_IP] == ""
+
+
+def test_each_apply_names_the_node_and_its_location_for_the_metrics() -> None:
+    h = Harness()
+    h.node("a", location="gcp")
+    h.round(check_in=True)
+    assert h.metrics.node == ("a", "gcp")
+    h.node("a", location="aws")
+    h.round()
+    assert h.metrics.node == ("a", "aws")
 
 
 def test_last_seen_alone_does_not_trigger_an_apply() -> None:
@@ -311,3 +322,41 @@ def test_an_event_that_cannot_be_handled_is_logged_and_the_agent_goes_on(
     assert h.metrics.errors == ["run"]
     [record] = [r for r in caplog.records if "could not handle a watch event" in r.getMessage()]
     assert record.levelname == "ERROR"
+
+
+# --- Nodes as a kubelet registers them --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "with_kubelet_annotations", [False, True], ids=["no-annotations", "kubelet"]
+)
+def test_a_local_node_without_kilos_annotations_is_joined_and_cleaned_up(
+    with_kubelet_annotations: bool,
+) -> None:
+    # Kilo's Go agent panics writing into a Node with no annotations map at all; a kubelet
+    # registers its Node with its own annotations only.
+    h = Harness()
+    obj = kubelet.node(
+        "a",
+        internal_ip="10.0.0.1",
+        pod_cidr="10.42.0.0/24",
+        labels={"topology.kubernetes.io/region": "aws"},
+        kubelet_annotations=with_kubelet_annotations,
+        now=NOW,
+    )
+    obj["metadata"]["resourceVersion"] = "1"
+    assert ("annotations" in obj["metadata"]) is with_kubelet_annotations
+    h.agent.on_node_event(Event(EventType.ADDED, "a", obj))
+    h.remote("b", location="gcp", pod=1)
+    h.round(check_in=True)
+    written = h.written()
+    assert written[translate.KEY] == str(PRIVATE_KEY.public_key())
+    assert written[translate.ENDPOINT] == "203.0.113.1:51820"
+    assert written[translate.WIREGUARD_IP] == "10.4.0.1/16"
+    assert [p.public_key for p in h.device.config.peers] == [OTHER_KEYS["b"]]
+    assert h.agent.healthy
+    # Only Kilo's annotations are ever written or removed: the kubelet's stay.
+    asyncio.run(h.agent.clean_up())
+    touched = {key for patch in h.writer.patches for key in patch}
+    assert touched and all(key.startswith(translate.PREFIX) for key in touched)
+    assert h.writer.patches[-1] == dict.fromkeys(translate.AGENT_ANNOTATIONS)

@@ -1,13 +1,14 @@
-"""The agent's metrics: Kilo's names, HELP texts and labels, and the WireGuard additions."""
+"""The agent's metrics: Kilo's names, HELP texts and labels, and the additions."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, enable_created_metrics, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 
-from kilo.agent.metrics import AgentMetrics, PeerStats
+from kilo.agent.metrics import ERROR_EVENTS, AgentMetrics, PeerStats, new_registry
 from kilo.errors import DataPlaneError
 
 KEY_A = "GH4fCNZAAyT6EyxFJLZG2BmpFeo3iQMIqMUqwmTvIUE="
@@ -54,12 +55,59 @@ def test_kilo_metrics_have_kilos_names_help_and_labels() -> None:
         assert line in text.splitlines(), line
 
 
-def test_labelled_series_appear_only_after_their_first_increment() -> None:
+def test_error_series_start_at_zero_iptables_series_with_their_first_operation_deviation() -> None:
+    """Kilo's error series appear at their first increment, which increase() and rate() never
+    see; here the five events are exported at 0 from the start."""
     registry = CollectorRegistry()
-    AgentMetrics(registry)
+    metrics = AgentMetrics(registry)
     lines = exposition(registry).splitlines()
-    assert not any(line.startswith(("kilo_errors_total{", "kilo_iptables")) for line in lines)
+    errors = sorted(line for line in lines if line.startswith("kilo_errors_total{"))
+    assert errors == sorted(f'kilo_errors_total{{event="{e}"}} 0.0' for e in ERROR_EVENTS)
+    assert set(ERROR_EVENTS) == {"run", "checkin", "local", "apply", "cleanUp"}
+    assert not any(line.startswith("kilo_iptables") for line in lines)
+    assert not any(line.startswith("kilo_node_info{") for line in lines)
     assert "kilo_leader 0.0" in lines
+    metrics.errors.labels(event="apply").inc()
+    assert 'kilo_errors_total{event="apply"} 1.0' in exposition(registry).splitlines()
+
+
+def test_node_info_names_the_node_and_its_current_location() -> None:
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    metrics.set_node("aws-1", "aws")
+    lines = exposition(registry).splitlines()
+    assert "# TYPE kilo_node_info gauge" in lines
+    assert 'kilo_node_info{location="aws",node="aws-1"} 1.0' in lines
+    metrics.set_node("aws-1", "aws")
+    metrics.set_node("aws-1", "")  # the location annotation and label were removed
+    info = [line for line in exposition(registry).splitlines() if line.startswith("kilo_node_info")]
+    assert info == ['kilo_node_info{location="",node="aws-1"} 1.0']
+
+
+@pytest.fixture
+def created_series_on() -> Iterator[None]:
+    """prometheus_client's default, as in a fresh process; the setting is restored after."""
+    before = prometheus_metrics._use_created
+    enable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        prometheus_metrics._use_created = before
+
+
+@pytest.mark.usefixtures("created_series_on")
+def test_the_processes_registry_has_no_created_series() -> None:
+    plain = CollectorRegistry()
+    AgentMetrics(plain).reconciles.inc()
+    assert "kilo_reconciles_created " in exposition(plain)  # what prometheus_client adds
+    registry = new_registry()  # as kg and kg webhook make theirs
+    metrics = AgentMetrics(registry)
+    metrics.reconciles.inc()
+    metrics.iptables_operation("IPv4", "List", "nat", "*")
+    text = exposition(registry)
+    assert "kilo_reconciles_total 1.0" in text
+    assert "_created" not in text
+    assert "_created" not in exposition(plain)  # process-wide
 
 
 def test_process_and_python_collectors_are_registered() -> None:

@@ -10,7 +10,7 @@ import ipaddress
 import json
 import socket
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,13 @@ from kilo.cli import connect, kgctl, logs
 from kilo.errors import ConfigError, DataPlaneError
 from kilo.mesh import wireguard
 from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.ip import IPInterface
 from kilo.mesh.keys import Key
 from kilo.mesh.routes import Device, Route, Rule
 from kilo.mesh.wgdevice import DeviceState
 from kilo.mesh.wireguard import WireGuardConfig
+from tests import golden
 from tests.examples import PRIVATE_KEYS, PUBLIC_KEYS, reference_cluster
-from tests.unit.test_topology import LAPTOP_CONF
 
 # Readiness is judged by the clock; the reference cluster's last-seen is long past.
 FUTURE = 2**40
@@ -109,20 +110,22 @@ def test_flags_with_kilos_syntax() -> None:
     [
         (["--allowed-ip=nope"], 'invalid --allowed-ip "nope": not a CIDR'),
         (["--allowed-ips=10.0.0.0/8,x"], 'invalid --allowed-ips "x": not a CIDR'),
-        (["--clean-up=maybe"], 'invalid boolean value "maybe"'),
-        (["--resync-period=30"], 'invalid duration "30"'),
-        (["--resync-period=1x"], 'invalid duration "1x"'),
-        (["--mtu=12"], 'invalid --mtu "12": MTU must be in range [576:65535], but got 12'),
-        (["--mtu=0"], 'invalid --mtu "0": MTU must be in range [576:65535], but got 0'),
-        (["--mtu=70000"], 'invalid --mtu "70000": MTU must be in range [576:65535], but got 70000'),
-        (["--mtu=x"], 'invalid --mtu "x": not a whole number of bytes'),
+        (
+            ["--clean-up=maybe"],
+            'invalid argument "maybe" for "--clean-up" flag: strconv.ParseBool: parsing "maybe": '
+            "invalid syntax",
+        ),
+        (["--clean-up=yes"], 'strconv.ParseBool: parsing "yes": invalid syntax'),
+        (["--resync-period=30"], 'time: missing unit in duration "30"'),
+        (["--resync-period=1x"], 'time: unknown unit "x" in duration "1x"'),
+        (["--mtu=x"], 'invalid argument "x" for "--mtu" flag: strconv.ParseUint: parsing "x"'),
+        (["--mtu=-1"], 'strconv.ParseUint: parsing "-1": invalid syntax'),
         (
             ["--mtu=1000", "-a", "fd00::1/128"],
             "invalid --mtu 1000 with the IPv6 --allowed-ip fd00::1/128: MTU must be in range "
             "[1280:65535] for IPv6, but got 1000",
         ),
-        (["--persistent-keepalive=-1"], "--persistent-keepalive"),
-        (["--persistent-keepalive=65536"], "--persistent-keepalive"),
+        (["--persistent-keepalive=x"], 'strconv.ParseInt: parsing "x": invalid syntax'),
         (["--log-level=loud"], "log level loud unknown; possible values are: all, debug, info"),
         (["a", "b"], "unrecognized arguments: b"),
         (["--interface="], 'invalid --interface "": it is empty'),
@@ -134,7 +137,7 @@ def test_flags_with_kilos_syntax() -> None:
         (["-a", "127.0.0.2/32"], "a loopback address cannot be this machine's address"),
         (["-a", "ff02::1/128"], "a multicast address cannot be this machine's address"),
         (["-a", "10.5.0.1/0"], "a /0 would route every address to this machine"),
-        (["--resync-period=3000000h"], "longer than Go's longest"),
+        (["--resync-period=3000000h"], 'time: invalid duration "3000000h"'),
         (["Not_A_Name"], 'invalid peer name "Not_A_Name": a lowercase RFC 1123 subdomain'),
         (["a" * 254], "must be no more than 253 characters"),
         (["--topology-label=a b"], 'invalid --topology-label "a b": its name "a b" must'),
@@ -146,6 +149,73 @@ def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str) -> None:
     assert out == ""
     assert message in err
     assert err.count("\n") == 1
+
+
+def test_numbers_durations_and_bools_have_pflags_syntax() -> None:
+    # Kilo's flags are pflag's: --mtu a uint, --persistent-keepalive an int (Go's literals),
+    # --resync-period a Go duration, the bools Go's ParseBool.
+    assert parse("--mtu=0x58c").mtu == 1420
+    assert parse("--mtu=0o2600").mtu == 1408
+    assert parse("--mtu=1_400").mtu == 1400
+    assert parse("--persistent-keepalive=0x19").persistent_keepalive == 25
+    assert parse("--persistent-keepalive=+5").persistent_keepalive == 5
+    assert parse("--persistent-keepalive=010").persistent_keepalive == 8
+    assert parse("--resync-period=1.5h").resync_period == 5400.0
+    assert parse("--resync-period=0").resync_period == 0.0
+    assert parse("--resync-period=-1s").resync_period == -1.0
+    for text, value in (("T", True), ("TRUE", True), ("1", True), ("F", False), ("0", False)):
+        assert parse(f"--clean-up={text}").clean_up is value
+
+
+def test_an_mtu_of_0_is_the_default_as_in_kilo() -> None:
+    # Kilo leaves an MTU of 0 out of its netlink request: the interface gets WireGuard's
+    # default, 1420. Any MTU from 68 (below it the kernel takes IPv4 off the interface)
+    # works as in Kilo.
+    assert parse("--mtu=0").mtu == 1420
+    assert parse("--mtu=68").mtu == 68
+    assert parse("--mtu=100").mtu == 100
+    assert parse("--mtu=0", "-a", "fd00::1/128").mtu == 1420
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mtu=67"], 'invalid --mtu "67": MTU must be in range [68:65535], but got 67'),
+        (["--mtu=70000"], 'invalid --mtu "70000": MTU must be in range [68:65535], but got 70000'),
+        (["--mtu=0x100000000"], "MTU must be in range [68:65535], but got 4294967296"),
+        (
+            ["--persistent-keepalive=-1"],
+            'invalid argument "-1" for "--persistent-keepalive" flag: persistent keepalive must '
+            "be in range [0:65535] seconds, but got -1",
+        ),
+        (["--persistent-keepalive=65536"], "must be in range [0:65535] seconds, but got 65536"),
+        (["--persistent-keepalive=0x10000"], "must be in range [0:65535] seconds, but got 65536"),
+    ],
+)
+def test_an_mtu_or_keepalive_the_data_plane_cannot_carry_is_refused_deviation(
+    argv: list[str], message: str
+) -> None:
+    # Kilo creates a kernel interface with any MTU: below 68 its IPv4 address is refused
+    # after the Peer exists; above 65535 packets too big for one UDP datagram vanish. A
+    # keepalive above 65535 is cut to 16 bits by WireGuard (70000 s becomes 4464 s) and a
+    # negative one is refused by Kilo's own Peer validation.
+    code, out, err = run("connect", *argv)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_a_resync_period_below_a_second_is_a_second_with_a_warning_deviation() -> None:
+    # Kilo's loop re-syncs without pause for 0 or a negative period; here changes are
+    # watched and the resync is a safety net: at most once a second.
+    for period in ("0", "-1s", "10ms"):
+        conn, out, _ = connection(f"--resync-period={period}")
+        assert conn.resync_period == connect.MIN_RESYNC_PERIOD
+        (entry,) = lines(out)
+        assert entry["msg"] == "resync period raised to the minimum"
+        assert entry["level"] == "warn"
+    conn, out, _ = connection("--resync-period=2s")
+    assert (conn.resync_period, out.getvalue()) == (2.0, "")
 
 
 def test_refuses_the_file_backend_and_a_host_name_that_cannot_name_a_peer(
@@ -226,6 +296,13 @@ class FakeRoutes:
         self.sets.append((tuple(routes), dict(devices)))
         return len(routes), 0
 
+    @property
+    def state_error(self) -> str | None:
+        return None
+
+    def watch_deletions(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None
+
     def clean_up(self) -> None:
         self.cleaned = True
 
@@ -234,8 +311,25 @@ class FakeRoutes:
 
 
 class FakeLinks:
+    """Records what clean-up asks; start-up (index, create, address, up) is the e2e's."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
+
+    def index(self, name: str) -> int | None:
+        return 3
+
+    def create_wireguard(self, name: str, mtu: int) -> bool:
+        raise AssertionError("start-up is not driven here")
+
+    def set_mtu(self, name: str, mtu: int) -> bool:
+        raise AssertionError("start-up is not driven here")
+
+    def set_up(self, name: str, up: bool) -> bool:
+        raise AssertionError("start-up is not driven here")
+
+    def set_address(self, name: str, cidr: IPInterface) -> bool:
+        raise AssertionError("start-up is not driven here")
 
     def delete(self, name: str) -> bool:
         self.calls.append(("delete", name))
@@ -256,6 +350,9 @@ class FakeStore:
     def get(self, name: str) -> dict[str, Any] | None:
         return self.peer
 
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        raise AssertionError("start-up is not driven here")
+
     def delete(self, name: str) -> bool:
         self.deleted.append(name)
         return True
@@ -264,15 +361,24 @@ class FakeStore:
         pass
 
 
-def connection(*argv: str) -> tuple[connect.Connection, io.StringIO]:
+@dataclasses.dataclass
+class Fakes:
+    """The stand-ins a connection drives, kept with their own types for the assertions."""
+
+    device: FakeDevice = dataclasses.field(default_factory=FakeDevice)
+    routes: FakeRoutes = dataclasses.field(default_factory=FakeRoutes)
+    links: FakeLinks = dataclasses.field(default_factory=FakeLinks)
+    store: FakeStore = dataclasses.field(default_factory=lambda: FakeStore(None))
+
+
+def connection(*argv: str) -> tuple[connect.Connection, io.StringIO, Fakes]:
     out = io.StringIO()
     log = logs.configure("debug", out)
     conn = connect.Connection(parse("laptop", *argv), "laptop", log, io.StringIO())
     conn.private_key = PRIVATE_KEYS["laptop"]
-    conn.device = FakeDevice()
-    conn.routes = FakeRoutes()
-    conn.links = FakeLinks()
-    return conn, out
+    fakes = Fakes()
+    conn.device, conn.routes, conn.links = fakes.device, fakes.routes, fakes.links
+    return conn, out, fakes
 
 
 def lines(out: io.StringIO) -> list[dict[str, Any]]:
@@ -280,29 +386,34 @@ def lines(out: io.StringIO) -> list[dict[str, Any]]:
 
 
 def test_sync_applies_the_peer_config_with_the_key_and_port_and_the_routes() -> None:
-    conn, out = connection("--port=51821", "-i", "wg0")
+    conn, out, fakes = connection("--port=51821", "-i", "wg0")
     nodes, peers = reference_cluster()
     nodes = [dataclasses.replace(n, last_seen=FUTURE) for n in nodes]
     assert conn.sync(nodes, peers)
-    (config,) = conn.device.applied
+    (config,) = fakes.device.applied
     assert wireguard.render(config) == (
-        f"[Interface]\nPrivateKey = {PRIVATE_KEYS['laptop']}\nListenPort = 51821\n\n" + LAPTOP_CONF
+        f"[Interface]\nPrivateKey = {PRIVATE_KEYS['laptop']}\nListenPort = 51821\n\n"
+        + golden.text("laptop.conf")
     )
-    ((routes, devices),) = conn.routes.sets
+    ((routes, devices),) = fakes.routes.sets
     assert devices == {Device.KILO: "wg0"}
     assert len(routes) == 11
     entries = lines(out)
-    assert [e["msg"] for e in entries] == ["WireGuard configuration updated", "routes updated"]
+    # Kilo's message for a device whose configuration differs.
+    assert [e["msg"] for e in entries] == [
+        "WireGuard configurations are different",
+        "routes updated",
+    ]
     assert all(str(PRIVATE_KEYS["laptop"]) not in json.dumps(e) for e in entries)
 
 
 def test_a_failing_device_does_not_stop_the_routes_and_a_plan_error_is_logged() -> None:
-    conn, out = connection()
+    conn, out, fakes = connection()
     nodes, peers = reference_cluster()
     nodes = [dataclasses.replace(n, last_seen=FUTURE) for n in nodes]
-    conn.device.fail = True
+    fakes.device.fail = True
     assert not conn.sync(nodes, peers)
-    assert len(conn.routes.sets) == 1
+    assert len(fakes.routes.sets) == 1
     assert not conn.sync(nodes, [])
     entries = lines(out)
     assert entries[0]["msg"] == "failed to sync WireGuard"
@@ -310,6 +421,7 @@ def test_a_failing_device_does_not_stop_the_routes_and_a_plan_error_is_logged() 
         **entries[-1],
         "level": "error",
         "msg": "failed to sync",
+        "err": 'did not find any peer named "laptop" in the cluster',
         "error": 'did not find any peer named "laptop" in the cluster',
     }
 
@@ -318,7 +430,7 @@ def test_a_node_whose_dns_endpoint_does_not_resolve_does_not_abort_the_sync(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(connect, "resolve", lambda host, timeout=0: None)
-    conn, out = connection()
+    conn, out, fakes = connection()
     nodes, peers = reference_cluster()
     nodes = [
         dataclasses.replace(
@@ -329,7 +441,7 @@ def test_a_node_whose_dns_endpoint_does_not_resolve_does_not_abort_the_sync(
         for n in nodes
     ]
     assert conn.sync(nodes, peers)
-    (config,) = conn.device.applied
+    (config,) = fakes.device.applied
     gamma = config.peer(PUBLIC_KEYS["gamma"])
     assert gamma is not None and gamma.endpoint is not None and not gamma.endpoint.resolved
     assert len(config.peers) == 3
@@ -347,48 +459,48 @@ def own_peer(key: Key) -> dict[str, Any]:
 
 
 def test_clean_up_of_an_existing_interface_removes_peers_and_address_and_our_peer() -> None:
-    conn, out = connection()
+    conn, out, fakes = connection()
     conn.interface_touched = True
     conn.peer_created = True
-    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn.store = fakes.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
     conn._finish()
-    assert conn.routes.cleaned and conn.routes.closed
-    assert conn.device.applied == [WireGuardConfig(private_key=None, peers=())]
-    assert conn.links.calls == [("delete_addresses", "kilo0"), ("close",)]
-    assert conn.store.deleted == ["laptop"]
+    assert fakes.routes.cleaned and fakes.routes.closed
+    assert fakes.device.applied == [WireGuardConfig(private_key=None, peers=())]
+    assert fakes.links.calls == [("delete_addresses", "kilo0"), ("close",)]
+    assert fakes.store.deleted == ["laptop"]
     assert "deleted peer" in [e["msg"] for e in lines(out)]
 
 
 def test_clean_up_deletes_a_created_interface_and_never_a_reused_peer() -> None:
-    conn, _ = connection()
+    conn, _, fakes = connection()
     conn.interface_created = True
     conn.interface_touched = True
-    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn.store = fakes.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
     conn._finish()
-    assert conn.links.calls == [("delete", "kilo0"), ("close",)]
-    assert conn.device.applied == []
-    assert conn.store.deleted == []
+    assert fakes.links.calls == [("delete", "kilo0"), ("close",)]
+    assert fakes.device.applied == []
+    assert fakes.store.deleted == []
 
 
 def test_clean_up_keeps_a_peer_that_now_holds_another_key() -> None:
-    conn, out = connection()
+    conn, out, fakes = connection()
     conn.peer_created = True
-    conn.store = FakeStore(own_peer(PUBLIC_KEYS["alpha"]))
+    conn.store = fakes.store = FakeStore(own_peer(PUBLIC_KEYS["alpha"]))
     conn._finish()
-    assert conn.store.deleted == []
+    assert fakes.store.deleted == []
     assert "not deleting the peer" in out.getvalue()
 
 
 def test_clean_up_false_leaves_everything() -> None:
-    conn, _ = connection("--clean-up=false")
+    conn, _, fakes = connection("--clean-up=false")
     conn.interface_created = True
     conn.interface_touched = True
     conn.peer_created = True
-    conn.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
+    conn.store = fakes.store = FakeStore(own_peer(PUBLIC_KEYS["laptop"]))
     conn._finish()
-    assert not conn.routes.cleaned and conn.routes.closed
-    assert conn.links.calls == [("close",)]
-    assert conn.store.deleted == []
+    assert not fakes.routes.cleaned and fakes.routes.closed
+    assert fakes.links.calls == [("close",)]
+    assert fakes.store.deleted == []
 
 
 def test_a_missing_peer_is_told_apart_from_a_missing_crd() -> None:

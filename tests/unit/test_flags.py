@@ -42,11 +42,11 @@ def test_interface_names_are_the_kernels_without_templates(name: str) -> None:
 
 
 def test_mtu_ranges() -> None:
-    assert flags.mtu_range(ipv6=False) == (576, 65535)
+    assert flags.mtu_range(ipv6=False) == (68, 65535)
     assert flags.mtu_range(ipv6=True) == (1280, 65535)
-    assert flags.mtu_problem(576, ipv6=False) is None
+    assert flags.mtu_problem(68, ipv6=False) is None
     assert flags.mtu_problem(1280, ipv6=True) is None
-    assert flags.mtu_problem(575, ipv6=False) == "MTU must be in range [576:65535], but got 575"
+    assert flags.mtu_problem(67, ipv6=False) == "MTU must be in range [68:65535], but got 67"
     assert flags.mtu_problem(65536, ipv6=True) == "MTU must be in range [1280:65535], but got 65536"
 
 

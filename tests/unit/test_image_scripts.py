@@ -1,9 +1,11 @@
-"""The shell the image runs: install-cni, generate-kubeconfig (k3s) and the iptables wrapper.
+"""The shell the image runs: install-cni, generate-kubeconfig (k3s), wireguard-probe and the
+iptables wrapper.
 
 The two init scripts are taken from the committed manifests (what ships), and run by dash
 with a PATH holding only tools of Debian's Essential packages, which every Debian image
-(python:3.11-slim-bookworm included) has; a tool outside them fails the test. Host paths
-are temporary directories given through the scripts' KILO_* variables.
+(debian:bookworm-slim, the image's base, included) has; a tool outside them fails the test.
+Host paths are temporary directories given through the scripts' KILO_* variables.
+tests/image runs the same scripts in the built image.
 """
 
 from __future__ import annotations
@@ -283,6 +285,51 @@ def test_generate_kubeconfig_fails_without_a_server(
     assert result.returncode == 1
     assert "no server: line in" in result.stderr
     assert not out.exists()
+
+
+# --- wireguard-probe (nkml's init container, userspace=heterogeneous) --------------------------
+
+
+@pytest.mark.parametrize("kernel_has_wireguard", [True, False])
+def test_wireguard_probe_creates_and_removes_a_link_and_never_fails(
+    essential_path: str, tmp_path: Path, kernel_has_wireguard: bool
+) -> None:
+    """A stand-in ``ip`` records the calls; the real one runs in tests/e2e/test_init_scripts.py."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "ip.log"
+    link = tmp_path / "kilo-wg-probe.link"  # the link exists while this file does
+    (fake / "ip").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        'case "$*" in\n'
+        '  "link add kilo-wg-probe type wireguard")\n'
+        f"    [ {str(kernel_has_wireguard).lower()} = true ] || exit 2\n"
+        f"    [ -e {link} ] && exit 2\n"
+        f"    touch {link}; exit 0 ;;\n"
+        f'  "link delete kilo-wg-probe") [ -e {link} ] || exit 1; rm {link}; exit 0 ;;\n'
+        "esac\n"
+        "exit 3\n"
+    )
+    (fake / "ip").chmod(0o755)
+    if kernel_has_wireguard:
+        link.write_text("left over by a probe that was killed\n")
+    probe = init_container("kilo-k3s-userspace-heterogeneous.yaml", "wireguard-probe")
+    result = run_script(probe, {}, f"{fake}:{essential_path}")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert not link.exists()
+    calls = log.read_text().splitlines()
+    if kernel_has_wireguard:
+        assert calls == [
+            "link delete kilo-wg-probe",
+            "link add kilo-wg-probe type wireguard",
+            "link delete kilo-wg-probe",
+        ]
+        assert "so its module is loaded" in result.stdout
+    else:
+        assert calls == ["link delete kilo-wg-probe", "link add kilo-wg-probe type wireguard"]
+        assert "userspace WireGuard here" in result.stdout
 
 
 # --- the iptables wrapper ------------------------------------------------------------------------

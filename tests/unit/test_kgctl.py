@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kilo.cli import kgctl
+from tests import golden
+from tests import reference_iptables as ipt
 from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
-from tests.unit.test_graph import REFERENCE_DOT
-from tests.unit.test_routes import BETA_ROUTES, BETA_RULES
-from tests.unit.test_topology import LAPTOP_CONF
 
 FILE = ["--backend", "file", "--file", str(EXAMPLE_DUMP)]
+REFERENCE_DOT = golden.text("reference.dot")  # kgctl graph prints it and a newline
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -38,26 +38,8 @@ def write_dump(
     return ["--backend", "file", "--file", str(path)]
 
 
-ALPHA_CONF = f"""[Interface]
-ListenPort = 51820
-
-[Peer]
-AllowedIPs = 10.2.2.0/24, 172.31.5.5/32, 10.4.0.1/32, 172.31.100.0/24
-Endpoint = 3.3.3.3:51820
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["gamma"]}
-
-[Peer]
-AllowedIPs = 10.2.3.0/24, 10.4.0.3/32
-Endpoint = 3.3.3.4:51820
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["delta"]}
-
-[Peer]
-AllowedIPs = 10.5.0.1/32
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["laptop"]}
-"""
+# kgctl showconf node alpha: the leader's config without a private key.
+ALPHA_CONF = golden.text("alpha.conf")
 
 
 def test_graph_reproduces_the_reference_example() -> None:
@@ -82,7 +64,7 @@ def test_showconf_node_non_leader_notes_it_and_exits_zero_like_kilo() -> None:
 
 
 def test_showconf_peer_has_no_interface_and_the_peers_keepalive() -> None:
-    assert run(*FILE, "showconf", "peer", "laptop") == (0, LAPTOP_CONF, "")
+    assert run(*FILE, "showconf", "peer", "laptop") == (0, golden.text("laptop.conf"), "")
 
 
 def test_showconf_node_as_peer_wireguard() -> None:
@@ -142,9 +124,9 @@ def test_plan_node_shows_the_reference_routes_and_rules() -> None:
     code, out, err = run(*FILE, "plan", "node", "beta", "--private-interface", "ens4")
     assert (code, err) == (0, "")
     routes_section = out.split("## Routes (proto static)\n")[1].split("\n\n")[0].splitlines()
-    assert routes_section == BETA_ROUTES
+    assert routes_section == golden.lines("beta.routes")
     rules_section = out.split("## IP rules\n")[1].split("\n\n")[0].splitlines()
-    assert rules_section == BETA_RULES
+    assert rules_section == golden.lines("beta.rules")
     assert "state: down" in out
     assert "IPAM range 10.2.1.0/24" in out
 
@@ -417,29 +399,16 @@ def full_mesh_dump(tmp_path: Path) -> list[str]:
 
 
 def test_graph_of_the_full_mesh_example(tmp_path: Path) -> None:
-    from tests.unit.test_graph import FULL_MESH_DOT
-
     dump = full_mesh_dump(tmp_path)
-    assert run(*dump, "graph") == (0, FULL_MESH_DOT + "\n", "")
+    assert run(*dump, "graph") == (0, golden.text("full-mesh.dot") + "\n", "")
     assert run(*dump, "graph", "--mesh-granularity", "full") == run(*dump, "graph")
 
 
 def test_showconf_node_of_the_full_mesh_example(tmp_path: Path) -> None:
+    # full-mesh-a.conf is kilo-k8s-cli.md §4.5, with B_KEY and P_KEY.
     assert run(*full_mesh_dump(tmp_path), "showconf", "node", "a") == (
         0,
-        "[Interface]\n"
-        "ListenPort = 51820\n"
-        "\n"
-        "[Peer]\n"
-        "AllowedIPs = 10.42.1.0/24, 172.18.0.3/32, 10.4.0.2/32\n"
-        "Endpoint = 172.18.0.3:51820\n"
-        "PersistentKeepalive = 0\n"
-        f"PublicKey = {B_KEY}\n"
-        "\n"
-        "[Peer]\n"
-        "AllowedIPs = 10.5.0.1/32\n"
-        "PersistentKeepalive = 0\n"
-        f"PublicKey = {P_KEY}\n",
+        golden.text("full-mesh-a.conf"),
         "",
     )
 
@@ -492,9 +461,6 @@ def test_showconf_as_peer_yaml_of_the_kind_cluster_example(tmp_path: Path) -> No
 
 
 def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
-    from tests.unit import test_iptables as ipt
-    from tests.unit.test_routes import ALPHA_ROUTES, ALPHA_RULES
-
     code, out, _ = run(
         *FILE, "plan", "node", "alpha", "--service-cidr", "10.96.0.0/12", "-o", "json"
     )
@@ -515,8 +481,8 @@ def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
             parts += ["table", str(r["table"])]
         return " ".join(parts)
 
-    assert [route_text(r) for r in plan["routes"]] == ALPHA_ROUTES
-    assert len(plan["rules"]) == len(ALPHA_RULES)
+    assert [route_text(r) for r in plan["routes"]] == golden.lines("alpha.routes")
+    assert len(plan["rules"]) == len(golden.lines("alpha.rules"))
     append = [e["text"] for e in plan["iptables"]["append"]]
     prepend = [e["text"] for e in plan["iptables"]["prepend"]]
     assert append == ipt.IPIP_APPEND + ipt.NAT_APPEND
@@ -580,12 +546,90 @@ def test_showconf_options_may_come_before_the_kind() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--p", "1", "graph"], ["--port", "+5", "graph"], ["--port", "5_0", "graph"]]
+    ("argv", "message"),
+    [
+        (["--p", "1", "graph"], "invalid choice: '1'"),
+        (["--port", "_5", "graph"], 'invalid argument "_5" for "--port" flag: strconv.ParseInt'),
+        (["--port", "5__0", "graph"], 'strconv.ParseInt: parsing "5__0": invalid syntax'),
+        (["--port", "0x", "graph"], 'strconv.ParseInt: parsing "0x": invalid syntax'),
+        (["--port", "09", "graph"], 'strconv.ParseInt: parsing "09": invalid syntax'),
+        (["--port", "0", "graph"], "invalid port: port must be in range [1:65535], but got 0"),
+        (["--port=-0x10", "graph"], "port must be in range [1:65535], but got -16"),
+        (["--port", "1" * 20, "graph"], "value out of range"),
+    ],
 )
-def test_abbreviations_and_loose_numbers_are_refused(argv: list[str]) -> None:
+def test_abbreviations_and_numbers_go_does_not_read_are_refused(
+    argv: list[str], message: str
+) -> None:
     code, out, err = run(*FILE, *argv)
     assert (code, out) == (2, "")
     assert err.count("\n") == 1
+    assert message in err
+
+
+@pytest.mark.parametrize(
+    ("given", "port"),
+    [("0xca6c", 51820), ("0XCA6C", 51820), ("+51820", 51820), ("51_820", 51820), ("010", 8)],
+)
+def test_port_takes_gos_integer_syntax_as_kilos_int_flag(given: str, port: int) -> None:
+    # Kilo's --port is a pflag int: strconv.ParseInt(s, 0, 64), where 010 is octal.
+    code, out, err = run(*FILE, f"--port={given}", "showconf", "node", "alpha")
+    assert (code, err) == (0, "")
+    assert f"ListenPort = {port}\n" in out
+
+
+def test_bool_flags_take_gos_values_after_an_equals_sign() -> None:
+    expected = run(*FILE, "showconf", "node", "alpha", "--as-peer", "-o", "yaml")
+    assert expected[0] == 0
+    for value in ("true", "1", "t", "T", "TRUE", "True"):
+        assert run(*FILE, "showconf", "node", "alpha", f"--as-peer={value}", "-o=yaml") == expected
+    # As pflag: a bare --as-peer never takes the next word as its value.
+    assert run(*FILE, "showconf", "node", "--as-peer", "alpha", "-o", "yaml") == expected
+    assert run(*FILE, "showconf", "--as-peer", "node", "alpha", "-o", "yaml") == expected
+    plain = run(*FILE, "showconf", "node", "alpha")
+    assert plain == (0, ALPHA_CONF, "")
+    for value in ("false", "0", "f", "F", "FALSE", "False"):
+        assert run(*FILE, "showconf", "node", "alpha", f"--as-peer={value}") == plain
+    code, out, err = run(*FILE, "showconf", "node", "alpha", "--as-peer=yes")
+    assert (code, out) == (2, "")
+    assert err == (
+        'kgctl: argument --as-peer: invalid argument "yes" for "--as-peer" flag: '
+        'strconv.ParseBool: parsing "yes": invalid syntax\n'
+    )
+    assert run(*FILE, "--respect-last-seen=false", "graph") == run(*FILE, "graph")
+
+
+def test_help_command_prints_the_help_of_the_command_it_names() -> None:
+    assert run("help") == (0, kgctl.build_parser().format_help(), "")
+    assert run("help")[1].startswith("usage: kgctl")
+    code, out, err = run("help", "showconf", "node")
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: kgctl showconf node")
+    assert "--as-peer" in out
+    # As cobra's: a later word that is no command is ignored.
+    assert run("help", "showconf", "x") == run("help", "showconf")
+    assert "~/.config/fish/completions/kgctl.fish" in run("help", "completion", "fish")[1]
+    code, out, err = run("help", "bogus")
+    assert (code, out) == (2, "")
+    assert err.startswith('kgctl: unknown help topic "bogus"; the commands are: graph, showconf')
+
+
+def test_completion_prints_the_script_of_each_shell() -> None:
+    for shell in ("bash", "zsh", "fish", "powershell"):
+        code, out, err = run("completion", shell)
+        assert (code, err) == (0, "")
+        assert "kgctl __complete" in out.replace("__completeNoDesc", "__complete")
+        assert out.endswith("\n")
+    code, out, _ = run("completion", "zsh", "--no-descriptions")
+    assert "__completeNoDesc" in out
+    assert "__completeNoDesc" not in run("completion", "zsh")[1]
+    # A command group without its subcommand prints its help, as cobra's.
+    code, out, _ = run("completion")
+    assert code == 0
+    assert out.startswith("usage: kgctl completion")
+    code, out, err = run("completion", "tcsh")
+    assert (code, out) == (2, "")
+    assert "invalid choice: 'tcsh'" in err
 
 
 def test_respect_last_seen_keeps_fresh_nodes_ready(tmp_path: Path) -> None:
@@ -605,12 +649,10 @@ def test_respect_last_seen_keeps_fresh_nodes_ready(tmp_path: Path) -> None:
 
 
 def test_plan_rules_of_alpha_and_gamma_through_the_cli() -> None:
-    from tests.unit.test_routes import ALPHA_RULES
-
     code, out, _ = run(*FILE, "plan", "node", "alpha")
     assert code == 0
     rules = out.split("## IP rules\n")[1].split("\n\n")[0].splitlines()
-    assert rules == ALPHA_RULES
+    assert rules == golden.lines("alpha.rules")
     code, out, _ = run(*FILE, "plan", "node", "gamma")
     assert code == 0
     assert (
@@ -620,14 +662,12 @@ def test_plan_rules_of_alpha_and_gamma_through_the_cli() -> None:
 
 
 def test_plan_crosssubnet_keeps_beta_on_the_private_interface() -> None:
-    from tests.unit.test_routes import BETA_UNENCAPSULATED
-
     code, out, _ = run(
         *FILE, "plan", "node", "beta", "--encapsulate", "crosssubnet", "--private-interface", "ens4"
     )
     assert code == 0
     routes = out.split("## Routes (proto static)\n")[1].split("\n\n")[0].splitlines()
-    assert routes == BETA_UNENCAPSULATED
+    assert routes == golden.lines("beta-unencapsulated.routes")
     assert out.split("## IP rules\n")[1].startswith("(none)")
 
 

@@ -524,4 +524,6 @@ def test_build_errors_carry_the_script_output() -> None:
     with pytest.raises(controlplane.ControlPlaneError, match="unknown mode 'sideways'") as info:
         controlplane._build("sideways", lines.append)
     assert isinstance(info.value, KiloError)
-    assert lines == ["build.sh: unknown mode 'sideways' (all, controlplane, helm, check)"]
+    assert lines == [
+        "build.sh: unknown mode 'sideways' (all, controlplane, helm, prometheus, check)"
+    ]

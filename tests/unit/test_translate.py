@@ -918,7 +918,7 @@ def test_translate_peer() -> None:
         endpoint=None,
     )
     assert diagnostics == []
-    assert peer.is_ready
+    assert peer.is_ready()
 
 
 def test_peer_defaults() -> None:
@@ -926,7 +926,7 @@ def test_peer_defaults() -> None:
     assert peer == Peer(name="laptop", public_key=PUBLIC_KEYS["laptop"])
     assert peer.persistent_keepalive == 0
     assert peer.preshared_key is None
-    assert not peer.is_ready  # no allowed IPs
+    assert not peer.is_ready()  # no allowed IPs
     assert diagnostics == []
 
 
@@ -1087,9 +1087,9 @@ def test_peer_readiness() -> None:
     )
     no_ips = dataclasses.replace(ready, name="b", allowed_ips=())
     zero_key = dataclasses.replace(ready, name="c", public_key=ZERO_KEY)
-    assert ready.is_ready  # no endpoint needed
-    assert not no_ips.is_ready
-    assert not zero_key.is_ready
+    assert ready.is_ready()  # no endpoint needed
+    assert not no_ips.is_ready()
+    assert not zero_key.is_ready()
     assert ready_peers([no_ips, ready, zero_key]) == [ready]
 
 

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kilo.agent import logs, webhook
+from kilo.agent import logs, serving, webhook
 from kilo.agent.settings import WebhookSettings
+from kilo.agent.webhook import app as webhook_app
+from kilo.agent.webhook import cluster, tls
 from kilo.errors import ConfigError
 from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
 
@@ -80,13 +82,13 @@ def adapter() -> logging.LoggerAdapter[logging.Logger]:
 
 class View:
     def __init__(self) -> None:
-        self.value = webhook.UNSYNCED
+        self.value = cluster.UNSYNCED
 
-    def __call__(self) -> webhook.ClusterView:
+    def __call__(self) -> cluster.ClusterView:
         return self.value
 
 
-SYNCED = webhook.ClusterView(
+SYNCED = cluster.ClusterView(
     synced=True,
     peers=MappingProxyType({}),
     pod_cidrs=MappingProxyType({"gcp-1": (ip_network("10.42.1.0/24"),)}),
@@ -117,16 +119,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Served:
     def __init__(self, pki: dict[str, Path]) -> None:
         self.registry = CollectorRegistry()
-        self.metrics = webhook.WebhookMetrics(self.registry)
+        self.metrics = webhook_app.WebhookMetrics(self.registry)
         self.view = View()
-        self.app = webhook.WebhookApp(metrics=self.metrics, view=self.view, logger=adapter())
-        tls = webhook.load_tls(str(pki["cert"]), str(pki["key"]))
-        self.https = webhook.Server("127.0.0.1:0", app=self.app, tls=tls, logger=adapter())
-        self.http = webhook.Server(
-            "127.0.0.1:0", app=webhook.MetricsApp(self.registry), logger=adapter()
+        self.app = webhook_app.WebhookApp(metrics=self.metrics, view=self.view, logger=adapter())
+        context = tls.load_tls(str(pki["cert"]), str(pki["key"]))
+        self.https = serving.Server("127.0.0.1:0", app=self.app, tls=context, logger=adapter())
+        self.http = serving.Server(
+            "127.0.0.1:0", app=webhook_app.MetricsApp(self.registry), logger=adapter()
         )
         # The same app without TLS, where a test can half-close its side of the connection.
-        self.plain = webhook.Server("127.0.0.1:0", app=self.app, logger=adapter())
+        self.plain = serving.Server("127.0.0.1:0", app=self.app, logger=adapter())
         self.client_tls = ssl.create_default_context(cafile=str(pki["ca"]))
 
     def connection(self) -> http.client.HTTPSConnection:
@@ -176,7 +178,7 @@ def module_served(pki: dict[str, Path]) -> Iterator[Served]:
 
 @pytest.fixture
 def served(module_served: Served) -> Served:
-    module_served.view.value = webhook.UNSYNCED
+    module_served.view.value = cluster.UNSYNCED
     return module_served
 
 
@@ -398,12 +400,12 @@ def test_stop_waits_for_requests_in_progress(pki: dict[str, Path]) -> None:
 
     entered, release = threading.Event(), threading.Event()
 
-    def slow(request: webhook.Request) -> webhook.Response:
+    def slow(request: serving.Request) -> serving.Response:
         entered.set()
         release.wait(10)
-        return webhook.Response(200, b"done")
+        return serving.Response(200, b"done")
 
-    server = webhook.Server("127.0.0.1:0", app=slow, logger=adapter())
+    server = serving.Server("127.0.0.1:0", app=slow, logger=adapter())
     server.start()
     result: list[bytes] = []
 
@@ -429,15 +431,17 @@ def test_listen_errors_name_the_address() -> None:
         ConfigError,
         match=r"^failed to listen on nonsense: listen tcp: address nonsense: missing port",
     ):
-        webhook.Server("nonsense", app=webhook.MetricsApp(CollectorRegistry()), logger=adapter())
-    taken = webhook.Server(
-        "127.0.0.1:0", app=webhook.MetricsApp(CollectorRegistry()), logger=adapter()
+        serving.Server(
+            "nonsense", app=webhook_app.MetricsApp(CollectorRegistry()), logger=adapter()
+        )
+    taken = serving.Server(
+        "127.0.0.1:0", app=webhook_app.MetricsApp(CollectorRegistry()), logger=adapter()
     )
     try:
         host, port = taken.address
         with pytest.raises(ConfigError, match=rf"^failed to listen on {host}:{port}: "):
-            webhook.Server(
-                f"{host}:{port}", app=webhook.MetricsApp(CollectorRegistry()), logger=adapter()
+            serving.Server(
+                f"{host}:{port}", app=webhook_app.MetricsApp(CollectorRegistry()), logger=adapter()
             )
     finally:
         taken.stop(0)
@@ -461,7 +465,7 @@ def test_tls_problems_name_the_flag_and_the_file(pki: dict[str, Path], tmp_path:
     ]
     for (cert_file, key_file), message in cases:
         with pytest.raises(ConfigError) as caught:
-            webhook.load_tls(cert_file, key_file)
+            tls.load_tls(cert_file, key_file)
         assert str(caught.value).startswith(message)
         assert "\n" not in str(caught.value)
 
@@ -528,8 +532,8 @@ def test_the_view_is_synced_after_both_lists_and_changes_only_with_cidrs(
     records: Records,
 ) -> None:
     config: Any = None  # never used: the watcher's thread is not started
-    watcher = webhook.ClusterWatcher(config, logger=adapter())
-    assert watcher.current() is webhook.UNSYNCED
+    watcher = cluster.ClusterWatcher(config, logger=adapter())
+    assert watcher.current() is cluster.UNSYNCED
     watcher.listed("nodes", {"a": node_object("a", "10.42.1.0/24"), "b": node_object("b")})
     assert watcher.current().synced is False
     assert dict(watcher.current().pod_cidrs) == {"a": (ip_network("10.42.1.0/24"),)}

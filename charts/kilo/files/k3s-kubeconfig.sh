@@ -1,6 +1,6 @@
-# generate-kubeconfig: a kubeconfig for kg on k3s (the agent's init container). It names the
-# API server the k3s agent itself uses (its client load balancer, reachable on the host
-# network before any pod network exists) and authenticates as the kilo service account.
+# generate-kubeconfig: a kubeconfig for kg on k3s (the agent's init container; nkml's too). It
+# names the API server the k3s agent itself uses (its client load balancer, reachable on the
+# host network before any pod network exists) and authenticates as the pod's service account.
 # Unlike Kilo's script it embeds the CA (Kilo's kubeconfig pointed at a file the agent
 # container does not mount) and refers to the token file, so the kubelet's token rotation
 # reaches the agent instead of a copied token expiring.

@@ -18,24 +18,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from kilo import __version__
-from kilo.agent import logs
-from kilo.agent.settings import (
-    AgentSettings,
-    SettingsError,
-    ShowText,
-    WebhookRequested,
-    parse_args,
-)
+from kilo import __version__, completion, jsonlog
+from kilo.agent import command_line, logs
+from kilo.agent.cobra import CommandLineError
+from kilo.agent.settings import AgentSettings, WebhookSettings
 from kilo.errors import KiloError
+from kilo.mesh.model import DEFAULT_MTU
 from kilo.mesh.text import printable
 
 if TYPE_CHECKING:
     from kilo.adapters.netlink import Links
     from kilo.agent.metrics import AgentMetrics
 
-PROG = "kg"
-DEFAULT_MTU = 1420  # of an interface kg creates with --mtu=auto (then set on each apply)
 STATE_DIRECTORY = Path("/var/lib/kilo")
 ROUTE_STATE = "routes.json"
 CNI_BRIDGE = "kube-bridge"
@@ -72,22 +66,30 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in completion.REQUESTS:
+        # cobra's hidden command, which the completion scripts run.
+        candidates, directive = command_line.complete(args[1:])
+        descriptions = args[0] == completion.REQUEST
+        out.write(completion.answer(candidates, directive, descriptions=descriptions))
+        print(f"Completion ended with directive: {completion.directive_name(directive)}", file=err)
+        return 0
     try:
-        settings = parse_args(args, hostname_fallback=_os_hostname)
-    except ShowText as shown:
+        outcome = command_line.read(args, hostname_fallback=_os_hostname)
+    except CommandLineError as exc:
+        print(exc, file=err)
+        return 1
+    if isinstance(outcome, command_line.Show):
         try:
-            out.write(shown.text)
+            out.write(outcome.text)
             out.flush()
         except BrokenPipeError:
             return 1
         return 0
-    except SettingsError as exc:
-        print(exc, file=err)
-        return 1
-    except WebhookRequested as requested:
+    if isinstance(outcome, WebhookSettings):
         from kilo.agent import webhook
 
-        return webhook.main(requested.settings, out=out, err=err)
+        return webhook.main(outcome, out=out, err=err)
+    settings = outcome
     logs.configure(settings.log.level, out)
     try:
         return asyncio.run(_run(settings))
@@ -101,18 +103,18 @@ async def _run(settings: AgentSettings) -> int:
     # netlink, Kubernetes and Prometheus libraries.
     import msgspec
     from lightkube import AsyncClient, Client
-    from prometheus_client import CollectorRegistry
 
     from kilo.adapters import cni, keyfile, kubeconfig, kubernetes, netlink, tunnel, wireguard
     from kilo.adapters.iptables import IPTables
     from kilo.agent.http import HTTPServer
     from kilo.agent.mesh import Agent, DataPlane, HostFacts
-    from kilo.agent.metrics import AgentMetrics
+    from kilo.agent.metrics import AgentMetrics, new_registry
     from kilo.mesh.discovery import discover_ips, external_ip
     from kilo.mesh.model import Encapsulation
 
     log = logs.get("kilo")
-    log.info(f"Starting Kilo network mesh '{__version__}'.", extra={"unleveled": True})
+    # Kilo's two lines of its main logger: no level, no component.
+    logs.get("").log(jsonlog.UNLEVELED, f"Starting Kilo network mesh '{__version__}'.")
 
     try:
         config = kubeconfig.load(settings.backend.kubeconfig or None)
@@ -124,7 +126,7 @@ async def _run(settings: AgentSettings) -> int:
         raise _Fatal(f"failed to create Kubernetes config: {exc}") from exc
     server = str(config.cluster.server)
 
-    registry = CollectorRegistry()
+    registry = new_registry()
     device_holder: list[wireguard.WireGuardDevice] = []
     agent_holder: list[Agent] = []
 
@@ -298,10 +300,15 @@ async def _run(settings: AgentSettings) -> int:
             try:
                 await agent.run(nodes, peers, stop)
             except KiloError as exc:
-                log.error(f"error: Kilo exited unexpectedly: {exc}")
+                # Kilo's last words, on stderr as Kilo prints them; also a log line.
+                message = f"error: Kilo exited unexpectedly: {exc}"
+                log.error(message)
+                print(printable(message), file=sys.stderr)
                 status = 1
         if stop.is_set():
-            log.info("caught interrupt; gracefully cleaning up; see you next time!")
+            logs.get("").log(
+                jsonlog.UNLEVELED, "caught interrupt; gracefully cleaning up; see you next time!"
+            )
     finally:
         stop_watch()
         if settings.mesh.clean_up:
@@ -331,6 +338,9 @@ class _MetricsAdapter:
 
     def set_leader(self, leader: bool) -> None:
         self._m.leader.set(1 if leader else 0)
+
+    def set_node(self, node: str, location: str) -> None:
+        self._m.set_node(node, location)
 
 
 if __name__ == "__main__":

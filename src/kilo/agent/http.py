@@ -1,8 +1,8 @@
 """The agent's HTTP server on ``--listen``: ``/health``, ``/metrics``, ``/graph`` and an index.
 
-Kilo's endpoints (kilo-k8s-cli.md §3.4), served by the standard library's threading HTTP
-server in a daemon thread. Any method is answered, as Go's ``ServeMux`` does. Differences
-from Kilo, all deliberate:
+Kilo's endpoints (kilo-k8s-cli.md §3.4), served by :mod:`kilo.agent.serving` (shared with
+``kg webhook``: any method answered, Go's ``http.Error``, debug-level request logs).
+Differences from Kilo, all deliberate:
 
 * ``/health`` answers 503 with a one-line reason until ``healthy()`` is true (the agent
   makes it true after its first successful apply); Kilo always answers 200.
@@ -11,32 +11,21 @@ from Kilo, all deliberate:
   connection). The DOT text is handed to Graphviz through ``subprocess.run(input=...)``,
   so a large graph cannot deadlock on a full pipe, and a missing ``dot`` is named.
 * ``/debug/`` (Go's pprof) answers 501.
-
-Errors are written like Go's ``http.Error``: ``text/plain; charset=utf-8``,
-``X-Content-Type-Options: nosniff``, the message and a newline. Requests are logged at
-debug level only.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import shutil
-import socket
 import subprocess
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
-from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from kilo.agent import listen as listen_mod
-from kilo.agent.listen import ListeningServer
-from kilo.errors import DataPlaneError, KiloError
+from kilo.agent import serving
+from kilo.agent.serving import Request, Response, error
+from kilo.errors import KiloError
 
 INDEX = (
     b"<html><head><title>Internal Kilo API</title></head><body>\n"
@@ -63,48 +52,27 @@ DEFAULT_LAYOUT = "circo"
 RENDER_TIMEOUT_SECONDS = 60.0
 UNHEALTHY = "not ready: the mesh has not been applied successfully yet"
 NO_DOT = "unable to render graph: Graphviz's dot is not installed; use ?format=dot"
-# An idle keep-alive connection is closed after this long, so its thread ends.
-IDLE_TIMEOUT_SECONDS = 300.0
-
-_TEXT = "text/plain; charset=utf-8"
+# The agent reads no request body; what a client sends is read away up to this much.
+MAX_BODY = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+class AgentApp:
+    """The agent's endpoints."""
 
-
-def error(status: int, message: str) -> Response:
-    """Go's ``http.Error``."""
-    return Response(
-        status,
-        (message + "\n").encode(),
-        (("Content-Type", _TEXT), ("X-Content-Type-Options", "nosniff")),
-    )
-
-
-class _Server(ListeningServer):
-    def __init__(self, family: socket.AddressFamily, address: tuple[Any, ...], app: _App) -> None:
-        self.app = app
-        super().__init__(family, address, _Handler)
-
-
-@dataclass(frozen=True, slots=True)
-class _App:
     registry: CollectorRegistry
     healthy: Callable[[], bool]
     graph: Callable[[], str]
     logger: logging.Logger
 
-    def handle(self, path: str, query: Mapping[str, list[str]], headers: Any) -> Response:
+    def __call__(self, request: Request) -> Response:
+        path = request.path
         if path == "/health":
             return self.health()
         if path == "/metrics":
-            return self.metrics(query, headers)
+            return serving.metrics(self.registry, request)
         if path == "/graph":
-            return self.render_graph(query)
+            return self.render_graph(request.query)
         if path == "/debug" or path.startswith("/debug/"):
             return error(501, "not implemented: this agent has no pprof endpoints")
         return Response(200, INDEX, (("Content-Type", "text/html; charset=utf-8"),))
@@ -114,18 +82,6 @@ class _App:
             return Response(200)
         return error(503, UNHEALTHY)
 
-    def metrics(self, query: Mapping[str, list[str]], headers: Any) -> Response:
-        registry: Any = self.registry
-        if "name[]" in query:
-            registry = registry.restricted_registry(query["name[]"])
-        encoder, content_type = choose_encoder(headers.get("Accept", ""))
-        body = encoder(registry)
-        response_headers = [("Content-Type", content_type)]
-        if gzip_accepted(headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body)
-            response_headers.append(("Content-Encoding", "gzip"))
-        return Response(200, body, tuple(response_headers))
-
     def render_graph(self, query: Mapping[str, list[str]]) -> Response:
         try:
             text = self.graph()
@@ -133,7 +89,7 @@ class _App:
             return error(500, str(exc))
         output = _first(query, "format") or DEFAULT_FORMAT
         if output in ("dot", "gv"):
-            return Response(200, text.encode(), (("Content-Type", _TEXT),))
+            return Response(200, text.encode(), (("Content-Type", serving.TEXT),))
         if output not in GRAPH_FORMATS:
             return error(500, "unsupported format")
         layout = _first(query, "layout") or DEFAULT_LAYOUT
@@ -172,46 +128,9 @@ def _first(query: Mapping[str, list[str]], name: str) -> str:
     return values[0] if values else ""
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = IDLE_TIMEOUT_SECONDS
-
-    def __getattr__(self, name: str) -> Any:
-        # Every method is served, as Go's ServeMux does (BaseHTTPRequestHandler looks up do_X).
-        if name.startswith("do_"):
-            return self._dispatch
-        raise AttributeError(name)
-
-    def _dispatch(self) -> None:
-        app = cast(_Server, self.server).app
-        url = urlsplit(self.path)
-        try:
-            response = app.handle(url.path, parse_qs(url.query), self.headers)
-        except Exception:
-            # A server boundary: whatever broke, the client gets an answer and the agent a log.
-            app.logger.exception("HTTP %s %s failed", self.command, self.path)
-            response = error(500, "internal server error")
-        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
-            # The request body is never read; do not parse it as the next request.
-            self.close_connection = True
-        self.log_request(response.status)
-        self.send_response_only(response.status)
-        self.send_header("Date", self.date_time_string())
-        for name, value in response.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        cast(_Server, self.server).app.logger.debug("%s %s", self.address_string(), format % args)
-
-
-class HTTPServer:
-    """Serves the agent's endpoints on ``listen`` once started."""
+class HTTPServer(serving.Server):
+    """Serves the agent's endpoints on ``listen`` once started; a ``listen`` that cannot be
+    bound is a :class:`~kilo.errors.ConfigError` naming it."""
 
     def __init__(
         self,
@@ -222,41 +141,9 @@ class HTTPServer:
         graph: Callable[[], str],
         logger: logging.Logger | None = None,
     ) -> None:
-        app = _App(
-            registry=registry,
-            healthy=healthy,
-            graph=graph,
-            logger=logger or logging.getLogger(__name__),
-        )
-        try:
-            self._server = listen_mod.bind(
-                listen, lambda family, address: _Server(family, address, app)
-            )
-        except (OSError, ValueError) as exc:
-            raise DataPlaneError(listen_mod.bind_error(listen, exc)) from exc
-        self._thread: threading.Thread | None = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound address (the real port when ``listen`` asked for port 0)."""
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="kilo-http", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and close the socket; idempotent."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
+        log = logger or logging.getLogger(__name__)
+        app = AgentApp(registry=registry, healthy=healthy, graph=graph, logger=log)
+        super().__init__(listen, app=app, logger=log, max_body=MAX_BODY, name="kilo-http")
 
 
 __all__ = [
@@ -265,5 +152,6 @@ __all__ = [
     "GRAPH_FORMATS",
     "GRAPH_LAYOUTS",
     "INDEX",
+    "AgentApp",
     "HTTPServer",
 ]

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -33,12 +34,20 @@ from kilo.agent.settings import AgentSettings
 from kilo.errors import KiloError
 from kilo.mesh import graph, translate
 from kilo.mesh.discovery import DiscoveredIPs, Interface
-from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.endpoint import Endpoint, endpoint_ready
 from kilo.mesh.ip import IPAddress, IPInterface
 from kilo.mesh.iptables import RuleSet
 from kilo.mesh.keys import ZERO_KEY, Key
 from kilo.mesh.localnode import local_node, mesh_changed, peer_changed
-from kilo.mesh.model import Diagnostic, Node, Peer, ready_nodes, ready_peers
+from kilo.mesh.model import (
+    DEFAULT_MTU,
+    WIREGUARD_OVERHEAD,
+    Diagnostic,
+    Node,
+    Peer,
+    ready_nodes,
+    ready_peers,
+)
 from kilo.mesh.plan import TUNNEL_NAMES, PlanSettings, plan_node
 from kilo.mesh.routes import Device, Route, Rule
 from kilo.mesh.text import shorten
@@ -54,6 +63,9 @@ RESOLVE_TIMEOUT = 5.0
 API_TIMEOUT = 10.0
 
 log = logs.get("kilo")
+iptables_log = logs.get("iptables")
+# Kilo's names of watch events, in its "event" log field.
+KILO_EVENTS = {EventType.ADDED: "add", EventType.MODIFIED: "update", EventType.DELETED: "delete"}
 
 
 # --- the ports the loop drives --------------------------------------------------------------
@@ -107,6 +119,7 @@ class MetricsPort(Protocol):
     def reconciled(self) -> None: ...
     def set_counts(self, nodes: int, peers: int) -> None: ...
     def set_leader(self, leader: bool) -> None: ...
+    def set_node(self, node: str, location: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +231,7 @@ class Agent:
         self._applied_iptables: RuleSet | None = None
         self._applied_routes: tuple[object, ...] | None = None
         self._auto_mtu: int | None = None
+        self._mtu_lines: list[tuple[int, str, dict[str, str]]] = []
         self._local_was_ready = False
         self._wake = asyncio.Event()
         self._apply_lock = threading.Lock()
@@ -281,6 +295,8 @@ class Agent:
         else:
             self.nodes[event.name] = new
         if mesh_changed(old, new, int(self.clock())):
+            # Kilo's line for a node that changes the mesh (its "node" is the whole node).
+            log.info("node changed", fields={"event": KILO_EVENTS[event.type], "node": event.name})
             self._apply_needed = True
             self._wake.set()
 
@@ -298,6 +314,7 @@ class Agent:
         else:
             self.peers[event.name] = new
         if peer_changed(old, new):
+            log.info("peer changed", fields={"event": KILO_EVENTS[event.type], "peer": event.name})
             self._apply_needed = True
             self._wake.set()
 
@@ -355,13 +372,31 @@ class Agent:
             self.metrics.error(event)
             log.error(
                 "failed to update the local node's annotations",
-                fields={"node": self.hostname, "error": str(exc) or type(exc).__name__},
+                fields={
+                    "node": self.hostname,
+                    "error": f"failed to set local node: {str(exc) or type(exc).__name__}",
+                },
             )
             return
         self.last_written = now
         if self.local_annotations is not None:
             self.local_annotations.update(changes)
         if material:
+            observed = self.local_observed
+            if (
+                translate.ENDPOINT in material
+                and observed is not None
+                and not endpoint_ready(observed.endpoint)
+            ):
+                # Kilo's line when it puts the detected address in a node without one.
+                log.info(
+                    "overriding endpoint",
+                    fields={
+                        "node": self.hostname,
+                        "old endpoint": str(observed.endpoint or ""),
+                        "new endpoint": material[translate.ENDPOINT] or "",
+                    },
+                )
             log.info(
                 "updated the local node's annotations",
                 fields={"node": self.hostname, "annotations": sorted(material)},
@@ -379,16 +414,41 @@ class Agent:
         return self._auto_mtu
 
     def _detect_mtu(self) -> int:
+        """Kilo's auto MTU: the default route's interface's MTU less WireGuard's 80 bytes,
+        else 1420. Kilo's lines about it are logged when the result changes (Kilo logs
+        them on every apply)."""
         links = self.plane.links
+        lines: list[tuple[int, str, dict[str, str]]] = []
+        mtu = DEFAULT_MTU
         try:
             index = links.default_route_interface()
-            if index is not None:
-                for interface in links.interfaces():
-                    if interface.index == index:
-                        return links.mtu(interface.name) - 80
-        except KiloError:
-            pass
-        return 1420
+            interface = next((i for i in links.interfaces() if i.index == index), None)
+            if interface is None:
+                raise KiloError("no interface has the default route")
+            base = links.mtu(interface.name)
+        except KiloError as exc:
+            message = "failed to get default interface for MTU detection, using default MTU"
+            lines.append((logging.WARNING, message, {"error": str(exc)}))
+        else:
+            mtu = base - WIREGUARD_OVERHEAD
+            lines += [
+                (
+                    logging.INFO,
+                    f"detected underlay MTU {base} on default interface {interface.name}",
+                    {},
+                ),
+                (
+                    logging.INFO,
+                    f"auto-detected WireGuard MTU: {mtu} (underlay {base} - overhead "
+                    f"{WIREGUARD_OVERHEAD})",
+                    {},
+                ),
+            ]
+        if lines != self._mtu_lines:
+            self._mtu_lines = lines
+            for level, message, fields in lines:
+                log.log(level, message, fields=fields)
+        return mtu
 
     def apply(
         self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, *, full: bool = True
@@ -417,18 +477,19 @@ class Agent:
         plane = self.plane
         errors = 0
 
-        def failed(step: str, exc: BaseException) -> None:
+        def failed(step: str, exc: BaseException, kilo: str = "") -> None:
             nonlocal errors
             errors += 1
             self.metrics.error("apply")
-            log.error(f"failed to apply {step}", fields={"error": str(exc)})
+            error = f"{kilo}: {exc}" if kilo else str(exc)
+            log.error(f"failed to apply {step}", fields={"error": error})
 
         mtu = self._mtu(full)
         if mtu is not None:
             try:
                 plane.links.set_mtu(self.interface, mtu)
             except KiloError as exc:
-                failed("the MTU", exc)
+                failed("the MTU", exc, "failed to set MTU on WireGuard interface")
         try:
             state: DeviceState | None = plane.device.get()
         except KiloError as exc:
@@ -476,7 +537,9 @@ class Agent:
         if full or plan.iptables != self._applied_iptables:
             self._applied_iptables = None
             try:
-                plane.iptables.apply(plan.iptables)
+                if plane.iptables.apply(plan.iptables):
+                    count = len(plan.iptables.append) + len(plan.iptables.prepend)
+                    iptables_log.info(f"applying {count} iptables rules")
                 self._applied_iptables = plan.iptables
             except KiloError as exc:
                 failed("iptables rules", exc)
@@ -485,13 +548,14 @@ class Agent:
                 plane.tunnel.set(plan.tunnel_address)
             except KiloError as exc:
                 failed("the tunnel address", exc)
+        self.metrics.set_node(self.hostname, local_ready.location)
         self.metrics.set_leader(plan.leader)
         try:
             if plan.leader and plan.address is not None and plan.wireguard is not None:
                 plane.links.set_address(self.interface, plan.address)
                 if plane.device.apply(plan.wireguard):
                     log.info(
-                        "WireGuard configuration updated",
+                        "WireGuard configurations are different",
                         fields={"peers": [p.name for p in plan.wireguard.peers]},
                     )
                 plane.links.set_up(self.interface, True)
@@ -526,11 +590,13 @@ class Agent:
             try:
                 if plane.update_cni(local_ready.subnet):
                     log.info(
-                        "CNI configuration updated",
-                        fields={"path": self.settings.cni.path, "subnet": str(local_ready.subnet)},
+                        "setting CIDR in CNI file",
+                        fields={"CIDR": str(local_ready.subnet), "path": self.settings.cni.path},
                     )
             except KiloError as exc:
-                log.warning("failed to update the CNI configuration", fields={"error": str(exc)})
+                log.warning(
+                    "failed to set CIDR in CNI file", fields={"err": str(exc), "error": str(exc)}
+                )
         self.peer_names = {
             str(p.public_key): p.name for p in (plan.wireguard.peers if plan.wireguard else ())
         }
@@ -681,7 +747,10 @@ class Agent:
             self.metrics.error("cleanUp")
             log.error(
                 "failed to remove the local node's annotations",
-                fields={"node": self.hostname, "error": str(exc) or type(exc).__name__},
+                fields={
+                    "node": self.hostname,
+                    "error": f"failed to clean up node backend: {str(exc) or type(exc).__name__}",
+                },
             )
 
     def _clean_up_data_plane(self) -> None:
@@ -715,7 +784,18 @@ class Agent:
                     step()
                 except KiloError as exc:
                     self.metrics.error("cleanUp")
-                    log.error(f"failed to clean up {what}", fields={"error": str(exc)})
+                    kilo = _KILO_CLEAN_UP_ERRORS.get(what)
+                    error = f"{kilo}: {exc}" if kilo else str(exc)
+                    log.error(f"failed to clean up {what}", fields={"error": error})
+
+
+# Kilo's error texts for the clean-up steps it has, so that queries on them keep matching.
+_KILO_CLEAN_UP_ERRORS = {
+    "iptables rules": "failed to clean up IP tables",
+    "routes and rules": "failed to clean up routes",
+    "the WireGuard interface": "failed to remove WireGuard interface",
+    "the tunnel": "failed to clean up encapsulator",
+}
 
 
 def tunnel_device_name(settings: AgentSettings) -> str:

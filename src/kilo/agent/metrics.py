@@ -5,6 +5,9 @@ dashboards and alerts keep working:
 
 * ``kilo_errors_total{event}`` with events ``run``, ``checkin``, ``local``, ``apply`` and
   ``cleanUp``; ``kilo_leader``, ``kilo_nodes``, ``kilo_peers``; ``kilo_reconciles_total``.
+  Unlike Kilo, each of the five error series is exported from the start, at 0: a series that
+  first appears at 1 has no ``increase()`` or ``rate()``, so a dashboard or an alert would
+  never see the first error of an event.
 * ``kilo_iptables_operations_total{operation, table, chain}`` with the constant label
   ``protocol`` (``IPv4``/``IPv6``). prometheus_client has no constant labels per metric,
   so ``protocol`` is an ordinary label here, always set. The series are the same, and
@@ -13,8 +16,13 @@ dashboards and alerts keep working:
 * Instead of Go's runtime collector: ``process_*`` (ProcessCollector), ``python_info``
   (PlatformCollector) and ``python_gc_*`` (GCCollector).
 
-Additions (Kilo has no such metrics), from the live WireGuard device through the ``peers``
-callable, read on every scrape:
+Additions (Kilo has no such metrics):
+
+* ``kilo_node_info{node, location}``, always 1: the agent's node and its location as the mesh
+  sees it (``""`` for none), set at each apply. ``kilo_leader`` has no location, so this is
+  what a dashboard joins it with to show the leader of each location.
+
+From the live WireGuard device through the ``peers`` callable, read on every scrape:
 
 * ``kilo_wireguard_peer_last_handshake_seconds{public_key, name}``: the Unix time of the
   peer's last handshake; no series for a peer that never completed one.
@@ -25,6 +33,11 @@ callable, read on every scrape:
 ``name`` is the node or Peer the key belongs to, or ``""`` when the key is unknown. A
 ``peers`` callable that raises :class:`~kilo.errors.KiloError` (the device is gone, for
 example) makes the scrape show no WireGuard series instead of failing.
+
+prometheus_client adds a ``<name>_created`` series (the start time) to every counter; Kilo's
+Go client has none, and they would double the series Prometheus stores for nothing a
+dashboard uses. :func:`new_registry` turns them off for the whole process, which is why only
+the composition roots (``kg`` and ``kg webhook``) call it.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from prometheus_client import (
     GCCollector,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -52,9 +66,21 @@ ERROR_EVENTS = ("run", "checkin", "local", "apply", "cleanUp")
 IPTABLES_LABELS = ("chain", "operation", "protocol", "table")
 PEER_LABELS = ("public_key", "name")
 
+NODE_LABELS = ("node", "location")
+
 LAST_HANDSHAKE = "kilo_wireguard_peer_last_handshake_seconds"
 RECEIVE_BYTES = "kilo_wireguard_peer_receive_bytes"
 TRANSMIT_BYTES = "kilo_wireguard_peer_transmit_bytes"
+
+
+def new_registry() -> CollectorRegistry:
+    """The registry of a ``kg`` or ``kg webhook`` process, without ``_created`` series.
+
+    Process-wide: every counter created afterwards, in any registry, has no ``_created``
+    series. For composition roots only.
+    """
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+    return CollectorRegistry()
 
 
 class WireGuardPeerCollector(Collector):
@@ -112,7 +138,16 @@ class AgentMetrics:
             ["event"],
             registry=registry,
         )
+        for event in ERROR_EVENTS:
+            self.errors.labels(event=event)
         self.leader = Gauge("kilo_leader", "Leadership status of the node.", registry=registry)
+        self.node_info = Gauge(
+            "kilo_node_info",
+            "The node of this agent and its location in the mesh; always 1.",
+            NODE_LABELS,
+            registry=registry,
+        )
+        self._node: tuple[str, str] | None = None
         self.nodes = Gauge("kilo_nodes", "Number of nodes in the mesh.", registry=registry)
         self.peers_gauge = Gauge("kilo_peers", "Number of peers in the mesh.", registry=registry)
         self.reconciles = Counter(
@@ -130,6 +165,15 @@ class AgentMetrics:
         if peers is not None:
             registry.register(WireGuardPeerCollector(peers))
 
+    def set_node(self, node: str, location: str) -> None:
+        """``kilo_node_info``: one series, for the node's current location."""
+        if self._node == (node, location):
+            return
+        if self._node is not None:
+            self.node_info.remove(*self._node)
+        self.node_info.labels(node=node, location=location).set(1)
+        self._node = (node, location)
+
     def iptables_operation(self, protocol: str, operation: str, table: str, chain: str) -> None:
         """Count one iptables operation (the ``on_operation`` callback of the iptables adapter)."""
         self.iptables_operations.labels(
@@ -143,4 +187,5 @@ __all__ = [
     "PeerSource",
     "PeerStats",
     "WireGuardPeerCollector",
+    "new_registry",
 ]

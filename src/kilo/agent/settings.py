@@ -1,48 +1,39 @@
-"""The ``kg`` command line: Kilo's flags, defaults and start-up validation, as values.
+"""``kg``'s settings, as values, and the start-up checks that make them from flag values.
 
 Pure apart from the ``hostname_fallback`` the caller passes in and ``/etc/services``, read
-for a service name in a listen address. The command line is read
-the way Kilo's Go binary reads it (cobra and pflag), so existing manifests keep working:
-
-* long flags only (``-h`` is the one shorthand); ``--flag value`` and ``--flag=value``;
-  the last occurrence of a flag wins;
-* a bool flag is ``--flag`` or ``--flag=VALUE`` with Go's ``strconv.ParseBool`` syntax
-  (``1 t T TRUE true True 0 f F FALSE false False``); ``--flag false`` leaves the flag true
-  and makes ``false`` a positional argument, which the root command rejects as an unknown
-  command;
-* ``--service-cidr`` and ``--internal-cidr`` are repeatable and comma-separated;
-* ``--port`` is a Go integer (``0x`` prefixes and ``_`` separators included) and
-  ``--resync-period`` a Go duration (``30s``, ``1m30s``, ``500ms``).
-
-Then the checks of Kilo's start-up run in Kilo's order with Kilo's messages (reference
+for a service name in a listen address. The flags are read by :mod:`kilo.agent.command_line`;
+here the checks of Kilo's start-up run in Kilo's order with Kilo's messages (reference
 §3.3), so that, for example, a bad ``--log-level`` is reported before ``--version`` is
 honoured. Deliberate differences are listed in ``docs/compatibility.md``: ``port must be``
 instead of Kilo's ``port mus be``; an unknown ``--compatibility`` is an error instead of
 silently meaning IPIP; and after all of Kilo's checks come checks Kilo does not make, so
 that every flag is refused here rather than after the agent has created its key and
 interface or, worse, silently breaks it: the host name must be able to name a Node,
-``--master`` must be an http(s) URL, ``--mtu`` within 576..65535 (1280.. with an IPv6
+``--master`` must be an http(s) URL, ``--mtu`` within 68..65535 (1280.. with an IPv6
 subnet), ``--interface`` a name the kernel accepts, ``--topology-label`` a label key,
 ``--cni-path`` non-empty with ``--cni``, and ``--listen`` (last, as in Kilo) an address
 :mod:`kilo.agent.listen` can bind. Building the Kubernetes client config (Kilo's step 7,
 ``failed to create Kubernetes config``) reads files and is left to the caller.
+
+A value that is refused raises :class:`~kilo.agent.cobra.CommandLineError`.
 """
 
 from __future__ import annotations
 
-import csv
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import Literal, TypeVar
+from typing import TypeVar
 
-from kilo import __version__
 from kilo.agent import listen
+from kilo.agent.cobra import CommandLineError, FlagValue
 from kilo.mesh import flags, ip
 from kilo.mesh.endpoint import is_dns1123_subdomain
+from kilo.mesh.gosyntax import go_quote, parse_uint32
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
+    DEFAULT_CNI_PATH,
     DEFAULT_INTERFACE,
     DEFAULT_PORT,
     DEFAULT_SUBNET,
@@ -51,17 +42,13 @@ from kilo.mesh.model import (
     Encapsulation,
     Granularity,
 )
-from kilo.mesh.text import printable
 
 PROG = "kg"
 BACKEND_KUBERNETES = "kubernetes"
-DEFAULT_CNI_PATH = "/etc/cni/net.d/10-kilo.conflist"
 DEFAULT_LISTEN = ":1107"
 DEFAULT_RESYNC_PERIOD = "30s"
 DEFAULT_WEBHOOK_LISTEN = ":8443"
 DEFAULT_WEBHOOK_LISTEN_METRICS = ":1107"
-# What Kilo's --mtu=auto falls back to when the underlay's MTU cannot be detected.
-DEFAULT_MTU = 1420
 MTU_AUTO = "auto"
 
 _NS_PER_SECOND = 1_000_000_000
@@ -78,6 +65,14 @@ class LogLevel(enum.StrEnum):
     ERROR = "error"
     NONE = "none"
 
+
+# What the error messages (and the help) list as possible values, as Kilo lists them.
+LOG_LEVELS = ", ".join(level.value for level in LogLevel)
+ENCAPSULATIONS = ", ".join(
+    e.value for e in (Encapsulation.NEVER, Encapsulation.CROSSSUBNET, Encapsulation.ALWAYS)
+)
+GRANULARITIES = ", ".join(g.value for g in (Granularity.LOCATION, Granularity.FULL))
+COMPATIBILITIES = ", ".join(c.value for c in (Compatibility.FLANNEL, Compatibility.CILIUM))
 
 # --- the settings ---------------------------------------------------------------------------
 
@@ -164,619 +159,24 @@ class WebhookSettings:
     master: str = ""
 
 
-# --- outcomes other than settings -------------------------------------------------------------
+# --- the checks ------------------------------------------------------------------------------
 
 
-class CommandLineExit(Exception):
-    """The command line ends ``kg`` before the agent runs."""
-
-
-class SettingsError(CommandLineExit):
-    """A command line Kilo rejects; ``str()`` is Kilo's one-line message (exit status 1).
-
-    Kilo repeats some values as given (``log level %v unknown``); control characters in
-    them are escaped, so that the message stays one line.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(printable(message))
-
-
-class ShowText(CommandLineExit):
-    """Help or the version was asked for: print ``text`` on stdout and exit 0."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-
-class WebhookRequested(CommandLineExit):
-    """``kg webhook`` with valid flags."""
-
-    def __init__(self, settings: WebhookSettings) -> None:
-        super().__init__("webhook")
-        self.settings = settings
-
-
-# --- Go's value syntax ----------------------------------------------------------------------
-
-
-def go_quote(text: str) -> str:
-    """Go's ``%q`` of a string (``strconv.Quote``)."""
-    out = ['"']
-    for char in text:
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif char in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[char])
-        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of argv (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char.isprintable() or char == " ":
-            out.append(char)
-        elif code < 0x80:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_GO_ESCAPES["\v"] = "\\v"
-
-
-def _time_quote(text: str) -> str:
-    """The quoting of Go's ``time`` package errors: non-ASCII bytes as ``\\xNN``."""
-    out = ['"']
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif " " <= char < "\x80":
-            out.append(char)
-        else:
-            data = char.encode("utf-8", "surrogateescape")
-            out.extend(f"\\x{byte:02x}" for byte in data)
-    out.append('"')
-    return "".join(out)
-
-
-_DIGITS = {2: "01", 8: "01234567", 10: "0123456789", 16: "0123456789abcdefABCDEF"}
-
-
-def _is_digit(char: str, base: int = 10) -> bool:
-    return len(char) == 1 and char in _DIGITS[base]
-
-
-def parse_bool(text: str) -> bool:
-    """Go's ``strconv.ParseBool``."""
-    if text in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if text in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise ValueError(f"strconv.ParseBool: parsing {go_quote(text)}: invalid syntax")
-
-
-def _underscore_ok(text: str) -> bool:
-    """Go's ``underscoreOK``: ``_`` only between digits or after a base prefix."""
-    saw = "^"
-    body = text[1:] if text[:1] in ("+", "-") else text
-    index = 0
-    is_hex = False
-    if len(body) >= 2 and body[0] == "0" and body[1] in "bBoOxX":
-        index = 2
-        saw = "0"
-        is_hex = body[1] in "xX"
-    for char in body[index:]:
-        if _is_digit(char, 16 if is_hex else 10):
-            saw = "0"
-            continue
-        if char == "_":
-            if saw != "0":
-                return False
-            saw = "_"
-            continue
-        if saw == "_":
-            return False
-        saw = "!"
-    return saw != "_"
-
-
-def parse_int(text: str) -> int:
-    """Go's ``strconv.ParseInt(text, 0, 64)``, as pflag's int flags use it."""
-    syntax = ValueError(f"strconv.ParseInt: parsing {go_quote(text)}: invalid syntax")
-    body = text[1:] if text[:1] in ("+", "-") else text
-    negative = text[:1] == "-"
-    base = 10
-    if len(body) >= 2 and body[0] == "0" and body[1] in "bBoOxX":
-        base = {"b": 2, "o": 8, "x": 16}[body[1].lower()]
-        body = body[2:]
-    elif len(body) > 1 and body[0] == "0":
-        base = 8
-        body = body[1:]
-    digits = body.replace("_", "")
-    if not digits or not all(_is_digit(c, base) for c in digits):
-        raise syntax
-    if "_" in body and not _underscore_ok(text):
-        raise syntax
-    value = -int(digits, base) if negative else int(digits, base)
-    if not -(1 << 63) <= value < 1 << 63:
-        raise ValueError(f"strconv.ParseInt: parsing {go_quote(text)}: value out of range")
-    return value
-
-
-def parse_uint32(text: str) -> int:
-    """Go's ``strconv.ParseUint(text, 10, 32)``."""
-    if not text or not all(_is_digit(c) for c in text):
-        raise ValueError(f"strconv.ParseUint: parsing {go_quote(text)}: invalid syntax")
-    value = int(text)
-    if value >= 1 << 32:
-        raise ValueError(f"strconv.ParseUint: parsing {go_quote(text)}: value out of range")
-    return value
-
-
-_UNITS = {
-    "ns": 1,
-    "us": 1_000,
-    "\u00b5s": 1_000,  # micro sign
-    "\u03bcs": 1_000,  # Greek mu
-    "ms": 1_000_000,
-    "s": _NS_PER_SECOND,
-    "m": 60 * _NS_PER_SECOND,
-    "h": 3600 * _NS_PER_SECOND,
-}
-
-
-def parse_duration(text: str) -> int:
-    """Go's ``time.ParseDuration``, in nanoseconds (``1m30s``, ``1.5h``, ``-2ms``, ``0``)."""
-    invalid = ValueError(f"time: invalid duration {_time_quote(text)}")
-    rest = text
-    negative = False
-    if rest[:1] in ("+", "-"):
-        negative = rest[0] == "-"
-        rest = rest[1:]
-    if rest == "0":
-        return 0
-    if not rest:
-        raise invalid
-    total = 0
-    while rest:
-        if not (rest[0] == "." or _is_digit(rest[0])):
-            raise invalid
-        end = 0
-        while end < len(rest) and _is_digit(rest[end]):
-            end += 1
-        whole = int(rest[:end]) if end else 0
-        if whole > 1 << 63:
-            raise invalid
-        has_whole = end > 0
-        rest = rest[end:]
-        fraction, scale, has_fraction = 0, 1.0, False
-        if rest[:1] == ".":
-            rest = rest[1:]
-            end = 0
-            while end < len(rest) and _is_digit(rest[end]):
-                end += 1
-            has_fraction = end > 0
-            for char in rest[:end]:
-                # Like Go, stop adding precision once it would overflow.
-                if fraction > ((1 << 63) - 1) // 10:
-                    break
-                fraction = fraction * 10 + int(char)
-                scale *= 10
-            rest = rest[end:]
-        if not has_whole and not has_fraction:
-            raise invalid
-        end = 0
-        while end < len(rest) and not (rest[end] == "." or _is_digit(rest[end])):
-            end += 1
-        if end == 0:
-            raise ValueError(f"time: missing unit in duration {_time_quote(text)}")
-        unit_text, rest = rest[:end], rest[end:]
-        unit = _UNITS.get(unit_text)
-        if unit is None:
-            raise ValueError(
-                f"time: unknown unit {_time_quote(unit_text)} in duration {_time_quote(text)}"
-            )
-        if whole > (1 << 63) // unit:
-            raise invalid
-        value = whole * unit
-        if fraction:
-            value += int(float(fraction) * (float(unit) / scale))
-            if value > 1 << 63:
-                raise invalid
-        total += value
-        if total > 1 << 63:
-            raise invalid
-    if negative:
-        return -total
-    if total > (1 << 63) - 1:
-        raise invalid
-    return total
-
-
-def _read_csv(text: str) -> list[str]:
-    """pflag's string-slice syntax: one CSV record; an empty value is an empty list."""
-    if text == "":
-        return []
-    try:
-        return next(csv.reader([text], strict=True))
-    except csv.Error as exc:
-        raise ValueError(str(exc)) from None
-
-
-# --- flags and commands (cobra and pflag) ---------------------------------------------------
-
-FlagKind = Literal["bool", "string", "int", "duration", "strings"]
-FlagValue = bool | str | int | list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Flag:
-    name: str
-    kind: FlagKind
-    default: FlagValue
-    help: str
-    shorthand: str = ""
-
-    def convert(self, text: str) -> FlagValue:
-        if self.kind == "bool":
-            return parse_bool(text)
-        if self.kind == "int":
-            return parse_int(text)
-        if self.kind == "duration":
-            return parse_duration(text)
-        if self.kind == "strings":
-            return _read_csv(text)
-        return text
-
-    def shown_default(self) -> str:
-        if isinstance(self.default, list):
-            return "[" + ",".join(self.default) + "]" if self.default else ""
-        if self.kind == "duration":
-            return DEFAULT_RESYNC_PERIOD
-        if self.kind == "string":
-            return go_quote(str(self.default)) if self.default else ""
-        if self.default is False:
-            return ""
-        return str(self.default).lower()
-
-
-_LOG_LEVELS = ", ".join(level.value for level in LogLevel)
-_ENCAPSULATIONS = ", ".join(
-    e.value for e in (Encapsulation.NEVER, Encapsulation.CROSSSUBNET, Encapsulation.ALWAYS)
-)
-_GRANULARITIES = ", ".join(g.value for g in (Granularity.LOCATION, Granularity.FULL))
-_COMPATIBILITIES = ", ".join(c.value for c in (Compatibility.FLANNEL, Compatibility.CILIUM))
-
-PERSISTENT_FLAGS = (
-    Flag("version", "bool", False, "Print version and exit."),
-    Flag(
-        "log-level",
-        "string",
-        LogLevel.INFO.value,
-        f"Log level to use. Possible values: {_LOG_LEVELS}",
-    ),
-)
-
-ROOT_FLAGS = (
-    Flag(
-        "backend",
-        "string",
-        BACKEND_KUBERNETES,
-        "The backend for the mesh. Possible values: kubernetes",
-    ),
-    Flag("clean-up", "bool", True, "Should kilo clean up network modifications on shutdown?"),
-    Flag(
-        "clean-up-interface", "bool", False, "Should Kilo delete its interface when it shuts down?"
-    ),
-    Flag("create-interface", "bool", True, "Should kilo create an interface on startup?"),
-    Flag("cni", "bool", True, "Should Kilo manage the node's CNI configuration?"),
-    Flag("cni-path", "string", DEFAULT_CNI_PATH, "Path to CNI config."),
-    Flag(
-        "compatibility",
-        "string",
-        "",
-        f"Should Kilo run in compatibility mode? Possible values: {_COMPATIBILITIES}",
-    ),
-    Flag(
-        "encapsulate",
-        "string",
-        Encapsulation.ALWAYS.value,
-        "When should Kilo encapsulate packets within a location? "
-        f"Possible values: {_ENCAPSULATIONS}",
-    ),
-    Flag(
-        "mesh-granularity",
-        "string",
-        Granularity.LOCATION.value,
-        f"The granularity of the network mesh to create. Possible values: {_GRANULARITIES}",
-    ),
-    Flag("kubeconfig", "string", "", "Path to kubeconfig."),
-    Flag("hostname", "string", "", "Hostname of the node on which this process is running."),
-    Flag(
-        "interface",
-        "string",
-        DEFAULT_INTERFACE,
-        "Name of the Kilo interface to use; if it does not exist, it will be created.",
-    ),
-    Flag(
-        "listen", "string", DEFAULT_LISTEN, "The address at which to listen for health and metrics."
-    ),
-    Flag("local", "bool", True, "Should Kilo manage routes within a location?"),
-    Flag(
-        "master",
-        "string",
-        "",
-        "The address of the Kubernetes API server (overrides any value in kubeconfig).",
-    ),
-    Flag(
-        "mtu",
-        "string",
-        MTU_AUTO,
-        "The MTU of the WireGuard interface created by Kilo. "
-        "Set to 'auto' to detect from the underlay interface.",
-    ),
-    Flag(
-        "topology-label",
-        "string",
-        DEFAULT_TOPOLOGY_LABEL,
-        "Kubernetes node label used to group nodes into logical locations.",
-    ),
-    Flag("port", "int", DEFAULT_PORT, "The port over which WireGuard peers should communicate."),
-    Flag(
-        "service-cidr",
-        "strings",
-        [],
-        "The service CIDR for the Kubernetes cluster. Can be provided optionally to avoid "
-        "masquerading packets sent to service IPs. Can be specified multiple times.",
-    ),
-    Flag(
-        "internal-cidr",
-        "strings",
-        [],
-        "CIDRs to consider for internal IP auto-detection. If specified, only IPs within "
-        "these CIDRs will be used. Can be specified multiple times.",
-    ),
-    Flag(
-        "subnet",
-        "string",
-        DEFAULT_SUBNET,
-        "CIDR from which to allocate addresses for WireGuard interfaces.",
-    ),
-    Flag(
-        "resync-period",
-        "duration",
-        parse_duration(DEFAULT_RESYNC_PERIOD),
-        "How often should the Kilo controllers reconcile?",
-    ),
-    Flag(
-        "iptables-forward-rules",
-        "bool",
-        False,
-        "Add default accept rules to the FORWARD chain in iptables. Warning: this may break "
-        "firewalls with a deny all policy and is potentially insecure!",
-    ),
-    Flag(
-        "prioritise-private-addresses",
-        "bool",
-        False,
-        "Prefer to assign a private IP address to the node's endpoint.",
-    ),
-)
-
-WEBHOOK_FLAGS = (
-    Flag("cert-file", "string", "", "The path to a certificate file"),
-    Flag("key-file", "string", "", "The path to a key file"),
-    Flag(
-        "kubeconfig",
-        "string",
-        "",
-        "Path to kubeconfig. Nodes and peers are read from the cluster to deny peers whose "
-        "allowed IPs overlap other peers' allowed IPs or nodes' pod CIDRs.",
-    ),
-    Flag(
-        "listen-metrics",
-        "string",
-        DEFAULT_WEBHOOK_LISTEN_METRICS,
-        "The metrics server will be listening to that address",
-    ),
-    Flag(
-        "listen",
-        "string",
-        DEFAULT_WEBHOOK_LISTEN,
-        "The webhook server will be listening to that address",
-    ),
-    Flag(
-        "master",
-        "string",
-        "",
-        "The address of the Kubernetes API server (overrides any value in kubeconfig).",
-    ),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Command:
-    name: str
-    short: str
-    flags: tuple[Flag, ...]
-
-    def all_flags(self) -> dict[str, Flag]:
-        help_flag = Flag("help", "bool", False, f"help for {self.name}", shorthand="h")
-        return {f.name: f for f in (*self.flags, *PERSISTENT_FLAGS, help_flag)}
-
-
-_ROOT = _Command(PROG, "kg is the Kilo agent", ROOT_FLAGS)
-_SUBCOMMANDS = {
-    c.name: c
-    for c in (
-        _Command(
-            "completion",
-            "Generate the autocompletion script for the specified shell (not implemented)",
-            (),
-        ),
-        _Command("help", "Help about any command", ()),
-        _Command("version", "Print the version and exit.", ()),
-        _Command(
-            "webhook",
-            "webhook starts a HTTPS server to validate updates and creations of Kilo peers.",
-            WEBHOOK_FLAGS,
-        ),
-    )
-}
-
-
-def _takes_value(arg: str, flags: Mapping[str, Flag]) -> bool:
-    """Whether cobra thinks the flag ``arg`` (no ``=``) consumes the next argument."""
-    if arg.startswith("--"):
-        flag = flags.get(arg[2:])
-    elif len(arg) == 2:
-        flag = next((f for f in flags.values() if f.shorthand == arg[1]), None)
-    else:
-        return False
-    return flag is None or flag.kind != "bool"
-
-
-def _strip_flags(args: Sequence[str], flags: Mapping[str, Flag]) -> list[str]:
-    """cobra's ``stripFlags``: the arguments that are neither flags nor flag values."""
-    commands: list[str] = []
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--":
-            break
-        if arg.startswith("-") and "=" not in arg and _takes_value(arg, flags):
-            if len(rest) <= 1:
-                break
-            rest.pop(0)
-        elif arg and not arg.startswith("-"):
-            commands.append(arg)
-    return commands
-
-
-def _without_first(args: Sequence[str], name: str, flags: Mapping[str, Flag]) -> list[str]:
-    """cobra's ``argsMinusFirstX``: ``args`` without the subcommand's name."""
-    position = 0
-    while position < len(args):
-        arg = args[position]
-        if arg == "--":
-            break
-        if arg.startswith("-") and "=" not in arg and _takes_value(arg, flags):
-            position += 2
-            continue
-        if not arg.startswith("-") and arg == name:
-            return [*args[:position], *args[position + 1 :]]
-        position += 1
-    return list(args)
-
-
-def _find(argv: Sequence[str]) -> tuple[_Command, list[str]]:
-    """cobra's ``Find``: the command named on the command line, and its arguments.
-
-    As in cobra, the help flag is not defined yet at this point, so ``-h``/``--help`` count
-    as flags that take a value (``kg --help version`` is help for ``kg``).
-    """
-    flags = {name: f for name, f in _ROOT.all_flags().items() if name != "help"}
-    commands = _strip_flags(argv, flags)
-    if not commands:
-        return _ROOT, list(argv)
-    sub = _SUBCOMMANDS.get(commands[0])
-    if sub is None:
-        # Kilo's root command takes no positional arguments (cobra's "legacyArgs").
-        raise SettingsError(f"unknown command {go_quote(commands[0])} for {go_quote(PROG)}")
-    return sub, _without_first(argv, sub.name, flags)
-
-
-def _flag_label(flag: Flag) -> str:
-    return f"-{flag.shorthand}, --{flag.name}" if flag.shorthand else f"--{flag.name}"
-
-
-def _parse_flags(
-    args: Sequence[str], flags: Mapping[str, Flag]
-) -> tuple[dict[str, FlagValue], list[str]]:
-    """pflag's ``Parse``: the value of every flag (defaults included) and the positionals."""
-    values: dict[str, FlagValue] = {name: f.default for name, f in flags.items()}
-    seen: set[str] = set()
-    positionals: list[str] = []
-
-    def set_value(flag: Flag, text: str) -> None:
-        try:
-            value = flag.convert(text)
-        except ValueError as exc:
-            raise SettingsError(
-                f"invalid argument {go_quote(text)} for {go_quote(_flag_label(flag))} flag: {exc}"
-            ) from None
-        if flag.kind == "strings" and flag.name in seen:
-            previous = values[flag.name]
-            assert isinstance(previous, list) and isinstance(value, list)
-            value = previous + value
-        values[flag.name] = value
-        seen.add(flag.name)
-
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        if len(arg) < 2 or not arg.startswith("-"):
-            positionals.append(arg)
-            continue
-        if arg == "--":
-            positionals.extend(rest)
-            break
-        if arg.startswith("--"):
-            if arg[2] in "-=":
-                raise SettingsError(f"bad flag syntax: {arg}")
-            name, eq, text = arg[2:].partition("=")
-            flag = flags.get(name)
-            if flag is None:
-                raise SettingsError(f"unknown flag: --{name}")
-            if eq:
-                set_value(flag, text)
-            elif flag.kind == "bool":
-                set_value(flag, "true")
-            elif rest:
-                set_value(flag, rest.pop(0))
-            else:
-                raise SettingsError(f"flag needs an argument: --{name}")
-            continue
-        shorthands = arg[1:]
-        while shorthands:
-            char = shorthands[0]
-            flag = next((f for f in flags.values() if f.shorthand == char), None)
-            if flag is None:
-                raise SettingsError(f"unknown shorthand flag: {_go_rune(char)} in -{shorthands}")
-            if len(shorthands) > 2 and shorthands[1] == "=":
-                set_value(flag, shorthands[2:])
-                shorthands = ""
-            else:  # the only shorthand, -h, is a bool flag
-                set_value(flag, "true")
-                shorthands = shorthands[1:]
-    return values, positionals
-
-
-def _go_rune(char: str) -> str:
-    """Go's ``%q`` of a rune."""
-    if char == "'":
-        return "'\\''"
-    return "'" + go_quote(char)[1:-1].replace('\\"', '"') + "'"
-
-
-def _check_log_level(values: Mapping[str, FlagValue]) -> LogLevel:
+def log_level(values: Mapping[str, FlagValue]) -> LogLevel:
+    """``--log-level``, checked before anything else (cobra's pre-run)."""
     text = str(values["log-level"])
     try:
         return LogLevel(text)
     except ValueError:
-        raise SettingsError(
-            f"log level {text} unknown; possible values are: {_LOG_LEVELS}"
+        raise CommandLineError(
+            f"log level {text} unknown; possible values are: {LOG_LEVELS}"
         ) from None
 
 
 def _cidr(text: str) -> IPNetwork:
     network = ip.parse_network(text)
     if network is None:
-        raise SettingsError(
+        raise CommandLineError(
             f"failed to parse {go_quote(text)} as CIDR: invalid CIDR address: {text}"
         )
     return network
@@ -805,59 +205,26 @@ def _choice(kind: type[E], value: FlagValue, what: str, possible: str) -> E:
     try:
         return kind(text)
     except ValueError:
-        raise SettingsError(f"{what} {text} unknown; possible values are: {possible}") from None
+        raise CommandLineError(f"{what} {text} unknown; possible values are: {possible}") from None
 
 
-def parse_args(
-    argv: Sequence[str], *, hostname_fallback: Callable[[], str | None]
-) -> AgentSettings:
-    """Read ``kg``'s command line (without the program name) as Kilo does.
-
-    Returns the settings of the agent. Raises ``SettingsError`` (Kilo's one-line message,
-    exit status 1), ``ShowText`` (help or version: print it, exit 0) or ``WebhookRequested``.
-    ``hostname_fallback`` is called only when ``--hostname`` is empty, at the point where
-    Kilo asks the operating system; ``None`` or ``""`` means the host name is unknown.
-    """
-    command, args = _find(argv)
-    flags = command.all_flags()
-    values, _positionals = _parse_flags(args, flags)
-    if values["help"]:
-        raise ShowText(help_text(command.name))
-    if command.name == "help":
-        # cobra's help command: help for the command it names, else for kg.
-        named = _strip_flags(args, flags)
-        raise ShowText(help_text(named[0] if named and named[0] in _SUBCOMMANDS else PROG))
-    if command.name == "version":
-        raise ShowText(f"{__version__}\n")
-    if command.name == "completion":
-        raise SettingsError(f"{PROG} completion: shell completion is not implemented yet")
-    if command.name == "webhook":
-        level = _check_log_level(values)
-        if values["version"]:
-            raise ShowText(f"{__version__}\n")
-        _check_webhook(values)
-        raise WebhookRequested(
-            WebhookSettings(
-                cert_file=str(values["cert-file"]),
-                key_file=str(values["key-file"]),
-                listen=str(values["listen"]),
-                listen_metrics=str(values["listen-metrics"]),
-                log=LogSettings(level=level),
-                kubeconfig=str(values["kubeconfig"]),
-                master=str(values["master"]),
-            )
-        )
-    return _validate(values, hostname_fallback)
-
-
-def _check_webhook(values: Mapping[str, FlagValue]) -> None:
+def webhook_settings(values: Mapping[str, FlagValue]) -> WebhookSettings:
     """``kg webhook``'s flags that can be checked before anything runs: the addresses, in
     the order the servers start (metrics first, as in Kilo), then ``--master``."""
     for flag in ("listen-metrics", "listen"):
         problem = listen.listen_error(str(values[flag]))
         if problem:
-            raise SettingsError(problem)
-    _master(values)
+            raise CommandLineError(problem)
+    master = _master(values)
+    return WebhookSettings(
+        cert_file=str(values["cert-file"]),
+        key_file=str(values["key-file"]),
+        listen=str(values["listen"]),
+        listen_metrics=str(values["listen-metrics"]),
+        log=LogSettings(level=log_level(values)),
+        kubeconfig=str(values["kubeconfig"]),
+        master=master,
+    )
 
 
 def _master(values: Mapping[str, FlagValue]) -> str:
@@ -873,21 +240,18 @@ def _master(values: Mapping[str, FlagValue]) -> str:
     url = master if "://" in master else "https://" + master
     problem = flags.api_server_url_problem(url)
     if problem:
-        raise SettingsError(
+        raise CommandLineError(
             f"failed to create Kubernetes config: invalid --master {go_quote(master)}: {problem}"
         )
     return url
 
 
-def _validate(
+def agent_settings(
     values: Mapping[str, FlagValue], hostname_fallback: Callable[[], str | None]
 ) -> AgentSettings:
-    """Kilo's start-up checks (reference §3.3), in Kilo's order."""
-    # 1. The log level, checked before anything else (cobra's pre-run).
-    level = _check_log_level(values)
-    # 2. --version.
-    if values["version"]:
-        raise ShowText(f"{__version__}\n")
+    """Kilo's start-up checks (reference §3.3), in Kilo's order; the caller has checked the
+    log level and ``--version`` (steps 1 and 2)."""
+    level = log_level(values)
     # 3. --subnet.
     subnet = _cidr(str(values["subnet"]))
     # 4. The host name.
@@ -897,26 +261,28 @@ def _validate(
         # never finds its Node on a host named "MyHost").
         hostname = (hostname_fallback() or "").strip().lower()
         if not hostname:
-            raise SettingsError("failed to determine hostname")
+            raise CommandLineError("failed to determine hostname")
     # 5. --encapsulate.
-    encapsulation = _choice(Encapsulation, values["encapsulate"], "encapsulation", _ENCAPSULATIONS)
+    encapsulation = _choice(Encapsulation, values["encapsulate"], "encapsulation", ENCAPSULATIONS)
     # 5b. --compatibility, where Kilo picks the encapsulator. Kilo silently falls back to
     # IPIP for an unknown value; a typo would then change the data plane (deliberate fix).
     compatibility = _choice(
-        Compatibility, values["compatibility"], "compatibility", _COMPATIBILITIES
+        Compatibility, values["compatibility"], "compatibility", COMPATIBILITIES
     )
     # 6. --mesh-granularity (no "auto" in kg).
     granularity = _choice(
-        Granularity, values["mesh-granularity"], "mesh granularity", _GRANULARITIES
+        Granularity, values["mesh-granularity"], "mesh granularity", GRANULARITIES
     )
     # 7. --backend. (Building the Kubernetes client config is the caller's.)
     backend = str(values["backend"])
     if backend != BACKEND_KUBERNETES:
-        raise SettingsError(f"backend {backend} unknown; possible values are: {BACKEND_KUBERNETES}")
+        raise CommandLineError(
+            f"backend {backend} unknown; possible values are: {BACKEND_KUBERNETES}"
+        )
     # 8. --port (Kilo's message says "mus be": deliberate fix).
     port = _int(values["port"])
     if not 1 <= port <= 65535:
-        raise SettingsError(f"invalid port: port must be in range [1:65535], but got {port}")
+        raise CommandLineError(f"invalid port: port must be in range [1:65535], but got {port}")
     # 9. --service-cidr, then --internal-cidr.
     service_cidrs = tuple(_cidr(text) for text in _strings(values["service-cidr"]))
     internal_cidrs = tuple(_cidr(text) for text in _strings(values["internal-cidr"]))
@@ -927,7 +293,7 @@ def _validate(
         try:
             mtu = parse_uint32(mtu_text)
         except ValueError as exc:
-            raise SettingsError(f"failed to parse MTU {go_quote(mtu_text)}: {exc}") from None
+            raise CommandLineError(f"failed to parse MTU {go_quote(mtu_text)}: {exc}") from None
 
     # Checks Kilo does not make (docs/compatibility.md), after all of Kilo's, so that a
     # command line Kilo refuses gets Kilo's message. Each refuses a value that would fail
@@ -935,7 +301,7 @@ def _validate(
     # The host name must be able to name this node's Node object.
     if not is_dns1123_subdomain(hostname):
         given = "--hostname" if values["hostname"] else "the host name (--hostname is empty)"
-        raise SettingsError(
+        raise CommandLineError(
             f"invalid hostname {go_quote(hostname)}: {given} must be this node's Kubernetes "
             "name, a lower-case RFC 1123 subdomain (lower-case letters, digits, '-' and '.', "
             "at most 253 characters)"
@@ -947,22 +313,22 @@ def _validate(
     if mtu is not None:
         problem = flags.mtu_problem(mtu, ipv6=subnet.version == 6)
         if problem:
-            raise SettingsError(f"invalid MTU: {problem}")
+            raise CommandLineError(f"invalid MTU: {problem}")
     # --interface: a name the kernel accepts.
     interface = str(values["interface"])
     problem = flags.interface_name_problem(interface)
     if problem:
-        raise SettingsError(f"invalid interface name {go_quote(interface)}: {problem}")
+        raise CommandLineError(f"invalid interface name {go_quote(interface)}: {problem}")
     # --topology-label: empty (no label) or a label key some node could carry.
     topology_label = str(values["topology-label"])
     problem = topology_label and flags.label_key_problem(topology_label)
     if problem:
-        raise SettingsError(f"invalid topology label {go_quote(topology_label)}: {problem}")
+        raise CommandLineError(f"invalid topology label {go_quote(topology_label)}: {problem}")
     # --cni-path: the file to write when Kilo manages the CNI configuration.
     cni = _bool(values["cni"])
     cni_path = str(values["cni-path"])
     if cni and not cni_path.strip():
-        raise SettingsError(
+        raise CommandLineError(
             f"invalid CNI path {go_quote(cni_path)}: give the CNI configuration file to "
             "manage, or --cni=false"
         )
@@ -970,7 +336,7 @@ def _validate(
     listen_address = str(values["listen"])
     problem = listen.listen_error(listen_address)
     if problem:
-        raise SettingsError(problem)
+        raise CommandLineError(problem)
 
     return AgentSettings(
         mesh=MeshSettings(
@@ -1004,45 +370,3 @@ def _validate(
         http=HTTPSettings(listen=listen_address),
         log=LogSettings(level=level),
     )
-
-
-# --- help -----------------------------------------------------------------------------------
-
-_ROOT_LONG = """\
-kg is the Kilo agent.
-It runs on every node of a cluster, setting up the public and private keys for the VPN
-as well as the necessary rules to route packets between locations."""
-
-
-def help_text(name: str = PROG) -> str:
-    """cobra-style help for ``kg`` or one of its subcommands."""
-    command = _ROOT if name == PROG else _SUBCOMMANDS[name]
-    lines: list[str] = []
-    if command is _ROOT:
-        lines += [_ROOT_LONG, "", "Usage:", f"  {PROG} [flags]", f"  {PROG} [command]", ""]
-        lines.append("Available Commands:")
-        lines += [f"  {c.name:<11} {c.short}" for c in _SUBCOMMANDS.values()]
-        lines.append("")
-    else:
-        lines += [command.short, "", "Usage:", f"  {PROG} {command.name} [flags]", ""]
-    flags = command.all_flags()
-    local = [flags[f.name] for f in command.flags] + [flags["help"]]
-    sections = [("Flags:", local), ("Global Flags:", list(PERSISTENT_FLAGS))]
-    if command is _ROOT:
-        sections = [("Flags:", sorted([*local, *PERSISTENT_FLAGS], key=lambda f: f.name))]
-    for title, group in sections:
-        lines.append(title)
-        rows = []
-        for flag in group:
-            kind = {"bool": "", "int": " int", "duration": " duration"}.get(flag.kind, " string")
-            kind = " strings" if flag.kind == "strings" else kind
-            label = f"-{flag.shorthand}, --{flag.name}" if flag.shorthand else f"    --{flag.name}"
-            default = flag.shown_default()
-            text = flag.help + (f" (default {default})" if default else "")
-            rows.append((f"  {label}{kind}", text))
-        width = max(len(left) for left, _ in rows)
-        lines += [f"{left:<{width}}   {text}" for left, text in rows]
-        lines.append("")
-    if command is _ROOT:
-        lines.append(f'Use "{PROG} [command] --help" for more information about a command.')
-    return "\n".join(lines).rstrip("\n") + "\n"

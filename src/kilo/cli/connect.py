@@ -31,7 +31,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -39,37 +38,82 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from kilo.cli import arguments, logs
 from kilo.errors import ConfigError, DataPlaneError, KiloError
 from kilo.mesh import connect as plan_mod
-from kilo.mesh import flags, ip, translate
+from kilo.mesh import flags, gosyntax, ip, translate
 from kilo.mesh.endpoint import Endpoint, is_dns1123_subdomain
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.keys import Key
 from kilo.mesh.localnode import mesh_changed, peer_changed
-from kilo.mesh.model import Node, Peer, ready_nodes, ready_peers
-from kilo.mesh.routes import Device
+from kilo.mesh.model import DEFAULT_MTU, Diagnostic, Node, Peer, ready_nodes, ready_peers
+from kilo.mesh.routes import Device, Route, Rule
 from kilo.mesh.text import shorten
+from kilo.mesh.wgdevice import DeviceState
 from kilo.mesh.wireguard import WireGuardConfig
+
+if TYPE_CHECKING:
+    # Imported at run time only when needed: --help and flag errors never pay for them.
+    from lightkube.config.kubeconfig import SingleConfig
+
+    from kilo.adapters.kubernetes import Event, Informer
 
 DEFAULT_KEY_DIRECTORY = Path("/var/lib/kilo/connect")
 DEFAULT_ALLOWED_IP = "10.10.10.10/32"
 DEFAULT_INTERFACE = "kilo0"
-DEFAULT_MTU = 1420
 DEFAULT_KEEPALIVE = 10
 DEFAULT_RESYNC = "30s"
 LOG_LEVELS = tuple(logs.LEVELS)
 SOCKET_DIR = Path("/var/run/wireguard")
 MIN_RESYNC_PERIOD = 1.0
+MAX_KEEPALIVE = 65535
 DEBOUNCE = 0.05
 RESOLVE_TIMEOUT = 5.0
 WIREGUARD_GO_START = 10.0
 WIREGUARD_GO_STOP = 5.0
+
+
+# --- the ports the connection drives (kilo.adapters' PeerStore, Links, RouteTable and
+# WireGuard device; unit tests drive stand-ins) ------------------------------------------------
+
+
+class PeerStorePort(Protocol):
+    def get(self, name: str) -> dict[str, Any] | None: ...
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
+    def delete(self, name: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+class LinksPort(Protocol):
+    def index(self, name: str) -> int | None: ...
+    def create_wireguard(self, name: str, mtu: int) -> bool: ...
+    def set_mtu(self, name: str, mtu: int) -> bool: ...
+    def set_up(self, name: str, up: bool) -> bool: ...
+    def set_address(self, name: str, cidr: IPInterface) -> bool: ...
+    def delete_addresses(self, name: str) -> None: ...
+    def delete(self, name: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+class RoutesPort(Protocol):
+    @property
+    def state_error(self) -> str | None: ...
+    def set(
+        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+    ) -> tuple[int, int]: ...
+    def watch_deletions(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+    def clean_up(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class DevicePort(Protocol):
+    def get(self) -> DeviceState: ...
+    def apply(self, desired: WireGuardConfig) -> bool: ...
 
 
 # --- flags ---------------------------------------------------------------------------------
@@ -116,47 +160,19 @@ def _cidrs(text: str) -> list[IPNetwork]:
     return result
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-# The longest Go duration (2^63 - 1 ns, about 292 years).
-_MAX_DURATION = ((1 << 63) - 1) / 1e9
-
-
 def _duration(text: str) -> float:
-    """A Go duration (``30s``, ``1m30s``, ``500ms``), in seconds."""
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {_q(text)}: want a number with a unit, such as 30s or 1m"
+    """A Go duration (``30s``, ``1m30s``, ``500ms``, ``0``, ``-1s``), in seconds."""
+    return gosyntax.parse_duration(text) / 1e9
+
+
+def _keepalive(text: str) -> int:
+    """pflag's int syntax; 0..65535, what the Peer's webhook and WireGuard take."""
+    value = gosyntax.parse_int(text)
+    if not 0 <= value <= MAX_KEEPALIVE:
+        raise ValueError(
+            f"persistent keepalive must be in range [0:{MAX_KEEPALIVE}] seconds, but got {value}"
         )
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds > _MAX_DURATION:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {_q(text)}: longer than Go's longest, 2562047h47m16s"
-        )
-    return seconds
-
-
-def _bounded(what: str, low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(
-                f"invalid {what} {_q(text)}: want a whole number from {low} to {high}"
-            )
-        return int(text)
-
-    return parse
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "t", "true"):
-        return True
-    if lowered in ("0", "f", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value {_q(text)}; use true or false")
+    return value
 
 
 def _log_level(text: str) -> str:
@@ -196,6 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--private-key",
+        type=arguments.FILE,
         default="",
         metavar="PATH",
         help="the private key: read if it exists, else generated and written there (0600) "
@@ -217,7 +234,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ):
         parser.add_argument(
             flag,
-            type=_bool,
+            type=arguments.go_bool(flag),
             nargs="?",
             const=True,
             default=default,
@@ -226,16 +243,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--mtu",
-        type=arguments.mtu("--mtu"),
+        type=arguments.mtu("--mtu", default=DEFAULT_MTU),
         default=DEFAULT_MTU,
-        help=f"MTU of an interface this command creates (default: {DEFAULT_MTU})",
+        help=f"MTU of an interface this command creates; 0 is the default (default: {DEFAULT_MTU})",
     )
     parser.add_argument(
         "--resync-period",
-        type=_duration,
+        type=arguments.go_value("--resync-period", _duration),
         default=_duration(DEFAULT_RESYNC),
         metavar="DURATION",
-        help=f"how often to re-apply everything besides on changes (default: {DEFAULT_RESYNC})",
+        help="how often to re-apply everything besides on changes; at least every "
+        f"{MIN_RESYNC_PERIOD:g} s (default: {DEFAULT_RESYNC})",
     )
     parser.add_argument(
         "--interface",
@@ -246,7 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--persistent-keepalive",
-        type=_bounded("--persistent-keepalive", 0, 65535),
+        type=arguments.go_value("--persistent-keepalive", _keepalive),
         default=DEFAULT_KEEPALIVE,
         metavar="SECONDS",
         help="keepalive of a Peer this command creates, and towards the nodes "
@@ -254,7 +272,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        type=_log_level,
+        type=arguments.Value(_log_level, choices=LOG_LEVELS),
         default="info",
         metavar="LEVEL",
         help=f"one of {', '.join(LOG_LEVELS)} (default: info); logs are JSON lines on stdout",
@@ -264,7 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_arguments(args: argparse.Namespace) -> str | None:
     """What is wrong with a combination of ``connect``'s flags, or ``None``."""
     if args.allowed_ip.version == 6:
-        problem = flags.mtu_problem(args.mtu, ipv6=True)
+        problem = flags.mtu_problem(args.mtu, ipv6=True, minimum=flags.MIN_IPV4_MTU)
         if problem:
             return (
                 f"invalid --mtu {args.mtu} with the IPv6 --allowed-ip {args.allowed_ip}: {problem}"
@@ -325,7 +343,15 @@ class Connection:
         self.interface: str = args.interface
         self.allowed_ip: IPInterface = args.allowed_ip
         self.subnet = None if args.subnet is None else ip.parse_network(args.subnet)
-        self.resync_period = max(float(args.resync_period), MIN_RESYNC_PERIOD)
+        period = float(args.resync_period)
+        if period < MIN_RESYNC_PERIOD:
+            # Kilo's loop re-syncs without pause for 0 or less; changes are watched anyway.
+            log.warning(
+                "resync period raised to the minimum",
+                fields={"requested": f"{period:g}s", "used": f"{MIN_RESYNC_PERIOD:g}s"},
+            )
+            period = MIN_RESYNC_PERIOD
+        self.resync_period = period
         if args.private_key:
             self.key_path = Path(args.private_key)
         else:
@@ -333,15 +359,15 @@ class Connection:
         self.state_path = self.key_path.with_name(self.key_path.stem + ".routes.json")
         self.private_key: Key | None = None
         # What this run created or changed, so that clean-up removes exactly that.
-        self.store: Any = None
-        self.config: Any = None
+        self.store: PeerStorePort | None = None
+        self.config: SingleConfig | None = None
         self.peer_created = False
         self.interface_created = False
         self.interface_touched = False
         self.child: subprocess.Popen[bytes] | None = None
-        self.links: Any = None
-        self.routes: Any = None
-        self.device: Any = None
+        self.links: LinksPort | None = None
+        self.routes: RoutesPort | None = None
+        self.device: DevicePort | None = None
         self.nodes: dict[str, Node] = {}
         self.peers: dict[str, Peer] = {}
         self._versions: dict[tuple[str, str], object] = {}
@@ -381,9 +407,14 @@ class Connection:
             generated = True
         self.private_key = private
         public = private.public_key()
+        # Kilo's line, whether the key is new or read.
         self.log.info(
-            "generated public key" if generated else "using the private key",
-            fields={"key": str(public), "path": str(self.key_path)},
+            "generated public key",
+            fields={
+                "key": str(public),
+                "path": str(self.key_path),
+                "private key": "generated" if generated else "read",
+            },
         )
 
         self.store = kubernetes.PeerStore(self.config, timeout=self.args.timeout)
@@ -426,6 +457,7 @@ class Connection:
             )
         self.interface_touched = True
         self.links.set_address(self.interface, self.allowed_ip)
+        self.log.info("set IP address of WireGuard interface", fields={"IP": str(self.allowed_ip)})
         self.links.set_up(self.interface, True)
         self.device = wireguard.open_device(self.interface, socket_dir=SOCKET_DIR)
         self.routes = netlink.RouteTable(state_file=self.state_path)
@@ -448,8 +480,10 @@ class Connection:
         return decision
 
     def _create_interface(self) -> None:
+        links = self.links
+        assert links is not None
         try:
-            self.links.create_wireguard(self.interface, self.args.mtu)
+            links.create_wireguard(self.interface, self.args.mtu)
         except DataPlaneError as kernel_error:
             program = shutil.which("wireguard-go")
             if program is None:
@@ -461,17 +495,20 @@ class Connection:
         else:
             kind = "kernel"
         self.interface_created = True
-        self.links.set_mtu(self.interface, self.args.mtu)
+        links.set_mtu(self.interface, self.args.mtu)
         self.log.info(
             "created WireGuard interface",
             fields={
+                "name": self.interface,
                 "interface": self.interface,
-                "index": self.links.index(self.interface),
+                "index": links.index(self.interface),
                 "implementation": kind,
             },
         )
 
     def _start_wireguard_go(self, program: str) -> None:
+        links = self.links
+        assert links is not None
         env = {**os.environ, "WG_PROCESS_FOREGROUND": "1"}
         # Its own messages go to stderr: stdout carries only our JSON lines.
         self.child = subprocess.Popen(
@@ -484,7 +521,7 @@ class Connection:
         )
         sock = SOCKET_DIR / f"{self.interface}.sock"
         deadline = time.monotonic() + WIREGUARD_GO_START
-        while not (sock.exists() and self.links.index(self.interface) is not None):
+        while not (sock.exists() and links.index(self.interface) is not None):
             code = self.child.poll()
             if code is not None:
                 raise DataPlaneError(
@@ -508,15 +545,20 @@ class Connection:
 
         from kilo.adapters import kubernetes
 
+        config, routes = self.config, self.routes
+        assert config is not None and routes is not None
         loop = asyncio.get_running_loop()
-        server = str(self.config.cluster.server)
+        server = str(config.cluster.server)
 
         def backend_error(message: str) -> None:
             self.log.error("the Kubernetes watch failed; retrying", fields={"error": message})
 
-        stop_watch = self.routes.watch_deletions(lambda: loop.call_soon_threadsafe(self._trigger))
+        def route_deleted() -> None:
+            loop.call_soon_threadsafe(self._trigger)
+
+        stop_watch = routes.watch_deletions(route_deleted)
         try:
-            async with AsyncClient(self.config, trust_env=False) as client:
+            async with AsyncClient(config, trust_env=False) as client:
                 nodes, peers = (
                     kubernetes.Informer(
                         client, r, server=server, retry_refusals=True, on_error=backend_error
@@ -547,7 +589,7 @@ class Connection:
         assert self._wake is not None
         self._wake.set()
 
-    async def _consume(self, informer: Any, handle: Callable[[Any], bool]) -> None:
+    async def _consume(self, informer: Informer, handle: Callable[[Event], bool]) -> None:
         async for event in informer.events():
             try:
                 changed = handle(event)
@@ -563,7 +605,7 @@ class Connection:
             if changed:
                 self._trigger()
 
-    def _report(self, kind: str, event: Any, diagnostics: Sequence[Any]) -> None:
+    def _report(self, kind: str, event: Event, diagnostics: Sequence[Diagnostic]) -> None:
         """Warn once per object version about what could not be used."""
         key = (kind, event.name)
         version = event.obj.get("metadata", {}).get("resourceVersion")
@@ -579,7 +621,7 @@ class Connection:
                 fields={"kind": d.kind, "name": d.name, "field": d.field, "value": d.value},
             )
 
-    def _on_node(self, event: Any) -> bool:
+    def _on_node(self, event: Event) -> bool:
         new = None
         if event.type != "DELETED":
             result = translate.translate_node(
@@ -594,7 +636,7 @@ class Connection:
             self.nodes[event.name] = new
         return mesh_changed(old, new, int(time.time()))
 
-    def _on_peer(self, event: Any) -> bool:
+    def _on_peer(self, event: Event) -> bool:
         new = None
         if event.type != "DELETED":
             result = translate.translate_peer(event.obj)
@@ -607,12 +649,12 @@ class Connection:
             self.peers[event.name] = new
         return peer_changed(old, new)
 
-    async def _worker(self, nodes: Any, peers: Any) -> None:
+    async def _worker(self, nodes: Informer, peers: Informer) -> None:
         assert self._wake is not None
+        self.log.info("starting syncer")
         loop = asyncio.get_running_loop()
         # The first sync waits for both initial lists (an empty list yields no event).
-        while nodes.resource_version is None or peers.resource_version is None:
-            await asyncio.sleep(DEBOUNCE)
+        await asyncio.gather(nodes.listed(), peers.listed())
         next_resync = loop.time()
         while True:
             timeout = max(0.0, next_resync - loop.time())
@@ -670,23 +712,25 @@ class Connection:
                 extra_allowed_ips=self.args.allowed_ips,
             )
         except KiloError as exc:
-            self.log.error("failed to sync", fields={"error": str(exc)})
+            self.log.error("failed to sync", fields={"err": str(exc), "error": str(exc)})
             return False
         for warning in plan.warnings:
             self._warn_once(warning)
+        device, routes = self.device, self.routes
+        assert device is not None and routes is not None
         ok = True
         try:
-            config = plan_mod.keep_live_endpoints(plan.config, self.device.get(), now=time.time())
-            if self.device.apply(config):
+            config = plan_mod.keep_live_endpoints(plan.config, device.get(), now=time.time())
+            if device.apply(config):
                 self.log.info(
-                    "WireGuard configuration updated",
+                    "WireGuard configurations are different",
                     fields={"peers": [p.name for p in config.peers]},
                 )
         except KiloError as exc:
             ok = False
             self.log.error("failed to sync WireGuard", fields={"error": str(exc)})
         try:
-            added, removed = self.routes.set(plan.routes, (), {Device.KILO: self.interface})
+            added, removed = routes.set(plan.routes, (), {Device.KILO: self.interface})
             if added or removed:
                 self.log.info("routes updated", fields={"added": added, "removed": removed})
         except KiloError as exc:
@@ -712,27 +756,35 @@ class Connection:
         try:
             step()
         except KiloError as exc:
-            self.log.error(f"failed to clean up {what}", fields={"error": str(exc)})
+            # "err" as Kilo writes it, for the steps Kilo has.
+            kilo = _KILO_CLEAN_UP_ERRORS.get(what, f"failed to clean up {what}")
+            self.log.error(
+                f"failed to clean up {what}", fields={"err": f"{kilo}: {exc}", "error": str(exc)}
+            )
 
     def _clean_up(self) -> None:
+        links, device = self.links, self.device
         if self.routes is not None:
             self._step("the routes", self.routes.clean_up)
-        if self.interface_created:
+        if links is None:  # the interface was never touched
+            pass
+        elif self.interface_created:
             self._stop_child()
-            self._step("the interface", lambda: self.links.delete(self.interface))
+            self._step("the interface", lambda: links.delete(self.interface))
         elif self.interface_touched:
-            if self.device is not None:
+            if device is not None:
                 self._step(
                     "the WireGuard peers",
-                    lambda: self.device.apply(WireGuardConfig(private_key=None, peers=())),
+                    lambda: device.apply(WireGuardConfig(private_key=None, peers=())),
                 )
-            self._step("the address", lambda: self.links.delete_addresses(self.interface))
+            self._step("the address", lambda: links.delete_addresses(self.interface))
         if self.peer_created:
             self._step("the peer", self._delete_peer)
 
     def _delete_peer(self) -> None:
-        assert self.private_key is not None
-        current = self.store.get(self.name)
+        store = self.store
+        assert self.private_key is not None and store is not None
+        current = store.get(self.name)
         if current is None:
             self.log.info("the peer is already gone", fields={"peer": self.name})
             return
@@ -748,7 +800,7 @@ class Connection:
                 "not deleting the peer: it now holds another public key", fields={"peer": self.name}
             )
             return
-        self.store.delete(self.name)
+        store.delete(self.name)
         self.log.info("deleted peer", fields={"peer": self.name})
 
     def _stop_child(self) -> None:
@@ -764,6 +816,13 @@ class Connection:
                 child.kill()
                 child.wait()
         self.log.info("stopped wireguard-go", fields={"pid": child.pid})
+
+
+_KILO_CLEAN_UP_ERRORS = {
+    "the routes": "failed to clean up routes",
+    "the interface": "failed to remove WireGuard interface",
+    "the peer": "failed to delete peer",
+}
 
 
 def _has_fileno(stream: TextIO) -> bool:

@@ -8,21 +8,23 @@ the command line is wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from kilo import __version__
+from kilo import __version__, completion
 from kilo.adapters import file as file_backend
 from kilo.adapters import kubeconfig, kubernetes
 from kilo.cli import arguments, connect
 from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
-from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
+from kilo.mesh import gosyntax, graph, ip, listing, peerspec, plan, topology, wireguard
 from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES, Cluster
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
@@ -74,9 +76,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError(f"invalid port {_q(text)}: not a number")
-    value = int(text)
+    """pflag's int syntax (``51820``, ``0xca6c``, ``+51820``), then Kilo's range check."""
+    value = _read_port(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(
             f"invalid port: port must be in range [1:65535], but got {value}"
@@ -84,7 +85,10 @@ def _port(text: str) -> int:
     return value
 
 
-def _choice(what: str, choices: Sequence[str]) -> Callable[[str], str]:
+_read_port = arguments.go_value("--port", gosyntax.parse_int)
+
+
+def _choice(what: str, choices: Sequence[str]) -> arguments.Value[str]:
     shown = ", ".join(c if c else '"" (none)' for c in choices)
 
     def parse(text: str) -> str:
@@ -92,7 +96,7 @@ def _choice(what: str, choices: Sequence[str]) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"{what} {text} unknown; possible values are: {shown}")
         return text
 
-    return parse
+    return arguments.Value(parse, choices=tuple(c for c in choices if c))
 
 
 def _cidr_list(what: str, *, masked: bool) -> Callable[[str], list[str]]:
@@ -131,15 +135,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "t", "true"):
-        return True
-    if lowered in ("0", "f", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value {_q(text)}; use true or false")
-
-
 def _private_interface(text: str) -> str:
     if text == PRIVATE_PLACEHOLDER:
         return text
@@ -170,13 +165,17 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument(
         "--file",
+        type=arguments.FILE,
         default=default(None),
         metavar="PATH",
         help="cluster dump for --backend file: the output of "
         "'kubectl get nodes,peers.kilo.squat.ai -o yaml' ('-' for stdin)",
     )
     parser.add_argument(
-        "--kubeconfig", default=default(None), help="kubeconfig for --backend kubernetes"
+        "--kubeconfig",
+        type=arguments.FILE,
+        default=default(None),
+        help="kubeconfig for --backend kubernetes",
     )
     parser.add_argument(
         "--mesh-granularity",
@@ -210,8 +209,11 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument(
         "--respect-last-seen",
-        action="store_true",
+        type=arguments.go_bool("--respect-last-seen"),
+        nargs="?",
+        const=True,
         default=default(False),
+        metavar="BOOL",
         help="with --backend file, treat nodes whose last-seen is older than 60 s as not ready "
         "(by default a dump's nodes are judged as of when it was taken)",
     )
@@ -224,8 +226,11 @@ def _showconf_options(parser: argparse.ArgumentParser, *, kind: str) -> None:
     """Options of ``showconf``; defaults are filled in after parsing (see ``main``)."""
     parser.add_argument(
         "--as-peer",
-        action="store_true",
+        type=arguments.go_bool("--as-peer"),
+        nargs="?",
+        const=True,
         default=argparse.SUPPRESS,
+        metavar="BOOL",
         help=f"print the {kind} as a peer of some other WireGuard interface",
     )
     parser.add_argument(
@@ -327,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         plan_node.add_argument(
             flag,
-            type=_bool,
+            type=arguments.go_bool(flag),
             nargs="?",
             const=True,
             default=default_value,
@@ -344,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan_node.add_argument(
         "--cni-path",
+        type=arguments.FILE,
         default="/etc/cni/net.d/10-kilo.conflist",
         help="CNI conflist the agent manages",
     )
@@ -375,7 +381,187 @@ def build_parser() -> argparse.ArgumentParser:
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=_run_version)
+
+    completion_parser = commands.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh, fish or powershell",
+        description=f"Print the script that makes {PROG} complete its commands, flags and "
+        "names (of nodes and peers) in SHELL.",
+    )
+    completion_parser.set_defaults(help_parser=completion_parser)
+    shells = completion_parser.add_subparsers(dest="shell", metavar="SHELL", parser_class=_Parser)
+    for shell in completion.SHELLS:
+        shell_parser = shells.add_parser(
+            shell,
+            help=f"print the completion script for {shell}",
+            description=_COMPLETION_HOWTO[shell].format(prog=PROG),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        shell_parser.add_argument(
+            completion.NO_DESCRIPTIONS_FLAG,
+            type=arguments.go_bool(completion.NO_DESCRIPTIONS_FLAG),
+            nargs="?",
+            const=True,
+            default=False,
+            metavar="BOOL",
+            help=completion.NO_DESCRIPTIONS_HELP,
+        )
+        _global_options(shell_parser, suppress=True)
+        shell_parser.set_defaults(run=_run_completion)
+
+    help_parser = commands.add_parser("help", help="print the help of a command")
+    help_parser.add_argument(
+        "topics",
+        nargs="*",
+        metavar="COMMAND",
+        type=arguments.Value(str, completes=completion.HELP_TOPICS),
+        help="the command, e.g. showconf node",
+    )
+    help_parser.set_defaults(run=_run_help, root_parser=parser)
     return parser
+
+
+# Bool flags read as pflag reads them: --flag is true, --flag=VALUE is VALUE (Go's syntax),
+# and the next word is never the flag's value.
+GO_BOOLS = ("--as-peer", "--respect-last-seen", completion.NO_DESCRIPTIONS_FLAG)
+
+_COMPLETION_HOWTO = {
+    "bash": """\
+Print the bash completion script. To load it in this shell:
+
+  source <({prog} completion bash)
+
+and in every new shell:
+
+  {prog} completion bash > /etc/bash_completion.d/{prog}
+""",
+    "zsh": """\
+Print the zsh completion script (compinit must have run). To load it in this shell:
+
+  source <({prog} completion zsh)
+
+and in every new shell:
+
+  {prog} completion zsh > "${{fpath[1]}}/_{prog}"
+""",
+    "fish": """\
+Print the fish completion script. To load it in this shell:
+
+  {prog} completion fish | source
+
+and in every new shell:
+
+  {prog} completion fish > ~/.config/fish/completions/{prog}.fish
+""",
+    "powershell": """\
+Print the PowerShell completion script. To load it in this shell:
+
+  {prog} completion powershell | Out-String | Invoke-Expression
+
+and in every new shell: add that line to your PowerShell profile.
+""",
+}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def completion_tree(
+    parser: argparse.ArgumentParser, name: str = PROG, text: str = ""
+) -> completion.Command:
+    """kgctl's commands and flags, read from its argparse parser, for shell completion."""
+    options: list[completion.Option] = []
+    commands: list[completion.Command] = []
+    max_args = 0
+    completes = ""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            commands += [
+                completion_tree(sub, sub_name, helps.get(sub_name, ""))
+                for sub_name, sub in action.choices.items()
+            ]
+            continue
+        value = action.type if isinstance(action.type, arguments.Value) else None
+        if not action.option_strings:
+            max_args += {"?": 1, "*": 8, "+": 8}.get(str(action.nargs), 1)
+            completes = completes or (value.completes if value else "")
+            continue
+        names = sorted(action.option_strings, key=lambda n: not n.startswith("--"))
+        takes_value = action.nargs != 0 and not (action.nargs == "?" and action.const is True)
+        options.append(
+            completion.Option(
+                names=tuple(names),
+                help=(action.help or "") if action.help != argparse.SUPPRESS else "",
+                takes_value=takes_value,
+                choices=value.choices if value else (),
+                path=value.path if value else False,
+                repeatable=isinstance(action, argparse._ExtendAction | argparse._AppendAction),
+            )
+        )
+    return completion.Command(
+        name=name,
+        help=text or (parser.description or "").split(".")[0],
+        options=tuple(options),
+        commands=tuple(commands),
+        max_args=max_args,
+        arguments=completes,
+    )
+
+
+# A completion that lists the nodes or peers of a live cluster gives up after this long.
+COMPLETION_TIMEOUT = 5.0
+# The flags that say where the cluster is, passed on to the listing.
+_CLUSTER_FLAGS = (
+    "--backend",
+    "--file",
+    "--kubeconfig",
+    "--timeout",
+    "--topology-label",
+    "--port",
+    "--respect-last-seen",
+)
+
+
+def _ready_names(kind: str, err: TextIO) -> completion.Dynamic:
+    """The ready nodes or peers of the cluster the command line names (as Kilo's
+    ``showconf node|peer`` completion offers; Kilo's crashes, its backend not being set
+    up during completion)."""
+
+    def names(request: completion.Request) -> list[str]:
+        given = [f"{f}={v}" for f, v in request.values.items() if f in _CLUSTER_FLAGS]
+        try:
+            args = build_parser().parse_args([*given, "list"])
+            args.timeout = min(args.timeout, COMPLETION_TIMEOUT)
+            ctx = _Context(args, io.StringIO(), io.StringIO())
+            cluster = ctx.load()
+        except (UsageError, KiloError) as exc:
+            print(f"[Error] {printable(str(exc))}", file=err)
+            return []
+        if kind == "node":
+            return [n.name for n in ready_nodes(cluster.nodes, ctx.now())]
+        return [p.name for p in ready_peers(cluster.peers)]
+
+    return names
+
+
+def _complete(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """cobra's hidden ``__complete`` command, which the completion scripts run."""
+    tree = completion_tree(build_parser())
+    dynamic = {kind: _ready_names(kind, err) for kind in ("node", "peer")}
+    candidates, directive = completion.complete(tree, list(argv[1:]) or [""], dynamic)
+    descriptions = argv[0] == completion.REQUEST
+    for variable in (f"{PROG.upper()}_COMPLETION_DESCRIPTIONS", "COBRA_COMPLETION_DESCRIPTIONS"):
+        with contextlib.suppress(ValueError):
+            descriptions = descriptions and gosyntax.parse_bool(os.environ.get(variable, ""))
+            break
+    out.write(completion.answer(candidates, directive, descriptions=descriptions))
+    print(f"Completion ended with directive: {completion.directive_name(directive)}", file=err)
+    return 0
 
 
 # --- running ------------------------------------------------------------------------------
@@ -490,6 +676,27 @@ class _Mesh:
             persistent_keepalive=keepalive,
             service_cidrs=service_cidrs,
         )
+
+
+def _run_completion(ctx: _Context) -> int:
+    descriptions = not ctx.args.no_descriptions
+    ctx.out.write(completion.script(ctx.args.shell, PROG, descriptions=descriptions))
+    return 0
+
+
+def _run_help(ctx: _Context) -> int:
+    topics = ctx.args.topics
+    parser: argparse.ArgumentParser = ctx.args.root_parser
+    for index, topic in enumerate(topics):
+        sub = _subparsers(parser).get(topic)
+        if sub is None:
+            if index == 0:
+                commands = ", ".join(_subparsers(parser))
+                raise UsageError(f"unknown help topic {_q(topic)}; the commands are: {commands}")
+            break  # as cobra: "help showconf x" is the help of showconf
+        parser = sub
+    parser.print_help(ctx.out)
+    return 0
 
 
 def _run_version(ctx: _Context) -> int:
@@ -632,9 +839,12 @@ def main(
 ) -> int:
     out = out or _escaping(sys.stdout)
     err = err or _escaping(sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in completion.REQUESTS:
+        return _complete(argv, out, err)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments.explicit_bools(argv, GO_BOOLS))
         if getattr(args, "command", None) == "showconf":
             for name, value in SHOWCONF_DEFAULTS.items():
                 if not hasattr(args, name):

@@ -40,12 +40,11 @@ so that the bytes equal Kilo's for the same review.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kilo.mesh import ip
+from kilo.mesh import gojson, ip
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import MAX_KEEPALIVE, Peer
 from kilo.mesh.text import short_json, shorten
@@ -63,17 +62,6 @@ ONLY_V1 = "only API v1 is supported"
 NO_REQUEST = "the AdmissionReview has no request"
 DECODE = "Request could not be decoded: "
 UNMARSHAL = "could not unmarshal extension to peer spec: "
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-# Go's encoding/json escapes these in strings (HTML safety and JavaScript line separators).
-_GO_ESCAPES = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-_GO_ESCAPE = re.compile("[<>&\u2028\u2029]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,35 +274,16 @@ def _json_type(value: object) -> str:
 # --- encoding -------------------------------------------------------------------------------
 
 
-def _clean(text: str) -> str:
-    """Lone surrogates (from ``\\ud800`` escapes) become U+FFFD, as Go's decoder makes them."""
-    return _SURROGATE.sub("\ufffd", text)
-
-
-def go_json(value: object) -> bytes:
-    """Compact JSON as Go's ``json.Marshal`` writes it (keys in the order given)."""
-    text = json.dumps(_deep_clean(value), ensure_ascii=False, separators=(",", ":"))
-    return _GO_ESCAPE.sub(lambda m: _GO_ESCAPES[m.group()], text).encode("utf-8")
-
-
-def _deep_clean(value: object) -> object:
-    if isinstance(value, str):
-        return _clean(value)
-    if isinstance(value, dict):
-        return {_clean(str(k)): _deep_clean(v) for k, v in value.items()}
-    return value
-
-
 def _error(message: str, *, operation: str = "", uid: str = "") -> Answer:
     """Go's ``http.Error``: the message and a newline, as plain text."""
-    text = _clean(message)
+    text = gojson.clean(message)
     return Answer(
         status=400,
         content_type=TEXT,
         body=(text + "\n").encode("utf-8"),
-        operation=shorten(_clean(operation)),
+        operation=shorten(gojson.clean(operation)),
         message=text,
-        uid=shorten(_clean(uid)),
+        uid=shorten(gojson.clean(uid)),
     )
 
 
@@ -322,17 +291,20 @@ def _answer(*, uid: str, operation: str, name: str, denied: str | None = None) -
     response: dict[str, object] = {"uid": uid, "allowed": denied is None}
     if denied is not None:
         response["status"] = {"metadata": {}, "message": denied}
-    body = go_json({"kind": KIND, "apiVersion": API_VERSION, "response": response})
+    # A Go struct: fields in declaration order.
+    body = gojson.dumps(
+        {"kind": KIND, "apiVersion": API_VERSION, "response": response}, sort_keys=False
+    ).encode("utf-8")
     return Answer(
         status=200,
         content_type=JSON,
         body=body,
-        operation=shorten(_clean(operation)),
+        operation=shorten(gojson.clean(operation)),
         allowed=denied is None,
-        message=_clean(denied or ""),
+        message=gojson.clean(denied or ""),
         # For logs only: the body above echoes the uid exactly, as the API server needs.
-        name=shorten(_clean(name), 253),
-        uid=shorten(_clean(uid)),
+        name=shorten(gojson.clean(name), 253),
+        uid=shorten(gojson.clean(uid)),
     )
 
 
@@ -344,7 +316,6 @@ __all__ = [
     "ONLY_V1",
     "TEXT",
     "Answer",
-    "go_json",
     "keepalive_problem",
     "overlap",
     "pod_cidrs_of",

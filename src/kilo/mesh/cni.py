@@ -14,7 +14,7 @@ Two readings of the file exist in Kilo and both are reproduced:
   every plugin with an ``ipam`` key gets ``ipam.ranges = [[{"subnet": <pod CIDR>}]]``,
   and the result is re-encoded as Go's ``encoding/json`` would: compact, object keys
   sorted, ``<``, ``>``, ``&``, U+2028 and U+2029 escaped, and every number decoded to a
-  float64 and printed as Go prints it (see :func:`format_go_float`).
+  float64 and printed as Go prints it (see :mod:`kilo.mesh.gojson`).
 
 Validation in :func:`current_cidr` follows libcni v1.3.0 and host-local v1.1.1 (the
 versions Kilo vendors): the list's ``name``/``cniVersion``/``plugins``/boolean flags
@@ -29,153 +29,17 @@ Kilo's shipped conflist inlines its plugins.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from typing import Any
 
 from kilo.errors import KiloError
+from kilo.mesh import gojson
 from kilo.mesh import ip as ipmod
 from kilo.mesh.ip import IPAddress, IPNetwork
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_HTML_ESCAPES = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-_HTML_UNSAFE = re.compile("[<>&\u2028\u2029]")
 
 
 class CNIConfigError(KiloError, ValueError):
     """The CNI conflist cannot be rewritten; nothing must be written."""
-
-
-# --- Go encoding/json, as far as a map[string]interface{} round trip needs it -------------
-
-
-def _fix_string(text: str) -> str:
-    # Go decodes an unpaired surrogate escape to U+FFFD; Python keeps the lone surrogate.
-    return _SURROGATE.sub("\ufffd", text)
-
-
-def _fix(value: Any) -> Any:
-    if isinstance(value, str):
-        return _fix_string(value)
-    if isinstance(value, list):
-        return [_fix(item) for item in value]
-    return value  # objects are fixed by the pairs hook; numbers, booleans, null
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Duplicate keys: the last one wins, as in Go.
-    return {_fix_string(key): _fix(value) for key, value in pairs}
-
-
-def _number(text: str) -> float:
-    # Go decodes every number into a float64 and fails when it does not fit.
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"json: cannot unmarshal number {text} into Go value of type float64")
-    return value
-
-
-def _constant(text: str) -> Any:
-    raise ValueError(f"invalid character {text[0]!r} looking for beginning of value")
-
-
-def go_json_loads(text: str) -> Any:
-    """Decode ``text`` as Go decodes JSON into ``interface{}``: every number is a float.
-
-    Raises :class:`ValueError` where Go fails (invalid JSON, ``NaN``/``Infinity``
-    literals, numbers beyond float64). Unpaired surrogate escapes become U+FFFD.
-    """
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_object,
-            parse_float=_number,
-            parse_int=_number,
-            parse_constant=_constant,
-        )
-    except RecursionError as exc:
-        raise ValueError("JSON is nested too deeply") from exc
-    return _fix(value)
-
-
-def format_go_float(value: float) -> str:
-    """Print a float64 as Go's ``encoding/json`` does.
-
-    The shortest decimal that reads back as ``value``, in plain notation when
-    1e-6 <= |value| < 1e21 (so ``1420.0`` prints ``1420`` and ``1e20`` prints
-    ``100000000000000000000``) and in exponent notation otherwise (``1e+21``, ``1.5e-7``,
-    ``1e-10``). Zero prints ``0`` and negative zero ``-0``.
-    """
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"json: unsupported value: {value!r}")
-    sign = "-" if math.copysign(1.0, value) < 0 else ""
-    magnitude = abs(value)
-    if magnitude == 0:
-        return sign + "0"
-    digits, point = _shortest_digits(magnitude)
-    if 1e-6 <= magnitude < 1e21:
-        if point <= 0:
-            return f"{sign}0.{'0' * -point}{digits}"
-        if point >= len(digits):
-            return sign + digits + "0" * (point - len(digits))
-        return f"{sign}{digits[:point]}.{digits[point:]}"
-    mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-    exponent = point - 1
-    # strconv writes at least two exponent digits; encoding/json trims "e-07" to "e-7".
-    exponent_text = f"{abs(exponent):02d}" if exponent >= 0 else str(-exponent)
-    return f"{sign}{mantissa}e{'+' if exponent >= 0 else '-'}{exponent_text}"
-
-
-def _shortest_digits(magnitude: float) -> tuple[str, int]:
-    """Digits ``d1..dn`` (no leading or trailing zeros) and ``p`` with value 0.d1..dn x 10^p.
-
-    Python's ``repr`` and Go's ``strconv`` both give the shortest round-tripping digits.
-    """
-    mantissa, _, exponent = repr(magnitude).partition("e")
-    whole, _, fraction = mantissa.partition(".")
-    digits = whole + fraction
-    point = len(whole) + (int(exponent) if exponent else 0)
-    stripped = digits.lstrip("0")
-    point -= len(digits) - len(stripped)
-    return stripped.rstrip("0"), point
-
-
-def _go_string(text: str) -> str:
-    encoded = json.dumps(text, ensure_ascii=False)
-    return _HTML_UNSAFE.sub(lambda m: _HTML_ESCAPES[m.group()], encoded)
-
-
-def go_json_dumps(value: Any) -> str:
-    """Encode ``value`` as Go's ``json.Marshal`` encodes the matching ``interface{}`` value.
-
-    Compact, object keys sorted, HTML-sensitive characters escaped, floats printed by
-    :func:`format_go_float`. Accepts what :func:`go_json_loads` returns, plus ints.
-    """
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, float):
-        return format_go_float(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return _go_string(value)
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(go_json_dumps(item) for item in value) + "]"
-    if isinstance(value, dict):
-        items = sorted(value.items(), key=lambda item: item[0])
-        return "{" + ",".join(f"{_go_string(k)}:{go_json_dumps(v)}" for k, v in items) + "}"
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 # --- Reading the current CIDR (libcni + host-local IPAM) ------------------------------------
@@ -199,7 +63,7 @@ def current_cidr(conflist_text: str) -> IPNetwork | None:
 
 def _current_cidr(text: str) -> IPNetwork | None:
     try:
-        raw = go_json_loads(text)
+        raw = gojson.loads(text)
     except ValueError as exc:
         raise _Invalid(str(exc)) from exc
     if not isinstance(raw, dict):
@@ -426,7 +290,7 @@ def set_cidr(conflist_text: str, pod_cidr: IPNetwork) -> str:
     not a list, a plugin or an ``ipam`` value is not an object, or no plugin has ``ipam``.
     """
     try:
-        raw = go_json_loads(conflist_text)
+        raw = gojson.loads(conflist_text)
     except ValueError as exc:
         raise CNIConfigError(f"failed to parse CNI config file: {exc}") from exc
     if not isinstance(raw, dict):
@@ -457,7 +321,7 @@ def set_cidr(conflist_text: str, pod_cidr: IPNetwork) -> str:
             "failed to set subnet CIDR in CNI config file; file appears invalid: "
             "no plugin has an ipam section"
         )
-    return go_json_dumps(raw)
+    return gojson.dumps(raw)
 
 
 def rewrite(conflist_text: str, pod_cidr: IPNetwork) -> str | None:
@@ -474,9 +338,6 @@ def rewrite(conflist_text: str, pod_cidr: IPNetwork) -> str | None:
 __all__ = [
     "CNIConfigError",
     "current_cidr",
-    "format_go_float",
-    "go_json_dumps",
-    "go_json_loads",
     "rewrite",
     "set_cidr",
 ]

@@ -11,9 +11,10 @@ value, so that a value these checks accept cannot fail there for its syntax:
   carriage return, space and the byte 0xA0), plus no ``%``: a name with ``%`` is a
   template the kernel fills in (``wg%d`` creates ``wg0``), so the interface that appears
   would not be the one asked for;
-* MTUs: what WireGuard (kernel or ``wireguard-go``) and IP can carry: 576 (the datagram
-  size every IPv4 host must accept) to 65535 (the largest IP packet), and at least 1280
-  for IPv6, below which the kernel removes a device's IPv6 addresses;
+* MTUs: what WireGuard (kernel or ``wireguard-go``) and IP can carry: up to 65535 (the
+  largest IP packet), at least 1280 for IPv6, below which the kernel removes a device's
+  IPv6 addresses, and at least 68 for IPv4 (below it the kernel takes IPv4 off the
+  device and ``wireguard-go`` refuses the MTU; Kilo's ``kg`` and ``connect`` take any);
 * host names in addresses: Go's ``isDomainName``, or an IP literal;
 * API server URLs: ``http://`` or ``https://``, a host and an optional port, as the HTTP
   client needs (Kilo's client-go also takes a bare ``host:port``; the Python client does
@@ -66,26 +67,27 @@ def interface_name_problem(name: str) -> str | None:
 
 # --- MTUs -------------------------------------------------------------------------------------
 
-MIN_MTU = 576
+MIN_IPV4_MTU = 68
 MIN_IPV6_MTU = 1280
 MAX_MTU = 65535
 
 
-def mtu_range(*, ipv6: bool) -> tuple[int, int]:
-    """The MTUs a WireGuard interface may have (``ipv6``: it carries IPv6)."""
-    return (MIN_IPV6_MTU if ipv6 else MIN_MTU), MAX_MTU
+def mtu_range(*, ipv6: bool, minimum: int = MIN_IPV4_MTU) -> tuple[int, int]:
+    """The MTUs a WireGuard interface may have (``ipv6``: it carries IPv6; ``minimum``:
+    the least for IPv4)."""
+    return (max(MIN_IPV6_MTU, minimum) if ipv6 else minimum), MAX_MTU
 
 
-def mtu_problem(mtu: int, *, ipv6: bool) -> str | None:
+def mtu_problem(mtu: int, *, ipv6: bool, minimum: int = MIN_IPV4_MTU) -> str | None:
     """Why ``mtu`` is no MTU for a WireGuard interface, or ``None``.
 
-    The phrase has the shape of Kilo's port error: ``MTU must be in range [576:65535], but
+    The phrase has the shape of Kilo's port error: ``MTU must be in range [68:65535], but
     got 0``.
     """
-    low, high = mtu_range(ipv6=ipv6)
+    low, high = mtu_range(ipv6=ipv6, minimum=minimum)
     if low <= mtu <= high:
         return None
-    why = " for IPv6" if ipv6 and MIN_MTU <= mtu < MIN_IPV6_MTU else ""
+    why = " for IPv6" if ipv6 and minimum <= mtu < MIN_IPV6_MTU else ""
     return f"MTU must be in range [{low}:{high}]{why}, but got {mtu}"
 
 
@@ -290,8 +292,8 @@ __all__ = [
     "IFNAMSIZ",
     "MAX_INTERFACE_NAME",
     "MAX_MTU",
+    "MIN_IPV4_MTU",
     "MIN_IPV6_MTU",
-    "MIN_MTU",
     "URL_SCHEMES",
     "api_server_url_problem",
     "host_problem",

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from kilo.errors import KiloError
+
 KEY_LENGTH = 32
 
 
-class InvalidKeyError(ValueError):
+class InvalidKeyError(KiloError, ValueError):
     """A text is not a WireGuard key."""
 
 

@@ -22,6 +22,11 @@ CHECK_IN_PERIOD = 30
 DEFAULT_PORT = 51820
 DEFAULT_SUBNET = "10.4.0.0/16"
 DEFAULT_INTERFACE = "kilo0"
+# A WireGuard interface's MTU when the underlay's is unknown (Kilo's --mtu=auto fallback),
+# and what WireGuard's encapsulation costs (auto: the underlay's MTU less this).
+DEFAULT_MTU = 1420
+WIREGUARD_OVERHEAD = 80
+DEFAULT_CNI_PATH = "/etc/cni/net.d/10-kilo.conflist"
 DEFAULT_TOPOLOGY_LABEL = "topology.kubernetes.io/region"
 LEGACY_TOPOLOGY_LABEL = "failure-domain.beta.kubernetes.io/region"
 LOCAL_ROUTE_TABLE = 1107
@@ -92,8 +97,9 @@ class Peer:
     persistent_keepalive: int = 0
     endpoint: Endpoint | None = None
 
-    @property
     def is_ready(self) -> bool:
+        """Kilo's ``Peer.Ready``: a key and at least one allowed IP (a method, like
+        :meth:`Node.is_ready`, which needs the time)."""
         return bool(self.allowed_ips) and not self.public_key.is_zero
 
 
@@ -129,4 +135,4 @@ def ready_nodes(nodes: Iterable[Node], now: int | None) -> list[Node]:
 
 
 def ready_peers(peers: Iterable[Peer]) -> list[Peer]:
-    return [p for p in peers if p.is_ready]
+    return [p for p in peers if p.is_ready()]

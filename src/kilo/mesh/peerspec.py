@@ -38,6 +38,7 @@ from typing import TypeAlias
 
 import yaml
 
+from kilo.mesh import gojson
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.wireguard import WireGuardPeer
 
@@ -75,20 +76,9 @@ def _endpoint(endpoint: Endpoint | None) -> dict[str, JSONValue] | None:
     return {"dnsOrIP": dns_or_ip, "port": endpoint.port}
 
 
-_GO_HTML_ESCAPES = {
-    ord("<"): "\\u003c",
-    ord(">"): "\\u003e",
-    ord("&"): "\\u0026",
-    0x2028: "\\u2028",
-    0x2029: "\\u2029",
-}
-
-
 def to_json(obj: Mapping[str, JSONValue]) -> str:
     """``obj`` as Go's ``json.MarshalIndent(obj, "", "  ")`` writes it (no trailing newline)."""
-    # The escaped characters can only occur inside strings, so translating the whole text
-    # is the same as escaping each string.
-    return json.dumps(obj, indent=2, ensure_ascii=False).translate(_GO_HTML_ESCAPES)
+    return gojson.escape(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def to_yaml(obj: Mapping[str, JSONValue]) -> str:

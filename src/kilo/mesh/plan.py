@@ -14,12 +14,10 @@ from typing import Any
 
 from kilo.mesh import iptables, routes, wireguard
 from kilo.mesh.ip import IPInterface, IPNetwork, host_interface
-from kilo.mesh.model import Compatibility, Encapsulation, Node
+from kilo.mesh.model import DEFAULT_CNI_PATH, Compatibility, Encapsulation, Node
 from kilo.mesh.routes import Device, EncapsulationPolicy, Route
 from kilo.mesh.routes import Rule as IPRule
 from kilo.mesh.topology import Topology
-
-DEFAULT_CNI_PATH = "/etc/cni/net.d/10-kilo.conflist"
 
 TUNNEL_NAMES = {
     Compatibility.NONE: "tunl0",

@@ -132,16 +132,12 @@ class EncapsulationPolicy:
 
     def gw(
         self,
-        endpoint_ip: IPAddress | None,
         private_ip: IPAddress | None,
         cni_ip: IPInterface | None,
         pod_cidr: IPNetwork | None,
     ) -> IPAddress | None:
-        """The next hop towards a node inside the location (reference §4.1).
-
-        ``endpoint_ip`` is unused by every encapsulator; it is kept so that the call sites
-        read like Kilo's.
-        """
+        """The next hop towards a node inside the location (reference §4.1); Kilo also
+        passes the endpoint's IP, which no encapsulator uses."""
         if self.noop:
             return None
         if self.compatibility == Compatibility.FLANNEL:
@@ -285,9 +281,7 @@ class _Plan:
         own = t.local_segment
         gw: IPAddress | None = None
         if own is not None:
-            endpoint = t.update_endpoint(own.endpoint, own.key, own.persistent_keepalive)
             gw = self.enc.gw(
-                None if endpoint is None else endpoint.ip,
                 _at(own.private_ips, own.leader),
                 _at(own.cni_compat_ips, own.leader),
                 _at(own.cidrs, own.leader),
@@ -347,7 +341,7 @@ class _Plan:
         ):
             if private_ip == self.own_ip:
                 continue
-            ngw = self.enc.gw(None, private_ip, cni_ip, cidr)
+            ngw = self.enc.gw(private_ip, cni_ip, cidr)
             self.via_private(cidr, ngw)
             if not self.enc.encapsulates(t.private_ip, private_ip):
                 continue
@@ -379,7 +373,7 @@ class _Plan:
         ):
             if private_ip == self.own_ip:
                 continue
-            ngw = self.enc.gw(None, private_ip, cni_ip, cidr)
+            ngw = self.enc.gw(private_ip, cni_ip, cidr)
             # IPIP's gateway is the private IP itself: the main table already covers it.
             if ngw is None or ngw == private_ip or not self.enc.has_tunnel:
                 continue

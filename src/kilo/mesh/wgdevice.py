@@ -33,6 +33,7 @@ from kilo.mesh.endpoint import Endpoint, UDPAddr, parse_port, split_host_port
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.keys import KEY_LENGTH, ZERO_KEY, Key, clamp
 from kilo.mesh.model import Node, Peer, wireguard_keepalive
+from kilo.mesh.text import shorten
 from kilo.mesh.wireguard import AllowedIP, WireGuardConfig
 
 _HIDDEN = "(hidden)"
@@ -193,8 +194,7 @@ def parse_uapi(text: str) -> DeviceState:
             continue
         key, equals, value = line.partition("=")
         if not equals:
-            shown = line if len(line) <= 80 else line[:80] + "…"
-            raise UAPIParseError(f"UAPI line {number}: {shown!r} is not key=value")
+            raise UAPIParseError(f"UAPI line {number}: {shorten(line)!r} is not key=value")
         if key == "errno":
             if value != "0":
                 raise _bad_line(number, key, value, "reports an error")

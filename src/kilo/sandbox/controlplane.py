@@ -100,6 +100,11 @@ def build_helm(*, on_progress: Callable[[str], None] | None = None) -> Path:
     return _build("helm", on_progress)
 
 
+def build_prometheus(*, on_progress: Callable[[str], None] | None = None) -> Path:
+    """Build (or reuse) Prometheus, pinned in go/prometheus; return the binary's path."""
+    return _build("prometheus", on_progress)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -14,6 +14,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kilo.errors import SandboxError
+
 VERSION = 1
 FAMILY = "ksb"
 STATE_FILE = "state.json"
@@ -91,7 +93,7 @@ def dumps(state: State) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-class StateError(ValueError):
+class StateError(SandboxError, ValueError):
     """The text is not a sandbox state this version understands."""
 
 
