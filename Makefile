@@ -17,9 +17,12 @@ $(BIN)/kilo-sandbox: pyproject.toml | $(PY)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# The Debian packages the sandbox and the tests use, those that are missing (root, apt-get).
+# The Debian packages the sandbox needs, those that are missing (root, apt-get, listed before
+# they are installed); with `--kernel` in SANDBOX_ARGS also QEMU's. `make packages
+# PACKAGE_SETS=test` installs what every test needs (scripts/debian-packages.sh).
+PACKAGE_SETS ?= sandbox $(if $(findstring --kernel,$(SANDBOX_ARGS)),kernel)
 packages:
-	bash scripts/debian-packages.sh
+	bash scripts/debian-packages.sh $(PACKAGE_SETS)
 
 # The first command of the README: what is missing, then a Kilo mesh across simulated clouds
 # on this machine (root; `make sandbox SANDBOX_ARGS="--locations 3 --granularity full"`).

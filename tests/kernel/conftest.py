@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from kilo.sandbox import vm
+from kilo.sandbox import guest
 from kilo.sandbox.controlplane import build_binaries
 
-IN_GUEST = bool(os.environ.get(vm.GUEST_ENV))
+IN_GUEST = bool(os.environ.get(guest.GUEST_ENV))
 # The guest's tests need the guest's kernel: on the host they run through test_vm.py only.
 collect_ignore = [] if IN_GUEST else ["guest"]
 

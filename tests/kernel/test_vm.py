@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from kilo.sandbox import testbed, vm
+from kilo.sandbox import guest, testbed, vm
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST = Path(__file__).resolve().parent / "guest"
@@ -76,13 +76,13 @@ def _results(junit: Path) -> dict[str, tuple[str, str, float]]:
 def guest_run(controlplane_binaries: Path) -> Iterator[GuestRun]:
     testbed.cleanup_stale()
     started = time.monotonic()
-    kernel = vm.fetch_kernel(on_progress=lambda line: print(line, file=sys.stderr))
+    kernel = guest.fetch_kernel(on_progress=lambda line: print(line, file=sys.stderr))
     host = vm.VMHost(binaries=controlplane_binaries).start()
     machine: vm.VirtualMachine | None = None
     run = GuestRun(status=None, seconds=0.0)
     try:
         junit = host.share / "junit.xml"
-        command = vm.GuestCommand(
+        command = guest.GuestCommand(
             argv=[
                 sys.executable,
                 *("-m", "pytest", str(GUEST.relative_to(ROOT)), "-p", "no:cacheprovider"),
@@ -100,7 +100,7 @@ def guest_run(controlplane_binaries: Path) -> Iterator[GuestRun]:
         try:
             host.wait_plane()
             run.status = machine.wait(GUEST_BUDGET + 180)
-        except vm.VMError as exc:
+        except guest.VMError as exc:
             run.error = str(exc)
         finally:
             machine.kill()

@@ -8,13 +8,13 @@ import stat
 import subprocess
 from pathlib import Path
 
-from kilo.sandbox import vm
+from kilo.sandbox import guest, vm
 
-KERNEL = vm.Kernel("linux-image-6.1.0-57-amd64", "6.1.192-3", "6.1.0-57-amd64", Path("/k"))
+KERNEL = guest.Kernel("linux-image-6.1.0-57-amd64", "6.1.192-3", "6.1.0-57-amd64", Path("/k"))
 
 
-def command(timeout: float | None = 60) -> vm.GuestCommand:
-    return vm.GuestCommand(
+def command(timeout: float | None = 60) -> guest.GuestCommand:
+    return guest.GuestCommand(
         argv=["python", "-m", "pytest", "it's"],
         cwd=Path("/repo"),
         share=Path("/tmp/share"),
@@ -24,7 +24,7 @@ def command(timeout: float | None = 60) -> vm.GuestCommand:
 
 
 def test_cpio_is_read_back_by_cpio(tmp_path: Path) -> None:
-    archive = vm.cpio(
+    archive = guest.cpio(
         [
             ("bin", stat.S_IFDIR | 0o755, b""),
             ("bin/tool", stat.S_IFREG | 0o755, b"#!/bin/sh\necho hi\n"),
@@ -34,7 +34,7 @@ def test_cpio_is_read_back_by_cpio(tmp_path: Path) -> None:
     )
     # busybox-static is what the VM needs anyway (scripts/debian-packages.sh).
     subprocess.run(
-        [str(vm.BUSYBOX), "cpio", "-i", "-d"],
+        [str(guest.BUSYBOX), "cpio", "-i", "-d"],
         input=archive,
         cwd=tmp_path,
         check=True,
@@ -48,7 +48,7 @@ def test_cpio_is_read_back_by_cpio(tmp_path: Path) -> None:
 
 def test_the_init_script_mounts_the_root_read_only_and_powers_off() -> None:
     modules = [Path("/k/lib/modules/r/kernel/fs/9p/9p.ko")]
-    script = vm.init_script(KERNEL, modules, command())
+    script = guest.init_script(KERNEL, modules, command())
     assert "insmod /modules/9p.ko" in script
     assert "mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose" in script
     # The kernel finds its modules where modprobe looks, so it loads wireguard and ipip.
@@ -58,9 +58,9 @@ def test_the_init_script_mounts_the_root_read_only_and_powers_off() -> None:
         "timeout -k 10 60 python -m pytest 'it'\"'\"'s' </dev/null >/tmp/share/guest.log" in script
     )
     assert "export EXTRA='a b'" in script
-    assert f"export {vm.GUEST_ENV}=/tmp/share" in script
+    assert f"export {guest.GUEST_ENV}=/tmp/share" in script
     assert "echo o >/proc/sysrq-trigger" in script
-    assert "timeout" not in vm.init_script(KERNEL, modules, command(timeout=None))
+    assert "timeout" not in guest.init_script(KERNEL, modules, command(timeout=None))
 
 
 def test_qemu_is_emulated_bounded_and_never_on_user_networking() -> None:
@@ -68,7 +68,7 @@ def test_qemu_is_emulated_bounded_and_never_on_user_networking() -> None:
         KERNEL, Path("/w/initramfs"), share=Path("/tmp/share"), console=Path("/w/console")
     )
     text = " ".join(argv)
-    assert argv[:3] == [vm.QEMU, "-accel", "tcg"]
+    assert argv[:3] == [guest.QEMU, "-accel", "tcg"]
     assert "-nodefaults" in argv and "-no-reboot" in argv
     assert argv[argv.index("-m") + 1] == str(vm.MEMORY_MB)
     assert argv[argv.index("-smp") + 1] == str(vm.CPUS)
@@ -86,29 +86,29 @@ def test_qemu_is_emulated_bounded_and_never_on_user_networking() -> None:
 
 def test_a_cached_kernel_is_used_only_when_complete(tmp_path: Path) -> None:
     root = tmp_path / "k"
-    assert vm._load_cached(root) is None
+    assert guest._load_cached(root) is None
     (root / "boot").mkdir(parents=True)
     (root / "boot" / "vmlinuz-r").write_bytes(b"kernel")
     meta = {"package": "p", "version": "1", "release": "r"}
     (root / "kilo-kernel.json").write_text(json.dumps(meta))
-    assert vm._load_cached(root) is None  # no modules.dep: depmod never finished
+    assert guest._load_cached(root) is None  # no modules.dep: depmod never finished
     (root / "lib" / "modules" / "r").mkdir(parents=True)
     (root / "lib" / "modules" / "r" / "modules.dep").write_text("")
-    assert vm._load_cached(root) == vm.Kernel("p", "1", "r", root)
+    assert guest._load_cached(root) == guest.Kernel("p", "1", "r", root)
 
 
 def test_the_cache_directory_is_named_after_package_and_version() -> None:
-    assert vm._cache_name("linux-image-6.1.0-57-amd64", "6.1.192-3") == (
+    assert guest._cache_name("linux-image-6.1.0-57-amd64", "6.1.192-3") == (
         "linux-image-6.1.0-57-amd64_6.1.192-3"
     )
-    assert vm._cache_name("linux-image-x", "1:2~b+3") == "linux-image-x_1_2_b_3"
+    assert guest._cache_name("linux-image-x", "1:2~b+3") == "linux-image-x_1_2_b_3"
 
 
 def test_a_dynamic_busybox_does_not_count(tmp_path: Path) -> None:
     dynamic = tmp_path / "busybox"
     dynamic.write_bytes(b"\x7fELF" + b"\0" * 100 + b"/lib64/ld-linux-x86-64.so.2\0")
-    assert not vm._static(dynamic)
+    assert not guest._static(dynamic)
     static = tmp_path / "static"
     static.write_bytes(b"\x7fELF" + b"\0" * 200)
-    assert vm._static(static)
-    assert not vm._static(tmp_path / "absent")
+    assert guest._static(static)
+    assert not guest._static(tmp_path / "absent")

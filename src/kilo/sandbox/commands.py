@@ -46,6 +46,8 @@ from kilo.mesh import translate
 from kilo.mesh.model import DEFAULT_SUBNET
 from kilo.sandbox import prerequisites, report, state, testbed, vm
 from kilo.sandbox.controlplane import build_binaries, cached_binaries
+from kilo.sandbox.guest import GuestCommand, Kernel, fetch_kernel
+from kilo.sandbox.guest import missing as guest_missing
 from kilo.sandbox.progress import Progress
 from kilo.sandbox.testbed import Location, Testbed
 
@@ -589,7 +591,7 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
 # --- up --kernel ---------------------------------------------------------------------------------
 
 
-def _vm_summary(box: Sandbox, current: state.State, kernel: vm.Kernel) -> str:
+def _vm_summary(box: Sandbox, current: state.State, kernel: Kernel) -> str:
     guest = Path(current.share) / "sandbox"
     kgctl_cmd = _command("kgctl", "kilo.cli.kgctl")
     sandbox_cmd = _command("kilo-sandbox", "kilo.sandbox")
@@ -637,7 +639,7 @@ def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
     cached = cached_binaries()
     problem = (
         _check_prerequisites("kilo-sandbox up --kernel", binaries_built=cached is not None)
-        or vm.missing()
+        or guest_missing()
     )
     if problem is not None:
         err.write(problem + "\n")
@@ -663,7 +665,7 @@ def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
             with progress.step("building etcd and kube-apiserver (about 12 minutes, once)") as step:
                 binaries = build_binaries(on_progress=step.note)
         with progress.step("fetching Debian's kernel (apt-get download, once)") as step:
-            kernel = vm.fetch_kernel(on_progress=step.note)
+            kernel = fetch_kernel(on_progress=step.note)
         host = vm.VMHost(binaries=binaries, prefix=box.prefix, workdir=box.workdir, owned=False)
         with progress.step("starting etcd and kube-apiserver beside the virtual machine"):
             host.start()
@@ -671,7 +673,7 @@ def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
         shutil.copyfile(plane.admin_kubeconfig, box.kubeconfig)
         box.kubeconfig.chmod(0o600)
         guest_dir = host.share / "sandbox"
-        command = vm.GuestCommand(
+        command = GuestCommand(
             argv=[
                 sys.executable,
                 *("-m", "kilo.sandbox", "guest", "--dir", str(guest_dir)),
