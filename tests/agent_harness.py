@@ -13,7 +13,7 @@ from typing import Any
 
 from kilo.adapters.kubernetes import Event, EventType
 from kilo.agent import command_line
-from kilo.agent.mesh import Agent, DataPlane, HostFacts
+from kilo.agent.reconcile import Agent, DataPlane, HostFacts
 from kilo.agent.settings import AgentSettings
 from kilo.errors import BackendError, DataPlaneError
 from kilo.mesh import translate

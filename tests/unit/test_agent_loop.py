@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kilo.adapters.kubernetes import Event, EventType
-from kilo.agent.mesh import DataPlane
+from kilo.agent.reconcile import DataPlane
 from kilo.mesh import translate
 from kilo.sandbox import kubelet
 from tests.agent_harness import (

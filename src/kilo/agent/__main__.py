@@ -2,7 +2,7 @@
 
 Composition root: read and validate the command line exactly as Kilo's ``kg`` does
 (``kilo.agent.settings``), build the adapters, then run the reconcile loop
-(``kilo.agent.mesh``) next to the HTTP server until SIGINT/SIGTERM. Exit status, as in Kilo:
+(``kilo.agent.reconcile``) next to the HTTP server until SIGINT/SIGTERM. Exit status, as in Kilo:
 0 for ``version``, ``--version``, help and a clean shutdown; 1 for every error, printed as
 one line on stderr.
 """
@@ -107,8 +107,8 @@ async def _run(settings: AgentSettings) -> int:
     from kilo.adapters import cni, keyfile, kubeconfig, kubernetes, netlink, tunnel, wireguard
     from kilo.adapters.iptables import IPTables
     from kilo.agent.http import HTTPServer
-    from kilo.agent.mesh import Agent, DataPlane, HostFacts
     from kilo.agent.metrics import AgentMetrics, new_registry
+    from kilo.agent.reconcile import Agent, DataPlane, HostFacts
     from kilo.mesh.discovery import discover_ips, external_ip
     from kilo.mesh.model import Encapsulation
 
@@ -190,7 +190,7 @@ async def _run(settings: AgentSettings) -> int:
             interfaces = links.interfaces()
             ignore = {links.index(interface) or 0, links.index(CNI_BRIDGE) or 0}
             hostname = settings.mesh.hostname
-            from kilo.agent.mesh import resolve
+            from kilo.agent.reconcile import resolve
 
             resolved = [] if resolve(hostname) is None else [resolve(hostname)]
             found = discover_ips(
