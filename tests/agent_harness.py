@@ -11,13 +11,14 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kilo.adapters.kubernetes import Event, EventType
 from kilo.agent import command_line
-from kilo.agent.reconcile import Agent, DataPlane, HostFacts
+from kilo.agent.ports import DataPlane, HostFacts
+from kilo.agent.reconcile import Agent
 from kilo.agent.settings import AgentSettings
 from kilo.errors import BackendError, DataPlaneError
 from kilo.mesh import translate
 from kilo.mesh.discovery import DiscoveredIPs, Interface
+from kilo.mesh.events import Event, EventType
 from kilo.mesh.ip import IPInterface
 from kilo.mesh.iptables import RuleSet
 from kilo.mesh.keys import Key

@@ -17,177 +17,46 @@ Where Kilo is fragile this loop is not (each difference is in docs/compatibility
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import ipaddress
-import logging
-import socket
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
-from kilo.adapters.kubernetes import Event, EventType, Informer
+from kilo.adapters import dns
 from kilo.agent import logs
+from kilo.agent.apply import TopologyApplier
+from kilo.agent.ports import DataPlane, HostFacts, MetricsPort, NodeWriter
 from kilo.agent.settings import AgentSettings
 from kilo.errors import KiloError
 from kilo.mesh import graph, translate
-from kilo.mesh.discovery import DiscoveredIPs, Interface
-from kilo.mesh.endpoint import Endpoint, endpoint_ready
-from kilo.mesh.ip import IPAddress, IPInterface
-from kilo.mesh.iptables import RuleSet
-from kilo.mesh.keys import ZERO_KEY, Key
-from kilo.mesh.localnode import local_node, mesh_changed, peer_changed
-from kilo.mesh.model import (
-    DEFAULT_MTU,
-    WIREGUARD_OVERHEAD,
-    Diagnostic,
-    Node,
-    Peer,
-    ready_nodes,
-    ready_peers,
+from kilo.mesh.endpoint import endpoint_ready
+from kilo.mesh.events import (
+    DEBOUNCE,
+    KILO_EVENTS,
+    MIN_RESYNC_PERIOD,
+    ClusterView,
+    Event,
+    EventType,
+    resync_period,
+    warning_line,
 )
-from kilo.mesh.plan import TUNNEL_NAMES, PlanSettings, plan_node
-from kilo.mesh.routes import Device, Route, Rule
+from kilo.mesh.ip import IPInterface
+from kilo.mesh.keys import ZERO_KEY
+from kilo.mesh.localnode import local_node, mesh_changed, peer_changed
+from kilo.mesh.model import CHECK_IN_PERIOD, Diagnostic, Node, Peer
 from kilo.mesh.text import shorten
-from kilo.mesh.topology import Topology, build_topology
-from kilo.mesh.wgdevice import DeviceState, discovered_endpoints
-from kilo.mesh.wireguard import WireGuardConfig
+from kilo.mesh.topology import build_topology
 
-CHECK_IN_PERIOD = 30.0
-MIN_RESYNC_PERIOD = 1.0
-# Events that arrive together (a relist, a burst of check-ins) are applied together.
-DEBOUNCE = 0.05
-RESOLVE_TIMEOUT = 5.0
 API_TIMEOUT = 10.0
 
 log = logs.get("kilo")
-iptables_log = logs.get("iptables")
-# Kilo's names of watch events, in its "event" log field.
-KILO_EVENTS = {EventType.ADDED: "add", EventType.MODIFIED: "update", EventType.DELETED: "delete"}
 
 
-# --- the ports the loop drives --------------------------------------------------------------
+class EventSource(Protocol):
+    """A watch of one resource (the Kubernetes adapter's ``Informer``)."""
 
-
-class LinksPort(Protocol):
-    def index(self, name: str) -> int | None: ...
-    def interfaces(self) -> list[Interface]: ...
-    def default_route_interface(self) -> int | None: ...
-    def mtu(self, name: str) -> int: ...
-    def set_mtu(self, name: str, mtu: int) -> bool: ...
-    def set_up(self, name: str, up: bool) -> bool: ...
-    def set_address(self, name: str, cidr: IPInterface) -> bool: ...
-    def delete_addresses(self, name: str) -> None: ...
-    def delete(self, name: str) -> bool: ...
-
-
-class RoutesPort(Protocol):
-    def set(
-        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
-    ) -> tuple[int, int]: ...
-    def clean_up(self) -> None: ...
-
-
-class IPTablesPort(Protocol):
-    def apply(self, planned: RuleSet) -> int: ...
-    def clean_up(self) -> None: ...
-
-
-class DevicePort(Protocol):
-    def get(self) -> DeviceState: ...
-    def apply(self, desired: WireGuardConfig) -> bool: ...
-
-
-class TunnelPort(Protocol):
-    """The encapsulator's device side (IPIP ``tunl0``, ``flannel.1``, ``cilium_tunl``)."""
-
-    @property
-    def name(self) -> str | None: ...  # the tunnel interface, None while it does not exist
-    def set(self, cidr: IPInterface) -> None: ...
-    def cni_compatibility_ip(self) -> IPInterface | None: ...
-    def clean_up(self) -> None: ...
-
-
-class NodeWriter(Protocol):
-    async def patch(self, name: str, annotations: Mapping[str, str | None]) -> None: ...
-
-
-class MetricsPort(Protocol):
-    def error(self, event: str) -> None: ...
-    def reconciled(self) -> None: ...
-    def set_counts(self, nodes: int, peers: int) -> None: ...
-    def set_leader(self, leader: bool) -> None: ...
-    def set_node(self, node: str, location: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class DataPlane:
-    links: LinksPort
-    routes: RoutesPort
-    iptables: IPTablesPort
-    device: DevicePort
-    tunnel: TunnelPort | None  # None: no encapsulation (--encapsulate=never, no private IP)
-    update_cni: Callable[[Any], bool]  # (pod CIDR) -> rewritten?
-
-
-@dataclass(frozen=True, slots=True)
-class HostFacts:
-    """What start-up learnt about the host (kilo-mesh.md §6.1)."""
-
-    key: Key  # the private key
-    public_key: Key
-    discovered: DiscoveredIPs
-    external_ip: IPInterface
-    private_interface: str | None  # the interface that holds the private IP
-
-
-@dataclass(frozen=True, slots=True)
-class _Applied:
-    topology: Topology
-    wireguard_ip: IPInterface | None
-    discovered: dict[str, Any]
-    errors: int
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def resolve(host: str, timeout: float = RESOLVE_TIMEOUT) -> IPAddress | None:
-    """An IP for ``host`` (IPv4 preferred, as Go's ResolveUDPAddr), ``None`` on any failure."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        future = pool.submit(socket.getaddrinfo, host, None, 0, socket.SOCK_DGRAM)
-        infos = future.result(timeout=timeout)
-    except (OSError, concurrent.futures.TimeoutError, UnicodeError):
-        return None
-    finally:
-        pool.shutdown(wait=False)
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    for address in addresses:
-        if address.version == 4:
-            return address
-    return addresses[0] if addresses else None
-
-
-Resolver = Callable[[str], IPAddress | None]
-
-
-def _resolve_endpoint(endpoint: Endpoint | None, what: str, resolver: Resolver) -> Endpoint | None:
-    if endpoint is None or endpoint.resolved or not endpoint.addr:
-        return endpoint
-    address = resolver(endpoint.host)
-    if address is None:
-        log.warning(
-            "failed to resolve endpoint; its WireGuard peer gets no endpoint until it resolves",
-            fields={"object": what, "endpoint": endpoint.addr},
-        )
-        return endpoint
-    return endpoint.resolved_to(address)
-
-
-# --- the agent -------------------------------------------------------------------------------
+    def events(self) -> AsyncIterator[Event]: ...
 
 
 class Agent:
@@ -200,88 +69,78 @@ class Agent:
         metrics: MetricsPort,
         *,
         clock: Callable[[], float] = time.time,
-        resolver: Resolver = resolve,
+        resolver: dns.Resolver = dns.resolve,
     ) -> None:
         self.settings = settings
         self.host = host
-        self.plane = plane
         self.writer = writer
         self.metrics = metrics
         self.clock = clock
-        self.resolver = resolver
         self.hostname = settings.mesh.hostname
-        self.interface = settings.wireguard.interface
-        self.nodes: dict[str, Node] = {}
-        self.peers: dict[str, Peer] = {}
+        self.applier = TopologyApplier(
+            settings, host, plane, metrics, clock=clock, resolver=resolver
+        )
+        self.view = ClusterView(
+            topology_label=settings.backend.topology_label, port=settings.mesh.port
+        )
         self.local_observed: Node | None = None
         self.local_annotations: dict[str, str] | None = None
-        self.local_known = False
         self.last_written = 0
         self.wireguard_ip: IPInterface | None = None
         self.discovered: dict[str, Any] | None = None
         self.applied_local: Node | None = None
-        self.peer_names: dict[str, str] = {}
         self.healthy = False
         self.applied = False  # whether this run has applied a topology yet
-        self.graph_input: tuple[tuple[Node, ...], tuple[Peer, ...]] | None = None
         self._apply_needed = True
         # A full apply re-reads everything from the kernel (resync, a deleted route, an
         # earlier failure); in between, sub-systems whose plan did not change are skipped.
         self._full_needed = True
-        self._applied_iptables: RuleSet | None = None
-        self._applied_routes: tuple[object, ...] | None = None
-        self._auto_mtu: int | None = None
-        self._mtu_lines: list[tuple[int, str, dict[str, str]]] = []
         self._local_was_ready = False
         self._wake = asyncio.Event()
-        self._apply_lock = threading.Lock()
-        self._logged: dict[tuple[str, str], object] = {}
-        self._fatal: BaseException | None = None
-        period = settings.mesh.resync_period
-        if period < MIN_RESYNC_PERIOD:
+        requested = settings.mesh.resync_period
+        self.resync_period = resync_period(requested)
+        if self.resync_period != requested:
             log.warning(
                 "resync period raised to the minimum",
-                fields={"requested": f"{period:g}s", "used": f"{MIN_RESYNC_PERIOD:g}s"},
+                fields={"requested": f"{requested:g}s", "used": f"{MIN_RESYNC_PERIOD:g}s"},
             )
-            period = MIN_RESYNC_PERIOD
-        self.resync_period = period
+
+    @property
+    def plane(self) -> DataPlane:
+        """The ports the applier drives (a test may swap them between rounds)."""
+        return self.applier.plane
+
+    @plane.setter
+    def plane(self, plane: DataPlane) -> None:
+        self.applier.plane = plane
+
+    @property
+    def peer_names(self) -> dict[str, str]:
+        """The names of the WireGuard peers by public key, for the metrics."""
+        return self.applier.peer_names
+
+    @property
+    def graph_input(self) -> tuple[tuple[Node, ...], tuple[Peer, ...]] | None:
+        return self.applier.graph_input
 
     # -- events -----------------------------------------------------------------------------
 
-    def _report(self, kind: str, event: Event, diagnostics: Sequence[Diagnostic]) -> None:
-        """Warn once per object version about what could not be used."""
-        version = event.obj.get("metadata", {}).get("resourceVersion")
-        key = (kind, event.name)
-        if not diagnostics:
-            self._logged.pop(key, None)
-            return
-        if self._logged.get(key) == version:
-            return
-        self._logged[key] = version
+    @staticmethod
+    def _report(diagnostics: tuple[Diagnostic, ...]) -> None:
         for d in diagnostics:
-            log.warning(
-                f"{d.kind} {d.name}: {d.field} {d.problem}",
-                fields={"kind": d.kind, "name": d.name, "field": d.field, "value": d.value},
-            )
+            message, fields = warning_line(d)
+            log.warning(message, fields=fields)
 
     def on_node_event(self, event: Event) -> None:
-        new: Node | None = None
-        if event.type == EventType.DELETED:
-            self._report("node", event, ())
-        else:
-            result = translate.translate_node(
-                event.obj,
-                topology_label=self.settings.backend.topology_label,
-                port=self.settings.mesh.port,
-            )
-            self._report("node", event, result.diagnostics)
-            new = result.value
+        change = self.view.node_event(event)
+        self._report(change.report)
         if event.name == self.hostname:
-            self.local_observed = new
-            self.local_known = new is not None
+            self.local_observed = change.new
             annotations = event.obj.get("metadata", {}).get("annotations")
             self.local_annotations = (
-                dict(annotations) if isinstance(annotations, dict) and new is not None else None
+                dict(annotations)
+                if isinstance(annotations, dict) and change.new is not None
+                else None
             )
             if event.type == EventType.DELETED:
                 log.warning(
@@ -289,31 +148,16 @@ class Agent:
                 )
             self._wake.set()
             return
-        old = self.nodes.get(event.name)
-        if new is None:
-            self.nodes.pop(event.name, None)
-        else:
-            self.nodes[event.name] = new
-        if mesh_changed(old, new, int(self.clock())):
+        if mesh_changed(change.old, change.new, int(self.clock())):
             # Kilo's line for a node that changes the mesh (its "node" is the whole node).
             log.info("node changed", fields={"event": KILO_EVENTS[event.type], "node": event.name})
             self._apply_needed = True
             self._wake.set()
 
     def on_peer_event(self, event: Event) -> None:
-        new: Peer | None = None
-        if event.type == EventType.DELETED:
-            self._report("peer", event, ())
-        else:
-            result = translate.translate_peer(event.obj)
-            self._report("peer", event, result.diagnostics)
-            new = result.value
-        old = self.peers.get(event.name)
-        if new is None:
-            self.peers.pop(event.name, None)
-        else:
-            self.peers[event.name] = new
-        if peer_changed(old, new):
+        change = self.view.peer_event(event)
+        self._report(change.report)
+        if peer_changed(change.old, change.new):
             log.info("peer changed", fields={"event": KILO_EVENTS[event.type], "peer": event.name})
             self._apply_needed = True
             self._wake.set()
@@ -402,212 +246,6 @@ class Agent:
                 fields={"node": self.hostname, "annotations": sorted(material)},
             )
 
-    # -- apply --------------------------------------------------------------------------------
-
-    def _mtu(self, full: bool) -> int | None:
-        configured = self.settings.wireguard.mtu
-        if configured is not None:
-            return configured
-        # Finding the default route dumps the routing table: only on full applies.
-        if full or self._auto_mtu is None:
-            self._auto_mtu = self._detect_mtu()
-        return self._auto_mtu
-
-    def _detect_mtu(self) -> int:
-        """Kilo's auto MTU: the default route's interface's MTU less WireGuard's 80 bytes,
-        else 1420. Kilo's lines about it are logged when the result changes (Kilo logs
-        them on every apply)."""
-        links = self.plane.links
-        lines: list[tuple[int, str, dict[str, str]]] = []
-        mtu = DEFAULT_MTU
-        try:
-            index = links.default_route_interface()
-            interface = next((i for i in links.interfaces() if i.index == index), None)
-            if interface is None:
-                raise KiloError("no interface has the default route")
-            base = links.mtu(interface.name)
-        except KiloError as exc:
-            message = "failed to get default interface for MTU detection, using default MTU"
-            lines.append((logging.WARNING, message, {"error": str(exc)}))
-        else:
-            mtu = base - WIREGUARD_OVERHEAD
-            lines += [
-                (
-                    logging.INFO,
-                    f"detected underlay MTU {base} on default interface {interface.name}",
-                    {},
-                ),
-                (
-                    logging.INFO,
-                    f"auto-detected WireGuard MTU: {mtu} (underlay {base} - overhead "
-                    f"{WIREGUARD_OVERHEAD})",
-                    {},
-                ),
-            ]
-        if lines != self._mtu_lines:
-            self._mtu_lines = lines
-            for level, message, fields in lines:
-                log.log(level, message, fields=fields)
-        return mtu
-
-    def apply(
-        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, *, full: bool = True
-    ) -> _Applied | None:
-        """Kilo's apply_topology (§6.7) on a snapshot; runs in a worker thread."""
-        with self._apply_lock:
-            return self._apply(nodes, peers, local, full)
-
-    def _apply(
-        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, full: bool
-    ) -> _Applied | None:
-        self.metrics.reconciled()
-        now = int(self.clock())
-        ready = [
-            replace(n, endpoint=_resolve_endpoint(n.endpoint, f"node {n.name}", self.resolver))
-            for n in ready_nodes([*nodes, local], now)
-        ]
-        ready_peer_list = [
-            replace(p, endpoint=_resolve_endpoint(p.endpoint, f"peer {p.name}", self.resolver))
-            for p in ready_peers(peers)
-        ]
-        self.metrics.set_counts(len(ready), len(ready_peer_list))
-        if not any(n.name == self.hostname for n in ready):
-            log.debug("the local node is not ready yet", fields={"node": self.hostname})
-            return None
-        plane = self.plane
-        errors = 0
-
-        def failed(step: str, exc: BaseException, kilo: str = "") -> None:
-            nonlocal errors
-            errors += 1
-            self.metrics.error("apply")
-            error = f"{kilo}: {exc}" if kilo else str(exc)
-            log.error(f"failed to apply {step}", fields={"error": error})
-
-        mtu = self._mtu(full)
-        if mtu is not None:
-            try:
-                plane.links.set_mtu(self.interface, mtu)
-            except KiloError as exc:
-                failed("the MTU", exc, "failed to set MTU on WireGuard interface")
-        try:
-            state: DeviceState | None = plane.device.get()
-        except KiloError as exc:
-            failed("WireGuard (reading the device)", exc)
-            state = None
-        discovered = (
-            discovered_endpoints(state, ready, ready_peer_list) if state is not None else {}
-        )
-        ready = [
-            replace(n, discovered_endpoints=discovered) if n.name == self.hostname else n
-            for n in ready
-        ]
-        local_ready = next(n for n in ready if n.name == self.hostname)
-        mesh = self.settings.mesh
-        try:
-            t = build_topology(
-                ready,
-                ready_peer_list,
-                granularity=mesh.granularity,
-                hostname=self.hostname,
-                subnet=mesh.subnet,
-                port=local_ready.endpoint.port if local_ready.endpoint else mesh.port,
-                key=self.host.key,
-                service_cidrs=mesh.service_cidrs,
-                persistent_keepalive=local_ready.persistent_keepalive,
-            )
-        except KiloError as exc:
-            failed("the topology", exc)
-            return None
-        tunnel_name = plane.tunnel.name if plane.tunnel is not None else None
-        plan = plan_node(
-            t,
-            local_ready,
-            PlanSettings(
-                interface=self.interface,
-                private_interface=self.host.private_interface or "",
-                encapsulation=mesh.encapsulation,
-                compatibility=mesh.compatibility,
-                local=mesh.local,
-                cni=self.settings.cni.enabled,
-                iptables_forward_rules=mesh.iptables_forward_rules,
-                cni_path=self.settings.cni.path,
-            ),
-        )
-        if full or plan.iptables != self._applied_iptables:
-            self._applied_iptables = None
-            try:
-                if plane.iptables.apply(plan.iptables):
-                    count = len(plan.iptables.append) + len(plan.iptables.prepend)
-                    iptables_log.info(f"applying {count} iptables rules")
-                self._applied_iptables = plan.iptables
-            except KiloError as exc:
-                failed("iptables rules", exc)
-        if plan.tunnel_address is not None and plane.tunnel is not None:
-            try:
-                plane.tunnel.set(plan.tunnel_address)
-            except KiloError as exc:
-                failed("the tunnel address", exc)
-        self.metrics.set_node(self.hostname, local_ready.location)
-        self.metrics.set_leader(plan.leader)
-        try:
-            if plan.leader and plan.address is not None and plan.wireguard is not None:
-                plane.links.set_address(self.interface, plan.address)
-                if plane.device.apply(plan.wireguard):
-                    log.info(
-                        "WireGuard configurations are different",
-                        fields={"peers": [p.name for p in plan.wireguard.peers]},
-                    )
-                plane.links.set_up(self.interface, True)
-            else:
-                # A non-leader carries no traffic on WireGuard: no peers, no address, down
-                # (Kilo leaves a demoted leader's peers and address behind).
-                plane.device.apply(
-                    WireGuardConfig(private_key=self.host.key, listen_port=t.port, peers=())
-                )
-                plane.links.delete_addresses(self.interface)
-                plane.links.set_up(self.interface, False)
-        except KiloError as exc:
-            failed("the WireGuard interface", exc)
-        devices = {Device.KILO: self.interface}
-        if self.host.private_interface:
-            devices[Device.PRIVATE] = self.host.private_interface
-        if tunnel_name:
-            devices[Device.TUNNEL] = tunnel_name
-        wanted = (plan.routes, plan.rules, tuple(sorted(devices.items())))
-        if full or wanted != self._applied_routes:
-            self._applied_routes = None
-            try:
-                added, removed = plane.routes.set(plan.routes, plan.rules, devices)
-                self._applied_routes = wanted
-                if added or removed:
-                    log.info(
-                        "routes and rules updated", fields={"added": added, "removed": removed}
-                    )
-            except KiloError as exc:
-                failed("routes and rules", exc)
-        if self.settings.cni.enabled and local_ready.subnet is not None:
-            try:
-                if plane.update_cni(local_ready.subnet):
-                    log.info(
-                        "setting CIDR in CNI file",
-                        fields={"CIDR": str(local_ready.subnet), "path": self.settings.cni.path},
-                    )
-            except KiloError as exc:
-                log.warning(
-                    "failed to set CIDR in CNI file", fields={"err": str(exc), "error": str(exc)}
-                )
-        self.peer_names = {
-            str(p.public_key): p.name for p in (plan.wireguard.peers if plan.wireguard else ())
-        }
-        self.graph_input = (tuple(ready), tuple(ready_peer_list))
-        return _Applied(
-            topology=t,
-            wireguard_ip=t.wireguard_cidr if t.leader else None,
-            discovered=dict(discovered),
-            errors=errors,
-        )
-
     # -- the loop -----------------------------------------------------------------------------
 
     async def _round(self, *, check_in: bool, resync: bool) -> None:
@@ -626,9 +264,9 @@ class Agent:
         full = resync or self._full_needed
         self._apply_needed = False
         self._full_needed = False
-        nodes = [n for name, n in self.nodes.items() if name != self.hostname]
-        peers = list(self.peers.values())
-        applied = await asyncio.to_thread(self.apply, nodes, peers, local, full=full)
+        nodes = [n for name, n in self.view.nodes.items() if name != self.hostname]
+        peers = list(self.view.peers.values())
+        applied = await asyncio.to_thread(self.applier.apply, nodes, peers, local, full=full)
         self.applied_local = local
         self._local_was_ready = local.is_ready(now)
         if applied is None:
@@ -677,7 +315,7 @@ class Agent:
                 )
 
     async def _consume(
-        self, informer: Informer, handle: Callable[[Event], None], kind: str
+        self, informer: EventSource, handle: Callable[[Event], None], kind: str
     ) -> None:
         async for event in informer.events():
             try:
@@ -694,7 +332,7 @@ class Agent:
                     },
                 )
 
-    async def run(self, nodes: Informer, peers: Informer, stop: asyncio.Event) -> None:
+    async def run(self, nodes: EventSource, peers: EventSource, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; a fatal backend error propagates."""
         tasks = [
             asyncio.create_task(self._consume(nodes, self.on_node_event, "node"), name="nodes"),
@@ -739,7 +377,7 @@ class Agent:
 
     async def clean_up(self) -> None:
         """Remove what the agent added (§6.8), each step independent of the others."""
-        await asyncio.to_thread(self._clean_up_data_plane)
+        await asyncio.to_thread(self.applier.clean_up)
         try:
             async with asyncio.timeout(API_TIMEOUT):
                 await self.writer.patch(self.hostname, dict.fromkeys(translate.AGENT_ANNOTATIONS))
@@ -752,51 +390,3 @@ class Agent:
                     "error": f"failed to clean up node backend: {str(exc) or type(exc).__name__}",
                 },
             )
-
-    def _clean_up_data_plane(self) -> None:
-        with self._apply_lock:
-            plane = self.plane
-            steps: list[tuple[str, Callable[[], object]]] = [
-                ("iptables rules", plane.iptables.clean_up),
-                ("routes and rules", plane.routes.clean_up),
-            ]
-            if self.settings.wireguard.clean_up_interface:
-                steps.append(
-                    ("the WireGuard interface", lambda: plane.links.delete(self.interface))
-                )
-            else:
-                steps.append(
-                    (
-                        "the WireGuard configuration",
-                        lambda: plane.device.apply(WireGuardConfig(private_key=None, peers=())),
-                    )
-                )
-                steps.append(
-                    ("the WireGuard address", lambda: plane.links.delete_addresses(self.interface))
-                )
-                steps.append(
-                    ("the WireGuard link state", lambda: plane.links.set_up(self.interface, False))
-                )
-            if plane.tunnel is not None:
-                steps.append(("the tunnel", plane.tunnel.clean_up))
-            for what, step in steps:
-                try:
-                    step()
-                except KiloError as exc:
-                    self.metrics.error("cleanUp")
-                    kilo = _KILO_CLEAN_UP_ERRORS.get(what)
-                    error = f"{kilo}: {exc}" if kilo else str(exc)
-                    log.error(f"failed to clean up {what}", fields={"error": error})
-
-
-# Kilo's error texts for the clean-up steps it has, so that queries on them keep matching.
-_KILO_CLEAN_UP_ERRORS = {
-    "iptables rules": "failed to clean up IP tables",
-    "routes and rules": "failed to clean up routes",
-    "the WireGuard interface": "failed to remove WireGuard interface",
-    "the tunnel": "failed to clean up encapsulator",
-}
-
-
-def tunnel_device_name(settings: AgentSettings) -> str:
-    return TUNNEL_NAMES[settings.mesh.compatibility]
