@@ -330,14 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--cni", True, "manage the CNI config"),
         ("--iptables-forward-rules", False, "add ACCEPT rules to FORWARD"),
     ):
-        plan_node.add_argument(
-            flag,
-            type=arguments.go_bool(flag),
-            nargs="?",
-            const=True,
-            default=default_value,
-            metavar="BOOL",
-            help=f"{text}, as the agent's flag (default: {str(default_value).lower()})",
+        arguments.add_go_bool(
+            plan_node, flag, default=default_value, help=f"{text}, as the agent's flag"
         )
     plan_node.add_argument(
         "--service-cidr",
