@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kilo.adapters.netlink import InMemoryRouteTable as FakeRoutes
 from kilo.agent.ports import DataPlane
 from kilo.mesh import translate
 from kilo.mesh.events import Event, EventType
@@ -19,7 +20,6 @@ from tests.agent_harness import (
     NOW,
     OTHER_KEYS,
     PRIVATE_KEY,
-    FakeRoutes,
     Harness,
 )
 
