@@ -72,7 +72,6 @@ class Agent:
         resolver: dns.Resolver = dns.resolve,
     ) -> None:
         self.settings = settings
-        self.host = host
         self.writer = writer
         self.metrics = metrics
         self.clock = clock
@@ -104,6 +103,10 @@ class Agent:
                 "resync period raised to the minimum",
                 fields={"requested": f"{requested:g}s", "used": f"{MIN_RESYNC_PERIOD:g}s"},
             )
+
+    @property
+    def host(self) -> HostFacts:
+        return self.applier.host
 
     @property
     def plane(self) -> DataPlane:

@@ -28,6 +28,7 @@ from kilo.mesh import gosyntax, graph, ip, listing, peerspec, plan, topology, wi
 from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES, Cluster
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
+    DEFAULT_CNI_PATH,
     DEFAULT_PORT,
     DEFAULT_TOPOLOGY_LABEL,
     Compatibility,
@@ -344,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_node.add_argument(
         "--cni-path",
         type=arguments.FILE,
-        default="/etc/cni/net.d/10-kilo.conflist",
+        default=DEFAULT_CNI_PATH,
         help="CNI conflist the agent manages",
     )
     _global_options(plan_node, suppress=True)

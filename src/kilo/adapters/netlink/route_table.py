@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -42,6 +42,8 @@ from kilo.errors import DataPlaneError
 from kilo.mesh import route_sync
 from kilo.mesh.route_sync import RouteKey, RuleKey
 from kilo.mesh.routes import RTPROT_STATIC, Device, Route, Rule, format_route, format_rule
+
+K = TypeVar("K", RouteKey, RuleKey)
 
 _RTN_UNICAST = 1
 _RTNH_F_ONLINK = 0x4
@@ -194,35 +196,15 @@ class RouteTable(Closing):
     # -- kernel changes ------------------------------------------------------------------
 
     def _add_route(self, key: RouteKey, route: Route, index: int) -> None:
-        request: dict[str, Any] = {
-            "family": FAMILY[key.version],
-            "dst": str(key.dst),
-            "oif": index,
-            "table": key.table,
-            "proto": RTPROT_STATIC,
-        }
-        if key.gw is not None:
-            request["gateway"] = str(key.gw)
-        if key.src is not None:
-            request["prefsrc"] = str(key.src)
+        request = _route_request(key, index, proto=RTPROT_STATIC)
         if route.onlink:
             request["flags"] = _RTNH_F_ONLINK
         self._ipr.route("replace", **request)
 
     def _delete_route(self, key: RouteKey, index: int) -> None:
-        request: dict[str, Any] = {
-            "family": FAMILY[key.version],
-            "dst": str(key.dst),
-            "oif": index,
-            "table": key.table,
-            "scope": _RT_SCOPE_NOWHERE,
-        }
+        request = _route_request(key, index, scope=_RT_SCOPE_NOWHERE)
         if key.version == 6:
             request["priority"] = route_sync.DEFAULT_METRIC[6]
-        if key.gw is not None:
-            request["gateway"] = str(key.gw)
-        if key.src is not None:
-            request["prefsrc"] = str(key.src)
         self._ipr.route("del", **request)
 
     def _add_rule(self, key: RuleKey) -> None:
@@ -242,32 +224,46 @@ class RouteTable(Closing):
         """Delete tracked items; untrack each first so that watchers ignore our own deletions."""
         removed = 0
         for rule in rules:
-            with self._lock:
-                self._rules.discard(rule)
-            try:
-                for priority in kernel.rules.get(rule, ()):
+
+            def delete_rule(rule: RuleKey = rule) -> int:
+                priorities = kernel.rules.get(rule, ())
+                for priority in priorities:
                     self._delete_rule(rule, priority)
-                    removed += 1
-            except (NetlinkError, OSError) as exc:
-                if not _gone(exc):
-                    with self._lock:
-                        self._rules.add(rule)
-                    failures.append(f"cannot delete rule {rule}: {reason(exc)}")
+                return len(priorities)
+
+            removed += self._untrack(self._rules, rule, delete_rule, failures, "rule")
         for route in routes:
-            with self._lock:
-                self._routes.discard(route)
-            index = kernel.indexes.get(route.dev)
-            if index is None:
-                continue  # the interface went away, and its routes with it
-            try:
+
+            def delete_route(route: RouteKey = route) -> int:
+                index = kernel.indexes.get(route.dev)
+                if index is None:
+                    return 0  # the interface went away, and its routes with it
                 self._delete_route(route, index)
-                removed += 1
-            except (NetlinkError, OSError) as exc:
-                if not _gone(exc):
-                    with self._lock:
-                        self._routes.add(route)
-                    failures.append(f"cannot delete route {route}: {reason(exc)}")
+                return 1
+
+            removed += self._untrack(self._routes, route, delete_route, failures, "route")
         return removed
+
+    def _untrack(
+        self,
+        tracked: set[K],
+        key: K,
+        delete: Callable[[], int],
+        failures: list[str],
+        what: str,
+    ) -> int:
+        """Untrack ``key``, then ``delete`` it (returning how many kernel items went); on
+        failure track it again, unless it is gone already."""
+        with self._lock:
+            tracked.discard(key)
+        try:
+            return delete()
+        except (NetlinkError, OSError) as exc:
+            if not _gone(exc):
+                with self._lock:
+                    tracked.add(key)
+                failures.append(f"cannot delete {what} {key}: {reason(exc)}")
+            return 0
 
     def _listing(self) -> _Kernel:
         kernel = _Kernel(self._ipr)
@@ -438,6 +434,22 @@ class RouteTable(Closing):
             watcher.stop()
         self._watchers.clear()
         self._ipr.close()
+
+
+def _route_request(key: RouteKey, index: int, **extra: Any) -> dict[str, Any]:
+    """The attributes that name the route ``key`` on the interface ``index``."""
+    request: dict[str, Any] = {
+        "family": FAMILY[key.version],
+        "dst": str(key.dst),
+        "oif": index,
+        "table": key.table,
+        **extra,
+    }
+    if key.gw is not None:
+        request["gateway"] = str(key.gw)
+    if key.src is not None:
+        request["prefsrc"] = str(key.src)
+    return request
 
 
 def _rule_request(key: RuleKey) -> dict[str, Any]:
