@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kilo.adapters import keyfile
-from kilo.cli import connect, kgctl, logs
+from kilo.cli import commands, connect, kgctl, logs
 from kilo.cli.connect import connection as connect_connection
 from kilo.errors import ConfigError, DataPlaneError
 from kilo.mesh import wireguard
@@ -61,7 +61,7 @@ def test_kilos_flags_and_defaults() -> None:
     assert args.persistent_keepalive == 10
     assert args.log_level == "info"
     assert args.port == 51820
-    assert args.run is kgctl._run_connect
+    assert args.run is commands.run_connect
 
 
 def test_flags_with_kilos_syntax() -> None:
