@@ -19,11 +19,9 @@ import pytest
 
 from kilo.adapters.netlink import InMemoryRouteTable, RouteTable
 from kilo.errors import DataPlaneError
-from kilo.mesh.model import Granularity
 from kilo.mesh.route_sync import RouteKey
-from kilo.mesh.routes import Device, EncapsulationPolicy, Route, Rule, plan_routes
-from kilo.mesh.topology import build_topology
-from tests.examples import KILO_SUBNET, PRIVATE_KEYS, reference_cluster
+from kilo.mesh.routes import Device
+from tests.examples import alpha_plan
 
 INTERFACES = ("ens4", "kilo0", "tunl0")
 DEVICES = {Device.KILO: "kilo0", Device.PRIVATE: "ens4", Device.TUNNEL: "tunl0"}
@@ -33,20 +31,6 @@ EVENT_TIMEOUT = 10.0
 def ip(netns: str, *argv: str) -> None:
     result = subprocess.run(["ip", "-n", netns, *argv], capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"ip {' '.join(argv)}: {result.stderr}"
-
-
-def alpha_plan() -> tuple[tuple[Route, ...], tuple[Rule, ...]]:
-    """The routes and rules of the leader alpha in the reference cluster (9 in all)."""
-    nodes, peers = reference_cluster()
-    t = build_topology(
-        nodes,
-        peers,
-        granularity=Granularity.LOCATION,
-        hostname="alpha",
-        subnet=KILO_SUBNET,
-        key=PRIVATE_KEYS["alpha"],
-    )
-    return plan_routes(t, policy=EncapsulationPolicy())
 
 
 @dataclass

@@ -10,6 +10,7 @@ unit tests, held to the same contract, is :class:`~kilo.adapters.netlink.memory.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import threading
@@ -224,25 +225,44 @@ class RouteTable(Closing):
         """Delete tracked items; untrack each first so that watchers ignore our own deletions."""
         removed = 0
         for rule in rules:
-
-            def delete_rule(rule: RuleKey = rule) -> int:
-                priorities = kernel.rules.get(rule, ())
-                for priority in priorities:
-                    self._delete_rule(rule, priority)
-                return len(priorities)
-
+            delete_rule = functools.partial(self._delete_rules, rule, kernel)
             removed += self._untrack(self._rules, rule, delete_rule, failures, "rule")
         for route in routes:
-
-            def delete_route(route: RouteKey = route) -> int:
-                index = kernel.indexes.get(route.dev)
-                if index is None:
-                    return 0  # the interface went away, and its routes with it
-                self._delete_route(route, index)
-                return 1
-
+            delete_route = functools.partial(self._delete_listed_route, route, kernel)
             removed += self._untrack(self._routes, route, delete_route, failures, "route")
         return removed
+
+    def _delete_rules(self, key: RuleKey, kernel: _Kernel) -> int:
+        """Delete every kernel rule of ``key`` (one per priority it holds)."""
+        priorities = kernel.rules.get(key, ())
+        for priority in priorities:
+            self._delete_rule(key, priority)
+        return len(priorities)
+
+    def _delete_listed_route(self, key: RouteKey, kernel: _Kernel) -> int:
+        index = kernel.indexes.get(key.dev)
+        if index is None:
+            return 0  # the interface went away, and its routes with it
+        self._delete_route(key, index)
+        return 1
+
+    def _track_added(
+        self,
+        tracked: set[K],
+        key: K,
+        add: Callable[[], None],
+        failures: list[str],
+        what: str,
+    ) -> int:
+        """``add`` the item ``key`` to the kernel, then track it; 1 if it was added."""
+        try:
+            add()
+        except (NetlinkError, OSError) as exc:
+            failures.append(f"cannot add {what}: {reason(exc)}")
+            return 0
+        with self._lock:
+            tracked.add(key)
+        return 1
 
     def _untrack(
         self,
@@ -339,24 +359,14 @@ class RouteTable(Closing):
                     f"route {format_route(route, devices)}: interface {key.dev} does not exist"
                 )
                 continue
-            try:
-                self._add_route(key, route, index)
-            except (NetlinkError, OSError) as exc:
-                failures.append(f"cannot add route {format_route(route, devices)}: {reason(exc)}")
-                continue
-            with self._lock:
-                self._routes.add(key)
-            added += 1
+            add_route = functools.partial(self._add_route, key, route, index)
+            what = f"route {format_route(route, devices)}"
+            added += self._track_added(self._routes, key, add_route, failures, what)
         rule_of = dict(planned_rules)
         for rule_key in rule_changes.add:
-            try:
-                self._add_rule(rule_key)
-            except (NetlinkError, OSError) as exc:
-                failures.append(f"cannot add rule {format_rule(rule_of[rule_key])}: {reason(exc)}")
-                continue
-            with self._lock:
-                self._rules.add(rule_key)
-            added += 1
+            add_rule = functools.partial(self._add_rule, rule_key)
+            what = f"rule {format_rule(rule_of[rule_key])}"
+            added += self._track_added(self._rules, rule_key, add_rule, failures, what)
         self._save_collecting(*self._tracked(), failures)
         if failures:
             raise DataPlaneError(summary(failures))
