@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from kilo.adapters.kubernetes import Event, EventType
-from kilo.agent.mesh import DataPlane
+from kilo.adapters.netlink import InMemoryRouteTable as FakeRoutes
+from kilo.agent.ports import DataPlane
 from kilo.mesh import translate
+from kilo.mesh.events import Event, EventType
 from kilo.sandbox import kubelet
 from tests.agent_harness import (
     NOW,
     OTHER_KEYS,
     PRIVATE_KEY,
-    FakeRoutes,
     Harness,
 )
 
@@ -312,7 +312,7 @@ def test_an_event_that_cannot_be_handled_is_logged_and_the_agent_goes_on(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        running = asyncio.create_task(h.agent.run(nodes, peers, stop))  # type: ignore[arg-type]
+        running = asyncio.create_task(h.agent.run(nodes, peers, stop))
         await nodes.done.wait()
         stop.set()
         await running  # returns: the broken object did not stop the agent
