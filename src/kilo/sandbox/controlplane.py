@@ -213,11 +213,13 @@ class ControlPlane:
         advertise_address: str | None = None,
         server_host: str = "127.0.0.1",
         extra_sans: tuple[str, ...] = (),
+        service_cidr: str = SERVICE_CIDR,
     ) -> None:
         """``server_host`` is the address this process uses to reach the API server (the
         ``server`` of ``admin_kubeconfig``); ``extra_sans`` are further IP addresses or DNS
         names the serving certificate is valid for; with ``netns`` both processes run in
-        that network namespace."""
+        that network namespace; ``service_cidr`` is the Services' range (a second cluster
+        beside the first needs one of its own)."""
         self.binaries = binaries
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kilo-controlplane-"))
@@ -225,6 +227,7 @@ class ControlPlane:
         self.bind_address = bind_address
         self.advertise_address = advertise_address or bind_address
         self.extra_sans = extra_sans
+        self.service_cidr = service_cidr
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
         self.port = free_port()
@@ -247,7 +250,8 @@ class ControlPlane:
         self.pki.mkdir(parents=True, exist_ok=True)
         self._write("ca.crt", pem_cert(self.ca.cert), 0o644)
         names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
-        ips = ["127.0.0.1", "10.96.0.1"]
+        # The kubernetes Service's address: the first of the Services' range.
+        ips = ["127.0.0.1", str(ipaddress.ip_network(self.service_cidr)[1])]
         for san in (self.advertise_address, *self.extra_sans):
             try:
                 ipaddress.ip_address(san)
@@ -380,7 +384,7 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--authorization-mode=RBAC",
                 "--enable-priority-and-fairness=false",
                 "--watch-cache=true",

@@ -61,6 +61,7 @@ from lightkube.resources.core_v1 import Node, ServiceAccount
 from kilo.errors import SandboxError
 from kilo.sandbox import kubelet, podman, prerequisites
 from kilo.sandbox.controlplane import (
+    SERVICE_CIDR,
     AttachedControlPlane,
     Attachment,
     ControlPlane,
@@ -112,6 +113,37 @@ KILO_CNI_TEMPLATE: dict[str, Any] = {
     ],
 }
 
+
+@dataclass(frozen=True)
+class Cluster:
+    """One Kubernetes cluster of the testbed: its own etcd + kube-apiserver (both in ``cp``,
+    on their own ports) and ranges that overlap no other cluster's, as Kilo's multi-cluster
+    recipe requires: the pod CIDRs the nodes' /24s are cut from, the Services' range and the
+    WireGuard subnet its agents get (``kg --subnet``)."""
+
+    name: str
+    pod_cidrs: ipaddress.IPv4Network
+    service_cidr: ipaddress.IPv4Network
+    wireguard_cidr: ipaddress.IPv4Network
+
+
+# The first is what a one-cluster testbed always was (Kilo's default WireGuard subnet); the
+# second follows upstream's e2e/multi-cluster.sh in moving every range aside.
+CLUSTERS = (
+    Cluster(
+        name="cluster1",
+        pod_cidrs=POD_CIDRS,
+        service_cidr=ipaddress.IPv4Network(SERVICE_CIDR),
+        wireguard_cidr=ipaddress.IPv4Network("10.4.0.0/16"),
+    ),
+    Cluster(
+        name="cluster2",
+        pod_cidrs=ipaddress.IPv4Network("10.44.0.0/16"),
+        service_cidr=ipaddress.IPv4Network("10.112.0.0/12"),
+        wireguard_cidr=ipaddress.IPv4Network("10.5.0.0/16"),
+    ),
+)
+
 T = TypeVar("T")
 _SIGTERM = signal.SIGTERM
 _SIGKILL = signal.SIGKILL
@@ -146,7 +178,8 @@ class Location:
     WireGuard itself, as by default: only on a kernel with the module). With ``subnets``
     above 1 the LAN's /24 is cut into that many equal subnets, node ``i`` in subnet
     ``(i - 1) % subnets``, all on the one link (a route for the whole /24 on it stands for
-    the cloud's router), for ``--encapsulate=crosssubnet``."""
+    the cloud's router), for ``--encapsulate=crosssubnet``. ``cluster`` is the index in
+    :data:`CLUSTERS` of the cluster its nodes join."""
 
     name: str
     nodes: int = 2
@@ -154,6 +187,7 @@ class Location:
     annotations: Mapping[str, str] = field(default_factory=dict)
     wireguard: str = "userspace"
     subnets: int = 1
+    cluster: int = 0
 
 
 @dataclass(eq=False)
@@ -168,6 +202,7 @@ class Machine:
     wan_ip: str | None = None
     pod_cidr: str | None = None
     userspace: bool = True  # the holder runs wireguard-go (else kg creates kernel WireGuard)
+    cluster: int = 0  # index in CLUSTERS
 
     @property
     def pid(self) -> int:
@@ -468,6 +503,14 @@ class Testbed:
                     f"location {loc.name}: 1, 2 or 4 subnets (a NATed site has one), "
                     f"not {loc.subnets}"
                 )
+        used = sorted({loc.cluster for loc in locations})
+        if used != list(range(len(used))) or len(used) > len(CLUSTERS):
+            raise TestbedError(
+                f"location clusters {used}: want 0 to {len(CLUSTERS) - 1}, none skipped"
+            )
+        if attached_plane is not None and len(used) > 1:
+            raise TestbedError("an attached control plane serves one cluster only")
+        self.clusters = list(CLUSTERS[: max(1, len(used))])
         self.locations = list(locations)
         self.binaries = binaries
         self.attached_plane = attached_plane
@@ -483,7 +526,8 @@ class Testbed:
         self.laptops: dict[str, Machine] = {}
         self.pods: dict[str, Pod] = {}
         self.gateways: dict[str, str] = {}  # NAT location -> gateway wan IP
-        self.plane: ControlPlane | None = None
+        self.plane: ControlPlane | None = None  # cluster 0's, as in a one-cluster testbed
+        self.planes: list[ControlPlane] = []  # one a cluster, in CLUSTERS order
         self._attachment: Attachment | None = (
             None if attached_plane is None else Attachment.load(attached_plane)
         )
@@ -495,14 +539,14 @@ class Testbed:
         self._agents: dict[str, subprocess.Popen[bytes]] = {}
         self._containers: dict[str, str] = {}  # node -> the podman container of its kg
         self._processes: list[subprocess.Popen[bytes]] = []  # servers and the like
-        self._client: Client | None = None
+        self._clients: dict[int, Client] = {}
         self._conflists: dict[str, Mapping[str, Any]] = {}  # pod -> the conflist of its ADD
         self._plane_error: BaseException | None = None
         self._veths = 0
         self._wan_hosts = {"node": 10, "gateway": 100, "laptop": 200}
         self._started = False
         self._claimed = False  # from here on, close() has something to remove
-        self._plane_thread: threading.Thread | None = None
+        self._plane_threads: list[threading.Thread] = []
 
     @staticmethod
     def _new_prefix() -> str:
@@ -533,7 +577,7 @@ class Testbed:
             self._check_host()
             self._claim()
             self._build_internet()
-            self._plane_thread = self._start_control_plane()
+            self._start_control_planes()
             for index, location in enumerate(self.locations):
                 self._build_location(index, location)
             self._write_hosts_file()
@@ -542,7 +586,8 @@ class Testbed:
             for node in self.nodes.values():
                 self._await_holder(node)
                 self.write_cni_config(node.name, KILO_CNI_TEMPLATE)
-            self._plane_thread.join()
+            for thread in self._plane_threads:
+                thread.join()
             if self._plane_error is not None:
                 raise TestbedError(
                     f"testbed {self.prefix}: the control plane did not start: {self._plane_error}"
@@ -582,13 +627,13 @@ class Testbed:
         for machine in [*self.laptops.values(), *self.nodes.values()]:
             if machine.process is not None:
                 _terminate(machine.process, 5)
-        if self.plane is not None:
-            self.plane.stop()
-            if self._plane_thread is not None:
-                # A start still under way ends once its processes are gone; then nothing
-                # it started late can survive.
-                self._plane_thread.join(150)
-                self.plane.stop()
+        for plane in self.planes:
+            plane.stop()
+        for plane, thread in zip(self.planes, self._plane_threads, strict=False):
+            # A start still under way ends once its processes are gone; then nothing it
+            # started late can survive.
+            thread.join(150)
+            plane.stop()
         ours = run_namespaces(self.prefix)
         namespaces = list(dict.fromkeys([*reversed(self._namespaces), *ours]))
         left = remove_namespaces(namespaces, self.host_link)
@@ -704,35 +749,44 @@ class Testbed:
         self._sysctl(inet, "net.ipv4.ip_forward", "1")
         self._attach_wan(self._roles["cp"], "cp", CP_WAN)
 
-    def _start_control_plane(self) -> threading.Thread:
-        """etcd + kube-apiserver in ``cp``, started while the rest of the network is built
-        (or, attached, the forwarding to them and a wait until they answer)."""
+    def _start_control_planes(self) -> None:
+        """etcd + kube-apiserver of each cluster in ``cp`` (each on ports of its own),
+        started while the rest of the network is built (or, attached, the forwarding to
+        them and a wait until they answer)."""
         if self.attached_plane is not None:
-            self.plane = AttachedControlPlane(
+            attached = AttachedControlPlane(
                 self.attached_plane, workdir=self.workdir / "controlplane", server_host=self.cp_ip
             )
-            self._forward_to_attached_plane(self.plane.attachment)
+            self._forward_to_attached_plane(attached.attachment)
+            self.planes.append(attached)
         else:
-            self.plane = ControlPlane(
-                self.binaries or build_binaries(),
-                workdir=self.workdir / "controlplane",
-                netns=self._roles["cp"],
-                bind_address="0.0.0.0",
-                advertise_address=CP_WAN,
-                server_host=self.cp_ip,
-                extra_sans=(self.cp_ip,),
-            )
-        plane = self.plane
+            binaries = self.binaries or build_binaries()
+            for index, cluster in enumerate(self.clusters):
+                self.planes.append(
+                    ControlPlane(
+                        binaries,
+                        # The first cluster's directory keeps its one-cluster name.
+                        workdir=self.workdir / ("controlplane" if index == 0 else cluster.name),
+                        netns=self._roles["cp"],
+                        bind_address="0.0.0.0",
+                        advertise_address=CP_WAN,
+                        server_host=self.cp_ip,
+                        extra_sans=(self.cp_ip,),
+                        service_cidr=str(cluster.service_cidr),
+                    )
+                )
+        self.plane = self.planes[0]
+        for plane in self.planes:
 
-        def start() -> None:
-            try:
-                plane.start()
-            except BaseException as exc:
-                self._plane_error = exc
+            def start(plane: ControlPlane = plane) -> None:
+                try:
+                    plane.start()
+                except BaseException as exc:
+                    self._plane_error = exc
 
-        thread = threading.Thread(target=start, name=f"{self.prefix}-controlplane", daemon=True)
-        thread.start()
-        return thread
+            thread = threading.Thread(target=start, name=f"{self.prefix}-controlplane", daemon=True)
+            thread.start()
+            self._plane_threads.append(thread)
 
     def _forward_to_attached_plane(self, attachment: Attachment) -> None:
         """Move the attachment's NIC into ``cp`` and forward the API server's port on
@@ -805,7 +859,9 @@ class Testbed:
                 self._ip(netns, "route", "add", "default", "via", ROUTER)
             else:
                 self._ip(netns, "route", "add", "default", "via", gateway)
-            pod_cidr = list(POD_CIDRS.subnets(new_prefix=24))[len(self.nodes)]
+            cluster = self.clusters[location.cluster]
+            taken = sum(1 for n in self.nodes.values() if n.cluster == location.cluster)
+            pod_cidr = list(cluster.pod_cidrs.subnets(new_prefix=24))[taken]
             self.nodes[name] = Machine(
                 name=name,
                 netns=netns,
@@ -814,6 +870,7 @@ class Testbed:
                 wan_ip=wan_ip,
                 pod_cidr=str(pod_cidr),
                 userspace=location.wireguard == "userspace",
+                cluster=location.cluster,
             )
 
     def _write_hosts_file(self) -> None:
@@ -881,9 +938,13 @@ class Testbed:
     # --- Kubernetes ---
 
     def _populate_api(self) -> None:
-        assert self.plane is not None
-        client = self.api()
-        self._apply(MANIFESTS / "crds.yaml")
+        for index in range(len(self.clusters)):
+            self._populate_cluster(index)
+
+    def _populate_cluster(self, index: int) -> None:
+        plane = self.planes[index]
+        client = self.api(index)
+        self._apply(MANIFESTS / "crds.yaml", index)
 
         def established() -> bool:
             crd = client.get(CustomResourceDefinition, "peers.kilo.squat.ai")
@@ -891,7 +952,7 @@ class Testbed:
             return any(c.type == "Established" and c.status == "True" for c in conditions)
 
         wait_for(established, timeout=30, message="the Peer CRD is not established")
-        self._apply(MANIFESTS / "rbac.yaml")
+        self._apply(MANIFESTS / "rbac.yaml", index)
         # The nodes use the shipped role through its service account, as a DaemonSet would.
         request = from_dict(
             ServiceAccount.Token,
@@ -901,15 +962,15 @@ class Testbed:
             },
         )
         token = client.create(request, "kilo", namespace="kube-system")
-        self.plane.write_kubeconfig(
-            self.node_kubeconfig,
-            "kilo",
-            token=token.status.token,
-            server=f"https://{CP_WAN}:{self.plane.port}",
+        path = self.node_kubeconfig_of(index)
+        plane.write_kubeconfig(
+            path, "kilo", token=token.status.token, server=f"https://{CP_WAN}:{plane.port}"
         )
-        self.node_kubeconfig.chmod(0o644)
+        path.chmod(0o644)
         by_name = {loc.name: loc for loc in self.locations}
         for node in self.nodes.values():
+            if node.cluster != index:
+                continue
             assert node.location is not None and node.lan_ip is not None
             # As a kubelet registers it (and the controllers fill it in): labels,
             # annotations and a status besides Kilo's, as Kilo meets Nodes in a cluster.
@@ -923,10 +984,10 @@ class Testbed:
             )
             client.create(from_dict(Node, obj), field_manager=kubelet.FIELD_MANAGER)
 
-    def _apply(self, path: Path) -> None:
+    def _apply(self, path: Path, cluster: int = 0) -> None:
         for obj in load_all_yaml(path.read_text()):
             try:
-                self.api().create(obj)
+                self.api(cluster).create(obj)
             except ApiError as exc:
                 if exc.status.code != 409:
                     raise
@@ -943,18 +1004,31 @@ class Testbed:
             raise TestbedError(f"testbed {self.prefix} has no control plane yet")
         return self.plane.port
 
-    def close_client(self) -> None:
-        """Close the admin client (and its connections) and nothing else."""
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-            self._client = None
+    def admin_kubeconfig_of(self, cluster: int) -> Path:
+        """The admin kubeconfig of cluster ``cluster`` (an index in :attr:`clusters`)."""
+        if cluster >= len(self.planes):
+            raise TestbedError(f"testbed {self.prefix} has no control plane {cluster} (yet)")
+        return self.planes[cluster].admin_kubeconfig
 
-    def api(self) -> Client:
-        """An admin client for the test process (through the host<->cp link)."""
-        if self._client is None:
-            self._client = Client(KubeConfig.from_file(str(self.admin_kubeconfig)), trust_env=False)
-        return self._client
+    def node_kubeconfig_of(self, cluster: int) -> Path:
+        """The kubeconfig the nodes of ``cluster`` give ``kg`` (Kilo's service account)."""
+        if cluster == 0:
+            return self.node_kubeconfig
+        return self.workdir / f"node.{self.clusters[cluster].name}.kubeconfig"
+
+    def close_client(self) -> None:
+        """Close the admin clients (and their connections) and nothing else."""
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                client.close()
+        self._clients.clear()
+
+    def api(self, cluster: int = 0) -> Client:
+        """An admin client of ``cluster`` for the test process (through the host<->cp link)."""
+        if cluster not in self._clients:
+            config = KubeConfig.from_file(str(self.admin_kubeconfig_of(cluster)))
+            self._clients[cluster] = Client(config, trust_env=False)
+        return self._clients[cluster]
 
     def node_annotations(self, name: str) -> dict[str, str]:
         node = self.api().get(Node, name)
@@ -1280,10 +1354,13 @@ class Testbed:
         running = self._agents.get(node)
         if running is not None and running.poll() is None:
             raise TestbedError(f"node {node}: the agent is already running (pid {running.pid})")
-        kubeconfig = str(self.node_kubeconfig) if image is None else IMAGE_KUBECONFIG
+        kubeconfig = str(self.node_kubeconfig_of(machine.cluster))
+        cluster = self.clusters[machine.cluster]
         args = [
             f"--hostname={node}",
-            f"--kubeconfig={kubeconfig}",
+            f"--kubeconfig={kubeconfig if image is None else IMAGE_KUBECONFIG}",
+            # Kilo's default subnet is the first cluster's; the others move theirs aside.
+            *([f"--subnet={cluster.wireguard_cidr}"] if machine.cluster else []),
             *(["--create-interface=false"] if machine.userspace else []),
             *([f"--encapsulate={self.encapsulate}"] if self.encapsulate is not None else []),
             f"--mesh-granularity={granularity}",
@@ -1333,7 +1410,11 @@ class Testbed:
         mounts = [podman.Mount(source=d, target=d) for d in ("/var/lib/kilo", "/etc/cni/net.d")]
         mounts += [
             podman.Mount(source="/var/run/wireguard", target="/var/run/wireguard"),
-            podman.Mount(source=str(self.node_kubeconfig), target=IMAGE_KUBECONFIG, read_only=True),
+            podman.Mount(
+                source=str(self.node_kubeconfig_of(machine.cluster)),
+                target=IMAGE_KUBECONFIG,
+                read_only=True,
+            ),
             podman.Mount(source=str(lock), target="/run/xtables.lock"),
         ]
         return podman.Container(

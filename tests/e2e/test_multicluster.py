@@ -1,0 +1,215 @@
+"""Two clusters joined as Kilo documents it (docs/multi-cluster-services.md): real packets.
+
+One testbed, two control planes (``cluster1``: aws and a NATed office; ``cluster2``: gcp and
+a NATed home; pod, Service and WireGuard ranges all apart), one ``kg`` per node. Kilo's
+recipe registers every node of each cluster as a Peer of the other with ``kgctl showconf node
+N --as-peer -o yaml --allowed-ips <the cluster's Service CIDR>``; here the Peers are written
+by lightkube's server-side apply (what ``kubectl apply --server-side`` does; there is no
+kubectl here). The tests share the testbed and run in file order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lightkube.codecs import from_dict
+from lightkube.resources.core_v1 import Endpoints, Service
+
+from kilo.adapters.kubernetes import RESOURCES
+from kilo.mesh import translate
+from kilo.sandbox import testbed
+from kilo.sandbox.testbed import Location, Testbed
+
+KEEPALIVE = translate.PERSISTENT_KEEPALIVE
+LOCATIONS = [
+    Location("aws", nodes=2),
+    Location("office", nodes=1, nat=True, annotations={KEEPALIVE: "5"}),
+    Location("gcp", nodes=2, cluster=1),
+    Location("home", nodes=1, nat=True, annotations={KEEPALIVE: "5"}, cluster=1),
+]
+CONVERGE = 60.0
+Peer = RESOURCES["peers"]
+# Each NATed site reaches the other cluster through its public leaders; two NATed sites
+# have no endpoint either can reach (the same holds for two NATed locations of one Kilo
+# cluster), so that pair is the one the recipe cannot join.
+NAT_PAIR = {"pod-office-1", "pod-home-1"}
+
+
+def kgctl(bed: Testbed, cluster: int, *args: str) -> subprocess.CompletedProcess[str]:
+    kubeconfig = bed.admin_kubeconfig_of(cluster)
+    return subprocess.run(
+        [sys.executable, "-m", "kilo.cli.kgctl", f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def wait_for(predicate: Any, message: str, timeout: float = CONVERGE) -> Any:
+    return testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
+
+
+def cluster_pods(bed: Testbed, cluster: int) -> dict[str, str]:
+    return {
+        name: pod.ip for name, pod in bed.pods.items() if bed.nodes[pod.node].cluster == cluster
+    }
+
+
+def run_recipe(bed: Testbed, source: int, target: int) -> list[str]:
+    """Kilo's loop: every node of ``source`` as a Peer of ``target``; the Peers applied.
+    Non-leaders print nothing (kgctl says on stderr that they lead no segment)."""
+    service_cidr = str(bed.clusters[source].service_cidr)
+    applied = []
+    for name, node in bed.nodes.items():
+        if node.cluster != source:
+            continue
+        out = kgctl(
+            bed, source, "showconf", "node", name, "--as-peer", "-o", "yaml",
+            "--allowed-ips", service_cidr,
+        ).stdout  # fmt: skip
+        if not out.strip():
+            continue
+        peer = from_dict(yaml.safe_load(out))
+        bed.api(target).apply(peer, field_manager="kilo-e2e-recipe", force=True)
+        applied.append(name)
+    return applied
+
+
+def restart_agents(bed: Testbed, granularity: str) -> None:
+    for node in bed.nodes:
+        if bed.agent(node) is not None:
+            bed.stop_agent(node)
+        bed.start_agent(node, granularity=granularity)
+
+
+@pytest.fixture(scope="module")
+def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
+    testbed.cleanup_stale()
+    with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
+        for node in built.nodes:
+            built.start_agent(node)
+        try:
+            for node in built.nodes:
+                built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
+            yield built
+        except BaseException:
+            for node in built.nodes:
+                sys.stderr.write(f"--- {node}\n{built.agent_log(node)[-3000:]}\n")
+            raise
+
+
+def assert_clusters_joined(bed: Testbed) -> None:
+    one, two = cluster_pods(bed, 0), cluster_pods(bed, 1)
+    for (a, a_ip), (b, b_ip) in itertools.product(one.items(), two.items()):
+        if {a, b} == NAT_PAIR:
+            continue
+        for src, dst, ip in ((a, b, b_ip), (b, a, a_ip)):
+            wait_for(
+                lambda src=src, ip=ip: bed.ping(bed.pods[src].netns, ip, count=1, timeout=1),
+                f"{src} does not reach {dst} ({ip})",
+            )
+
+
+def test_the_two_clusters_are_apart(bed: Testbed) -> None:
+    one, two = bed.clusters
+    for a, b in itertools.product(
+        (one.pod_cidrs, one.service_cidr, one.wireguard_cidr),
+        (two.pod_cidrs, two.service_cidr, two.wireguard_cidr),
+    ):
+        assert not a.overlaps(b), (a, b)
+    wireguard_ip = bed.node_annotations("aws-1")[translate.WIREGUARD_IP]
+    assert wireguard_ip.startswith("10.4.")
+    gcp = bed.api(1).get(RESOURCES["nodes"], "gcp-1")
+    assert gcp.metadata.annotations[translate.WIREGUARD_IP].startswith("10.5.")
+
+
+def test_kilo_recipe_joins_every_pod_location_granularity(bed: Testbed) -> None:
+    wait_for(
+        lambda: bed.node_annotations("office-1").get(translate.WIREGUARD_IP),
+        "cluster1's leaders did not publish their WireGuard IPs",
+    )
+    assert sorted(run_recipe(bed, 0, 1)) == ["aws-1", "office-1"]
+    assert sorted(run_recipe(bed, 1, 0)) == ["gcp-1", "home-1"]
+    assert_clusters_joined(bed)
+
+
+def test_a_mirrored_service_reaches_a_backend_in_the_other_cluster(bed: Testbed) -> None:
+    """Kilo's multi-cluster Services: in cluster1 a Service without a selector and
+    hand-written Endpoints naming a pod of cluster2. No kube-proxy runs here, so the test
+    writes on the client's node the DNAT a kube-proxy in iptables mode would write for that
+    Service IP (KUBE-SERVICES -> KUBE-SEP -> DNAT, collapsed to the one rule)."""
+    backend = bed.pods["pod-gcp-2"]
+    port = 8080
+    service = bed.api(0).create(
+        from_dict(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "mirrored", "namespace": "default"},
+                "spec": {"ports": [{"port": port, "protocol": "TCP"}]},
+            }
+        )
+    )
+    assert isinstance(service, Service)
+    bed.api(0).create(
+        from_dict(
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": "mirrored", "namespace": "default"},
+                "subsets": [{"addresses": [{"ip": backend.ip}], "ports": [{"port": port}]}],
+            }
+        )
+    )
+    # What a controller would write today besides the Endpoints (kube-proxy reads these).
+    bed.api(0).create(
+        from_dict(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "mirrored-remote",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "mirrored"},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [backend.ip]}],
+                "ports": [{"port": port, "protocol": "TCP"}],
+            }
+        )
+    )
+    endpoints = bed.api(0).get(Endpoints, "mirrored", namespace="default")
+    assert endpoints.subsets[0].addresses[0].ip == backend.ip
+    cluster_ip = service.spec.clusterIP
+    assert ipaddress.ip_address(cluster_ip) in bed.clusters[0].service_cidr
+    client = "aws-2"  # a non-leader: the packets also cross the location to its leader
+    bed.run(
+        client, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", f"{cluster_ip}/32",
+        "-p", "tcp", "--dport", str(port), "-j", "DNAT",
+        "--to-destination", f"{endpoints.subsets[0].addresses[0].ip}:{port}",
+    )  # fmt: skip
+    echo = bed.tcp_exchange(f"pod-{client}", "pod-gcp-2", cluster_ip, port, payload="mirrored")
+    assert echo.reply == "mirrored"
+    # The backend sees the client pod itself: nothing masqueraded between the clusters.
+    assert echo.peer == bed.pods[f"pod-{client}"].ip
+
+
+def test_kilo_recipe_joins_every_pod_full_granularity(bed: Testbed) -> None:
+    restart_agents(bed, "full")
+    wait_for(
+        lambda: bed.node_annotations("aws-2").get(translate.WIREGUARD_IP),
+        "aws-2 did not become a segment of its own",
+    )
+    # In a full mesh every node leads its own segment, so the loop now writes every node.
+    assert len(run_recipe(bed, 0, 1)) == 3
+    assert len(run_recipe(bed, 1, 0)) == 3
+    assert_clusters_joined(bed)
