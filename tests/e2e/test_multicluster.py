@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from lightkube.codecs import from_dict
-from lightkube.resources.core_v1 import Endpoints, Service
+from lightkube.resources.core_v1 import Endpoints, Node, Service
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
@@ -128,7 +128,8 @@ def test_the_two_clusters_are_apart(bed: Testbed) -> None:
         assert not a.overlaps(b), (a, b)
     wireguard_ip = bed.node_annotations("aws-1")[translate.WIREGUARD_IP]
     assert wireguard_ip.startswith("10.4.")
-    gcp = bed.api(1).get(RESOURCES["nodes"], "gcp-1")
+    gcp = bed.api(1).get(Node, "gcp-1")
+    assert gcp.metadata is not None and gcp.metadata.annotations is not None
     assert gcp.metadata.annotations[translate.WIREGUARD_IP].startswith("10.5.")
 
 
