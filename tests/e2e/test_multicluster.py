@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Endpoints, Node, Service
 
 from kilo.adapters.kubernetes import RESOURCES
-from kilo.mesh import translate
+from kilo.mesh import multicluster, translate
 from kilo.sandbox import testbed
 from kilo.sandbox.testbed import Location, Testbed
 
@@ -32,7 +34,7 @@ KEEPALIVE = translate.PERSISTENT_KEEPALIVE
 LOCATIONS = [
     Location("aws", nodes=2),
     Location("office", nodes=1, nat=True, annotations={KEEPALIVE: "5"}),
-    Location("gcp", nodes=2, cluster=1),
+    Location("gcp", nodes=3, cluster=1),
     Location("home", nodes=1, nat=True, annotations={KEEPALIVE: "5"}, cluster=1),
 ]
 CONVERGE = 60.0
@@ -41,6 +43,9 @@ Peer = RESOURCES["peers"]
 # have no endpoint either can reach (the same holds for two NATed locations of one Kilo
 # cluster), so that pair is the one the recipe cannot join.
 NAT_PAIR = {"pod-office-1", "pod-home-1"}
+BYSTANDER_KEY = "GY5aT1N9dTR/nJnT1N2f4ClZWVj0jOAld0r8ysWLyjg="
+# Registered (as by its kubelet) but without Kilo until the link's tests start its agent.
+LATE = "gcp-3"
 
 
 def kgctl(bed: Testbed, cluster: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -70,8 +75,8 @@ def run_recipe(bed: Testbed, source: int, target: int) -> list[str]:
     service_cidr = str(bed.clusters[source].service_cidr)
     applied = []
     for name, node in bed.nodes.items():
-        if node.cluster != source:
-            continue
+        if node.cluster != source or bed.agent(name) is None:
+            continue  # not a Kilo node (yet): kgctl would not find it
         out = kgctl(
             bed, source, "showconf", "node", name, "--as-peer", "-o", "yaml",
             "--allowed-ips", service_cidr,
@@ -86,6 +91,8 @@ def run_recipe(bed: Testbed, source: int, target: int) -> list[str]:
 
 def restart_agents(bed: Testbed, granularity: str) -> None:
     for node in bed.nodes:
+        if node == LATE:
+            continue
         if bed.agent(node) is not None:
             bed.stop_agent(node)
         bed.start_agent(node, granularity=granularity)
@@ -96,10 +103,12 @@ def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
     testbed.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         for node in built.nodes:
-            built.start_agent(node)
+            if node != LATE:
+                built.start_agent(node)
         try:
             for node in built.nodes:
-                built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
+                if node != LATE:
+                    built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
             yield built
         except BaseException:
             for node in built.nodes:
@@ -214,3 +223,113 @@ def test_kilo_recipe_joins_every_pod_full_granularity(bed: Testbed) -> None:
     assert len(run_recipe(bed, 0, 1)) == 3
     assert len(run_recipe(bed, 1, 0)) == 3
     assert_clusters_joined(bed)
+
+
+# --- kgctl multicluster link: the same peering, kept current ----------------------------------
+
+
+def peers_of(bed: Testbed, cluster: int) -> dict[str, dict[str, Any]]:
+    found: list[Any] = list(bed.api(cluster).list(Peer))
+    return {p.metadata.name: p.to_dict() for p in found}
+
+
+def test_link_replaces_the_recipe_and_keeps_both_clusters_joined(bed: Testbed) -> None:
+    for cluster in (0, 1):  # what the recipe wrote goes, as a user moving to the link would
+        for name in peers_of(bed, cluster):
+            bed.api(cluster).delete(Peer, name)
+    restart_agents(bed, "location")
+    wait_for(
+        lambda: bed.node_annotations("aws-2").get(translate.WIREGUARD_IP) == "",
+        "aws-2 did not go back to being a follower",
+    )
+    with open(bed.logs / "link.log", "ab") as log:
+        bed.link = subprocess.Popen(  # type: ignore[attr-defined]
+            [
+                sys.executable, "-m", "kilo.cli.kgctl",
+                f"--kubeconfig={bed.admin_kubeconfig_of(0)}", "multicluster", "link",
+                f"--remote-kubeconfig={bed.admin_kubeconfig_of(1)}", "--name=e2e", "--watch",
+                f"--service-cidr={bed.clusters[0].service_cidr}",
+                f"--remote-service-cidr={bed.clusters[1].service_cidr}",
+                "--resync-period=2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    bed._processes.append(bed.link)  # type: ignore[attr-defined]  # stopped by close()
+    wait_for(
+        lambda: (
+            set(peers_of(bed, 1)) == {"e2e-aws-1", "e2e-office-1"}
+            and set(peers_of(bed, 0)) == {"e2e-gcp-1", "e2e-home-1"}
+        ),
+        "the link did not write one Peer per leader into each cluster: "
+        + (bed.logs / "link.log").read_text()[-2000:],
+    )
+    peer = peers_of(bed, 1)["e2e-aws-1"]
+    assert peer["metadata"]["labels"] == {multicluster.LINK_LABEL: "e2e"}
+    assert str(bed.clusters[0].service_cidr) in peer["spec"]["allowedIPs"]
+    assert_clusters_joined(bed)
+
+
+def test_link_follows_a_leader_failover_in_cluster1(bed: Testbed) -> None:
+    dead = "aws-1"
+    bed.kill_agent(dead)
+    bed.run(dead, "ip", "link", "set", "lan0", "down")  # the whole node goes away
+    started = time.monotonic()
+    wait_for(
+        lambda: "e2e-aws-2" in peers_of(bed, 1) and "e2e-aws-1" not in peers_of(bed, 1),
+        "the link did not move cluster1's aws Peer in cluster2 to its new leader",
+        timeout=150,
+    )
+    moved = time.monotonic() - started
+    src, ip = bed.pods["pod-gcp-1"].netns, bed.pods["pod-aws-2"].ip
+    wait_for(lambda: bed.ping(src, ip, count=1, timeout=1), "gcp-1 does not reach aws-2")
+    back = bed.pods["pod-aws-2"].netns
+    wait_for(
+        lambda: bed.ping(back, bed.pods["pod-gcp-2"].ip, count=1, timeout=1),
+        "aws-2 does not reach gcp-2",
+    )
+    recovered = time.monotonic() - started
+    sys.stderr.write(
+        f"leader failover: Peer moved after {moved:.1f} s, traffic {recovered:.1f} s\n"
+    )
+    (bed.logs / "failover.txt").write_text(f"{moved:.1f} {recovered:.1f}\n")
+
+
+def test_link_follows_a_node_joining_cluster2(bed: Testbed) -> None:
+    started = time.monotonic()
+    bed.start_agent(LATE)
+    pod = bed.add_pod(LATE, f"pod-{LATE}", timeout=CONVERGE)
+    wait_for(
+        lambda: (
+            str(bed.nodes[LATE].pod_cidr) in peers_of(bed, 0)["e2e-gcp-1"]["spec"]["allowedIPs"]
+        ),
+        "the link did not add the new node's pod CIDR to gcp's Peer in cluster1",
+    )
+    wait_for(
+        lambda: bed.ping(bed.pods["pod-aws-2"].netns, pod.ip, count=1, timeout=1),
+        "cluster1 does not reach the new node's pod",
+    )
+    joined = time.monotonic() - started
+    sys.stderr.write(f"node added: reached from cluster1 {joined:.1f} s after its agent started\n")
+
+
+def test_unlink_removes_exactly_what_the_link_wrote(bed: Testbed) -> None:
+    link = bed.link  # type: ignore[attr-defined]
+    link.send_signal(signal.SIGTERM)
+    assert link.wait(15) == 0
+    bed._processes.remove(link)
+    bystander = {
+        "apiVersion": "kilo.squat.ai/v1alpha1",
+        "kind": "Peer",
+        "metadata": {"name": "e2e-bystander", "labels": {multicluster.LINK_LABEL: "other"}},
+        "spec": {"allowedIPs": ["10.99.0.1/32"], "publicKey": BYSTANDER_KEY},
+    }
+    bed.api(1).create(from_dict(bystander))
+    result = kgctl(
+        bed, 0, "multicluster", "unlink", f"--remote-kubeconfig={bed.admin_kubeconfig_of(1)}",
+        "--name=e2e",
+    )  # fmt: skip
+    assert "deleted Peer e2e-gcp-1" in result.stdout
+    assert set(peers_of(bed, 0)) == set()
+    assert set(peers_of(bed, 1)) == {"e2e-bystander"}

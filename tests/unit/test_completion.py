@@ -61,6 +61,7 @@ def test_commands_are_offered_with_descriptions_and_no_file_names() -> None:
         "plan",
         "list",
         "connect",
+        "multicluster",
         "version",
         "completion",
         "help",

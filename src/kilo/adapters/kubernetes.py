@@ -112,7 +112,8 @@ class ClusterReader:
 
 
 class PeerStore:
-    """Get, create and delete single Kilo Peers (``kgctl connect``)."""
+    """Get, create, apply and delete single Kilo Peers (``kgctl connect``, ``kgctl
+    multicluster``)."""
 
     def __init__(self, config: SingleConfig, *, timeout: float = 10.0) -> None:
         self.config = config
@@ -151,6 +152,15 @@ class PeerStore:
         except REQUEST_ERRORS as exc:
             raise self._fail(exc, "create", name) from exc
         return as_dict(created, kind="Peer", api_version=f"{PEER_GROUP}/{PEER_VERSION}")
+
+    def apply(self, obj: Mapping[str, Any], *, field_manager: str) -> None:
+        """Create or replace the Peer ``obj`` by server-side apply (``kubectl apply
+        --server-side``), owning every field it sets as ``field_manager``."""
+        name = str(obj.get("metadata", {}).get("name", ""))
+        try:
+            self._client.apply(Peer.from_dict(dict(obj)), field_manager=field_manager, force=True)
+        except REQUEST_ERRORS as exc:
+            raise self._fail(exc, "apply", name) from exc
 
     def delete(self, name: str) -> bool:
         """Delete the Peer ``name``; ``False`` when it was already gone."""

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from kilo import __version__, completion
 from kilo.adapters import file as file_backend
 from kilo.adapters import kubeconfig, kubernetes
-from kilo.cli import connect
+from kilo.cli import connect, multicluster
 from kilo.cli.arguments import quote
 from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
@@ -184,6 +184,14 @@ def run_version(ctx: Context) -> int:
 
 def run_connect(ctx: Context) -> int:
     return connect.run(ctx.args, ctx.out, ctx.err)
+
+
+def run_link(ctx: Context) -> int:
+    return multicluster.run_link(ctx.args, ctx.out, ctx.err)
+
+
+def run_unlink(ctx: Context) -> int:
+    return multicluster.run_unlink(ctx.args, ctx.out, ctx.err)
 
 
 def run_list(ctx: Context) -> int:

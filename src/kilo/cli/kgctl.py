@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from kilo import __version__, completion
-from kilo.cli import arguments, commands, connect
+from kilo.cli import arguments, commands, connect, multicluster
 from kilo.cli.arguments import quote
 from kilo.errors import KiloError
 from kilo.mesh import gosyntax, ip
+from kilo.mesh import multicluster as multicluster_core
 from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES
 from kilo.mesh.model import (
     DEFAULT_CNI_PATH,
@@ -362,6 +363,29 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(connect_parser, suppress=True)
     connect_parser.set_defaults(run=commands.run_connect, check=connect.check_arguments)
 
+    multi = subcommands.add_parser(
+        "multicluster",
+        help="join this cluster and another as Kilo documents, and keep them joined",
+    )
+    multi.set_defaults(help_parser=multi)
+    _global_options(multi, suppress=True)
+    multi_kinds = multi.add_subparsers(dest="kind", metavar="link|unlink", parser_class=_Parser)
+    link = multi_kinds.add_parser(
+        "link",
+        help="mirror each cluster's nodes into the other as Peers (--watch: keep them current)",
+        description="Write, in each cluster, one Peer per segment leader of the other (what "
+        "'kgctl showconf node LEADER --as-peer' prints), named NAME-LEADER and labelled "
+        f"{multicluster_core.LINK_LABEL}=NAME; with --watch, rewrite them whenever either "
+        "cluster changes.",
+    )
+    unlink = multi_kinds.add_parser(
+        "unlink", help="delete, in both clusters, exactly the Peers the link wrote"
+    )
+    multicluster.add_arguments(link, unlink)
+    for sub, run in ((link, commands.run_link), (unlink, commands.run_unlink)):
+        _global_options(sub, suppress=True)
+        sub.set_defaults(run=run, check=multicluster.check_arguments)
+
     version = subcommands.add_parser("version", help="print the version")
     version.set_defaults(run=commands.run_version)
 
@@ -406,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Bool flags read as pflag reads them: --flag is true, --flag=VALUE is VALUE (Go's syntax),
 # and the next word is never the flag's value.
-GO_BOOLS = ("--as-peer", "--respect-last-seen", completion.NO_DESCRIPTIONS_FLAG)
+GO_BOOLS = ("--as-peer", "--respect-last-seen", "--watch", completion.NO_DESCRIPTIONS_FLAG)
 
 _COMPLETION_HOWTO = {
     "bash": """\
