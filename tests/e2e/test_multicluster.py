@@ -102,18 +102,13 @@ def restart_agents(bed: Testbed, granularity: str) -> None:
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
     testbed.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
-        for node in built.nodes:
-            if node != LATE:
+        with built.agent_logs_on_failure():
+            started = [node for node in built.nodes if node != LATE]
+            for node in started:
                 built.start_agent(node)
-        try:
-            for node in built.nodes:
-                if node != LATE:
-                    built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
-            yield built
-        except BaseException:
-            for node in built.nodes:
-                sys.stderr.write(f"--- {node}\n{built.agent_log(node)[-3000:]}\n")
-            raise
+            for node in started:
+                built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
+        yield built
 
 
 def assert_clusters_joined(bed: Testbed) -> None:

@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1442,6 +1442,17 @@ class Testbed:
     def agent_log(self, node: str) -> str:
         path = self.agent_log_path(node)
         return path.read_text(errors="replace") if path.exists() else ""
+
+    @contextlib.contextmanager
+    def agent_logs_on_failure(self, *, tail: int = 4000) -> Iterator[None]:
+        """Write every agent's log tail to stderr when the block fails: the evidence a
+        failed set-up leaves once the testbed is removed."""
+        try:
+            yield
+        except BaseException:
+            for node in self.nodes:
+                sys.stderr.write(f"--- {node}\n{self.agent_log(node)[-tail:]}\n")
+            raise
 
     def agent(self, node: str) -> subprocess.Popen[bytes] | None:
         return self._agents.get(node)
