@@ -181,6 +181,46 @@ def test_down_without_a_readable_state_file(directory: Path, controlplane_binari
     assert left == {**NOTHING, "files": [str(directory / "notes.txt")]}
 
 
+def test_two_linked_clusters_up_status_down(directory: Path, controlplane_binaries: Path) -> None:
+    """The README's multi-cluster walkthrough: ``up --clusters 2`` joins the clusters with
+    ``kgctl multicluster link --watch``, which outlives ``up`` and ``down`` ends."""
+    del controlplane_binaries
+    up = sandbox(
+        "up", "--dir", str(directory), "--clusters", "2", "--locations", "1", "--nodes", "1"
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "✓ linking the clusters" in up.stderr
+    # aws and the office in the first cluster, gcp in the second; every pod reaches every pod.
+    assert "6 of 6 paths reachable" in up.stdout
+    assert list(matrix_rows(up.stdout)) == ["pod-aws-1", "pod-office-1", "pod-gcp-1"]
+    assert f"kubeconfig {directory / 'kubeconfig.cluster2'}." in up.stdout
+    recorded = state.loads((directory / "state.json").read_text())
+    assert recorded.clusters == 2
+    roles = {p.role for p in recorded.processes}
+    assert {"kgctl multicluster link", "etcd cluster2", "kube-apiserver cluster2"} <= roles
+    assert all(testbed.process_start(p.pid) == p.start for p in recorded.processes)
+    second = subprocess.run(
+        [str(KGCTL), f"--kubeconfig={directory / 'kubeconfig.cluster2'}", "list", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert sorted(p["name"] for p in json.loads(second.stdout)["peers"]) == [
+        "sandbox-aws-1",
+        "sandbox-office-1",
+    ]
+
+    status = sandbox("status", "--dir", str(directory), timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "Leaders: aws-1, office-1\nLeaders: gcp-1\n" in status.stdout
+    assert "6 of 6 paths reachable" in status.stdout
+
+    down = sandbox("down", "--dir", str(directory), timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert leftovers(directory, recorded.prefix, list(recorded.processes)) == NOTHING
+
+
 def test_up_without_root_says_so_in_one_sentence(tmp_path: Path) -> None:
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     result = subprocess.run(

@@ -402,6 +402,11 @@ def test_progress_on_a_terminal_redraws_one_line() -> None:
         ["up", "--nodes", "1_0"],
         ["up", "--nodes", "99999999999999999999999"],
         ["up", "--granularity", "cross"],
+        ["up", "--clusters", "0"],
+        ["up", "--clusters", "3"],
+        ["up", "--clusters", "2", "--kernel"],
+        ["up", "--clusters", "2", "--locations", "5"],
+        ["guest", "--attached-plane", "/p", "--clusters", "2"],
         ["up", "--dir", ""],
         ["down", "--dir", " "],
         ["up", "--loc", "2"],
@@ -445,6 +450,81 @@ def test_command_line_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args.dir == Path("/tmp/x")
     assert cli.parser().parse_args(["up"]).kernel is False
     assert cli.parser().parse_args(["up", "--kernel"]).kernel is True
+
+
+def test_two_clusters_and_what_they_cannot_be_combined_with(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = cli.parser().parse_args(["up", "--clusters", "2", "--locations", "4"])
+    assert (args.clusters, cli.check_up(args)) == (2, None)
+    assert cli.parser().parse_args(["up"]).clusters == 1
+    with pytest.raises(SystemExit):
+        cli.main(["up", "--clusters", "2", "--locations", "5"])
+    assert capsys.readouterr().err == (
+        "kilo-sandbox up: --clusters 2 with --locations 5: each cluster gets its own clouds "
+        "and there are 8; at most --locations 4 (see kilo-sandbox up --help)\n"
+    )
+
+
+def test_the_second_cluster_gets_the_next_clouds_and_no_nated_site() -> None:
+    locations = commands._locations(
+        commands.UpOptions(directory=Path("/s"), locations=2, nodes=3, clusters=2)
+    )
+    assert [(loc.name, loc.cluster, loc.nat, loc.nodes) for loc in locations] == [
+        ("aws", 0, False, 3),
+        ("gcp", 0, False, 3),
+        ("office", 0, True, 3),
+        ("azure", 1, False, 3),
+        ("hetzner", 1, False, 3),
+    ]
+    one = commands._locations(commands.UpOptions(directory=Path("/s")))
+    assert {loc.cluster for loc in one} == {0}
+
+
+def test_the_link_joins_the_two_kubeconfigs_with_both_service_ranges(tmp_path: Path) -> None:
+    box = commands.Sandbox(tmp_path)
+    bed = testbed.Testbed(
+        [testbed.Location("aws", nodes=1), testbed.Location("gcp", nodes=1, cluster=1)],
+        binaries=tmp_path,
+    )
+    argv = commands.link_argv(box, bed)
+    assert argv[1:] == [
+        "-m",
+        "kilo.cli.kgctl",
+        f"--kubeconfig={tmp_path / 'kubeconfig'}",
+        "multicluster",
+        "link",
+        f"--remote-kubeconfig={tmp_path / 'kubeconfig.cluster2'}",
+        "--name=sandbox",
+        f"--service-cidr={testbed.CLUSTERS[0].service_cidr}",
+        f"--remote-service-cidr={testbed.CLUSTERS[1].service_cidr}",
+        "--watch",
+    ]
+    # down removes both kubeconfigs, and nothing it did not write.
+    assert {"kubeconfig", "kubeconfig.cluster2"} <= set(state.FILES)
+
+
+def test_linked_wants_a_peer_of_the_link_for_every_leader_of_the_other_cluster() -> None:
+    two = {"nodes": [node("gcp-1", "location:gcp", leader=True)], "peers": []}
+    linked_one = {**LOCATION_LISTING, "peers": [{"name": "sandbox-gcp-1"}]}
+    assert not report.linked([LOCATION_LISTING, two], "sandbox")
+    assert not report.linked([linked_one, two], "sandbox")  # only one way
+    mirrored = [{"name": f"sandbox-{n}"} for n in ("aws-1", "gcp-1", "office-1")]
+    assert report.linked([linked_one, {**two, "peers": mirrored}], "sandbox")
+    assert not report.linked([linked_one, {**two, "peers": mirrored[:2]}], "sandbox")
+    assert not report.linked([linked_one, {**two, "peers": mirrored}], "other")
+    assert report.linked([LOCATION_LISTING], "sandbox")  # one cluster: nothing to link
+
+
+def test_a_two_cluster_sandbox_state_round_trips() -> None:
+    sample = sample_state()
+    two = replace(
+        sample,
+        clusters=2,
+        nodes=(*sample.nodes, state.Machine(name="gcp-1", netns="n", holder=13, cluster=1)),
+    )
+    assert state.loads(state.dumps(two)) == two
+    assert state.loads(state.dumps(sample)).clusters == 1
 
 
 def test_the_guest_command_is_not_offered_to_users(capsys: pytest.CaptureFixture[str]) -> None:

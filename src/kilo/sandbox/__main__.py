@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from kilo.errors import KiloError
 from kilo.mesh.text import printable
 from kilo.sandbox import commands
+from kilo.sandbox.state import MAX_CLUSTERS
 
 DIR_ENV = "KILO_SANDBOX_DIR"
 
@@ -103,6 +104,15 @@ def parser() -> argparse.ArgumentParser:
         help="the mesh granularity of every kg (default location: one leader per location)",
     )
     up.add_argument(
+        "--clusters",
+        type=_count(1, MAX_CLUSTERS),
+        default=1,
+        help="independent Kubernetes clusters, each with its own control plane and ranges "
+        "(default 1); with 2 the second gets the next --locations clouds (no NATed site, "
+        "no VPN peer) and `kgctl multicluster link --watch` joins them, as the README's "
+        "multi-cluster walkthrough does",
+    )
+    up.add_argument(
         "--kernel",
         action="store_true",
         help="run the nodes in a virtual machine with Debian's kernel (QEMU, emulated; "
@@ -129,8 +139,25 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def check_up(args: argparse.Namespace) -> str | None:
+    """What the flags of ``up`` cannot do together, before anything is checked or created."""
+    if args.clusters > 1 and args.kernel:
+        return "--clusters 2 and --kernel: the virtual machine's nodes join one cluster only"
+    if args.clusters * args.locations > len(commands.CLOUDS):
+        return (
+            f"--clusters {args.clusters} with --locations {args.locations}: each cluster "
+            f"gets its own clouds and there are {len(commands.CLOUDS)}; at most --locations "
+            f"{len(commands.CLOUDS) // args.clusters}"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "up":
+        problem = check_up(args)
+        if problem is not None:
+            _Parser(prog="kilo-sandbox up").error(problem)
     out, err = sys.stdout, sys.stderr
     try:
         if args.command == "up":
@@ -140,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 nodes=args.nodes,
                 granularity=args.granularity,
                 kernel=args.kernel,
+                clusters=args.clusters,
             )
             return commands.up(options, out, err)
         if args.command == "guest":

@@ -65,6 +65,10 @@ CONVERGE_TIMEOUT = 180.0
 REACH_TIMEOUT = 60.0
 STATUS_REACH_TIMEOUT = 10.0
 PING_WORKERS = 8
+# up --clusters 2: the link kgctl multicluster link keeps between the clusters.
+LINK = "sandbox"
+LINK_ROLE = "kgctl multicluster link"
+LINK_LOG = "multicluster-link.log"
 
 
 # Under emulation everything takes longer (the guest of up --kernel).
@@ -82,6 +86,7 @@ class UpOptions:
     nodes: int = 2
     granularity: str = "location"
     kernel: bool = False  # the nodes in a virtual machine with Debian's kernel
+    clusters: int = 1  # with 2, a second cluster joined by kgctl multicluster link --watch
     attached_plane: Path | None = None  # inside that VM: the host's control plane
 
     @property
@@ -99,6 +104,10 @@ class Sandbox:
         self.state_path = self.directory / state.STATE_FILE
         self.kubeconfig = self.directory / state.KUBECONFIG_FILE
         self.workdir = self.directory / state.RUN_DIR
+
+    def kubeconfig_of(self, cluster: int) -> Path:
+        """The admin kubeconfig of ``cluster`` (0-based; the first is :attr:`kubeconfig`)."""
+        return self.directory / state.kubeconfig_file(cluster)
 
     def load(self) -> state.State:
         """The recorded state; SandboxError when there is none or it cannot be read."""
@@ -232,13 +241,24 @@ def _record(pid: int, role: str) -> state.Process | None:
     return None if start is None else state.Process(role=role, pid=pid, start=start)
 
 
-def _snapshot(box: Sandbox, bed: Testbed, granularity: str, **extra: Any) -> state.State:
-    """The state of ``bed`` as far as it is built."""
+def _snapshot(
+    box: Sandbox,
+    bed: Testbed,
+    granularity: str,
+    *,
+    link: subprocess.Popen[bytes] | None = None,
+    **extra: Any,
+) -> state.State:
+    """The state of ``bed`` (and of the ``link`` joining its clusters) as far as it is built."""
     processes: list[state.Process | None] = []
-    if bed.plane is not None:
-        for role, popen in (("etcd", bed.plane.etcd), ("kube-apiserver", bed.plane.apiserver)):
+    if link is not None:
+        processes.append(_record(link.pid, LINK_ROLE))
+    for index, plane in enumerate(bed.planes or ([bed.plane] if bed.plane else [])):
+        # The first cluster's keep the roles a one-cluster sandbox always had.
+        suffix = f" {bed.clusters[index].name}" if index else ""
+        for role, popen in (("etcd", plane.etcd), ("kube-apiserver", plane.apiserver)):
             if popen is not None:
-                processes.append(_record(popen.pid, role))
+                processes.append(_record(popen.pid, role + suffix))
     for machine in [*bed.nodes.values(), *bed.laptops.values()]:
         if machine.process is not None:
             processes.append(_record(machine.process.pid, f"wireguard-go {machine.name}"))
@@ -256,6 +276,7 @@ def _snapshot(box: Sandbox, bed: Testbed, granularity: str, **extra: Any) -> sta
             wan_ip=m.wan_ip or "",
             pod_cidr=m.pod_cidr or "",
             mesh_ip=mesh_ip,
+            cluster=m.cluster,
         )
 
     return state.State(
@@ -274,6 +295,7 @@ def _snapshot(box: Sandbox, bed: Testbed, granularity: str, **extra: Any) -> sta
         pods=tuple(
             state.Pod(name=p.name, node=p.node, netns=p.netns, ip=p.ip) for p in bed.pods.values()
         ),
+        clusters=len(bed.clusters),
         **extra,
     )
 
@@ -311,7 +333,15 @@ def _locations(options: UpOptions) -> list[Location]:
         annotations={translate.PERSISTENT_KEEPALIVE: str(KEEPALIVE)},
         wireguard=wireguard,
     )
-    return [*clouds, office]
+    # The second cluster: the next clouds, all public. Two NATed sites in different clusters
+    # have no endpoint either can reach (as two NATed locations of one cluster), so a second
+    # office would leave a pair the link cannot join.
+    others = [
+        Location(name, nodes=options.nodes, wireguard=wireguard, cluster=cluster)
+        for cluster in range(1, options.clusters)
+        for name in CLOUDS[cluster * options.locations : (cluster + 1) * options.locations]
+    ]
+    return [*clouds, office, *others]
 
 
 def _agents_healthy(bed: Testbed) -> bool:
@@ -366,12 +396,60 @@ def _connect_peer(bed: Testbed, kubeconfig: Path, *, timeout: float = 60) -> Non
         bed.run(PEER, "ip", "route", "add", network, "dev", testbed.WG_INTERFACE)
 
 
-def _peer_counts(current: state.State) -> dict[str, int]:
+def _peer_counts(current: state.State, cluster: int = 0) -> dict[str, int]:
+    """The WireGuard peers of each node of ``cluster``."""
     counts = {}
     for node in current.nodes:
+        if node.cluster != cluster:
+            continue
         dump = wg_dump(node.holder)
         counts[node.name] = -1 if dump is None else len(report.parse_dump(dump))
     return counts
+
+
+def _listings(box: Sandbox, current: state.State) -> list[dict[str, Any]]:
+    """``kgctl list -o json`` of each cluster."""
+    return [_listing(box.kubeconfig_of(c)) for c in range(current.clusters)]
+
+
+def _converged(box: Sandbox, current: state.State) -> bool:
+    """Every cluster converged, and (with two) each holds the link's Peers for the other's
+    leaders, which its leaders count among their WireGuard peers."""
+    listings = _listings(box, current)
+    return all(
+        report.converged(listing, _peer_counts(current, c)) for c, listing in enumerate(listings)
+    ) and report.linked(listings, LINK)
+
+
+def link_argv(box: Sandbox, bed: Testbed) -> list[str]:
+    """The README's ``kgctl multicluster link --watch`` between the sandbox's two clusters."""
+    one, two = bed.clusters[:2]
+    return [
+        *(sys.executable, "-m", "kilo.cli.kgctl", f"--kubeconfig={box.kubeconfig_of(0)}"),
+        *("multicluster", "link", f"--remote-kubeconfig={box.kubeconfig_of(1)}"),
+        *(f"--name={LINK}", f"--service-cidr={one.service_cidr}"),
+        *(f"--remote-service-cidr={two.service_cidr}", "--watch"),
+    ]
+
+
+def _start_link(box: Sandbox, bed: Testbed) -> subprocess.Popen[bytes]:
+    """The link in a session of its own (it outlives ``up``, as the agents do), logging to
+    ``logs/multicluster-link.log``."""
+    with open(bed.logs / LINK_LOG, "ab") as log:
+        return subprocess.Popen(
+            link_argv(box, bed),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_environment(),
+            start_new_session=True,
+        )
+
+
+def _link_running(bed: Testbed, link: subprocess.Popen[bytes]) -> None:
+    if link.poll() is not None:
+        tail = "\n".join((bed.logs / LINK_LOG).read_text(errors="replace").splitlines()[-15:])
+        raise SandboxError(f"kgctl multicluster link exited with {link.returncode}:\n{tail}")
 
 
 def _write_graph(box: Sandbox) -> Path:
@@ -405,13 +483,23 @@ def _command(name: str, module: str) -> str:
     return name if found is not None and Path(found).resolve() == script.resolve() else str(script)
 
 
+def _tables(box: Sandbox, current: state.State) -> str:
+    """``kgctl list`` of each cluster, each under the command that prints it."""
+    text = ""
+    for cluster in range(current.clusters):
+        flag = f" --kubeconfig {box.kubeconfig_of(cluster)}" if current.clusters > 1 else ""
+        text += f"$ kgctl{flag} list\n" + kgctl(box.kubeconfig_of(cluster), "list") + "\n"
+    return text
+
+
 def _commented(pairs: Sequence[tuple[str, str]]) -> list[str]:
     width = max(len(command) for command, _ in pairs)
     return [f"  {command.ljust(width)}   # {comment}" for command, comment in pairs]
 
 
-def _summary(box: Sandbox, current: state.State, listing: Mapping[str, Any]) -> str:
-    clouds = list(dict.fromkeys(m.location for m in current.nodes))
+def _summary(box: Sandbox, current: state.State, listings: Sequence[Mapping[str, Any]]) -> str:
+    listing = listings[0]
+    clouds = list(dict.fromkeys(m.location for m in current.nodes if m.cluster == 0))
     public = [c for c in clouds if c not in current.nat_locations]
     a, b = current.pods[0], current.pods[-1]
     first = current.nodes[0]
@@ -421,11 +509,14 @@ def _summary(box: Sandbox, current: state.State, listing: Mapping[str, Any]) -> 
     rendered = (
         "rendered by Graphviz" if current.graph.endswith(".svg") else "install Graphviz for SVG"
     )
+    nodes = sum(1 for m in current.nodes if m.cluster == 0)
     lines = [
-        f"Kilo sandbox {box.prefix} in {box.directory}: {len(current.nodes)} nodes in "
+        f"Kilo sandbox {box.prefix} in {box.directory}: {nodes} nodes in "
         f"{', '.join(public)} and {', '.join(current.nat_locations)} (behind NAT), "
-        f"{current.granularity} granularity, VPN peer {PEER} ({PEER_IP}).",
+        f"{current.granularity} granularity"
+        + (f", VPN peer {PEER} ({PEER_IP})." if current.peers else "."),
         f"Leaders: {', '.join(report.leaders(listing))}.",
+        *_second_cluster(box, current, listings, kgctl_cmd),
         f"Graph: {current.graph} (kgctl graph, {rendered}).",
         "",
         f"kgctl against the sandbox (API server {current.api_server}, reachable from this "
@@ -458,6 +549,33 @@ def _summary(box: Sandbox, current: state.State, listing: Mapping[str, Any]) -> 
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _second_cluster(
+    box: Sandbox, current: state.State, listings: Sequence[Mapping[str, Any]], kgctl_cmd: str
+) -> list[str]:
+    """The summary's lines on the second cluster and the link, with two clusters."""
+    if current.clusters < 2:
+        return []
+    second = list(dict.fromkeys(m.location for m in current.nodes if m.cluster == 1))
+    count = sum(1 for m in current.nodes if m.cluster == 1)
+    link = next((p for p in current.processes if p.role == LINK_ROLE), None)
+    return [
+        f"A second cluster (its own etcd and kube-apiserver, ranges apart): {count} nodes in "
+        f"{', '.join(second)}; leaders: {', '.join(report.leaders(listings[1]))}; "
+        f"kubeconfig {box.kubeconfig_of(1)}.",
+        f"Linked by {kgctl_cmd} multicluster link --name={LINK} --watch"
+        + (f" (pid {link.pid})" if link else "")
+        + f", log {Path(current.workdir) / 'logs' / LINK_LOG}:",
+        *_commented(
+            [
+                (
+                    f"{kgctl_cmd} --kubeconfig {box.kubeconfig_of(1)} list",
+                    f"the second cluster, with the Peers {LINK}-<leader> the link wrote",
+                ),
+            ]
+        ),
+    ]
 
 
 def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
@@ -511,15 +629,20 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
     )
     count = sum(loc.nodes for loc in locations)
     granularity = options.granularity
+    planes = "etcd and kube-apiserver" + (
+        f" for each of {options.clusters} clusters" if options.clusters > 1 else ""
+    )
+    link: subprocess.Popen[bytes] | None = None
     try:
         with progress.step(
             f"creating {len(locations)} sites with {count} nodes in network namespaces, "
-            "starting etcd and kube-apiserver"
+            f"starting {planes}"
         ):
             bed.start()
         box.save(_snapshot(box, bed, granularity))
-        shutil.copyfile(bed.admin_kubeconfig, box.kubeconfig)
-        box.kubeconfig.chmod(0o600)
+        for cluster in range(options.clusters):
+            shutil.copyfile(bed.admin_kubeconfig_of(cluster), box.kubeconfig_of(cluster))
+            box.kubeconfig_of(cluster).chmod(0o600)
         with progress.step(f"starting kg on {count} nodes ({granularity} granularity)"):
             for node in bed.nodes:
                 # Kilo's defaults: the testbed's faster resync is for tests.
@@ -536,15 +659,31 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
             for node in bed.nodes:
                 bed.add_pod(node, f"pod-{node}", timeout=AGENTS_TIMEOUT * slow)
             box.save(_snapshot(box, bed, granularity))
-        with progress.step(f"connecting the VPN peer {PEER} (kgctl showconf peer, wg setconf)"):
-            _connect_peer(bed, box.kubeconfig, timeout=60 * slow)
-            current = _snapshot(box, bed, granularity)
-            box.save(current)
+        if options.clusters == 1:
+            # The laptop is a Peer of one cluster: it would reach no pod of a second one.
+            with progress.step(f"connecting the VPN peer {PEER} (kgctl showconf peer, wg setconf)"):
+                _connect_peer(bed, box.kubeconfig, timeout=60 * slow)
+        else:
+            with progress.step(
+                f"linking the clusters: kgctl multicluster link --name={LINK} --watch, in the "
+                f"background (log: {bed.logs / LINK_LOG})"
+            ):
+                link = _start_link(box, bed)
+                box.save(_snapshot(box, bed, granularity, link=link))
+        current = _snapshot(box, bed, granularity, link=link)
+        box.save(current)
         with progress.step("waiting for the mesh to converge"):
+
+            def converged() -> bool:
+                if link is not None:
+                    _link_running(bed, link)
+                return _converged(box, current)
+
             _wait(
-                lambda: report.converged(_listing(box.kubeconfig), _peer_counts(current)),
+                converged,
                 timeout=CONVERGE_TIMEOUT * slow,
-                what="the mesh did not converge (nodes, leaders or WireGuard peers)",
+                what="the mesh did not converge (nodes, leaders, WireGuard peers or the "
+                "link's Peers)",
                 interval=1.0,
             )
         # Neither the office (behind NAT) nor the laptop (no endpoint) can dial the other:
@@ -556,8 +695,8 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
         ):
             reached = measure(targets(current), timeout=REACH_TIMEOUT * slow)
         graph = _write_graph(box)
-        listing = _listing(box.kubeconfig)
-        table = kgctl(box.kubeconfig, "list")
+        listings = _listings(box, current)
+        table = _tables(box, current)
         current = replace(current, graph=str(graph), complete=True)
         box.save(current)
     except KeyboardInterrupt:
@@ -575,11 +714,11 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
     finally:
         bed.close_client()
     labels = [t.label for t in targets(current)]
-    out.write("$ kgctl list\n" + table + "\n")
+    out.write(table)
     out.write(report.matrix(labels, labels, reached))
     if options.attached_plane is None:  # the host of up --kernel writes its own
         out.write("\n")
-        out.write(_summary(box, current, listing))
+        out.write(_summary(box, current, listings))
     good, total = report.tally(reached)
     if good != total:
         missed = ", ".join(f"{a} -> {b}" for a, b in report.failures(reached))
@@ -847,10 +986,16 @@ def status(directory: Path, out: TextIO, err: TextIO, *, slowdown: float = 1.0) 
             return 1
         return 0 if healthy and guest_status == 0 else 1
     try:
-        listing = _listing(box.kubeconfig)
-        out.write("$ kgctl list\n" + kgctl(box.kubeconfig, "list") + "\n")
-        out.write(f"Leaders: {', '.join(report.leaders(listing)) or 'none'}\n\n")
-        names = report.key_names(listing)
+        listings = _listings(box, current)
+        out.write(_tables(box, current))
+        names = {}
+        for listing in listings:
+            out.write(f"Leaders: {', '.join(report.leaders(listing)) or 'none'}\n")
+            names.update(report.key_names(listing))
+        out.write("\n")
+        if current.clusters > 1 and not report.linked(listings, LINK):
+            out.write(f"the link {LINK} has not written a Peer for every leader (yet)\n\n")
+            healthy = False
     except SandboxError as exc:
         out.write(f"the API server does not answer: {exc}\n\n")
         healthy = False

@@ -144,6 +144,18 @@ def expected_peers(listing: Mapping[str, Any]) -> dict[str, int]:
     return {str(n["name"]): (len(segments) - 1 + peers if n.get("leader") else 0) for n in nodes}
 
 
+def linked(listings: Sequence[Mapping[str, Any]], link: str) -> bool:
+    """Whether each cluster (``kgctl list -o json`` of each) has a Peer of ``link`` for every
+    leader of every other cluster: what ``kgctl multicluster link`` writes (named
+    ``<link>-<leader>``)."""
+    for index, listing in enumerate(listings):
+        peers = {str(p.get("name", "")) for p in listing.get("peers", [])}
+        for other, theirs in enumerate(listings):
+            if other != index and not {f"{link}-{name}" for name in leaders(theirs)} <= peers:
+                return False
+    return True
+
+
 def converged(listing: Mapping[str, Any], actual: Mapping[str, int]) -> bool:
     """Every node is ready and in a segment, each segment has one leader, and every node has
     the WireGuard peers :func:`expected_peers` says."""

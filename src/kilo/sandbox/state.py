@@ -22,8 +22,18 @@ STATE_FILE = "state.json"
 KUBECONFIG_FILE = "kubeconfig"
 RUN_DIR = "run"
 GRAPH_FILES = ("mesh.svg", "mesh.dot")
+# up --clusters: the testbed has a control plane for each of at most this many clusters.
+MAX_CLUSTERS = 2
+
+
+def kubeconfig_file(cluster: int) -> str:
+    """The file name of the admin kubeconfig of ``cluster`` (0-based): the first keeps the
+    name a one-cluster sandbox always had."""
+    return KUBECONFIG_FILE if cluster == 0 else f"{KUBECONFIG_FILE}.cluster{cluster + 1}"
+
+
 # Everything a sandbox writes in its directory; ``down`` removes exactly these.
-FILES = (STATE_FILE, KUBECONFIG_FILE, *GRAPH_FILES)
+FILES = (STATE_FILE, *(kubeconfig_file(c) for c in range(MAX_CLUSTERS)), *GRAPH_FILES)
 
 
 def prefix_for(directory: str) -> str:
@@ -54,6 +64,7 @@ class Machine:
     wan_ip: str = ""
     pod_cidr: str = ""
     mesh_ip: str = ""  # the VPN peer's address inside the mesh
+    cluster: int = 0  # index of the cluster the node joins (up --clusters 2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +92,7 @@ class State:
     peers: tuple[Machine, ...] = ()
     pods: tuple[Pod, ...] = ()
     complete: bool = False  # up got to the end (converged or not)
+    clusters: int = 1  # up --clusters: how many clusters, linked by kgctl multicluster link
     # up --kernel: the nodes run in a virtual machine with this kernel package; the guest
     # shares this directory with the host (its own sandbox directory is in it).
     kernel: str = ""
@@ -124,6 +136,7 @@ def loads(text: str) -> State:
             peers=tuple(Machine(**_fields(m, Machine)) for m in data.get("peers", ())),
             pods=tuple(Pod(**_fields(p, Pod)) for p in data.get("pods", ())),
             complete=bool(data.get("complete", False)),
+            clusters=int(data.get("clusters", 1)),
             kernel=str(data.get("kernel", "")),
             share=str(data.get("share", "")),
         )
