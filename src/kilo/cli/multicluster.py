@@ -36,6 +36,7 @@ FIELD_MANAGER = "kgctl-multicluster"
 DEFAULT_LINK = "kilo"
 # At most this many problems are reported per pass: a hostile cluster costs a bounded log.
 MAX_WARNINGS = 20
+WARNING_LIMIT = 400
 
 
 def add_arguments(link: argparse.ArgumentParser, unlink: argparse.ArgumentParser) -> None:
@@ -167,7 +168,9 @@ class Link:
         print(message, file=self.out, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"kgctl: warning: {one_line(message)}", file=self.err, flush=True)
+        # The names in a message are short_repr'd already; the default limit would cut the
+        # conflict warning before the label it names.
+        print(f"kgctl: warning: {one_line(message, WARNING_LIMIT)}", file=self.err, flush=True)
 
     def read(self) -> None:
         """Both clusters' Nodes and Peers, listed once."""
