@@ -53,6 +53,10 @@ render wg-exporter.yaml --set agent.enabled=false --set podMonitor.enabled=true 
   --set dashboard.enabled=true
 render wg-exporter-role-kube-prometheus.yaml --set agent.enabled=false \
   --set kubePrometheusRole.enabled=true
+# kgctl multicluster link --watch in this cluster (the other's kubeconfig in the Secret
+# kilo-multicluster-remote), and the account it uses in the other cluster, applied there.
+render multicluster.yaml --set agent.enabled=false --set multicluster.enabled=true
+render multicluster-remote.yaml --set agent.enabled=false --set multicluster.remoteAccount=true
 # The dashboard itself, for Grafana's Import.
 cp "$root/charts/kilo/files/kilo-dashboard.json" "$out/.kilo-dashboard.json.new"
 mv -f "$out/.kilo-dashboard.json.new" "$out/kilo-dashboard.json"

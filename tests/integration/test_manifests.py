@@ -43,6 +43,7 @@ from lightkube.resources.core_v1 import Namespace, Node, Pod, Secret, ServiceAcc
 
 from kilo.adapters import kubeconfig, kubernetes
 from kilo.sandbox.controlplane import ControlPlane, build_helm
+from tests.apiserver import wait_served
 from tests.manifests import (
     CHART,
     GENERATOR,
@@ -184,24 +185,6 @@ def finalize(client: Client, name: str) -> None:
     raise AssertionError(f"namespace {name} was not removed")
 
 
-def wait_served(client: Client, name: str, resource: Any) -> None:
-    """Until the CRD is established and its objects can be listed: the first list after
-    that can still get 429 "storage is (re)initializing" while the watch cache fills."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        crd = client.get(CustomResourceDefinition, name)
-        conditions = crd.status.conditions if crd.status else None
-        if any(c.type == "Established" and c.status == "True" for c in conditions or []):
-            try:
-                list(client.list(resource))
-                return
-            except ApiError as exc:
-                if exc.status.code not in (404, 429):
-                    raise
-        time.sleep(0.1)
-    raise AssertionError(f"CRD {name} not served")
-
-
 @pytest.fixture(scope="module")
 def cluster(admin: Client) -> Iterator[Created]:
     """The CRDs and the Namespace the manifests need, for real."""
@@ -270,6 +253,9 @@ def test_helm_lint(helm: Path) -> None:
         "--set=kubePrometheusRole.enabled=true",
         "--set=dashboard.enabled=true",
         "--set=kubeRouter.enabled=true",
+        "--set=multicluster.enabled=true",
+        "--set=multicluster.remoteAccount=true",
+        '--set-json=multicluster.serviceCIDRs=["10.43.0.0/16"]',
     ]
     for values in (
         [],
@@ -292,6 +278,7 @@ def test_helm_lint(helm: Path) -> None:
         (["--set=mode=calico"], "kube-system", "mode"),
         (["--set=userspace=sometimes"], "kube-system", "userspace"),
         (["--set=agent.extraArgs={subnet=10.5.0.0/16}"], "kube-system", "extraArgs"),
+        (["--set=multicluster.name=East_1"], "kube-system", "/multicluster/name"),
         ([], "kilo", "install into kube-system or set agent.kubeconfig=in-cluster"),
         (["--set=flavour=typhoon"], "kilo", "install into kube-system"),
     ],
@@ -300,6 +287,7 @@ def test_helm_lint(helm: Path) -> None:
         "mode",
         "userspace",
         "extra-args-without-dashes",
+        "link-name",
         "kubeadm-namespace",
         "typhoon-namespace",
     ],

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kilo.agent import command_line
+from kilo.cli import kgctl
 from tests.manifests import (
     CHART,
     DASHBOARD,
@@ -280,3 +282,63 @@ def test_the_agent_flags_of_every_kg_container_are_accepted_in_the_new_variant()
             args = [a.replace("$(NODE_NAME)", "node-a") for a in c.spec["args"]]
             parsed: Any = command_line.read(args, hostname_fallback=lambda: None)
             assert parsed.wireguard.create_interface is (c.owner == "DaemonSet/kilo")
+
+
+MULTICLUSTER = load_file(MANIFESTS / "multicluster.yaml")
+MULTICLUSTER_REMOTE = load_file(MANIFESTS / "multicluster-remote.yaml")
+LINK_RULES = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+    {
+        "apiGroups": ["kilo.squat.ai"],
+        "resources": ["peers"],
+        "verbs": ["list", "watch", "create", "patch", "delete"],
+    },
+]
+
+
+def test_the_multicluster_deployment_runs_the_link_with_the_secrets_kubeconfig() -> None:
+    """One replica of ``kgctl multicluster link --watch`` as the unprivileged user kilo: this
+    cluster in-cluster, the other through the Secret's kubeconfig, every flag accepted by
+    kgctl's own parser. The roles are proven against API servers in
+    tests/integration/test_multicluster.py."""
+    deployment = one(MULTICLUSTER, "Deployment", "kilo-multicluster")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (link,) = list(containers([deployment]))
+    command = link.spec["command"]
+    assert command[:3] == ["kgctl", "multicluster", "link"]
+    assert not any(a.startswith("--kubeconfig") for a in command)
+    args = kgctl.build_parser().parse_args(command[1:])
+    assert (args.watch, args.name, args.resync_period) == (True, "kilo", 30.0)
+    remote = Path(args.remote_kubeconfig)
+    secret = link.mounts()[str(remote.parent)]["secret"]
+    assert secret == {
+        "secretName": VALUES["multicluster"]["remoteKubeconfigSecret"],
+        "items": [{"key": "kubeconfig", "path": remote.name}],
+    }
+    assert link.pod["serviceAccountName"] == "kilo-multicluster"
+    assert link.pod["securityContext"]["runAsUser"] == 1000
+    assert link.spec["securityContext"]["readOnlyRootFilesystem"] is True
+    binding = one(MULTICLUSTER, "ClusterRoleBinding", "kilo-multicluster")
+    assert binding["subjects"][0]["name"] == "kilo-multicluster"
+    assert one(MULTICLUSTER, "ClusterRole", "kilo-multicluster")["rules"] == LINK_RULES
+
+
+def test_the_remote_side_is_the_same_role_for_its_own_account_and_nothing_else() -> None:
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in MULTICLUSTER_REMOTE) == [
+        ("ClusterRole", "kilo-multicluster"),
+        ("ClusterRoleBinding", "kilo-multicluster-remote"),
+        ("Secret", "kilo-multicluster-remote-token"),
+        ("ServiceAccount", "kilo-multicluster-remote"),
+    ]
+    assert one(MULTICLUSTER_REMOTE, "ClusterRole")["rules"] == LINK_RULES
+    token = one(MULTICLUSTER_REMOTE, "Secret")
+    assert token["type"] == "kubernetes.io/service-account-token"
+    assert token["metadata"]["annotations"] == {
+        "kubernetes.io/service-account.name": "kilo-multicluster-remote"
+    }
+    # Off by default: the agent's manifests carry none of it.
+    assert VALUES["multicluster"]["enabled"] is False
+    for path in rendered_files():
+        if path.name.startswith("kilo-"):
+            assert not find(load_file(path), "Deployment", "kilo-multicluster"), path.name
