@@ -38,12 +38,11 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.admissionregistration_v1 import ValidatingWebhookConfiguration
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import DaemonSet
-from lightkube.resources.authorization_v1 import SelfSubjectRulesReview
 from lightkube.resources.core_v1 import Namespace, Node, Pod, Secret, ServiceAccount
 
 from kilo.adapters import kubeconfig, kubernetes
 from kilo.sandbox.controlplane import ControlPlane, build_helm
-from tests.apiserver import wait_served
+from tests.apiserver import rules_of, wait_served
 from tests.manifests import (
     CHART,
     GENERATOR,
@@ -64,13 +63,6 @@ MODES = ("cni", "flannel", "cilium")
 WIREGUARD: tuple[bool | str, ...] = (False, True, "heterogeneous")
 MATRIX = list(itertools.product(FLAVOURS, MODES, WIREGUARD))
 AGENTS = ("kilo", "kilo-userspace")
-# What every authenticated user may do (asking about itself) is not ours to remove.
-EVERYONE = {
-    ("authorization.k8s.io", "selfsubjectaccessreviews"),
-    ("authorization.k8s.io", "selfsubjectrulesreviews"),
-    ("authentication.k8s.io", "selfsubjectreviews"),
-    ("certificates.k8s.io", "clustertrustbundles"),
-}
 PodMonitor = create_namespaced_resource("monitoring.coreos.com", "v1", "PodMonitor", "podmonitors")
 POD_MONITOR_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -466,17 +458,6 @@ def webhook_objects(admin: Client, cluster: Created) -> Iterator[list[Obj]]:
         yield objects
     finally:
         created.remove_all()
-
-
-def rules_of(client: Client, namespace: str) -> dict[tuple[str, str], set[str]]:
-    review = client.create(from_dict(SelfSubjectRulesReview, {"spec": {"namespace": namespace}}))
-    granted: dict[tuple[str, str], set[str]] = {}
-    for rule in review.status.resourceRules:
-        for group in rule.apiGroups or [""]:
-            for resource in rule.resources or []:
-                if (group, resource) not in EVERYONE:
-                    granted.setdefault((group, resource), set()).update(rule.verbs)
-    return granted
 
 
 def test_the_webhook_account_may_list_and_watch_nodes_and_peers_and_nothing_else(
