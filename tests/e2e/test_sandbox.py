@@ -194,6 +194,9 @@ def test_two_linked_clusters_up_status_down(directory: Path, controlplane_binari
     assert "6 of 6 paths reachable" in up.stdout
     assert list(matrix_rows(up.stdout)) == ["pod-aws-1", "pod-office-1", "pod-gcp-1"]
     assert f"kubeconfig {directory / 'kubeconfig.cluster2'}." in up.stdout
+    # The graph shows both clusters and the link between their leaders.
+    graph = Path(re.search(r"^Graph: (\S+)", up.stdout, re.M).group(1))  # type: ignore[union-attr]
+    assert "10.4.0.0/16 + 10.5.0.0/16 (link sandbox)" in graph.read_text()
     recorded = state.loads((directory / "state.json").read_text())
     assert recorded.clusters == 2
     roles = {p.role for p in recorded.processes}

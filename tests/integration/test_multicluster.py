@@ -1,4 +1,5 @@
-"""``kgctl multicluster`` against two real API servers, as the chart's accounts.
+"""``kgctl multicluster`` (and ``kgctl graph`` of both clusters) against two real API
+servers, as the chart's accounts.
 
 The first cluster is the session's API server, the second one of this module's own. Each gets
 the accounts the chart ships: manifests/multicluster.yaml's (the Deployment's, in the cluster
@@ -222,6 +223,14 @@ def test_link_resync_watch_and_unlink_work_with_exactly_those_roles(
     assert sorted(mirrored(local)) == ["it-mc-azure-1"]
     assert "10.43.0.0/16" in mirrored(remote)["it-mc-aws-1"].spec["allowedIPs"]
 
+    # kgctl graph draws both clusters and the link, read with the same accounts.
+    code, out, err = run(
+        f"--kubeconfig={accounts[0]}", "graph", f"--remote-kubeconfig={accounts[1]}", "--link=it"
+    )
+    assert (code, err) == (0, "")
+    for leader in ("mc-aws-1", "mc-gcp-1"):
+        assert f'"1/{leader}"->"2/mc-azure-1"[ color=blue, dir=both, style=bold ];' in out
+
     # A new key in the first cluster: the next pass patches the Peer in the second.
     node = local.admin.get(Node, "mc-gcp-1")
     assert node.metadata is not None and node.metadata.annotations is not None
@@ -282,6 +291,11 @@ def test_two_kubeconfigs_naming_one_server_are_refused(accounts: tuple[Path, Pat
     code, out, err = run(*link_argv(accounts[0], accounts[0]))
     assert (code, out) == (1, "")
     assert "a cluster cannot be linked to itself" in err and err.count("\n") == 1
+    code, out, err = run(
+        f"--kubeconfig={accounts[0]}", "graph", f"--remote-kubeconfig={accounts[0]}"
+    )
+    assert (code, out) == (1, "")
+    assert "one cluster, nothing to link" in err and err.count("\n") == 1
 
 
 def test_a_peer_of_the_links_name_without_its_label_is_left_alone(

@@ -8,12 +8,14 @@ with a newline (Kilo's quirk).
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
 
 import pytest
 
 from kilo.mesh import ip as ipmod
 from kilo.mesh.endpoint import Endpoint
-from kilo.mesh.graph import dot
+from kilo.mesh.graph import dot, linked_dot
 from kilo.mesh.keys import Key
 from kilo.mesh.model import Granularity, Node, Peer
 from kilo.mesh.topology import Topology, build_topology
@@ -154,3 +156,79 @@ def test_title_is_the_kilo_subnet_of_the_topology() -> None:
         subnet=subnet,
     )
     assert dot(t).splitlines()[1] == '\tlabel="10.6.0.0/24";'
+
+
+# --- two clusters and the link (kgctl graph --remote-kubeconfig) --------------------------------
+
+
+def _second_cluster(peers: list[Peer]) -> Topology:
+    """One location, azure, whose leader is named like a node of the reference cluster."""
+    nodes = [
+        _node("alpha", 7, endpoint="198.51.100.7:51820", location="azure"),
+        _node("zeta", 8, endpoint="198.51.100.8:51820", location="azure"),
+    ]
+    return build_topology(
+        nodes,
+        peers,
+        granularity=Granularity.LOCATION,
+        hostname="alpha",
+        subnet=ipaddress.ip_network("10.5.0.0/16"),
+    )
+
+
+def _linked(one_has: list[str], two_has: list[str]) -> str:
+    nodes, peers = reference_cluster()
+    local = build_topology(
+        nodes,
+        [*peers, *(_peer(f"kilo-{n}") for n in one_has)],
+        granularity=Granularity.LOCATION,
+        hostname="alpha",
+        subnet=KILO_SUBNET,
+    )
+    remote = _second_cluster([_peer(f"kilo-{n}") for n in two_has])
+    return linked_dot(local, remote, link="kilo", titles=("cluster 1: a", "cluster 2: b"))
+
+
+def test_two_linked_clusters_are_two_boxes_joined_leader_to_leader() -> None:
+    leaders = sorted(s.leader_name for s in _reference().segments)
+    text = _linked(["alpha"], leaders)
+    assert text.startswith('digraph kilo {\n\tlabel="10.4.0.0/16 + 10.5.0.0/16 (link kilo)";')
+    # Node IDs carry the cluster: both clusters have an alpha.
+    assert '\t"1/alpha" [ ' in text and '\t"2/alpha" [ ' in text
+    for leader in leaders:
+        assert f'\t"1/{leader}"->"2/alpha"[ color=blue, dir=both, style=bold ];\n' in text
+    assert 'subgraph "cluster_1/" {\n\tlabel="cluster 1: a";' in text
+    assert 'subgraph "cluster_2/location_location:azure"' in text  # as dot() names it
+    # The link's Peers are the edges; the cluster's own Peer stays in its peers box.
+    assert '"1/laptop" [ ' in text and '"1/kilo-alpha"' not in text
+    assert '"2/kilo-' not in text and "cluster_2/peers" not in text
+
+
+def test_a_link_that_holds_in_one_cluster_only_is_a_red_arrow_from_it() -> None:
+    leaders = sorted(s.leader_name for s in _reference().segments)
+    text = _linked(["alpha"], leaders[:1])
+    assert f'\t"1/{leaders[0]}"->"2/alpha"[ color=blue, dir=both, style=bold ];\n' in text
+    # Cluster 1 holds alpha's Peer, cluster 2 none for the other leader: an arrow from 1.
+    assert f'\t"1/{leaders[1]}"->"2/alpha"[ color=red, dir=forward, style=dashed ];\n' in text
+    one_way = _linked([], leaders[:1])
+    assert f'\t"2/alpha"->"1/{leaders[0]}"[ color=red, dir=forward, style=dashed ];\n' in one_way
+    # A Peer of the link for a node that leads nothing (stale) is drawn as a Peer.
+    stale = _linked(["zeta"], [])
+    assert '"1/kilo-zeta" [ ' in stale
+    assert "color=" not in stale
+
+
+def test_the_linked_graph_is_valid_dot() -> None:
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz is not installed")
+    leaders = sorted(s.leader_name for s in _reference().segments)
+    result = subprocess.run(
+        ["dot", "-Tsvg"],
+        input=_linked(["alpha"], leaders[:1]),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

@@ -276,6 +276,11 @@ def test_subnet_override(tmp_path: Path) -> None:
             'invalid --topology-label "a b": its name "a b" must consist of',
         ),
         (["graph", "--topology-label=x/"], 'invalid --topology-label "x/": its name is empty'),
+        (["graph", "--link=east"], "--link names the link between two clusters: give"),
+        (
+            ["graph", f"--remote-kubeconfig={__file__}"],
+            "--remote-kubeconfig reads a live cluster: --backend must be kubernetes",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(argv: list[str], message: str) -> None:
@@ -283,6 +288,15 @@ def test_usage_errors_are_one_line_and_exit_2(argv: list[str], message: str) -> 
     assert (code, out) == (2, "")
     assert err.count("\n") == 1
     assert message in err
+
+
+def test_graph_checks_the_link_name_before_reading_either_cluster(tmp_path: Path) -> None:
+    config = tmp_path / "remote.kubeconfig"
+    config.write_text("")  # never read: the name is wrong
+    argv = ["--backend=kubernetes", f"--kubeconfig={config}", "graph"]
+    code, out, err = run(*argv, f"--remote-kubeconfig={config}", "--link=East")
+    assert (code, out) == (2, "")
+    assert err.startswith("kgctl: --link: link name 'East' is not lower-case letters")
 
 
 def test_usage_errors_file_backend_without_file() -> None:

@@ -18,6 +18,7 @@ from kilo.cli.arguments import quote
 from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
 from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
+from kilo.mesh import multicluster as multicluster_core
 from kilo.mesh.cluster import Cluster
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.model import (
@@ -217,11 +218,56 @@ def run_list(ctx: Context) -> int:
     return 0
 
 
+def check_graph(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``graph``'s flags, before anything is read."""
+    if args.link is not None and args.remote_kubeconfig is None:
+        return "--link names the link between two clusters: give --remote-kubeconfig too"
+    if args.remote_kubeconfig is None:
+        return None
+    if args.backend != "kubernetes":
+        return "--remote-kubeconfig reads a live cluster: --backend must be kubernetes"
+    problem = multicluster_core.check_link_name(args.link or multicluster.DEFAULT_LINK)
+    return None if problem is None else f"--link: {problem}"
+
+
 def run_graph(ctx: Context) -> int:
+    if ctx.args.remote_kubeconfig is not None:
+        return _run_linked_graph(ctx)
     mesh = Mesh(ctx)
     # Any perspective gives the same graph; the first node by name keeps it deterministic.
     t = mesh.topology(mesh.nodes[0].name, port=ctx.args.port, keepalive=0)
     print(graph.dot(t), file=ctx.out)
+    return 0
+
+
+def _run_linked_graph(ctx: Context) -> int:
+    """Both clusters and the link between them: each read as ``graph`` reads one."""
+    args = ctx.args
+    servers = [
+        str(kubeconfig.load(path).cluster.server)
+        for path in (args.kubeconfig, args.remote_kubeconfig)
+    ]
+    if servers[0] == servers[1]:
+        raise KiloError(
+            f"--kubeconfig and --remote-kubeconfig both name {servers[0]}: "
+            "one cluster, nothing to link"
+        )
+    remote = Context(
+        argparse.Namespace(**{**vars(args), "kubeconfig": args.remote_kubeconfig}),
+        ctx.out,
+        ctx.err,
+    )
+    topologies = []
+    for side in (ctx, remote):
+        mesh = Mesh(side)
+        topologies.append(mesh.topology(mesh.nodes[0].name, port=args.port, keepalive=0))
+    text = graph.linked_dot(
+        topologies[0],
+        topologies[1],
+        link=args.link or multicluster.DEFAULT_LINK,
+        titles=(f"cluster 1: {servers[0]}", f"cluster 2: {servers[1]}"),
+    )
+    print(text, file=ctx.out)
     return 0
 
 

@@ -256,7 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     graph_parser = subcommands.add_parser("graph", help="print the mesh as a Graphviz DOT graph")
     _global_options(graph_parser, suppress=True)
-    graph_parser.set_defaults(run=commands.run_graph)
+    graph_parser.add_argument(
+        "--remote-kubeconfig",
+        type=arguments.FILE,
+        metavar="PATH",
+        help="also draw the cluster of this kubeconfig, and the link kgctl multicluster "
+        "link keeps between the two (--backend kubernetes)",
+    )
+    graph_parser.add_argument(
+        "--link",
+        metavar="NAME",
+        help=f"with --remote-kubeconfig: the link's --name (default {multicluster.DEFAULT_LINK})",
+    )
+    graph_parser.set_defaults(run=commands.run_graph, check=commands.check_graph)
 
     showconf = subcommands.add_parser(
         "showconf", help="print the WireGuard configuration of a node or peer"

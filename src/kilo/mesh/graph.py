@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from kilo.mesh.endpoint import endpoint_string
+from kilo.mesh.model import Peer
 from kilo.mesh.topology import Segment, Topology
 
 GRAPH_NAME = "kilo"
@@ -181,3 +182,110 @@ def _attr_list(attrs: Mapping[str, str]) -> str:
 
 def _stmt_list(stmts: list[str]) -> str:
     return "".join("\t" + s + ";\n" for s in stmts)
+
+
+# --- two clusters and the link between them (kgctl graph --remote-kubeconfig) --------------------
+
+_LINK_EDGE = MappingProxyType({"dir": "both", "style": "bold", "color": "blue"})
+# A Peer in one cluster only: the link has not caught up (or is gone).
+_HALF_LINK_EDGE = MappingProxyType({"dir": "forward", "style": "dashed", "color": "red"})
+
+
+def linked_dot(local: Topology, remote: Topology, *, link: str, titles: tuple[str, str]) -> str:
+    """Both clusters, each drawn as :func:`dot` draws one, side by side in a box of its own,
+    and the link between their leaders.
+
+    Kilo has no such view, so there is no format to match; the pieces are :func:`dot`'s. Node
+    IDs are prefixed with the cluster's index (``1/aws-1``): two clusters may name nodes
+    alike. A leader L of one cluster is joined to a leader M of the other by a bold blue edge
+    when each cluster holds the other's mirror Peer (``<link>-M`` and ``<link>-L``, as
+    :mod:`kilo.mesh.multicluster` names them), by a dashed red arrow from the cluster holding
+    it when only one does. Those mirror Peers are drawn as the edges, not in the clusters'
+    peers boxes; any other Peer (a stale mirror included) stays there.
+    """
+    sides = (local, remote)
+    leaders = [{s.leader_name for s in t.segments} for t in sides]
+    # mirrored[i]: the other cluster's leaders that cluster i holds a Peer of the link for.
+    mirrored = [
+        {p.name.removeprefix(f"{link}-") for p in t.peers if p.name.startswith(f"{link}-")}
+        & leaders[1 - i]
+        for i, t in enumerate(sides)
+    ]
+    stmts = [
+        f"{k}={v}"
+        for k, v in sorted(
+            {
+                "label": _quote(
+                    f"{local.wireguard_cidr.network} + {remote.wireguard_cidr.network}"
+                    f" (link {link})"
+                ),
+                "labelloc": "t",
+                "outputorder": "nodesfirst",
+                "overlap": "false",
+            }.items()
+        )
+    ]
+    boxes = []
+    for i, t in enumerate(sides):
+        prefix = f"{i + 1}/"
+        own_peers = [p for p in t.peers if p.name.removeprefix(f"{link}-") not in mirrored[i]]
+        edges, box = _cluster_box(t, prefix=prefix, title=titles[i], peers=own_peers)
+        stmts.extend(edges)
+        boxes.append(box)
+    for a in sorted(leaders[0]):
+        for b in sorted(leaders[1]):
+            there, back = b in mirrored[0], a in mirrored[1]
+            ends = (_quote(f"1/{a}"), _quote(f"2/{b}"))
+            if there and back:
+                stmts.append(f"{ends[0]}->{ends[1]}{_attr_list(_LINK_EDGE)}")
+            elif there:  # only cluster 1 holds b's Peer: 1 -> 2
+                stmts.append(f"{ends[0]}->{ends[1]}{_attr_list(_HALF_LINK_EDGE)}")
+            elif back:
+                stmts.append(f"{ends[1]}->{ends[0]}{_attr_list(_HALF_LINK_EDGE)}")
+    stmts.extend(boxes)
+    return "digraph " + GRAPH_NAME + " {\n" + _stmt_list(stmts) + "\n}\n"
+
+
+def _cluster_box(
+    t: Topology, *, prefix: str, title: str, peers: list[Peer]
+) -> tuple[list[str], str]:
+    """One cluster as a subgraph of its segments and Peers, with :func:`dot`'s labels and
+    edges (IDs prefixed): (the edges, the subgraph statement)."""
+    edges: list[str] = []
+    inner: list[str] = []
+    leaders = []
+    for segment in t.segments:
+        members = [_quote(prefix + h) for h in segment.hostnames]
+        nodes = [
+            f"{name} {_attr_list({**_NODE_ATTRS, 'label': label, **rank})}"
+            for j, (name, label) in enumerate(zip(members, _node_labels(segment), strict=True))
+            for rank in [{"rank": "1"} if j == segment.leader else {}]
+        ]
+        inner.append(
+            _box(
+                f"cluster_{prefix}location_{segment.location}",
+                segment.location,
+                nodes,
+            )
+        )
+        leader = members[segment.leader]
+        edges.extend(f"{leader}->{m}{_attr_list(_SEGMENT_EDGE)}" for m in members if m != leader)
+        leaders.append(leader)
+    for i, src in enumerate(leaders):
+        edges.extend(f"{src}->{dst}{_attr_list(_SEGMENT_EDGE)}" for dst in leaders[i + 1 :])
+    peer_nodes = []
+    for peer in sorted(peers, key=lambda p: p.name):
+        name = _quote(prefix + peer.name)
+        label = _quote(
+            _escape(peer.name) + "\\n" + _escape(endpoint_string(peer.endpoint)), escaped=True
+        )
+        peer_nodes.append(f"{name} {_attr_list({**_NODE_ATTRS, 'label': label})}")
+        edges.extend(f"{leader}->{name}{_attr_list(_PEER_EDGE)}" for leader in leaders)
+    if peer_nodes:
+        inner.append(_box(f"cluster_{prefix}peers", "peers", peer_nodes))
+    return edges, _box(f"cluster_{prefix}", title, inner)
+
+
+def _box(name: str, label: str, stmts: list[str]) -> str:
+    attrs = [f"label={_quote(label)}", f"style={SUBGRAPH_STYLE}"]
+    return f"subgraph {_quote(name)} {{\n" + _stmt_list([*attrs, *stmts]) + "\n}\n"

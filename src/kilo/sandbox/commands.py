@@ -452,8 +452,10 @@ def _link_running(bed: Testbed, link: subprocess.Popen[bytes]) -> None:
         raise SandboxError(f"kgctl multicluster link exited with {link.returncode}:\n{tail}")
 
 
-def _write_graph(box: Sandbox) -> Path:
-    dot = kgctl(box.kubeconfig, "graph")
+def _write_graph(box: Sandbox, clusters: int = 1) -> Path:
+    # Two clusters: both, and the link between them.
+    linked = [f"--remote-kubeconfig={box.kubeconfig_of(1)}", f"--link={LINK}"]
+    dot = kgctl(box.kubeconfig, "graph", *(linked if clusters > 1 else []))
     for name in state.GRAPH_FILES:
         with contextlib.suppress(FileNotFoundError):
             (box.directory / name).unlink()
@@ -694,7 +696,7 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
             "peer's address at the next check-in: up to 30 s)"
         ):
             reached = measure(targets(current), timeout=REACH_TIMEOUT * slow)
-        graph = _write_graph(box)
+        graph = _write_graph(box, current.clusters)
         listings = _listings(box, current)
         table = _tables(box, current)
         current = replace(current, graph=str(graph), complete=True)
