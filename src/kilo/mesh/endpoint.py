@@ -47,7 +47,7 @@ class UDPAddr:
     zone: str = ""
 
     def __str__(self) -> str:
-        host = "" if self.ip is None else str(self.ip)
+        host = "" if self.ip is None else ipmod.text(self.ip)
         if self.zone:
             host = f"{host}%{self.zone}"
         if ":" in host:

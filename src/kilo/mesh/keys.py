@@ -25,6 +25,7 @@ _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
 _NEWLINES = (0x0A, 0x0D)
 _PAD = 0x3D
+_ZERO_RAW = bytes(KEY_LENGTH)
 
 
 def _corrupt(offset: int) -> InvalidKeyError:
@@ -113,7 +114,7 @@ class Key:
 
     @property
     def is_zero(self) -> bool:
-        return self.raw == bytes(KEY_LENGTH)
+        return self.raw == _ZERO_RAW
 
     def public_key(self) -> Key:
         """The public key of this private key (clamping is applied by X25519)."""

@@ -9,6 +9,7 @@ that does not fit (Kilo gives that segment an empty IP and fails only on the nex
 from __future__ import annotations
 
 import bisect
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,41 @@ class Topology:
         return Endpoint.from_udp(self.discovered_endpoints[str(key)])
 
 
+# A 5000-node full mesh has 5000 segments. The dataclass's __init__ costs 2.5 us a segment
+# (keyword arguments, then one object.__setattr__ a field of a frozen class); filling the
+# slots directly costs a fraction and gives the same value (every field is set;
+# tests/unit/test_fast_values.py compares it with the constructor's).
+_new = object.__new__
+_SEGMENT_FIELDS = (
+    "location",
+    "hostnames",
+    "leader",
+    "endpoint",
+    "key",
+    "persistent_keepalive",
+    "cidrs",
+    "private_ips",
+    "cni_compat_ips",
+    "wireguard_ip",
+    "allowed_ips",
+    "allowed_location_ips",
+)
+(
+    _SET_LOCATION,
+    _SET_HOSTNAMES,
+    _SET_LEADER,
+    _SET_ENDPOINT,
+    _SET_KEY,
+    _SET_KEEPALIVE,
+    _SET_CIDRS,
+    _SET_PRIVATE_IPS,
+    _SET_CNI_COMPAT_IPS,
+    _SET_WIREGUARD_IP,
+    _SET_ALLOWED_IPS,
+    _SET_ALLOWED_LOCATION_IPS,
+) = (Segment.__dict__[name].__set__ for name in _SEGMENT_FIELDS)
+
+
 def location_key(node: Node, granularity: Granularity | str) -> str:
     """The segment key of ``node``; an unknown granularity puts every node in one segment."""
     if granularity == Granularity.LOCATION:
@@ -97,17 +133,20 @@ def location_key(node: Node, granularity: Granularity | str) -> str:
     return ""
 
 
+_name = operator.attrgetter("name")
+
+
 def find_leader(nodes: Sequence[Node]) -> int:
     """Annotated and public > annotated > public > first by name."""
     leaders: list[int] = []
     public: list[int] = []
     for i, node in enumerate(nodes):
-        endpoint_ip = None if node.endpoint is None else node.endpoint.ip
+        public_endpoint = node.endpoint is not None and ipmod.is_public(node.endpoint.ip)
         if node.leader:
-            if ipmod.is_public(endpoint_ip):
+            if public_endpoint:
                 return i
             leaders.append(i)
-        if ipmod.is_public(endpoint_ip):
+        if public_endpoint:
             public.append(i)
     if leaders:
         return leaders[0]
@@ -148,7 +187,11 @@ def build_topology(
 
     groups: dict[str, list[Node]] = {}
     for node in by_name.values():
-        groups.setdefault(location_key(node, granularity), []).append(node)
+        group = groups.get(segment_key := location_key(node, granularity))
+        if group is None:
+            groups[segment_key] = [node]
+        else:
+            group.append(node)
 
     segment_keys = sorted(groups)
     capacity = address_capacity(subnet)
@@ -158,7 +201,9 @@ def build_topology(
     is_leader = False
     drafts: list[_SegmentDraft] = []
     for location in segment_keys:
-        members = sorted(groups[location], key=lambda n: n.name)
+        members = groups[location]
+        if len(members) > 1:
+            members.sort(key=_name)
         leader = find_leader(members)
         if location == local_location and members[leader].name == hostname:
             is_leader = True
@@ -233,38 +278,48 @@ class _SegmentDraft:
     def of(cls, location: str, members: list[Node], leader: int) -> _SegmentDraft:
         allowed_ips: list[IPInterface | IPNetwork] = []
         private_ips: list[IPAddress] = []
-        seen: set[str] = set()
         allowed_location_ips: list[IPInterface] = []
         for node in members:
             if node.subnet is not None:
                 allowed_ips.append(node.subnet)
-            if node.internal_ip is not None:
-                allowed_ips.append(ipmod.host_interface(node.internal_ip.ip))
-                private_ips.append(node.internal_ip.ip)
-            for alip in node.allowed_location_ips:
-                if str(alip) not in seen:
-                    seen.add(str(alip))
-                    allowed_location_ips.append(alip)
-        allowed_location_ips.sort(key=str)
+            internal_ip = node.internal_ip
+            if internal_ip is not None:
+                private = internal_ip.ip
+                allowed_ips.append(ipmod.host_interface(private))
+                private_ips.append(private)
+            if node.allowed_location_ips:
+                allowed_location_ips.extend(node.allowed_location_ips)
+        if len(allowed_location_ips) > 1:
+            allowed_location_ips = _unique_sorted(allowed_location_ips)
         return cls(location, members, leader, allowed_ips, private_ips, allowed_location_ips)
 
     def freeze(self) -> Segment:
-        leader = self.members[self.leader]
+        """The segment, built as ``Segment(...)`` would (see ``_SEGMENT_FIELDS``)."""
+        members = self.members
+        leader = members[self.leader]
         assert self.wireguard_ip is not None
-        return Segment(
-            location=self.location,
-            hostnames=tuple(n.name for n in self.members),
-            leader=self.leader,
-            endpoint=leader.endpoint,
-            key=leader.key,
-            persistent_keepalive=leader.persistent_keepalive,
-            cidrs=tuple(n.subnet for n in self.members if n.subnet is not None),
-            private_ips=tuple(self.private_ips),
-            cni_compat_ips=tuple(n.cni_compatibility_ip for n in self.members),
-            wireguard_ip=self.wireguard_ip,
-            allowed_ips=tuple(self.allowed_ips),
-            allowed_location_ips=tuple(self.allowed_location_ips),
-        )
+        segment = _new(Segment)
+        _SET_LOCATION(segment, self.location)
+        _SET_HOSTNAMES(segment, tuple([n.name for n in members]))
+        _SET_LEADER(segment, self.leader)
+        _SET_ENDPOINT(segment, leader.endpoint)
+        _SET_KEY(segment, leader.key)
+        _SET_KEEPALIVE(segment, leader.persistent_keepalive)
+        _SET_CIDRS(segment, tuple([n.subnet for n in members if n.subnet is not None]))
+        _SET_PRIVATE_IPS(segment, tuple(self.private_ips))
+        _SET_CNI_COMPAT_IPS(segment, tuple([n.cni_compatibility_ip for n in members]))
+        _SET_WIREGUARD_IP(segment, self.wireguard_ip)
+        _SET_ALLOWED_IPS(segment, tuple(self.allowed_ips))
+        _SET_ALLOWED_LOCATION_IPS(segment, tuple(self.allowed_location_ips))
+        return segment
+
+
+def _unique_sorted(cidrs: list[IPInterface]) -> list[IPInterface]:
+    """The first of each CIDR text, sorted by that text (Kilo sorts CIDRs as strings)."""
+    by_text: dict[str, IPInterface] = {}
+    for cidr in cidrs:
+        by_text.setdefault(ipmod.text(cidr), cidr)
+    return [by_text[text] for text in sorted(by_text)]
 
 
 class _AllowedLocationIPFilter:
@@ -299,8 +354,9 @@ class _AllowedLocationIPFilter:
         if not spans:
             return []
         # The segment's own allowed-location IPs do not count against it: they are
-        # subtracted from the counts of the (global) index.
-        own = _CidrIndex(spans)
+        # subtracted from the counts of the (global) index. One of them (the usual case)
+        # lies within its own range and its network contains its own address: 1 and 1.
+        own = _CidrIndex(spans) if len(spans) > 1 else None
         kept: list[IPInterface] = []
         dropped: list[_Span] = []
         for alip, span in zip(draft.allowed_location_ips, spans, strict=True):
@@ -312,14 +368,16 @@ class _AllowedLocationIPFilter:
             self._location_ips.remove(span)
         return kept
 
-    def _clashes(self, span: _Span, own: _CidrIndex) -> bool:
+    def _clashes(self, span: _Span, own: _CidrIndex | None) -> bool:
         version, host_bits, address = span
         first = address >> host_bits << host_bits
         last = first | ((1 << host_bits) - 1)
         # It intersects another segment's allowed-location IP.
-        if self._location_ips.within(version, first, last) > own.within(version, first, last):
+        own_within = 1 if own is None else own.within(version, first, last)
+        if self._location_ips.within(version, first, last) > own_within:
             return True
-        if self._location_ips.containing(version, address) > own.containing(version, address):
+        own_containing = 1 if own is None else own.containing(version, address)
+        if self._location_ips.containing(version, address) > own_containing:
             return True
         # An allowed IP of any segment, its own included, contains its address.
         if self._allowed_ips.containing(version, address):
