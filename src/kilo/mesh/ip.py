@@ -164,6 +164,23 @@ def text(value: IPAddress | IPInterface | IPNetwork) -> str:
     return str(value)
 
 
+def host_text(ip: IPAddress) -> str:
+    """``text(host_interface(ip))``: ``a.b.c.d/32`` or ``.../128``, interned like the CIDR."""
+    if isinstance(ip, IPv4Address):
+        return _host_text4(int(ip))
+    return _host_text6(int(ip))
+
+
+@functools.lru_cache(maxsize=_INTERNED)
+def _host_text4(value: int) -> str:
+    return _DOTTED_PREFIX % (value >> 24, value >> 16 & 255, value >> 8 & 255, value & 255, 32)
+
+
+@functools.lru_cache(maxsize=_INTERNED)
+def _host_text6(value: int) -> str:
+    return str(_host_interface6(value))
+
+
 def contains(cidr: IPInterface | IPNetwork, ip: IPAddress | None) -> bool:
     """Go's ``IPNet.Contains``: mask both sides; different families never match."""
     if ip is None:

@@ -7,7 +7,7 @@ from a private key is deterministic and lives here.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -86,10 +86,14 @@ class Key:
     """A WireGuard key (public, private or preshared)."""
 
     raw: bytes
+    # The base64 text, computed once: a large mesh's configs and graphs print each key on
+    # every apply. Not part of the value (equality, hash, repr).
+    _text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.raw) != KEY_LENGTH:
             raise InvalidKeyError(f"a WireGuard key has {KEY_LENGTH} bytes, got {len(self.raw)}")
+        object.__setattr__(self, "_text", base64.b64encode(self.raw).decode("ascii"))
 
     @classmethod
     def parse(cls, text: str) -> Key:
@@ -122,7 +126,7 @@ class Key:
         return Key(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
     def __str__(self) -> str:
-        return base64.b64encode(self.raw).decode("ascii")
+        return self._text
 
     def __repr__(self) -> str:
         # Never print key material by accident: a private key may end up in a log line.

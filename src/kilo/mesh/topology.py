@@ -42,10 +42,23 @@ class Segment:
     wireguard_ip: IPAddress
     allowed_ips: tuple[IPInterface | IPNetwork, ...]  # pod CIDR, internal /32 per node; WG /32
     allowed_location_ips: tuple[IPInterface, ...]
+    # The text of each allowed IP, as build_topology computed it once for the WireGuard
+    # config and the iptables rules, which print every one. Not part of the value.
+    _allowed_ips_text: tuple[str, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def leader_name(self) -> str:
         return self.hostnames[self.leader]
+
+    @property
+    def allowed_ips_text(self) -> tuple[str, ...]:
+        """``str()`` of each of :attr:`allowed_ips`."""
+        texts = self._allowed_ips_text
+        if texts is None:
+            texts = tuple([ipmod.text(a) for a in self.allowed_ips])
+        return texts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +118,7 @@ _SEGMENT_FIELDS = (
     "wireguard_ip",
     "allowed_ips",
     "allowed_location_ips",
+    "_allowed_ips_text",
 )
 (
     _SET_LOCATION,
@@ -119,6 +133,7 @@ _SEGMENT_FIELDS = (
     _SET_WIREGUARD_IP,
     _SET_ALLOWED_IPS,
     _SET_ALLOWED_LOCATION_IPS,
+    _SET_ALLOWED_IPS_TEXT,
 ) = (Segment.__dict__[name].__set__ for name in _SEGMENT_FIELDS)
 
 
@@ -141,7 +156,7 @@ def find_leader(nodes: Sequence[Node]) -> int:
     leaders: list[int] = []
     public: list[int] = []
     for i, node in enumerate(nodes):
-        public_endpoint = node.endpoint is not None and ipmod.is_public(node.endpoint.ip)
+        public_endpoint = node.public_endpoint  # ip.is_public of its endpoint's IP
         if node.leader:
             if public_endpoint:
                 return i
@@ -199,7 +214,7 @@ def build_topology(
         raise AddressPoolExhausted(str(subnet), len(segment_keys), capacity)
 
     is_leader = False
-    drafts: list[_SegmentDraft] = []
+    ordered: list[tuple[str, list[Node], int]] = []  # segment key, members by name, leader
     for location in segment_keys:
         members = groups[location]
         if len(members) > 1:
@@ -207,27 +222,24 @@ def build_topology(
         leader = find_leader(members)
         if location == local_location and members[leader].name == hostname:
             is_leader = True
-        drafts.append(_SegmentDraft.of(location, members, leader))
+        ordered.append((location, members, leader))
 
     sorted_peers = _deduplicate_peers(sorted(peers, key=lambda p: p.name))
 
+    if any(node.allowed_location_ips for node in node_list):
+        segments = _filtered_segments(ordered, subnet, sorted_peers)
+    else:
+        segments = _SEGMENTS.segments(ordered, subnet)
+
     discovered: dict[str, UDPAddr | None] = dict(local.discovered_endpoints or {})
     wireguard_cidr: IPInterface = ipmod.parse_interface(str(subnet)) or _unreachable()
-    network = int(subnet.network_address)
-    alip_filter = None
-    if any(draft.allowed_location_ips for draft in drafts):
-        alip_filter = _AllowedLocationIPFilter(drafts, sorted_peers)
-    for index, draft in enumerate(drafts):
-        wireguard_ip = _address(subnet, network + index + 1)
-        draft.wireguard_ip = wireguard_ip
-        draft.allowed_ips.append(ipmod.host_interface(wireguard_ip))
-        if is_leader and draft.location == local_location:
-            wireguard_cidr = _interface(wireguard_ip, subnet.prefixlen)
-        for member in draft.members:
-            for peer_key, address in (member.discovered_endpoints or {}).items():
-                discovered.setdefault(peer_key, address)
-        if alip_filter is not None:
-            draft.allowed_location_ips = alip_filter.filter(index)
+    for segment, (location, members, _) in zip(segments, ordered, strict=True):
+        if is_leader and location == local_location:
+            wireguard_cidr = _interface(segment.wireguard_ip, subnet.prefixlen)
+        for member in members:
+            if member.discovered_endpoints:
+                for peer_key, address in member.discovered_endpoints.items():
+                    discovered.setdefault(peer_key, address)
 
     return Topology(
         hostname=hostname,
@@ -242,10 +254,76 @@ def build_topology(
         kilo_subnet=subnet,
         wireguard_cidr=wireguard_cidr,
         service_cidrs=tuple(service_cidrs),
-        segments=tuple(d.freeze() for d in drafts),
+        segments=segments,
         peers=tuple(sorted_peers),
         discovered_endpoints=discovered,
     )
+
+
+def _filtered_segments(
+    ordered: Sequence[tuple[str, list[Node], int]], subnet: IPNetwork, peers: Sequence[Peer]
+) -> tuple[Segment, ...]:
+    """The segments, WireGuard IPs allocated and allowed-location IPs filtered in Kilo's
+    order: segment ``k`` is filtered once it has its WireGuard IP (see the filter)."""
+    drafts = [_SegmentDraft.of(location, members, leader) for location, members, leader in ordered]
+    alip_filter = _AllowedLocationIPFilter(drafts, peers)
+    network = int(subnet.network_address)
+    for index, draft in enumerate(drafts):
+        draft.add_wireguard_ip(_address(subnet, network + index + 1))
+        draft.allowed_location_ips = alip_filter.filter(index)
+    return tuple([d.freeze() for d in drafts])
+
+
+class _SegmentMemo:
+    """The previous topology's segments, reused while their nodes are the same objects.
+
+    A segment is a function of its nodes (values that never change) and of its WireGuard
+    IP, i.e. of its place in the sorted segment keys; without allowed-location IPs (whose
+    filter looks across segments) nothing else. An agent keeps the Nodes it already
+    translated from one event to the next, so most segments of a large mesh come back
+    unchanged, and rebuilding them was most of a 5000-node topology: the previous
+    segment is handed out again when its members are the very same Node objects (``is``,
+    so never a stale value) and its IP is the same. Only the last build is kept: at most
+    one topology's segments and the Nodes they came from.
+    """
+
+    def __init__(self) -> None:
+        # segment key -> (members, IP version, WireGuard IP as an integer, segment)
+        self._previous: dict[str, tuple[list[Node], int, int, Segment]] = {}
+
+    def segments(
+        self, ordered: Sequence[tuple[str, list[Node], int]], subnet: IPNetwork
+    ) -> tuple[Segment, ...]:
+        previous = self._previous
+        current: dict[str, tuple[list[Node], int, int, Segment]] = {}
+        segments: list[Segment] = []
+        version = subnet.version
+        network = int(subnet.network_address)
+        for index, (location, members, leader) in enumerate(ordered):
+            value = network + index + 1
+            entry = previous.get(location)
+            if (
+                entry is not None
+                and entry[2] == value
+                and entry[1] == version
+                and _same_nodes(entry[0], members)
+            ):
+                segment = entry[3]
+            else:
+                draft = _SegmentDraft.of(location, members, leader)
+                draft.add_wireguard_ip(_address(subnet, value))
+                segment = draft.freeze()
+            current[location] = (members, version, value, segment)
+            segments.append(segment)
+        self._previous = current
+        return tuple(segments)
+
+
+def _same_nodes(a: Sequence[Node], b: Sequence[Node]) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+_SEGMENTS = _SegmentMemo()
 
 
 def _unreachable() -> IPInterface:
@@ -270,6 +348,7 @@ class _SegmentDraft:
     members: list[Node]
     leader: int
     allowed_ips: list[IPInterface | IPNetwork]
+    allowed_ips_text: list[str]
     private_ips: list[IPAddress]
     allowed_location_ips: list[IPInterface]
     wireguard_ip: IPAddress | None = None
@@ -277,21 +356,39 @@ class _SegmentDraft:
     @classmethod
     def of(cls, location: str, members: list[Node], leader: int) -> _SegmentDraft:
         allowed_ips: list[IPInterface | IPNetwork] = []
+        allowed_ips_text: list[str] = []
         private_ips: list[IPAddress] = []
         allowed_location_ips: list[IPInterface] = []
+        # The node's own derived values (model.Node), computed once when it was built.
         for node in members:
             if node.subnet is not None:
                 allowed_ips.append(node.subnet)
-            internal_ip = node.internal_ip
-            if internal_ip is not None:
-                private = internal_ip.ip
-                allowed_ips.append(ipmod.host_interface(private))
+                allowed_ips_text.append(node.subnet_text)
+            private = node.private_ip
+            if private is not None:
+                assert node.private_host is not None
+                allowed_ips.append(node.private_host)
+                allowed_ips_text.append(node.private_host_text)
                 private_ips.append(private)
             if node.allowed_location_ips:
                 allowed_location_ips.extend(node.allowed_location_ips)
         if len(allowed_location_ips) > 1:
             allowed_location_ips = _unique_sorted(allowed_location_ips)
-        return cls(location, members, leader, allowed_ips, private_ips, allowed_location_ips)
+        return cls(
+            location,
+            members,
+            leader,
+            allowed_ips,
+            allowed_ips_text,
+            private_ips,
+            allowed_location_ips,
+        )
+
+    def add_wireguard_ip(self, wireguard_ip: IPAddress) -> None:
+        """Allocate ``wireguard_ip`` to the segment: its ``/32`` becomes an allowed IP."""
+        self.wireguard_ip = wireguard_ip
+        self.allowed_ips.append(ipmod.host_interface(wireguard_ip))
+        self.allowed_ips_text.append(ipmod.host_text(wireguard_ip))
 
     def freeze(self) -> Segment:
         """The segment, built as ``Segment(...)`` would (see ``_SEGMENT_FIELDS``)."""
@@ -311,6 +408,7 @@ class _SegmentDraft:
         _SET_WIREGUARD_IP(segment, self.wireguard_ip)
         _SET_ALLOWED_IPS(segment, tuple(self.allowed_ips))
         _SET_ALLOWED_LOCATION_IPS(segment, tuple(self.allowed_location_ips))
+        _SET_ALLOWED_IPS_TEXT(segment, tuple(self.allowed_ips_text))
         return segment
 
 

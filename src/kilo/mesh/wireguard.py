@@ -8,7 +8,7 @@ The text is byte-exact with Kilo's renderer, so ``wg setconf`` and existing scri
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.ip import IPInterface, IPNetwork
@@ -28,6 +28,19 @@ class WireGuardPeer:
     persistent_keepalive: int = 0
     preshared_key: Key | None = None
     name: str = ""  # what this peer stands for (a segment key or a Peer name); not rendered
+    # The text of each allowed IP when node_config had it at hand (a segment's); rendering
+    # prints every one. Not part of the value.
+    _allowed_ips_text: tuple[str, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def allowed_ips_text(self) -> tuple[str, ...]:
+        """``str()`` of each of :attr:`allowed_ips`."""
+        texts = self._allowed_ips_text
+        if texts is None:
+            texts = tuple([ip_text(a) for a in self.allowed_ips])
+        return texts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,17 +63,24 @@ class WireGuardConfig:
 # the slots directly costs a third of that and gives the same value (every field is set;
 # tests/unit/test_fast_values.py compares it with the constructor's).
 _new = object.__new__
-_SET_PUBLIC_KEY, _SET_ALLOWED_IPS, _SET_ENDPOINT, _SET_KEEPALIVE, _SET_PSK, _SET_NAME = (
-    WireGuardPeer.__dict__[name].__set__
-    for name in (
-        "public_key",
-        "allowed_ips",
-        "endpoint",
-        "persistent_keepalive",
-        "preshared_key",
-        "name",
-    )
+_PEER_FIELDS = (
+    "public_key",
+    "allowed_ips",
+    "endpoint",
+    "persistent_keepalive",
+    "preshared_key",
+    "name",
+    "_allowed_ips_text",
 )
+(
+    _SET_PUBLIC_KEY,
+    _SET_ALLOWED_IPS,
+    _SET_ENDPOINT,
+    _SET_KEEPALIVE,
+    _SET_PSK,
+    _SET_NAME,
+    _SET_ALLOWED_IPS_TEXT,
+) = (WireGuardPeer.__dict__[name].__set__ for name in _PEER_FIELDS)
 
 
 def _make_peer(
@@ -69,8 +89,11 @@ def _make_peer(
     allowed_ips: tuple[AllowedIP, ...],
     endpoint: Endpoint | None,
     persistent_keepalive: int,
+    *,
+    allowed_ips_text: tuple[str, ...] | None,
 ) -> WireGuardPeer:
-    """``WireGuardPeer(...)`` without a preshared key, faster."""
+    """``WireGuardPeer(...)`` without a preshared key, faster; ``allowed_ips_text``, if
+    given, is the text of each of ``allowed_ips``."""
     peer = _new(WireGuardPeer)
     _SET_PUBLIC_KEY(peer, public_key)
     _SET_ALLOWED_IPS(peer, allowed_ips)
@@ -78,6 +101,7 @@ def _make_peer(
     _SET_KEEPALIVE(peer, persistent_keepalive)
     _SET_PSK(peer, None)
     _SET_NAME(peer, name)
+    _SET_ALLOWED_IPS_TEXT(peer, allowed_ips_text)
     return peer
 
 
@@ -92,6 +116,8 @@ def node_config(t: Topology) -> WireGuardConfig:
             s.allowed_ips + s.allowed_location_ips,
             update(s.endpoint, s.key, s.persistent_keepalive),
             keepalive,
+            allowed_ips_text=s.allowed_ips_text
+            + tuple([ip_text(a) for a in s.allowed_location_ips]),
         )
         for s in t.segments
         if s.location != t.location
@@ -193,7 +219,7 @@ def render_peers(peers: Sequence[WireGuardPeer]) -> str:
 def _render_peer(peer: WireGuardPeer) -> str:
     text = "[Peer]\n"
     if peer.allowed_ips:
-        text += "AllowedIPs = " + ", ".join([ip_text(a) for a in peer.allowed_ips]) + "\n"
+        text += "AllowedIPs = " + ", ".join(peer.allowed_ips_text) + "\n"
     endpoint = "" if peer.endpoint is None else str(peer.endpoint)
     if endpoint:
         text += f"Endpoint = {endpoint}\n"
