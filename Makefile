@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: venv packages sandbox sandbox-down lint test unit integration e2e fuzz example bench bench-agent clean
+.PHONY: venv packages sandbox sandbox-down lint test unit integration e2e image image-test fuzz example bench bench-agent clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -51,6 +51,16 @@ e2e: $(PY)
 # Integration tests alone: a real etcd + kube-apiserver (built once, see README).
 integration: $(PY)
 	$(BIN)/pytest tests/integration
+
+# The image without a container engine (root, mmdebstrap; cached under ~/.cache/kilo-image),
+# imported into podman as $(IMAGE_NAME).
+IMAGE_NAME ?= localhost/kilo-py/kilo:dev
+image:
+	bash docker/build.sh import $(IMAGE_NAME)
+
+# The image tests alone: the built image run with podman (root).
+image-test: $(PY)
+	$(BIN)/pytest tests/image tests/e2e/test_image_agent.py
 
 # The fuzz suite's long, random profile: Nodes and Peers of any shape through everything kg,
 # kgctl and kg webhook compute (CI runs a short, fixed profile of the same tests).

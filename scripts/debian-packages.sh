@@ -25,6 +25,10 @@ command -v zsh >/dev/null || need+=(zsh)
 command -v fish >/dev/null || need+=(fish)
 # The venv of the Makefile.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# The image: docker/build.sh builds it with mmdebstrap; the tests run it with podman (which
+# brings crun and conmon).
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v podman >/dev/null || need+=(podman)
 
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0

@@ -19,6 +19,9 @@ from kilo.mesh.model import Node, Peer
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DUMP = ROOT / "examples" / "cluster.yaml"
 KILO_SUBNET = ipaddress.ip_network("10.4.0.0/16")
+# alpha's pod CIDR, that of the CNI example of kilo-mesh.md §6.10: with it, the conflist of
+# Kilo's kubeadm manifest (tests/golden/cni-template.conflist) becomes cni-rewritten.conflist.
+CNI_POD_CIDR = ipaddress.ip_network("10.2.0.0/24")
 
 PRIVATE_KEYS = {
     "alpha": Key.parse("aCeI7O4eTJTwlJ4IHe5grdXfvJRai3Ng4Ms9ZCAR1F8="),

@@ -131,6 +131,11 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     return result
 
 
+def package_list(path: Path = ROOT / "docker" / "packages.txt") -> set[str]:
+    """The image's Debian packages: docker/packages.txt without comments."""
+    return {word for line in path.read_text().splitlines() for word in line.split("#")[0].split()}
+
+
 def apt_packages(instructions: list[tuple[str, str]]) -> set[str]:
     packages: set[str] = set()
     for keyword, rest in instructions:

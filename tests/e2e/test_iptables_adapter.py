@@ -9,7 +9,7 @@ import pytest
 from kilo.adapters.iptables import IPTables
 from kilo.errors import DataPlaneError
 from kilo.mesh.iptables import FILTER_TABLE, Protocol, Rule, RuleSet
-from tests.e2e.test_iptables_restore import plan
+from tests.reference_iptables import alpha_rule_set
 
 JUMP = (
     "-s",
@@ -73,7 +73,7 @@ def _needs_iptables() -> None:
 def test_apply_programs_the_plan_once(netns: str) -> None:
     recorder = Recorder()
     controller = IPTables(netns=netns, ipv6=False, on_operation=recorder)
-    assert controller.apply(plan()) == 2
+    assert controller.apply(alpha_rule_set()) == 2
     nat = ns(netns, "iptables-save", "-t", "nat")
     assert JUMP_LINE in nat
     assert ":KILO-NAT - [0:0]" in nat
@@ -84,7 +84,7 @@ def test_apply_programs_the_plan_once(netns: str) -> None:
     assert all(call[0] == "IPv4" for call in recorder.calls)
 
     recorder.calls.clear()
-    assert controller.apply(plan()) == 0
+    assert controller.apply(alpha_rule_set()) == 0
     # Reading each table is all a second apply does.
     assert recorder.calls == [("IPv4", "List", "filter", "*"), ("IPv4", "List", "nat", "*")]
 
@@ -92,12 +92,12 @@ def test_apply_programs_the_plan_once(netns: str) -> None:
 def test_a_rule_deleted_by_hand_is_restored(netns: str) -> None:
     recorder = Recorder()
     controller = IPTables(netns=netns, ipv6=False, on_operation=recorder)
-    controller.apply(plan())
+    controller.apply(alpha_rule_set())
     before = snapshot(netns)
     ns(netns, "iptables", "-t", "nat", "-D", "POSTROUTING", *JUMP)
     assert JUMP_LINE not in ns(netns, "iptables-save", "-t", "nat")
     recorder.calls.clear()
-    assert controller.apply(plan()) == 1
+    assert controller.apply(alpha_rule_set()) == 1
     assert recorder.changes() == [("IPv4", "InsertUnique", "nat", "POSTROUTING")]
     # Back at the top of POSTROUTING: the order among Kilo's inserted rules does not matter.
     assert {t: sorted(lines) for t, lines in snapshot(netns).items()} == {
@@ -110,7 +110,7 @@ def test_foreign_rules_survive_apply_and_clean_up_restores_the_snapshot(netns: s
     before = snapshot(netns)
     recorder = Recorder()
     controller = IPTables(netns=netns, ipv6=False, on_operation=recorder)
-    controller.apply(plan())
+    controller.apply(alpha_rule_set())
     during = snapshot(netns)
     for table, lines in before.items():
         foreign = [line for line in lines if line.startswith(("-A", ":OTHER"))]
@@ -126,9 +126,9 @@ def test_foreign_rules_survive_apply_and_clean_up_restores_the_snapshot(netns: s
 
 
 def test_a_new_controller_removes_what_an_earlier_run_left(netns: str) -> None:
-    IPTables(netns=netns, ipv6=False).apply(plan())
+    IPTables(netns=netns, ipv6=False).apply(alpha_rule_set())
     # A restarted agent with a smaller plan: the IPIP rules and chain must go.
-    full = plan()
+    full = alpha_rule_set()
     reduced = RuleSet(
         append=tuple(e for e in full.append if e.table != FILTER_TABLE),
         prepend=tuple(r for r in full.prepend if r.table != FILTER_TABLE),
@@ -154,7 +154,7 @@ def test_a_rejected_script_names_the_table_protocol_and_reason(netns: str) -> No
 
 def test_a_missing_namespace_is_a_data_plane_error() -> None:
     with pytest.raises(DataPlaneError, match=r"iptables-save failed for table filter \(IPv4\)"):
-        IPTables(netns="kilo-test-does-not-exist", ipv6=False).apply(plan())
+        IPTables(netns="kilo-test-does-not-exist", ipv6=False).apply(alpha_rule_set())
 
 
 def ip6tables_works(netns: str) -> bool:
@@ -174,11 +174,11 @@ def test_ipv6_rules_go_to_ip6tables(netns: str) -> None:
     recorder = Recorder()
     controller = IPTables(netns=netns, ipv6=True, on_operation=recorder)
     assert controller.protocols == (Protocol.IPV4, Protocol.IPV6)
-    assert controller.apply(plan()) == 4
+    assert controller.apply(alpha_rule_set()) == 4
     nat6 = ns(netns, "ip6tables-save", "-t", "nat")
     assert '-A KILO-NAT -m comment --comment "Kilo: NAT remaining packets" -j MASQUERADE' in nat6
     assert "10.2.0.0/24" not in nat6  # IPv4 rules stay in iptables
     assert ("IPv6", "ClearChain", "nat", "KILO-NAT") in recorder.calls
-    assert controller.apply(plan()) == 0
+    assert controller.apply(alpha_rule_set()) == 0
     controller.clean_up()
     assert {"IPv4": snapshot(netns), "IPv6": snapshot(netns, "ip6tables-save")} == before

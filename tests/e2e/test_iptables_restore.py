@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import subprocess
 
 import pytest
@@ -10,32 +9,8 @@ import pytest
 from kilo.mesh import iptables
 from kilo.mesh.iptables import Protocol
 from kilo.mesh.iptables_restore import parse_save, restore_script
-from kilo.mesh.model import Compatibility, Encapsulation, Granularity
-from kilo.mesh.topology import build_topology
-from tests.examples import KILO_SUBNET, reference_cluster
-
-
-def plan(
-    *, with_peers: bool = True, encapsulation: Encapsulation = Encapsulation.ALWAYS
-) -> iptables.RuleSet:
-    nodes, peers = reference_cluster()
-    t = build_topology(
-        nodes,
-        peers if with_peers else [],
-        granularity=Granularity.LOCATION,
-        hostname="alpha",
-        subnet=KILO_SUBNET,
-        service_cidrs=[ipaddress.ip_network("10.96.0.0/12")],
-    )
-    return iptables.plan_rules(
-        t,
-        cni=True,
-        forward=True,
-        local=True,
-        encapsulation=encapsulation,
-        compatibility=Compatibility.NONE,
-        local_location="gcp",
-    )
+from kilo.mesh.model import Encapsulation
+from tests.reference_iptables import alpha_rule_set
 
 
 def ns(netns: str, *argv: str, stdin: str | None = None) -> str:
@@ -78,8 +53,8 @@ def _needs_iptables() -> None:
 
 
 def test_a_plan_applies_once_and_then_is_already_in_place(netns: str) -> None:
-    assert apply(netns, plan()) == 2
-    assert apply(netns, plan()) == 0  # canonical comparison: nothing is re-inserted
+    assert apply(netns, alpha_rule_set()) == 2
+    assert apply(netns, alpha_rule_set()) == 0  # canonical comparison: nothing is re-inserted
     nat = save(netns, "nat")
     assert ":KILO-NAT - [0:0]" in nat
     assert nat[-1] == '-A KILO-NAT -m comment --comment "Kilo: NAT remaining packets" -j MASQUERADE'
@@ -100,7 +75,7 @@ def test_a_plan_applies_once_and_then_is_already_in_place(netns: str) -> None:
 
 
 def test_deleted_rules_are_repaired_and_foreign_rules_kept(netns: str) -> None:
-    apply(netns, plan())
+    apply(netns, alpha_rule_set())
     ns(
         netns,
         "iptables",
@@ -131,17 +106,17 @@ def test_deleted_rules_are_repaired_and_foreign_rules_kept(netns: str) -> None:
         "MASQUERADE",
     )
     before = save(netns, "nat")
-    assert apply(netns, plan()) == 1
+    assert apply(netns, alpha_rule_set()) == 1
     after = save(netns, "nat")
     assert "-A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE" in after
     assert len(after) > len(before)
-    assert apply(netns, plan()) == 0
+    assert apply(netns, alpha_rule_set()) == 0
 
 
 def test_rules_no_longer_planned_are_removed(netns: str) -> None:
-    apply(netns, plan())
-    apply(netns, plan(with_peers=False, encapsulation=Encapsulation.NEVER))
+    apply(netns, alpha_rule_set())
+    apply(netns, alpha_rule_set(with_peers=False, encapsulation=Encapsulation.NEVER))
     nat, filter_rules = save(netns, "nat"), save(netns, "filter")
     assert not any("10.5.0.1" in line for line in nat)  # the peer's rules
     assert not any("KILO-IPIP" in line or "ipencap" in line for line in filter_rules)
-    assert apply(netns, plan(with_peers=False, encapsulation=Encapsulation.NEVER)) == 0
+    assert apply(netns, alpha_rule_set(with_peers=False, encapsulation=Encapsulation.NEVER)) == 0

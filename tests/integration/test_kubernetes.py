@@ -27,6 +27,7 @@ from kilo.errors import BackendError
 from kilo.mesh import translate
 from kilo.sandbox import kubelet
 from kilo.sandbox.controlplane import ControlPlane
+from tests import golden
 from tests.examples import PUBLIC_KEYS, reference_objects
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,11 +122,9 @@ def test_live_output_equals_dump_output(
 
 
 def test_live_graph_matches_the_reference(cluster: Client, control_plane: ControlPlane) -> None:
-    from tests.unit.test_graph import REFERENCE_DOT
-
     assert run("--kubeconfig", str(control_plane.admin_kubeconfig), "graph") == (
         0,
-        REFERENCE_DOT + "\n",
+        golden.text("reference.dot") + "\n",
         "",
     )
 

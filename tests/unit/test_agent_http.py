@@ -21,9 +21,10 @@ from kilo.agent.http import INDEX, NO_DOT, UNHEALTHY, HTTPServer
 from kilo.agent.listen import ListenAddress, parse_listen
 from kilo.agent.metrics import AgentMetrics, new_registry
 from kilo.errors import ConfigError, LocalNodeMissing
-from tests.unit.test_graph import REFERENCE_DOT
+from tests import golden
 
 Fetch = Callable[..., tuple[int, Message, bytes]]
+REFERENCE_DOT = golden.text("reference.dot")
 
 
 class State:

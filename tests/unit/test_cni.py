@@ -12,43 +12,13 @@ from kilo.mesh.cni import CNIConfigError, current_cidr, rewrite, set_cidr
 from kilo.mesh.gojson import dumps as go_json_dumps
 from kilo.mesh.gojson import format_float as format_go_float
 from kilo.mesh.gojson import loads as go_json_loads
+from tests import golden
+from tests.examples import CNI_POD_CIDR
 
-POD_CIDR = ip_network("10.2.0.0/24")
-
-# The conflist shipped by Kilo's kubeadm manifest (manifests/kilo-kubeadm.yaml).
-TEMPLATE = """{
-   "cniVersion":"0.4.0",
-   "name":"kilo",
-   "plugins":[
-      {
-         "name":"kubernetes",
-         "type":"bridge",
-         "bridge":"kube-bridge",
-         "isDefaultGateway":true,
-         "forceAddress":true,
-         "mtu": 1420,
-         "ipam":{
-            "type":"host-local"
-         }
-      },
-      {
-         "type":"portmap",
-         "snat":true,
-         "capabilities":{
-            "portMappings":true
-         }
-      }
-   ]
-}
-"""
-
-# §6.10, verbatim.
-REWRITTEN = (
-    '{"cniVersion":"0.4.0","name":"kilo","plugins":[{"bridge":"kube-bridge","forceAddress":true,'
-    '"ipam":{"ranges":[[{"subnet":"10.2.0.0/24"}]],"type":"host-local"},"isDefaultGateway":true,'
-    '"mtu":1420,"name":"kubernetes","type":"bridge"},{"capabilities":{"portMappings":true},'
-    '"snat":true,"type":"portmap"}]}'
-)
+# The conflist shipped by Kilo's kubeadm manifest (manifests/kilo-kubeadm.yaml), and §6.10's
+# rewrite of it, verbatim.
+TEMPLATE = golden.text("cni-template.conflist")
+REWRITTEN = golden.text("cni-rewritten.conflist")
 
 
 def conflist(ipam: object, **plugin: object) -> str:
@@ -69,12 +39,12 @@ def test_template_has_no_cidr() -> None:
 
 
 def test_template_is_rewritten_exactly_as_kilo_does() -> None:
-    assert rewrite(TEMPLATE, POD_CIDR) == REWRITTEN
+    assert rewrite(TEMPLATE, CNI_POD_CIDR) == REWRITTEN
 
 
 def test_rewritten_file_is_left_alone() -> None:
-    assert current_cidr(REWRITTEN) == POD_CIDR
-    assert rewrite(REWRITTEN, POD_CIDR) is None
+    assert current_cidr(REWRITTEN) == CNI_POD_CIDR
+    assert rewrite(REWRITTEN, CNI_POD_CIDR) is None
 
 
 def test_a_different_cidr_is_overwritten() -> None:
@@ -95,7 +65,10 @@ def test_ipv6_pod_cidr() -> None:
 
 
 def test_the_mask_matters() -> None:
-    assert rewrite(REWRITTEN, ip_network("10.2.0.0/23")) is not None
+    # The same network address with another mask is another CIDR: the file is rewritten.
+    result = rewrite(REWRITTEN, ip_network("10.2.0.0/23"))
+    assert result == REWRITTEN.replace('"subnet":"10.2.0.0/24"', '"subnet":"10.2.0.0/23"')
+    assert result != REWRITTEN
 
 
 # --- reading the current CIDR ----------------------------------------------------------------
@@ -227,7 +200,7 @@ def test_every_plugin_with_ipam_is_rewritten() -> None:
         '{"name":"kilo","plugins":[{"type":"a","ipam":{}},{"type":"b"},'
         '{"type":"c","ipam":{"type":"host-local","ranges":[[{"subnet":"10.9.0.0/24"}]],"x":[1,2.5]}}]}'
     )
-    assert set_cidr(text, POD_CIDR) == (
+    assert set_cidr(text, CNI_POD_CIDR) == (
         '{"name":"kilo","plugins":[{"ipam":{"ranges":[[{"subnet":"10.2.0.0/24"}]]},"type":"a"},'
         '{"type":"b"},{"ipam":{"ranges":[[{"subnet":"10.2.0.0/24"}]],"type":"host-local",'
         '"x":[1,2.5]},"type":"c"}]}'
@@ -251,7 +224,7 @@ def test_every_plugin_with_ipam_is_rewritten() -> None:
 )
 def test_rewrite_errors(text: str, problem: str) -> None:
     with pytest.raises(CNIConfigError, match=problem):
-        rewrite(text, POD_CIDR)
+        rewrite(text, CNI_POD_CIDR)
 
 
 def test_the_error_is_a_value_error_and_a_kilo_error() -> None:
@@ -261,7 +234,7 @@ def test_the_error_is_a_value_error_and_a_kilo_error() -> None:
 
 def test_strings_are_escaped_as_go_does() -> None:
     text = '{"plugins":[{"ipam":{}}],"s":"<a>&b \\u2028\\u2029 \\u0001\\b\\f\\n\\t é 😀 \\/"}'
-    assert set_cidr(text, POD_CIDR) == (
+    assert set_cidr(text, CNI_POD_CIDR) == (
         '{"plugins":[{"ipam":{"ranges":[[{"subnet":"10.2.0.0/24"}]]}}],'
         '"s":"\\u003ca\\u003e\\u0026b \\u2028\\u2029 \\u0001\\b\\f\\n\\t é 😀 /"}'
     )
@@ -269,14 +242,14 @@ def test_strings_are_escaped_as_go_does() -> None:
 
 def test_unpaired_surrogates_become_replacement_characters() -> None:
     text = '{"plugins":[{"ipam":{}}],"s":"\\ud800x\\ud83d\\ude00","\\udbff":1,"\\ud800":2}'
-    assert set_cidr(text, POD_CIDR) == (
+    assert set_cidr(text, CNI_POD_CIDR) == (
         '{"plugins":[{"ipam":{"ranges":[[{"subnet":"10.2.0.0/24"}]]}}],"s":"\ufffdx😀","\ufffd":2}'
     )
 
 
 def test_keys_are_sorted_bytewise_and_duplicates_keep_the_last() -> None:
     text = '{"plugins":[{"ipam":{}}],"b":1,"a":2,"B":3,"é":4,"z":5,"a":6}'
-    assert set_cidr(text, POD_CIDR) == (
+    assert set_cidr(text, CNI_POD_CIDR) == (
         '{"B":3,"a":6,"b":1,"plugins":[{"ipam":{"ranges":[[{"subnet":"10.2.0.0/24"}]]}}],"z":5,"é":4}'
     )
 

@@ -11,7 +11,11 @@ import pytest
 
 from kilo.adapters.cni import update_cni_config
 from kilo.errors import DataPlaneError
-from tests.unit.test_cni import POD_CIDR, REWRITTEN, TEMPLATE
+from tests import golden
+from tests.examples import CNI_POD_CIDR
+
+TEMPLATE = golden.text("cni-template.conflist")
+REWRITTEN = golden.text("cni-rewritten.conflist")
 
 
 def conflist(tmp_path: Path, text: str = TEMPLATE, mode: int = 0o600) -> Path:
@@ -27,13 +31,13 @@ def mode_of(path: Path) -> int:
 
 def test_the_template_is_rewritten_once_with_mode_0644(tmp_path: Path) -> None:
     path = conflist(tmp_path)
-    assert update_cni_config(path, POD_CIDR) is True
+    assert update_cni_config(path, CNI_POD_CIDR) is True
     assert path.read_text() == REWRITTEN
     assert mode_of(path) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["10-kilo.conflist"]  # no temp left
 
     inode = path.stat().st_ino
-    assert update_cni_config(path, POD_CIDR) is False
+    assert update_cni_config(path, CNI_POD_CIDR) is False
     assert path.stat().st_ino == inode  # not even rewritten with the same text
 
 
@@ -57,7 +61,7 @@ def test_without_a_pod_cidr_nothing_is_read_or_written(tmp_path: Path) -> None:
 def test_a_missing_file_is_an_error_naming_it_and_is_never_created(tmp_path: Path) -> None:
     missing = tmp_path / "missing.conflist"
     with pytest.raises(DataPlaneError, match=f"CNI config file {missing} does not exist"):
-        update_cni_config(missing, POD_CIDR)
+        update_cni_config(missing, CNI_POD_CIDR)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -74,7 +78,7 @@ def test_a_file_that_cannot_be_rewritten_is_an_error_and_is_left_alone(
 ) -> None:
     path = conflist(tmp_path, text)
     with pytest.raises(DataPlaneError) as caught:
-        update_cni_config(path, POD_CIDR)
+        update_cni_config(path, CNI_POD_CIDR)
     assert str(caught.value).startswith(f"CNI config file {path}: ")
     assert reason in str(caught.value)
     assert path.read_text() == text
@@ -85,7 +89,7 @@ def test_an_unreadable_path_is_an_error_naming_it(tmp_path: Path) -> None:
     directory = tmp_path / "a-directory.conflist"
     directory.mkdir()
     with pytest.raises(DataPlaneError, match=f"cannot read CNI config file {directory}"):
-        update_cni_config(directory, POD_CIDR)
+        update_cni_config(directory, CNI_POD_CIDR)
 
 
 def test_a_failed_rename_leaves_the_old_file_and_no_temporary(
@@ -100,7 +104,7 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temporary(
     with pytest.raises(
         DataPlaneError, match=f"cannot write CNI config file {path}: Read-only file system"
     ):
-        update_cni_config(path, POD_CIDR)
+        update_cni_config(path, CNI_POD_CIDR)
     assert path.read_text() == TEMPLATE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["10-kilo.conflist"]
 
@@ -111,7 +115,7 @@ def test_a_symbolic_link_is_followed_and_kept(tmp_path: Path) -> None:
     target = conflist(real_dir)
     link = tmp_path / "10-kilo.conflist"
     link.symlink_to(target)
-    assert update_cni_config(link, POD_CIDR) is True
+    assert update_cni_config(link, CNI_POD_CIDR) is True
     assert link.is_symlink()
     assert target.read_text() == REWRITTEN
     assert sorted(p.name for p in real_dir.iterdir()) == ["10-kilo.conflist"]

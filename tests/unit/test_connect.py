@@ -22,8 +22,8 @@ from kilo.mesh.keys import Key
 from kilo.mesh.routes import Device, format_route, peer_routes
 from kilo.mesh.topology import build_topology
 from kilo.mesh.wgdevice import DeviceState, PeerState
+from tests import golden
 from tests.examples import KILO_SUBNET, PRIVATE_KEYS, PUBLIC_KEYS, reference_cluster
-from tests.unit.test_topology import LAPTOP_CONF
 
 LAPTOP = PRIVATE_KEYS["laptop"]
 OTHER = PRIVATE_KEYS["alpha"]
@@ -153,7 +153,8 @@ def test_plan_is_showconf_peer_plus_the_key_and_port_and_kilos_peer_routes() -> 
     assert plan.config.private_key == LAPTOP
     assert plan.config.listen_port == 51821
     text = wireguard.render(plan.config)
-    assert text == f"[Interface]\nPrivateKey = {LAPTOP}\nListenPort = 51821\n\n" + LAPTOP_CONF
+    interface = f"[Interface]\nPrivateKey = {LAPTOP}\nListenPort = 51821\n\n"
+    assert text == interface + golden.text("laptop.conf")
     t = build_topology(
         nodes, peers, granularity=plan.granularity, hostname="alpha", subnet=KILO_SUBNET
     )

@@ -26,8 +26,8 @@ from kilo.mesh.keys import Key
 from kilo.mesh.routes import Device, Route, Rule
 from kilo.mesh.wgdevice import DeviceState
 from kilo.mesh.wireguard import WireGuardConfig
+from tests import golden
 from tests.examples import PRIVATE_KEYS, PUBLIC_KEYS, reference_cluster
-from tests.unit.test_topology import LAPTOP_CONF
 
 # Readiness is judged by the clock; the reference cluster's last-seen is long past.
 FUTURE = 2**40
@@ -392,7 +392,8 @@ def test_sync_applies_the_peer_config_with_the_key_and_port_and_the_routes() -> 
     assert conn.sync(nodes, peers)
     (config,) = fakes.device.applied
     assert wireguard.render(config) == (
-        f"[Interface]\nPrivateKey = {PRIVATE_KEYS['laptop']}\nListenPort = 51821\n\n" + LAPTOP_CONF
+        f"[Interface]\nPrivateKey = {PRIVATE_KEYS['laptop']}\nListenPort = 51821\n\n"
+        + golden.text("laptop.conf")
     )
     ((routes, devices),) = fakes.routes.sets
     assert devices == {Device.KILO: "wg0"}

@@ -1,8 +1,8 @@
-# ruff: noqa: E501  (expected DOT lines are as long as Kilo writes them)
 """The DOT graph (kilo-mesh.md §7, kilo-k8s-cli.md §4.4), compared as whole texts.
 
-Expected texts hold real tab characters (verbatim, as Kilo writes them); ``\n`` inside labels is a
-literal backslash-n, and a peer's label really ends with a newline (Kilo's quirk).
+The expected texts are the ``.dot`` files of tests/golden/, verbatim as Kilo writes them: real
+tab characters, ``\n`` inside labels is a literal backslash-n, and a peer's label really ends
+with a newline (Kilo's quirk).
 """
 
 from __future__ import annotations
@@ -17,131 +17,8 @@ from kilo.mesh.graph import dot
 from kilo.mesh.keys import Key
 from kilo.mesh.model import Granularity, Node, Peer
 from kilo.mesh.topology import Topology, build_topology
+from tests import golden
 from tests.examples import KILO_SUBNET, reference_cluster
-
-# kilo-mesh.md §7, verbatim.
-REFERENCE_DOT = r"""digraph kilo {
-	label="10.4.0.0/16";
-	labelloc=t;
-	outputorder=nodesfirst;
-	overlap=false;
-	"alpha"->"beta"[ dir=both ];
-	"gamma"->"alpha"[ dir=both ];
-	"gamma"->"delta"[ dir=both ];
-	"alpha"->"delta"[ dir=both ];
-	"gamma"->"laptop"[ dir=both, style=dashed ];
-	"alpha"->"laptop"[ dir=both, style=dashed ];
-	"delta"->"laptop"[ dir=both, style=dashed ];
-	subgraph "cluster_location_location:aws" {
-	label="location:aws";
-	style="dashed,rounded";
-	"gamma" [ label="location:aws\ngamma\n10.2.2.0/24\n172.31.5.5\n10.4.0.1\n3.3.3.3:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_location_location:gcp" {
-	label="location:gcp";
-	style="dashed,rounded";
-	"alpha" [ label="location:gcp\nalpha\n10.2.0.0/24\n10.128.0.2\n10.4.0.2\n34.1.1.1:51820", rank=1, shape=ellipse ];
-	"beta" [ label="location:gcp\nbeta\n10.2.1.0/24\n10.128.0.3", shape=ellipse ];
-
-}
-;
-	subgraph "cluster_location_node:delta" {
-	label="node:delta";
-	style="dashed,rounded";
-	"delta" [ label="node:delta\ndelta\n10.2.3.0/24\n10.4.0.3\n3.3.3.4:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_peers" {
-	label="peers";
-	style="dashed,rounded";
-	"laptop" [ label="laptop\n
-", shape=ellipse ];
-
-}
-;
-
-}
-"""
-
-# The §2.3 cluster without its peer: the peers subgraph is still there, empty.
-REFERENCE_DOT_WITHOUT_PEERS = r"""digraph kilo {
-	label="10.4.0.0/16";
-	labelloc=t;
-	outputorder=nodesfirst;
-	overlap=false;
-	"alpha"->"beta"[ dir=both ];
-	"gamma"->"alpha"[ dir=both ];
-	"gamma"->"delta"[ dir=both ];
-	"alpha"->"delta"[ dir=both ];
-	subgraph "cluster_location_location:aws" {
-	label="location:aws";
-	style="dashed,rounded";
-	"gamma" [ label="location:aws\ngamma\n10.2.2.0/24\n172.31.5.5\n10.4.0.1\n3.3.3.3:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_location_location:gcp" {
-	label="location:gcp";
-	style="dashed,rounded";
-	"alpha" [ label="location:gcp\nalpha\n10.2.0.0/24\n10.128.0.2\n10.4.0.2\n34.1.1.1:51820", rank=1, shape=ellipse ];
-	"beta" [ label="location:gcp\nbeta\n10.2.1.0/24\n10.128.0.3", shape=ellipse ];
-
-}
-;
-	subgraph "cluster_location_node:delta" {
-	label="node:delta";
-	style="dashed,rounded";
-	"delta" [ label="node:delta\ndelta\n10.2.3.0/24\n10.4.0.3\n3.3.3.4:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_peers" {
-	label="peers";
-	style="dashed,rounded";
-
-}
-;
-
-}
-"""
-
-# kilo-k8s-cli.md §4.4, verbatim (without the newline kgctl adds when printing).
-FULL_MESH_DOT = r"""digraph kilo {
-	label="10.4.0.0/16";
-	labelloc=t;
-	outputorder=nodesfirst;
-	overlap=false;
-	"a"->"b"[ dir=both ];
-	"a"->"p"[ dir=both, style=dashed ];
-	"b"->"p"[ dir=both, style=dashed ];
-	subgraph "cluster_location_node:a" {
-	label="node:a";
-	style="dashed,rounded";
-	"a" [ label="node:a\na\n10.42.0.0/24\n172.18.0.2\n10.4.0.1\n172.18.0.2:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_location_node:b" {
-	label="node:b";
-	style="dashed,rounded";
-	"b" [ label="node:b\nb\n10.42.1.0/24\n172.18.0.3\n10.4.0.2\n172.18.0.3:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_peers" {
-	label="peers";
-	style="dashed,rounded";
-	"p" [ label="p\n
-", shape=ellipse ];
-
-}
-;
-
-}
-"""
 
 
 def _node(name: str, index: int, *, endpoint: str, location: str = "") -> Node:
@@ -177,7 +54,8 @@ def _reference(hostname: str = "alpha", *, with_peers: bool = True) -> Topology:
 
 
 def test_reference_cluster_matches_the_kilo_example() -> None:
-    assert dot(_reference()) == REFERENCE_DOT
+    # reference.dot is kilo-mesh.md §7, verbatim.
+    assert dot(_reference()) == golden.text("reference.dot")
 
 
 def test_ends_with_the_gographviz_closing_and_no_extra_newline() -> None:
@@ -188,7 +66,7 @@ def test_ends_with_the_gographviz_closing_and_no_extra_newline() -> None:
 def test_output_does_not_depend_on_the_perspective(hostname: str) -> None:
     # From beta (not a leader) the topology's WireGuard CIDR is the bare subnet, from
     # alpha it is 10.4.0.2/16: both print as the subnet.
-    assert dot(_reference(hostname)) == REFERENCE_DOT
+    assert dot(_reference(hostname)) == golden.text("reference.dot")
 
 
 def test_output_does_not_depend_on_input_order() -> None:
@@ -200,19 +78,22 @@ def test_output_does_not_depend_on_input_order() -> None:
         hostname="gamma",
         subnet=KILO_SUBNET,
     )
-    assert dot(t) == REFERENCE_DOT
+    assert dot(t) == golden.text("reference.dot")
 
 
 def test_graph_without_peers_still_has_the_peers_subgraph() -> None:
-    assert dot(_reference(with_peers=False)) == REFERENCE_DOT_WITHOUT_PEERS
+    # The §2.3 cluster without its peer: the peers subgraph is still there, empty.
+    assert dot(_reference(with_peers=False)) == golden.text("reference-without-peers.dot")
 
 
 def test_full_mesh_matches_the_kgctl_example() -> None:
+    # full-mesh.dot is kilo-k8s-cli.md §4.4, verbatim (without the newline kgctl adds when
+    # printing).
     nodes = [_node("a", 0, endpoint="172.18.0.2:51820"), _node("b", 1, endpoint="172.18.0.3:51820")]
     t = build_topology(
         nodes, [_peer("p")], granularity=Granularity.FULL, hostname="b", subnet=KILO_SUBNET
     )
-    assert dot(t) == FULL_MESH_DOT
+    assert dot(t) == golden.text("full-mesh.dot")
 
 
 def test_peers_with_endpoints_and_a_leader_that_is_not_first() -> None:
@@ -226,36 +107,7 @@ def test_peers_with_endpoints_and_a_leader_that_is_not_first() -> None:
     t = build_topology(
         nodes, peers, granularity=Granularity.LOCATION, hostname="a", subnet=KILO_SUBNET
     )
-    expected = r"""digraph kilo {
-	label="10.4.0.0/16";
-	labelloc=t;
-	outputorder=nodesfirst;
-	overlap=false;
-	"b"->"a"[ dir=both ];
-	"b"->"p"[ dir=both, style=dashed ];
-	"b"->"vpn"[ dir=both, style=dashed ];
-	subgraph "cluster_location_location:x" {
-	label="location:x";
-	style="dashed,rounded";
-	"a" [ label="location:x\na\n10.42.0.0/24\n172.18.0.2", shape=ellipse ];
-	"b" [ label="location:x\nb\n10.42.1.0/24\n172.18.0.3\n10.4.0.1\n5.6.7.8:51821", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_peers" {
-	label="peers";
-	style="dashed,rounded";
-	"p" [ label="p\n1.2.3.4:4000
-", shape=ellipse ];
-	"vpn" [ label="vpn\nvpn.example.com:51820
-", shape=ellipse ];
-
-}
-;
-
-}
-"""
-    assert dot(t) == expected
+    assert dot(t) == golden.text("peers-with-endpoints.dot")
 
 
 def test_node_without_internal_ip_has_no_private_ip_in_its_label() -> None:
@@ -268,28 +120,7 @@ def test_node_without_internal_ip_has_no_private_ip_in_its_label() -> None:
     t = build_topology(
         [node], [], granularity=Granularity.LOCATION, hostname="solo", subnet=KILO_SUBNET
     )
-    expected = r"""digraph kilo {
-	label="10.4.0.0/16";
-	labelloc=t;
-	outputorder=nodesfirst;
-	overlap=false;
-	subgraph "cluster_location_node:solo" {
-	label="node:solo";
-	style="dashed,rounded";
-	"solo" [ label="node:solo\nsolo\n10.42.0.0/24\n10.4.0.1\n[2001:db8::1]:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_peers" {
-	label="peers";
-	style="dashed,rounded";
-
-}
-;
-
-}
-"""
-    assert dot(t) == expected
+    assert dot(t) == golden.text("node-without-internal-ip.dot")
 
 
 def test_peer_named_like_a_node_merges_with_it_as_in_kilo() -> None:
@@ -299,41 +130,7 @@ def test_peer_named_like_a_node_merges_with_it_as_in_kilo() -> None:
     t = build_topology(
         nodes, [_peer("b")], granularity=Granularity.FULL, hostname="a", subnet=KILO_SUBNET
     )
-    expected = r"""digraph kilo {
-	label="10.4.0.0/16";
-	labelloc=t;
-	outputorder=nodesfirst;
-	overlap=false;
-	"a"->"b"[ dir=both ];
-	"a"->"b"[ dir=both, style=dashed ];
-	"b"->"b"[ dir=both, style=dashed ];
-	subgraph "cluster_location_node:a" {
-	label="node:a";
-	style="dashed,rounded";
-	"a" [ label="node:a\na\n10.42.0.0/24\n172.18.0.2\n10.4.0.1\n172.18.0.2:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_location_node:b" {
-	label="node:b";
-	style="dashed,rounded";
-	"b" [ label="b\n
-", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_peers" {
-	label="peers";
-	style="dashed,rounded";
-	"b" [ label="b\n
-", rank=1, shape=ellipse ];
-
-}
-;
-
-}
-"""
-    assert dot(t) == expected
+    assert dot(t) == golden.text("peer-named-like-a-node.dot")
 
 
 def test_quotes_and_backslashes_in_a_location_are_escaped_deliberately() -> None:
@@ -344,28 +141,7 @@ def test_quotes_and_backslashes_in_a_location_are_escaped_deliberately() -> None
     t = build_topology(
         [node], [], granularity=Granularity.LOCATION, hostname="a", subnet=KILO_SUBNET
     )
-    expected = r"""digraph kilo {
-	label="10.4.0.0/16";
-	labelloc=t;
-	outputorder=nodesfirst;
-	overlap=false;
-	subgraph "cluster_location_location:dc \"1\"\\" {
-	label="location:dc \"1\"\\";
-	style="dashed,rounded";
-	"a" [ label="location:dc \"1\"\\\na\n10.42.0.0/24\n172.18.0.2\n10.4.0.1\n172.18.0.2:51820", rank=1, shape=ellipse ];
-
-}
-;
-	subgraph "cluster_peers" {
-	label="peers";
-	style="dashed,rounded";
-
-}
-;
-
-}
-"""
-    assert dot(t) == expected
+    assert dot(t) == golden.text("escaped-location.dot")
 
 
 def test_title_is_the_kilo_subnet_of_the_topology() -> None:

@@ -3,8 +3,9 @@ iptables wrapper.
 
 The two init scripts are taken from the committed manifests (what ships), and run by dash
 with a PATH holding only tools of Debian's Essential packages, which every Debian image
-(python:3.11-slim-bookworm included) has; a tool outside them fails the test. Host paths
-are temporary directories given through the scripts' KILO_* variables.
+(debian:bookworm-slim, the image's base, included) has; a tool outside them fails the test.
+Host paths are temporary directories given through the scripts' KILO_* variables.
+tests/image runs the same scripts in the built image.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kilo.cli import kgctl
+from tests import golden
+from tests import reference_iptables as ipt
 from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
-from tests.unit.test_graph import REFERENCE_DOT
-from tests.unit.test_routes import BETA_ROUTES, BETA_RULES
-from tests.unit.test_topology import LAPTOP_CONF
 
 FILE = ["--backend", "file", "--file", str(EXAMPLE_DUMP)]
+REFERENCE_DOT = golden.text("reference.dot")  # kgctl graph prints it and a newline
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -38,26 +38,8 @@ def write_dump(
     return ["--backend", "file", "--file", str(path)]
 
 
-ALPHA_CONF = f"""[Interface]
-ListenPort = 51820
-
-[Peer]
-AllowedIPs = 10.2.2.0/24, 172.31.5.5/32, 10.4.0.1/32, 172.31.100.0/24
-Endpoint = 3.3.3.3:51820
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["gamma"]}
-
-[Peer]
-AllowedIPs = 10.2.3.0/24, 10.4.0.3/32
-Endpoint = 3.3.3.4:51820
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["delta"]}
-
-[Peer]
-AllowedIPs = 10.5.0.1/32
-PersistentKeepalive = 0
-PublicKey = {PUBLIC_KEYS["laptop"]}
-"""
+# kgctl showconf node alpha: the leader's config without a private key.
+ALPHA_CONF = golden.text("alpha.conf")
 
 
 def test_graph_reproduces_the_reference_example() -> None:
@@ -82,7 +64,7 @@ def test_showconf_node_non_leader_notes_it_and_exits_zero_like_kilo() -> None:
 
 
 def test_showconf_peer_has_no_interface_and_the_peers_keepalive() -> None:
-    assert run(*FILE, "showconf", "peer", "laptop") == (0, LAPTOP_CONF, "")
+    assert run(*FILE, "showconf", "peer", "laptop") == (0, golden.text("laptop.conf"), "")
 
 
 def test_showconf_node_as_peer_wireguard() -> None:
@@ -142,9 +124,9 @@ def test_plan_node_shows_the_reference_routes_and_rules() -> None:
     code, out, err = run(*FILE, "plan", "node", "beta", "--private-interface", "ens4")
     assert (code, err) == (0, "")
     routes_section = out.split("## Routes (proto static)\n")[1].split("\n\n")[0].splitlines()
-    assert routes_section == BETA_ROUTES
+    assert routes_section == golden.lines("beta.routes")
     rules_section = out.split("## IP rules\n")[1].split("\n\n")[0].splitlines()
-    assert rules_section == BETA_RULES
+    assert rules_section == golden.lines("beta.rules")
     assert "state: down" in out
     assert "IPAM range 10.2.1.0/24" in out
 
@@ -417,29 +399,16 @@ def full_mesh_dump(tmp_path: Path) -> list[str]:
 
 
 def test_graph_of_the_full_mesh_example(tmp_path: Path) -> None:
-    from tests.unit.test_graph import FULL_MESH_DOT
-
     dump = full_mesh_dump(tmp_path)
-    assert run(*dump, "graph") == (0, FULL_MESH_DOT + "\n", "")
+    assert run(*dump, "graph") == (0, golden.text("full-mesh.dot") + "\n", "")
     assert run(*dump, "graph", "--mesh-granularity", "full") == run(*dump, "graph")
 
 
 def test_showconf_node_of_the_full_mesh_example(tmp_path: Path) -> None:
+    # full-mesh-a.conf is kilo-k8s-cli.md §4.5, with B_KEY and P_KEY.
     assert run(*full_mesh_dump(tmp_path), "showconf", "node", "a") == (
         0,
-        "[Interface]\n"
-        "ListenPort = 51820\n"
-        "\n"
-        "[Peer]\n"
-        "AllowedIPs = 10.42.1.0/24, 172.18.0.3/32, 10.4.0.2/32\n"
-        "Endpoint = 172.18.0.3:51820\n"
-        "PersistentKeepalive = 0\n"
-        f"PublicKey = {B_KEY}\n"
-        "\n"
-        "[Peer]\n"
-        "AllowedIPs = 10.5.0.1/32\n"
-        "PersistentKeepalive = 0\n"
-        f"PublicKey = {P_KEY}\n",
+        golden.text("full-mesh-a.conf"),
         "",
     )
 
@@ -492,9 +461,6 @@ def test_showconf_as_peer_yaml_of_the_kind_cluster_example(tmp_path: Path) -> No
 
 
 def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
-    from tests.unit import test_iptables as ipt
-    from tests.unit.test_routes import ALPHA_ROUTES, ALPHA_RULES
-
     code, out, _ = run(
         *FILE, "plan", "node", "alpha", "--service-cidr", "10.96.0.0/12", "-o", "json"
     )
@@ -515,8 +481,8 @@ def test_plan_node_alpha_reproduces_the_iptables_example() -> None:
             parts += ["table", str(r["table"])]
         return " ".join(parts)
 
-    assert [route_text(r) for r in plan["routes"]] == ALPHA_ROUTES
-    assert len(plan["rules"]) == len(ALPHA_RULES)
+    assert [route_text(r) for r in plan["routes"]] == golden.lines("alpha.routes")
+    assert len(plan["rules"]) == len(golden.lines("alpha.rules"))
     append = [e["text"] for e in plan["iptables"]["append"]]
     prepend = [e["text"] for e in plan["iptables"]["prepend"]]
     assert append == ipt.IPIP_APPEND + ipt.NAT_APPEND
@@ -683,12 +649,10 @@ def test_respect_last_seen_keeps_fresh_nodes_ready(tmp_path: Path) -> None:
 
 
 def test_plan_rules_of_alpha_and_gamma_through_the_cli() -> None:
-    from tests.unit.test_routes import ALPHA_RULES
-
     code, out, _ = run(*FILE, "plan", "node", "alpha")
     assert code == 0
     rules = out.split("## IP rules\n")[1].split("\n\n")[0].splitlines()
-    assert rules == ALPHA_RULES
+    assert rules == golden.lines("alpha.rules")
     code, out, _ = run(*FILE, "plan", "node", "gamma")
     assert code == 0
     assert (
@@ -698,14 +662,12 @@ def test_plan_rules_of_alpha_and_gamma_through_the_cli() -> None:
 
 
 def test_plan_crosssubnet_keeps_beta_on_the_private_interface() -> None:
-    from tests.unit.test_routes import BETA_UNENCAPSULATED
-
     code, out, _ = run(
         *FILE, "plan", "node", "beta", "--encapsulate", "crosssubnet", "--private-interface", "ens4"
     )
     assert code == 0
     routes = out.split("## Routes (proto static)\n")[1].split("\n\n")[0].splitlines()
-    assert routes == BETA_UNENCAPSULATED
+    assert routes == golden.lines("beta-unencapsulated.routes")
     assert out.split("## IP rules\n")[1].startswith("(none)")
 
 

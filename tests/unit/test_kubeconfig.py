@@ -78,6 +78,88 @@ def test_in_cluster_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert config.cluster.server == "https://127.0.0.1:6443"
 
 
+# The kubeconfig Kilo's k3s manifests write (init container generate-kubeconfig, squat/kilo
+# 944dff57): the context names a cluster "kilo" that the clusters list never names.
+KILO_K3S_KUBECONFIG = """\
+    apiVersion: v1
+    kind: Config
+    name: kilo
+    clusters:
+    - cluster:
+        server: https://127.0.0.1:6444
+        certificate-authority: /var/lib/rancher/k3s/agent/server-ca.crt
+    users:
+    - name: kilo
+      user:
+        token: a-token
+    contexts:
+    - name: kilo
+      context:
+        cluster: kilo
+        namespace: kube-system
+        user: kilo
+    current-context: kilo
+"""
+
+
+@pytest.fixture
+def in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("secret-token")
+    (account / "ca.crt").write_bytes(pem_cert(CertificateAuthority.create("in-cluster").cert))
+    (account / "namespace").write_text("kube-system")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.43.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    return account
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        KILO_K3S_KUBECONFIG,
+        yaml.safe_dump(bad_kubeconfigs.config(context={"cluster": "ghost", "user": "u"})),
+        yaml.safe_dump({**bad_kubeconfigs.config(), "clusters": [{"name": "c", "cluster": {}}]}),
+    ],
+    ids=["kilo-k3s", "missing-cluster", "empty-cluster"],
+)
+def test_a_context_without_its_cluster_falls_back_to_the_in_cluster_config_like_client_go(
+    tmp_path: Path, in_cluster: Path, text: str
+) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    config = kubeconfig.load(str(path), environ={}, service_account=str(in_cluster))
+    assert config.cluster.server == "https://10.43.0.1:443"
+    assert config.user is not None
+    assert config.user.token == "secret-token"
+
+
+def test_without_a_cluster_to_fall_back_to_the_missing_cluster_is_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = tmp_path / "kubeconfig"
+    path.write_text(KILO_K3S_KUBECONFIG)
+    with pytest.raises(BackendError) as caught:
+        kubeconfig.load(str(path), environ={}, service_account=str(tmp_path / "none"))
+    assert str(caught.value) == (
+        f'kubeconfig {path}: context "kilo" names the cluster "kilo", which is not defined'
+    )
+
+
+def test_a_cluster_without_a_server_is_no_empty_configuration(
+    tmp_path: Path, in_cluster: Path
+) -> None:
+    """client-go falls back only when the cluster is missing or empty, not for a cluster
+    that has other fields but no server."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(bad_kubeconfigs.config(cluster={"insecure-skip-tls-verify": True}))
+    )
+    with pytest.raises(BackendError, match='cluster "c" has no server'):
+        kubeconfig.load(str(path), environ={}, service_account=str(in_cluster))
+
+
 def test_nothing_found_names_what_was_tried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,6 +26,7 @@ from kilo.mesh.routes import (
     plan_routes,
 )
 from kilo.mesh.topology import Topology, build_topology
+from tests import golden
 from tests.examples import KILO_SUBNET, PRIVATE_KEYS, reference_cluster
 
 IPIP_NAMES = {Device.KILO: "kilo0", Device.PRIVATE: "ens4", Device.TUNNEL: "tunl0"}
@@ -92,33 +93,10 @@ def plan_text(
 
 # §4.5, --local=true --encapsulate=always, IPIP.
 
-ALPHA_ROUTES = [
-    "10.2.2.0/24 via 10.4.0.1 dev kilo0 proto static onlink src 10.128.0.2",
-    "172.31.5.5/32 via 10.4.0.1 dev kilo0 proto static onlink src 10.128.0.2",
-    "172.31.100.0/24 via 10.4.0.1 dev kilo0 proto static onlink src 10.128.0.2",
-    "10.2.1.0/24 via 10.128.0.3 dev tunl0 proto static onlink src 10.128.0.2",
-    "10.128.0.3/32 via 10.128.0.3 dev tunl0 proto static onlink src 10.128.0.2 table 1107",
-    "10.2.3.0/24 via 10.4.0.3 dev kilo0 proto static onlink src 10.128.0.2",
-    "10.5.0.1/32 dev kilo0 proto static src 10.128.0.2",
-]
-ALPHA_RULES = [
-    "from 10.2.0.0/24 to 10.128.0.3/32 lookup 1107",
-    "to 10.128.0.3/32 iif kilo0 lookup 1107",
-]
-
-BETA_ROUTES = [
-    "10.4.0.1/32 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-    "10.2.2.0/24 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-    "172.31.5.5/32 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-    "172.31.100.0/24 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-    "10.4.0.2/32 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-    "10.2.0.0/24 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-    "10.128.0.2/32 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3 table 1107",
-    "10.4.0.3/32 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-    "10.2.3.0/24 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-    "10.5.0.1/32 via 10.128.0.2 dev tunl0 proto static onlink src 10.128.0.3",
-]
-BETA_RULES = ["from 10.2.1.0/24 to 10.128.0.2/32 lookup 1107"]
+ALPHA_ROUTES = golden.lines("alpha.routes")
+ALPHA_RULES = golden.lines("alpha.rules")
+BETA_ROUTES = golden.lines("beta.routes")
+BETA_RULES = golden.lines("beta.rules")
 
 
 def test_alpha_leader_worked_example() -> None:
@@ -171,17 +149,7 @@ def test_plan_does_not_depend_on_input_order() -> None:
 
 # Other strategies: the gateway lies inside beta's own subnet 10.128.0.0/20.
 
-BETA_UNENCAPSULATED = [
-    "10.4.0.1/32 via 10.128.0.2 dev ens4 proto static onlink",
-    "10.2.2.0/24 via 10.128.0.2 dev ens4 proto static onlink",
-    "172.31.5.5/32 via 10.128.0.2 dev ens4 proto static onlink",
-    "172.31.100.0/24 via 10.128.0.2 dev ens4 proto static onlink",
-    "10.4.0.2/32 via 10.128.0.2 dev ens4 proto static onlink",
-    "10.2.0.0/24 via 10.128.0.2 dev ens4 proto static onlink",
-    "10.4.0.3/32 via 10.128.0.2 dev ens4 proto static onlink",
-    "10.2.3.0/24 via 10.128.0.2 dev ens4 proto static onlink",
-    "10.5.0.1/32 via 10.128.0.2 dev ens4 proto static onlink",
-]
+BETA_UNENCAPSULATED = golden.lines("beta-unencapsulated.routes")
 
 
 @pytest.mark.parametrize("policy", [CROSSSUBNET, NEVER], ids=["crosssubnet", "never"])

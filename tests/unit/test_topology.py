@@ -17,6 +17,7 @@ from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.keys import ZERO_KEY, Key
 from kilo.mesh.model import Granularity, Node, Peer
+from tests import golden
 from tests.examples import KILO_SUBNET, PRIVATE_KEYS, PUBLIC_KEYS, reference_cluster
 
 LOCATION = Granularity.LOCATION
@@ -643,48 +644,12 @@ def test_local_node_missing() -> None:
 
 # --- WireGuard configurations and their text (kilo-mesh.md §3) ------------------------------------
 
-ALPHA_CONF = f"""\
-[Interface]
-PrivateKey = {PRIVATE_KEYS["alpha"]}
-ListenPort = 51820
-
-[Peer]
-AllowedIPs = 10.2.2.0/24, 172.31.5.5/32, 10.4.0.1/32, 172.31.100.0/24
-Endpoint = 3.3.3.3:51820
-PersistentKeepalive = 0
-PublicKey = {PUB["gamma"]}
-
-[Peer]
-AllowedIPs = 10.2.3.0/24, 10.4.0.3/32
-Endpoint = 3.3.3.4:51820
-PersistentKeepalive = 0
-PublicKey = {PUB["delta"]}
-
-[Peer]
-AllowedIPs = 10.5.0.1/32
-PersistentKeepalive = 0
-PublicKey = {PUB["laptop"]}
-"""
-
-LAPTOP_CONF = f"""\
-[Peer]
-AllowedIPs = 10.2.2.0/24, 172.31.5.5/32, 10.4.0.1/32, 172.31.100.0/24
-Endpoint = 3.3.3.3:51820
-PersistentKeepalive = 25
-PublicKey = {PUB["gamma"]}
-
-[Peer]
-AllowedIPs = 10.2.0.0/24, 10.128.0.2/32, 10.2.1.0/24, 10.128.0.3/32, 10.4.0.2/32
-Endpoint = 34.1.1.1:51820
-PersistentKeepalive = 25
-PublicKey = {PUB["alpha"]}
-
-[Peer]
-AllowedIPs = 10.2.3.0/24, 10.4.0.3/32
-Endpoint = 3.3.3.4:51820
-PersistentKeepalive = 25
-PublicKey = {PUB["delta"]}
-"""
+# alpha.conf is alpha's config as kgctl shows it (the zero key: no PrivateKey line); the agent
+# also writes alpha's private key.
+ALPHA_CONF = golden.text("alpha.conf").replace(
+    "[Interface]\n", f"[Interface]\nPrivateKey = {PRIVATE_KEYS['alpha']}\n", 1
+)
+LAPTOP_CONF = golden.text("laptop.conf")
 
 
 def test_node_config_of_alpha() -> None:
@@ -701,7 +666,7 @@ def test_node_config_of_alpha() -> None:
 def test_node_config_as_kgctl_shows_it() -> None:
     # kgctl uses the zero key: no PrivateKey line.
     text = wireguard.render(wireguard.node_config(reference("alpha")))
-    assert text == ALPHA_CONF.replace(f"PrivateKey = {PRIVATE_KEYS['alpha']}\n", "")
+    assert text == golden.text("alpha.conf")
     assert text.startswith("[Interface]\nListenPort = 51820\n\n[Peer]\n")
 
 
@@ -853,21 +818,7 @@ def test_showconf_node_example_of_kgctl_reference() -> None:
         "p", "10.5.0.1/32", public_key=Key.parse("GY5aT1N9dTR/nJnT1N2f4ClZWVj0jOAld0r8ysWLyjg=")
     )
     t = build([a, b], [p], hostname="a", granularity=FULL, key=ZERO_KEY, port=51820)
-    assert wireguard.render(wireguard.node_config(t)) == (
-        "[Interface]\n"
-        "ListenPort = 51820\n"
-        "\n"
-        "[Peer]\n"
-        "AllowedIPs = 10.42.1.0/24, 172.18.0.3/32, 10.4.0.2/32\n"
-        "Endpoint = 172.18.0.3:51820\n"
-        "PersistentKeepalive = 0\n"
-        "PublicKey = IgDTEvasUvxisSAmfBKh8ngFmc2leZBvkRwYBhkybUg=\n"
-        "\n"
-        "[Peer]\n"
-        "AllowedIPs = 10.5.0.1/32\n"
-        "PersistentKeepalive = 0\n"
-        "PublicKey = GY5aT1N9dTR/nJnT1N2f4ClZWVj0jOAld0r8ysWLyjg=\n"
-    )
+    assert wireguard.render(wireguard.node_config(t)) == golden.text("full-mesh-a.conf")
 
 
 # --- rendering details (§3.2) ------------------------------------------------------------------

@@ -14,6 +14,10 @@ current context, its cluster and its user must exist; the server must be an http
 files named by the cluster and user must be readable; a credential plugin must be found;
 and an API client must be buildable from the result (certificates, keys). Every failure is
 a :class:`BackendError` of one line naming the file, the entry and what is wrong.
+
+One exception, as in client-go: a current context whose cluster is not defined (or is
+empty) makes the file an "empty configuration", and inside a cluster the in-cluster
+service account is used instead (Kilo's k3s manifests depend on this).
 """
 
 from __future__ import annotations
@@ -163,17 +167,43 @@ def load(
     paths = kubeconfig_paths(explicit, env)
     if not paths:
         try:
-            config = KubeConfig.from_service_account(service_account=service_account)
-            single = config.get()
-        except (LightkubeConfigError, KeyError) as exc:
-            why = f"{exc.args[0]} is not set" if isinstance(exc, KeyError) else str(exc)
+            return _in_cluster(service_account)
+        except _NotInCluster as exc:
             raise BackendError(
                 "no kubeconfig found (tried --kubeconfig, KUBECONFIG and ~/.kube/config) and "
-                f"not running in a cluster ({why})"
+                f"not running in a cluster ({exc})"
             ) from exc
-        assert single is not None
-        return single
-    return _Files(paths, env).single()
+    try:
+        return _Files(paths, env).single()
+    except _NoCluster as missing:
+        # client-go takes a context whose cluster is not defined (or empty) for an empty
+        # configuration, and then uses the in-cluster one if it can (clientcmd's
+        # DeferredLoadingClientConfig). Kilo's k3s manifests rely on that: the kubeconfig
+        # their init container writes names a cluster "kilo" that it never defines.
+        try:
+            return _in_cluster(service_account)
+        except _NotInCluster:
+            raise missing from None
+
+
+class _NotInCluster(Exception):
+    """Why the in-cluster configuration cannot be used."""
+
+
+class _NoCluster(BackendError):
+    """The current context's cluster is not defined, or defines nothing (client-go's
+    "empty configuration")."""
+
+
+def _in_cluster(service_account: str) -> SingleConfig:
+    try:
+        single = KubeConfig.from_service_account(service_account=service_account).get()
+    except (LightkubeConfigError, KeyError) as exc:
+        raise _NotInCluster(
+            f"{exc.args[0]} is not set" if isinstance(exc, KeyError) else str(exc)
+        ) from exc
+    assert single is not None
+    return single
 
 
 class _Files:
@@ -213,31 +243,21 @@ class _Files:
         context = _convert(context_entry.get("context"), Context, where)
 
         cluster_entry = self.entry("clusters", context.cluster)
-        if cluster_entry is None:
-            raise BackendError(
-                f"{where} names the cluster {_q(context.cluster)}, which is not defined"
-            )
         cluster_where = (
             f"kubeconfig {self.origin('clusters', context.cluster)}: cluster {_q(context.cluster)}"
         )
-        raw_cluster = cluster_entry.get("cluster") or {}
+        raw_cluster = (cluster_entry or {}).get("cluster") or {}
+        user = self.user(context, where)
+        if cluster_entry is None:
+            raise _NoCluster(
+                f"{where} names the cluster {_q(context.cluster)}, which is not defined"
+            )
+        if not raw_cluster:
+            raise _NoCluster(f"{cluster_where} has no server")
         if not raw_cluster.get("server"):
             raise BackendError(f"{cluster_where} has no server")
         cluster = _convert(raw_cluster, Cluster, cluster_where)
         _check_files(raw_cluster, _PATH_FIELDS["cluster"], cluster_where)
-
-        user = User()
-        if context.user:
-            user_entry = self.entry("users", context.user)
-            if user_entry is None:
-                raise BackendError(
-                    f"{where} names the user {_q(context.user)}, which is not defined"
-                )
-            user_where = f"kubeconfig {self.origin('users', context.user)}: user {_q(context.user)}"
-            raw_user = user_entry.get("user") or {}
-            user = _convert(raw_user, User, user_where)
-            _check_files(raw_user, _PATH_FIELDS["user"], user_where)
-            _check_plugin(user, user_where, self.environ)
         tls = bool(
             cluster.certificate_auth
             or cluster.certificate_auth_data
@@ -253,6 +273,22 @@ class _Files:
         )
         _check_usable(single, f"kubeconfig {path}")
         return single
+
+    def user(self, context: Context, where: str) -> User:
+        """The context's user, checked (none: no credentials)."""
+        user = User()
+        if context.user:
+            user_entry = self.entry("users", context.user)
+            if user_entry is None:
+                raise BackendError(
+                    f"{where} names the user {_q(context.user)}, which is not defined"
+                )
+            user_where = f"kubeconfig {self.origin('users', context.user)}: user {_q(context.user)}"
+            raw_user = user_entry.get("user") or {}
+            user = _convert(raw_user, User, user_where)
+            _check_files(raw_user, _PATH_FIELDS["user"], user_where)
+            _check_plugin(user, user_where, self.environ)
+        return user
 
 
 def _convert(raw: object, model: type[_T], where: str) -> _T:

@@ -59,7 +59,7 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 
 from kilo.errors import SandboxError
-from kilo.sandbox import kubelet, prerequisites
+from kilo.sandbox import kubelet, podman, prerequisites
 from kilo.sandbox.controlplane import ControlPlane, build_binaries
 
 # Package data: links to manifests/crds.yaml and manifests/rbac.yaml, resolved when the
@@ -72,6 +72,8 @@ KEEP_ENV = "KILO_E2E_KEEP"
 OWNERS = Path("/run/kilo-e2e")
 CNI_BIN = Path("/usr/lib/cni")
 CNI_CONFLIST = "/etc/cni/net.d/10-kilo.conflist"
+# Where an image's kg finds the node's kubeconfig, as in Kilo's DaemonSets.
+IMAGE_KUBECONFIG = "/etc/kubernetes/kubeconfig"
 WG_INTERFACE = "kilo0"
 TOPOLOGY_LABEL = "topology.kubernetes.io/region"
 PRIVATE_DIRS = ("/var/run/wireguard", "/var/lib/kilo", "/var/lib/cni", "/etc/cni/net.d")
@@ -454,6 +456,7 @@ class Testbed:
         self._namespaces: list[str] = []  # in creation order
         self._roles: dict[str, str] = {}  # short role name -> namespace
         self._agents: dict[str, subprocess.Popen[bytes]] = {}
+        self._containers: dict[str, str] = {}  # node -> the podman container of its kg
         self._processes: list[subprocess.Popen[bytes]] = []  # servers and the like
         self._client: Client | None = None
         self._conflists: dict[str, Mapping[str, Any]] = {}  # pod -> the conflist of its ADD
@@ -525,6 +528,11 @@ class Testbed:
         for name in list(self._agents):
             with contextlib.suppress(TestbedError):
                 self.stop_agent(name, timeout=10)
+        for node in list(self._containers):
+            try:
+                self._remove_container(node)
+            except TestbedError as exc:
+                problems.append(f"node {node}: the agent's container was not removed: {exc}")
         for process in self._processes:
             _terminate(process, 5)
         self._processes.clear()
@@ -1151,22 +1159,26 @@ class Testbed:
         granularity: str = "location",
         env: Mapping[str, str] | None = None,
         module: str = "kilo.agent",
+        image: podman.Image | None = None,
     ) -> subprocess.Popen[bytes]:
         """``kg`` (``python -m module``) for ``node`` in its mount and network namespaces,
-        logging to ``logs/<node>.kg.log``; extra arguments come last (and so win)."""
+        logging to ``logs/<node>.kg.log``; extra arguments come last (and so win).
+
+        With ``image``, the image's ``kg`` (its entrypoint) runs instead, in a podman
+        container in the node's network namespace, with the node's ``/var/lib/kilo``,
+        ``/etc/cni/net.d`` and ``/var/run/wireguard`` (wireguard-go's UAPI socket), the
+        kubeconfig at ``/etc/kubernetes/kubeconfig`` and a ``/run/xtables.lock`` of its own
+        mounted as a Kilo DaemonSet mounts them, with the image's security settings."""
         machine = self.nodes.get(node)
         if machine is None:
             raise TestbedError(f"testbed {self.prefix}: no node {node!r}")
         running = self._agents.get(node)
         if running is not None and running.poll() is None:
             raise TestbedError(f"node {node}: the agent is already running (pid {running.pid})")
-        argv = [
-            *self.enter(node),
-            sys.executable,
-            "-m",
-            module,
+        kubeconfig = str(self.node_kubeconfig) if image is None else IMAGE_KUBECONFIG
+        args = [
             f"--hostname={node}",
-            f"--kubeconfig={self.node_kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
             "--create-interface=false",
             "--encapsulate=never",
             f"--mesh-granularity={granularity}",
@@ -1180,8 +1192,12 @@ class Testbed:
             for k, v in os.environ.items()
             if k != "KUBECONFIG" and not k.lower().endswith("_proxy")
         }
-        environ["PYTHONUNBUFFERED"] = "1"
-        environ.update(env or {})
+        if image is None:
+            argv = [*self.enter(node), sys.executable, "-m", module, *args]
+            environ["PYTHONUNBUFFERED"] = "1"
+            environ.update(env or {})
+        else:
+            argv = [*self.enter(node), *self._agent_container(machine, image, args, env).argv()]
         log = open(self.agent_log_path(node), "ab")  # noqa: SIM115
         with log:
             log.write(f"--- {' '.join(argv)}\n".encode())
@@ -1196,6 +1212,43 @@ class Testbed:
             )
         self._agents[node] = process
         return process
+
+    def _agent_container(
+        self,
+        machine: Machine,
+        image: podman.Image,
+        args: Sequence[str],
+        env: Mapping[str, str] | None,
+    ) -> podman.Container:
+        lock = self.workdir / f"{machine.name}.xtables.lock"
+        lock.touch()
+        name = f"{self.prefix}-{machine.name}-kg"
+        self._containers[machine.name] = name
+        # Paths resolve in the node's mount namespace, where podman runs.
+        mounts = [podman.Mount(source=d, target=d) for d in ("/var/lib/kilo", "/etc/cni/net.d")]
+        mounts += [
+            podman.Mount(source="/var/run/wireguard", target="/var/run/wireguard"),
+            podman.Mount(source=str(self.node_kubeconfig), target=IMAGE_KUBECONFIG, read_only=True),
+            podman.Mount(source=str(lock), target="/run/xtables.lock"),
+        ]
+        return podman.Container(
+            image=image.ref,
+            name=name,
+            args=tuple(args),
+            env=dict(env or {}),
+            mounts=tuple(mounts),
+            network=f"ns:/proc/{machine.pid}/ns/net",
+            security=image.security,
+        )
+
+    def _remove_container(self, node: str) -> None:
+        """The agent's container, if it outlived its podman client (SIGKILL)."""
+        name = self._containers.pop(node, None)
+        if name is None:
+            return
+        machine = self.nodes[node]
+        enter = self.enter(node) if machine.running else []
+        _run([*enter, *podman.remove(name)], timeout=60)
 
     def agent_log_path(self, node: str) -> Path:
         return self.logs / f"{node}.kg.log"
@@ -1220,11 +1273,13 @@ class Testbed:
                 process.wait(timeout)
             except subprocess.TimeoutExpired as exc:
                 _terminate(process, 0)
+                self._remove_container(node)
                 raise TestbedError(
                     f"node {node}: the agent ignored signal {signal} for {timeout:g} s; "
                     f"killed. Log tail:\n{self._tail(self.agent_log(node))}"
                 ) from exc
         _signal_group(process, _SIGKILL)
+        self._remove_container(node)
         return process.returncode
 
     def kill_agent(self, node: str) -> int:
@@ -1232,7 +1287,10 @@ class Testbed:
         if process is None:
             raise TestbedError(f"node {node}: no agent was started")
         _signal_group(process, _SIGKILL)
-        return process.wait()
+        returncode = process.wait()
+        # podman's container outlives its client; SIGKILL it the same way.
+        self._remove_container(node)
+        return returncode
 
     @staticmethod
     def _tail(text: str, lines: int = 30) -> str:
