@@ -269,3 +269,16 @@ def test_segments_of_the_previous_topology_are_reused_only_for_the_same_nodes(
     # A node removed shifts the WireGuard IPs of later segments: those are rebuilt too.
     removed = build(nodes[:2] + nodes[3:])
     assert removed == fresh(nodes[:2] + nodes[3:])
+
+
+def test_a_segment_is_not_reused_when_its_leader_changes() -> None:
+    """The same members with another leader (as a leader override would give) make a new
+    segment: the leader decides the endpoint, the key and the keepalive."""
+    memo = topology._SegmentMemo()
+    subnet = ipaddress.ip_network("10.4.0.0/16")
+    members = [n for n in _mesh(4) if n.location == "l0"]
+    first = memo.segments([("location:l0", members, 0)], subnet)[0]
+    other = memo.segments([("location:l0", members, 1)], subnet)[0]
+    assert (first.leader, other.leader) == (0, 1)
+    assert other.key == members[1].key != first.key
+    assert memo.segments([("location:l0", members, 1)], subnet)[0] is other

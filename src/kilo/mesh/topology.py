@@ -283,19 +283,19 @@ class _SegmentMemo:
     translated from one event to the next, so most segments of a large mesh come back
     unchanged, and rebuilding them was most of a 5000-node topology: the previous
     segment is handed out again when its members are the very same Node objects (``is``,
-    so never a stale value) and its IP is the same. Only the last build is kept: at most
+    so never a stale value), its leader is the same member and its IP is the same. Only the last build is kept: at most
     one topology's segments and the Nodes they came from.
     """
 
     def __init__(self) -> None:
-        # segment key -> (members, IP version, WireGuard IP as an integer, segment)
-        self._previous: dict[str, tuple[list[Node], int, int, Segment]] = {}
+        # segment key -> (members, leader, IP version, WireGuard IP as an integer, segment)
+        self._previous: dict[str, tuple[list[Node], int, int, int, Segment]] = {}
 
     def segments(
         self, ordered: Sequence[tuple[str, list[Node], int]], subnet: IPNetwork
     ) -> tuple[Segment, ...]:
         previous = self._previous
-        current: dict[str, tuple[list[Node], int, int, Segment]] = {}
+        current: dict[str, tuple[list[Node], int, int, int, Segment]] = {}
         segments: list[Segment] = []
         version = subnet.version
         network = int(subnet.network_address)
@@ -304,16 +304,17 @@ class _SegmentMemo:
             entry = previous.get(location)
             if (
                 entry is not None
-                and entry[2] == value
-                and entry[1] == version
+                and entry[3] == value
+                and entry[2] == version
+                and entry[1] == leader
                 and _same_nodes(entry[0], members)
             ):
-                segment = entry[3]
+                segment = entry[4]
             else:
                 draft = _SegmentDraft.of(location, members, leader)
                 draft.add_wireguard_ip(_address(subnet, value))
                 segment = draft.freeze()
-            current[location] = (members, version, value, segment)
+            current[location] = (members, leader, version, value, segment)
             segments.append(segment)
         self._previous = current
         return tuple(segments)
