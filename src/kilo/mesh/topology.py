@@ -283,8 +283,8 @@ class _SegmentMemo:
     translated from one event to the next, so most segments of a large mesh come back
     unchanged, and rebuilding them was most of a 5000-node topology: the previous
     segment is handed out again when its members are the very same Node objects (``is``,
-    so never a stale value), its leader is the same member and its IP is the same. Only the last build is kept: at most
-    one topology's segments and the Nodes they came from.
+    so never a stale value), its leader is the same member and its IP is the same. Only
+    the last build is kept: at most one topology's segments and the Nodes they came from.
     """
 
     def __init__(self) -> None:
