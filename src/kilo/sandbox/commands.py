@@ -474,21 +474,7 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
     attached = options.attached_plane is not None
     cached = None if attached else cached_binaries()
     problem = _check_prerequisites("kilo-sandbox up", binaries_built=attached or cached is not None)
-    if problem is not None:
-        err.write(problem + "\n")
-        return 1
-    if box.leftovers():
-        err.write(
-            f"a sandbox is already up in {box.directory} ({', '.join(box.leftovers()[:3])}): "
-            "`kilo-sandbox status` shows it, `kilo-sandbox down` removes it.\n"
-        )
-        return 1
-    # Children (ip, iptables, wg...) are looked up on this PATH; sudo's may lack sbin.
-    os.environ["PATH"] = ":".join(prerequisites.search_path())
-    try:
-        box.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
+    if not _ready_to_build(box, problem, err):
         return 1
     progress = Progress(err)
     binaries: Path | None
@@ -640,6 +626,28 @@ def _vm_processes(host: vm.VMHost, machine: vm.VirtualMachine) -> tuple[state.Pr
     return tuple(p for p in processes if p is not None)
 
 
+def _ready_to_build(box: Sandbox, problem: str | None, err: TextIO) -> bool:
+    """Whether ``up`` may build in ``box``: no missing prerequisite (``problem``), nothing
+    left of another sandbox, a directory it can create; else why not, on ``err``."""
+    if problem is not None:
+        err.write(problem + "\n")
+        return False
+    if box.leftovers():
+        err.write(
+            f"a sandbox is already up in {box.directory} ({', '.join(box.leftovers()[:3])}): "
+            "`kilo-sandbox status` shows it, `kilo-sandbox down` removes it.\n"
+        )
+        return False
+    # Children (ip, iptables, wg...) are looked up on this PATH; sudo's may lack sbin.
+    os.environ["PATH"] = ":".join(prerequisites.search_path())
+    try:
+        box.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
+        return False
+    return True
+
+
 def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
     box = Sandbox(options.directory)
     cached = cached_binaries()
@@ -647,20 +655,7 @@ def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
         _check_prerequisites("kilo-sandbox up --kernel", binaries_built=cached is not None)
         or guest_missing()
     )
-    if problem is not None:
-        err.write(problem + "\n")
-        return 1
-    if box.leftovers():
-        err.write(
-            f"a sandbox is already up in {box.directory} ({', '.join(box.leftovers()[:3])}): "
-            "`kilo-sandbox status` shows it, `kilo-sandbox down` removes it.\n"
-        )
-        return 1
-    os.environ["PATH"] = ":".join(prerequisites.search_path())
-    try:
-        box.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
+    if not _ready_to_build(box, problem, err):
         return 1
     progress = Progress(err)
     host: vm.VMHost | None = None
