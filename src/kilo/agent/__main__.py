@@ -365,8 +365,34 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
             )
             for resource in ("nodes", "peers")
         )
+        leases = None
+        if settings.mesh.leader_election:
+            from kilo.adapters.leases import LeaseWriter
+            from kilo.agent.leadership import Election
+
+            # The namespace kg runs in: its service account's, or the kubeconfig context's.
+            namespace = config.namespace
+            agent.use_election(
+                Election(
+                    hostname=settings.mesh.hostname,
+                    writer=LeaseWriter(client, namespace),
+                    on_leaders_changed=agent.trigger,
+                )
+            )
+            leases = kubernetes.Informer(
+                client,
+                "leases",
+                server=str(config.cluster.server),
+                retry_refusals=True,
+                on_error=backend_error,
+                namespace=namespace,
+            )
+            log.info(
+                "lease leader election is on",
+                fields={"namespace": namespace, "node": settings.mesh.hostname},
+            )
         try:
-            await agent.run(nodes, peers, stop)
+            await agent.run(nodes, peers, stop, leases)
         except KiloError as exc:
             # Kilo's last words, on stderr as Kilo prints them; also a log line.
             message = f"error: Kilo exited unexpectedly: {exc}"
