@@ -107,13 +107,16 @@ class Election:
         self.annotations: dict[str, str | None] = {}  # node -> its ANNOTATION
         self.nodes: dict[str, Node] = {}  # set by the agent: every translated node
         self.location: str | None = None  # the local location, while it has a segment
-        self.targets: tuple[IPAddress, ...] = ()  # the other leaders' WireGuard IPs
+        # The other locations' leaders: (WireGuard IP, node), and since when each is so.
+        self.targets: tuple[tuple[IPAddress, str], ...] = ()
+        self._since: dict[tuple[str, str], float] = {}
         self.renewed: float | None = None
         self.failures = 0
         self.answered = False  # whether a probe got an answer since this node took the lead
         self.listed = False  # whether the first list of Leases is in
         self.writes = 0
         self._wake = asyncio.Event()
+        self._kick = asyncio.Event()
         self._absent_since: dict[str, float] = {}
         self._derived: dict[str, str] | None = None
         self._excluded: list[str] = []
@@ -159,8 +162,18 @@ class Election:
         self.listed = True
         self._wake.set()
 
-    def set_topology(self, location: str | None, targets: Sequence[IPAddress]) -> None:
+    def set_topology(self, location: str | None, targets: Sequence[tuple[IPAddress, str]]) -> None:
         self.location = location
+        if tuple(targets) != self.targets:
+            # A new leader (or new peers): probe at once. The probe's packets make this side
+            # start the WireGuard handshakes; otherwise a remote leader that switched to this
+            # node first, and whose first handshake arrived before this node was programmed,
+            # waits out WireGuard's 5 s retry (REKEY_TIMEOUT) before traffic resumes.
+            self._kick.set()
+            now = self.clock()
+            self._since = {
+                key: self._since.get(key, now) for key in ((str(ip), n) for ip, n in targets)
+            }
         self.targets = tuple(targets)
 
     # -- outputs ----------------------------------------------------------------------------
@@ -296,13 +309,24 @@ class Election:
     async def probe(self) -> None:
         """While this node holds its Lease: probe, count failures, wake the loop on a verdict."""
         while True:
-            await asyncio.sleep(PROBE_PERIOD)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROBE_PERIOD):
+                    await self._kick.wait()
+            kicked = self._kick.is_set()
+            self._kick.clear()
+            targets = self.targets
+            reached = await asyncio.gather(
+                *(asyncio.to_thread(self.reach, ip) for ip, _ in targets)
+                if self.holds() or kicked
+                else ()
+            )
             if not self.holds():
                 self.failures = 0
                 continue
-            targets = self.targets
-            reached = await asyncio.gather(*(asyncio.to_thread(self.reach, t) for t in targets))
-            wireguard = not targets or any(reached) or not self.answered
+            answers = {(str(ip), n): ok for (ip, n), ok in zip(targets, reached, strict=True)}
+            wireguard = leadership.wireguard_healthy(
+                answers, self._since, answered_before=self.answered, now=self.clock()
+            )
             self.answered = self.answered or any(reached)
             ok = wireguard and self.can_forward()
             before = self.failures

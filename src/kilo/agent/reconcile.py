@@ -315,7 +315,7 @@ class Agent:
             own = t.location.startswith(LOCATION_PREFIX)
             self.election.set_topology(
                 local.location if own else None,
-                [s.wireguard_ip for s in t.segments if s.location != t.location]
+                [(s.wireguard_ip, s.leader_name) for s in t.segments if s.location != t.location]
                 if t.leader
                 else (),
             )
@@ -394,16 +394,17 @@ class Agent:
         if self.election is not None and leases is not None:
             election = self.election
 
-            async def listed() -> None:
+            async def elect() -> None:
+                # Only on the whole list of Leases: on a part, it could take a held one.
                 await leases.listed()
                 election.on_listed()
+                await election.run()
 
             tasks += [
                 asyncio.create_task(
                     self._consume(leases, election.on_lease_event, "lease"), name="leases"
                 ),
-                asyncio.create_task(listed(), name="leases-listed"),
-                asyncio.create_task(election.run(), name="election"),
+                asyncio.create_task(elect(), name="election"),
                 asyncio.create_task(election.probe(), name="probe"),
             ]
         stopper = asyncio.create_task(stop.wait(), name="stop")

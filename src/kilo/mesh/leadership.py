@@ -44,6 +44,7 @@ RENEW_PERIOD = 2.0  # seconds between renewals: three chances within one duratio
 RELEASED_DURATION = 1  # seconds: a release lets the next candidate in this soon
 STAGGER = 1.0  # seconds between candidates of successive ranks
 GRACE = 5.0  # seconds a fresh holder is healthy before its probe counts
+SETTLE = 10.0  # seconds a remote leader is not judged by after it changed (handshakes)
 
 NAME_PREFIX = "kilo-leader-"
 _NAME_PART = 40  # characters of the location kept in the name, for people reading it
@@ -208,6 +209,29 @@ def decide(
         free_since = min(lease.expires, now)
     start = free_since + order.index(hostname) * STAGGER
     return Decision(Step.ACQUIRE, now) if now >= start else Decision(Step.WAIT, start)
+
+
+def wireguard_healthy(
+    answers: Mapping[tuple[str, str], bool],
+    since: Mapping[tuple[str, str], float],
+    *,
+    answered_before: bool,
+    now: float,
+) -> bool:
+    """The WireGuard half of a holder's probe, from whether each other location's leader
+    (WireGuard IP, node) answered, and since when that pair was programmed.
+
+    Only leaders programmed ``SETTLE`` seconds ago count (a fresh one may still be
+    handshaking), and only with two or more of them: with one, "it does not answer" is as
+    likely its fault as this node's, and a failover in one location must not make the
+    other locations' leaders give up (its own Lease moves that location's lead). A holder
+    that never had an answer is not judged: a firewall that drops the probe, or a world
+    that no node of this location could reach either, must not make the lead rotate.
+    """
+    settled = [target for target in answers if now - since.get(target, now) >= SETTLE]
+    if len(settled) < 2 or not answered_before:
+        return True
+    return any(answers[target] for target in settled)
 
 
 def non_participants(annotations: Mapping[str, str | None], ready: Iterable[str]) -> list[str]:
