@@ -14,7 +14,7 @@ from kilo.agent.leadership import Election
 from kilo.mesh import leadership
 from kilo.mesh.events import Event, EventType
 from kilo.mesh.model import Node
-from tests.unit.test_leadership import member
+from tests.examples import location_member as member
 
 WALL = 1_700_000_000.0
 

@@ -15,21 +15,7 @@ from kilo.mesh import leadership, topology
 from kilo.mesh.endpoint import is_dns1123_subdomain
 from kilo.mesh.leadership import GRACE, LEASE_DURATION, RENEW_PERIOD, STAGGER, LeaseRecord, Step
 from kilo.mesh.model import Granularity, Node
-from tests.unit.test_topology import make_node
-
-PUBLIC = "1.1.1.1:51820"
-PRIVATE = "10.1.1.1:51820"
-
-
-def member(name: str, *, leader: bool = False, public: bool = False) -> Node:
-    return make_node(
-        name,
-        location="aws",
-        internal="10.0.0.1/24",
-        endpoint=PUBLIC if public else PRIVATE,
-        leader=leader,
-        subnet="10.42.0.0/24",
-    )
+from tests.examples import location_member as member
 
 
 def held(
