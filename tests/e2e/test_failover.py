@@ -12,7 +12,8 @@ generous deadline and reports how long the outage lasted (README, "Leader failov
     (hysteresis);
 (c) its namespace losing its uplink (``wan0`` down: the API server is behind it too); then
     the uplink returns, and again the lead stays where it went;
-(a) ``kill -9`` of its kg and of its wireguard-go (the WireGuard device goes away).
+(a) ``kill -9`` of its kg and of its wireguard-go (the WireGuard device goes away);
+and a clean stop (SIGTERM), which hands the lead on without waiting for the Lease.
 """
 
 from __future__ import annotations
@@ -181,7 +182,21 @@ def test_a_a_killed_leader_and_its_device_move_the_lead(bed: Testbed, pinger: Pi
         process.wait()
 
     failover(bed, pinger, "a", kill, "gcp-2")
-    # For the README (and benchmarks/failover_bench.py's context): the testbed's logs.
+
+
+def test_a_holder_that_stops_cleanly_hands_the_lead_on_at_once(
+    bed: Testbed, pinger: Pinger
+) -> None:
+    """SIGTERM (a rolling update): it releases its Lease before removing its data plane.
+    gcp-1 is dead but still Ready for Kilo (its last check-in is recent), so gcp-3 takes
+    over one STAGGER after the release lapses."""
+
+    def stop() -> None:
+        assert bed.stop_agent("gcp-2") == 0
+
+    failover(bed, pinger, "stop", stop, "gcp-3")
+    assert "released the location's lease on shutdown" in bed.agent_log("gcp-2")
+    # For the README: the testbed's logs.
     report = json.dumps({"resumed_after_seconds": MEASURED})
     (bed.logs / "failover.json").write_text(report + "\n")
     sys.stderr.write(f"failover: {report}\n")

@@ -177,3 +177,12 @@ def test_the_probe_reaches_the_other_leaders_wireguard_ips() -> None:
     asyncio.run(one_round())
     assert reached == ["10.4.0.2"]
     assert e.failures == 0
+
+
+def test_a_holder_hands_the_lead_on_when_it_shuts_down_and_a_non_holder_writes_nothing() -> None:
+    e, clock, writer, _ = election("a")
+    asyncio.run(e.release())
+    assert writer.writes == []
+    asyncio.run(e._act(clock.now))
+    asyncio.run(e.release())
+    assert writer.writes[-1] == (leadership.lease_name("aws"), "a", leadership.RELEASED_DURATION)

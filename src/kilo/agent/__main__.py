@@ -376,7 +376,6 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
                 Election(
                     hostname=settings.mesh.hostname,
                     writer=LeaseWriter(client, namespace),
-                    on_leaders_changed=agent.trigger,
                 )
             )
             leases = kubernetes.Informer(
@@ -393,6 +392,10 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
             )
         try:
             await agent.run(nodes, peers, stop, leases)
+            if settings.mesh.clean_up and agent.election is not None:
+                # Its data plane is about to go: the next leader need not wait out the Lease
+                # (while this client is still open).
+                await agent.election.release()
         except KiloError as exc:
             # Kilo's last words, on stderr as Kilo prints them; also a log line.
             message = f"error: Kilo exited unexpectedly: {exc}"
