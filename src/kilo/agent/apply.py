@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from kilo.adapters import dns
 from kilo.agent import logs
@@ -64,6 +64,18 @@ def _resolve_endpoint(
             fields={"object": what, "endpoint": endpoint.addr},
         )
     return resolved
+
+
+# A Node or a Peer: both carry an endpoint that may be a DNS name.
+_Endpointed = TypeVar("_Endpointed", Node, Peer)
+
+
+def _with_resolved_endpoint(obj: _Endpointed, what: str, resolver: dns.Resolver) -> _Endpointed:
+    """``obj`` itself when resolving changes nothing (an IP endpoint, the common case): the
+    topology reuses what it built from the very same Node objects (topology._SegmentMemo),
+    so a copy per apply would make every apply a rebuild of the whole mesh."""
+    resolved = _resolve_endpoint(obj.endpoint, what, resolver)
+    return obj if resolved == obj.endpoint else replace(obj, endpoint=resolved)
 
 
 class TopologyApplier:
@@ -168,12 +180,11 @@ class TopologyApplier:
         self.metrics.reconciled()
         now = int(self.clock())
         ready = [
-            replace(n, endpoint=_resolve_endpoint(n.endpoint, f"node {n.name}", self.resolver))
+            _with_resolved_endpoint(n, f"node {n.name}", self.resolver)
             for n in ready_nodes([*nodes, local], now)
         ]
         ready_peer_list = [
-            replace(p, endpoint=_resolve_endpoint(p.endpoint, f"peer {p.name}", self.resolver))
-            for p in ready_peers(peers)
+            _with_resolved_endpoint(p, f"peer {p.name}", self.resolver) for p in ready_peers(peers)
         ]
         self.metrics.set_counts(len(ready), len(ready_peer_list))
         if not any(n.name == self.hostname for n in ready):

@@ -12,6 +12,10 @@ cannot reach it.
 :class:`AttachedControlPlane` is the guest's view of a control plane that runs elsewhere
 (the host of a virtual machine, :mod:`kilo.sandbox.vm`): the same kubeconfigs and
 readiness check, from the CA and the :class:`Attachment` the host wrote into a directory.
+
+Why one module of about 600 lines: the certificates, the kubeconfigs, etcd and the API
+server are started, checked and stopped as one thing, and the attached view reads exactly
+what the host side writes.
 """
 
 from __future__ import annotations
