@@ -88,7 +88,7 @@ async def measure(config: Any, locations: int, seconds: float) -> None:
 def recovery(rounds: int) -> list[tuple[str, float]]:
     from lightkube import Client
 
-    from kilo.sandbox import testbed
+    from kilo.sandbox import runs, testbed
     from kilo.sandbox.pinger import Pinger
 
     lease_name = leadership.lease_name("gcp")
@@ -111,9 +111,9 @@ def recovery(rounds: int) -> list[tuple[str, float]]:
         return time.time() - acquired > leadership.GRACE + 1
 
     def wait(predicate: Any, message: str, timeout: float = 90) -> None:
-        testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.2)
+        runs.wait_for(predicate, timeout=timeout, message=message, interval=0.2)
 
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     results: list[tuple[str, float]] = []
     locations = [testbed.Location("aws", nodes=2), testbed.Location("gcp", nodes=3)]
     with testbed.Testbed(locations, binaries=build_binaries()) as bed:

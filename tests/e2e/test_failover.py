@@ -28,7 +28,7 @@ import pytest
 from lightkube.resources.coordination_v1 import Lease
 
 from kilo.mesh import leadership
-from kilo.sandbox import testbed
+from kilo.sandbox import runs, testbed
 from kilo.sandbox.pinger import Pinger
 from kilo.sandbox.testbed import Location, Testbed
 
@@ -42,7 +42,7 @@ NAMESPACE = "kube-system"
 
 
 def wait_for(predicate: Callable[[], object], message: str, timeout: float = CONVERGE) -> object:
-    return testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.2)
+    return runs.wait_for(predicate, timeout=timeout, message=message, interval=0.2)
 
 
 def holder(bed: Testbed) -> str | None:
@@ -64,13 +64,13 @@ def past_grace(bed: Testbed) -> bool:
 def wg_peer_count(bed: Testbed, node: str) -> int:
     try:
         return len(bed.wg_dump(node).splitlines()) - 1
-    except testbed.TestbedError:
+    except runs.TestbedError:
         return -1
 
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         for node in built.nodes:
             # As on a cluster's node (the kubelet's CNI turns it on): a leader forwards.
