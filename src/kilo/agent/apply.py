@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -36,6 +36,9 @@ from kilo.mesh.routes import Device
 from kilo.mesh.topology import Topology, build_topology
 from kilo.mesh.wgdevice import DeviceState, discovered_endpoints
 from kilo.mesh.wireguard import WireGuardConfig
+
+# The segments' leaders (segment key -> node) from the ready nodes, or Kilo's rule (None).
+Leaders = Callable[[Sequence[Node]], Mapping[str, str]]
 
 log = logs.get("kilo")
 iptables_log = logs.get("iptables")
@@ -99,6 +102,7 @@ class TopologyApplier:
         # For the metrics' peer names and /graph: what the last apply planned.
         self.peer_names: dict[str, str] = {}
         self.graph_input: tuple[tuple[Node, ...], tuple[Peer, ...]] | None = None
+        self.leaders: Mapping[str, str] | None = None  # the last apply's leader overrides
         self._lock = threading.Lock()
         self._applied_iptables: RuleSet | None = None
         self._applied_routes: tuple[object, ...] | None = None
@@ -152,14 +156,26 @@ class TopologyApplier:
         return mtu
 
     def apply(
-        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, *, full: bool = True
+        self,
+        nodes: Sequence[Node],
+        peers: Sequence[Peer],
+        local: Node,
+        *,
+        full: bool = True,
+        leaders: Leaders | None = None,
     ) -> Applied | None:
-        """Kilo's apply_topology (§6.7) on a snapshot; runs in a worker thread."""
+        """Kilo's apply_topology (§6.7) on a snapshot; runs in a worker thread. ``leaders``
+        gives the segments' leaders from the ready nodes (``--leader-election=lease``)."""
         with self._lock:
-            return self._apply(nodes, peers, local, full)
+            return self._apply(nodes, peers, local, full, leaders)
 
     def _apply(
-        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, full: bool
+        self,
+        nodes: Sequence[Node],
+        peers: Sequence[Peer],
+        local: Node,
+        full: bool,
+        leaders: Leaders | None,
     ) -> Applied | None:
         self.metrics.reconciled()
         now = int(self.clock())
@@ -203,6 +219,7 @@ class TopologyApplier:
             for n in ready
         ]
         local_ready = next(n for n in ready if n.name == self.hostname)
+        self.leaders = leaders(ready) if leaders is not None else None
         mesh = self.settings.mesh
         try:
             t = build_topology(
@@ -215,6 +232,7 @@ class TopologyApplier:
                 key=self.host.key,
                 service_cidrs=mesh.service_cidrs,
                 persistent_keepalive=local_ready.persistent_keepalive,
+                leaders=self.leaders,
             )
         except KiloError as exc:
             failed("the topology", exc)

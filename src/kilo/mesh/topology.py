@@ -191,8 +191,12 @@ def build_topology(
     key: Key = ZERO_KEY,
     service_cidrs: Iterable[IPNetwork] = (),
     persistent_keepalive: int = 0,
+    leaders: Mapping[str, str] | None = None,
 ) -> Topology:
-    """Build the topology from the ready ``nodes`` and ``peers`` as seen from ``hostname``."""
+    """Build the topology from the ready ``nodes`` and ``peers`` as seen from ``hostname``.
+
+    ``leaders`` (segment key -> node name) replaces Kilo's choice of leader for a segment
+    when that node is one of its members (``kg --leader-election=lease``)."""
     node_list = list(nodes)
     by_name = {node.name: node for node in node_list}
     if len(by_name) != len(node_list):
@@ -225,6 +229,9 @@ def build_topology(
         if len(members) > 1:
             members.sort(key=_name)
         leader = find_leader(members)
+        if leaders and location in leaders:
+            chosen = [i for i, n in enumerate(members) if n.name == leaders[location]]
+            leader = chosen[0] if chosen else leader
         if location == local_location and members[leader].name == hostname:
             is_leader = True
         ordered.append((location, members, leader))

@@ -286,9 +286,11 @@ class ControlPlane:
         organizations: tuple[str, ...] = (),
         token: str | None = None,
         server: str | None = None,
+        namespace: str | None = None,
     ) -> Path:
         """A kubeconfig for ``user`` (client certificate, or a bearer token); ``server``
-        overrides the URL, for clients that reach the API server by another address."""
+        overrides the URL, for clients that reach the API server by another address;
+        ``namespace`` is the context's (a pod's service account namespace, for kg)."""
         credentials: dict[str, str]
         if token is not None:
             credentials = {"token": token}
@@ -311,7 +313,16 @@ class ControlPlane:
                 }
             ],
             "users": [{"name": user, "user": credentials}],
-            "contexts": [{"name": "kilo-test", "context": {"cluster": "kilo-test", "user": user}}],
+            "contexts": [
+                {
+                    "name": "kilo-test",
+                    "context": {
+                        "cluster": "kilo-test",
+                        "user": user,
+                        **({"namespace": namespace} if namespace else {}),
+                    },
+                }
+            ],
             "current-context": "kilo-test",
         }
         path.write_text(yaml.safe_dump(config))

@@ -692,6 +692,8 @@ class Testbed:
             "kilo",
             token=token.status.token,
             server=f"https://{CP_WAN}:{self.plane.port}",
+            # As kg sees it in a DaemonSet pod: where --leader-election=lease keeps Leases.
+            namespace="kube-system",
         )
         self.node_kubeconfig.chmod(0o644)
         by_name = {loc.name: loc for loc in self.locations}
