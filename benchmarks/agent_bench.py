@@ -71,7 +71,7 @@ from lightkube.types import PatchType
 
 from kilo.adapters.keyfile import generate_private_key
 from kilo.mesh import translate
-from kilo.sandbox import kubelet, testbed
+from kilo.sandbox import kubelet, runs, testbed
 from kilo.sandbox.controlplane import build_binaries
 from kilo.sandbox.testbed import Location, Testbed
 
@@ -289,7 +289,7 @@ def agent_pid(process: subprocess.Popen[bytes], module: str) -> int:
         args = cmdline()
         return "-m" in args and module in args and Path(args[0]).name.startswith("python")
 
-    testbed.wait_for(is_kg, timeout=10, interval=0.01, message="kg did not exec")
+    runs.wait_for(is_kg, timeout=10, interval=0.01, message="kg did not exec")
     return process.pid
 
 
@@ -526,9 +526,7 @@ class Agent:
         if code != 0:
             raise BenchError(f"kg exited with {code} on SIGTERM: {self.tail()}")
         # Clean-up empties the device; the next start counts peers from zero.
-        testbed.wait_for(
-            lambda: peer_count(self.uapi) == 0, timeout=10, message="peers left after kg"
-        )
+        runs.wait_for(lambda: peer_count(self.uapi) == 0, timeout=10, message="peers left after kg")
         if self.profile is None:
             return []
         return profile_summary(self.profile)
@@ -582,7 +580,7 @@ def measure_size(
 
 
 def run(opts: Options) -> list[SizeResult]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     results = []
     binaries = build_binaries()
     with Testbed([Location(LEADER_LOCATION, nodes=1)], binaries=binaries) as bed:
@@ -764,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     try:
         results = run(opts)
-    except (BenchError, testbed.TestbedError, AssertionError) as exc:
+    except (BenchError, runs.TestbedError, AssertionError) as exc:
         print(f"agent_bench: {exc}", file=sys.stderr)
         return 1
     report(results, opts, info)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from kilo.mesh import translate
+from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.keys import Key
 from kilo.mesh.model import Granularity, Node, Peer
 from kilo.mesh.routes import EncapsulationPolicy, Route, Rule, plan_routes
@@ -69,3 +70,18 @@ def alpha_plan() -> tuple[tuple[Route, ...], tuple[Rule, ...]]:
         key=PRIVATE_KEYS["alpha"],
     )
     return plan_routes(t, policy=EncapsulationPolicy())
+
+
+def location_member(name: str, *, leader: bool = False, public: bool = False) -> Node:
+    """A ready-to-be node of location ``aws`` (internal IP, pod CIDR, a key of its own),
+    with a public or a private endpoint: what Kilo's leader rule looks at."""
+    endpoint = "1.1.1.1:51820" if public else "10.1.1.1:51820"
+    return Node(
+        name=name,
+        endpoint=Endpoint.parse(endpoint),
+        key=Key(name.encode().ljust(32, b"k")[:32]),
+        internal_ip=ipaddress.ip_interface("10.0.0.1/24"),
+        location="aws",
+        leader=leader,
+        subnet=ipaddress.ip_network("10.42.0.0/24"),
+    )

@@ -26,7 +26,7 @@ from lightkube.resources.core_v1 import Node
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
-from kilo.sandbox import kubelet, testbed
+from kilo.sandbox import kubelet, runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests import hostile
 
@@ -90,12 +90,12 @@ def kilo_state(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_for(predicate: Any, message: str, timeout: float = CONVERGE) -> Any:
-    return testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
+    return runs.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
 
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         built.before = {BARE: built.snapshot(BARE)}  # type: ignore[attr-defined]
         for node in built.nodes:

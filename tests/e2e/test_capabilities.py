@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kilo.sandbox import testbed
+from kilo.sandbox import runs
 from kilo.sandbox.testbed import Location, Testbed
 
 LOCATIONS = [Location("aws", nodes=1), Location("gcp", nodes=1)]
@@ -43,7 +43,7 @@ def capabilities(pid: int) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         for node in built.nodes:
             # nsenter -m starts in the node's root directory: name the checkout.
@@ -74,7 +74,7 @@ def test_pods_in_two_clouds_reach_each_other(bed: Testbed) -> None:
     aws, gcp = bed.pods["pod-aws-1"], bed.pods["pod-gcp-1"]
 
     for src, dst in ((aws, gcp), (gcp, aws)):
-        testbed.wait_for(
+        runs.wait_for(
             functools.partial(bed.ping, src.netns, dst.ip, count=1, timeout=1),
             timeout=CONVERGE,
             message=f"{src.name} does not reach {dst.ip}",
@@ -113,7 +113,7 @@ def test_the_wireguard_go_sidecar_needs_only_net_admin(netns: str, tmp_path: Pat
         start_new_session=True,
     )
     try:
-        pid = testbed.wait_for(
+        pid = runs.wait_for(
             lambda: pidfile.exists() and pidfile.read_text().strip(),
             timeout=10,
             message="wireguard-go did not start",
@@ -128,7 +128,7 @@ def test_the_wireguard_go_sidecar_needs_only_net_admin(netns: str, tmp_path: Pat
                 check=False,
             )
 
-        testbed.wait_for(
+        runs.wait_for(
             lambda: wg("show", "kilo0").returncode == 0,
             timeout=10,
             message="wireguard-go serves no UAPI socket for kilo0",

@@ -26,7 +26,7 @@ from lightkube.resources.core_v1 import Node
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
-from kilo.sandbox import testbed
+from kilo.sandbox import runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 
 LOCATIONS = [
@@ -42,7 +42,7 @@ Peer = RESOURCES["peers"]
 
 
 def wait_for(predicate: Any, message: str, timeout: float = CONVERGE) -> Any:
-    return testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.25)
+    return runs.wait_for(predicate, timeout=timeout, message=message, interval=0.25)
 
 
 class Connect:
@@ -117,7 +117,7 @@ def environment() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         assert built.plane is not None
         for node in built.nodes:

@@ -35,7 +35,7 @@ import yaml
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh.keys import Key
-from kilo.sandbox import testbed
+from kilo.sandbox import runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests import dashboard
 
@@ -123,7 +123,7 @@ def by(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...], floa
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         ghost = Key(os.urandom(32)).public_key()
         built.api().create(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kilo.sandbox import podman, testbed
+from kilo.sandbox import podman, runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests.manifests import MANIFESTS, containers, load_file
 
@@ -52,7 +52,7 @@ IMAGE_NODES = {
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path, kilo_image: str) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         for node in built.nodes:
             security = IMAGE_NODES.get(node)
@@ -105,7 +105,7 @@ def test_the_image_nodes_run_kg_from_the_image_with_their_security_context(bed: 
 
 def test_pods_in_the_three_clouds_reach_each_other(bed: Testbed) -> None:
     for src, dst in itertools.permutations(bed.pods.values(), 2):
-        testbed.wait_for(
+        runs.wait_for(
             functools.partial(bed.ping, src.netns, dst.ip, count=1, timeout=1),
             timeout=CONVERGE,
             message=f"{src.name} does not reach {dst.name} ({dst.ip})",
@@ -135,7 +135,7 @@ def test_a_killed_image_kg_leaves_no_container(bed: Testbed, kilo_image: str) ->
     image = podman.Image(ref=kilo_image, security=IMAGE_NODES["aws-1"])
     process = bed.start_agent("aws-1", image=image)
     name = f"{bed.prefix}-aws-1-kg"
-    testbed.wait_for(
+    runs.wait_for(
         lambda: (
             '"the mesh is applied; the agent is healthy"'
             in bed.agent_log("aws-1").split("--- nsenter")[-1]

@@ -27,7 +27,7 @@ from lightkube.resources.core_v1 import Endpoints, Node, Service
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import multicluster, translate
-from kilo.sandbox import testbed
+from kilo.sandbox import runs
 from kilo.sandbox.testbed import Location, Testbed
 
 KEEPALIVE = translate.PERSISTENT_KEEPALIVE
@@ -60,7 +60,7 @@ def kgctl(bed: Testbed, cluster: int, *args: str) -> subprocess.CompletedProcess
 
 
 def wait_for(predicate: Any, message: str, timeout: float = CONVERGE) -> Any:
-    return testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
+    return runs.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
 
 
 def cluster_pods(bed: Testbed, cluster: int) -> dict[str, str]:
@@ -100,7 +100,7 @@ def restart_agents(bed: Testbed, granularity: str) -> None:
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         with built.agent_logs_on_failure():
             started = [node for node in built.nodes if node != LATE]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kilo.sandbox import state, testbed
+from kilo.sandbox import runs, state
 
 SCRIPT = Path(sys.executable).parent / "kilo-sandbox"
 KGCTL = Path(sys.executable).parent / "kgctl"
@@ -62,9 +62,9 @@ def leftovers(directory: Path, prefix: str, recorded: list[state.Process]) -> di
             except OSError:
                 continue
     return {
-        "namespaces": testbed.run_namespaces(prefix),
-        "link": testbed.link_exists(f"{prefix}h"),
-        "processes": [p for p in recorded if testbed.process_start(p.pid) == p.start],
+        "namespaces": runs.run_namespaces(prefix),
+        "link": runs.link_exists(f"{prefix}h"),
+        "processes": [p for p in recorded if runs.process_start(p.pid) == p.start],
         "commands": [c for c in commandlines if str(directory) in c],
         "mounts": [line for line in mounts.splitlines() if prefix in line],
         "files": sorted(str(p) for p in directory.rglob("*")) if directory.exists() else [],
@@ -137,7 +137,7 @@ def test_up_status_down(directory: Path, controlplane_binaries: Path) -> None:
         "wireguard-go laptop",
     } <= roles
     assert len(recorded.processes) == 2 + 2 * 6 + 1
-    assert all(testbed.process_start(p.pid) == p.start for p in recorded.processes)
+    assert all(runs.process_start(p.pid) == p.start for p in recorded.processes)
 
     status = sandbox("status", "--dir", str(directory), timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr
@@ -201,7 +201,7 @@ def test_two_linked_clusters_up_status_down(directory: Path, controlplane_binari
     assert recorded.clusters == 2
     roles = {p.role for p in recorded.processes}
     assert {"kgctl multicluster link", "etcd cluster2", "kube-apiserver cluster2"} <= roles
-    assert all(testbed.process_start(p.pid) == p.start for p in recorded.processes)
+    assert all(runs.process_start(p.pid) == p.start for p in recorded.processes)
     second = subprocess.run(
         [str(KGCTL), f"--kubeconfig={directory / 'kubeconfig.cluster2'}", "list", "-o", "json"],
         capture_output=True,

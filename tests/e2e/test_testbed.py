@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from lightkube.resources.core_v1 import Node
 
-from kilo.sandbox import kubelet, testbed
-from kilo.sandbox.testbed import CommandError, Location, Testbed, TestbedError
+from kilo.sandbox import kubelet, runs, testbed
+from kilo.sandbox.runs import CommandError, TestbedError
+from kilo.sandbox.testbed import Location, Testbed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,7 @@ LOCATIONS = [
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
         yield built
 
@@ -142,7 +143,7 @@ def test_a_pod_gets_an_address_from_its_node_pod_cidr(bed: Testbed) -> None:
     assert bed.ping("pod1", pod.gateway)
     bed.remove_pod("pod1")
     assert "pod1" not in bed.pods
-    assert pod.netns not in testbed.list_namespaces()
+    assert pod.netns not in runs.list_namespaces()
 
 
 def test_add_pod_waits_for_the_agent_to_fill_in_the_ranges(bed: Testbed) -> None:
@@ -154,14 +155,14 @@ def test_add_pod_waits_for_the_agent_to_fill_in_the_ranges(bed: Testbed) -> None
 def test_wait_for_reports_the_message_and_the_last_value() -> None:
     values = iter(range(1000))
     with pytest.raises(AssertionError, match=r"still odd \(after 0.1 s; last value: False\)"):
-        testbed.wait_for(lambda: next(values) < 0, timeout=0.1, message="still odd")
+        runs.wait_for(lambda: next(values) < 0, timeout=0.1, message="still odd")
 
     def broken() -> bool:
         raise ValueError("not yet")
 
     with pytest.raises(AssertionError, match=r"last value: ValueError\('not yet'\)"):
-        testbed.wait_for(broken, timeout=0.1, message="broken", ignoring=(ValueError,))
-    assert testbed.wait_for(lambda: 7, timeout=0, message="unused") == 7
+        runs.wait_for(broken, timeout=0.1, message="broken", ignoring=(ValueError,))
+    assert runs.wait_for(lambda: 7, timeout=0, message="unused") == 7
 
 
 def processes_in(namespaces: list[str]) -> list[int]:
@@ -178,7 +179,7 @@ def test_agent_hooks_run_the_agent_inside_the_node(bed: Testbed) -> None:
     """With a stand-in for kg: the real one is not this test's subject."""
     env = {"PYTHONPATH": str(ROOT)}
     bed.start_agent("gcp-1", "--extra=1", env=env, module="tests.e2e.fake_agent")
-    line = testbed.wait_for(
+    line = runs.wait_for(
         lambda: [x for x in bed.agent_log("gcp-1").splitlines() if x.startswith("{")],
         timeout=10,
         message="the stand-in agent wrote nothing",
@@ -219,22 +220,22 @@ def test_cleanup_stale_removes_a_crashed_run_and_spares_live_ones(
     try:
         assert crashed.stdout is not None
         prefix = crashed.stdout.readline().strip()
-        assert prefix.startswith(testbed.FAMILY), prefix
+        assert prefix.startswith(runs.FAMILY), prefix
     finally:
         crashed.kill()
         crashed.wait()
         if crashed.stdout is not None:
             crashed.stdout.close()
-    left = [n for n in testbed.list_namespaces() if n.startswith(f"{prefix}-")]
+    left = [n for n in runs.list_namespaces() if n.startswith(f"{prefix}-")]
     pids = processes_in(left)
     assert len(pids) >= 3  # wireguard-go, etcd, kube-apiserver outlive their owner
-    assert prefix in testbed.cleanup_stale()
-    assert not [n for n in testbed.list_namespaces() if n.startswith(prefix)]
-    assert not [p for p in pids if testbed.alive(p)]
-    assert not testbed.link_exists(f"{prefix}h")
+    assert prefix in runs.cleanup_stale()
+    assert not [n for n in runs.list_namespaces() if n.startswith(prefix)]
+    assert not [p for p in pids if runs.alive(p)]
+    assert not runs.link_exists(f"{prefix}h")
     assert not (Path(tempfile.gettempdir()) / f"kilo-e2e-{prefix}").exists()
     # The module's testbed is alive: untouched.
-    assert bed.prefix not in testbed.cleanup_stale()
+    assert bed.prefix not in runs.cleanup_stale()
     assert bed.ping("aws-1", str(bed.nodes["aws-2"].lan_ip))
 
 
@@ -246,17 +247,17 @@ def test_close_removes_everything(bed: Testbed) -> None:
     config["plugins"][0]["ipam"]["ranges"] = [[{"subnet": node.pod_cidr}]]
     bed.write_cni_config(node.name, config)
     bed.add_pod(node.name, "left-behind")  # close() runs CNI DEL for it
-    ours = [n for n in testbed.list_namespaces() if n.startswith(f"{bed.prefix}-")]
+    ours = [n for n in runs.list_namespaces() if n.startswith(f"{bed.prefix}-")]
     pids = processes_in(ours)
     assert laptop.pid in pids and bed.nodes["aws-1"].pid in pids
     assert bed.plane is not None and bed.plane.apiserver is not None
     assert bed.plane.apiserver.pid in pids
     bed.close()
     assert not bed.pods
-    assert not [n for n in testbed.list_namespaces() if n.startswith(bed.prefix)]
-    assert not [p for p in pids if testbed.alive(p)]
-    assert not testbed.link_exists(bed.host_link)
-    assert not bed.workdir.exists() or os.environ.get(testbed.KEEP_ENV)
+    assert not [n for n in runs.list_namespaces() if n.startswith(bed.prefix)]
+    assert not [p for p in pids if runs.alive(p)]
+    assert not runs.link_exists(bed.host_link)
+    assert not bed.workdir.exists() or os.environ.get(runs.KEEP_ENV)
     bed.close()  # idempotent
 
 
@@ -264,5 +265,5 @@ def test_a_failed_start_leaves_nothing(tmp_path: Path) -> None:
     bed = Testbed([Location("aws", nodes=1)], binaries=tmp_path / "missing")
     with pytest.raises(TestbedError, match="control plane"):
         bed.start()
-    assert not [n for n in testbed.list_namespaces() if n.startswith(bed.prefix)]
-    assert not testbed.link_exists(bed.host_link)
+    assert not [n for n in runs.list_namespaces() if n.startswith(bed.prefix)]
+    assert not runs.link_exists(bed.host_link)

@@ -380,6 +380,7 @@ def normalised(rules: list[Obj]) -> set[tuple[str, str, str, str]]:
 
 
 RBAC_RULES = normalised(one(load_file(MANIFESTS / "rbac.yaml"), "ClusterRole")["rules"])
+LEASE_RULES = normalised(one(load_file(MANIFESTS / "rbac.yaml"), "Role")["rules"])
 NKML_RULES = {("", "nodes", "get", "*"), ("", "nodes", "patch", "*")}
 WEBHOOK_RULES = {
     ("", "nodes", "list", "*"),
@@ -400,6 +401,12 @@ def test_rbac_yaml_is_the_least_privilege_set() -> None:
         ("apiextensions.k8s.io", "customresourcedefinitions", "get", "peers.kilo.squat.ai"),
     }
     assert expected == RBAC_RULES
+    # kg --leader-election=lease, in the agent's namespace only; no delete.
+    assert {
+        ("coordination.k8s.io", "leases", verb, "*")
+        for verb in ("get", "list", "watch", "create", "update")
+    } == LEASE_RULES
+    assert one(load_file(MANIFESTS / "rbac.yaml"), "Role")["metadata"]["namespace"] == "kube-system"
 
 
 @pytest.mark.parametrize("variant", MATRIX, ids=variant_id)
@@ -413,7 +420,12 @@ def test_every_variant_grants_the_agent_exactly_rbac_yaml(
     for name, daemonset in daemonsets.items():
         account = daemonset["spec"]["template"]["spec"]["serviceAccountName"]
         roles = granted_cluster_roles(objects, "kube-system", account)
-        assert [r["kind"] for r in roles] == ["ClusterRole"]
+        if name in AGENTS:
+            assert [r["kind"] for r in roles] == ["ClusterRole", "Role"]
+            assert roles[1]["metadata"]["namespace"] == "kube-system"
+            assert normalised(roles[1]["rules"]) == LEASE_RULES
+        else:
+            assert [r["kind"] for r in roles] == ["ClusterRole"]
         assert normalised(roles[0]["rules"]) == (RBAC_RULES if name in AGENTS else NKML_RULES)
     webhook = one(objects, "Deployment", "peer-validation-server")
     account = webhook["spec"]["template"]["spec"]["serviceAccountName"]

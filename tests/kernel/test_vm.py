@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from kilo.sandbox import guest, testbed, vm
+from kilo.sandbox import guest, runs, vm
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST = Path(__file__).resolve().parent / "guest"
@@ -74,7 +74,7 @@ def _results(junit: Path) -> dict[str, tuple[str, str, float]]:
 
 @pytest.fixture(scope="session")
 def guest_run(controlplane_binaries: Path) -> Iterator[GuestRun]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     started = time.monotonic()
     kernel = guest.fetch_kernel(on_progress=lambda line: print(line, file=sys.stderr))
     host = vm.VMHost(binaries=controlplane_binaries).start()

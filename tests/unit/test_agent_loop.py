@@ -360,3 +360,31 @@ def test_a_local_node_without_kilos_annotations_is_joined_and_cleaned_up(
     touched = {key for patch in h.writer.patches for key in patch}
     assert touched and all(key.startswith(translate.PREFIX) for key in touched)
     assert h.writer.patches[-1] == dict.fromkeys(translate.AGENT_ANNOTATIONS)
+
+
+def test_nodes_an_event_did_not_change_reach_the_topology_as_the_same_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The topology reuses what it built from the very same Node objects (its segment memo):
+    an apply that copied every Node would rebuild the whole mesh on every event."""
+    from kilo.agent import apply
+    from kilo.mesh.topology import build_topology as build
+
+    seen: list[dict[str, Any]] = []
+
+    def spy(nodes: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append({n.name: n for n in nodes})
+        return build(nodes, *args, **kwargs)
+
+    monkeypatch.setattr(apply, "build_topology", spy)
+    h = Harness()
+    h.node("a")
+    h.remote("b", location="gcp", pod=1)
+    h.remote("c", location="azure", pod=2, extra={translate.ENDPOINT: "b.example.com:51820"})
+    h.round(check_in=True)
+    h.remote("d", location="gcp", pod=3)
+    h.round()
+    before, after = seen[-2], seen[-1]
+    assert after["b"] is before["b"]  # an IP endpoint: nothing to resolve, no copy
+    assert after["c"] == before["c"]  # a DNS name is resolved on every apply
+    assert "d" in after and "d" not in before

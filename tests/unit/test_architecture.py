@@ -40,6 +40,7 @@ ALLOWED = {
     "yaml",  # only to render Peer manifests as text (peerspec.py)
     "datetime",  # only datetime.date, to validate YAML timestamps (peerspec.py); no clock
     "ipaddress",
+    "hashlib",  # only to name a location's Lease (leadership.py)
     # deriving a WireGuard public key from a private key (keys.py)
     "cryptography.hazmat.primitives.asymmetric.x25519",
     "cryptography.hazmat.primitives.serialization",

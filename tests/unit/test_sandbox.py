@@ -15,7 +15,16 @@ import pytest
 
 from kilo.errors import KiloError
 from kilo.sandbox import __main__ as cli
-from kilo.sandbox import commands, controlplane, prerequisites, progress, report, state, testbed
+from kilo.sandbox import (
+    commands,
+    controlplane,
+    prerequisites,
+    progress,
+    report,
+    runs,
+    state,
+    testbed,
+)
 from kilo.sandbox.prerequisites import CNI_PLUGINS, COMMANDS, Facts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -340,7 +349,7 @@ def test_prefix_is_derived_from_the_directory() -> None:
     assert a == state.prefix_for("/var/lib/kilo-sandbox")
     assert a != state.prefix_for("/tmp/other")
     assert testbed.PREFIX.fullmatch(a)
-    assert a.startswith(state.FAMILY) and not a.startswith(testbed.FAMILY)
+    assert a.startswith(state.FAMILY) and not a.startswith(runs.FAMILY)
     # The host link (prefix + "h") is a valid interface name.
     assert len(a) + 1 <= 15
 

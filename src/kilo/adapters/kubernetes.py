@@ -29,8 +29,9 @@ import msgspec
 from lightkube import ApiError, AsyncClient, Client
 from lightkube import ConfigError as LightkubeConfigError
 from lightkube.config.kubeconfig import SingleConfig
-from lightkube.core.resource import GlobalResource
+from lightkube.core.resource import GlobalResource, NamespacedResource
 from lightkube.generic_resource import create_global_resource
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
@@ -50,6 +51,8 @@ PEER_VERSION = "v1alpha1"
 Peer = create_global_resource(PEER_GROUP, PEER_VERSION, "Peer", "peers")
 
 RESOURCES: dict[str, type[GlobalResource]] = {"nodes": Node, "peers": Peer}
+# Watched in one namespace (``Informer(namespace=...)``): the failover Leases.
+NAMESPACED: dict[str, type[NamespacedResource]] = {"leases": Lease}
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -231,6 +234,7 @@ class Informer:
         watch_seconds: int = 300,
         retry_refusals: bool = False,
         on_error: Callable[[str], None] | None = None,
+        namespace: str | None = None,
     ) -> None:
         self._client = client
         # A long-running agent retries refusals (401/403/404) once it has listed: a
@@ -240,7 +244,11 @@ class Informer:
         self._on_error = on_error
         self._listed = False
         self._resource = resource
-        self._res = RESOURCES[resource]
+        self._res: Any = (  # the overloads of list and watch differ by scope
+            NAMESPACED[resource] if namespace is not None else RESOURCES[resource]
+        )
+        # Only the namespaced calls take one (lightkube refuses it for global resources).
+        self._where: dict[str, Any] = {} if namespace is None else {"namespace": namespace}
         self._server = server
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -258,7 +266,7 @@ class Informer:
         await self._first_list.wait()
 
     async def _relist(self) -> list[Event]:
-        listing = self._client.list(self._res)
+        listing = self._client.list(self._res, **self._where)
         fresh: dict[str, dict[str, Any]] = {}
         try:
             async for obj in listing:
@@ -303,6 +311,7 @@ class Informer:
                     AsyncGenerator[tuple[str, Any], None],
                     self._client.watch(
                         self._res,
+                        **self._where,
                         resource_version=self.resource_version,
                         server_timeout=server_timeout,
                     ),

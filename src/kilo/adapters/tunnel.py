@@ -33,7 +33,8 @@ CILIUM_HOST = "cilium_host"
 IPIP_OVERHEAD = 20
 
 
-class _Links(Protocol):
+# What the encapsulators need of the links (the netlink adapter, or a fake in the tests).
+class Links(Protocol):
     def index(self, name: str) -> int | None: ...
     def interfaces(self) -> list[Interface]: ...
     def mtu(self, name: str) -> int: ...
@@ -78,7 +79,7 @@ class Tunnel:
 
     def __init__(
         self,
-        links: _Links,
+        links: Links,
         compatibility: Compatibility,
         base: str,
         *,

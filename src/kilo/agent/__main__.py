@@ -365,8 +365,37 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
             )
             for resource in ("nodes", "peers")
         )
+        leases = None
+        if settings.mesh.leader_election:
+            from kilo.adapters.leases import LeaseWriter
+            from kilo.agent.leadership import Election
+
+            # The namespace kg runs in: its service account's, or the kubeconfig context's.
+            namespace = config.namespace
+            agent.use_election(
+                Election(
+                    hostname=settings.mesh.hostname,
+                    writer=LeaseWriter(client, namespace),
+                )
+            )
+            leases = kubernetes.Informer(
+                client,
+                "leases",
+                server=str(config.cluster.server),
+                retry_refusals=True,
+                on_error=backend_error,
+                namespace=namespace,
+            )
+            log.info(
+                "lease leader election is on",
+                fields={"namespace": namespace, "node": settings.mesh.hostname},
+            )
         try:
-            await agent.run(nodes, peers, stop)
+            await agent.run(nodes, peers, stop, leases)
+            if settings.mesh.clean_up and agent.election is not None:
+                # Its data plane is about to go: the next leader need not wait out the Lease
+                # (while this client is still open).
+                await agent.election.release()
         except KiloError as exc:
             # Kilo's last words, on stderr as Kilo prints them; also a log line.
             message = f"error: Kilo exited unexpectedly: {exc}"

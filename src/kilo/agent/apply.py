@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from kilo.adapters import dns
 from kilo.agent import logs
@@ -36,6 +36,9 @@ from kilo.mesh.routes import Device
 from kilo.mesh.topology import Topology, build_topology
 from kilo.mesh.wgdevice import DeviceState, discovered_endpoints
 from kilo.mesh.wireguard import WireGuardConfig
+
+# The segments' leaders (segment key -> node) from the ready nodes, or Kilo's rule (None).
+Leaders = Callable[[Sequence[Node]], Mapping[str, str]]
 
 log = logs.get("kilo")
 iptables_log = logs.get("iptables")
@@ -63,6 +66,18 @@ def _resolve_endpoint(
     return resolved
 
 
+# A Node or a Peer: both carry an endpoint that may be a DNS name.
+_Endpointed = TypeVar("_Endpointed", Node, Peer)
+
+
+def _with_resolved_endpoint(obj: _Endpointed, what: str, resolver: dns.Resolver) -> _Endpointed:
+    """``obj`` itself when resolving changes nothing (an IP endpoint, the common case): the
+    topology reuses what it built from the very same Node objects (topology._SegmentMemo),
+    so a copy per apply would make every apply a rebuild of the whole mesh."""
+    resolved = _resolve_endpoint(obj.endpoint, what, resolver)
+    return obj if resolved == obj.endpoint else replace(obj, endpoint=resolved)
+
+
 class TopologyApplier:
     """The node's data plane, brought to the topology of a snapshot of the cluster."""
 
@@ -87,6 +102,7 @@ class TopologyApplier:
         # For the metrics' peer names and /graph: what the last apply planned.
         self.peer_names: dict[str, str] = {}
         self.graph_input: tuple[tuple[Node, ...], tuple[Peer, ...]] | None = None
+        self.leaders: Mapping[str, str] | None = None  # the last apply's leader overrides
         self._lock = threading.Lock()
         self._applied_iptables: RuleSet | None = None
         self._applied_routes: tuple[object, ...] | None = None
@@ -140,24 +156,35 @@ class TopologyApplier:
         return mtu
 
     def apply(
-        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, *, full: bool = True
+        self,
+        nodes: Sequence[Node],
+        peers: Sequence[Peer],
+        local: Node,
+        *,
+        full: bool = True,
+        leaders: Leaders | None = None,
     ) -> Applied | None:
-        """Kilo's apply_topology (§6.7) on a snapshot; runs in a worker thread."""
+        """Kilo's apply_topology (§6.7) on a snapshot; runs in a worker thread. ``leaders``
+        gives the segments' leaders from the ready nodes (``--leader-election=lease``)."""
         with self._lock:
-            return self._apply(nodes, peers, local, full)
+            return self._apply(nodes, peers, local, full, leaders)
 
     def _apply(
-        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, full: bool
+        self,
+        nodes: Sequence[Node],
+        peers: Sequence[Peer],
+        local: Node,
+        full: bool,
+        leaders: Leaders | None,
     ) -> Applied | None:
         self.metrics.reconciled()
         now = int(self.clock())
         ready = [
-            replace(n, endpoint=_resolve_endpoint(n.endpoint, f"node {n.name}", self.resolver))
+            _with_resolved_endpoint(n, f"node {n.name}", self.resolver)
             for n in ready_nodes([*nodes, local], now)
         ]
         ready_peer_list = [
-            replace(p, endpoint=_resolve_endpoint(p.endpoint, f"peer {p.name}", self.resolver))
-            for p in ready_peers(peers)
+            _with_resolved_endpoint(p, f"peer {p.name}", self.resolver) for p in ready_peers(peers)
         ]
         self.metrics.set_counts(len(ready), len(ready_peer_list))
         if not any(n.name == self.hostname for n in ready):
@@ -192,6 +219,7 @@ class TopologyApplier:
             for n in ready
         ]
         local_ready = next(n for n in ready if n.name == self.hostname)
+        self.leaders = leaders(ready) if leaders is not None else None
         mesh = self.settings.mesh
         try:
             t = build_topology(
@@ -204,6 +232,7 @@ class TopologyApplier:
                 key=self.host.key,
                 service_cidrs=mesh.service_cidrs,
                 persistent_keepalive=local_ready.persistent_keepalive,
+                leaders=self.leaders,
             )
         except KiloError as exc:
             failed("the topology", exc)

@@ -177,6 +177,15 @@ ROOT_FLAGS = (
         False,
         "Prefer to assign a private IP address to the node's endpoint.",
     ),
+    Flag(
+        "leader-election",
+        "string",
+        "",
+        "Not in Kilo; off when empty. 'lease': a coordination.k8s.io Lease per location, in "
+        "kg's namespace, held by the leader while its WireGuard path and forwarding work, "
+        "moves leadership to the next node within seconds; every node must run kg with it "
+        "(while any ready node does not, leaders are Kilo's). Possible values: lease",
+    ),
 )
 
 WEBHOOK_FLAGS = (

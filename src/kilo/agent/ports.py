@@ -24,7 +24,7 @@ from kilo.mesh.wireguard import WireGuardConfig
 
 # The links the encapsulators need (the tunnel adapter's port), and the default route's
 # interface, whose MTU gives WireGuard's.
-class LinksPort(tunnel._Links, Protocol):
+class LinksPort(tunnel.Links, Protocol):
     def default_route_interface(self) -> int | None: ...
 
 

@@ -26,10 +26,11 @@ from typing import Any, Protocol
 from kilo.adapters import dns
 from kilo.agent import logs
 from kilo.agent.apply import TopologyApplier
+from kilo.agent.leadership import Election
 from kilo.agent.ports import DataPlane, HostFacts, MetricsPort, NodeWriter
 from kilo.agent.settings import AgentSettings
 from kilo.errors import KiloError
-from kilo.mesh import graph, translate
+from kilo.mesh import graph, leadership, translate
 from kilo.mesh.endpoint import endpoint_ready
 from kilo.mesh.events import (
     DEBOUNCE,
@@ -46,7 +47,7 @@ from kilo.mesh.keys import ZERO_KEY
 from kilo.mesh.localnode import local_node, mesh_changed, peer_changed
 from kilo.mesh.model import CHECK_IN_PERIOD, Diagnostic, Node, Peer
 from kilo.mesh.text import shorten
-from kilo.mesh.topology import build_topology
+from kilo.mesh.topology import LOCATION_PREFIX, build_topology
 
 API_TIMEOUT = 10.0
 
@@ -57,6 +58,10 @@ class EventSource(Protocol):
     """A watch of one resource (the Kubernetes adapter's ``Informer``)."""
 
     def events(self) -> AsyncIterator[Event]: ...
+
+
+class ListedEventSource(EventSource, Protocol):
+    async def listed(self) -> None: ...
 
 
 class Agent:
@@ -70,6 +75,7 @@ class Agent:
         *,
         clock: Callable[[], float] = time.time,
         resolver: dns.Resolver = dns.resolve,
+        election: Election | None = None,
     ) -> None:
         self.settings = settings
         self.writer = writer
@@ -96,6 +102,9 @@ class Agent:
         self._full_needed = True
         self._local_was_ready = False
         self._wake = asyncio.Event()
+        self.election: Election | None = None
+        if election is not None:
+            self.use_election(election)
         requested = settings.mesh.resync_period
         self.resync_period = resync_period(requested)
         if self.resync_period != requested:
@@ -103,6 +112,12 @@ class Agent:
                 "resync period raised to the minimum",
                 fields={"requested": f"{requested:g}s", "used": f"{MIN_RESYNC_PERIOD:g}s"},
             )
+
+    def use_election(self, election: Election) -> None:
+        """``--leader-election=lease``: the Leases decide the leaders (it reads our nodes)."""
+        self.election = election
+        election.nodes = self.view.nodes
+        election.on_leaders_changed = self._leaders_changed
 
     @property
     def host(self) -> HostFacts:
@@ -137,6 +152,8 @@ class Agent:
     def on_node_event(self, event: Event) -> None:
         change = self.view.node_event(event)
         self._report(change.report)
+        if self.election is not None:
+            self.election.on_node_event(event)
         if event.name == self.hostname:
             self.local_observed = change.new
             annotations = event.obj.get("metadata", {}).get("annotations")
@@ -164,6 +181,10 @@ class Agent:
             log.info("peer changed", fields={"event": KILO_EVENTS[event.type], "peer": event.name})
             self._apply_needed = True
             self._wake.set()
+
+    def _leaders_changed(self) -> None:
+        self._apply_needed = True
+        self._wake.set()
 
     def trigger(self) -> None:
         """Ask for a full apply soon (e.g. someone deleted one of our routes)."""
@@ -207,7 +228,13 @@ class Agent:
             if check_in:
                 log.debug("no local node found in backend", fields={"node": self.hostname})
             return
-        changes = translate.annotation_changes(self.local_annotations, desired)
+        changes: dict[str, str | None] = dict(
+            translate.annotation_changes(self.local_annotations, desired)
+        )
+        # Tells every node that this one derives leaders from the Leases (or no longer does).
+        taking_part = leadership.MODE if self.election is not None else None
+        if (self.local_annotations or {}).get(leadership.ANNOTATION) != taking_part:
+            changes[leadership.ANNOTATION] = taking_part
         material = {k: v for k, v in changes.items() if k != translate.LAST_SEEN}
         if not material and not check_in:
             return
@@ -227,7 +254,11 @@ class Agent:
             return
         self.last_written = now
         if self.local_annotations is not None:
-            self.local_annotations.update(changes)
+            for key, value in changes.items():
+                if value is None:
+                    self.local_annotations.pop(key, None)
+                else:
+                    self.local_annotations[key] = value
         if material:
             observed = self.local_observed
             if (
@@ -269,13 +300,25 @@ class Agent:
         self._full_needed = False
         nodes = [n for name, n in self.view.nodes.items() if name != self.hostname]
         peers = list(self.view.peers.values())
-        applied = await asyncio.to_thread(self.applier.apply, nodes, peers, local, full=full)
+        leaders = self.election.leaders() if self.election is not None else None
+        applied = await asyncio.to_thread(
+            self.applier.apply, nodes, peers, local, full=full, leaders=leaders
+        )
         self.applied_local = local
         self._local_was_ready = local.is_ready(now)
         if applied is None:
             return
         if applied.errors:
             self._full_needed = True
+        if self.election is not None:
+            t = applied.topology
+            own = t.location.startswith(LOCATION_PREFIX)
+            self.election.set_topology(
+                local.location if own else None,
+                [(s.wireguard_ip, s.leader_name) for s in t.segments if s.location != t.location]
+                if t.leader
+                else (),
+            )
         if applied.errors == 0 and not self.healthy:
             self.healthy = True
             log.info("the mesh is applied; the agent is healthy", fields={"node": self.hostname})
@@ -335,13 +378,35 @@ class Agent:
                     },
                 )
 
-    async def run(self, nodes: EventSource, peers: EventSource, stop: asyncio.Event) -> None:
+    async def run(
+        self,
+        nodes: EventSource,
+        peers: EventSource,
+        stop: asyncio.Event,
+        leases: ListedEventSource | None = None,
+    ) -> None:
         """Run until ``stop`` is set; a fatal backend error propagates."""
         tasks = [
             asyncio.create_task(self._consume(nodes, self.on_node_event, "node"), name="nodes"),
             asyncio.create_task(self._consume(peers, self.on_peer_event, "peer"), name="peers"),
             asyncio.create_task(self._worker(), name="reconcile"),
         ]
+        if self.election is not None and leases is not None:
+            election = self.election
+
+            async def elect() -> None:
+                # Only on the whole list of Leases: on a part, it could take a held one.
+                await leases.listed()
+                election.on_listed()
+                await election.run()
+
+            tasks += [
+                asyncio.create_task(
+                    self._consume(leases, election.on_lease_event, "lease"), name="leases"
+                ),
+                asyncio.create_task(elect(), name="election"),
+                asyncio.create_task(election.probe(), name="probe"),
+            ]
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -373,6 +438,7 @@ class Agent:
             key=ZERO_KEY,
             service_cidrs=self.settings.mesh.service_cidrs,
             persistent_keepalive=local.persistent_keepalive if local else 0,
+            leaders=self.applier.leaders,
         )
         return graph.dot(t)
 
@@ -383,7 +449,10 @@ class Agent:
         await asyncio.to_thread(self.applier.clean_up)
         try:
             async with asyncio.timeout(API_TIMEOUT):
-                await self.writer.patch(self.hostname, dict.fromkeys(translate.AGENT_ANNOTATIONS))
+                keys = [*translate.AGENT_ANNOTATIONS]
+                if self.election is not None:
+                    keys.append(leadership.ANNOTATION)
+                await self.writer.patch(self.hostname, dict.fromkeys(keys))
         except (KiloError, TimeoutError) as exc:
             self.metrics.error("cleanUp")
             log.error(

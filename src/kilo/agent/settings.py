@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from kilo.agent import listen
 from kilo.agent.cobra import CommandLineError, FlagValue
-from kilo.mesh import flags, ip
+from kilo.mesh import flags, ip, leadership
 from kilo.mesh.endpoint import is_dns1123_subdomain
 from kilo.mesh.gosyntax import go_quote, parse_uint32
 from kilo.mesh.ip import IPNetwork
@@ -50,6 +50,7 @@ DEFAULT_RESYNC_PERIOD = "30s"
 DEFAULT_WEBHOOK_LISTEN = ":8443"
 DEFAULT_WEBHOOK_LISTEN_METRICS = ":1107"
 MTU_AUTO = "auto"
+LEADER_ELECTION_LEASE = leadership.MODE
 
 _NS_PER_SECOND = 1_000_000_000
 _DEFAULT_SUBNET: IPNetwork = IPv4Network(DEFAULT_SUBNET)
@@ -104,6 +105,7 @@ class MeshSettings:
     iptables_forward_rules: bool = False
     resync_period: float = 30.0  # seconds (Kilo: a Go duration, any sign)
     clean_up: bool = True
+    leader_election: str = ""  # "" (Kilo's rule) or "lease" (kilo.mesh.leadership)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,6 +334,13 @@ def agent_settings(
             f"invalid CNI path {go_quote(cni_path)}: give the CNI configuration file to "
             "manage, or --cni=false"
         )
+    # --leader-election: off, or the Lease failover.
+    leader_election = str(values["leader-election"])
+    if leader_election not in ("", LEADER_ELECTION_LEASE):
+        raise CommandLineError(
+            f"leader election {go_quote(leader_election)} unknown; possible values are: "
+            f"{LEADER_ELECTION_LEASE} (or empty, Kilo's rule)"
+        )
     # 12. --listen, last as in Kilo (the socket is bound before anything is created).
     listen_address = str(values["listen"])
     problem = listen.listen_error(listen_address)
@@ -353,6 +362,7 @@ def agent_settings(
             iptables_forward_rules=_bool(values["iptables-forward-rules"]),
             resync_period=_int(values["resync-period"]) / _NS_PER_SECOND,
             clean_up=_bool(values["clean-up"]),
+            leader_election=leader_election,
         ),
         backend=BackendSettings(
             name=backend,

@@ -111,6 +111,10 @@ def _read_live(path: str | None, timeout: float) -> tuple[list[Any], list[Any]]:
     server: list[str] = ["the Kubernetes API server"]
 
     def work() -> None:
+        # Imported here: the HTTP client and the kubeconfig reader take a quarter of a
+        # second to import, which every offline (--backend file) command would pay.
+        from kilo.adapters import kubeconfig
+
         try:
             config = kubeconfig.load(path)
             server[0] = str(config.cluster.server)
@@ -236,7 +240,10 @@ def run_graph(ctx: Context) -> int:
     mesh = Mesh(ctx)
     # Any perspective gives the same graph; the first node by name keeps it deterministic.
     t = mesh.topology(mesh.nodes[0].name, port=ctx.args.port, keepalive=0)
-    print(graph.dot(t), file=ctx.out)
+    # Written as it is generated: a 5000-node full mesh is 500 MB of DOT.
+    for chunk in graph.dot_chunks(t):
+        ctx.out.write(chunk)
+    ctx.out.write("\n")
     return 0
 
 

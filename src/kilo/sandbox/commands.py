@@ -20,6 +20,12 @@ everything else.
 prefix derived from the directory (:func:`kilo.sandbox.state.prefix_for`), so it also
 removes what a crashed ``up`` left. It only ever deletes the files a sandbox writes in its
 directory (:data:`kilo.sandbox.state.FILES` and ``run/``), never a path read from the state.
+
+Why one module of about 950 lines: ``up``, ``status``, ``down`` and ``up --kernel`` (with
+its guest side) read and write one state file under one prefix, print through one
+progress display and one report, and ``--kernel`` runs ``up`` itself inside the guest;
+apart they would pass that state across modules. The testbed, the VM, the state file, the
+report and the prerequisites already live in modules of their own.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from kilo.adapters.kubernetes import RESOURCES
 from kilo.errors import KiloError, SandboxError
 from kilo.mesh import translate
 from kilo.mesh.model import DEFAULT_SUBNET
-from kilo.sandbox import prerequisites, report, state, testbed, vm
+from kilo.sandbox import prerequisites, report, runs, state, testbed, vm
 from kilo.sandbox.controlplane import build_binaries, cached_binaries
 from kilo.sandbox.guest import GuestCommand, Kernel, fetch_kernel
 from kilo.sandbox.guest import missing as guest_missing
@@ -130,8 +136,8 @@ class Sandbox:
     def leftovers(self) -> list[str]:
         """What of a sandbox exists here: state file, namespaces, host link."""
         found = [str(self.state_path)] if self.state_path.exists() else []
-        found += testbed.run_namespaces(self.prefix)
-        if testbed.link_exists(self.host_link):
+        found += runs.run_namespaces(self.prefix)
+        if runs.link_exists(self.host_link):
             found.append(f"link {self.host_link}")
         return found
 
@@ -237,7 +243,7 @@ def measure(
 
 
 def _record(pid: int, role: str) -> state.Process | None:
-    start = testbed.process_start(pid)
+    start = runs.process_start(pid)
     return None if start is None else state.Process(role=role, pid=pid, start=start)
 
 
@@ -288,7 +294,7 @@ def _snapshot(
         api_server=bed.plane.server if bed.plane is not None else "",
         kubeconfig=str(box.kubeconfig),
         nat_locations=tuple(sorted(bed.gateways)),
-        namespaces=tuple(testbed.run_namespaces(box.prefix)),
+        namespaces=tuple(runs.run_namespaces(box.prefix)),
         processes=tuple(p for p in processes if p is not None),
         nodes=tuple(recorded(m) for m in bed.nodes.values() if m.process is not None),
         peers=tuple(recorded(m, PEER_IP) for m in bed.laptops.values() if m.process is not None),
@@ -304,7 +310,7 @@ def _wait(
     predicate: Callable[[], object], *, timeout: float, what: str, interval: float = 0.5
 ) -> None:
     try:
-        testbed.wait_for(predicate, timeout=timeout, message=what, interval=interval)
+        runs.wait_for(predicate, timeout=timeout, message=what, interval=interval)
     except AssertionError as exc:
         raise SandboxError(str(exc)) from None
 
@@ -588,21 +594,7 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
     attached = options.attached_plane is not None
     cached = None if attached else cached_binaries()
     problem = _check_prerequisites("kilo-sandbox up", binaries_built=attached or cached is not None)
-    if problem is not None:
-        err.write(problem + "\n")
-        return 1
-    if box.leftovers():
-        err.write(
-            f"a sandbox is already up in {box.directory} ({', '.join(box.leftovers()[:3])}): "
-            "`kilo-sandbox status` shows it, `kilo-sandbox down` removes it.\n"
-        )
-        return 1
-    # Children (ip, iptables, wg...) are looked up on this PATH; sudo's may lack sbin.
-    os.environ["PATH"] = ":".join(prerequisites.search_path())
-    try:
-        box.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
+    if not _ready_to_build(box, problem, err):
         return 1
     progress = Progress(err)
     binaries: Path | None
@@ -775,6 +767,28 @@ def _vm_processes(host: vm.VMHost, machine: vm.VirtualMachine) -> tuple[state.Pr
     return tuple(p for p in processes if p is not None)
 
 
+def _ready_to_build(box: Sandbox, problem: str | None, err: TextIO) -> bool:
+    """Whether ``up`` may build in ``box``: no missing prerequisite (``problem``), nothing
+    left of another sandbox, a directory it can create; else why not, on ``err``."""
+    if problem is not None:
+        err.write(problem + "\n")
+        return False
+    if box.leftovers():
+        err.write(
+            f"a sandbox is already up in {box.directory} ({', '.join(box.leftovers()[:3])}): "
+            "`kilo-sandbox status` shows it, `kilo-sandbox down` removes it.\n"
+        )
+        return False
+    # Children (ip, iptables, wg...) are looked up on this PATH; sudo's may lack sbin.
+    os.environ["PATH"] = ":".join(prerequisites.search_path())
+    try:
+        box.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
+        return False
+    return True
+
+
 def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
     box = Sandbox(options.directory)
     cached = cached_binaries()
@@ -782,20 +796,7 @@ def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
         _check_prerequisites("kilo-sandbox up --kernel", binaries_built=cached is not None)
         or guest_missing()
     )
-    if problem is not None:
-        err.write(problem + "\n")
-        return 1
-    if box.leftovers():
-        err.write(
-            f"a sandbox is already up in {box.directory} ({', '.join(box.leftovers()[:3])}): "
-            "`kilo-sandbox status` shows it, `kilo-sandbox down` removes it.\n"
-        )
-        return 1
-    os.environ["PATH"] = ":".join(prerequisites.search_path())
-    try:
-        box.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
+    if not _ready_to_build(box, problem, err):
         return 1
     progress = Progress(err)
     host: vm.VMHost | None = None
@@ -837,7 +838,7 @@ def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
             workdir=str(box.workdir),
             api_server=plane.server,
             kubeconfig=str(box.kubeconfig),
-            namespaces=tuple(testbed.run_namespaces(box.prefix)),
+            namespaces=tuple(runs.run_namespaces(box.prefix)),
             processes=_vm_processes(host, machine),
             kernel=f"{kernel.package} {kernel.version}",
             share=str(host.share),
@@ -937,7 +938,7 @@ def _status_in_vm(current: state.State, out: TextIO) -> int:
     qemu = next((p for p in current.processes if p.role == "qemu"), None)
 
     def answered() -> bool:
-        if qemu is None or testbed.process_start(qemu.pid) != qemu.start:
+        if qemu is None or runs.process_start(qemu.pid) != qemu.start:
             raise SandboxError("the virtual machine is not running")
         return response.exists()
 
@@ -962,7 +963,7 @@ def status(directory: Path, out: TextIO, err: TextIO, *, slowdown: float = 1.0) 
     try:
         current = box.load()
     except SandboxError as exc:
-        left = testbed.run_namespaces(box.prefix)
+        left = runs.run_namespaces(box.prefix)
         hint = (
             f"; namespaces of a sandbox exist ({', '.join(left[:3])}...): "
             "`kilo-sandbox down` removes them"
@@ -974,7 +975,7 @@ def status(directory: Path, out: TextIO, err: TextIO, *, slowdown: float = 1.0) 
     healthy = True
     rows = []
     for process in current.processes:
-        running = testbed.process_start(process.pid) == process.start
+        running = runs.process_start(process.pid) == process.start
         healthy &= running
         rows.append(f"  {process.role:<28} {process.pid:>8}  {'running' if running else 'GONE'}")
     out.write(f"Kilo sandbox {current.prefix} in {current.directory}")
@@ -1026,7 +1027,7 @@ def _kill(processes: Sequence[state.Process]) -> list[int]:
     """SIGKILL each recorded process (and its group) that is still the same process."""
     killed = []
     for process in processes:
-        if testbed.process_start(process.pid) != process.start:
+        if runs.process_start(process.pid) != process.start:
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -1051,25 +1052,25 @@ def _remove(box: Sandbox) -> tuple[list[str], list[str]]:
         removed.append(f"{len(killed)} processes")
     left: list[str] = []
     for prefix in prefixes:
-        namespaces = testbed.run_namespaces(prefix)
+        namespaces = runs.run_namespaces(prefix)
         link = f"{prefix}h"
-        had_link = testbed.link_exists(link)
-        still = testbed.remove_namespaces(namespaces, link)
+        had_link = runs.link_exists(link)
+        still = runs.remove_namespaces(namespaces, link)
         left += still
         if namespaces:
             removed.append(f"{len(namespaces) - len(still)} namespaces {prefix}-*")
         if had_link:
             removed.append(f"link {link}")
-        if testbed.link_exists(link):
+        if runs.link_exists(link):
             left.append(f"link {link}")
     try:
-        testbed.wait_for(
-            lambda: not any(testbed.alive(p) for p in killed),
+        runs.wait_for(
+            lambda: not any(runs.alive(p) for p in killed),
             timeout=10,
             message="processes survive SIGKILL",
         )
     except AssertionError:
-        left += [f"process {p}" for p in killed if testbed.alive(p)]
+        left += [f"process {p}" for p in killed if runs.alive(p)]
     if box.workdir.exists():
         shutil.rmtree(box.workdir, ignore_errors=True)
         removed.append(str(box.workdir))

@@ -12,6 +12,10 @@ cannot reach it.
 :class:`AttachedControlPlane` is the guest's view of a control plane that runs elsewhere
 (the host of a virtual machine, :mod:`kilo.sandbox.vm`): the same kubeconfigs and
 readiness check, from the CA and the :class:`Attachment` the host wrote into a directory.
+
+Why one module of about 600 lines: the certificates, the kubeconfigs, etcd and the API
+server are started, checked and stopped as one thing, and the attached view reads exactly
+what the host side writes.
 """
 
 from __future__ import annotations
@@ -286,9 +290,11 @@ class ControlPlane:
         organizations: tuple[str, ...] = (),
         token: str | None = None,
         server: str | None = None,
+        namespace: str | None = None,
     ) -> Path:
         """A kubeconfig for ``user`` (client certificate, or a bearer token); ``server``
-        overrides the URL, for clients that reach the API server by another address."""
+        overrides the URL, for clients that reach the API server by another address;
+        ``namespace`` is the context's (a pod's service account namespace, for kg)."""
         credentials: dict[str, str]
         if token is not None:
             credentials = {"token": token}
@@ -311,7 +317,16 @@ class ControlPlane:
                 }
             ],
             "users": [{"name": user, "user": credentials}],
-            "contexts": [{"name": "kilo-test", "context": {"cluster": "kilo-test", "user": user}}],
+            "contexts": [
+                {
+                    "name": "kilo-test",
+                    "context": {
+                        "cluster": "kilo-test",
+                        "user": user,
+                        **({"namespace": namespace} if namespace else {}),
+                    },
+                }
+            ],
             "current-context": "kilo-test",
         }
         path.write_text(yaml.safe_dump(config))

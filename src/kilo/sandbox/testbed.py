@@ -3,8 +3,9 @@
 The end-to-end tests, the agent benchmark and ``kilo-sandbox`` all build on
 :class:`Testbed`. Everything it creates carries one short run prefix (three letters + 6 hex
 digits: ``ktb…`` for the tests' runs, random; the sandbox's is derived from its directory) so
-that a crashed run can be recognised and removed (:func:`cleanup_stale` for the tests' runs,
-whose owner process is recorded in ``/run/kilo-e2e``; :func:`remove_run` for any prefix)
+that a crashed run can be recognised and removed (:func:`kilo.sandbox.runs.cleanup_stale`
+for the tests' runs, whose owner process is recorded in ``/run/kilo-e2e``; :func:`remove_run`
+for any prefix)
 without touching anyone else's namespaces. A testbed outlives the process that built it
 unless :meth:`Testbed.close` is called: every process it starts is in a session of its own.
 
@@ -29,6 +30,16 @@ private`` in the node's network namespace, tmpfs on the node's private state dir
 and its own ``/etc/hosts``, then ``exec wireguard-go kilo0`` in the foreground. Everything
 else for that machine runs through ``nsenter -t <holder> -m -n`` and its files are reached
 through ``/proc/<holder>/root``.
+
+Why one module of about 1200 lines: :class:`Testbed` is one object that the e2e tests, the
+kernel suite, the agent benchmark and the sandbox all drive through its methods (machines,
+the control plane, pods, agents, probes), and each of those steps reads the state the
+others wrote (namespaces, holders, addresses). What stands alone lives elsewhere: a run's
+namespaces and processes on the host in :mod:`kilo.sandbox.runs`, the control plane in
+:mod:`kilo.sandbox.controlplane`, the image's containers in :mod:`kilo.sandbox.podman`,
+kubelet-like Nodes in :mod:`kilo.sandbox.kubelet`. Splitting the class itself (pods,
+agents and probes as parts of their own) is the next step, once the branches that extend
+it have landed.
 """
 
 from __future__ import annotations
@@ -46,9 +57,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,8 +68,7 @@ from lightkube.codecs import load_all_yaml
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 
-from kilo.errors import SandboxError
-from kilo.sandbox import kubelet, podman, prerequisites
+from kilo.sandbox import kubelet, podman, prerequisites, runs
 from kilo.sandbox.controlplane import (
     SERVICE_CIDR,
     AttachedControlPlane,
@@ -67,15 +76,12 @@ from kilo.sandbox.controlplane import (
     ControlPlane,
     build_binaries,
 )
+from kilo.sandbox.runs import CommandError, TestbedError, wait_for
 
 # Package data: links to manifests/crds.yaml and manifests/rbac.yaml, resolved when the
 # package is built, so that an installed package has them too.
 MANIFESTS = Path(__file__).resolve().parent / "manifests"
-FAMILY = "ktb"
 PREFIX = re.compile(r"[a-z]{3}[0-9a-f]{6}")
-KEEP_ENV = "KILO_E2E_KEEP"
-# Who owns which run (pid and start time): /run is a tmpfs, like /run/netns.
-OWNERS = Path("/run/kilo-e2e")
 CNI_BIN = Path("/usr/lib/cni")
 CNI_CONFLIST = "/etc/cni/net.d/10-kilo.conflist"
 # Where an image's kg finds the node's kubeconfig, as in Kilo's DaemonSets.
@@ -87,12 +93,6 @@ INTERNET = ipaddress.IPv4Network("203.0.113.0/24")
 ROUTER = "203.0.113.1"
 CP_WAN = "203.0.113.2"
 POD_CIDRS = ipaddress.IPv4Network("10.42.0.0/16")
-# The host<->cp link. The host may itself live in 192.0.2.0/24 (this one does), so any /30
-# that overlaps a host route or address is skipped.
-HOST_LINK_RANGES = (
-    ipaddress.IPv4Network("198.51.100.0/24"),
-    ipaddress.IPv4Network("192.0.2.0/24"),
-)
 IPTABLES_TABLES = ("filter", "nat", "mangle", "raw")
 
 # Kilo's kubeadm template: no IPAM ranges, the agent fills them in from the pod CIDR.
@@ -148,24 +148,6 @@ T = TypeVar("T")
 _SIGTERM = signal.SIGTERM
 _SIGKILL = signal.SIGKILL
 NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
-
-
-class TestbedError(SandboxError):
-    """The testbed could not be built, used or removed as asked."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-
-class CommandError(TestbedError):
-    def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str):
-        self.argv = list(argv)
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-        status = "timed out" if returncode is None else f"exited with {returncode}"
-        super().__init__(
-            f"{' '.join(self.argv)} {status}: {stderr.strip() or stdout.strip() or '(no output)'}"
-        )
 
 
 @dataclass(frozen=True)
@@ -234,202 +216,6 @@ class Echo:
     peer: str
 
 
-def wait_for(
-    predicate: Callable[[], T],
-    *,
-    timeout: float,
-    message: str,
-    interval: float = 0.05,
-    ignoring: tuple[type[BaseException], ...] = (),
-) -> T:
-    """Poll until ``predicate()`` is truthy and return it; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-        except ignoring as exc:
-            last = exc
-        else:
-            if value:
-                return value
-            last = value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{message} (after {timeout:g} s; last value: {last!r})")
-        time.sleep(interval)
-
-
-# --- small process helpers ---------------------------------------------------------------------
-
-
-def _run(
-    argv: Sequence[str], *, check: bool = True, timeout: float = 30, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    try:
-        result = subprocess.run(
-            list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(argv, None, _text(exc.stdout), _text(exc.stderr)) from exc
-    if check and result.returncode != 0:
-        raise CommandError(argv, result.returncode, result.stdout, result.stderr)
-    return result
-
-
-def _text(data: str | bytes | None) -> str:
-    if isinstance(data, bytes):
-        return data.decode(errors="replace")
-    return data or ""
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks: with the pid, it names one process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return fields[19]
-
-
-def alive(pid: int) -> bool:
-    return process_start(pid) is not None
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, sig)
-
-
-def _terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM (whole group), then SIGKILL after ``timeout``; the exit code."""
-    if process.poll() is None:
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
-    # The group may still hold children of an exited leader.
-    _signal_group(process, signal.SIGKILL)
-    return process.returncode
-
-
-def list_namespaces() -> list[str]:
-    out = _run(["ip", "-j", "netns", "list"]).stdout.strip()
-    return [entry["name"] for entry in json.loads(out)] if out else []
-
-
-def _kill_namespace_processes(netns: str, timeout: float = 10) -> None:
-    result = _run(["ip", "netns", "pids", netns], check=False)
-    pids = [int(p) for p in result.stdout.split()]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    wait_for(
-        lambda: not any(alive(p) for p in pids),
-        timeout=timeout,
-        message=f"processes {pids} in namespace {netns} survive SIGKILL",
-    )
-
-
-def link_exists(name: str) -> bool:
-    return _run(["ip", "link", "show", "dev", name], check=False).returncode == 0
-
-
-def remove_namespaces(namespaces: Iterable[str], host_link: str | None) -> list[str]:
-    """Kill what runs in them and delete them; the names still there afterwards."""
-    namespaces = list(namespaces)
-    existing = set(list_namespaces())
-    for netns in namespaces:
-        if netns in existing:
-            with contextlib.suppress(AssertionError):
-                _kill_namespace_processes(netns)
-    if host_link and link_exists(host_link):
-        _run(["ip", "link", "del", "dev", host_link], check=False)
-    for netns in namespaces:
-        if netns in existing:
-            _run(["ip", "netns", "del", netns], check=False)
-    left = set(list_namespaces())
-    return [n for n in namespaces if n in left]
-
-
-def run_namespaces(prefix: str) -> list[str]:
-    """The namespaces of run ``prefix`` (``<prefix>-<role>``)."""
-    return [n for n in list_namespaces() if n.startswith(f"{prefix}-")]
-
-
-def _read_owner(run: str) -> dict[str, Any]:
-    try:
-        data = json.loads((OWNERS / f"{run}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _owner_alive(owner: Mapping[str, Any]) -> bool:
-    pid = owner.get("pid")
-    return isinstance(pid, int) and process_start(pid) == owner.get("start")
-
-
-def cleanup_stale(prefix: str = FAMILY) -> list[str]:
-    """Remove what crashed runs left (namespaces named ``<prefix>…``, their processes, the
-    host veth, the workdir unless KILO_E2E_KEEP is set); runs whose owner still lives are
-    left alone. Returns the runs removed."""
-    runs: dict[str, list[str]] = {}
-    for netns in list_namespaces():
-        if netns.startswith(prefix) and re.fullmatch(rf"{FAMILY}[0-9a-f]{{6}}-.+", netns):
-            runs.setdefault(netns.split("-", 1)[0], []).append(netns)
-    if OWNERS.is_dir():
-        for record in OWNERS.glob(f"{FAMILY}*.json"):
-            if record.stem.startswith(prefix):
-                runs.setdefault(record.stem, [])
-    removed = []
-    for run, namespaces in sorted(runs.items()):
-        owner = _read_owner(run)
-        if _owner_alive(owner):
-            continue
-        remove_namespaces(namespaces, f"{run}h")
-        workdir = owner.get("workdir")
-        if isinstance(workdir, str) and not os.environ.get(KEEP_ENV):
-            shutil.rmtree(workdir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            (OWNERS / f"{run}.json").unlink()
-        removed.append(run)
-    return removed
-
-
-def _host_networks() -> list[ipaddress.IPv4Network]:
-    """Every IPv4 network the host namespace routes or has an address in (not default)."""
-    networks = []
-    for route in json.loads(_run(["ip", "-4", "-j", "route", "show", "table", "all"]).stdout):
-        dst = route.get("dst", "default")
-        if dst != "default":
-            with contextlib.suppress(ValueError):
-                networks.append(ipaddress.IPv4Network(dst, strict=False))
-    for link in json.loads(_run(["ip", "-4", "-j", "addr"]).stdout):
-        for addr in link.get("addr_info", []):
-            networks.append(
-                ipaddress.IPv4Network(f"{addr['local']}/{addr['prefixlen']}", strict=False)
-            )
-    return networks
-
-
-def _free_host_link_subnet() -> ipaddress.IPv4Network:
-    used = _host_networks()
-    for block in HOST_LINK_RANGES:
-        for subnet in block.subnets(new_prefix=30):
-            if not any(subnet.overlaps(n) for n in used):
-                return subnet
-    raise TestbedError(
-        "no free /30 for the host<->cp link in "
-        + ", ".join(str(b) for b in HOST_LINK_RANGES)
-        + " (every one overlaps a host route or address)"
-    )
-
-
 def _resolve_in(root: Path, path: str) -> Path:
     """``path`` under ``root`` (a /proc/<pid>/root), with absolute symbolic links such as
     /var/run -> /run kept under ``root``: the kernel would resolve them in our own root."""
@@ -478,8 +264,8 @@ class Testbed:
         """``prefix`` (default: a fresh ``ktb…``) names every namespace and the host link;
         ``workdir`` (default ``$TMPDIR/kilo-e2e-<prefix>``, removed by :meth:`close`) holds
         logs, kubeconfigs and the control plane's files. An ``owned`` testbed records this
-        process as its owner, so that :func:`cleanup_stale` removes it once this process is
-        gone; a testbed meant to outlive its builder (the sandbox) is not owned.
+        process as its owner, so that :func:`kilo.sandbox.runs.cleanup_stale` removes it once
+        this process is gone; a testbed meant to outlive its builder (the sandbox) is not owned.
 
         ``attached_plane`` is the directory of a control plane that runs elsewhere (see
         :class:`AttachedControlPlane`; the host of a virtual machine): instead of starting
@@ -550,10 +336,10 @@ class Testbed:
 
     @staticmethod
     def _new_prefix() -> str:
-        taken = {n.split("-", 1)[0] for n in list_namespaces()}
+        taken = {n.split("-", 1)[0] for n in runs.list_namespaces()}
         while True:
-            prefix = f"{FAMILY}{uuid.uuid4().hex[:6]}"
-            if prefix not in taken and not _read_owner(prefix):
+            prefix = f"{runs.FAMILY}{uuid.uuid4().hex[:6]}"
+            if prefix not in taken and not runs.read_owner(prefix):
                 return prefix
 
     # --- lifecycle ---
@@ -616,7 +402,7 @@ class Testbed:
             except TestbedError as exc:
                 problems.append(f"node {node}: the agent's container was not removed: {exc}")
         for process in self._processes:
-            _terminate(process, 5)
+            runs.terminate(process, 5)
         self._processes.clear()
         for pod in list(self.pods.values()):
             try:
@@ -626,7 +412,7 @@ class Testbed:
                 self.pods.pop(pod.name, None)
         for machine in [*self.laptops.values(), *self.nodes.values()]:
             if machine.process is not None:
-                _terminate(machine.process, 5)
+                runs.terminate(machine.process, 5)
         for plane in self.planes:
             plane.stop()
         for plane, thread in zip(self.planes, self._plane_threads, strict=False):
@@ -634,17 +420,17 @@ class Testbed:
             # started late can survive.
             thread.join(150)
             plane.stop()
-        ours = run_namespaces(self.prefix)
+        ours = runs.run_namespaces(self.prefix)
         namespaces = list(dict.fromkeys([*reversed(self._namespaces), *ours]))
-        left = remove_namespaces(namespaces, self.host_link)
+        left = runs.remove_namespaces(namespaces, self.host_link)
         if left:
             problems.append(f"namespaces not removed: {left}")
-        if link_exists(self.host_link):
+        if runs.link_exists(self.host_link):
             problems.append(f"host link {self.host_link} not removed")
         self._namespaces = left
         with contextlib.suppress(OSError):
-            (OWNERS / f"{self.prefix}.json").unlink()
-        if not os.environ.get(KEEP_ENV):
+            (runs.OWNERS / f"{self.prefix}.json").unlink()
+        if not os.environ.get(runs.KEEP_ENV):
             shutil.rmtree(self.workdir, ignore_errors=True)
         if problems:
             raise TestbedError(f"testbed {self.prefix}: " + "; ".join(problems))
@@ -659,35 +445,35 @@ class Testbed:
     def _claim(self) -> None:
         """Record our ownership, then pick and create the host link under a lock (parallel
         runs must not choose the same /30)."""
-        if run_namespaces(self.prefix) or link_exists(self.host_link):
+        if runs.run_namespaces(self.prefix) or runs.link_exists(self.host_link):
             raise TestbedError(f"testbed {self.prefix} exists already (its namespaces or link)")
         self._claimed = True
         self.logs.mkdir(parents=True)
-        OWNERS.mkdir(mode=0o755, exist_ok=True)
+        runs.OWNERS.mkdir(mode=0o755, exist_ok=True)
         if self.owned:
-            start = process_start(os.getpid())
+            start = runs.process_start(os.getpid())
             record = {"pid": os.getpid(), "start": start, "workdir": str(self.workdir)}
-            (OWNERS / f"{self.prefix}.json").write_text(json.dumps(record))
+            (runs.OWNERS / f"{self.prefix}.json").write_text(json.dumps(record))
         cp = self._add_namespace("cp")
-        with open(OWNERS / "lock", "w") as lock:
+        with open(runs.OWNERS / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             subnet = self._host_link_subnet()
             host, cp_ip = (str(a) for a in subnet.hosts())
-            _run(
+            runs.run(
                 ["ip", "link", "add", self.host_link, "type", "veth", "peer", "host0", "netns", cp]
             )
-            _run(["ip", "addr", "add", f"{host}/30", "dev", self.host_link])
+            runs.run(["ip", "addr", "add", f"{host}/30", "dev", self.host_link])
         self.host_ip, self.cp_ip = host, cp_ip
-        _run(["ip", "link", "set", self.host_link, "up"])
+        runs.run(["ip", "link", "set", self.host_link, "up"])
         self._ip(cp, "addr", "add", f"{cp_ip}/30", "dev", "host0")
         self._ip(cp, "link", "set", "host0", "up")
 
     def _host_link_subnet(self) -> ipaddress.IPv4Network:
         if self._attachment is None:
-            return _free_host_link_subnet()
+            return runs.free_host_link_subnet()
         # The attached API server's certificate names this link's cp side.
         subnet = ipaddress.IPv4Network(self._attachment.host_link)
-        if any(subnet.overlaps(n) for n in _host_networks()):
+        if any(subnet.overlaps(n) for n in runs.host_networks()):
             raise TestbedError(f"the attached control plane's host link {subnet} is taken here")
         return subnet
 
@@ -702,7 +488,7 @@ class Testbed:
         if role in self._roles:
             raise TestbedError(f"testbed {self.prefix}: {role!r} exists already")
         netns = f"{self.prefix}-{role}"
-        _run(["ip", "netns", "add", netns])
+        runs.run(["ip", "netns", "add", netns])
         self._namespaces.append(netns)
         self._roles[role] = netns
         self._ip(netns, "link", "set", "lo", "up")
@@ -711,11 +497,11 @@ class Testbed:
 
     @staticmethod
     def _ip(netns: str, *args: str) -> str:
-        return _run(["ip", "-n", netns, *args]).stdout
+        return runs.run(["ip", "-n", netns, *args]).stdout
 
     @staticmethod
     def _sysctl(netns: str, key: str, value: str) -> None:
-        _run(["ip", "netns", "exec", netns, "sysctl", "-qw", f"{key}={value}"])
+        runs.run(["ip", "netns", "exec", netns, "sysctl", "-qw", f"{key}={value}"])
 
     def _plug(self, netns: str, ifname: str, bridge_ns: str, alias: str) -> None:
         """A veth from ``netns`` (named ``ifname``) into br0 of ``bridge_ns``."""
@@ -795,7 +581,7 @@ class Testbed:
         cp = self._roles["cp"]
         nic = attachment.nic
         prefix = ipaddress.IPv4Network(attachment.link).prefixlen
-        _run(["ip", "link", "set", nic, "netns", cp])
+        runs.run(["ip", "link", "set", nic, "netns", cp])
         self._ip(cp, "addr", "add", f"{attachment.guest_ip}/{prefix}", "dev", nic)
         self._ip(cp, "link", "set", nic, "up")
         self._sysctl(cp, "net.ipv4.ip_forward", "1")
@@ -815,7 +601,7 @@ class Testbed:
             f"-A FORWARD -i {nic} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
             "COMMIT",
         ]
-        _run(["ip", "netns", "exec", cp, "iptables-restore"], stdin="\n".join(rules) + "\n")
+        runs.run(["ip", "netns", "exec", cp, "iptables-restore"], stdin="\n".join(rules) + "\n")
 
     def _build_location(self, index: int, location: Location) -> None:
         lan = ipaddress.IPv4Network(f"172.16.{index}.0/24")
@@ -831,7 +617,7 @@ class Testbed:
             self._attach_wan(gw, f"{location.name}-gw", wan)
             self._ip(gw, "route", "add", "default", "via", ROUTER)
             self._sysctl(gw, "net.ipv4.ip_forward", "1")
-            _run(
+            runs.run(
                 [
                     *("ip", "netns", "exec", gw, "iptables", "-t", "nat", "-A", "POSTROUTING"),
                     *("-s", str(lan), "-o", "wan0", "-j", "MASQUERADE"),
@@ -964,7 +750,12 @@ class Testbed:
         token = client.create(request, "kilo", namespace="kube-system")
         path = self.node_kubeconfig_of(index)
         plane.write_kubeconfig(
-            path, "kilo", token=token.status.token, server=f"https://{CP_WAN}:{plane.port}"
+            path,
+            "kilo",
+            token=token.status.token,
+            server=f"https://{CP_WAN}:{plane.port}",
+            # As kg sees it in a DaemonSet pod: where --leader-election=lease keeps Leases.
+            namespace="kube-system",
         )
         path.chmod(0o644)
         by_name = {loc.name: loc for loc in self.locations}
@@ -1074,7 +865,9 @@ class Testbed:
         stdin: str | None = None,
     ) -> str:
         """Run ``argv`` in ``target`` (see :meth:`enter`); its stdout."""
-        return _run([*self.enter(target), *argv], check=check, timeout=timeout, stdin=stdin).stdout
+        return runs.run(
+            [*self.enter(target), *argv], check=check, timeout=timeout, stdin=stdin
+        ).stdout
 
     def path(self, name: str, path: str) -> Path:
         """``path`` as seen in the mount namespace of node or laptop ``name``."""
@@ -1082,7 +875,7 @@ class Testbed:
 
     def ping(self, src: str, ip: str, *, count: int = 1, timeout: float = 2) -> bool:
         wait = str(max(1, round(timeout)))
-        result = _run(
+        result = runs.run(
             [*self.enter(src), "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", wait, ip],
             check=False,
             timeout=timeout * count + 5,
@@ -1099,7 +892,7 @@ class Testbed:
             "    sys.exit(str(e))\n"
         )
         return (
-            _run(
+            runs.run(
                 [*self.enter(src), sys.executable, "-c", code], check=False, timeout=timeout + 10
             ).returncode
             == 0
@@ -1151,11 +944,11 @@ class Testbed:
             readable, _, _ = select.select([server.stdout], [], [], timeout + 5)
             line = server.stdout.readline().decode().strip() if readable else ""
             if line != "ready":
-                _terminate(server, 1)
+                runs.terminate(server, 1)
                 raise CommandError(
                     server_argv, server.returncode, line, server.stderr.read().decode()
                 )
-            reply = _run(
+            reply = runs.run(
                 [*self.enter(src), sys.executable, "-c", client_code],
                 stdin=payload,
                 timeout=timeout + 10,
@@ -1168,7 +961,7 @@ class Testbed:
                 raise CommandError(server_argv, server.returncode, out.decode(), err.decode())
             return Echo(reply=reply, peer=out.decode().strip())
         finally:
-            _terminate(server, 1)
+            runs.terminate(server, 1)
             for pipe in (server.stdout, server.stderr):
                 if pipe is not None:
                     pipe.close()
@@ -1244,7 +1037,7 @@ class Testbed:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise CommandError(argv, None, _text(exc.stdout), _text(exc.stderr)) from exc
+            raise CommandError(argv, None, runs.text(exc.stdout), runs.text(exc.stderr)) from exc
         if result.returncode != 0:
             # Plugins report errors as JSON on stdout; CommandError falls back to it.
             raise CommandError(
@@ -1325,7 +1118,7 @@ class Testbed:
         finally:
             del self.pods[name]
             self._conflists.pop(name, None)
-            remove_namespaces([pod.netns], None)
+            runs.remove_namespaces([pod.netns], None)
             self._roles.pop(name, None)
             self._namespaces.remove(pod.netns)
 
@@ -1434,7 +1227,7 @@ class Testbed:
             return
         machine = self.nodes[node]
         enter = self.enter(node) if machine.running else []
-        _run([*enter, *podman.remove(name)], timeout=60)
+        runs.run([*enter, *podman.remove(name)], timeout=60)
 
     def agent_log_path(self, node: str) -> Path:
         return self.logs / f"{node}.kg.log"
@@ -1469,13 +1262,13 @@ class Testbed:
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired as exc:
-                _terminate(process, 0)
+                runs.terminate(process, 0)
                 self._remove_container(node)
                 raise TestbedError(
                     f"node {node}: the agent ignored signal {signal} for {timeout:g} s; "
                     f"killed. Log tail:\n{self._tail(self.agent_log(node))}"
                 ) from exc
-        _signal_group(process, _SIGKILL)
+        runs.signal_group(process, _SIGKILL)
         self._remove_container(node)
         return process.returncode
 
@@ -1483,7 +1276,7 @@ class Testbed:
         process = self._agents.pop(node, None)
         if process is None:
             raise TestbedError(f"node {node}: no agent was started")
-        _signal_group(process, _SIGKILL)
+        runs.signal_group(process, _SIGKILL)
         returncode = process.wait()
         # podman's container outlives its client; SIGKILL it the same way.
         self._remove_container(node)

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kilo.sandbox import controlplane, guest, testbed
+from kilo.sandbox import controlplane, guest, runs, testbed
 from kilo.sandbox.controlplane import ControlPlane
 from kilo.sandbox.guest import VMError
 
@@ -214,7 +214,7 @@ class VirtualMachine:
 class VMHost:
     """Namespace ``<prefix>-vm`` on the host: the VM's tap, etcd + kube-apiserver and (once
     started) QEMU; a /30 veth ``<prefix>h`` from the host's namespace to it. Recorded under
-    ``/run/kilo-e2e`` like a testbed when ``owned``, so :func:`testbed.cleanup_stale`
+    ``/run/kilo-e2e`` like a testbed when ``owned``, so :func:`runs.cleanup_stale`
     removes what a crashed run left (it kills QEMU with the namespace's processes)."""
 
     def __init__(
@@ -244,9 +244,9 @@ class VMHost:
         :meth:`wait_plane`)."""
         try:
             self._claim()
-            testbed._run(["ip", "-n", self.netns, "tuntap", "add", "dev", TAP, "mode", "tap"])
-            testbed._run(["ip", "-n", self.netns, "addr", "add", f"{TAP_IP}/30", "dev", TAP])
-            testbed._run(["ip", "-n", self.netns, "link", "set", TAP, "up"])
+            runs.run(["ip", "-n", self.netns, "tuntap", "add", "dev", TAP, "mode", "tap"])
+            runs.run(["ip", "-n", self.netns, "addr", "add", f"{TAP_IP}/30", "dev", TAP])
+            runs.run(["ip", "-n", self.netns, "link", "set", TAP, "up"])
             self.plane = ControlPlane(
                 self.binaries,
                 workdir=self.workdir / "controlplane",
@@ -294,37 +294,37 @@ class VMHost:
         return self.plane
 
     def _claim(self) -> None:
-        if testbed.run_namespaces(self.prefix) or testbed.link_exists(self.host_link):
+        if runs.run_namespaces(self.prefix) or runs.link_exists(self.host_link):
             raise VMError(f"VM run {self.prefix} exists already (its namespaces or link)")
         self._claimed = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o700)
         self.share.mkdir(exist_ok=True)
-        testbed.OWNERS.mkdir(mode=0o755, exist_ok=True)
+        runs.OWNERS.mkdir(mode=0o755, exist_ok=True)
         if self.owned:
             record = {
                 "pid": os.getpid(),
-                "start": testbed.process_start(os.getpid()),
+                "start": runs.process_start(os.getpid()),
                 "workdir": str(self.workdir),
             }
-            (testbed.OWNERS / f"{self.prefix}.json").write_text(json.dumps(record))
-        testbed._run(["ip", "netns", "add", self.netns])
-        testbed._run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
-        with open(testbed.OWNERS / "lock", "w") as lock:
+            (runs.OWNERS / f"{self.prefix}.json").write_text(json.dumps(record))
+        runs.run(["ip", "netns", "add", self.netns])
+        runs.run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
+        with open(runs.OWNERS / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            subnet = testbed._free_host_link_subnet()
+            subnet = runs.free_host_link_subnet()
             host, cp_ip = (str(a) for a in subnet.hosts())
-            testbed._run(
+            runs.run(
                 [
                     *("ip", "link", "add", self.host_link, "type", "veth"),
                     *("peer", "host0", "netns", self.netns),
                 ]
             )
-            testbed._run(["ip", "addr", "add", f"{host}/30", "dev", self.host_link])
+            runs.run(["ip", "addr", "add", f"{host}/30", "dev", self.host_link])
         self.host_ip, self.cp_ip = host, cp_ip
-        testbed._run(["ip", "link", "set", self.host_link, "up"])
-        testbed._run(["ip", "-n", self.netns, "addr", "add", f"{cp_ip}/30", "dev", "host0"])
-        testbed._run(["ip", "-n", self.netns, "link", "set", "host0", "up"])
+        runs.run(["ip", "link", "set", self.host_link, "up"])
+        runs.run(["ip", "-n", self.netns, "addr", "add", f"{cp_ip}/30", "dev", "host0"])
+        runs.run(["ip", "-n", self.netns, "link", "set", "host0", "up"])
 
     def close(self, *, keep_workdir: bool = False) -> None:
         """Stop the control plane, kill whatever runs in the namespace (QEMU), remove it
@@ -336,23 +336,23 @@ class VMHost:
             if self._plane_thread is not None:
                 self._plane_thread.join(150)
                 self.plane.stop()
-        left = testbed.remove_namespaces([self.netns], self.host_link)
+        left = runs.remove_namespaces([self.netns], self.host_link)
         with contextlib.suppress(OSError):
-            (testbed.OWNERS / f"{self.prefix}.json").unlink()
-        if not keep_workdir and not os.environ.get(testbed.KEEP_ENV):
+            (runs.OWNERS / f"{self.prefix}.json").unlink()
+        if not keep_workdir and not os.environ.get(runs.KEEP_ENV):
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._claimed = False
-        if left or testbed.link_exists(self.host_link):
+        if left or runs.link_exists(self.host_link):
             raise VMError(f"VM run {self.prefix}: not removed: {left or [self.host_link]}")
 
 
 def _new_prefix() -> str:
     import uuid
 
-    taken = {n.split("-", 1)[0] for n in testbed.list_namespaces()}
+    taken = {n.split("-", 1)[0] for n in runs.list_namespaces()}
     while True:
-        prefix = f"{testbed.FAMILY}{uuid.uuid4().hex[:6]}"
-        if prefix not in taken and not (testbed.OWNERS / f"{prefix}.json").exists():
+        prefix = f"{runs.FAMILY}{uuid.uuid4().hex[:6]}"
+        if prefix not in taken and not (runs.OWNERS / f"{prefix}.json").exists():
             return prefix
 
 

@@ -30,7 +30,7 @@ import pytest
 
 from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
-from kilo.sandbox import testbed
+from kilo.sandbox import runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 
 LOCATIONS = [
@@ -62,7 +62,7 @@ def agent_args(node: str) -> list[str]:
 
 
 def wait_for(predicate: Any, message: str, timeout: float = CONVERGE) -> Any:
-    return testbed.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
+    return runs.wait_for(predicate, timeout=timeout, message=message, interval=0.5)
 
 
 def stop(bed: Testbed, node: str) -> int:
@@ -129,7 +129,7 @@ def modules_loaded() -> set[str]:
 
 @pytest.fixture(scope="module")
 def bed(share: Path) -> Iterator[Testbed]:
-    testbed.cleanup_stale()
+    runs.cleanup_stale()
     with Testbed(LOCATIONS, attached_plane=share / "plane", encapsulate=None) as built:
         try:
             built.modules_before = modules_loaded()  # type: ignore[attr-defined]
@@ -244,7 +244,7 @@ def test_mtu_auto_follows_the_underlay(bed: Testbed) -> None:
     target = bed.pods["pod-gcp-1"].ip
     payload = AWS1_WAN_MTU - 80 - 28
     bed.run("aws-1", "ping", "-n", "-q", "-c", "2", "-M", "do", "-s", str(payload), target)
-    too_big = testbed._run(
+    too_big = runs.run(
         [*bed.enter("aws-1"), "ping", "-n", "-c", "1", "-M", "do", "-s", str(payload + 1), target],
         check=False,
     )

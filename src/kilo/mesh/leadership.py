@@ -1,0 +1,257 @@
+"""Lease-based leader failover (``kg --leader-election=lease``): who leads a location.
+
+Pure. No I/O, no clock: every function takes ``now`` (seconds on the caller's monotonic
+or wall clock, the same clock for every value passed in). The Lease I/O is
+``kilo.adapters.leases``; the health probe and the schedule are ``kilo.agent.leadership``.
+
+The rules, chosen so that every node of the cluster derives the same leader from the same
+objects, and so that a healthy holder is never displaced (no flapping):
+
+* A location's leader is the holder of its valid Lease, when the holder is one of its
+  ready nodes. A Lease is valid for its duration after it was last *observed* to change
+  (client-go's rule): no node compares its clock with another's.
+* Without a valid Lease, Kilo's rule decides (:func:`kilo.mesh.topology.find_leader`),
+  except that a holder whose Lease lapsed goes last: lapsing means it stopped renewing,
+  i.e. it died or found its own data plane broken.
+* Candidates take a free or lapsed Lease in that order, the ``rank``-th one
+  ``rank * STAGGER`` seconds after it lapsed, so the next node by Kilo's rule (the
+  standby) wins without a race and the others only step in if it does not.
+* The holder renews every ``RENEW_PERIOD`` while healthy, and releases (shortens its
+  Lease to ``RELEASED_DURATION``) when its probe fails; a fresh holder is healthy for
+  ``GRACE`` seconds, the time to program its peers and complete its first handshakes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from kilo.mesh import ip as ipmod
+from kilo.mesh.model import Diagnostic, Node
+from kilo.mesh.text import short_repr, shorten
+from kilo.mesh.topology import LOCATION_PREFIX
+
+# The node annotation a kg with the option writes: how every node can tell that no node of
+# the cluster derives leaders by Kilo's rule alone (Go Kilo nodes lack it).
+ANNOTATION = "kilo.squat.ai/leader-election"
+MODE = "lease"
+
+LEASE_DURATION = 6  # seconds: how long a holder that stops renewing keeps the lead
+RENEW_PERIOD = 2.0  # seconds between renewals: three chances within one duration
+RELEASED_DURATION = 1  # seconds: a release lets the next candidate in this soon
+STAGGER = 1.0  # seconds between candidates of successive ranks
+GRACE = 5.0  # seconds a fresh holder is healthy before its probe counts
+SETTLE = 10.0  # seconds a remote leader is not judged by after it changed (handshakes)
+
+NAME_PREFIX = "kilo-leader-"
+_NAME_PART = 40  # characters of the location kept in the name, for people reading it
+_UNSAFE = re.compile(r"[^a-z0-9-]+")
+_MAX_HOLDER = 253  # a holder is a node name: a DNS-1123 subdomain
+
+
+def lease_name(location: str) -> str:
+    """The Lease of ``location``: a valid object name (DNS-1123 subdomain, at most 70
+    characters) for any text; the hash keeps locations that read alike apart."""
+    digest = hashlib.sha256(location.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    readable = _UNSAFE.sub("-", location.lower())[:_NAME_PART].strip("-")
+    return f"{NAME_PREFIX}{readable}-{digest}" if readable else f"{NAME_PREFIX}{digest}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseRecord:
+    """A location's Lease as this node observed it."""
+
+    holder: str  # empty: nobody
+    duration: float  # seconds
+    observed: float  # when this node saw the holder, renewal or duration change
+    held_since: float  # when this node saw the holder change to ``holder``
+
+    def valid(self, now: float) -> bool:
+        return bool(self.holder) and now < self.observed + self.duration
+
+    @property
+    def expires(self) -> float:
+        return self.observed + self.duration
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseSpec:
+    """The fields of a Lease object this module reads, checked."""
+
+    holder: str
+    duration: float
+    renewed: str  # the renewTime text: compared, never parsed (no clock comparison)
+
+
+def parse_lease(obj: Mapping[str, object]) -> tuple[LeaseSpec | None, tuple[Diagnostic, ...]]:
+    """The spec of a Lease object from the API, or ``None`` and why: a malformed Lease
+    costs only itself (its location falls back to Kilo's rule)."""
+    metadata = obj.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    shown = shorten(name, 80) if isinstance(name, str) else "?"
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        return None, (_problem(shown, "spec", spec, "is not an object"),)
+    holder = spec.get("holderIdentity") or ""
+    if not isinstance(holder, str) or len(holder) > _MAX_HOLDER:
+        return None, (_problem(shown, "spec.holderIdentity", holder, "is not a node name"),)
+    duration = spec.get("leaseDurationSeconds")
+    if isinstance(duration, bool) or not isinstance(duration, int) or not 0 < duration <= 3600:
+        return None, (
+            _problem(shown, "spec.leaseDurationSeconds", duration, "is not 1..3600 seconds"),
+        )
+    renewed = spec.get("renewTime") or ""
+    if not isinstance(renewed, str):
+        return None, (_problem(shown, "spec.renewTime", renewed, "is not a time"),)
+    return LeaseSpec(holder=holder, duration=float(duration), renewed=shorten(renewed, 64)), ()
+
+
+def _problem(name: str, field: str, value: object, problem: str) -> Diagnostic:
+    return Diagnostic(
+        kind="lease", name=name, field=field, value=short_repr(value, 80), problem=problem
+    )
+
+
+def observe(
+    previous: LeaseRecord | None, previous_spec: LeaseSpec | None, spec: LeaseSpec, now: float
+) -> LeaseRecord:
+    """The record after seeing ``spec`` at ``now``: the clock restarts only on a change."""
+    if previous is not None and previous_spec == spec:
+        return previous
+    held_since = now
+    if previous is not None and previous.holder == spec.holder:
+        held_since = previous.held_since
+    return LeaseRecord(
+        holder=spec.holder, duration=spec.duration, observed=now, held_since=held_since
+    )
+
+
+def _rank(node: Node) -> tuple[int, str]:
+    """Kilo's leader preference as a sort key: annotated and public, annotated, public,
+    then by name (the first of this order is ``find_leader``'s choice)."""
+    public = ipmod.is_public(None if node.endpoint is None else node.endpoint.ip)
+    if node.leader:
+        return (0 if public else 1), node.name
+    return (2 if public else 3), node.name
+
+
+def candidates(members: Iterable[Node], lapsed: str = "") -> list[str]:
+    """The order in which ``members`` take a free Lease: Kilo's, with ``lapsed`` last."""
+    order = [n.name for n in sorted(members, key=_rank)]
+    if lapsed in order:
+        order.remove(lapsed)
+        order.append(lapsed)
+    return order
+
+
+def leader(members: Sequence[Node], lease: LeaseRecord | None, now: float) -> str:
+    """The location's leader given its ready ``members`` (at least one)."""
+    names = {n.name for n in members}
+    if lease is not None and lease.valid(now) and lease.holder in names:
+        return lease.holder
+    lapsed = lease.holder if lease is not None else ""
+    return candidates(members, lapsed)[0]
+
+
+class Step(enum.Enum):
+    WAIT = "wait"
+    ACQUIRE = "acquire"  # create the Lease, or take over a free or lapsed one
+    RENEW = "renew"
+    RELEASE = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    step: Step
+    at: float  # when to decide again (for WAIT), else ``now``
+
+
+def decide(
+    *,
+    hostname: str,
+    members: Sequence[Node],
+    lease: LeaseRecord | None,
+    renewed: float | None,
+    healthy: bool,
+    now: float,
+) -> Decision:
+    """What ``hostname`` does with its location's Lease at ``now``.
+
+    ``renewed``: when this node last wrote the Lease as its holder (None: never);
+    ``healthy``: the verdict of its probe of the data plane (ignored during ``GRACE``).
+    """
+    if lease is not None and lease.valid(now):
+        if lease.holder != hostname:
+            if lease.holder in {n.name for n in members}:
+                return Decision(Step.WAIT, lease.expires)
+            # A holder that is not a ready node leads nobody: treat its Lease as lapsed.
+        elif not healthy and now >= lease.held_since + GRACE:
+            if lease.duration <= RELEASED_DURATION:
+                return Decision(Step.WAIT, lease.expires)  # released already
+            return Decision(Step.RELEASE, now)
+        else:
+            due = (renewed if renewed is not None else lease.observed) + RENEW_PERIOD
+            return Decision(Step.RENEW, now) if now >= due else Decision(Step.WAIT, due)
+    lapsed = lease.holder if lease is not None else ""
+    order = candidates(members, lapsed)
+    if hostname not in order:
+        return Decision(Step.WAIT, now + RENEW_PERIOD)
+    # Free since it lapsed; a valid Lease of a node that is not ready, since it was written;
+    # a Lease never seen (the agent records an absent one as holder "") since now.
+    if lease is None:
+        free_since = now
+    elif lease.valid(now):
+        free_since = lease.observed
+    else:
+        free_since = min(lease.expires, now)
+    start = free_since + order.index(hostname) * STAGGER
+    return Decision(Step.ACQUIRE, now) if now >= start else Decision(Step.WAIT, start)
+
+
+def wireguard_healthy(
+    answers: Mapping[tuple[str, str], bool],
+    since: Mapping[tuple[str, str], float],
+    *,
+    answered_before: bool,
+    now: float,
+) -> bool:
+    """The WireGuard half of a holder's probe, from whether each other location's leader
+    (WireGuard IP, node) answered, and since when that pair was programmed.
+
+    Only leaders programmed ``SETTLE`` seconds ago count (a fresh one may still be
+    handshaking), and only with two or more of them: with one, "it does not answer" is as
+    likely its fault as this node's, and a failover in one location must not make the
+    other locations' leaders give up (its own Lease moves that location's lead). A holder
+    that never had an answer is not judged: a firewall that drops the probe, or a world
+    that no node of this location could reach either, must not make the lead rotate.
+    """
+    settled = [target for target in answers if now - since.get(target, now) >= SETTLE]
+    if len(settled) < 2 or not answered_before:
+        return True
+    return any(answers[target] for target in settled)
+
+
+def non_participants(annotations: Mapping[str, str | None], ready: Iterable[str]) -> list[str]:
+    """The ready nodes that do not take part (no ``ANNOTATION=lease``), sorted: while there
+    is one, every node derives leaders by Kilo's rule alone, as a Go Kilo node does."""
+    return sorted(name for name in ready if annotations.get(name) != MODE)
+
+
+def overrides(
+    nodes: Sequence[Node],
+    leases: Mapping[str, LeaseRecord],
+    now: float,
+) -> dict[str, str]:
+    """Segment key (``location:<name>``) -> leader for every location of ready ``nodes``
+    with an internal IP (the others are segments of one node), given the Leases by name."""
+    groups: dict[str, list[Node]] = {}
+    for node in nodes:
+        if node.internal_ip is not None:
+            groups.setdefault(node.location, []).append(node)
+    return {
+        LOCATION_PREFIX + location: leader(members, leases.get(lease_name(location)), now)
+        for location, members in groups.items()
+    }

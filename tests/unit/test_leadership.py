@@ -1,0 +1,329 @@
+"""Lease-based leader failover: the pure decision (kilo.mesh.leadership) and its override."""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Network
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kilo.mesh import leadership, topology
+from kilo.mesh.endpoint import is_dns1123_subdomain
+from kilo.mesh.leadership import GRACE, LEASE_DURATION, RENEW_PERIOD, STAGGER, LeaseRecord, Step
+from kilo.mesh.model import Granularity, Node
+from tests.examples import location_member as member
+
+
+def held(
+    holder: str, *, at: float = 0.0, since: float = 0.0, duration: float = LEASE_DURATION
+) -> LeaseRecord:
+    return LeaseRecord(holder=holder, duration=duration, observed=at, held_since=since)
+
+
+ABC = [member("a"), member("b"), member("c")]
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+@given(st.text(max_size=300))
+def test_a_lease_name_is_a_bounded_valid_object_name_for_any_location(location):
+    name = leadership.lease_name(location)
+    assert is_dns1123_subdomain(name)
+    assert len(name) <= 70
+
+
+def test_lease_names_are_readable_and_keep_look_alike_locations_apart():
+    assert leadership.lease_name("aws").startswith("kilo-leader-aws-")
+    assert leadership.lease_name("AWS") != leadership.lease_name("aws")
+    assert leadership.lease_name("a b") != leadership.lease_name("a-b")
+    assert leadership.lease_name("") != leadership.lease_name("-")
+
+
+# --- Kilo's order --------------------------------------------------------------------------------
+
+members_strategy = st.lists(
+    st.tuples(st.sampled_from(string.ascii_lowercase), st.booleans(), st.booleans()),
+    min_size=1,
+    max_size=8,
+    unique_by=lambda t: t[0],
+).map(lambda specs: [member(n, leader=lead, public=pub) for n, lead, pub in specs])
+
+
+@given(members_strategy)
+def test_the_first_candidate_is_kilos_leader(members):
+    ordered = sorted(members, key=lambda n: n.name)
+    assert leadership.candidates(members)[0] == ordered[topology.find_leader(ordered)].name
+
+
+@given(members_strategy, st.data())
+def test_a_lapsed_holder_goes_last_and_the_rest_keep_kilos_order(members, data):
+    lapsed = data.draw(st.sampled_from([n.name for n in members]))
+    order = leadership.candidates(members, lapsed)
+    assert order[-1] == lapsed
+    assert order[:-1] == [n for n in leadership.candidates(members) if n != lapsed]
+
+
+# --- who leads -----------------------------------------------------------------------------------
+
+
+def test_without_a_lease_kilos_rule_leads():
+    assert leadership.leader(ABC, None, now=100.0) == "a"
+    assert leadership.leader([*ABC, member("z", leader=True)], None, now=100.0) == "z"
+
+
+def test_a_valid_lease_of_a_member_leads_even_against_kilos_rule():
+    assert leadership.leader(ABC, held("c", at=99.0), now=100.0) == "c"
+
+
+def test_a_lapsed_holder_is_passed_over_until_someone_else_holds():
+    assert leadership.leader(ABC, held("a", at=0.0), now=LEASE_DURATION) == "b"
+
+
+def test_a_holder_that_is_not_a_ready_member_leads_nobody():
+    assert leadership.leader(ABC, held("gone", at=99.0), now=100.0) == "a"
+
+
+def test_overrides_name_each_location_segment():
+    nodes = [
+        *ABC,
+        dataclasses.replace(member("x"), location="gcp"),
+        dataclasses.replace(member("lonely"), internal_ip=None),  # a segment of its own
+    ]
+    leases = {leadership.lease_name("aws"): held("b", at=99.0)}
+    assert leadership.overrides(nodes, leases, now=100.0) == {
+        "location:aws": "b",
+        "location:gcp": "x",
+    }
+
+
+# --- the decision --------------------------------------------------------------------------------
+
+
+def decide(
+    hostname: str,
+    lease: LeaseRecord | None,
+    *,
+    now: float,
+    renewed: float | None = None,
+    healthy: bool = True,
+    members: list[Node] = ABC,
+) -> leadership.Decision:
+    return leadership.decide(
+        hostname=hostname,
+        members=members,
+        lease=lease,
+        renewed=renewed,
+        healthy=healthy,
+        now=now,
+    )
+
+
+def test_kilos_leader_takes_a_lease_nobody_holds_at_once_and_the_others_wait():
+    assert decide("a", None, now=10.0).step == Step.ACQUIRE
+    assert decide("b", None, now=10.0) == leadership.Decision(Step.WAIT, 10.0 + STAGGER)
+
+
+def test_the_healthy_holder_renews_every_period():
+    lease = held("a", at=10.0, since=0.0)
+    assert decide("a", lease, now=11.0, renewed=10.0) == leadership.Decision(
+        Step.WAIT, 10.0 + RENEW_PERIOD
+    )
+    assert decide("a", lease, now=12.0, renewed=10.0).step == Step.RENEW
+
+
+def test_an_unhealthy_holder_releases_but_not_during_its_grace():
+    lease = held("a", at=10.0, since=10.0)
+    assert decide("a", lease, now=11.0, renewed=10.0, healthy=False).step == Step.WAIT
+    later = held("a", at=10.0 + GRACE, since=10.0)
+    assert decide("a", later, now=10.0 + GRACE, renewed=9.0, healthy=False).step == Step.RELEASE
+
+
+def test_a_released_lease_is_not_released_again():
+    released = held("a", at=20.0, since=0.0, duration=leadership.RELEASED_DURATION)
+    decision = decide("a", released, now=20.5, renewed=20.0, healthy=False)
+    assert decision == leadership.Decision(Step.WAIT, 21.0)
+
+
+def test_others_wait_for_a_valid_lease_to_lapse():
+    assert decide("b", held("a", at=10.0), now=11.0) == leadership.Decision(
+        Step.WAIT, 10.0 + LEASE_DURATION
+    )
+
+
+def test_candidates_take_a_lapsed_lease_in_order_the_lapsed_holder_last():
+    lapsed_at = 10.0 + LEASE_DURATION
+    lease = held("a", at=10.0)
+    assert decide("b", lease, now=lapsed_at).step == Step.ACQUIRE
+    assert decide("c", lease, now=lapsed_at) == leadership.Decision(Step.WAIT, lapsed_at + STAGGER)
+    assert decide("a", lease, now=lapsed_at) == leadership.Decision(
+        Step.WAIT, lapsed_at + 2 * STAGGER
+    )
+
+
+def test_a_node_that_is_not_a_ready_member_never_takes_the_lease():
+    assert decide("stranger", None, now=10.0).step == Step.WAIT
+
+
+# --- a location over time ------------------------------------------------------------------------
+
+
+def simulate(
+    members: list[Node],
+    *,
+    until: float,
+    step: float,
+    alive: Callable[[str, float], bool],
+    healthy: Callable[[str, float], bool],
+    start: LeaseRecord | None = None,
+) -> list[tuple[float, str]]:
+    """Every node decides every ``step`` seconds on one shared Lease; writes are atomic.
+    ``alive(name, now)`` and ``healthy(name, now)`` script the faults. Returns the holder at
+    each step."""
+    lease: LeaseRecord | None = start
+    renewed: dict[str, float] = {}
+    holders = []
+    now = 0.0
+    while now < until:
+        for node in members:
+            if not alive(node.name, now):
+                continue
+            own = lease is not None and lease.holder == node.name
+            decision = leadership.decide(
+                hostname=node.name,
+                members=members,
+                lease=lease,
+                renewed=renewed.get(node.name) if own else None,
+                healthy=healthy(node.name, now),
+                now=now,
+            )
+            if decision.step in (Step.ACQUIRE, Step.RENEW, Step.RELEASE):
+                duration = (
+                    leadership.RELEASED_DURATION
+                    if decision.step == Step.RELEASE
+                    else LEASE_DURATION
+                )
+                since = lease.held_since if own and lease is not None else now
+                lease = LeaseRecord(
+                    holder=node.name, duration=duration, observed=now, held_since=since
+                )
+                renewed[node.name] = now
+        holders.append((now, leadership.leader(members, lease, now)))
+        now += step
+    return holders
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.floats(min_value=0.05, max_value=0.5),
+    st.floats(min_value=10, max_value=60),
+    st.floats(min_value=LEASE_DURATION + 1, max_value=30),
+)
+def test_no_flapping_when_the_old_leader_comes_back(step, died, away):
+    """a dies at ``died`` and is back, healthy, ``away`` seconds later (after its Lease
+    lapsed): b took the lead within a Lease's duration and keeps it."""
+    holders = simulate(
+        ABC,
+        until=died + away + 60,
+        step=step,
+        alive=lambda name, now: name != "a" or not died <= now < died + away,
+        healthy=lambda name, now: True,
+    )
+    after = [leader for now, leader in holders if now >= died + LEASE_DURATION + STAGGER + step]
+    assert set(after) == {"b"}
+    before = [leader for now, leader in holders if now < died]
+    assert set(before) == {"a"}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(min_value=0.05, max_value=0.5), st.floats(min_value=10, max_value=60))
+def test_an_unhealthy_holder_hands_over_to_the_standby_and_gets_no_lead_back(step, broke):
+    holders = simulate(
+        ABC,
+        until=broke + 60,
+        step=step,
+        alive=lambda name, now: True,
+        healthy=lambda name, now: name != "a" or now < broke,
+    )
+    bound = broke + 2 * step + leadership.RELEASED_DURATION + step
+    assert {leader for now, leader in holders if now >= bound} == {"b"}
+
+
+# --- malformed Leases ----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=400),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=20), inner),
+    max_leaves=10,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["holderIdentity", "leaseDurationSeconds", "renewTime", "x"]), json_values
+    )
+    | json_values
+)
+def test_a_malformed_lease_costs_only_itself_with_a_bounded_warning(spec):
+    parsed, problems = leadership.parse_lease({"metadata": {"name": "n" * 400}, "spec": spec})
+    assert (parsed is None) == bool(problems)
+    for problem in problems:
+        assert len(str(problem)) < 400
+        assert problem.kind == "lease"
+
+
+def test_a_well_formed_lease_parses():
+    obj: dict[str, Any] = {
+        "metadata": {"name": "kilo-leader-aws"},
+        "spec": {
+            "holderIdentity": "a",
+            "leaseDurationSeconds": 6,
+            "renewTime": "2026-01-01T00:00:00.000000Z",
+        },
+    }
+    spec, problems = leadership.parse_lease(obj)
+    assert problems == ()
+    assert spec == leadership.LeaseSpec(
+        holder="a", duration=6.0, renewed="2026-01-01T00:00:00.000000Z"
+    )
+    _, problems = leadership.parse_lease(
+        {**obj, "spec": {**obj["spec"], "leaseDurationSeconds": 0}}
+    )
+    assert [p.field for p in problems] == ["spec.leaseDurationSeconds"]
+
+
+def test_observing_restarts_the_clock_only_on_a_change():
+    spec = leadership.LeaseSpec(holder="a", duration=6.0, renewed="t1")
+    first = leadership.observe(None, None, spec, now=10.0)
+    assert first == held("a", at=10.0, since=10.0)
+    assert leadership.observe(first, spec, spec, now=12.0) is first
+    renewed = dataclasses.replace(spec, renewed="t2")
+    assert leadership.observe(first, spec, renewed, now=13.0) == held("a", at=13.0, since=10.0)
+    other = dataclasses.replace(spec, holder="b")
+    assert leadership.observe(first, spec, other, now=14.0) == held("b", at=14.0, since=14.0)
+
+
+# --- the topology override -----------------------------------------------------------------------
+
+
+def test_build_topology_takes_the_leader_override_of_a_member_only():
+    nodes = [member("a"), member("b")]
+
+    def leader_of(leaders: Mapping[str, str] | None) -> tuple[str, bool]:
+        t = topology.build_topology(
+            nodes,
+            (),
+            granularity=Granularity.LOCATION,
+            hostname="b",
+            subnet=IPv4Network("10.4.0.0/16"),
+            leaders=leaders,
+        )
+        return t.segments[0].leader_name, t.leader
+
+    assert leader_of(None) == ("a", False)
+    assert leader_of({"location:aws": "b"}) == ("b", True)
+    assert leader_of({"location:aws": "stranger"}) == ("a", False)
