@@ -281,7 +281,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "compatibility": (Compatibility.FLANNEL.value, Compatibility.CILIUM.value),
     "encapsulate": tuple(ENCAPSULATIONS.split(", ")),
     "log-level": tuple(level.value for level in LogLevel),
-    "mesh-granularity": (Granularity.LOCATION.value, Granularity.FULL.value),
+    "mesh-granularity": tuple(GRANULARITIES.split(", ")),
 }
 _PATHS = frozenset({"kubeconfig", "cni-path", "cert-file", "key-file"})
 

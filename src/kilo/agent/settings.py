@@ -71,7 +71,10 @@ LOG_LEVELS = ", ".join(level.value for level in LogLevel)
 ENCAPSULATIONS = ", ".join(
     e.value for e in (Encapsulation.NEVER, Encapsulation.CROSSSUBNET, Encapsulation.ALWAYS)
 )
-GRANULARITIES = ", ".join(g.value for g in (Granularity.LOCATION, Granularity.FULL))
+# #328's list and order: "location, full, cross".
+GRANULARITIES = ", ".join(
+    g.value for g in (Granularity.LOCATION, Granularity.FULL, Granularity.CROSS)
+)
 COMPATIBILITIES = ", ".join(c.value for c in (Compatibility.FLANNEL, Compatibility.CILIUM))
 
 # --- the settings ---------------------------------------------------------------------------

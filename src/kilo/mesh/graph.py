@@ -39,6 +39,10 @@ PEERS_SUBGRAPH = "cluster_peers"
 SUBGRAPH_STYLE = '"dashed,rounded"'
 _SEGMENT_EDGE = MappingProxyType({"dir": "both"})
 _PEER_EDGE = MappingProxyType({"dir": "both", "style": "dashed"})
+# Nodes of one location in a cross mesh: reached over the underlay, not WireGuard.
+_PLAIN_EDGE = MappingProxyType(
+    {"arrowhead": "none", "arrowtail": "none", "dir": "both", "style": "dotted"}
+)
 _NODE_ATTRS = MappingProxyType({"shape": "ellipse"})
 
 
@@ -57,28 +61,47 @@ def dot(t: Topology) -> str:
     g.attrs["overlap"] = "false"
 
     leaders: list[str] = []
+    node_locations: list[str] = []  # per segment; "" unless the mesh is cross
     for segment in t.segments:
-        subgraph = _quote("cluster_location_" + segment.location)
+        # In a cross mesh (#328) each node is drawn inside its location, whose nodes are
+        # linked by plain (dotted) edges below: they are not WireGuard peers.
+        node_location = t.node_locations.get(segment.location, "")
+        location = node_location or segment.location
+        subgraph = _quote("cluster_location_" + location)
         g.add_subgraph(subgraph)
-        g.subgraph_attrs[subgraph]["label"] = _quote(segment.location)
+        g.subgraph_attrs[subgraph]["label"] = _quote(location)
         g.subgraph_attrs[subgraph]["style"] = SUBGRAPH_STYLE
-        for j, label in enumerate(_node_labels(segment)):
+        for j, label in enumerate(_node_labels(segment, location)):
             name = _quote(segment.hostnames[j])
             g.add_node(subgraph, name, _NODE_ATTRS)
             if j == segment.leader:
                 g.nodes[name]["rank"] = "1"
             g.nodes[name]["label"] = label
-        # Kilo indexes the sorted children with the leader's index into the hostnames,
-        # which are sorted the same way (Kubernetes names sort alike with and without quotes).
-        members = g.sorted_children(subgraph)
-        for i, member in enumerate(members):
-            if i != segment.leader:
-                g.edges.append((members[segment.leader], member, _SEGMENT_EDGE))
+        if not node_location:
+            # Kilo indexes the sorted children with the leader's index into the hostnames,
+            # which are sorted the same way (Kubernetes names sort alike with and without
+            # quotes).
+            members = g.sorted_children(subgraph)
+            for i, member in enumerate(members):
+                if i != segment.leader:
+                    g.edges.append((members[segment.leader], member, _SEGMENT_EDGE))
+        node_locations.append(node_location)
         leaders.append(_quote(segment.leader_name))
 
+    seen: set[str] = set()
+    for node_location in node_locations:
+        if node_location and node_location not in seen:
+            seen.add(node_location)
+            members = g.sorted_children(_quote("cluster_location_" + node_location))
+            for i, src in enumerate(members):
+                for dst in members[i + 1 :]:
+                    g.edges.append((src, dst, _PLAIN_EDGE))
+
     for i, src in enumerate(leaders):
-        for dst in leaders[i + 1 :]:
-            g.edges.append((src, dst, _SEGMENT_EDGE))
+        for j in range(i + 1, len(leaders)):
+            if node_locations[i] and node_locations[i] == node_locations[j]:
+                continue
+            g.edges.append((src, leaders[j], _SEGMENT_EDGE))
 
     peers = _quote(PEERS_SUBGRAPH)
     g.add_subgraph(peers)
@@ -99,8 +122,10 @@ def dot(t: Topology) -> str:
     return g.write()
 
 
-def _node_labels(segment: Segment) -> list[str]:
+def _node_labels(segment: Segment, location: str) -> list[str]:
     """One label per member: location, name, pod CIDR, private IP; WG IP and endpoint if leader.
+
+    ``location`` is the segment key, or in a cross mesh the node's location.
 
     Kilo takes the private IP by member index when the segment has any (``privateIPs[j]``);
     a segment always has either none or one per member (a node without an internal IP gets
@@ -110,7 +135,7 @@ def _node_labels(segment: Segment) -> list[str]:
     with_private = len(segment.private_ips) == len(segment.hostnames)
     labels: list[str] = []
     for j, (hostname, cidr) in enumerate(zip(segment.hostnames, segment.cidrs, strict=True)):
-        parts = [segment.location, hostname, str(cidr)]
+        parts = [location, hostname, str(cidr)]
         if with_private:
             parts.append(str(segment.private_ips[j]))
         if j == segment.leader:

@@ -55,7 +55,8 @@ def node_config(t: Topology) -> WireGuardConfig:
             endpoint=t.update_endpoint(s.endpoint, s.key, s.persistent_keepalive),
         )
         for s in t.segments
-        if s.location != t.location
+        # In a cross mesh the nodes of the own location are reached over the underlay.
+        if not t.in_own_location(s)
     ]
     peers.extend(
         WireGuardPeer(
