@@ -264,6 +264,23 @@ class Agent:
                 fields={"kind": d.kind, "name": d.name, "field": d.field, "value": d.value},
             )
 
+    def _warn_other_granularity(self, node: Node) -> None:
+        """Warn once per value about a node that runs another granularity: the two compute
+        different segments and WireGuard IPs, so traffic between them breaks (a Go node
+        cannot run ``cross``; docs/compatibility.md). Kilo says nothing."""
+        key = ("granularity", node.name)
+        own = self.settings.mesh.granularity.value
+        if not node.granularity or node.granularity == own:
+            self._logged.pop(key, None)
+            return
+        if self._logged.get(key) == node.granularity:
+            return
+        self._logged[key] = node.granularity
+        log.warning(
+            "a node runs another mesh granularity; traffic between the two breaks",
+            fields={"node": node.name, "granularity": node.granularity, "local": own},
+        )
+
     def on_node_event(self, event: Event) -> None:
         new: Node | None = None
         if event.type == EventType.DELETED:
@@ -289,6 +306,8 @@ class Agent:
                 )
             self._wake.set()
             return
+        if new is not None:
+            self._warn_other_granularity(new)
         old = self.nodes.get(event.name)
         if new is None:
             self.nodes.pop(event.name, None)
