@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from lightkube.resources.core_v1 import Node
 
 from kilo.mesh import translate
 from kilo.sandbox import testbed
@@ -111,7 +112,11 @@ def test_pods_in_three_locations_reach_each_other_and_every_node(bed: Testbed) -
     assert unreachable_pairs(bed, itertools.permutations(nodes, 2)) == []
     failures = []
     for src, node in itertools.product(nodes, bed.nodes.values()):
-        if not reachable(bed, bed.pods[pod_of(src)].netns, str(node.lan_ip)):
+        # Waited for as the pods are: one lost ping is not a missing path.
+        check = functools.partial(reachable, bed, bed.pods[pod_of(src)].netns, str(node.lan_ip))
+        try:
+            wait_for(check, "", timeout=15)
+        except AssertionError:
             failures.append(f"{src} -> node {node.name} ({node.lan_ip})")
     assert failures == []
     # TCP across clouds, both ways through the NAT, without masquerading pod IPs.
@@ -153,3 +158,42 @@ def test_killing_any_nodes_kg_breaks_only_that_nodes_own_traffic(bed: Testbed) -
         # Back: the restarted kg brings the node's own traffic back before the next kill.
         both_ways = [(dead, o) for o in others] + [(o, dead) for o in others]
         assert unreachable_pairs(bed, both_ways) == [], f"{dead} did not recover"
+
+
+def test_two_locations_behind_one_nat_reach_each_other_on_their_lan(bed: Testbed) -> None:
+    # office-2 becomes a location of its own behind the same gateway: the two office nodes
+    # are WireGuard peers now, and Kilo would have them dial each other at the gateway's
+    # public address, which needs hairpin NAT (the test gateway has none).
+    office_1 = bed.node_annotations("office-1")[translate.KEY]
+    office_2 = bed.node_annotations("office-2")[translate.KEY]  # kept in /var/lib/kilo/key
+    # The clouds have published where they see the office nodes: the gateway's address,
+    # which Kilo's agents then dial.
+    gateway = bed.gateways["office"]
+    wait_for(
+        lambda: all(
+            f'"{key}":{{"IP":"{gateway}"'
+            in bed.node_annotations("aws-1").get(translate.DISCOVERED_ENDPOINTS, "")
+            for key in (office_1, office_2)
+        ),
+        "aws-1 did not publish the office nodes' NAT addresses",
+    )
+    patch = {"metadata": {"annotations": {translate.LOCATION: "office-b"}}}
+    bed.api().patch(Node, "office-2", patch)
+    # Killed, not stopped: a clean-up would take the nodes out of the mesh, and the clouds'
+    # published NAT addresses with them, so that the restarted agents would first dial the
+    # annotated (LAN) endpoints and keep them (Kilo's own discovery would then hold).
+    for node in ("office-1", "office-2"):
+        bed.kill_agent(node)
+        bed.start_agent(node, "--same-nat-internal-endpoints=true", granularity="cross")
+    wait_for(
+        lambda: office_2 in wg_peer_keys(bed, "office-1"),
+        "office-1 did not add office-2, now in another location, as a WireGuard peer",
+    )
+    pairs = [("office-1", "office-2"), ("office-2", "office-1")]
+    assert unreachable_pairs(bed, pairs) == []
+    dump = {line.split("\t")[0]: line.split("\t") for line in bed.wg_dump("office-1").splitlines()}
+    assert dump[office_2][2] == f"{bed.nodes['office-2'].lan_ip}:51820"
+    # Every other node's mesh is unchanged: the rest still reach both.
+    others = [n for n in bed.nodes if not n.startswith("office")]
+    both = [(o, n) for o in others for n in ("office-1", "office-2")]
+    assert unreachable_pairs(bed, both + [(b, a) for a, b in both]) == []

@@ -184,6 +184,13 @@ ROOT_FLAGS = (
         False,
         "Prefer to assign a private IP address to the node's endpoint.",
     ),
+    Flag(
+        "same-nat-internal-endpoints",
+        "bool",
+        False,
+        "Dial nodes that other nodes see at this node's public IP (behind the same NAT) at "
+        "their internal IP rather than through the NAT, which needs hairpin NAT. Not in Kilo.",
+    ),
 )
 
 WEBHOOK_FLAGS = (

@@ -32,7 +32,7 @@ from kilo.adapters.kubernetes import Event, EventType, Informer
 from kilo.agent import logs
 from kilo.agent.settings import AgentSettings
 from kilo.errors import KiloError
-from kilo.mesh import graph, translate
+from kilo.mesh import graph, samenat, translate
 from kilo.mesh.discovery import DiscoveredIPs, Interface
 from kilo.mesh.endpoint import Endpoint, endpoint_ready
 from kilo.mesh.ip import IPAddress, IPInterface
@@ -517,12 +517,19 @@ class Agent:
         discovered = (
             discovered_endpoints(state, ready, ready_peer_list) if state is not None else {}
         )
+        mesh = self.settings.mesh
+        internal = (
+            samenat.internal_endpoints(ready, self.hostname)
+            if mesh.same_nat_internal_endpoints
+            else {}
+        )
+        # Not published: the other nodes keep Kilo's view of the nodes behind this NAT.
+        discovered = {k: v for k, v in discovered.items() if k not in internal}
         ready = [
             replace(n, discovered_endpoints=discovered) if n.name == self.hostname else n
             for n in ready
         ]
         local_ready = next(n for n in ready if n.name == self.hostname)
-        mesh = self.settings.mesh
         try:
             t = build_topology(
                 ready,
@@ -553,6 +560,8 @@ class Agent:
                 cni_path=self.settings.cni.path,
             ),
         )
+        if internal and plan.wireguard is not None:
+            plan = replace(plan, wireguard=samenat.dial_internal(plan.wireguard, internal))
         if full or plan.iptables != self._applied_iptables:
             self._applied_iptables = None
             try:
