@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from lightkube.resources.core_v1 import Node
 from kilo.mesh import translate
 from kilo.sandbox import testbed
 from kilo.sandbox.testbed import Location, Testbed
+from tests.e2e import test_agent
 
 LOCATIONS = [
     Location("aws", nodes=2),
@@ -32,13 +32,7 @@ CONVERGE = 60.0
 
 
 def kgctl(bed: Testbed, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "kilo.cli.kgctl", f"--kubeconfig={bed.admin_kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    return test_agent.kgctl(bed, *args).stdout
 
 
 def wg_peer_keys(bed: Testbed, node: str) -> set[str]:

@@ -96,8 +96,10 @@ def test_only_the_endpoint_changes_in_the_wireguard_config() -> None:
     assert samenat.dial_internal(kilo, {}) is kilo
 
 
-def test_the_agent_dials_internally_and_does_not_publish_what_it_saw_there() -> None:
-    h = Harness("--mesh-granularity=full", "--same-nat-internal-endpoints=true")
+def behind_a_nat(*flags: str) -> Harness:
+    """The agent of a, in a full mesh with b (both behind one NAT) and c, which saw both
+    of them at the NAT's address."""
+    h = Harness("--mesh-granularity=full", *flags)
     keepalive = {translate.PERSISTENT_KEEPALIVE: "5"}
     h.node("a", annotations=keepalive)
     seen = {
@@ -111,6 +113,11 @@ def test_the_agent_dials_internally_and_does_not_publish_what_it_saw_there() -> 
         pod=2,
         extra={translate.DISCOVERED_ENDPOINTS: translate.format_discovered_endpoints(seen)},
     )
+    return h
+
+
+def test_the_agent_dials_internally_and_does_not_publish_what_it_saw_there() -> None:
+    h = behind_a_nat("--same-nat-internal-endpoints=true")
     # No handshake with b yet: Kilo would dial the NAT's address that c published.
     h.round(check_in=True)
     peer = h.device.config.peer(OTHER_KEYS["b"])
@@ -126,21 +133,8 @@ def test_the_agent_dials_internally_and_does_not_publish_what_it_saw_there() -> 
 
 
 def test_without_the_flag_the_agent_dials_the_nats_address_as_kilo_does() -> None:
-    h = Harness("--mesh-granularity=full")
+    h = behind_a_nat()
     assert h.agent.settings.mesh.same_nat_internal_endpoints is False
-    keepalive = {translate.PERSISTENT_KEEPALIVE: "5"}
-    h.node("a", annotations=keepalive)
-    seen = {
-        str(PRIVATE_KEY.public_key()): UDPAddr(NAT, 40001),
-        str(OTHER_KEYS["b"]): UDPAddr(NAT, 40002),
-    }
-    h.remote("b", pod=1, extra=keepalive)
-    h.remote(
-        "c",
-        location="gcp",
-        pod=2,
-        extra={translate.DISCOVERED_ENDPOINTS: translate.format_discovered_endpoints(seen)},
-    )
     h.round(check_in=True)
     peer = h.device.config.peer(OTHER_KEYS["b"])
     assert peer is not None and peer.endpoint == Endpoint.parse("198.51.100.7:40002")
