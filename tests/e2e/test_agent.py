@@ -29,6 +29,7 @@ from kilo.mesh import translate
 from kilo.sandbox import kubelet, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests import hostile
+from tests.e2e.kgctl_cli import kgctl
 
 KEEPALIVE = translate.PERSISTENT_KEEPALIVE
 LOCATIONS = [
@@ -41,16 +42,6 @@ LEADERS = {"aws": "aws-1", "gcp": "gcp-1", "office": "office-1"}
 BARE = "gcp-2"
 CONVERGE = 60.0
 Peer = RESOURCES["peers"]
-
-
-def kgctl(bed: Testbed, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kilo.cli.kgctl", f"--kubeconfig={bed.admin_kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=check,
-    )
 
 
 def wg_peers(bed: Testbed, node: str) -> dict[str, list[str]]:

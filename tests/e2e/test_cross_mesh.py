@@ -21,7 +21,7 @@ from lightkube.resources.core_v1 import Node
 from kilo.mesh import translate
 from kilo.sandbox import testbed
 from kilo.sandbox.testbed import Location, Testbed
-from tests.e2e import test_agent
+from tests.e2e import kgctl_cli
 
 LOCATIONS = [
     Location("aws", nodes=2),
@@ -32,7 +32,7 @@ CONVERGE = 60.0
 
 
 def kgctl(bed: Testbed, *args: str) -> str:
-    return test_agent.kgctl(bed, *args).stdout
+    return kgctl_cli.kgctl(bed, *args).stdout
 
 
 def wg_peer_keys(bed: Testbed, node: str) -> set[str]:
