@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: venv packages sandbox sandbox-down lint test unit integration e2e image image-test fuzz example bench bench-agent clean
+.PHONY: venv packages sandbox sandbox-down lint test unit integration e2e e2e-kernel image image-test fuzz example bench bench-agent clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -17,9 +17,12 @@ $(BIN)/kilo-sandbox: pyproject.toml | $(PY)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# The Debian packages the sandbox and the tests use, those that are missing (root, apt-get).
+# The Debian packages the sandbox needs, those that are missing (root, apt-get, listed before
+# they are installed); with `--kernel` in SANDBOX_ARGS also QEMU's. `make packages
+# PACKAGE_SETS=test` installs what every test needs (scripts/debian-packages.sh).
+PACKAGE_SETS ?= sandbox $(if $(findstring --kernel,$(SANDBOX_ARGS)),kernel)
 packages:
-	bash scripts/debian-packages.sh
+	bash scripts/debian-packages.sh $(PACKAGE_SETS)
 
 # The first command of the README: what is missing, then a Kilo mesh across simulated clouds
 # on this machine (root; `make sandbox SANDBOX_ARGS="--locations 3 --granularity full"`).
@@ -47,6 +50,11 @@ unit: $(PY)
 # End-to-end tests alone: network namespaces, real iptables (root).
 e2e: $(PY)
 	$(BIN)/pytest tests/e2e
+
+# Kilo's default data plane (kernel WireGuard, IPIP, --mtu auto, flannel and cilium devices)
+# in a virtual machine with Debian's kernel, which has the modules this host's lacks (root).
+e2e-kernel: $(PY)
+	$(BIN)/pytest tests/kernel
 
 # Integration tests alone: a real etcd + kube-apiserver (built once, see README).
 integration: $(PY)
@@ -77,6 +85,12 @@ example: $(PY)
 
 bench: $(PY)
 	$(PY) benchmarks/topology_bench.py
+
+# A reduced set for every change (no root, a few minutes): topology + plan at 1000 and 5000
+# nodes, and every kgctl command on a 5000-node dump (README, "Performance").
+bench-quick: $(PY)
+	$(PY) benchmarks/topology_bench.py --sizes 1000,5000 --repeat 5
+	$(PY) benchmarks/kgctl_bench.py --nodes 5000 --repeat 1 --dumps bare
 
 # kg on a leader in the e2e testbed (root, about 15 minutes): start-up, CPU and RSS with
 # 100, 300 and 1000 nodes, annotation-change-to-WireGuard latency (`--quick`: a smoke run).

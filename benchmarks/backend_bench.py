@@ -50,6 +50,7 @@ from kilo.adapters import kubeconfig, kubernetes
 from kilo.errors import BackendError
 from kilo.mesh import translate
 from kilo.mesh.cluster import translate_cluster
+from kilo.mesh.events import Event, EventType
 from kilo.sandbox import kubelet
 from kilo.sandbox.controlplane import ControlPlane, ControlPlaneError, build_binaries
 
@@ -63,7 +64,7 @@ MIB = 1024 * 1024
 
 T = TypeVar("T")
 
-Events = AsyncGenerator[kubernetes.Event, None]
+Events = AsyncGenerator[Event, None]
 
 
 class BenchError(RuntimeError):
@@ -178,7 +179,7 @@ async def until_added(events: Events, count: int) -> None:
     added = 0
     while added < count:
         event = await anext(events)
-        if event.type is kubernetes.EventType.ADDED:
+        if event.type is EventType.ADDED:
             added += 1
 
 
@@ -186,7 +187,7 @@ async def until_modified(events: Events, names: Iterable[str]) -> None:
     pending = set(names)
     while pending:
         event = await anext(events)
-        if event.type is kubernetes.EventType.MODIFIED:
+        if event.type is EventType.MODIFIED:
             pending.discard(event.name)
 
 

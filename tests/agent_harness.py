@@ -1,27 +1,30 @@
 """The agent's reconcile loop with fake data-plane ports, for unit tests and the fuzz suite.
 
-The fakes keep what the loop asked for; the real ports (netlink, UAPI, iptables-restore)
-are exercised against real kernels and processes in tests/e2e.
+The fakes keep what the loop asked for (the route table's is the adapter's own, which
+tests/e2e/test_route_table_contract.py holds to the real table's contract); the real ports
+(netlink, UAPI, iptables-restore) are exercised against real kernels and processes in
+tests/e2e.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from kilo.adapters.kubernetes import Event, EventType
+from kilo.adapters.netlink import InMemoryRouteTable
 from kilo.agent import command_line
-from kilo.agent.mesh import Agent, DataPlane, HostFacts
+from kilo.agent.ports import DataPlane, HostFacts
+from kilo.agent.reconcile import Agent
 from kilo.agent.settings import AgentSettings
 from kilo.errors import BackendError, DataPlaneError
 from kilo.mesh import translate
 from kilo.mesh.discovery import DiscoveredIPs, Interface
+from kilo.mesh.events import Event, EventType
 from kilo.mesh.ip import IPInterface
 from kilo.mesh.iptables import RuleSet
 from kilo.mesh.keys import Key
-from kilo.mesh.routes import Device, Route, Rule
 from kilo.mesh.wgdevice import DeviceState, PeerState
 from kilo.mesh.wireguard import WireGuardConfig
 
@@ -68,25 +71,6 @@ class FakeLinks:
 
     def delete(self, name: str) -> bool:
         return self.addresses.pop(name, None) is not None
-
-
-class FakeRoutes:
-    def __init__(self) -> None:
-        self.routes: tuple[Route, ...] = ()
-        self.rules: tuple[Rule, ...] = ()
-        self.devices: Mapping[Device, str] = {}
-        self.cleaned = False
-        self.calls = 0
-
-    def set(
-        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
-    ) -> tuple[int, int]:
-        self.calls += 1
-        self.routes, self.rules, self.devices = tuple(routes), tuple(rules), dict(devices)
-        return len(routes), 0
-
-    def clean_up(self) -> None:
-        self.cleaned = True
 
 
 class FakeIPTables:
@@ -168,7 +152,8 @@ class Harness:
         )
         assert isinstance(settings, AgentSettings), settings
         self.links = FakeLinks()
-        self.routes = FakeRoutes()
+        # The route table adapter's own fake, held to its contract (kilo.adapters.netlink).
+        self.routes = InMemoryRouteTable(interfaces=FakeLinks().mtus)
         self.iptables = FakeIPTables(iptables_fail)
         self.device = FakeDevice()
         self.writer = FakeWriter()

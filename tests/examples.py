@@ -14,7 +14,9 @@ import yaml
 
 from kilo.mesh import translate
 from kilo.mesh.keys import Key
-from kilo.mesh.model import Node, Peer
+from kilo.mesh.model import Granularity, Node, Peer
+from kilo.mesh.routes import EncapsulationPolicy, Route, Rule, plan_routes
+from kilo.mesh.topology import build_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DUMP = ROOT / "examples" / "cluster.yaml"
@@ -53,3 +55,17 @@ def reference_cluster() -> tuple[list[Node], list[Peer]]:
             assert peer is not None
             peers.append(peer)
     return nodes, peers
+
+
+def alpha_plan() -> tuple[tuple[Route, ...], tuple[Rule, ...]]:
+    """The routes and rules of the leader alpha (location granularity): the §4.5 example."""
+    nodes, peers = reference_cluster()
+    t = build_topology(
+        nodes,
+        peers,
+        granularity=Granularity.LOCATION,
+        hostname="alpha",
+        subnet=KILO_SUBNET,
+        key=PRIVATE_KEYS["alpha"],
+    )
+    return plan_routes(t, policy=EncapsulationPolicy())

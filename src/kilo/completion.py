@@ -26,6 +26,10 @@ or ``--output=<TAB>``), its values when it has a fixed set, file names when it n
 file, nothing otherwise; ``true``/``false`` after a bool flag's ``=``; and what the
 command's ``dynamic`` completer returns for its arguments (``kgctl showconf node <TAB>``:
 the ready nodes).
+
+One module although over 500 lines: the protocol (walking the tree, the candidates and the
+directive) and the four scripts that speak it change together; splitting them would put one
+protocol in several places.
 """
 
 from __future__ import annotations

@@ -20,10 +20,8 @@ import pytest
 
 from kilo.adapters.netlink import Links, RouteTable
 from kilo.errors import DataPlaneError
-from kilo.mesh.model import Granularity
-from kilo.mesh.routes import Device, EncapsulationPolicy, Route, Rule, plan_routes
-from kilo.mesh.topology import build_topology
-from tests.examples import KILO_SUBNET, PRIVATE_KEYS, reference_cluster
+from kilo.mesh.routes import Device, Route, Rule
+from tests.examples import alpha_plan
 
 DEVICES = {Device.KILO: "kilo0", Device.PRIVATE: "ens4", Device.TUNNEL: "tunl0"}
 EVENT_TIMEOUT = 10.0
@@ -55,19 +53,6 @@ def table(netns: str, name: str = "main", *, family: str = "-4") -> list[str]:
 
 def rules(netns: str, *, family: str = "-4") -> list[str]:
     return lines(ip(netns, family, "rule"))
-
-
-def alpha_plan() -> tuple[tuple[Route, ...], tuple[Rule, ...]]:
-    nodes, peers = reference_cluster()
-    t = build_topology(
-        nodes,
-        peers,
-        granularity=Granularity.LOCATION,
-        hostname="alpha",
-        subnet=KILO_SUBNET,
-        key=PRIVATE_KEYS["alpha"],
-    )
-    return plan_routes(t, policy=EncapsulationPolicy())
 
 
 ALPHA_MAIN = [

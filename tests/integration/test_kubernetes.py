@@ -25,6 +25,7 @@ from kilo.adapters import kubeconfig, kubernetes
 from kilo.cli import kgctl
 from kilo.errors import BackendError
 from kilo.mesh import translate
+from kilo.mesh.events import Event, EventType
 from kilo.sandbox import kubelet
 from kilo.sandbox.controlplane import ControlPlane
 from tests import golden
@@ -292,8 +293,8 @@ def test_silent_server_fails_within_the_timeout(
 # --- the watch-backed cache ---------------------------------------------------------------
 
 
-async def next_event(events: Any, timeout: float = 10.0) -> kubernetes.Event:
-    event: kubernetes.Event = await asyncio.wait_for(anext(events), timeout)
+async def next_event(events: Any, timeout: float = 10.0) -> Event:
+    event: Event = await asyncio.wait_for(anext(events), timeout)
     return event
 
 
@@ -355,7 +356,7 @@ def test_watch_delivers_add_update_delete(cluster: Client, control_plane: Contro
             assert initial == {"alpha", "beta", "gamma", "delta"}
             cluster.create(new_node("watched"))
             event = await next_event(events)
-            assert (event.type, event.name) == (kubernetes.EventType.ADDED, "watched")
+            assert (event.type, event.name) == (EventType.ADDED, "watched")
             cluster.patch(
                 Node,
                 "watched",
@@ -363,11 +364,11 @@ def test_watch_delivers_add_update_delete(cluster: Client, control_plane: Contro
                 patch_type=PatchType.MERGE,
             )
             event = await next_event(events)
-            assert (event.type, event.name) == (kubernetes.EventType.MODIFIED, "watched")
+            assert (event.type, event.name) == (EventType.MODIFIED, "watched")
             assert event.obj["metadata"]["annotations"] == {"a": "b"}
             cluster.delete(Node, "watched")
             event = await next_event(events)
-            assert (event.type, event.name) == (kubernetes.EventType.DELETED, "watched")
+            assert (event.type, event.name) == (EventType.DELETED, "watched")
             await events.aclose()
 
     asyncio.run(scenario())
@@ -400,11 +401,11 @@ def test_watch_recovers_after_restart_and_compaction_without_losing_deletions(
                 )
             control_plane.compact_etcd()
             control_plane.restart_apiserver()
-            changes: dict[str, kubernetes.EventType] = {}
+            changes: dict[str, EventType] = {}
             while "doomed" not in changes or "newcomer" not in changes:
                 event = await next_event(events, timeout=60)
                 changes[event.name] = event.type
-            assert changes["doomed"] == kubernetes.EventType.DELETED
+            assert changes["doomed"] == EventType.DELETED
             fresh = {
                 n.metadata.name: n.metadata.resourceVersion
                 for n in cluster.list(Node)

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from kilo.adapters.kubernetes import Event, EventType
-from kilo.agent.mesh import DataPlane
+from kilo.adapters.netlink import InMemoryRouteTable as FakeRoutes
+from kilo.agent.ports import DataPlane
 from kilo.mesh import translate
+from kilo.mesh.events import Event, EventType
 from kilo.mesh.routes import Device
 from kilo.sandbox import kubelet
 from tests.agent_harness import (
     NOW,
     OTHER_KEYS,
     PRIVATE_KEY,
-    FakeRoutes,
     Harness,
 )
 
@@ -313,7 +313,7 @@ def test_an_event_that_cannot_be_handled_is_logged_and_the_agent_goes_on(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        running = asyncio.create_task(h.agent.run(nodes, peers, stop))  # type: ignore[arg-type]
+        running = asyncio.create_task(h.agent.run(nodes, peers, stop))
         await nodes.done.wait()
         stop.set()
         await running  # returns: the broken object did not stop the agent
@@ -390,3 +390,31 @@ def test_a_node_of_another_granularity_is_warned_about_once(
     assert [r.__dict__.get("fields") for r in warned] == [
         {"node": "b", "granularity": "location", "local": "cross"}
     ]
+
+
+def test_nodes_an_event_did_not_change_reach_the_topology_as_the_same_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The topology reuses what it built from the very same Node objects (its segment memo):
+    an apply that copied every Node would rebuild the whole mesh on every event."""
+    from kilo.agent import apply
+
+    seen: list[dict[str, Any]] = []
+    build = apply.build_topology
+
+    def spy(nodes: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append({n.name: n for n in nodes})
+        return build(nodes, *args, **kwargs)
+
+    monkeypatch.setattr(apply, "build_topology", spy)
+    h = Harness()
+    h.node("a")
+    h.remote("b", location="gcp", pod=1)
+    h.remote("c", location="azure", pod=2, extra={translate.ENDPOINT: "b.example.com:51820"})
+    h.round(check_in=True)
+    h.remote("d", location="gcp", pod=3)
+    h.round()
+    before, after = seen[-2], seen[-1]
+    assert after["b"] is before["b"]  # an IP endpoint: nothing to resolve, no copy
+    assert after["c"] == before["c"]  # a DNS name is resolved on every apply
+    assert "d" in after and "d" not in before

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from kilo.adapters import keyfile
-from kilo.cli import connect, kgctl, logs
+from kilo.cli import commands, connect, kgctl, logs
+from kilo.cli.connect import connection as connect_connection
 from kilo.errors import ConfigError, DataPlaneError
 from kilo.mesh import wireguard
 from kilo.mesh.endpoint import Endpoint
@@ -60,7 +61,7 @@ def test_kilos_flags_and_defaults() -> None:
     assert args.persistent_keepalive == 10
     assert args.log_level == "info"
     assert args.port == 51820
-    assert args.run is kgctl._run_connect
+    assert args.run is commands.run_connect
 
 
 def test_flags_with_kilos_syntax() -> None:
@@ -429,7 +430,7 @@ def test_a_failing_device_does_not_stop_the_routes_and_a_plan_error_is_logged() 
 def test_a_node_whose_dns_endpoint_does_not_resolve_does_not_abort_the_sync(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(connect, "resolve", lambda host, timeout=0: None)
+    monkeypatch.setattr(connect_connection, "resolve", lambda host, timeout=0: None)
     conn, out, fakes = connection()
     nodes, peers = reference_cluster()
     nodes = [
@@ -507,7 +508,7 @@ def test_a_missing_peer_is_told_apart_from_a_missing_crd() -> None:
     from lightkube import ApiError
     from lightkube.models.meta_v1 import Status, StatusDetails
 
-    from kilo.adapters import kubernetes
+    from kilo.adapters import apierrors, kubernetes
 
     missing_peer = ApiError(
         status=Status(
@@ -521,6 +522,6 @@ def test_a_missing_peer_is_told_apart_from_a_missing_crd() -> None:
     )
     assert kubernetes._object_not_found(missing_peer, "laptop")
     assert not kubernetes._object_not_found(missing_crd, "laptop")
-    assert "the Peer CRD peers.kilo.squat.ai is not installed" in kubernetes.describe_error(
+    assert "the Peer CRD peers.kilo.squat.ai is not installed" in apierrors.describe_error(
         missing_crd, "https://api", verb="get", resource="peers"
     )

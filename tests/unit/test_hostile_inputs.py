@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kilo.adapters.kubernetes import Event, EventType
 from kilo.errors import KiloError
 from kilo.mesh import admission, cluster, graph, listing, peerspec, plan, route_sync, wireguard
 from kilo.mesh import connect as connect_plan
 from kilo.mesh import topology as topo
+from kilo.mesh.events import Event, EventType
 from kilo.mesh.keys import Key
 from kilo.mesh.model import (
     Compatibility,

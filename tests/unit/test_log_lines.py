@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from kilo import jsonlog
-from kilo.adapters.kubernetes import Event, EventType
 from kilo.agent import logs
 from kilo.agent.settings import LogLevel
 from kilo.errors import DataPlaneError
 from kilo.mesh import translate
+from kilo.mesh.events import Event, EventType
 from tests.agent_harness import Harness
 
 

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -468,6 +469,25 @@ def test_command_line_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args.dir == commands.DEFAULT_DIR
     args = cli.parser().parse_args(["down", "--dir", "/tmp/x"])
     assert args.dir == Path("/tmp/x")
+    assert cli.parser().parse_args(["up"]).kernel is False
+    assert cli.parser().parse_args(["up", "--kernel"]).kernel is True
+
+
+def test_the_guest_command_is_not_offered_to_users(capsys: pytest.CaptureFixture[str]) -> None:
+    """``guest`` runs inside the VM of ``up --kernel`` only."""
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "guest" not in capsys.readouterr().out
+    args = cli.parser().parse_args(["guest", "--dir", "/s/sandbox", "--attached-plane", "/s/plane"])
+    assert (args.attached_plane, args.locations) == (Path("/s/plane"), 2)
+
+
+def test_a_kernel_sandbox_state_round_trips() -> None:
+    kernel = replace(
+        sample_state(), kernel="linux-image-6.1.0-57-amd64 6.1.192-3", share="/var/lib/x/run/share"
+    )
+    assert state.loads(state.dumps(kernel)) == kernel
+    assert state.loads(state.dumps(sample_state())).kernel == ""
 
 
 # --- what the installed package must contain ---------------------------------------------------

@@ -10,6 +10,8 @@ whose message names the server, or the verb and resource that RBAC denied.
   last resourceVersion after a dropped connection (backoff with jitter), and on ``410
   Gone`` it lists again and reports every object that disappeared in the gap as deleted,
   so that no deletion is ever lost.
+* failures are described by :mod:`kilo.adapters.apierrors`; events are the core's
+  :class:`~kilo.mesh.events.Event` values, which the loops consume without this module.
 * :func:`patch_node_annotations` writes only the given keys (a JSON merge patch), and
   :func:`remove_node_annotations` deletes only the keys that are present.
 """
@@ -18,12 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import json
 import random
-import re
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx2
@@ -36,182 +34,22 @@ from lightkube.generic_resource import create_global_resource
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
-from kilo.adapters import kubeconfig
+from kilo.adapters.apierrors import (
+    REQUEST_ERRORS,
+    describe_error,
+    describe_failure,
+    is_refusal,
+    status_code,
+    status_error,
+)
 from kilo.errors import BackendError
-from kilo.mesh.text import one_line
+from kilo.mesh.events import Event, EventType
 
 PEER_GROUP = "kilo.squat.ai"
 PEER_VERSION = "v1alpha1"
-PEER_CRD = "peers.kilo.squat.ai"
 Peer = create_global_resource(PEER_GROUP, PEER_VERSION, "Peer", "peers")
 
 RESOURCES: dict[str, type[GlobalResource]] = {"nodes": Node, "peers": Peer}
-
-
-def describe_error(exc: BaseException, server: str, *, verb: str, resource: str) -> str:
-    """One line that says what failed, naming the server or the denied verb and resource."""
-    status = _status_error(exc)
-    if status is not None:
-        code = _status_code(status)
-        message = _status_message(status)
-        if code == 403:
-            return f"forbidden: cannot {verb} {resource} ({message or f'HTTP 403 from {server}'})"
-        if code == 401:
-            return f"unauthorized by the Kubernetes API server at {server}: check the credentials"
-        if code == 404 and resource == "peers":
-            return (
-                f"the Peer CRD {PEER_CRD} is not installed on {server} "
-                "(kubectl apply -f manifests/crds.yaml)"
-            )
-        detail = f": {message}" if message else ""
-        return f"cannot {verb} {resource} on {server}{detail} (HTTP {code})"
-    if isinstance(exc, httpx2.TimeoutException):
-        return (
-            f"the Kubernetes API server at {server} did not answer in time ({type(exc).__name__})"
-        )
-    if isinstance(exc, httpx2.HTTPError | OSError):
-        return f"cannot reach the Kubernetes API server at {server}: {exc or type(exc).__name__}"
-    return f"cannot {verb} {resource} on {server}: {one_line(str(exc) or type(exc).__name__)}"
-
-
-# What a request through lightkube can raise besides BackendError: HTTP and transport errors,
-# a credential plugin's or token file's failure (ConfigError, OSError, the plugin's output
-# not being JSON or not holding a token), and an answer that is not Kubernetes' (msgspec).
-REQUEST_ERRORS: tuple[type[BaseException], ...] = (
-    httpx2.HTTPError,
-    OSError,
-    LightkubeConfigError,
-    msgspec.MsgspecError,
-    ValueError,
-    KeyError,
-    TypeError,
-)
-
-
-def describe_failure(exc: BaseException, config: SingleConfig, *, verb: str, resource: str) -> str:
-    """:func:`describe_error`, also telling the credentials' and the server's faults apart."""
-    server = str(config.cluster.server)
-    if _status_error(exc) is None:
-        credentials = credential_error(exc, config)
-        if credentials is not None:
-            return credentials
-        if isinstance(exc, msgspec.MsgspecError | ValueError):
-            return (
-                f"{server} did not answer like a Kubernetes API server when trying to {verb} "
-                f"{resource}: {one_line(str(exc))}"
-            )
-    return describe_error(exc, server, verb=verb, resource=resource)
-
-
-def credential_error(exc: BaseException, config: SingleConfig) -> str | None:
-    """What failed in getting credentials (a credential plugin, a token file), or ``None``.
-
-    lightkube gets them inside the request (``lightkube.config.client_adapter``), so their
-    failures arrive as the request's: ``ConfigError`` ("Exec CMD returned N: STDERR", a token
-    file not found), ``OSError`` when the plugin cannot be run, ``JSONDecodeError``,
-    ``KeyError`` or ``TypeError`` when it prints no ExecCredential. They are told apart from
-    the server's and the transport's by where they were raised.
-    """
-    if not _raised_in(exc, _AUTH_MODULE):
-        return None
-    where = kubeconfig.describe(config)
-    user = config.user
-    plugin = user.exec if user is not None else None
-    if plugin is None:
-        return f"{where}: cannot authenticate to {config.cluster.server}: {one_line(str(exc))}"
-    name = f'"{one_line(plugin.command)}"'
-    who = f' of user "{one_line(config.context.user or "", 40)}"'
-    if isinstance(exc, LightkubeConfigError):
-        match = _EXEC_FAILED.match(str(exc))
-        if match is None:
-            return f"{where}: the credential plugin {name}{who} failed: {one_line(str(exc))}"
-        lines = [line.strip() for line in match["stderr"].splitlines() if line.strip()]
-        said = f": {one_line(lines[0])}" if lines else " and printed nothing on stderr"
-        return (
-            f"{where}: the credential plugin {name}{who} exited with status {match['code']}{said}"
-        )
-    if isinstance(exc, OSError):
-        return (
-            f"{where}: cannot run the credential plugin {name}{who}: "
-            f"{exc.strerror or one_line(str(exc))}"
-        )
-    if isinstance(exc, UnicodeDecodeError):
-        return f"{where}: the credential plugin {name}{who} wrote output that is not UTF-8 text"
-    return (
-        f"{where}: the credential plugin {name}{who} did not print an ExecCredential with "
-        f"status.token ({one_line(str(exc) or type(exc).__name__)})"
-    )
-
-
-_AUTH_MODULE = "lightkube.config.client_adapter"
-
-
-def _raised_in(exc: BaseException, module: str) -> bool:
-    """Whether ``exc`` was raised while code of ``module`` was running."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_globals.get("__name__") == module:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-STATUS_MESSAGE_LIMIT = 200
-_EXEC_FAILED = re.compile(r"Exec .* returned (?P<code>-?\d+): (?P<stderr>.*)\Z", re.DOTALL)
-
-
-def is_refusal(exc: BaseException, config: SingleConfig) -> bool:
-    """A refusal that retrying will not fix soon: RBAC, a missing CRD, bad credentials."""
-    status = _status_error(exc)
-    if status is not None:
-        return _status_code(status) in (401, 403, 404)
-    return credential_error(exc, config) is not None
-
-
-def _status_error(exc: BaseException) -> httpx2.HTTPStatusError | None:
-    """The HTTP error answer behind ``exc``: ``exc`` itself, or one lightkube failed to decode.
-
-    lightkube turns an error answer with a JSON content type into an ``ApiError`` by decoding
-    its body as a ``Status``; when that fails (a proxy's page, a truncated body), the decoding
-    error is raised with the HTTP error as its context.
-    """
-    current: BaseException | None = exc
-    for _ in range(4):
-        if current is None:
-            break
-        if isinstance(current, httpx2.HTTPStatusError):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _status_code(exc: httpx2.HTTPStatusError) -> int:
-    if isinstance(exc, ApiError) and exc.status.code:
-        return int(exc.status.code)
-    return exc.response.status_code
-
-
-def _status_message(exc: httpx2.HTTPStatusError) -> str:
-    """The ``Status`` message of an error answer, else the first line of its body, cut short.
-
-    Cut at 200 characters, not 80: RBAC's messages name the user, verb, resource and group
-    in about 150.
-    """
-    if isinstance(exc, ApiError) and exc.status.message:
-        return one_line(exc.status.message, STATUS_MESSAGE_LIMIT)
-    try:
-        body = exc.response.content
-    except httpx2.ResponseNotRead:  # a refused watch: the body was never read
-        return ""
-    try:
-        decoded = json.loads(body)
-    except ValueError:
-        decoded = None
-    if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
-        return one_line(decoded["message"], STATUS_MESSAGE_LIMIT)
-    text = body[:4096].decode("utf-8", "replace")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return one_line(lines[0], STATUS_MESSAGE_LIMIT) if lines else ""
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -364,19 +202,6 @@ def remove_node_annotations(client: Client, name: str, keys: Iterable[str]) -> N
 # --- the watch-backed cache ----------------------------------------------------------------
 
 
-class EventType(enum.StrEnum):
-    ADDED = "ADDED"
-    MODIFIED = "MODIFIED"
-    DELETED = "DELETED"
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    type: EventType
-    name: str
-    obj: dict[str, Any]  # the new object, or the last known one for DELETED
-
-
 class Informer:
     """A local cache of one resource kept current by list + watch.
 
@@ -494,8 +319,8 @@ class Informer:
             except REQUEST_ERRORS as exc:  # TimeoutError (asyncio.timeout) is an OSError
                 # A refused watch arrives as a plain HTTP status error, an ERROR event in the
                 # stream as an ApiError.
-                status = _status_error(exc)
-                if status is not None and _status_code(status) == 410:
+                status = status_error(exc)
+                if status is not None and status_code(status) == 410:
                     # The resourceVersion is gone (compaction, restart): list again and diff.
                     self.resource_version = None
                     continue

@@ -44,17 +44,8 @@ from kilo.agent.settings import (
     LogLevel,
     WebhookSettings,
 )
+from kilo.mesh import model
 from kilo.mesh.gosyntax import go_quote, parse_duration
-from kilo.mesh.model import (
-    DEFAULT_CNI_PATH,
-    DEFAULT_INTERFACE,
-    DEFAULT_PORT,
-    DEFAULT_SUBNET,
-    DEFAULT_TOPOLOGY_LABEL,
-    Compatibility,
-    Encapsulation,
-    Granularity,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +83,7 @@ ROOT_FLAGS = (
     ),
     Flag("create-interface", "bool", True, "Should kilo create an interface on startup?"),
     Flag("cni", "bool", True, "Should Kilo manage the node's CNI configuration?"),
-    Flag("cni-path", "string", DEFAULT_CNI_PATH, "Path to CNI config."),
+    Flag("cni-path", "string", model.DEFAULT_CNI_PATH, "Path to CNI config."),
     Flag(
         "compatibility",
         "string",
@@ -102,14 +93,14 @@ ROOT_FLAGS = (
     Flag(
         "encapsulate",
         "string",
-        Encapsulation.ALWAYS.value,
+        model.Encapsulation.ALWAYS.value,
         "When should Kilo encapsulate packets within a location? "
         f"Possible values: {ENCAPSULATIONS}",
     ),
     Flag(
         "mesh-granularity",
         "string",
-        Granularity.LOCATION.value,
+        model.Granularity.LOCATION.value,
         f"The granularity of the network mesh to create. Possible values: {GRANULARITIES}",
     ),
     Flag("kubeconfig", "string", "", "Path to kubeconfig."),
@@ -117,7 +108,7 @@ ROOT_FLAGS = (
     Flag(
         "interface",
         "string",
-        DEFAULT_INTERFACE,
+        model.DEFAULT_INTERFACE,
         "Name of the Kilo interface to use; if it does not exist, it will be created.",
     ),
     Flag(
@@ -140,10 +131,12 @@ ROOT_FLAGS = (
     Flag(
         "topology-label",
         "string",
-        DEFAULT_TOPOLOGY_LABEL,
+        model.DEFAULT_TOPOLOGY_LABEL,
         "Kubernetes node label used to group nodes into logical locations.",
     ),
-    Flag("port", "int", DEFAULT_PORT, "The port over which WireGuard peers should communicate."),
+    Flag(
+        "port", "int", model.DEFAULT_PORT, "The port over which WireGuard peers should communicate."
+    ),
     Flag(
         "service-cidr",
         "strings",
@@ -161,7 +154,7 @@ ROOT_FLAGS = (
     Flag(
         "subnet",
         "string",
-        DEFAULT_SUBNET,
+        model.DEFAULT_SUBNET,
         "CIDR from which to allocate addresses for WireGuard interfaces.",
     ),
     Flag(
@@ -285,7 +278,7 @@ def read(argv: Sequence[str], *, hostname_fallback: Callable[[], str | None]) ->
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "backend": (BACKEND_KUBERNETES,),
-    "compatibility": (Compatibility.FLANNEL.value, Compatibility.CILIUM.value),
+    "compatibility": (model.Compatibility.FLANNEL.value, model.Compatibility.CILIUM.value),
     "encapsulate": tuple(ENCAPSULATIONS.split(", ")),
     "log-level": tuple(level.value for level in LogLevel),
     "mesh-granularity": tuple(GRANULARITIES.split(", ")),

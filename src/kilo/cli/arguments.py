@@ -116,6 +116,20 @@ def go_bool(flag: str) -> Value[bool]:
     return Value(go_value(flag, gosyntax.parse_bool), choices=("true", "false"))
 
 
+def add_go_bool(parser: argparse.ArgumentParser, flag: str, *, default: bool, help: str) -> None:
+    """Register the pflag bool flag ``flag`` (see :func:`go_bool`); its help ends with its
+    default, as pflag prints it."""
+    parser.add_argument(
+        flag,
+        type=go_bool(flag),
+        nargs="?",
+        const=True,
+        default=default,
+        metavar="BOOL",
+        help=f"{help} (default: {str(default).lower()})",
+    )
+
+
 def explicit_bools(argv: Sequence[str], bools: Collection[str]) -> list[str]:
     """``argv`` with each bare bool flag of ``bools`` written ``--flag=true``, so that
     argparse reads the flags as pflag does (up to a ``--``)."""

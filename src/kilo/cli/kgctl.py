@@ -1,8 +1,12 @@
 """``kgctl``: inspect a Kilo mesh (graph, WireGuard configs, what a node would program).
 
-Composition root: reads the cluster through a backend, hands plain values to the pure core
-and prints what it returns. Exit status: 0 on success, 1 when the command fails, 2 when
-the command line is wrong.
+Composition root: this module is kgctl's command line (every command's flags, their
+pflag-compatible value types, shell completion of the tree) and ``main``; the commands
+themselves, which read the cluster through a backend, hand plain values to the pure core
+and print what it returns, are :mod:`kilo.cli.commands`. Exit status: 0 on success, 1 when
+the command fails, 2 when the command line is wrong. It is over 500 lines because the
+command tree is one concept, read top to bottom as cobra declares it (``kgctl --help``
+and the completion scripts are generated from this one tree); its parts are small.
 """
 
 from __future__ import annotations
@@ -10,38 +14,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from kilo import __version__, completion
-from kilo.adapters import file as file_backend
-from kilo.adapters import kubeconfig, kubernetes
-from kilo.cli import arguments, connect
-from kilo.errors import BackendError, KiloError
-from kilo.mesh import cluster as cluster_mod
-from kilo.mesh import gosyntax, graph, ip, listing, peerspec, plan, topology, wireguard
-from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES, Cluster
-from kilo.mesh.ip import IPNetwork
+from kilo.cli import arguments, commands, connect
+from kilo.cli.arguments import quote
+from kilo.errors import KiloError
+from kilo.mesh import gosyntax, ip
+from kilo.mesh.cluster import AUTO, GRANULARITY_CHOICES
 from kilo.mesh.model import (
+    DEFAULT_CNI_PATH,
     DEFAULT_PORT,
     DEFAULT_TOPOLOGY_LABEL,
     Compatibility,
     Encapsulation,
-    Granularity,
     ready_nodes,
     ready_peers,
 )
 from kilo.mesh.text import printable
 
-PROG = "kgctl"
+PROG = commands.PROG
+PRIVATE_PLACEHOLDER = "<private>"
 BACKENDS = ("kubernetes", "file")
 OUTPUTS = ("wireguard", "yaml", "json")
-PRIVATE_PLACEHOLDER = "<private>"
 
 EPILOG = """\
 exit status:
@@ -50,15 +48,6 @@ exit status:
   1  the command failed (unreadable dump, unknown node or peer, no ready node, ...)
   2  the command line is wrong (unknown flag, bad flag value, missing argument)
 """
-
-
-def _q(text: str) -> str:
-    """Quote like Go's %q, which Kilo's messages use."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-class UsageError(Exception):
-    """A command-line mistake: exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +61,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise commands.UsageError(message)
 
 
 def _port(text: str) -> int:
@@ -106,7 +95,7 @@ def _cidr_list(what: str, *, masked: bool) -> Callable[[str], list[str]]:
             parsed = ip.parse_network(item) if masked else ip.parse_interface(item)
             if parsed is None:
                 raise argparse.ArgumentTypeError(
-                    f"{what} must contain only valid CIDRs; got {_q(item)}"
+                    f"{what} must contain only valid CIDRs; got {quote(item)}"
                 )
             result.append(str(parsed))
         return result
@@ -117,7 +106,7 @@ def _cidr_list(what: str, *, masked: bool) -> Callable[[str], list[str]]:
 def _subnet(text: str) -> str:
     parsed = ip.parse_network(text)
     if parsed is None:
-        raise argparse.ArgumentTypeError(f"failed to parse {_q(text)} as CIDR")
+        raise argparse.ArgumentTypeError(f"failed to parse {quote(text)} as CIDR")
     return str(parsed)
 
 
@@ -126,11 +115,11 @@ def _seconds(text: str) -> float:
         value = float(text.removesuffix("s"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {_q(text)}: not a number of seconds"
+            f"invalid duration {quote(text)}: not a number of seconds"
         ) from None
     if not 0 < value < 86400:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {_q(text)}: must be between 0 and 86400 s"
+            f"invalid duration {quote(text)}: must be between 0 and 86400 s"
         )
     return value
 
@@ -144,7 +133,7 @@ def _private_interface(text: str) -> str:
 def _check_plan(args: argparse.Namespace) -> str | None:
     if args.cni and not args.cni_path.strip():
         return (
-            f"invalid --cni-path {_q(args.cni_path)}: give the CNI configuration file, "
+            f"invalid --cni-path {quote(args.cni_path)}: give the CNI configuration file, "
             "or --cni=false"
         )
     return None
@@ -262,13 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", "-v", action="version", version=f"{PROG} version {__version__}"
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    graph_parser = commands.add_parser("graph", help="print the mesh as a Graphviz DOT graph")
+    graph_parser = subcommands.add_parser("graph", help="print the mesh as a Graphviz DOT graph")
     _global_options(graph_parser, suppress=True)
-    graph_parser.set_defaults(run=_run_graph)
+    graph_parser.set_defaults(run=commands.run_graph)
 
-    showconf = commands.add_parser(
+    showconf = subcommands.add_parser(
         "showconf", help="print the WireGuard configuration of a node or peer"
     )
     showconf.set_defaults(help_parser=showconf)
@@ -281,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("name", metavar="NAME", type=arguments.object_name(kind))
         _showconf_options(sub, kind=kind)
         _global_options(sub, suppress=True)
-        sub.set_defaults(run=_run_showconf)
+        sub.set_defaults(run=commands.run_showconf)
 
-    plan_parser = commands.add_parser(
+    plan_parser = subcommands.add_parser(
         "plan", help="print everything the agent on a node would program"
     )
     plan_parser.set_defaults(help_parser=plan_parser)
@@ -330,14 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--cni", True, "manage the CNI config"),
         ("--iptables-forward-rules", False, "add ACCEPT rules to FORWARD"),
     ):
-        plan_node.add_argument(
-            flag,
-            type=arguments.go_bool(flag),
-            nargs="?",
-            const=True,
-            default=default_value,
-            metavar="BOOL",
-            help=f"{text}, as the agent's flag (default: {str(default_value).lower()})",
+        arguments.add_go_bool(
+            plan_node, flag, default=default_value, help=f"{text}, as the agent's flag"
         )
     plan_node.add_argument(
         "--service-cidr",
@@ -350,13 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan_node.add_argument(
         "--cni-path",
         type=arguments.FILE,
-        default="/etc/cni/net.d/10-kilo.conflist",
+        default=DEFAULT_CNI_PATH,
         help="CNI conflist the agent manages",
     )
     _global_options(plan_node, suppress=True)
-    plan_node.set_defaults(run=_run_plan, check=_check_plan)
+    plan_node.set_defaults(run=commands.run_plan, check=_check_plan)
 
-    list_parser = commands.add_parser("list", help="list the nodes and peers of the mesh")
+    list_parser = subcommands.add_parser("list", help="list the nodes and peers of the mesh")
     list_parser.add_argument(
         "--output",
         "-o",
@@ -366,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="wide (more columns) or json (default: a table)",
     )
     _global_options(list_parser, suppress=True)
-    list_parser.set_defaults(run=_run_list)
+    list_parser.set_defaults(run=commands.run_list)
 
-    connect_parser = commands.add_parser(
+    connect_parser = subcommands.add_parser(
         "connect",
         help="join this Linux machine to the mesh as a Peer and keep it connected",
         description="Join this Linux machine to the mesh as the Kilo Peer NAME: create the "
@@ -377,12 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     connect.add_arguments(connect_parser)
     _global_options(connect_parser, suppress=True)
-    connect_parser.set_defaults(run=_run_connect, check=connect.check_arguments)
+    connect_parser.set_defaults(run=commands.run_connect, check=connect.check_arguments)
 
-    version = commands.add_parser("version", help="print the version")
-    version.set_defaults(run=_run_version)
+    version = subcommands.add_parser("version", help="print the version")
+    version.set_defaults(run=commands.run_version)
 
-    completion_parser = commands.add_parser(
+    completion_parser = subcommands.add_parser(
         "completion",
         help="print the shell completion script for bash, zsh, fish or powershell",
         description=f"Print the script that makes {PROG} complete its commands, flags and "
@@ -407,9 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
             help=completion.NO_DESCRIPTIONS_HELP,
         )
         _global_options(shell_parser, suppress=True)
-        shell_parser.set_defaults(run=_run_completion)
+        shell_parser.set_defaults(run=commands.run_completion)
 
-    help_parser = commands.add_parser("help", help="print the help of a command")
+    help_parser = subcommands.add_parser("help", help="print the help of a command")
     help_parser.add_argument(
         "topics",
         nargs="*",
@@ -417,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=arguments.Value(str, completes=completion.HELP_TOPICS),
         help="the command, e.g. showconf node",
     )
-    help_parser.set_defaults(run=_run_help, root_parser=parser)
+    help_parser.set_defaults(run=commands.run_help, root_parser=parser)
     return parser
 
 
@@ -461,13 +444,6 @@ Print the PowerShell completion script. To load it in this shell:
 and in every new shell: add that line to your PowerShell profile.
 """,
 }
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
 
 
 def completion_tree(
@@ -537,9 +513,9 @@ def _ready_names(kind: str, err: TextIO) -> completion.Dynamic:
         try:
             args = build_parser().parse_args([*given, "list"])
             args.timeout = min(args.timeout, COMPLETION_TIMEOUT)
-            ctx = _Context(args, io.StringIO(), io.StringIO())
+            ctx = commands.Context(args, io.StringIO(), io.StringIO())
             cluster = ctx.load()
-        except (UsageError, KiloError) as exc:
+        except (commands.UsageError, KiloError) as exc:
             print(f"[Error] {printable(str(exc))}", file=err)
             return []
         if kind == "node":
@@ -561,265 +537,6 @@ def _complete(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             break
     out.write(completion.answer(candidates, directive, descriptions=descriptions))
     print(f"Completion ended with directive: {completion.directive_name(directive)}", file=err)
-    return 0
-
-
-# --- running ------------------------------------------------------------------------------
-
-
-class _Context:
-    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
-        self.args = args
-        self.out = out
-        self.err = err
-
-    def warn(self, message: str) -> None:
-        print(f"{PROG}: warning: {message}", file=self.err)
-
-    def load(self) -> Cluster:
-        args = self.args
-        if args.backend == "file":
-            if not args.file:
-                raise UsageError(
-                    "--backend file needs --file PATH (a dump from "
-                    "'kubectl get nodes,peers.kilo.squat.ai -o yaml')"
-                )
-            dump = file_backend.read_dump(args.file)
-            for warning in dump.warnings:
-                self.warn(f"{args.file}: {warning}")
-            nodes, peers = dump.nodes, dump.peers
-        else:
-            nodes, peers = _read_live(args.kubeconfig, args.timeout)
-        cluster = cluster_mod.translate_cluster(
-            nodes, peers, topology_label=args.topology_label, port=args.port
-        )
-        for diagnostic in cluster.diagnostics:
-            self.warn(str(diagnostic))
-        return cluster
-
-    def now(self) -> int | None:
-        if self.args.backend == "file" and not self.args.respect_last_seen:
-            return None
-        return int(time.time())
-
-    def granularity(self, cluster: Cluster) -> Granularity:
-        chosen, warnings = cluster_mod.resolve_granularity(
-            self.args.mesh_granularity, cluster.nodes
-        )
-        for warning in warnings:
-            self.warn(warning)
-        return chosen
-
-    def subnet(self, cluster: Cluster) -> IPNetwork:
-        if self.args.subnet:
-            parsed = ip.parse_network(self.args.subnet)
-            assert parsed is not None
-            return parsed
-        chosen, warnings = cluster_mod.infer_subnet(cluster.nodes)
-        for warning in warnings:
-            self.warn(warning)
-        return chosen
-
-
-def _read_live(path: str | None, timeout: float) -> tuple[list[Any], list[Any]]:
-    """Nodes and Peers from the API server, all within ``timeout`` seconds.
-
-    Socket timeouts alone do not bound the whole exchange (a server can drip bytes, a
-    credential plugin can hang), so the work runs in a thread that is abandoned on time.
-    """
-    result: list[tuple[list[Any], list[Any]]] = []
-    failure: list[BaseException] = []
-    server: list[str] = ["the Kubernetes API server"]
-
-    def work() -> None:
-        try:
-            config = kubeconfig.load(path)
-            server[0] = str(config.cluster.server)
-            with kubernetes.ClusterReader(config, timeout=timeout) as reader:
-                result.append((reader.nodes(), reader.peers()))
-        except BaseException as exc:  # handed to the caller below
-            failure.append(exc)
-
-    thread = threading.Thread(target=work, name="kgctl-read", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise BackendError(f"{server[0]} did not answer within --timeout {timeout:g} s")
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-class _Mesh:
-    """The ready part of a cluster and the settings every view is built with."""
-
-    def __init__(self, ctx: _Context) -> None:
-        cluster = ctx.load()
-        self.cluster = cluster
-        self.granularity = ctx.granularity(cluster)
-        self.subnet = ctx.subnet(cluster)
-        self.nodes = ready_nodes(cluster.nodes, ctx.now())
-        self.peers = ready_peers(cluster.peers)
-        if not self.nodes:
-            raise KiloError("did not find any valid Kilo nodes in the cluster")
-
-    def topology(
-        self, hostname: str, *, port: int, keepalive: int, service_cidrs: Sequence[IPNetwork] = ()
-    ) -> topology.Topology:
-        return topology.build_topology(
-            self.nodes,
-            self.peers,
-            granularity=self.granularity,
-            hostname=hostname,
-            subnet=self.subnet,
-            port=port,
-            persistent_keepalive=keepalive,
-            service_cidrs=service_cidrs,
-        )
-
-
-def _run_completion(ctx: _Context) -> int:
-    descriptions = not ctx.args.no_descriptions
-    ctx.out.write(completion.script(ctx.args.shell, PROG, descriptions=descriptions))
-    return 0
-
-
-def _run_help(ctx: _Context) -> int:
-    topics = ctx.args.topics
-    parser: argparse.ArgumentParser = ctx.args.root_parser
-    for index, topic in enumerate(topics):
-        sub = _subparsers(parser).get(topic)
-        if sub is None:
-            if index == 0:
-                commands = ", ".join(_subparsers(parser))
-                raise UsageError(f"unknown help topic {_q(topic)}; the commands are: {commands}")
-            break  # as cobra: "help showconf x" is the help of showconf
-        parser = sub
-    parser.print_help(ctx.out)
-    return 0
-
-
-def _run_version(ctx: _Context) -> int:
-    print(f"{PROG} version {__version__}", file=ctx.out)
-    return 0
-
-
-def _run_connect(ctx: _Context) -> int:
-    return connect.run(ctx.args, ctx.out, ctx.err)
-
-
-def _run_list(ctx: _Context) -> int:
-    cluster = ctx.load()
-    now = int(time.time())
-    judge = ctx.now() is not None
-    ready = ready_nodes(cluster.nodes, now if judge else None)
-    t = None
-    if ready:
-        granularity = ctx.granularity(cluster)
-        t = topology.build_topology(
-            ready,
-            ready_peers(cluster.peers),
-            granularity=granularity,
-            hostname=ready[0].name,
-            subnet=ctx.subnet(cluster),
-        )
-    nodes, peers = listing.rows(cluster, t, now=now, judge_liveness=judge)
-    if ctx.args.output == "json":
-        ctx.out.write(listing.to_json(nodes, peers) + "\n")
-    else:
-        ctx.out.write(listing.to_text(nodes, peers, now=now, wide=ctx.args.output == "wide"))
-    return 0
-
-
-def _run_graph(ctx: _Context) -> int:
-    mesh = _Mesh(ctx)
-    # Any perspective gives the same graph; the first node by name keeps it deterministic.
-    t = mesh.topology(mesh.nodes[0].name, port=ctx.args.port, keepalive=0)
-    print(graph.dot(t), file=ctx.out)
-    return 0
-
-
-def _run_showconf(ctx: _Context) -> int:
-    args = ctx.args
-    if args.output != "wireguard" and not args.as_peer:
-        ctx.warn(f"--output {args.output} has no effect without --as-peer")
-    mesh = _Mesh(ctx)
-    extra = [ip.parse_network(c) for c in args.allowed_ips]
-    extra_ips = [c for c in extra if c is not None]
-    if args.kind == "node":
-        node = next((n for n in mesh.nodes if n.name == args.name), None)
-        if node is None:
-            raise KiloError(f"did not find any node named {_q(args.name)} in the cluster")
-        t = mesh.topology(node.name, port=args.port, keepalive=node.persistent_keepalive)
-        if all(s.key != node.key for s in t.segments) and all(
-            p.public_key != node.key for p in t.peers
-        ):
-            print(f"Node {_q(args.name)} is not a leader node", file=ctx.err)
-            return 0
-        if not args.as_peer:
-            ctx.out.write(wireguard.render(wireguard.node_config(t)))
-            return 0
-        as_peer = wireguard.location_as_peer(t)
-        assert as_peer is not None
-        return _print_as_peer(ctx, args.name, wireguard.with_extra_allowed_ips(as_peer, extra_ips))
-
-    peer = next((p for p in mesh.peers if p.name == args.name), None)
-    if peer is None:
-        raise KiloError(f"did not find any peer named {_q(args.name)} in the cluster")
-    t = mesh.topology(mesh.nodes[0].name, port=args.port, keepalive=peer.persistent_keepalive)
-    if not args.as_peer:
-        ctx.out.write(wireguard.render(wireguard.peer_config(t, peer.name)))
-        return 0
-    own = wireguard.WireGuardPeer(
-        name=peer.name,
-        public_key=peer.public_key,
-        allowed_ips=peer.allowed_ips,
-        endpoint=peer.endpoint,
-        persistent_keepalive=peer.persistent_keepalive,
-        preshared_key=peer.preshared_key,
-    )
-    return _print_as_peer(ctx, args.name, wireguard.with_extra_allowed_ips(own, extra_ips))
-
-
-def _print_as_peer(ctx: _Context, name: str, peer: wireguard.WireGuardPeer) -> int:
-    output = ctx.args.output
-    if output == "wireguard":
-        ctx.out.write(wireguard.render_peers([peer]))
-    elif output == "yaml":
-        ctx.out.write(peerspec.to_yaml(peerspec.peer_object(peer, name)))
-    else:
-        ctx.out.write(peerspec.to_json(peerspec.peer_object(peer, name)))
-    return 0
-
-
-def _run_plan(ctx: _Context) -> int:
-    args = ctx.args
-    mesh = _Mesh(ctx)
-    node = next((n for n in mesh.nodes if n.name == args.name), None)
-    if node is None:
-        known = mesh.cluster.node(args.name)
-        why = " (it is not ready: it needs an endpoint, a key and a pod CIDR)" if known else ""
-        raise KiloError(f"did not find any ready node named {_q(args.name)} in the cluster{why}")
-    port = node.endpoint.port if node.endpoint is not None and node.endpoint.port else args.port
-    service_cidrs = [c for c in (ip.parse_network(s) for s in args.service_cidr) if c is not None]
-    t = mesh.topology(
-        node.name, port=port, keepalive=node.persistent_keepalive, service_cidrs=service_cidrs
-    )
-    settings = plan.PlanSettings(
-        interface=args.interface,
-        private_interface=args.private_interface,
-        encapsulation=Encapsulation(args.encapsulate),
-        compatibility=Compatibility(args.compatibility),
-        local=args.local,
-        cni=args.cni,
-        iptables_forward_rules=args.iptables_forward_rules,
-        cni_path=args.cni_path,
-    )
-    node_plan = plan.plan_node(t, node, settings)
-    if args.output == "json":
-        ctx.out.write(plan.to_json(node_plan) + "\n")
-    else:
-        ctx.out.write(plan.to_text(node_plan))
     return 0
 
 
@@ -852,14 +569,14 @@ def main(
         check = getattr(args, "check", None)
         problem = check(args) if check is not None else None
         if problem:
-            raise UsageError(problem)
+            raise commands.UsageError(problem)
         if getattr(args, "run", None) is None:
             # Like Kilo's kgctl: a command group without its subcommand prints help.
             getattr(args, "help_parser", parser).print_help(out)
             return 0
-        result: int = args.run(_Context(args, out, err))
+        result: int = args.run(commands.Context(args, out, err))
         return result
-    except UsageError as exc:
+    except commands.UsageError as exc:
         print(f"{PROG}: {printable(str(exc))}", file=err)
         return 2
     except KiloError as exc:

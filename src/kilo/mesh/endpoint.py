@@ -7,7 +7,7 @@ adapter resolves it and builds a new endpoint with :meth:`Endpoint.resolved_to`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kilo.mesh import ip as ipmod
 from kilo.mesh.ip import IPAddress
@@ -47,7 +47,7 @@ class UDPAddr:
     zone: str = ""
 
     def __str__(self) -> str:
-        host = "" if self.ip is None else str(self.ip)
+        host = "" if self.ip is None else ipmod.text(self.ip)
         if self.zone:
             host = f"{host}%{self.zone}"
         if ":" in host:
@@ -89,6 +89,12 @@ class Endpoint:
 
     udp: UDPAddr | None = None
     addr: str = ""
+    # ``str(self)``, computed once: a large mesh's configs print each endpoint on every
+    # apply. Not part of the value (equality, hash, repr).
+    _text: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_text", self.string(dns_first=True))
 
     @classmethod
     def parse(cls, text: str) -> Endpoint | None:
@@ -162,7 +168,7 @@ class Endpoint:
         return self.addr
 
     def __str__(self) -> str:
-        return self.string(dns_first=True)
+        return self._text
 
 
 def endpoint_ready(endpoint: Endpoint | None) -> bool:

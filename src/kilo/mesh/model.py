@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from kilo.mesh.endpoint import Endpoint, UDPAddr, endpoint_ready
-from kilo.mesh.ip import IPInterface, IPNetwork
+from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork, host_interface, host_text, is_public
+from kilo.mesh.ip import text as ip_text
 from kilo.mesh.keys import ZERO_KEY, Key
 
 # A node is alive while it checked in less than this many seconds ago (2 x check-in period).
@@ -81,6 +82,30 @@ class Node:
     discovered_endpoints: Mapping[str, UDPAddr | None] | None = None
     allowed_location_ips: tuple[IPInterface, ...] = ()
     granularity: str = ""
+    # Derived from the fields above when the node is built: every topology reads them for
+    # every node, and an agent keeps its Nodes across events while a 5000-node mesh builds
+    # a topology on each apply. Not arguments, not part of the value (equality, hash, repr).
+    private_ip: IPAddress | None = field(default=None, init=False, repr=False, compare=False)
+    """The address of ``internal_ip``."""
+    private_host: IPInterface | None = field(default=None, init=False, repr=False, compare=False)
+    """``internal_ip``'s address as a one-address CIDR: the node's allowed IP."""
+    private_host_text: str = field(default="", init=False, repr=False, compare=False)
+    """``str(private_host)``."""
+    subnet_text: str = field(default="", init=False, repr=False, compare=False)
+    """``str(subnet)``."""
+    public_endpoint: bool = field(default=False, init=False, repr=False, compare=False)
+    """Whether the endpoint's IP is public (leader election's test, ``ip.is_public``)."""
+
+    def __post_init__(self) -> None:
+        if self.internal_ip is not None:
+            private_ip = self.internal_ip.ip
+            object.__setattr__(self, "private_ip", private_ip)
+            object.__setattr__(self, "private_host", host_interface(private_ip))
+            object.__setattr__(self, "private_host_text", host_text(private_ip))
+        if self.subnet is not None:
+            object.__setattr__(self, "subnet_text", ip_text(self.subnet))
+        if self.endpoint is not None:
+            object.__setattr__(self, "public_endpoint", is_public(self.endpoint.ip))
 
     def is_ready(self, now: int | None) -> bool:
         """Kilo's ``Node.Ready``: reachable, keyed, with a pod CIDR, and alive at ``now``."""

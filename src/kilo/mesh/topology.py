@@ -9,6 +9,7 @@ that does not fit (Kilo gives that segment an empty IP and fails only on the nex
 from __future__ import annotations
 
 import bisect
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +42,23 @@ class Segment:
     wireguard_ip: IPAddress
     allowed_ips: tuple[IPInterface | IPNetwork, ...]  # pod CIDR, internal /32 per node; WG /32
     allowed_location_ips: tuple[IPInterface, ...]
+    # The text of each allowed IP, as build_topology computed it once for the WireGuard
+    # config and the iptables rules, which print every one. Not part of the value.
+    _allowed_ips_text: tuple[str, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def leader_name(self) -> str:
         return self.hostnames[self.leader]
+
+    @property
+    def allowed_ips_text(self) -> tuple[str, ...]:
+        """``str()`` of each of :attr:`allowed_ips`."""
+        texts = self._allowed_ips_text
+        if texts is None:
+            texts = tuple([ipmod.text(a) for a in self.allowed_ips])
+        return texts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +119,43 @@ class Topology:
         return Endpoint.from_udp(self.discovered_endpoints[str(key)])
 
 
+# A 5000-node full mesh has 5000 segments. The dataclass's __init__ costs 2.5 us a segment
+# (keyword arguments, then one object.__setattr__ a field of a frozen class); filling the
+# slots directly costs a fraction and gives the same value (every field is set;
+# tests/unit/test_fast_values.py compares it with the constructor's).
+_new = object.__new__
+_SEGMENT_FIELDS = (
+    "location",
+    "hostnames",
+    "leader",
+    "endpoint",
+    "key",
+    "persistent_keepalive",
+    "cidrs",
+    "private_ips",
+    "cni_compat_ips",
+    "wireguard_ip",
+    "allowed_ips",
+    "allowed_location_ips",
+    "_allowed_ips_text",
+)
+(
+    _SET_LOCATION,
+    _SET_HOSTNAMES,
+    _SET_LEADER,
+    _SET_ENDPOINT,
+    _SET_KEY,
+    _SET_KEEPALIVE,
+    _SET_CIDRS,
+    _SET_PRIVATE_IPS,
+    _SET_CNI_COMPAT_IPS,
+    _SET_WIREGUARD_IP,
+    _SET_ALLOWED_IPS,
+    _SET_ALLOWED_LOCATION_IPS,
+    _SET_ALLOWED_IPS_TEXT,
+) = (Segment.__dict__[name].__set__ for name in _SEGMENT_FIELDS)
+
+
 def location_key(node: Node, granularity: Granularity | str) -> str:
     """The segment key of ``node``; an unknown granularity puts every node in one segment."""
     if granularity == Granularity.LOCATION:
@@ -136,17 +187,20 @@ def cross_locations(nodes: Iterable[Node]) -> dict[str, str]:
     return {NODE_PREFIX + node.name: cross_location(node) for node in nodes}
 
 
+_name = operator.attrgetter("name")
+
+
 def find_leader(nodes: Sequence[Node]) -> int:
     """Annotated and public > annotated > public > first by name."""
     leaders: list[int] = []
     public: list[int] = []
     for i, node in enumerate(nodes):
-        endpoint_ip = None if node.endpoint is None else node.endpoint.ip
+        public_endpoint = node.public_endpoint  # ip.is_public of its endpoint's IP
         if node.leader:
-            if ipmod.is_public(endpoint_ip):
+            if public_endpoint:
                 return i
             leaders.append(i)
-        if ipmod.is_public(endpoint_ip):
+        if public_endpoint:
             public.append(i)
     if leaders:
         return leaders[0]
@@ -187,7 +241,11 @@ def build_topology(
 
     groups: dict[str, list[Node]] = {}
     for node in by_name.values():
-        groups.setdefault(location_key(node, granularity), []).append(node)
+        group = groups.get(segment_key := location_key(node, granularity))
+        if group is None:
+            groups[segment_key] = [node]
+        else:
+            group.append(node)
 
     segment_keys = sorted(groups)
     capacity = address_capacity(subnet)
@@ -195,33 +253,32 @@ def build_topology(
         raise AddressPoolExhausted(str(subnet), len(segment_keys), capacity)
 
     is_leader = False
-    drafts: list[_SegmentDraft] = []
+    ordered: list[tuple[str, list[Node], int]] = []  # segment key, members by name, leader
     for location in segment_keys:
-        members = sorted(groups[location], key=lambda n: n.name)
+        members = groups[location]
+        if len(members) > 1:
+            members.sort(key=_name)
         leader = find_leader(members)
         if location == local_location and members[leader].name == hostname:
             is_leader = True
-        drafts.append(_SegmentDraft.of(location, members, leader))
+        ordered.append((location, members, leader))
 
     sorted_peers = _deduplicate_peers(sorted(peers, key=lambda p: p.name))
 
+    if any(node.allowed_location_ips for node in node_list):
+        segments = _filtered_segments(ordered, subnet, sorted_peers)
+    else:
+        segments = _SEGMENTS.segments(ordered, subnet)
+
     discovered: dict[str, UDPAddr | None] = dict(local.discovered_endpoints or {})
     wireguard_cidr: IPInterface = ipmod.parse_interface(str(subnet)) or _unreachable()
-    network = int(subnet.network_address)
-    alip_filter = None
-    if any(draft.allowed_location_ips for draft in drafts):
-        alip_filter = _AllowedLocationIPFilter(drafts, sorted_peers)
-    for index, draft in enumerate(drafts):
-        wireguard_ip = _address(subnet, network + index + 1)
-        draft.wireguard_ip = wireguard_ip
-        draft.allowed_ips.append(ipmod.host_interface(wireguard_ip))
-        if is_leader and draft.location == local_location:
-            wireguard_cidr = _interface(wireguard_ip, subnet.prefixlen)
-        for member in draft.members:
-            for peer_key, address in (member.discovered_endpoints or {}).items():
-                discovered.setdefault(peer_key, address)
-        if alip_filter is not None:
-            draft.allowed_location_ips = alip_filter.filter(index)
+    for segment, (location, members, _) in zip(segments, ordered, strict=True):
+        if is_leader and location == local_location:
+            wireguard_cidr = _interface(segment.wireguard_ip, subnet.prefixlen)
+        for member in members:
+            if member.discovered_endpoints:
+                for peer_key, address in member.discovered_endpoints.items():
+                    discovered.setdefault(peer_key, address)
 
     return Topology(
         hostname=hostname,
@@ -236,12 +293,79 @@ def build_topology(
         kilo_subnet=subnet,
         wireguard_cidr=wireguard_cidr,
         service_cidrs=tuple(service_cidrs),
-        segments=tuple(d.freeze() for d in drafts),
+        segments=segments,
         peers=tuple(sorted_peers),
         discovered_endpoints=discovered,
         # Segments, leaders and WireGuard IPs of a cross mesh are the full mesh's (#328).
         node_locations=cross_locations(node_list) if granularity == Granularity.CROSS else {},
     )
+
+
+def _filtered_segments(
+    ordered: Sequence[tuple[str, list[Node], int]], subnet: IPNetwork, peers: Sequence[Peer]
+) -> tuple[Segment, ...]:
+    """The segments, WireGuard IPs allocated and allowed-location IPs filtered in Kilo's
+    order: segment ``k`` is filtered once it has its WireGuard IP (see the filter)."""
+    drafts = [_SegmentDraft.of(location, members, leader) for location, members, leader in ordered]
+    alip_filter = _AllowedLocationIPFilter(drafts, peers)
+    network = int(subnet.network_address)
+    for index, draft in enumerate(drafts):
+        draft.add_wireguard_ip(_address(subnet, network + index + 1))
+        draft.allowed_location_ips = alip_filter.filter(index)
+    return tuple([d.freeze() for d in drafts])
+
+
+class _SegmentMemo:
+    """The previous topology's segments, reused while their nodes are the same objects.
+
+    A segment is a function of its nodes (values that never change) and of its WireGuard
+    IP, i.e. of its place in the sorted segment keys; without allowed-location IPs (whose
+    filter looks across segments) nothing else. An agent keeps the Nodes it already
+    translated from one event to the next, so most segments of a large mesh come back
+    unchanged, and rebuilding them was most of a 5000-node topology: the previous
+    segment is handed out again when its members are the very same Node objects (``is``,
+    so never a stale value), its leader is the same member and its IP is the same. Only
+    the last build is kept: at most one topology's segments and the Nodes they came from.
+    """
+
+    def __init__(self) -> None:
+        # segment key -> (members, leader, IP version, WireGuard IP as an integer, segment)
+        self._previous: dict[str, tuple[list[Node], int, int, int, Segment]] = {}
+
+    def segments(
+        self, ordered: Sequence[tuple[str, list[Node], int]], subnet: IPNetwork
+    ) -> tuple[Segment, ...]:
+        previous = self._previous
+        current: dict[str, tuple[list[Node], int, int, int, Segment]] = {}
+        segments: list[Segment] = []
+        version = subnet.version
+        network = int(subnet.network_address)
+        for index, (location, members, leader) in enumerate(ordered):
+            value = network + index + 1
+            entry = previous.get(location)
+            if (
+                entry is not None
+                and entry[3] == value
+                and entry[2] == version
+                and entry[1] == leader
+                and _same_nodes(entry[0], members)
+            ):
+                segment = entry[4]
+            else:
+                draft = _SegmentDraft.of(location, members, leader)
+                draft.add_wireguard_ip(_address(subnet, value))
+                segment = draft.freeze()
+            current[location] = (members, leader, version, value, segment)
+            segments.append(segment)
+        self._previous = current
+        return tuple(segments)
+
+
+def _same_nodes(a: Sequence[Node], b: Sequence[Node]) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+_SEGMENTS = _SegmentMemo()
 
 
 def _unreachable() -> IPInterface:
@@ -266,6 +390,7 @@ class _SegmentDraft:
     members: list[Node]
     leader: int
     allowed_ips: list[IPInterface | IPNetwork]
+    allowed_ips_text: list[str]
     private_ips: list[IPAddress]
     allowed_location_ips: list[IPInterface]
     wireguard_ip: IPAddress | None = None
@@ -273,39 +398,68 @@ class _SegmentDraft:
     @classmethod
     def of(cls, location: str, members: list[Node], leader: int) -> _SegmentDraft:
         allowed_ips: list[IPInterface | IPNetwork] = []
+        allowed_ips_text: list[str] = []
         private_ips: list[IPAddress] = []
-        seen: set[str] = set()
         allowed_location_ips: list[IPInterface] = []
+        # The node's own derived values (model.Node), computed once when it was built.
         for node in members:
             if node.subnet is not None:
                 allowed_ips.append(node.subnet)
-            if node.internal_ip is not None:
-                allowed_ips.append(ipmod.host_interface(node.internal_ip.ip))
-                private_ips.append(node.internal_ip.ip)
-            for alip in node.allowed_location_ips:
-                if str(alip) not in seen:
-                    seen.add(str(alip))
-                    allowed_location_ips.append(alip)
-        allowed_location_ips.sort(key=str)
-        return cls(location, members, leader, allowed_ips, private_ips, allowed_location_ips)
+                allowed_ips_text.append(node.subnet_text)
+            private = node.private_ip
+            if private is not None:
+                assert node.private_host is not None
+                allowed_ips.append(node.private_host)
+                allowed_ips_text.append(node.private_host_text)
+                private_ips.append(private)
+            if node.allowed_location_ips:
+                allowed_location_ips.extend(node.allowed_location_ips)
+        if len(allowed_location_ips) > 1:
+            allowed_location_ips = _unique_sorted(allowed_location_ips)
+        return cls(
+            location,
+            members,
+            leader,
+            allowed_ips,
+            allowed_ips_text,
+            private_ips,
+            allowed_location_ips,
+        )
+
+    def add_wireguard_ip(self, wireguard_ip: IPAddress) -> None:
+        """Allocate ``wireguard_ip`` to the segment: its ``/32`` becomes an allowed IP."""
+        self.wireguard_ip = wireguard_ip
+        self.allowed_ips.append(ipmod.host_interface(wireguard_ip))
+        self.allowed_ips_text.append(ipmod.host_text(wireguard_ip))
 
     def freeze(self) -> Segment:
-        leader = self.members[self.leader]
+        """The segment, built as ``Segment(...)`` would (see ``_SEGMENT_FIELDS``)."""
+        members = self.members
+        leader = members[self.leader]
         assert self.wireguard_ip is not None
-        return Segment(
-            location=self.location,
-            hostnames=tuple(n.name for n in self.members),
-            leader=self.leader,
-            endpoint=leader.endpoint,
-            key=leader.key,
-            persistent_keepalive=leader.persistent_keepalive,
-            cidrs=tuple(n.subnet for n in self.members if n.subnet is not None),
-            private_ips=tuple(self.private_ips),
-            cni_compat_ips=tuple(n.cni_compatibility_ip for n in self.members),
-            wireguard_ip=self.wireguard_ip,
-            allowed_ips=tuple(self.allowed_ips),
-            allowed_location_ips=tuple(self.allowed_location_ips),
-        )
+        segment = _new(Segment)
+        _SET_LOCATION(segment, self.location)
+        _SET_HOSTNAMES(segment, tuple([n.name for n in members]))
+        _SET_LEADER(segment, self.leader)
+        _SET_ENDPOINT(segment, leader.endpoint)
+        _SET_KEY(segment, leader.key)
+        _SET_KEEPALIVE(segment, leader.persistent_keepalive)
+        _SET_CIDRS(segment, tuple([n.subnet for n in members if n.subnet is not None]))
+        _SET_PRIVATE_IPS(segment, tuple(self.private_ips))
+        _SET_CNI_COMPAT_IPS(segment, tuple([n.cni_compatibility_ip for n in members]))
+        _SET_WIREGUARD_IP(segment, self.wireguard_ip)
+        _SET_ALLOWED_IPS(segment, tuple(self.allowed_ips))
+        _SET_ALLOWED_LOCATION_IPS(segment, tuple(self.allowed_location_ips))
+        _SET_ALLOWED_IPS_TEXT(segment, tuple(self.allowed_ips_text))
+        return segment
+
+
+def _unique_sorted(cidrs: list[IPInterface]) -> list[IPInterface]:
+    """The first of each CIDR text, sorted by that text (Kilo sorts CIDRs as strings)."""
+    by_text: dict[str, IPInterface] = {}
+    for cidr in cidrs:
+        by_text.setdefault(ipmod.text(cidr), cidr)
+    return [by_text[text] for text in sorted(by_text)]
 
 
 class _AllowedLocationIPFilter:
@@ -340,8 +494,9 @@ class _AllowedLocationIPFilter:
         if not spans:
             return []
         # The segment's own allowed-location IPs do not count against it: they are
-        # subtracted from the counts of the (global) index.
-        own = _CidrIndex(spans)
+        # subtracted from the counts of the (global) index. One of them (the usual case)
+        # lies within its own range and its network contains its own address: 1 and 1.
+        own = _CidrIndex(spans) if len(spans) > 1 else None
         kept: list[IPInterface] = []
         dropped: list[_Span] = []
         for alip, span in zip(draft.allowed_location_ips, spans, strict=True):
@@ -353,14 +508,16 @@ class _AllowedLocationIPFilter:
             self._location_ips.remove(span)
         return kept
 
-    def _clashes(self, span: _Span, own: _CidrIndex) -> bool:
+    def _clashes(self, span: _Span, own: _CidrIndex | None) -> bool:
         version, host_bits, address = span
         first = address >> host_bits << host_bits
         last = first | ((1 << host_bits) - 1)
         # It intersects another segment's allowed-location IP.
-        if self._location_ips.within(version, first, last) > own.within(version, first, last):
+        own_within = 1 if own is None else own.within(version, first, last)
+        if self._location_ips.within(version, first, last) > own_within:
             return True
-        if self._location_ips.containing(version, address) > own.containing(version, address):
+        own_containing = 1 if own is None else own.containing(version, address)
+        if self._location_ips.containing(version, address) > own_containing:
             return True
         # An allowed IP of any segment, its own included, contains its address.
         if self._allowed_ips.containing(version, address):

@@ -8,10 +8,11 @@ The text is byte-exact with Kilo's renderer, so ``wg setconf`` and existing scri
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.ip import IPInterface, IPNetwork
+from kilo.mesh.ip import text as ip_text
 from kilo.mesh.keys import Key
 from kilo.mesh.model import wireguard_keepalive
 from kilo.mesh.topology import Topology
@@ -27,6 +28,19 @@ class WireGuardPeer:
     persistent_keepalive: int = 0
     preshared_key: Key | None = None
     name: str = ""  # what this peer stands for (a segment key or a Peer name); not rendered
+    # The text of each allowed IP when node_config had it at hand (a segment's); rendering
+    # prints every one. Not part of the value.
+    _allowed_ips_text: tuple[str, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def allowed_ips_text(self) -> tuple[str, ...]:
+        """``str()`` of each of :attr:`allowed_ips`."""
+        texts = self._allowed_ips_text
+        if texts is None:
+            texts = tuple([ip_text(a) for a in self.allowed_ips])
+        return texts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,15 +58,66 @@ class WireGuardConfig:
         return None
 
 
+# One peer a segment: 5000 in a 5000-node full mesh. The dataclass's __init__ costs 1.5 us
+# a peer (keyword arguments, then one object.__setattr__ a field of a frozen class); filling
+# the slots directly costs a third of that and gives the same value (every field is set;
+# tests/unit/test_fast_values.py compares it with the constructor's).
+_new = object.__new__
+_PEER_FIELDS = (
+    "public_key",
+    "allowed_ips",
+    "endpoint",
+    "persistent_keepalive",
+    "preshared_key",
+    "name",
+    "_allowed_ips_text",
+)
+(
+    _SET_PUBLIC_KEY,
+    _SET_ALLOWED_IPS,
+    _SET_ENDPOINT,
+    _SET_KEEPALIVE,
+    _SET_PSK,
+    _SET_NAME,
+    _SET_ALLOWED_IPS_TEXT,
+) = (WireGuardPeer.__dict__[name].__set__ for name in _PEER_FIELDS)
+
+
+def _make_peer(
+    name: str,
+    public_key: Key,
+    allowed_ips: tuple[AllowedIP, ...],
+    endpoint: Endpoint | None,
+    persistent_keepalive: int,
+    *,
+    allowed_ips_text: tuple[str, ...] | None,
+) -> WireGuardPeer:
+    """``WireGuardPeer(...)`` without a preshared key, faster; ``allowed_ips_text``, if
+    given, is the text of each of ``allowed_ips``."""
+    peer = _new(WireGuardPeer)
+    _SET_PUBLIC_KEY(peer, public_key)
+    _SET_ALLOWED_IPS(peer, allowed_ips)
+    _SET_ENDPOINT(peer, endpoint)
+    _SET_KEEPALIVE(peer, persistent_keepalive)
+    _SET_PSK(peer, None)
+    _SET_NAME(peer, name)
+    _SET_ALLOWED_IPS_TEXT(peer, allowed_ips_text)
+    return peer
+
+
 def node_config(t: Topology) -> WireGuardConfig:
     """Kilo's ``Conf``: the config of the local (leader) node's own device."""
+    keepalive = t.persistent_keepalive
+    update = t.update_endpoint
     peers = [
-        WireGuardPeer(
-            name=s.location,
-            allowed_ips=s.allowed_ips + s.allowed_location_ips,
-            persistent_keepalive=t.persistent_keepalive,
-            public_key=s.key,
-            endpoint=t.update_endpoint(s.endpoint, s.key, s.persistent_keepalive),
+        _make_peer(
+            s.location,
+            s.key,
+            s.allowed_ips + s.allowed_location_ips,
+            update(s.endpoint, s.key, s.persistent_keepalive),
+            keepalive,
+            allowed_ips_text=s.allowed_ips_text
+            + tuple([ip_text(a) for a in s.allowed_location_ips]),
         )
         for s in t.segments
         # In a cross mesh the nodes of the own location are reached over the underlay.
@@ -134,34 +199,34 @@ def with_extra_allowed_ips(peer: WireGuardPeer, extra: Iterable[AllowedIP]) -> W
 
 
 def render(config: WireGuardConfig) -> str:
-    """The INI text of ``config``, byte-exact with Kilo's ``Conf.Bytes``."""
-    lines: list[str] = []
+    """The INI text of ``config``, byte-exact with Kilo's ``Conf.Bytes``.
+
+    Sections are separated by an empty line: each section's lines end with a newline, and
+    the sections are joined with one more.
+    """
+    sections = [_render_peer(peer) for peer in config.peers]
     if config.private_key is not None:
-        lines.append("[Interface]")
+        interface = "[Interface]\n"
         if not config.private_key.is_zero:
-            lines.append(f"PrivateKey = {config.private_key}")
-        lines.append(f"ListenPort = {config.listen_port}")
-    for i, peer in enumerate(config.peers):
-        if i > 0 or config.private_key is not None:
-            lines.append("")
-        lines.extend(_render_peer(peer))
-    return "".join(line + "\n" for line in lines)
+            interface += f"PrivateKey = {config.private_key}\n"
+        sections.insert(0, interface + f"ListenPort = {config.listen_port}\n")
+    return "\n".join(sections)
 
 
 def render_peers(peers: Sequence[WireGuardPeer]) -> str:
     return render(WireGuardConfig(peers=tuple(peers)))
 
 
-def _render_peer(peer: WireGuardPeer) -> list[str]:
-    lines = ["[Peer]"]
+def _render_peer(peer: WireGuardPeer) -> str:
+    text = "[Peer]\n"
     if peer.allowed_ips:
-        lines.append("AllowedIPs = " + ", ".join(str(a) for a in peer.allowed_ips))
+        text += "AllowedIPs = " + ", ".join(peer.allowed_ips_text) + "\n"
     endpoint = "" if peer.endpoint is None else str(peer.endpoint)
     if endpoint:
-        lines.append(f"Endpoint = {endpoint}")
-    lines.append(f"PersistentKeepalive = {wireguard_keepalive(peer.persistent_keepalive)}")
+        text += f"Endpoint = {endpoint}\n"
+    text += f"PersistentKeepalive = {wireguard_keepalive(peer.persistent_keepalive)}\n"
     if peer.preshared_key is not None and not peer.preshared_key.is_zero:
-        lines.append(f"PresharedKey = {peer.preshared_key}")
+        text += f"PresharedKey = {peer.preshared_key}\n"
     if not peer.public_key.is_zero:
-        lines.append(f"PublicKey = {peer.public_key}")
-    return lines
+        text += f"PublicKey = {peer.public_key}\n"
+    return text

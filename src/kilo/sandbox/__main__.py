@@ -102,6 +102,19 @@ def parser() -> argparse.ArgumentParser:
         default="location",
         help="the mesh granularity of every kg (default location: one leader per location)",
     )
+    up.add_argument(
+        "--kernel",
+        action="store_true",
+        help="run the nodes in a virtual machine with Debian's kernel (QEMU, emulated; "
+        "about 10 minutes): kernel WireGuard and IPIP, Kilo's defaults",
+    )
+    # Inside that virtual machine (not for users): up against the host's control plane,
+    # then answer status requests.
+    guest = sub.add_parser("guest", parents=[common])
+    guest.add_argument("--attached-plane", type=Path, required=True)
+    guest.add_argument("--locations", type=_count(1, len(commands.CLOUDS)), default=2)
+    guest.add_argument("--nodes", type=_count(1, commands.MAX_NODES), default=2)
+    guest.add_argument("--granularity", choices=commands.GRANULARITIES, default="location")
     sub.add_parser(
         "status",
         parents=[common],
@@ -126,8 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 locations=args.locations,
                 nodes=args.nodes,
                 granularity=args.granularity,
+                kernel=args.kernel,
             )
             return commands.up(options, out, err)
+        if args.command == "guest":
+            options = commands.UpOptions(
+                directory=args.dir,
+                locations=args.locations,
+                nodes=args.nodes,
+                granularity=args.granularity,
+                attached_plane=args.attached_plane,
+            )
+            return commands.guest(options, args.attached_plane.parent)
         if args.command == "status":
             return commands.status(args.dir, out, err)
         return commands.down(args.dir, out, err)

@@ -8,6 +8,14 @@ reachability with real packets. Every process it starts is in a session of its o
 sandbox keeps running after ``up`` returns; ``<dir>/state.json`` records its namespaces,
 processes, machines and pods for ``status`` and ``down``.
 
+``up --kernel`` runs the same inside a virtual machine with Debian's kernel
+(:mod:`kilo.sandbox.vm`), so that every node gets Kilo's default data plane, kernel
+WireGuard that ``kg`` creates and IPIP inside each location, which this host's kernel
+cannot run: the host keeps etcd and kube-apiserver (and the kubeconfig works from here),
+the guest runs ``kilo-sandbox guest`` (``up`` against that control plane, then it answers
+``status`` through the directory it shares with the host), and ``down`` kills QEMU with
+everything else.
+
 ``down`` never depends on the state file alone: every namespace and the host link carry the
 prefix derived from the directory (:func:`kilo.sandbox.state.prefix_for`), so it also
 removes what a crashed ``up`` left. It only ever deletes the files a sandbox writes in its
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -25,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +44,10 @@ from kilo.adapters.kubernetes import RESOURCES
 from kilo.errors import KiloError, SandboxError
 from kilo.mesh import translate
 from kilo.mesh.model import DEFAULT_SUBNET
-from kilo.sandbox import prerequisites, report, state, testbed
+from kilo.sandbox import prerequisites, report, state, testbed, vm
 from kilo.sandbox.controlplane import build_binaries, cached_binaries
+from kilo.sandbox.guest import GuestCommand, Kernel, fetch_kernel
+from kilo.sandbox.guest import missing as guest_missing
 from kilo.sandbox.progress import Progress
 from kilo.sandbox.testbed import Location, Testbed
 
@@ -55,12 +67,26 @@ STATUS_REACH_TIMEOUT = 10.0
 PING_WORKERS = 8
 
 
+# Under emulation everything takes longer (the guest of up --kernel).
+VM_SLOWDOWN = 5.0
+VM_UP_TIMEOUT = 1800.0
+VM_STATUS_TIMEOUT = 300.0
+UP_RESULT = "up.json"
+UP_LOG = "up.log"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpOptions:
     directory: Path
     locations: int = 2
     nodes: int = 2
     granularity: str = "location"
+    kernel: bool = False  # the nodes in a virtual machine with Debian's kernel
+    attached_plane: Path | None = None  # inside that VM: the host's control plane
+
+    @property
+    def slowdown(self) -> float:
+        return VM_SLOWDOWN if self.attached_plane is not None else 1.0
 
 
 class Sandbox:
@@ -271,13 +297,19 @@ def _check_prerequisites(subject: str, *, binaries_built: bool = True) -> str | 
 
 
 def _locations(options: UpOptions) -> list[Location]:
-    clouds = [Location(name, nodes=options.nodes) for name in CLOUDS[: options.locations]]
+    # On a kernel with WireGuard (the VM of up --kernel), kg creates it, as by default.
+    wireguard = "kernel" if options.attached_plane is not None else "userspace"
+    clouds = [
+        Location(name, nodes=options.nodes, wireguard=wireguard)
+        for name in CLOUDS[: options.locations]
+    ]
     office = Location(
         NAT_SITE,
         nodes=options.nodes,
         nat=True,
         # Behind NAT only the office can open the tunnels; keepalives keep them open.
         annotations={translate.PERSISTENT_KEEPALIVE: str(KEEPALIVE)},
+        wireguard=wireguard,
     )
     return [*clouds, office]
 
@@ -291,7 +323,7 @@ def _agents_healthy(bed: Testbed) -> bool:
     return all(HEALTHY in bed.agent_log(node) for node in bed.nodes)
 
 
-def _connect_peer(bed: Testbed, kubeconfig: Path) -> None:
+def _connect_peer(bed: Testbed, kubeconfig: Path, *, timeout: float = 60) -> None:
     """The laptop joins as a Peer the way a user's machine would: a key pair, the Peer
     object, then ``kgctl showconf peer`` into ``wg setconf`` and routes to the mesh."""
     bed.add_laptop(PEER)
@@ -318,7 +350,7 @@ def _connect_peer(bed: Testbed, kubeconfig: Path) -> None:
     def leaders_know_the_peer() -> bool:
         return all(public in (wg_dump(holders[leader]) or "") for leader in leaders)
 
-    _wait(leaders_know_the_peer, timeout=60, what="the leaders did not add the VPN peer")
+    _wait(leaders_know_the_peer, timeout=timeout, what="the leaders did not add the VPN peer")
     config = kgctl(kubeconfig, "showconf", "peer", PEER)
     bed.path(PEER, f"/var/run/wireguard/{PEER}.conf").write_text(config)
     key = bed.path(PEER, f"/var/run/wireguard/{PEER}.key")
@@ -429,9 +461,13 @@ def _summary(box: Sandbox, current: state.State, listing: Mapping[str, Any]) -> 
 
 
 def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
+    if options.kernel:
+        return _up_in_vm(options, out, err)
     box = Sandbox(options.directory)
-    cached = cached_binaries()
-    problem = _check_prerequisites("kilo-sandbox up", binaries_built=cached is not None)
+    # Inside the VM of up --kernel the control plane runs on the host.
+    attached = options.attached_plane is not None
+    cached = None if attached else cached_binaries()
+    problem = _check_prerequisites("kilo-sandbox up", binaries_built=attached or cached is not None)
     if problem is not None:
         err.write(problem + "\n")
         return 1
@@ -449,7 +485,10 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
         err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
         return 1
     progress = Progress(err)
-    if cached is not None:
+    binaries: Path | None
+    if attached:
+        binaries = None
+    elif cached is not None:
         binaries = cached
         err.write(f"etcd and kube-apiserver: {binaries}/bin (built already)\n")
     else:
@@ -459,7 +498,17 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
         ) as step:
             binaries = build_binaries(on_progress=step.note)
     locations = _locations(options)
-    bed = Testbed(locations, binaries=binaries, prefix=box.prefix, workdir=box.workdir, owned=False)
+    slow = options.slowdown
+    bed = Testbed(
+        locations,
+        binaries=binaries,
+        prefix=box.prefix,
+        workdir=box.workdir,
+        owned=False,
+        attached_plane=options.attached_plane,
+        # IPIP (Kilo's default) needs the ipip module: only in the VM.
+        encapsulate=None if options.attached_plane is not None else "never",
+    )
     count = sum(loc.nodes for loc in locations)
     granularity = options.granularity
     try:
@@ -480,21 +529,21 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
             box.save(_snapshot(box, bed, granularity))
             _wait(
                 lambda: _agents_healthy(bed),
-                timeout=AGENTS_TIMEOUT,
+                timeout=AGENTS_TIMEOUT * slow,
                 what="not every kg became healthy",
             )
         with progress.step("adding a pod to each node (the bridge and host-local CNI plugins)"):
             for node in bed.nodes:
-                bed.add_pod(node, f"pod-{node}", timeout=AGENTS_TIMEOUT)
+                bed.add_pod(node, f"pod-{node}", timeout=AGENTS_TIMEOUT * slow)
             box.save(_snapshot(box, bed, granularity))
         with progress.step(f"connecting the VPN peer {PEER} (kgctl showconf peer, wg setconf)"):
-            _connect_peer(bed, box.kubeconfig)
+            _connect_peer(bed, box.kubeconfig, timeout=60 * slow)
             current = _snapshot(box, bed, granularity)
             box.save(current)
         with progress.step("waiting for the mesh to converge"):
             _wait(
                 lambda: report.converged(_listing(box.kubeconfig), _peer_counts(current)),
-                timeout=CONVERGE_TIMEOUT,
+                timeout=CONVERGE_TIMEOUT * slow,
                 what="the mesh did not converge (nodes, leaders or WireGuard peers)",
                 interval=1.0,
             )
@@ -505,7 +554,7 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
             "measuring reachability with real packets (the NATed office learns the VPN "
             "peer's address at the next check-in: up to 30 s)"
         ):
-            reached = measure(targets(current), timeout=REACH_TIMEOUT)
+            reached = measure(targets(current), timeout=REACH_TIMEOUT * slow)
         graph = _write_graph(box)
         listing = _listing(box.kubeconfig)
         table = kgctl(box.kubeconfig, "list")
@@ -528,8 +577,9 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
     labels = [t.label for t in targets(current)]
     out.write("$ kgctl list\n" + table + "\n")
     out.write(report.matrix(labels, labels, reached))
-    out.write("\n")
-    out.write(_summary(box, current, listing))
+    if options.attached_plane is None:  # the host of up --kernel writes its own
+        out.write("\n")
+        out.write(_summary(box, current, listing))
     good, total = report.tally(reached)
     if good != total:
         missed = ", ".join(f"{a} -> {b}" for a, b in report.failures(reached))
@@ -538,10 +588,231 @@ def up(options: UpOptions, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# --- up --kernel ---------------------------------------------------------------------------------
+
+
+def _vm_summary(box: Sandbox, current: state.State, kernel: Kernel) -> str:
+    guest = Path(current.share) / "sandbox"
+    kgctl_cmd = _command("kgctl", "kilo.cli.kgctl")
+    sandbox_cmd = _command("kilo-sandbox", "kilo.sandbox")
+    dir_flag = "" if box.directory == DEFAULT_DIR.resolve() else f" --dir {box.directory}"
+    lines = [
+        f"Kilo sandbox {box.prefix} in {box.directory}, inside a virtual machine with "
+        f"{kernel.package} {kernel.version} (QEMU, emulated): kernel WireGuard created by kg "
+        "and IPIP inside each location, Kilo's defaults.",
+        f"Graph: {current.graph or '(none)'}.",
+        "",
+        f"kgctl against the sandbox (API server {current.api_server}, beside the VM, "
+        "reachable from this machine only):",
+        f"  export KUBECONFIG={box.kubeconfig}",
+        *_commented(
+            [
+                (f"{kgctl_cmd} list -o wide", "segments, pod CIDRs, keys"),
+                (f"{kgctl_cmd} graph | dot -Tsvg > mesh.svg", "the mesh as a picture"),
+            ]
+        ),
+        f"The guest's files: {guest} (logs of every kg in {guest / state.RUN_DIR / 'logs'}).",
+        "Then:",
+        *_commented(
+            [
+                (f"{sandbox_cmd} status{dir_flag}", "asks the guest: handshakes, reachability"),
+                (f"{sandbox_cmd} down{dir_flag}", "stops the VM, removes everything"),
+            ]
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _vm_processes(host: vm.VMHost, machine: vm.VirtualMachine) -> tuple[state.Process, ...]:
+    processes: list[state.Process | None] = []
+    if machine.process is not None:
+        processes.append(_record(machine.process.pid, "qemu"))
+    if host.plane is not None:
+        for role, popen in (("etcd", host.plane.etcd), ("kube-apiserver", host.plane.apiserver)):
+            if popen is not None:
+                processes.append(_record(popen.pid, role))
+    return tuple(p for p in processes if p is not None)
+
+
+def _up_in_vm(options: UpOptions, out: TextIO, err: TextIO) -> int:
+    box = Sandbox(options.directory)
+    cached = cached_binaries()
+    problem = (
+        _check_prerequisites("kilo-sandbox up --kernel", binaries_built=cached is not None)
+        or guest_missing()
+    )
+    if problem is not None:
+        err.write(problem + "\n")
+        return 1
+    if box.leftovers():
+        err.write(
+            f"a sandbox is already up in {box.directory} ({', '.join(box.leftovers()[:3])}): "
+            "`kilo-sandbox status` shows it, `kilo-sandbox down` removes it.\n"
+        )
+        return 1
+    os.environ["PATH"] = ":".join(prerequisites.search_path())
+    try:
+        box.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err.write(f"cannot create the sandbox's directory {box.directory}: {exc.strerror}\n")
+        return 1
+    progress = Progress(err)
+    host: vm.VMHost | None = None
+    try:
+        if cached is not None:
+            binaries = cached
+        else:
+            with progress.step("building etcd and kube-apiserver (about 12 minutes, once)") as step:
+                binaries = build_binaries(on_progress=step.note)
+        with progress.step("fetching Debian's kernel (apt-get download, once)") as step:
+            kernel = fetch_kernel(on_progress=step.note)
+        host = vm.VMHost(binaries=binaries, prefix=box.prefix, workdir=box.workdir, owned=False)
+        with progress.step("starting etcd and kube-apiserver beside the virtual machine"):
+            host.start()
+            plane = host.wait_plane()
+        shutil.copyfile(plane.admin_kubeconfig, box.kubeconfig)
+        box.kubeconfig.chmod(0o600)
+        guest_dir = host.share / "sandbox"
+        command = GuestCommand(
+            argv=[
+                sys.executable,
+                *("-m", "kilo.sandbox", "guest", "--dir", str(guest_dir)),
+                *("--attached-plane", str(host.share / vm.PLANE_DIR)),
+                *("--locations", str(options.locations), "--nodes", str(options.nodes)),
+                *("--granularity", options.granularity),
+            ],
+            cwd=Path("/"),
+            share=host.share,
+            timeout=None,
+            env=[("PYTHONDONTWRITEBYTECODE", "1")],
+        )
+        machine = vm.VirtualMachine(kernel, command, workdir=box.workdir / "vm", netns=host.netns)
+        machine.start()
+        current = state.State(
+            directory=str(box.directory),
+            prefix=box.prefix,
+            granularity=options.granularity,
+            host_link=box.host_link,
+            workdir=str(box.workdir),
+            api_server=plane.server,
+            kubeconfig=str(box.kubeconfig),
+            namespaces=tuple(testbed.run_namespaces(box.prefix)),
+            processes=_vm_processes(host, machine),
+            kernel=f"{kernel.package} {kernel.version}",
+            share=str(host.share),
+        )
+        box.save(current)
+        result_path = host.share / UP_RESULT
+        log_path = host.share / UP_LOG
+        with progress.step(
+            f"booting {kernel.release} under emulation; inside it, the sandbox with kg's "
+            "defaults (several minutes)"
+        ) as step:
+            seen = 0
+
+            def finished() -> bool:
+                nonlocal seen
+                with contextlib.suppress(OSError):
+                    lines = log_path.read_text(errors="replace").splitlines()
+                    for line in lines[seen:]:
+                        step.note(line)
+                    seen = len(lines)
+                if not machine.running():
+                    raise SandboxError(
+                        f"the virtual machine stopped: {machine.diagnostics(lines=30)}"
+                    )
+                return result_path.exists()
+
+            _wait(finished, timeout=VM_UP_TIMEOUT, what="the guest's sandbox did not come up")
+        result = json.loads(result_path.read_text())
+        guest_graph = next(
+            (guest_dir / n for n in state.GRAPH_FILES if (guest_dir / n).exists()), None
+        )
+        graph = ""
+        if guest_graph is not None:
+            shutil.copyfile(guest_graph, box.directory / guest_graph.name)
+            graph = str(box.directory / guest_graph.name)
+        current = replace(current, graph=graph, complete=True)
+        box.save(current)
+    except KeyboardInterrupt:
+        err.write("interrupted: removing the sandbox\n")
+        _remove(box)
+        return 130
+    except (KiloError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        err.write(
+            f"kilo-sandbox up --kernel failed: {exc}\n"
+            f"files in {box.workdir}; `kilo-sandbox down` removes what is left.\n"
+        )
+        return 1
+    out.write(str(result.get("out", "")))
+    out.write("\n")
+    out.write(_vm_summary(box, current, kernel))
+    if result.get("status") != 0:
+        err.write(str(result.get("err", "")) or "the guest's sandbox is not healthy\n")
+        return 1
+    return 0
+
+
+def guest(options: UpOptions, share: Path) -> int:
+    """Inside the VM of ``up --kernel``: ``up`` (its progress in ``<share>/up.log``, its
+    result in ``<share>/up.json``), then answer the host's ``status`` requests until the
+    VM is stopped."""
+    out = io.StringIO()
+    with open(share / UP_LOG, "w", buffering=1) as log:
+        code = up(options, out, log)
+    _write_json(share / UP_RESULT, {"status": code, "out": out.getvalue(), "err": ""})
+    requests, responses = share / "requests", share / "responses"
+    requests.mkdir(exist_ok=True)
+    responses.mkdir(exist_ok=True)
+    while True:
+        for request in sorted(requests.glob("*.request")):
+            answer, problems = io.StringIO(), io.StringIO()
+            try:
+                code = status(options.directory, answer, problems, slowdown=options.slowdown)
+            except KiloError as exc:
+                problems.write(f"{exc}\n")
+                code = 1
+            _write_json(
+                responses / f"{request.stem}.json",
+                {"status": code, "out": answer.getvalue(), "err": problems.getvalue()},
+            )
+            request.unlink()
+        time.sleep(1)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.write_text(json.dumps(data))
+    temporary.replace(path)
+
+
+def _status_in_vm(current: state.State, out: TextIO) -> int:
+    """Ask the guest of ``up --kernel`` for its ``status`` and print it."""
+    share = Path(current.share)
+    name = uuid.uuid4().hex
+    (share / "requests").mkdir(exist_ok=True)
+    (share / "requests" / f"{name}.request").write_text("status\n")
+    response = share / "responses" / f"{name}.json"
+    qemu = next((p for p in current.processes if p.role == "qemu"), None)
+
+    def answered() -> bool:
+        if qemu is None or testbed.process_start(qemu.pid) != qemu.start:
+            raise SandboxError("the virtual machine is not running")
+        return response.exists()
+
+    _wait(answered, timeout=VM_STATUS_TIMEOUT, what="the guest did not answer", interval=1.0)
+    result = json.loads(response.read_text())
+    response.unlink()
+    out.write(f"inside the virtual machine ({current.kernel}):\n")
+    out.write(str(result.get("out", "")))
+    out.write(str(result.get("err", "")))
+    return 0 if result.get("status") == 0 else 1
+
+
 # --- status -------------------------------------------------------------------------------------
 
 
-def status(directory: Path, out: TextIO, err: TextIO) -> int:
+def status(directory: Path, out: TextIO, err: TextIO, *, slowdown: float = 1.0) -> int:
     box = Sandbox(directory)
     if os.geteuid() != 0:
         err.write("kilo-sandbox status needs root (it enters the sandbox's namespaces).\n")
@@ -568,6 +839,13 @@ def status(directory: Path, out: TextIO, err: TextIO) -> int:
     out.write(f"Kilo sandbox {current.prefix} in {current.directory}")
     out.write("" if current.complete else " (up did not finish)")
     out.write("\nprocesses:\n" + "\n".join(rows) + "\n\n")
+    if current.kernel:
+        try:
+            guest_status = _status_in_vm(current, out)
+        except (SandboxError, OSError, ValueError) as exc:
+            out.write(f"the virtual machine does not answer: {exc}\n")
+            return 1
+        return 0 if healthy and guest_status == 0 else 1
     try:
         listing = _listing(box.kubeconfig)
         out.write("$ kgctl list\n" + kgctl(box.kubeconfig, "list") + "\n")
@@ -587,7 +865,7 @@ def status(directory: Path, out: TextIO, err: TextIO) -> int:
         handshakes += [(machine.name, peer) for peer in report.parse_dump(dump)]
     out.write(report.handshakes(handshakes, names, now=int(time.time())) + "\n")
     everyone = targets(current)
-    reached = measure(everyone, timeout=STATUS_REACH_TIMEOUT)
+    reached = measure(everyone, timeout=STATUS_REACH_TIMEOUT * slowdown)
     labels = [t.label for t in everyone]
     out.write(report.matrix(labels, labels, reached))
     good, total = report.tally(reached)

@@ -8,6 +8,10 @@ processes, also after a failed start. The testbed runs both inside a network nam
 (``netns``) with the API server bound to that namespace's addresses: etcd then stays on the
 namespace's loopback, where ``compact_etcd`` (which talks to it from the calling process)
 cannot reach it.
+
+:class:`AttachedControlPlane` is the guest's view of a control plane that runs elsewhere
+(the host of a virtual machine, :mod:`kilo.sandbox.vm`): the same kubeconfigs and
+readiness check, from the CA and the :class:`Attachment` the host wrote into a directory.
 """
 
 from __future__ import annotations
@@ -462,6 +466,110 @@ class ControlPlane:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """How a guest reaches a control plane that runs on its host: the API server listens
+    on ``address:port`` at the far end of the link ``link`` (the guest's NIC ``nic`` has
+    ``guest_ip`` on it); ``host_link`` is the /30 the guest's testbed uses for its own host
+    link, which the API server's certificate names."""
+
+    port: int
+    address: str
+    guest_ip: str
+    link: str
+    nic: str
+    host_link: str
+
+    FILE = "attachment.json"
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "port": self.port,
+                "address": self.address,
+                "guest_ip": self.guest_ip,
+                "link": self.link,
+                "nic": self.nic,
+                "host_link": self.host_link,
+            }
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> Attachment:
+        path = directory / cls.FILE
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                port=int(data["port"]),
+                address=str(data["address"]),
+                guest_ip=str(data["guest_ip"]),
+                link=str(data["link"]),
+                nic=str(data["nic"]),
+                host_link=str(data["host_link"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ControlPlaneError(f"{path}: not a control plane attachment: {exc}") from exc
+
+
+def write_attachment(plane: ControlPlane, directory: Path, attachment: Attachment) -> None:
+    """What :class:`AttachedControlPlane` needs, in ``directory`` (mode 0700): the
+    attachment, the CA's certificate and key (a throw-away CA for one run)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    (directory / Attachment.FILE).write_text(attachment.dumps())
+    (directory / "ca.crt").write_bytes(pem_cert(plane.ca.cert))
+    key = directory / "ca.key"
+    key.write_bytes(_pem_key(plane.ca.key))
+    key.chmod(0o600)
+
+
+class AttachedControlPlane(ControlPlane):
+    """A control plane started elsewhere, reached at ``https://<server_host>:<port>``:
+    ``start`` only writes the admin kubeconfig and waits until the API server answers;
+    ``stop`` leaves it running (its owner stops it)."""
+
+    def __init__(self, directory: Path, *, workdir: Path, server_host: str) -> None:
+        self.attachment = Attachment.load(directory)
+        try:
+            cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+            key = serialization.load_pem_private_key(
+                (directory / "ca.key").read_bytes(), password=None
+            )
+        except (OSError, ValueError) as exc:
+            raise ControlPlaneError(f"{directory}: cannot load the CA: {exc}") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ControlPlaneError(f"{directory}/ca.key: not an EC key")
+        self.binaries = directory
+        self._own_workdir = False
+        self.workdir = workdir
+        self.netns = None
+        self.bind_address = self.advertise_address = self.attachment.address
+        self.extra_sans = ()
+        self.port = self.attachment.port
+        self.etcd_port = self.etcd_peer_port = 0
+        self.server = f"https://{server_host}:{self.port}"
+        self.etcd = self.apiserver = None
+        self.ca = CertificateAuthority(key, cert)
+        self.pki = self.workdir / "pki"
+        self.admin_kubeconfig = self.workdir / "admin.kubeconfig"
+
+    def start(self) -> AttachedControlPlane:
+        self.pki.mkdir(parents=True, exist_ok=True)
+        self._write("ca.crt", pem_cert(self.ca.cert), 0o644)
+        self.write_kubeconfig(self.admin_kubeconfig, "admin", organizations=("system:masters",))
+        self.wait_ready()
+        return self
+
+    def restart_apiserver(self) -> None:
+        raise ControlPlaneError("an attached control plane is restarted by its owner")
+
+    def compact_etcd(self) -> int:
+        raise ControlPlaneError("an attached control plane's etcd is not reachable")
+
+    def stop(self) -> None:
+        pass
 
 
 def _terminate(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:

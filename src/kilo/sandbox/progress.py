@@ -58,7 +58,6 @@ class Progress:
         self.interval = interval
         self.clock = clock
         self._lock = threading.Lock()
-        self._current: Step | None = None
 
     def _line(self, step: Step, frame: int) -> str:
         return f"{FRAMES[frame % len(FRAMES)]} {step.title}  {elapsed(step.seconds())}"

@@ -81,6 +81,10 @@ class State:
     peers: tuple[Machine, ...] = ()
     pods: tuple[Pod, ...] = ()
     complete: bool = False  # up got to the end (converged or not)
+    # up --kernel: the nodes run in a virtual machine with this kernel package; the guest
+    # shares this directory with the host (its own sandbox directory is in it).
+    kernel: str = ""
+    share: str = ""
 
 
 def dumps(state: State) -> str:
@@ -120,6 +124,8 @@ def loads(text: str) -> State:
             peers=tuple(Machine(**_fields(m, Machine)) for m in data.get("peers", ())),
             pods=tuple(Pod(**_fields(p, Pod)) for p in data.get("pods", ())),
             complete=bool(data.get("complete", False)),
+            kernel=str(data.get("kernel", "")),
+            share=str(data.get("share", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"bad field: {exc!r}") from exc

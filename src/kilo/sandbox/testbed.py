@@ -60,7 +60,12 @@ from lightkube.resources.core_v1 import Node, ServiceAccount
 
 from kilo.errors import SandboxError
 from kilo.sandbox import kubelet, podman, prerequisites
-from kilo.sandbox.controlplane import ControlPlane, build_binaries
+from kilo.sandbox.controlplane import (
+    AttachedControlPlane,
+    Attachment,
+    ControlPlane,
+    build_binaries,
+)
 
 # Package data: links to manifests/crds.yaml and manifests/rbac.yaml, resolved when the
 # package is built, so that an installed package has them too.
@@ -134,12 +139,21 @@ class CommandError(TestbedError):
 @dataclass(frozen=True)
 class Location:
     """A site: ``nodes`` nodes on one LAN, either each with a public address or (``nat``)
-    all behind one masquerading gateway. ``annotations`` go on each of its Node objects."""
+    all behind one masquerading gateway. ``annotations`` go on each of its Node objects.
+
+    ``wireguard`` is ``userspace`` (each node's holder runs ``wireguard-go kilo0`` and
+    ``kg`` gets ``--create-interface=false``) or ``kernel`` (``kg`` creates kernel
+    WireGuard itself, as by default: only on a kernel with the module). With ``subnets``
+    above 1 the LAN's /24 is cut into that many equal subnets, node ``i`` in subnet
+    ``(i - 1) % subnets``, all on the one link (a route for the whole /24 on it stands for
+    the cloud's router), for ``--encapsulate=crosssubnet``."""
 
     name: str
     nodes: int = 2
     nat: bool = False
     annotations: Mapping[str, str] = field(default_factory=dict)
+    wireguard: str = "userspace"
+    subnets: int = 1
 
 
 @dataclass(eq=False)
@@ -153,6 +167,7 @@ class Machine:
     lan_ip: str | None = None
     wan_ip: str | None = None
     pod_cidr: str | None = None
+    userspace: bool = True  # the holder runs wireguard-go (else kg creates kernel WireGuard)
 
     @property
     def pid(self) -> int:
@@ -422,12 +437,20 @@ class Testbed:
         prefix: str | None = None,
         workdir: Path | None = None,
         owned: bool = True,
+        attached_plane: Path | None = None,
+        encapsulate: str | None = "never",
     ) -> None:
         """``prefix`` (default: a fresh ``ktb…``) names every namespace and the host link;
         ``workdir`` (default ``$TMPDIR/kilo-e2e-<prefix>``, removed by :meth:`close`) holds
         logs, kubeconfigs and the control plane's files. An ``owned`` testbed records this
         process as its owner, so that :func:`cleanup_stale` removes it once this process is
-        gone; a testbed meant to outlive its builder (the sandbox) is not owned."""
+        gone; a testbed meant to outlive its builder (the sandbox) is not owned.
+
+        ``attached_plane`` is the directory of a control plane that runs elsewhere (see
+        :class:`AttachedControlPlane`; the host of a virtual machine): instead of starting
+        one, ``cp`` forwards the API server's port, on its own addresses, to it through the
+        attachment's NIC, and forwards nothing else. ``encapsulate`` is the agents'
+        ``--encapsulate`` (None: Kilo's default, ``always``; IPIP needs a kernel with it)."""
         names = [loc.name for loc in locations]
         if len(set(names)) != len(names):
             raise TestbedError(f"location names must be unique: {names}")
@@ -436,8 +459,19 @@ class Testbed:
                 raise TestbedError(f"location name {loc.name!r}: want [a-z][a-z0-9]{{0,11}}")
             if not 1 <= loc.nodes <= 90:
                 raise TestbedError(f"location {loc.name}: 1 to 90 nodes, not {loc.nodes}")
+            if loc.wireguard not in ("userspace", "kernel"):
+                raise TestbedError(
+                    f"location {loc.name}: wireguard is userspace or kernel, not {loc.wireguard!r}"
+                )
+            if loc.subnets not in (1, 2, 4) or (loc.subnets > 1 and loc.nat):
+                raise TestbedError(
+                    f"location {loc.name}: 1, 2 or 4 subnets (a NATed site has one), "
+                    f"not {loc.subnets}"
+                )
         self.locations = list(locations)
         self.binaries = binaries
+        self.attached_plane = attached_plane
+        self.encapsulate = encapsulate
         if prefix is not None and not PREFIX.fullmatch(prefix):
             raise TestbedError(f"prefix {prefix!r}: want {PREFIX.pattern}")
         self.prefix = prefix or self._new_prefix()
@@ -450,6 +484,9 @@ class Testbed:
         self.pods: dict[str, Pod] = {}
         self.gateways: dict[str, str] = {}  # NAT location -> gateway wan IP
         self.plane: ControlPlane | None = None
+        self._attachment: Attachment | None = (
+            None if attached_plane is None else Attachment.load(attached_plane)
+        )
         self.host_ip = ""
         self.cp_ip = ""
         self.node_kubeconfig = self.workdir / "node.kubeconfig"
@@ -589,7 +626,7 @@ class Testbed:
         cp = self._add_namespace("cp")
         with open(OWNERS / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            subnet = _free_host_link_subnet()
+            subnet = self._host_link_subnet()
             host, cp_ip = (str(a) for a in subnet.hosts())
             _run(
                 ["ip", "link", "add", self.host_link, "type", "veth", "peer", "host0", "netns", cp]
@@ -599,6 +636,15 @@ class Testbed:
         _run(["ip", "link", "set", self.host_link, "up"])
         self._ip(cp, "addr", "add", f"{cp_ip}/30", "dev", "host0")
         self._ip(cp, "link", "set", "host0", "up")
+
+    def _host_link_subnet(self) -> ipaddress.IPv4Network:
+        if self._attachment is None:
+            return _free_host_link_subnet()
+        # The attached API server's certificate names this link's cp side.
+        subnet = ipaddress.IPv4Network(self._attachment.host_link)
+        if any(subnet.overlaps(n) for n in _host_networks()):
+            raise TestbedError(f"the attached control plane's host link {subnet} is taken here")
+        return subnet
 
     # --- network plumbing ---
 
@@ -659,16 +705,23 @@ class Testbed:
         self._attach_wan(self._roles["cp"], "cp", CP_WAN)
 
     def _start_control_plane(self) -> threading.Thread:
-        """etcd + kube-apiserver in ``cp``, started while the rest of the network is built."""
-        self.plane = ControlPlane(
-            self.binaries or build_binaries(),
-            workdir=self.workdir / "controlplane",
-            netns=self._roles["cp"],
-            bind_address="0.0.0.0",
-            advertise_address=CP_WAN,
-            server_host=self.cp_ip,
-            extra_sans=(self.cp_ip,),
-        )
+        """etcd + kube-apiserver in ``cp``, started while the rest of the network is built
+        (or, attached, the forwarding to them and a wait until they answer)."""
+        if self.attached_plane is not None:
+            self.plane = AttachedControlPlane(
+                self.attached_plane, workdir=self.workdir / "controlplane", server_host=self.cp_ip
+            )
+            self._forward_to_attached_plane(self.plane.attachment)
+        else:
+            self.plane = ControlPlane(
+                self.binaries or build_binaries(),
+                workdir=self.workdir / "controlplane",
+                netns=self._roles["cp"],
+                bind_address="0.0.0.0",
+                advertise_address=CP_WAN,
+                server_host=self.cp_ip,
+                extra_sans=(self.cp_ip,),
+            )
         plane = self.plane
 
         def start() -> None:
@@ -680,6 +733,35 @@ class Testbed:
         thread = threading.Thread(target=start, name=f"{self.prefix}-controlplane", daemon=True)
         thread.start()
         return thread
+
+    def _forward_to_attached_plane(self, attachment: Attachment) -> None:
+        """Move the attachment's NIC into ``cp`` and forward the API server's port on
+        ``cp``'s own addresses (CP_WAN, the host link) to it; cp forwards nothing else.
+        (Deleting ``cp`` gives the NIC back to the initial namespace.)"""
+        cp = self._roles["cp"]
+        nic = attachment.nic
+        prefix = ipaddress.IPv4Network(attachment.link).prefixlen
+        _run(["ip", "link", "set", nic, "netns", cp])
+        self._ip(cp, "addr", "add", f"{attachment.guest_ip}/{prefix}", "dev", nic)
+        self._ip(cp, "link", "set", nic, "up")
+        self._sysctl(cp, "net.ipv4.ip_forward", "1")
+        port = str(attachment.port)
+        to = f"{attachment.address}:{port}"
+        rules = [
+            "*nat",
+            *(
+                f"-A PREROUTING -d {ip}/32 -p tcp --dport {port} -j DNAT --to-destination {to}"
+                for ip in (CP_WAN, self.cp_ip)
+            ),
+            f"-A POSTROUTING -o {nic} -j MASQUERADE",
+            "COMMIT",
+            "*filter",
+            ":FORWARD DROP [0:0]",
+            f"-A FORWARD -o {nic} -d {attachment.address}/32 -p tcp --dport {port} -j ACCEPT",
+            f"-A FORWARD -i {nic} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "COMMIT",
+        ]
+        _run(["ip", "netns", "exec", cp, "iptables-restore"], stdin="\n".join(rules) + "\n")
 
     def _build_location(self, index: int, location: Location) -> None:
         lan = ipaddress.IPv4Network(f"172.16.{index}.0/24")
@@ -702,12 +784,20 @@ class Testbed:
                 ]
             )
             self.gateways[location.name] = wan
+        subnets = list(lan.subnets(new_prefix=lan.prefixlen + location.subnets.bit_length() - 1))
         for i in range(1, location.nodes + 1):
             name = f"{location.name}-{i}"
             netns = self._add_namespace(name)
-            lan_ip = str(lan[9 + i])
+            subnet = subnets[(i - 1) % len(subnets)]
+            lan_ip = (
+                str(lan[9 + i])
+                if len(subnets) == 1
+                else str(subnet[9 + (i - 1) // len(subnets) + 1])
+            )
             self._plug(netns, "lan0", lan_ns, name)
-            self._ip(netns, "addr", "add", f"{lan_ip}/24", "dev", "lan0")
+            self._ip(netns, "addr", "add", f"{lan_ip}/{subnet.prefixlen}", "dev", "lan0")
+            if len(subnets) > 1:
+                self._ip(netns, "route", "add", str(lan), "dev", "lan0")
             wan_ip = None
             if gateway is None:
                 wan_ip = self._wan_ip("node")
@@ -723,6 +813,7 @@ class Testbed:
                 lan_ip=lan_ip,
                 wan_ip=wan_ip,
                 pod_cidr=str(pod_cidr),
+                userspace=location.wireguard == "userspace",
             )
 
     def _write_hosts_file(self) -> None:
@@ -733,7 +824,10 @@ class Testbed:
     def _start_holder(self, machine: Machine) -> None:
         steps = [f"mkdir -p {d} && mount -t tmpfs -o mode=0755 kilo-e2e {d}" for d in PRIVATE_DIRS]
         steps.append(f"mount --bind {self.workdir / 'hosts'} /etc/hosts")
-        steps.append(f"exec env WG_PROCESS_FOREGROUND=1 wireguard-go {WG_INTERFACE}")
+        if machine.userspace:
+            steps.append(f"exec env WG_PROCESS_FOREGROUND=1 wireguard-go {WG_INTERFACE}")
+        else:
+            steps.append("exec sleep infinity")
         log = open(self.logs / f"{machine.name}.wireguard-go.log", "ab")  # noqa: SIM115
         with log:
             machine.process = subprocess.Popen(
@@ -747,16 +841,27 @@ class Testbed:
                 start_new_session=True,
             )
 
-    def _await_holder(self, machine: Machine, timeout: float = 10) -> None:
+    def _await_holder(self, machine: Machine, timeout: float = 60) -> None:
         socket_path = self.path(machine.name, f"/var/run/wireguard/{WG_INTERFACE}.sock")
+        comm = Path(f"/proc/{machine.pid}/comm")
 
         def ready() -> bool:
             if not machine.running:
                 log = (self.logs / f"{machine.name}.wireguard-go.log").read_text(errors="replace")
-                raise TestbedError(f"{machine.name}: wireguard-go is not running: {log}")
+                raise TestbedError(f"{machine.name}: its holder is not running: {log}")
+            if not machine.userspace:  # the holder has mounted everything once it is sleep
+                with contextlib.suppress(OSError):
+                    return comm.read_text().strip() == "sleep"
+                return False
             return socket_path.is_socket()
 
-        wait_for(ready, timeout=timeout, message=f"{machine.name}: no WireGuard UAPI socket")
+        wait_for(
+            ready,
+            timeout=timeout,
+            message=f"{machine.name}: no WireGuard UAPI socket"
+            if machine.userspace
+            else f"{machine.name}: its holder did not set up its mounts",
+        )
 
     def add_laptop(self, name: str) -> Machine:
         """A machine on the internet with its own wireguard-go (``kilo0``), for Peer tests."""
@@ -1179,8 +1284,8 @@ class Testbed:
         args = [
             f"--hostname={node}",
             f"--kubeconfig={kubeconfig}",
-            "--create-interface=false",
-            "--encapsulate=never",
+            *(["--create-interface=false"] if machine.userspace else []),
+            *([f"--encapsulate={self.encapsulate}"] if self.encapsulate is not None else []),
             f"--mesh-granularity={granularity}",
             f"--listen={machine.lan_ip}:1107",
             "--resync-period=5s",

@@ -1,337 +1,56 @@
-"""``kgctl connect [NAME]``: join this (Linux) machine to the mesh as the Kilo Peer ``NAME``.
+"""``kgctl connect``'s connection: start-up, the watch-driven sync, and clean-up.
 
-Composition root. Kilo's sequence (reference kilo-k8s-cli.md §4.6), with its fragile parts
-fixed (each in docs/compatibility.md):
-
-1. the private key: ``--private-key PATH``, else ``/var/lib/kilo/connect/NAME.key``; read
-   if it exists (an unusable file is an error, never overwritten), else generated and
-   *kept* (0600, directory 0700) so that a re-run has the key the Peer holds. Never logged.
-2. the Peer: created (``allowedIPs: [--allowed-ip]``, ``persistentKeepalive``,
-   ``publicKey``, no endpoint) when missing; used when it holds this machine's public key;
-   otherwise refused, changing nothing (Kilo reuses it silently and nothing works).
-3. the interface: an existing one is used as it is (a running wireguard-go, say) and never
-   deleted; a missing one is created (kernel WireGuard, else ``wireguard-go`` as a child
-   process) unless ``--create-interface=false``. Its address becomes ``--allowed-ip`` (as
-   given: Kilo masks it, ``10.5.0.1/24`` would become the network address) and it is up.
-4. the loop: Nodes and Peers are watched; the WireGuard config (only differences, never
-   replace-peers) and routes (tracked in a state file next to the key) follow every change
-   and every ``--resync-period``. A node whose DNS endpoint does not resolve gets no endpoint
-   (WireGuard keeps what it learnt) instead of failing the whole sync as in Kilo.
-5. SIGINT/SIGTERM: with ``--clean-up`` (the default) remove the routes, the interface if
-   created here (else its peers and address), and the Peer if created here; exit 0. A
-   wireguard-go started here always stops with the command.
+Composition: the decisions are the core's (``kilo.mesh.connect``: the Peer to create or
+refuse, the WireGuard config and routes); the watch events are turned into Nodes and Peers
+by the same :class:`~kilo.mesh.events.ClusterView` as the agent's; the adapters are reached
+through the ports of ``ports.py``, so unit tests drive a connection with stand-ins.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
-import ipaddress
-import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from kilo.cli import arguments, logs
+from kilo.adapters import dns
+from kilo.adapters.dns import resolve
+from kilo.cli import logs
+from kilo.cli.connect.flags import DEFAULT_KEY_DIRECTORY
+from kilo.cli.connect.ports import DevicePort, LinksPort, PeerStorePort, RoutesPort
+from kilo.cli.connect.wireguard_go import SOCKET_DIR, WireGuardGo
 from kilo.errors import ConfigError, DataPlaneError, KiloError
 from kilo.mesh import connect as plan_mod
-from kilo.mesh import flags, gosyntax, ip, translate
-from kilo.mesh.endpoint import Endpoint, is_dns1123_subdomain
-from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
+from kilo.mesh import ip
+from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.events import (
+    DEBOUNCE,
+    MIN_RESYNC_PERIOD,
+    ClusterView,
+    Event,
+    resync_period,
+    warning_line,
+)
+from kilo.mesh.ip import IPInterface
 from kilo.mesh.keys import Key
 from kilo.mesh.localnode import mesh_changed, peer_changed
-from kilo.mesh.model import DEFAULT_MTU, Diagnostic, Node, Peer, ready_nodes, ready_peers
-from kilo.mesh.routes import Device, Route, Rule
+from kilo.mesh.model import Diagnostic, Node, Peer, ready_nodes, ready_peers
+from kilo.mesh.routes import Device
 from kilo.mesh.text import shorten
-from kilo.mesh.wgdevice import DeviceState
 from kilo.mesh.wireguard import WireGuardConfig
 
 if TYPE_CHECKING:
     # Imported at run time only when needed: --help and flag errors never pay for them.
     from lightkube.config.kubeconfig import SingleConfig
 
-    from kilo.adapters.kubernetes import Event, Informer
-
-DEFAULT_KEY_DIRECTORY = Path("/var/lib/kilo/connect")
-DEFAULT_ALLOWED_IP = "10.10.10.10/32"
-DEFAULT_INTERFACE = "kilo0"
-DEFAULT_KEEPALIVE = 10
-DEFAULT_RESYNC = "30s"
-LOG_LEVELS = tuple(logs.LEVELS)
-SOCKET_DIR = Path("/var/run/wireguard")
-MIN_RESYNC_PERIOD = 1.0
-MAX_KEEPALIVE = 65535
-DEBOUNCE = 0.05
-RESOLVE_TIMEOUT = 5.0
-WIREGUARD_GO_START = 10.0
-WIREGUARD_GO_STOP = 5.0
-
-
-# --- the ports the connection drives (kilo.adapters' PeerStore, Links, RouteTable and
-# WireGuard device; unit tests drive stand-ins) ------------------------------------------------
-
-
-class PeerStorePort(Protocol):
-    def get(self, name: str) -> dict[str, Any] | None: ...
-    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
-    def delete(self, name: str) -> bool: ...
-    def close(self) -> None: ...
-
-
-class LinksPort(Protocol):
-    def index(self, name: str) -> int | None: ...
-    def create_wireguard(self, name: str, mtu: int) -> bool: ...
-    def set_mtu(self, name: str, mtu: int) -> bool: ...
-    def set_up(self, name: str, up: bool) -> bool: ...
-    def set_address(self, name: str, cidr: IPInterface) -> bool: ...
-    def delete_addresses(self, name: str) -> None: ...
-    def delete(self, name: str) -> bool: ...
-    def close(self) -> None: ...
-
-
-class RoutesPort(Protocol):
-    @property
-    def state_error(self) -> str | None: ...
-    def set(
-        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
-    ) -> tuple[int, int]: ...
-    def watch_deletions(self, callback: Callable[[], None]) -> Callable[[], None]: ...
-    def clean_up(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class DevicePort(Protocol):
-    def get(self) -> DeviceState: ...
-    def apply(self, desired: WireGuardConfig) -> bool: ...
-
-
-# --- flags ---------------------------------------------------------------------------------
-
-
-def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _allowed_ip(text: str) -> IPInterface:
-    parsed = ip.parse_interface(text)
-    if parsed is None:
-        raise argparse.ArgumentTypeError(f"invalid --allowed-ip {_q(text)}: not a CIDR")
-    # This machine's address: it goes on the interface (the kernel refuses these for IPv6,
-    # after the Peer exists) and into the Peer, whose allowed IPs every node routes here.
-    kind = (
-        "an unspecified"
-        if parsed.ip.is_unspecified
-        else "a loopback"
-        if parsed.ip.is_loopback
-        else "a multicast"
-        if parsed.ip.is_multicast
-        else ""
-    )
-    if kind:
-        raise argparse.ArgumentTypeError(
-            f"invalid --allowed-ip {_q(text)}: {kind} address cannot be this machine's "
-            "address in the mesh"
-        )
-    if parsed.network.prefixlen == 0:
-        raise argparse.ArgumentTypeError(
-            f"invalid --allowed-ip {_q(text)}: a /0 would route every address to this machine"
-        )
-    return parsed
-
-
-def _cidrs(text: str) -> list[IPNetwork]:
-    result = []
-    for item in text.split(","):
-        parsed = ip.parse_network(item.strip())
-        if parsed is None:
-            raise argparse.ArgumentTypeError(f"invalid --allowed-ips {_q(item)}: not a CIDR")
-        result.append(parsed)
-    return result
-
-
-def _duration(text: str) -> float:
-    """A Go duration (``30s``, ``1m30s``, ``500ms``, ``0``, ``-1s``), in seconds."""
-    return gosyntax.parse_duration(text) / 1e9
-
-
-def _keepalive(text: str) -> int:
-    """pflag's int syntax; 0..65535, what the Peer's webhook and WireGuard take."""
-    value = gosyntax.parse_int(text)
-    if not 0 <= value <= MAX_KEEPALIVE:
-        raise ValueError(
-            f"persistent keepalive must be in range [0:{MAX_KEEPALIVE}] seconds, but got {value}"
-        )
-    return value
-
-
-def _log_level(text: str) -> str:
-    if text not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(
-            f"log level {text} unknown; possible values are: {', '.join(LOG_LEVELS)}"
-        )
-    return text
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``connect``'s own flags (kgctl adds the global ones: --port, --kubeconfig...)."""
-    parser.add_argument(
-        "name",
-        nargs="?",
-        type=arguments.object_name("peer"),
-        default=None,
-        metavar="NAME",
-        help="the Peer to connect as (default: this machine's host name)",
-    )
-    parser.add_argument(
-        "--allowed-ip",
-        "-a",
-        type=_allowed_ip,
-        default=_allowed_ip(DEFAULT_ALLOWED_IP),
-        metavar="CIDR",
-        help="this machine's address in the mesh, kept as given (Kilo masks it); it becomes "
-        f"the interface's address and the Peer's allowed IP (default: {DEFAULT_ALLOWED_IP})",
-    )
-    parser.add_argument(
-        "--allowed-ips",
-        type=_cidrs,
-        action="extend",
-        default=[],
-        metavar="CIDR[,CIDR...]",
-        help="more cluster CIDRs to route here, e.g. the service CIDR (repeatable)",
-    )
-    parser.add_argument(
-        "--private-key",
-        type=arguments.FILE,
-        default="",
-        metavar="PATH",
-        help="the private key: read if it exists, else generated and written there (0600) "
-        f"(default: {DEFAULT_KEY_DIRECTORY}/NAME.key)",
-    )
-    for flag, default, text in (
-        (
-            "--clean-up",
-            True,
-            "on SIGINT/SIGTERM remove the routes, the interface (or its peers and address) "
-            "and the Peer this command created; --clean-up=false leaves them",
-        ),
-        (
-            "--create-interface",
-            True,
-            "create the interface when it does not exist (kernel WireGuard, else wireguard-go); "
-            "with false it must exist already",
-        ),
-    ):
-        parser.add_argument(
-            flag,
-            type=arguments.go_bool(flag),
-            nargs="?",
-            const=True,
-            default=default,
-            metavar="BOOL",
-            help=f"{text} (default: {str(default).lower()})",
-        )
-    parser.add_argument(
-        "--mtu",
-        type=arguments.mtu("--mtu", default=DEFAULT_MTU),
-        default=DEFAULT_MTU,
-        help=f"MTU of an interface this command creates; 0 is the default (default: {DEFAULT_MTU})",
-    )
-    parser.add_argument(
-        "--resync-period",
-        type=arguments.go_value("--resync-period", _duration),
-        default=_duration(DEFAULT_RESYNC),
-        metavar="DURATION",
-        help="how often to re-apply everything besides on changes; at least every "
-        f"{MIN_RESYNC_PERIOD:g} s (default: {DEFAULT_RESYNC})",
-    )
-    parser.add_argument(
-        "--interface",
-        "-i",
-        type=arguments.interface_name("--interface"),
-        default=DEFAULT_INTERFACE,
-        help=f"the WireGuard interface (default: {DEFAULT_INTERFACE})",
-    )
-    parser.add_argument(
-        "--persistent-keepalive",
-        type=arguments.go_value("--persistent-keepalive", _keepalive),
-        default=DEFAULT_KEEPALIVE,
-        metavar="SECONDS",
-        help="keepalive of a Peer this command creates, and towards the nodes "
-        f"(default: {DEFAULT_KEEPALIVE})",
-    )
-    parser.add_argument(
-        "--log-level",
-        type=arguments.Value(_log_level, choices=LOG_LEVELS),
-        default="info",
-        metavar="LEVEL",
-        help=f"one of {', '.join(LOG_LEVELS)} (default: info); logs are JSON lines on stdout",
-    )
-
-
-def check_arguments(args: argparse.Namespace) -> str | None:
-    """What is wrong with a combination of ``connect``'s flags, or ``None``."""
-    if args.allowed_ip.version == 6:
-        problem = flags.mtu_problem(args.mtu, ipv6=True, minimum=flags.MIN_IPV4_MTU)
-        if problem:
-            return (
-                f"invalid --mtu {args.mtu} with the IPv6 --allowed-ip {args.allowed_ip}: {problem}"
-            )
-    return None
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def resolve(host: str, timeout: float = RESOLVE_TIMEOUT) -> IPAddress | None:
-    """An IP for ``host`` (IPv4 preferred, as Go), ``None`` on any failure or after timeout."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        infos = pool.submit(socket.getaddrinfo, host, None, 0, socket.SOCK_DGRAM).result(timeout)
-    except (OSError, concurrent.futures.TimeoutError, UnicodeError):
-        return None
-    finally:
-        pool.shutdown(wait=False)
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    return next((a for a in addresses if a.version == 4), addresses[0] if addresses else None)
-
-
-def _hostname() -> str:
-    try:
-        name = socket.gethostname()
-    except OSError as exc:
-        raise ConfigError(f"could not determine hostname: {exc.strerror or exc}") from exc
-    if not name:
-        raise ConfigError("could not determine hostname: it is empty; give NAME")
-    return name
-
-
-# --- the command -----------------------------------------------------------------------------
-
-
-def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if not sys.platform.startswith("linux"):
-        raise KiloError("this command is not supported on this OS")
-    if args.backend != "kubernetes":
-        raise ConfigError("connect needs --backend kubernetes: it creates a Peer")
-    name = args.name or _hostname()
-    if not is_dns1123_subdomain(name):
-        raise ConfigError(
-            f"peer name {_q(name)} is not a valid Kubernetes object name (lower-case letters, "
-            "digits, '-' and '.'); give NAME"
-        )
-    log = logs.configure(args.log_level, out)
-    return asyncio.run(Connection(args, name, log, err).run())
+    from kilo.adapters.kubernetes import Informer
 
 
 class Connection:
@@ -343,15 +62,13 @@ class Connection:
         self.interface: str = args.interface
         self.allowed_ip: IPInterface = args.allowed_ip
         self.subnet = None if args.subnet is None else ip.parse_network(args.subnet)
-        period = float(args.resync_period)
-        if period < MIN_RESYNC_PERIOD:
-            # Kilo's loop re-syncs without pause for 0 or less; changes are watched anyway.
+        requested = float(args.resync_period)
+        self.resync_period = resync_period(requested)
+        if self.resync_period != requested:
             log.warning(
                 "resync period raised to the minimum",
-                fields={"requested": f"{period:g}s", "used": f"{MIN_RESYNC_PERIOD:g}s"},
+                fields={"requested": f"{requested:g}s", "used": f"{MIN_RESYNC_PERIOD:g}s"},
             )
-            period = MIN_RESYNC_PERIOD
-        self.resync_period = period
         if args.private_key:
             self.key_path = Path(args.private_key)
         else:
@@ -364,13 +81,11 @@ class Connection:
         self.peer_created = False
         self.interface_created = False
         self.interface_touched = False
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: WireGuardGo | None = None
         self.links: LinksPort | None = None
         self.routes: RoutesPort | None = None
         self.device: DevicePort | None = None
-        self.nodes: dict[str, Node] = {}
-        self.peers: dict[str, Peer] = {}
-        self._versions: dict[tuple[str, str], object] = {}
+        self.view = ClusterView(topology_label=args.topology_label, port=args.port)
         self._warned: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._lock = threading.Lock()
@@ -509,34 +224,8 @@ class Connection:
     def _start_wireguard_go(self, program: str) -> None:
         links = self.links
         assert links is not None
-        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1"}
-        # Its own messages go to stderr: stdout carries only our JSON lines.
-        self.child = subprocess.Popen(
-            [program, self.interface],
-            stdin=subprocess.DEVNULL,
-            stdout=self.err.fileno() if _has_fileno(self.err) else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # a terminal's Ctrl-C reaches us; we stop it in order
-        )
-        sock = SOCKET_DIR / f"{self.interface}.sock"
-        deadline = time.monotonic() + WIREGUARD_GO_START
-        while not (sock.exists() and links.index(self.interface) is not None):
-            code = self.child.poll()
-            if code is not None:
-                raise DataPlaneError(
-                    f"wireguard-go {self.interface} exited with status {code} before creating "
-                    "the interface (its messages are above, on stderr)"
-                )
-            if time.monotonic() > deadline:
-                raise DataPlaneError(
-                    f"wireguard-go {self.interface} did not create the interface and {sock} "
-                    f"within {WIREGUARD_GO_START:g} s"
-                )
-            time.sleep(0.05)
-        self.log.info(
-            "started wireguard-go", fields={"interface": self.interface, "pid": self.child.pid}
-        )
+        self.child = WireGuardGo.start(program, self.interface, err=self.err)
+        self.child.wait_ready(links, self.log)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -605,49 +294,20 @@ class Connection:
             if changed:
                 self._trigger()
 
-    def _report(self, kind: str, event: Event, diagnostics: Sequence[Diagnostic]) -> None:
-        """Warn once per object version about what could not be used."""
-        key = (kind, event.name)
-        version = event.obj.get("metadata", {}).get("resourceVersion")
-        if not diagnostics:
-            self._versions.pop(key, None)
-            return
-        if self._versions.get(key) == version:
-            return
-        self._versions[key] = version
+    def _report(self, diagnostics: tuple[Diagnostic, ...]) -> None:
         for d in diagnostics:
-            self.log.warning(
-                f"{d.kind} {d.name}: {d.field} {d.problem}",
-                fields={"kind": d.kind, "name": d.name, "field": d.field, "value": d.value},
-            )
+            message, fields = warning_line(d)
+            self.log.warning(message, fields=fields)
 
     def _on_node(self, event: Event) -> bool:
-        new = None
-        if event.type != "DELETED":
-            result = translate.translate_node(
-                event.obj, topology_label=self.args.topology_label, port=self.args.port
-            )
-            self._report("node", event, result.diagnostics)
-            new = result.value
-        else:
-            self._report("node", event, ())
-        old = self.nodes.pop(event.name, None)
-        if new is not None:
-            self.nodes[event.name] = new
-        return mesh_changed(old, new, int(time.time()))
+        change = self.view.node_event(event)
+        self._report(change.report)
+        return mesh_changed(change.old, change.new, int(time.time()))
 
     def _on_peer(self, event: Event) -> bool:
-        new = None
-        if event.type != "DELETED":
-            result = translate.translate_peer(event.obj)
-            self._report("peer", event, result.diagnostics)
-            new = result.value
-        else:
-            self._report("peer", event, ())
-        old = self.peers.pop(event.name, None)
-        if new is not None:
-            self.peers[event.name] = new
-        return peer_changed(old, new)
+        change = self.view.peer_event(event)
+        self._report(change.report)
+        return peer_changed(change.old, change.new)
 
     async def _worker(self, nodes: Informer, peers: Informer) -> None:
         assert self._wake is not None
@@ -666,19 +326,17 @@ class Connection:
             self._wake.clear()
             if loop.time() >= next_resync:
                 next_resync = loop.time() + self.resync_period
-            await asyncio.to_thread(self.sync, list(self.nodes.values()), list(self.peers.values()))
+            snapshot = list(self.view.nodes.values()), list(self.view.peers.values())
+            await asyncio.to_thread(self.sync, *snapshot)
 
     def _resolved(self, endpoint: Endpoint | None, what: str) -> Endpoint | None:
-        if endpoint is None or endpoint.resolved or not endpoint.addr:
-            return endpoint
-        address = resolve(endpoint.host)
-        if address is None:
+        resolved, ok = dns.resolve_endpoint(endpoint, resolve)
+        if not ok and endpoint is not None:
             self._warn_once(
                 f"failed to resolve the endpoint of {what}; its WireGuard peer gets no endpoint "
                 f"until it resolves ({endpoint.addr})"
             )
-            return endpoint
-        return endpoint.resolved_to(address)
+        return resolved
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -808,14 +466,7 @@ class Connection:
         if child is None:
             return
         self.child = None
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(WIREGUARD_GO_STOP)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        self.log.info("stopped wireguard-go", fields={"pid": child.pid})
+        child.stop(self.log)
 
 
 _KILO_CLEAN_UP_ERRORS = {
@@ -823,11 +474,3 @@ _KILO_CLEAN_UP_ERRORS = {
     "the interface": "failed to remove WireGuard interface",
     "the peer": "failed to delete peer",
 }
-
-
-def _has_fileno(stream: TextIO) -> bool:
-    try:
-        stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    return True

@@ -1,0 +1,120 @@
+"""The route table's fake: :class:`RouteTable`'s contract over a kernel held in memory.
+
+For the unit tests of the loops (the agent's, ``kgctl connect``'s). The decisions are the
+core's, as the real table's (:mod:`kilo.mesh.route_sync`); what this models is the kernel:
+routes exist only on interfaces that exist, a rule can be held more than once, and someone
+else may delete what the table added (:meth:`InMemoryRouteTable.delete_route`). The same
+contract tests run against this and against :class:`RouteTable` in a network namespace
+(tests/e2e/test_route_table_contract.py), so that the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from kilo.adapters.netlink.route_table import State, summary
+from kilo.errors import DataPlaneError
+from kilo.mesh import route_sync
+from kilo.mesh.route_sync import RouteKey, RuleKey
+from kilo.mesh.routes import Device, Route, Rule, format_route
+
+
+class InMemoryRouteTable:
+    """Kilo's routes and rules in a kernel that has the interfaces ``interfaces``."""
+
+    def __init__(self, interfaces: Iterable[str] = ()) -> None:
+        self.interfaces = set(interfaces)
+        # The kernel: every route and rule in it (Kilo's or not), by identity.
+        self.kernel_routes: set[RouteKey] = set()
+        self.kernel_rules: set[RuleKey] = set()
+        self.state_error: str | None = None
+        self._routes: set[RouteKey] = set()
+        self._rules: set[RuleKey] = set()
+        self._watchers: list[Callable[[], None]] = []
+        # What the loop asked for, for the tests' assertions.
+        self.calls = 0
+        self.planned: tuple[Route, ...] = ()
+        self.cleaned = False
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """The routes of the last :meth:`set` (what the loop asked for)."""
+        return self.planned
+
+    def set(
+        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+    ) -> tuple[int, int]:
+        self.calls += 1
+        self.planned = tuple(routes)
+        desired = route_sync.desired_routes(routes, devices)
+        failures = [
+            f"route {format_route(route, devices)}: "
+            f"no interface for device role {route.dev.value!r}"
+            for route in desired.unresolved
+        ]
+        planned_rules = [key for key, _ in route_sync.desired_rules(rules)]
+        to_add, removed = self._sync(desired.keys, planned_rules)
+        added = 0
+        route_of = dict(desired.routes)
+        for key in to_add:
+            if key.dev not in self.interfaces:
+                failures.append(
+                    f"route {format_route(route_of[key], devices)}: "
+                    f"interface {key.dev} does not exist"
+                )
+                continue
+            self.kernel_routes.add(key)
+            self._routes.add(key)
+            added += 1
+        rule_changes = route_sync.diff(planned_rules, self.kernel_rules, self._rules)
+        self.kernel_rules.update(rule_changes.add)
+        self._rules.update(rule_changes.add)
+        added += len(rule_changes.add)
+        if failures:
+            raise DataPlaneError(summary(failures))
+        return added, removed
+
+    def _sync(
+        self, routes: Sequence[RouteKey], rules: Sequence[RuleKey]
+    ) -> tuple[tuple[RouteKey, ...], int]:
+        """Adopt what the kernel already holds, forget what is gone, delete what is no
+        longer planned; return the routes to add and how many items were deleted."""
+        route_changes = route_sync.diff(routes, self.kernel_routes, self._routes)
+        rule_changes = route_sync.diff(rules, self.kernel_rules, self._rules)
+        self._routes.update(route_changes.adopt)
+        self._rules.update(rule_changes.adopt)
+        self._routes.difference_update(route_changes.forget, route_changes.delete)
+        self._rules.difference_update(rule_changes.forget, rule_changes.delete)
+        self.kernel_routes.difference_update(route_changes.delete)
+        self.kernel_rules.difference_update(rule_changes.delete)
+        return route_changes.add, len(route_changes.delete) + len(rule_changes.delete)
+
+    def clean_up(self) -> None:
+        self._sync((), ())
+        self.cleaned = True
+
+    @property
+    def tracked(self) -> State:
+        return frozenset(self._routes), frozenset(self._rules)
+
+    def kernel(self) -> State:
+        return frozenset(self.kernel_routes), frozenset(self.kernel_rules)
+
+    def delete_route(self, key: RouteKey) -> None:
+        """Someone else deletes a route from the kernel (``ip route del``)."""
+        self.kernel_routes.discard(key)
+        if key in self._routes:
+            for callback in list(self._watchers):
+                callback()
+
+    def watch_deletions(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._watchers.append(callback)
+
+        def stop() -> None:
+            if callback in self._watchers:
+                self._watchers.remove(callback)
+
+        return stop
+
+    def close(self) -> None:
+        self._watchers.clear()

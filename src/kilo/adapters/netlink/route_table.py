@@ -1,0 +1,489 @@
+"""Kilo's routes and IP rules through rtnetlink, tracked in every table they use.
+
+Thin: the decisions (which routes and rules to add, delete or adopt, and their identity)
+are in :mod:`kilo.mesh.route_sync`; this module only lists the kernel, applies changes and
+keeps the tracked set on disk. A route or rule that could not be changed does not stop the
+others, and one :class:`~kilo.errors.DataPlaneError` at the end lists them. Its fake for
+unit tests, held to the same contract, is :class:`~kilo.adapters.netlink.memory.InMemoryRouteTable`.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import (
+    RTM_DELROUTE,
+    RTM_DELRULE,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV4_RULE,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_IPV6_RULE,
+)
+
+from kilo.adapters.netlink.rtnetlink import (
+    FAMILY,
+    VERSION,
+    Closing,
+    Netlink,
+    failing,
+    reason,
+    where,
+)
+from kilo.adapters.netlink.watcher import Watcher
+from kilo.errors import DataPlaneError
+from kilo.mesh import route_sync
+from kilo.mesh.route_sync import RouteKey, RuleKey
+from kilo.mesh.routes import RTPROT_STATIC, Device, Route, Rule, format_route, format_rule
+
+K = TypeVar("K", RouteKey, RuleKey)
+
+_RTN_UNICAST = 1
+_RTNH_F_ONLINK = 0x4
+_RTM_F_CLONED = 0x200
+_RT_SCOPE_NOWHERE = 255  # "any scope" when deleting, as `ip route del` sends
+_FR_ACT_TO_TBL = 1
+_FIB_RULE_INVERT = 0x2
+_WATCH_GROUPS = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
+
+
+def _route_key_of(m: Any, names: Mapping[int, str]) -> RouteKey | None:
+    version = VERSION.get(m["family"])
+    if version is None or m["type"] != _RTN_UNICAST or m["flags"] & _RTM_F_CLONED or m["tos"]:
+        return None
+    dev = names.get(m.get("oif") or 0)
+    if dev is None:
+        return None  # multipath, or an interface we do not know
+    return route_sync.kernel_route_key(
+        version=version,
+        table=int(m.get("table") or m["table"]),
+        dst=m.get("dst"),
+        dst_len=m["dst_len"],
+        dev=dev,
+        gw=m.get("gateway"),
+        src=m.get("prefsrc"),
+        metric=m.get("priority"),
+    )
+
+
+def _rule_key_of(m: Any) -> RuleKey | None:
+    version = VERSION.get(m["family"])
+    if (
+        version is None
+        or m.get("action") != _FR_ACT_TO_TBL
+        or m["flags"] & _FIB_RULE_INVERT
+        or m["tos"]
+        or m.get("fwmark")
+        or m.get("oifname")
+    ):
+        return None  # a rule with selectors Kilo never sets is not one of Kilo's
+    return route_sync.kernel_rule_key(
+        version=version,
+        table=int(m.get("table") or m["table"]),
+        src=m.get("src"),
+        src_len=m["src_len"],
+        dst=m.get("dst"),
+        dst_len=m["dst_len"],
+        iif=m.get("iifname"),
+    )
+
+
+class _Kernel:
+    """One listing of the kernel: links, and Kilo-shaped routes and rules in every table."""
+
+    def __init__(self, ipr: Netlink) -> None:
+        with failing("cannot list interfaces"):
+            self.names = {int(m["index"]): str(m.get("ifname")) for m in ipr.link("dump")}
+        self.indexes = {name: index for index, name in self.names.items()}
+        self.routes: set[RouteKey] = set()
+        with failing("cannot list routes"):
+            for m in ipr.route("dump"):
+                key = _route_key_of(m, self.names)
+                if key is not None:
+                    self.routes.add(key)
+        # One key can match several kernel rules (same selectors, different priorities).
+        self.rules: dict[RuleKey, list[int]] = {}
+        with failing("cannot list IP rules"):
+            for m in ipr.rule("dump"):
+                rule = _rule_key_of(m)
+                if rule is not None:
+                    self.rules.setdefault(rule, []).append(int(m.get("priority") or 0))
+
+
+State = tuple[frozenset[RouteKey], frozenset[RuleKey]]
+
+
+class RouteTable(Closing):
+    """Kilo's routes and IP rules, tracked in every table they use.
+
+    ``state_file`` keeps the tracked keys across restarts, so that an agent that stopped
+    without cleaning up still removes, on its next :meth:`set` or :meth:`clean_up`, what
+    the previous run added. A state file that cannot be read or parsed is ignored (nothing
+    it lists is deleted) and :attr:`state_error` says why; it is overwritten on the next
+    change.
+    """
+
+    def __init__(self, netns: str | None = None, state_file: Path | None = None) -> None:
+        self._netns = netns
+        self._state_file = state_file
+        self.state_error: str | None = None
+        # Guards what the watcher threads read: the tracked keys and the interface names.
+        self._lock = threading.Lock()
+        # One set() or clean_up() at a time: each lists the kernel, then acts on the listing.
+        self._apply_lock = threading.Lock()
+        self._routes: set[RouteKey] = set()
+        self._rules: set[RuleKey] = set()
+        self._names: dict[int, str] = {}
+        self._saved: State | None = (frozenset(), frozenset())
+        self._watchers: list[Watcher] = []
+        if state_file is not None:
+            self._load(state_file)
+        self._ipr = Netlink(netns)
+
+    # -- state file ----------------------------------------------------------------------
+
+    def _load(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self._saved = None
+            self.state_error = (
+                f"cannot read route state {path}: {reason(exc)}; "
+                "routes and rules of an earlier run are not removed"
+            )
+            return
+        try:
+            routes, rules = route_sync.decode_state(text)
+        except ValueError as exc:
+            self._saved = None
+            self.state_error = (
+                f"ignoring corrupt route state {path}: {exc}; "
+                "routes and rules of an earlier run are not removed"
+            )
+            return
+        self._routes, self._rules = set(routes), set(rules)
+        self._saved = (routes, rules)
+
+    def _save(self, routes: Iterable[RouteKey], rules: Iterable[RuleKey]) -> None:
+        path = self._state_file
+        state = (frozenset(routes), frozenset(rules))
+        if path is None or state == self._saved:
+            return
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # 0600 from the start, renamed into place: a crash never leaves half a file.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(route_sync.encode_state(*state))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise DataPlaneError(f"cannot write route state {path}: {reason(exc)}") from exc
+        self._saved = state
+
+    # -- kernel changes ------------------------------------------------------------------
+
+    def _add_route(self, key: RouteKey, route: Route, index: int) -> None:
+        request = _route_request(key, index, proto=RTPROT_STATIC)
+        if route.onlink:
+            request["flags"] = _RTNH_F_ONLINK
+        self._ipr.route("replace", **request)
+
+    def _delete_route(self, key: RouteKey, index: int) -> None:
+        request = _route_request(key, index, scope=_RT_SCOPE_NOWHERE)
+        if key.version == 6:
+            request["priority"] = route_sync.DEFAULT_METRIC[6]
+        self._ipr.route("del", **request)
+
+    def _add_rule(self, key: RuleKey) -> None:
+        # No priority: the kernel numbers rules in the order they are added, as for Kilo.
+        self._ipr.rule("add", priority=None, **_rule_request(key))
+
+    def _delete_rule(self, key: RuleKey, priority: int) -> None:
+        self._ipr.rule("del", priority=priority, **_rule_request(key))
+
+    def _delete(
+        self,
+        routes: Sequence[RouteKey],
+        rules: Sequence[RuleKey],
+        kernel: _Kernel,
+        failures: list[str],
+    ) -> int:
+        """Delete tracked items; untrack each first so that watchers ignore our own deletions."""
+        removed = 0
+        for rule in rules:
+            delete_rule = functools.partial(self._delete_rules, rule, kernel)
+            removed += self._untrack(self._rules, rule, delete_rule, failures, "rule")
+        for route in routes:
+            delete_route = functools.partial(self._delete_listed_route, route, kernel)
+            removed += self._untrack(self._routes, route, delete_route, failures, "route")
+        return removed
+
+    def _delete_rules(self, key: RuleKey, kernel: _Kernel) -> int:
+        """Delete every kernel rule of ``key`` (one per priority it holds)."""
+        priorities = kernel.rules.get(key, ())
+        for priority in priorities:
+            self._delete_rule(key, priority)
+        return len(priorities)
+
+    def _delete_listed_route(self, key: RouteKey, kernel: _Kernel) -> int:
+        index = kernel.indexes.get(key.dev)
+        if index is None:
+            return 0  # the interface went away, and its routes with it
+        self._delete_route(key, index)
+        return 1
+
+    def _track_added(
+        self,
+        tracked: set[K],
+        key: K,
+        add: Callable[[], None],
+        failures: list[str],
+        what: str,
+    ) -> int:
+        """``add`` the item ``key`` to the kernel, then track it; 1 if it was added."""
+        try:
+            add()
+        except (NetlinkError, OSError) as exc:
+            failures.append(f"cannot add {what}: {reason(exc)}")
+            return 0
+        with self._lock:
+            tracked.add(key)
+        return 1
+
+    def _untrack(
+        self,
+        tracked: set[K],
+        key: K,
+        delete: Callable[[], int],
+        failures: list[str],
+        what: str,
+    ) -> int:
+        """Untrack ``key``, then ``delete`` it (returning how many kernel items went); on
+        failure track it again, unless it is gone already."""
+        with self._lock:
+            tracked.discard(key)
+        try:
+            return delete()
+        except (NetlinkError, OSError) as exc:
+            if not _gone(exc):
+                with self._lock:
+                    tracked.add(key)
+                failures.append(f"cannot delete {what} {key}: {reason(exc)}")
+            return 0
+
+    def _listing(self) -> _Kernel:
+        kernel = _Kernel(self._ipr)
+        with self._lock:
+            self._names = dict(kernel.names)
+        return kernel
+
+    def _tracked(self) -> State:
+        with self._lock:
+            return frozenset(self._routes), frozenset(self._rules)
+
+    def _save_collecting(
+        self, routes: Iterable[RouteKey], rules: Iterable[RuleKey], failures: list[str]
+    ) -> None:
+        try:
+            self._save(routes, rules)
+        except DataPlaneError as exc:
+            failures.append(str(exc))
+
+    def set(
+        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+    ) -> tuple[int, int]:
+        """Bring the kernel to ``routes`` and ``rules``; return (added, removed).
+
+        ``devices`` names the interface of each device role. Planned items missing from
+        the kernel are added, tracked items no longer planned are deleted from their own
+        table, and planned items already in the kernel are tracked too. Every failure
+        (including a route whose device has no interface) is collected; the rest is still
+        applied, then one :class:`DataPlaneError` lists them all.
+        """
+        with self._apply_lock:
+            return self._set(routes, rules, devices)
+
+    def _set(
+        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+    ) -> tuple[int, int]:
+        failures: list[str] = []
+        desired = route_sync.desired_routes(routes, devices)
+        for route in desired.unresolved:
+            failures.append(
+                f"route {format_route(route, devices)}: "
+                f"no interface for device role {route.dev.value!r}"
+            )
+        planned_rules = route_sync.desired_rules(rules)
+        kernel = self._listing()
+        tracked_routes, tracked_rules = self._tracked()
+        route_changes = route_sync.diff(desired.keys, kernel.routes, tracked_routes)
+        rule_changes = route_sync.diff(
+            [key for key, _ in planned_rules], kernel.rules.keys(), tracked_rules
+        )
+        with self._lock:
+            self._routes.update(route_changes.adopt)
+            self._rules.update(rule_changes.adopt)
+        # Before touching the kernel, record everything that may be ours once this is done:
+        # if the agent dies half-way, the next run still removes what it added.
+        self._save_collecting(
+            tracked_routes | set(route_changes.adopt) | set(route_changes.add),
+            tracked_rules | set(rule_changes.adopt) | set(rule_changes.add),
+            failures,
+        )
+        with self._lock:
+            self._routes.difference_update(route_changes.forget)
+            self._rules.difference_update(rule_changes.forget)
+        removed = self._delete(route_changes.delete, rule_changes.delete, kernel, failures)
+
+        added = 0
+        route_of = dict(desired.routes)
+        for key in route_changes.add:
+            route = route_of[key]
+            index = kernel.indexes.get(key.dev)
+            if index is None:
+                failures.append(
+                    f"route {format_route(route, devices)}: interface {key.dev} does not exist"
+                )
+                continue
+            add_route = functools.partial(self._add_route, key, route, index)
+            what = f"route {format_route(route, devices)}"
+            added += self._track_added(self._routes, key, add_route, failures, what)
+        rule_of = dict(planned_rules)
+        for rule_key in rule_changes.add:
+            add_rule = functools.partial(self._add_rule, rule_key)
+            what = f"rule {format_rule(rule_of[rule_key])}"
+            added += self._track_added(self._rules, rule_key, add_rule, failures, what)
+        self._save_collecting(*self._tracked(), failures)
+        if failures:
+            raise DataPlaneError(summary(failures))
+        return added, removed
+
+    def clean_up(self) -> None:
+        """Delete exactly the tracked routes and rules, in every table."""
+        with self._apply_lock:
+            self._clean_up()
+
+    def _clean_up(self) -> None:
+        failures: list[str] = []
+        kernel = self._listing()
+        tracked_routes, tracked_rules = self._tracked()
+        route_changes = route_sync.diff((), kernel.routes, tracked_routes)
+        rule_changes = route_sync.diff((), kernel.rules.keys(), tracked_rules)
+        with self._lock:
+            self._routes.difference_update(route_changes.forget)
+            self._rules.difference_update(rule_changes.forget)
+        self._delete(route_changes.delete, rule_changes.delete, kernel, failures)
+        self._save_collecting(*self._tracked(), failures)
+        if failures:
+            raise DataPlaneError(summary(failures))
+
+    @property
+    def tracked(self) -> State:
+        """The routes and rules this table would delete on clean-up."""
+        return self._tracked()
+
+    def kernel(self) -> State:
+        """The Kilo-shaped routes and rules the kernel holds now, in every table, whoever
+        added them (what :meth:`set` compares the plan with)."""
+        with self._apply_lock:
+            kernel = self._listing()
+        return frozenset(kernel.routes), frozenset(kernel.rules)
+
+    # -- watching ------------------------------------------------------------------------
+
+    def _tracked_deletion(self, messages: Iterable[Any]) -> bool:
+        with self._lock:
+            for m in messages:
+                kind = m["header"]["type"]
+                if kind == RTM_DELROUTE:
+                    if _route_key_of(m, self._names) in self._routes:
+                        return True
+                elif kind == RTM_DELRULE and _rule_key_of(m) in self._rules:
+                    return True
+        return False
+
+    def watch_deletions(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (on a background thread) when someone else deletes a tracked
+        route or rule, or when events were lost; return a function that stops watching.
+
+        The subscription is active when this returns. The callback should only signal the
+        agent (for example set an event) and must not raise: an exception ends the watcher.
+        The agent then calls :meth:`set` again. The stop function wakes the thread and joins
+        it (for at most a few seconds); calling it twice is harmless.
+        """
+        with failing(f"cannot subscribe to route and rule events{where(self._netns)}"):
+            sock = pyroute2_netns.create_socket(
+                self._netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0
+            )
+            try:
+                sock.bind((0, _WATCH_GROUPS))
+            except OSError:
+                sock.close()
+                raise
+        watcher = Watcher(sock, self._tracked_deletion, callback)
+        self._watchers.append(watcher)
+        watcher.start()
+        return watcher.stop
+
+    def close(self) -> None:
+        for watcher in self._watchers:
+            watcher.stop()
+        self._watchers.clear()
+        self._ipr.close()
+
+
+def _route_request(key: RouteKey, index: int, **extra: Any) -> dict[str, Any]:
+    """The attributes that name the route ``key`` on the interface ``index``."""
+    request: dict[str, Any] = {
+        "family": FAMILY[key.version],
+        "dst": str(key.dst),
+        "oif": index,
+        "table": key.table,
+        **extra,
+    }
+    if key.gw is not None:
+        request["gateway"] = str(key.gw)
+    if key.src is not None:
+        request["prefsrc"] = str(key.src)
+    return request
+
+
+def _rule_request(key: RuleKey) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "family": FAMILY[key.version],
+        "table": key.table,
+        "action": "to_tbl",
+    }
+    if key.src is not None:
+        request["src"] = str(key.src.network_address)
+        request["src_len"] = key.src.prefixlen
+    if key.dst is not None:
+        request["dst"] = str(key.dst.network_address)
+        request["dst_len"] = key.dst.prefixlen
+    if key.iif is not None:
+        request["iifname"] = key.iif
+    return request
+
+
+def _gone(exc: BaseException) -> bool:
+    """The item is already gone: nothing left to delete."""
+    return isinstance(exc, NetlinkError) and exc.code in (errno.ESRCH, errno.ENOENT)
+
+
+def summary(failures: Sequence[str]) -> str:
+    what = "change" if len(failures) == 1 else "changes"
+    return f"{len(failures)} route/rule {what} failed: " + "; ".join(failures)

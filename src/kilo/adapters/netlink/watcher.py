@@ -1,0 +1,72 @@
+"""A thread that reads route and rule events from a netlink socket of its own, and calls
+back when one of them matters (someone else deleted a tracked route or rule) or when
+events were lost."""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from typing import Any
+
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+_STOP_TIMEOUT = 5.0
+
+
+class Watcher:
+    """A thread reading route and rule events from its own netlink socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        matters: Callable[[Iterable[Any]], bool],
+        callback: Callable[[], None],
+    ) -> None:
+        self._matters = matters
+        self._sock = sock
+        self._callback = callback
+        # Closing a socket does not wake a thread blocked on it; a wake-up pair does.
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, name="kilo-route-watch", daemon=True)
+        self._stopped = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        marshal = MarshalRtnl()
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(self._sock, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while True:
+                for ready, _ in selector.select():
+                    if ready.fileobj is self._wake_read:
+                        return
+                    try:
+                        data = self._sock.recv(65536)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOBUFS:
+                            return
+                        self._callback()  # events were lost: one of them may matter
+                        continue
+                    if self._matters(marshal.parse(data)):
+                        self._callback()
+        finally:
+            selector.close()
+            self._sock.close()
+            self._wake_read.close()
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            with suppress(OSError):
+                self._wake_write.send(b"\0")
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
+            self._thread.join(_STOP_TIMEOUT)
+        with suppress(OSError):
+            self._wake_write.close()

@@ -1,0 +1,364 @@
+"""Applying a topology to the node's data plane: Kilo's ``applyTopology`` and ``cleanUp``.
+
+Composition only: the plan comes from the core (``kilo.mesh.plan``), and each sub-system
+(MTU, iptables, tunnel address, WireGuard, routes and rules, CNI) is brought to it through
+its port. A failing step is counted and logged, and the others still run; between full
+applies (a resync, an earlier failure, a deleted route), a sub-system whose plan did not
+change is skipped. Runs in a worker thread, one apply or clean-up at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from kilo.adapters import dns
+from kilo.agent import logs
+from kilo.agent.ports import DataPlane, HostFacts, MetricsPort
+from kilo.agent.settings import AgentSettings
+from kilo.errors import KiloError
+from kilo.mesh import samenat
+from kilo.mesh.endpoint import Endpoint
+from kilo.mesh.ip import IPInterface
+from kilo.mesh.iptables import RuleSet
+from kilo.mesh.model import (
+    DEFAULT_MTU,
+    WIREGUARD_OVERHEAD,
+    Node,
+    Peer,
+    ready_nodes,
+    ready_peers,
+)
+from kilo.mesh.plan import PlanSettings, plan_node
+from kilo.mesh.routes import Device
+from kilo.mesh.topology import Topology, build_topology
+from kilo.mesh.wgdevice import DeviceState, discovered_endpoints
+from kilo.mesh.wireguard import WireGuardConfig
+
+log = logs.get("kilo")
+iptables_log = logs.get("iptables")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What an apply learnt, for the local node's annotations."""
+
+    topology: Topology
+    wireguard_ip: IPInterface | None
+    discovered: dict[str, Any]
+    errors: int
+
+
+def _resolve_endpoint(
+    endpoint: Endpoint | None, what: str, resolver: dns.Resolver
+) -> Endpoint | None:
+    resolved, ok = dns.resolve_endpoint(endpoint, resolver)
+    if not ok and endpoint is not None:
+        log.warning(
+            "failed to resolve endpoint; its WireGuard peer gets no endpoint until it resolves",
+            fields={"object": what, "endpoint": endpoint.addr},
+        )
+    return resolved
+
+
+# A Node or a Peer: both carry an endpoint that may be a DNS name.
+_Endpointed = TypeVar("_Endpointed", Node, Peer)
+
+
+def _with_resolved_endpoint(obj: _Endpointed, what: str, resolver: dns.Resolver) -> _Endpointed:
+    """``obj`` itself when resolving changes nothing (an IP endpoint, the common case): the
+    topology reuses what it built from the very same Node objects (topology._SegmentMemo),
+    so a copy per apply would make every apply a rebuild of the whole mesh."""
+    resolved = _resolve_endpoint(obj.endpoint, what, resolver)
+    return obj if resolved == obj.endpoint else replace(obj, endpoint=resolved)
+
+
+class TopologyApplier:
+    """The node's data plane, brought to the topology of a snapshot of the cluster."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        host: HostFacts,
+        plane: DataPlane,
+        metrics: MetricsPort,
+        *,
+        clock: Callable[[], float],
+        resolver: dns.Resolver,
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.plane = plane
+        self.metrics = metrics
+        self.clock = clock
+        self.resolver = resolver
+        self.hostname = settings.mesh.hostname
+        self.interface = settings.wireguard.interface
+        # For the metrics' peer names and /graph: what the last apply planned.
+        self.peer_names: dict[str, str] = {}
+        self.graph_input: tuple[tuple[Node, ...], tuple[Peer, ...]] | None = None
+        self._lock = threading.Lock()
+        self._applied_iptables: RuleSet | None = None
+        self._applied_routes: tuple[object, ...] | None = None
+        self._auto_mtu: int | None = None
+        self._mtu_lines: list[tuple[int, str, dict[str, str]]] = []
+
+    def _mtu(self, full: bool) -> int | None:
+        configured = self.settings.wireguard.mtu
+        if configured is not None:
+            return configured
+        # Finding the default route dumps the routing table: only on full applies.
+        if full or self._auto_mtu is None:
+            self._auto_mtu = self._detect_mtu()
+        return self._auto_mtu
+
+    def _detect_mtu(self) -> int:
+        """Kilo's auto MTU: the default route's interface's MTU less WireGuard's 80 bytes,
+        else 1420. Kilo's lines about it are logged when the result changes (Kilo logs
+        them on every apply)."""
+        links = self.plane.links
+        lines: list[tuple[int, str, dict[str, str]]] = []
+        mtu = DEFAULT_MTU
+        try:
+            index = links.default_route_interface()
+            interface = next((i for i in links.interfaces() if i.index == index), None)
+            if interface is None:
+                raise KiloError("no interface has the default route")
+            base = links.mtu(interface.name)
+        except KiloError as exc:
+            message = "failed to get default interface for MTU detection, using default MTU"
+            lines.append((logging.WARNING, message, {"error": str(exc)}))
+        else:
+            mtu = base - WIREGUARD_OVERHEAD
+            lines += [
+                (
+                    logging.INFO,
+                    f"detected underlay MTU {base} on default interface {interface.name}",
+                    {},
+                ),
+                (
+                    logging.INFO,
+                    f"auto-detected WireGuard MTU: {mtu} (underlay {base} - overhead "
+                    f"{WIREGUARD_OVERHEAD})",
+                    {},
+                ),
+            ]
+        if lines != self._mtu_lines:
+            self._mtu_lines = lines
+            for level, message, fields in lines:
+                log.log(level, message, fields=fields)
+        return mtu
+
+    def apply(
+        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, *, full: bool = True
+    ) -> Applied | None:
+        """Kilo's apply_topology (§6.7) on a snapshot; runs in a worker thread."""
+        with self._lock:
+            return self._apply(nodes, peers, local, full)
+
+    def _apply(
+        self, nodes: Sequence[Node], peers: Sequence[Peer], local: Node, full: bool
+    ) -> Applied | None:
+        self.metrics.reconciled()
+        now = int(self.clock())
+        ready = [
+            _with_resolved_endpoint(n, f"node {n.name}", self.resolver)
+            for n in ready_nodes([*nodes, local], now)
+        ]
+        ready_peer_list = [
+            _with_resolved_endpoint(p, f"peer {p.name}", self.resolver) for p in ready_peers(peers)
+        ]
+        self.metrics.set_counts(len(ready), len(ready_peer_list))
+        if not any(n.name == self.hostname for n in ready):
+            log.debug("the local node is not ready yet", fields={"node": self.hostname})
+            return None
+        plane = self.plane
+        errors = 0
+
+        def failed(step: str, exc: BaseException, kilo: str = "") -> None:
+            nonlocal errors
+            errors += 1
+            self.metrics.error("apply")
+            error = f"{kilo}: {exc}" if kilo else str(exc)
+            log.error(f"failed to apply {step}", fields={"error": error})
+
+        mtu = self._mtu(full)
+        if mtu is not None:
+            try:
+                plane.links.set_mtu(self.interface, mtu)
+            except KiloError as exc:
+                failed("the MTU", exc, "failed to set MTU on WireGuard interface")
+        try:
+            state: DeviceState | None = plane.device.get()
+        except KiloError as exc:
+            failed("WireGuard (reading the device)", exc)
+            state = None
+        discovered = (
+            discovered_endpoints(state, ready, ready_peer_list) if state is not None else {}
+        )
+        mesh = self.settings.mesh
+        internal = (
+            samenat.internal_endpoints(ready, self.hostname)
+            if mesh.same_nat_internal_endpoints
+            else {}
+        )
+        # Not published: the other nodes keep Kilo's view of the nodes behind this NAT.
+        discovered = {k: v for k, v in discovered.items() if k not in internal}
+        ready = [
+            replace(n, discovered_endpoints=discovered) if n.name == self.hostname else n
+            for n in ready
+        ]
+        local_ready = next(n for n in ready if n.name == self.hostname)
+        try:
+            t = build_topology(
+                ready,
+                ready_peer_list,
+                granularity=mesh.granularity,
+                hostname=self.hostname,
+                subnet=mesh.subnet,
+                port=local_ready.endpoint.port if local_ready.endpoint else mesh.port,
+                key=self.host.key,
+                service_cidrs=mesh.service_cidrs,
+                persistent_keepalive=local_ready.persistent_keepalive,
+            )
+        except KiloError as exc:
+            failed("the topology", exc)
+            return None
+        tunnel_name = plane.tunnel.name if plane.tunnel is not None else None
+        plan = plan_node(
+            t,
+            local_ready,
+            PlanSettings(
+                interface=self.interface,
+                private_interface=self.host.private_interface or "",
+                encapsulation=mesh.encapsulation,
+                compatibility=mesh.compatibility,
+                local=mesh.local,
+                cni=self.settings.cni.enabled,
+                iptables_forward_rules=mesh.iptables_forward_rules,
+                cni_path=self.settings.cni.path,
+            ),
+        )
+        if internal and plan.wireguard is not None:
+            plan = replace(plan, wireguard=samenat.dial_internal(plan.wireguard, internal))
+        if full or plan.iptables != self._applied_iptables:
+            self._applied_iptables = None
+            try:
+                if plane.iptables.apply(plan.iptables):
+                    count = len(plan.iptables.append) + len(plan.iptables.prepend)
+                    iptables_log.info(f"applying {count} iptables rules")
+                self._applied_iptables = plan.iptables
+            except KiloError as exc:
+                failed("iptables rules", exc)
+        if plan.tunnel_address is not None and plane.tunnel is not None:
+            try:
+                plane.tunnel.set(plan.tunnel_address)
+            except KiloError as exc:
+                failed("the tunnel address", exc)
+        self.metrics.set_node(self.hostname, local_ready.location)
+        self.metrics.set_leader(plan.leader)
+        try:
+            if plan.leader and plan.address is not None and plan.wireguard is not None:
+                plane.links.set_address(self.interface, plan.address)
+                if plane.device.apply(plan.wireguard):
+                    log.info(
+                        "WireGuard configurations are different",
+                        fields={"peers": [p.name for p in plan.wireguard.peers]},
+                    )
+                plane.links.set_up(self.interface, True)
+            else:
+                # A non-leader carries no traffic on WireGuard: no peers, no address, down
+                # (Kilo leaves a demoted leader's peers and address behind).
+                plane.device.apply(
+                    WireGuardConfig(private_key=self.host.key, listen_port=t.port, peers=())
+                )
+                plane.links.delete_addresses(self.interface)
+                plane.links.set_up(self.interface, False)
+        except KiloError as exc:
+            failed("the WireGuard interface", exc)
+        devices = {Device.KILO: self.interface}
+        if self.host.private_interface:
+            devices[Device.PRIVATE] = self.host.private_interface
+        if tunnel_name:
+            devices[Device.TUNNEL] = tunnel_name
+        wanted = (plan.routes, plan.rules, tuple(sorted(devices.items())))
+        if full or wanted != self._applied_routes:
+            self._applied_routes = None
+            try:
+                added, removed = plane.routes.set(plan.routes, plan.rules, devices)
+                self._applied_routes = wanted
+                if added or removed:
+                    log.info(
+                        "routes and rules updated", fields={"added": added, "removed": removed}
+                    )
+            except KiloError as exc:
+                failed("routes and rules", exc)
+        if self.settings.cni.enabled and local_ready.subnet is not None:
+            try:
+                if plane.update_cni(local_ready.subnet):
+                    log.info(
+                        "setting CIDR in CNI file",
+                        fields={"CIDR": str(local_ready.subnet), "path": self.settings.cni.path},
+                    )
+            except KiloError as exc:
+                log.warning(
+                    "failed to set CIDR in CNI file", fields={"err": str(exc), "error": str(exc)}
+                )
+        self.peer_names = {
+            str(p.public_key): p.name for p in (plan.wireguard.peers if plan.wireguard else ())
+        }
+        self.graph_input = (tuple(ready), tuple(ready_peer_list))
+        return Applied(
+            topology=t,
+            wireguard_ip=t.wireguard_cidr if t.leader else None,
+            discovered=dict(discovered),
+            errors=errors,
+        )
+
+    def clean_up(self) -> None:
+        """Remove what the agent added to the data plane (§6.8), each step independent."""
+        with self._lock:
+            plane = self.plane
+            steps: list[tuple[str, Callable[[], object]]] = [
+                ("iptables rules", plane.iptables.clean_up),
+                ("routes and rules", plane.routes.clean_up),
+            ]
+            if self.settings.wireguard.clean_up_interface:
+                steps.append(
+                    ("the WireGuard interface", lambda: plane.links.delete(self.interface))
+                )
+            else:
+                steps.append(
+                    (
+                        "the WireGuard configuration",
+                        lambda: plane.device.apply(WireGuardConfig(private_key=None, peers=())),
+                    )
+                )
+                steps.append(
+                    ("the WireGuard address", lambda: plane.links.delete_addresses(self.interface))
+                )
+                steps.append(
+                    ("the WireGuard link state", lambda: plane.links.set_up(self.interface, False))
+                )
+            if plane.tunnel is not None:
+                steps.append(("the tunnel", plane.tunnel.clean_up))
+            for what, step in steps:
+                try:
+                    step()
+                except KiloError as exc:
+                    self.metrics.error("cleanUp")
+                    kilo = _KILO_CLEAN_UP_ERRORS.get(what)
+                    error = f"{kilo}: {exc}" if kilo else str(exc)
+                    log.error(f"failed to clean up {what}", fields={"error": error})
+
+
+# Kilo's error texts for the clean-up steps it has, so that queries on them keep matching.
+_KILO_CLEAN_UP_ERRORS = {
+    "iptables rules": "failed to clean up IP tables",
+    "routes and rules": "failed to clean up routes",
+    "the WireGuard interface": "failed to remove WireGuard interface",
+    "the tunnel": "failed to clean up encapsulator",
+}

@@ -1,0 +1,307 @@
+"""``kgctl``'s commands: each reads the cluster through a backend, hands plain values to
+the pure core and prints what it returns (``kilo.cli.kgctl`` parses the command line and
+calls them)."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from kilo import __version__, completion
+from kilo.adapters import file as file_backend
+from kilo.cli import connect
+from kilo.cli.arguments import quote
+from kilo.errors import BackendError, KiloError
+from kilo.mesh import cluster as cluster_mod
+from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
+from kilo.mesh.cluster import Cluster
+from kilo.mesh.ip import IPNetwork
+from kilo.mesh.model import (
+    Compatibility,
+    Encapsulation,
+    Granularity,
+    ready_nodes,
+    ready_peers,
+)
+
+PROG = "kgctl"
+
+
+class UsageError(Exception):
+    """A command-line mistake: exit status 2."""
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+
+    def warn(self, message: str) -> None:
+        print(f"{PROG}: warning: {message}", file=self.err)
+
+    def load(self) -> Cluster:
+        args = self.args
+        if args.backend == "file":
+            if not args.file:
+                raise UsageError(
+                    "--backend file needs --file PATH (a dump from "
+                    "'kubectl get nodes,peers.kilo.squat.ai -o yaml')"
+                )
+            dump = file_backend.read_dump(args.file)
+            for warning in dump.warnings:
+                self.warn(f"{args.file}: {warning}")
+            nodes, peers = dump.nodes, dump.peers
+        else:
+            nodes, peers = _read_live(args.kubeconfig, args.timeout)
+        cluster = cluster_mod.translate_cluster(
+            nodes, peers, topology_label=args.topology_label, port=args.port
+        )
+        for diagnostic in cluster.diagnostics:
+            self.warn(str(diagnostic))
+        return cluster
+
+    def now(self) -> int | None:
+        if self.args.backend == "file" and not self.args.respect_last_seen:
+            return None
+        return int(time.time())
+
+    def granularity(self, cluster: Cluster) -> Granularity:
+        chosen, warnings = cluster_mod.resolve_granularity(
+            self.args.mesh_granularity, cluster.nodes
+        )
+        for warning in warnings:
+            self.warn(warning)
+        return chosen
+
+    def subnet(self, cluster: Cluster) -> IPNetwork:
+        if self.args.subnet:
+            parsed = ip.parse_network(self.args.subnet)
+            assert parsed is not None
+            return parsed
+        chosen, warnings = cluster_mod.infer_subnet(cluster.nodes)
+        for warning in warnings:
+            self.warn(warning)
+        return chosen
+
+
+def _read_live(path: str | None, timeout: float) -> tuple[list[Any], list[Any]]:
+    """Nodes and Peers from the API server, all within ``timeout`` seconds.
+
+    Socket timeouts alone do not bound the whole exchange (a server can drip bytes, a
+    credential plugin can hang), so the work runs in a thread that is abandoned on time.
+    """
+    result: list[tuple[list[Any], list[Any]]] = []
+    failure: list[BaseException] = []
+    server: list[str] = ["the Kubernetes API server"]
+
+    def work() -> None:
+        # Imported here: the HTTP client and the kubeconfig reader take a quarter of a
+        # second to import, which every offline (--backend file) command would pay.
+        from kilo.adapters import kubeconfig, kubernetes
+
+        try:
+            config = kubeconfig.load(path)
+            server[0] = str(config.cluster.server)
+            with kubernetes.ClusterReader(config, timeout=timeout) as reader:
+                result.append((reader.nodes(), reader.peers()))
+        except BaseException as exc:  # handed to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="kgctl-read", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise BackendError(f"{server[0]} did not answer within --timeout {timeout:g} s")
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+class Mesh:
+    """The ready part of a cluster and the settings every view is built with."""
+
+    def __init__(self, ctx: Context) -> None:
+        cluster = ctx.load()
+        self.cluster = cluster
+        self.granularity = ctx.granularity(cluster)
+        self.subnet = ctx.subnet(cluster)
+        self.nodes = ready_nodes(cluster.nodes, ctx.now())
+        self.peers = ready_peers(cluster.peers)
+        if not self.nodes:
+            raise KiloError("did not find any valid Kilo nodes in the cluster")
+
+    def topology(
+        self, hostname: str, *, port: int, keepalive: int, service_cidrs: Sequence[IPNetwork] = ()
+    ) -> topology.Topology:
+        return topology.build_topology(
+            self.nodes,
+            self.peers,
+            granularity=self.granularity,
+            hostname=hostname,
+            subnet=self.subnet,
+            port=port,
+            persistent_keepalive=keepalive,
+            service_cidrs=service_cidrs,
+        )
+
+
+def run_completion(ctx: Context) -> int:
+    descriptions = not ctx.args.no_descriptions
+    ctx.out.write(completion.script(ctx.args.shell, PROG, descriptions=descriptions))
+    return 0
+
+
+def run_help(ctx: Context) -> int:
+    topics = ctx.args.topics
+    parser: argparse.ArgumentParser = ctx.args.root_parser
+    for index, topic in enumerate(topics):
+        sub = subparsers(parser).get(topic)
+        if sub is None:
+            if index == 0:
+                commands = ", ".join(subparsers(parser))
+                raise UsageError(f"unknown help topic {quote(topic)}; the commands are: {commands}")
+            break  # as cobra: "help showconf x" is the help of showconf
+        parser = sub
+    parser.print_help(ctx.out)
+    return 0
+
+
+def run_version(ctx: Context) -> int:
+    print(f"{PROG} version {__version__}", file=ctx.out)
+    return 0
+
+
+def run_connect(ctx: Context) -> int:
+    return connect.run(ctx.args, ctx.out, ctx.err)
+
+
+def run_list(ctx: Context) -> int:
+    cluster = ctx.load()
+    now = int(time.time())
+    judge = ctx.now() is not None
+    ready = ready_nodes(cluster.nodes, now if judge else None)
+    t = None
+    if ready:
+        granularity = ctx.granularity(cluster)
+        t = topology.build_topology(
+            ready,
+            ready_peers(cluster.peers),
+            granularity=granularity,
+            hostname=ready[0].name,
+            subnet=ctx.subnet(cluster),
+        )
+    nodes, peers = listing.rows(cluster, t, now=now, judge_liveness=judge)
+    if ctx.args.output == "json":
+        ctx.out.write(listing.to_json(nodes, peers) + "\n")
+    else:
+        ctx.out.write(listing.to_text(nodes, peers, now=now, wide=ctx.args.output == "wide"))
+    return 0
+
+
+def run_graph(ctx: Context) -> int:
+    mesh = Mesh(ctx)
+    # Any perspective gives the same graph; the first node by name keeps it deterministic.
+    t = mesh.topology(mesh.nodes[0].name, port=ctx.args.port, keepalive=0)
+    # Written as it is generated: a 5000-node full mesh is 500 MB of DOT.
+    for chunk in graph.dot_chunks(t):
+        ctx.out.write(chunk)
+    ctx.out.write("\n")
+    return 0
+
+
+def run_showconf(ctx: Context) -> int:
+    args = ctx.args
+    if args.output != "wireguard" and not args.as_peer:
+        ctx.warn(f"--output {args.output} has no effect without --as-peer")
+    mesh = Mesh(ctx)
+    extra = [ip.parse_network(c) for c in args.allowed_ips]
+    extra_ips = [c for c in extra if c is not None]
+    if args.kind == "node":
+        node = next((n for n in mesh.nodes if n.name == args.name), None)
+        if node is None:
+            raise KiloError(f"did not find any node named {quote(args.name)} in the cluster")
+        t = mesh.topology(node.name, port=args.port, keepalive=node.persistent_keepalive)
+        if all(s.key != node.key for s in t.segments) and all(
+            p.public_key != node.key for p in t.peers
+        ):
+            print(f"Node {quote(args.name)} is not a leader node", file=ctx.err)
+            return 0
+        if not args.as_peer:
+            ctx.out.write(wireguard.render(wireguard.node_config(t)))
+            return 0
+        as_peer = wireguard.location_as_peer(t)
+        assert as_peer is not None
+        return _print_as_peer(ctx, args.name, wireguard.with_extra_allowed_ips(as_peer, extra_ips))
+
+    peer = next((p for p in mesh.peers if p.name == args.name), None)
+    if peer is None:
+        raise KiloError(f"did not find any peer named {quote(args.name)} in the cluster")
+    t = mesh.topology(mesh.nodes[0].name, port=args.port, keepalive=peer.persistent_keepalive)
+    if not args.as_peer:
+        ctx.out.write(wireguard.render(wireguard.peer_config(t, peer.name)))
+        return 0
+    own = wireguard.WireGuardPeer(
+        name=peer.name,
+        public_key=peer.public_key,
+        allowed_ips=peer.allowed_ips,
+        endpoint=peer.endpoint,
+        persistent_keepalive=peer.persistent_keepalive,
+        preshared_key=peer.preshared_key,
+    )
+    return _print_as_peer(ctx, args.name, wireguard.with_extra_allowed_ips(own, extra_ips))
+
+
+def _print_as_peer(ctx: Context, name: str, peer: wireguard.WireGuardPeer) -> int:
+    output = ctx.args.output
+    if output == "wireguard":
+        ctx.out.write(wireguard.render_peers([peer]))
+    elif output == "yaml":
+        ctx.out.write(peerspec.to_yaml(peerspec.peer_object(peer, name)))
+    else:
+        ctx.out.write(peerspec.to_json(peerspec.peer_object(peer, name)))
+    return 0
+
+
+def run_plan(ctx: Context) -> int:
+    args = ctx.args
+    mesh = Mesh(ctx)
+    node = next((n for n in mesh.nodes if n.name == args.name), None)
+    if node is None:
+        known = mesh.cluster.node(args.name)
+        why = " (it is not ready: it needs an endpoint, a key and a pod CIDR)" if known else ""
+        raise KiloError(f"did not find any ready node named {quote(args.name)} in the cluster{why}")
+    port = node.endpoint.port if node.endpoint is not None and node.endpoint.port else args.port
+    service_cidrs = [c for c in (ip.parse_network(s) for s in args.service_cidr) if c is not None]
+    t = mesh.topology(
+        node.name, port=port, keepalive=node.persistent_keepalive, service_cidrs=service_cidrs
+    )
+    settings = plan.PlanSettings(
+        interface=args.interface,
+        private_interface=args.private_interface,
+        encapsulation=Encapsulation(args.encapsulate),
+        compatibility=Compatibility(args.compatibility),
+        local=args.local,
+        cni=args.cni,
+        iptables_forward_rules=args.iptables_forward_rules,
+        cni_path=args.cni_path,
+    )
+    node_plan = plan.plan_node(t, node, settings)
+    if args.output == "json":
+        ctx.out.write(plan.to_json(node_plan) + "\n")
+    else:
+        ctx.out.write(plan.to_text(node_plan))
+    return 0

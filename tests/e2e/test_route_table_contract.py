@@ -1,0 +1,159 @@
+"""The route table's contract, held by the real table (in a network namespace this test
+creates and removes) and by its in-memory fake, which the loops' unit tests drive.
+
+Each test runs twice: ``netlink`` (``RouteTable`` against a kernel) and ``memory``
+(``InMemoryRouteTable``). What they must agree on is what the loops see: the counts
+``set`` returns, the failures it raises, what is tracked, what the kernel holds afterwards
+(``kernel()``), and the callback of ``watch_deletions``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from kilo.adapters.netlink import InMemoryRouteTable, RouteTable
+from kilo.errors import DataPlaneError
+from kilo.mesh.route_sync import RouteKey
+from kilo.mesh.routes import Device
+from tests.examples import alpha_plan
+
+INTERFACES = ("ens4", "kilo0", "tunl0")
+DEVICES = {Device.KILO: "kilo0", Device.PRIVATE: "ens4", Device.TUNNEL: "tunl0"}
+EVENT_TIMEOUT = 10.0
+
+
+def ip(netns: str, *argv: str) -> None:
+    result = subprocess.run(["ip", "-n", netns, *argv], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"ip {' '.join(argv)}: {result.stderr}"
+
+
+@dataclass
+class Subject:
+    """A route table and what someone else may do to its kernel behind its back."""
+
+    table: RouteTable | InMemoryRouteTable
+    add_route: Callable[[RouteKey], None]
+    delete_route: Callable[[RouteKey], None]
+
+
+def _netlink(netns: str) -> Iterator[Subject]:
+    # alpha's interfaces (veths) and addresses: the planned routes' sources must be local.
+    for name in INTERFACES:
+        ip(netns, "link", "add", name, "type", "veth", "peer", "name", f"{name}p")
+        ip(netns, "link", "set", name, "up")
+        ip(netns, "link", "set", f"{name}p", "up")
+    ip(netns, "addr", "add", "10.128.0.2/20", "dev", "ens4")
+    ip(netns, "addr", "add", "10.4.0.2/16", "dev", "kilo0")
+
+    def add_route(key: RouteKey) -> None:
+        ip(netns, "route", "add", *str(key).split(), *(["onlink"] if key.gw else []))
+
+    def delete_route(key: RouteKey) -> None:
+        ip(netns, "route", "del", *str(key).split())
+
+    with RouteTable(netns=netns) as table:
+        yield Subject(table, add_route, delete_route)
+
+
+def _memory() -> Iterator[Subject]:
+    table = InMemoryRouteTable(interfaces=INTERFACES)
+    yield Subject(table, table.kernel_routes.add, table.delete_route)
+
+
+@pytest.fixture(params=["netlink", "memory"])
+def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
+    if request.param == "netlink":
+        yield from _netlink(request.getfixturevalue("netns"))
+    else:
+        yield from _memory()
+
+
+def test_set_adds_then_changes_nothing_then_removes_what_is_no_longer_planned(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    before = table.kernel()
+    planned_routes, planned_rules = alpha_plan()
+    assert table.set(planned_routes, planned_rules, DEVICES) == (9, 0)
+    tracked_routes, tracked_rules = table.tracked
+    assert (len(tracked_routes), len(tracked_rules)) == (7, 2)
+    kernel_routes, kernel_rules = table.kernel()
+    assert tracked_routes <= kernel_routes and tracked_rules <= kernel_rules
+    assert table.set(planned_routes, planned_rules, DEVICES) == (0, 0)
+    # beta leaves the location: its table-1107 route and both rules are no longer planned.
+    kept = tuple(r for r in planned_routes if r.table is None)
+    assert table.set(kept, (), DEVICES) == (0, 3)
+    assert table.tracked[1] == frozenset()
+    table.clean_up()
+    assert table.tracked == (frozenset(), frozenset())
+    assert table.kernel() == before
+
+
+def test_a_route_without_its_interface_fails_and_the_others_are_applied(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    planned_routes, planned_rules = alpha_plan()
+    devices = {**DEVICES, Device.TUNNEL: "tunl9"}
+    with pytest.raises(DataPlaneError, match="interface tunl9 does not exist"):
+        table.set(planned_routes, planned_rules, devices)
+    tracked_routes, tracked_rules = table.tracked
+    assert (len(tracked_routes), len(tracked_rules)) == (5, 2)
+    assert all(key.dev != "tunl9" for key in tracked_routes)
+    # A device role with no interface at all is named too.
+    with pytest.raises(DataPlaneError, match="no interface for device role 'tunnel'"):
+        table.set(planned_routes, planned_rules, {Device.KILO: "kilo0", Device.PRIVATE: "ens4"})
+
+
+def test_a_tracked_route_deleted_by_someone_else_is_reported_and_comes_back(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    planned_routes, planned_rules = alpha_plan()
+    table.set(planned_routes, planned_rules, DEVICES)
+    fired = threading.Event()
+    stop = table.watch_deletions(fired.set)
+    try:
+        victim = min(table.tracked[0], key=str)
+        subject.delete_route(victim)
+        assert fired.wait(EVENT_TIMEOUT)
+    finally:
+        stop()
+    assert victim not in table.kernel()[0]
+    assert table.set(planned_routes, planned_rules, DEVICES) == (1, 0)
+    assert victim in table.kernel()[0]
+
+
+def test_a_planned_route_already_in_the_kernel_is_adopted_and_cleaned_up(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    before = table.kernel()
+    planned_routes, planned_rules = alpha_plan()
+    table.set(planned_routes, planned_rules, DEVICES)
+    present = min(table.tracked[0], key=str)
+    table.clean_up()
+    # Left over by an earlier run (or typed by hand): the next set adopts it.
+    subject.add_route(present)
+    assert table.set(planned_routes, planned_rules, DEVICES) == (8, 0)
+    assert present in table.tracked[0]
+    table.clean_up()
+    assert table.kernel() == before
+
+
+def test_a_foreign_route_is_never_touched(subject: Subject) -> None:
+    table = subject.table
+    foreign = RouteKey(dst=ipaddress.ip_network("192.0.2.0/24"), dev="ens4")
+    subject.add_route(foreign)
+    planned_routes, planned_rules = alpha_plan()
+    table.set(planned_routes, planned_rules, DEVICES)
+    table.set((), (), DEVICES)
+    table.clean_up()
+    assert foreign in table.kernel()[0]
+    assert foreign not in table.tracked[0]
