@@ -398,9 +398,9 @@ def test_nodes_an_event_did_not_change_reach_the_topology_as_the_same_objects(
     """The topology reuses what it built from the very same Node objects (its segment memo):
     an apply that copied every Node would rebuild the whole mesh on every event."""
     from kilo.agent import apply
+    from kilo.mesh.topology import build_topology as build
 
     seen: list[dict[str, Any]] = []
-    build = apply.build_topology
 
     def spy(nodes: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append({n.name: n for n in nodes})
