@@ -491,10 +491,19 @@ def test_full_mesh_on_the_same_testbed(bed: Testbed) -> None:
         assert len(wg_peers(bed, node)) == len(bed.nodes) - 1 + 1, node  # + the laptop
     dot = kgctl(bed, "graph").stdout
     assert 'subgraph "cluster_location_node:office-2"' in dot
-    # office-1 dials office-2 on the LAN, and no node learnt that address from it.
+    # office-1 dials office-2 on the LAN, and no node learnt that address from it. office-1
+    # knows office-2 is behind its NAT only once a cloud node published both at the NAT's
+    # address, which it does at its first apply after their handshakes (up to a resync
+    # later); until then it publishes what it saw, as Kilo does. Traffic flows before that,
+    # so the withdrawal is awaited, not assumed.
     office_2 = bed.node_annotations("office-2")[translate.KEY]
+    wait_for(
+        lambda: (
+            office_2 not in bed.node_annotations("office-1").get(translate.DISCOVERED_ENDPOINTS, "")
+        ),
+        "office-1 still publishes the LAN address of office-2 as a discovered endpoint",
+    )
     assert wg_peers(bed, "office-1")[office_2][2] == f"{bed.nodes['office-2'].lan_ip}:51820"
-    assert office_2 not in bed.node_annotations("office-1").get(translate.DISCOVERED_ENDPOINTS, "")
 
 
 def test_killing_a_leader_moves_leadership_and_traffic_recovers(bed: Testbed) -> None:

@@ -132,6 +132,39 @@ def test_the_agent_dials_internally_and_does_not_publish_what_it_saw_there() -> 
     assert str(OTHER_KEYS["b"]) not in (h.written()[translate.DISCOVERED_ENDPOINTS] or "")
 
 
+def test_what_the_agent_published_before_it_knew_the_nat_is_withdrawn_at_the_next_event() -> None:
+    # c has not seen a or b yet: nothing says that b is behind a's NAT, so a publishes its
+    # handshake with b on the LAN, as Kilo does (tests/e2e/test_agent.py awaits the
+    # withdrawal that follows).
+    h = Harness("--mesh-granularity=full", "--same-nat-internal-endpoints=true")
+    keepalive = {translate.PERSISTENT_KEEPALIVE: "5"}
+    h.node("a", annotations=keepalive)
+    h.remote("b", pod=1, extra=keepalive)
+    h.remote("c", location="gcp", pod=2)
+    lan = UDPAddr(ipaddress.ip_address("10.0.0.11"), 51820)
+    h.device.get = lambda: DeviceState(  # type: ignore[method-assign]
+        private_key=PRIVATE_KEY,
+        peers=(PeerState(public_key=OTHER_KEYS["b"], endpoint=lan, last_handshake=1.0),),
+    )
+    h.round(check_in=True)
+    assert str(OTHER_KEYS["b"]) in (h.written()[translate.DISCOVERED_ENDPOINTS] or "")
+    # c publishes both at the NAT's address: that event alone (no resync) withdraws b.
+    seen = {
+        str(PRIVATE_KEY.public_key()): UDPAddr(NAT, 40001),
+        str(OTHER_KEYS["b"]): UDPAddr(NAT, 40002),
+    }
+    h.remote(
+        "c",
+        location="gcp",
+        pod=2,
+        extra={translate.DISCOVERED_ENDPOINTS: translate.format_discovered_endpoints(seen)},
+    )
+    h.round()
+    assert str(OTHER_KEYS["b"]) not in (h.written()[translate.DISCOVERED_ENDPOINTS] or "")
+    peer = h.device.config.peer(OTHER_KEYS["b"])
+    assert peer is not None and peer.endpoint == Endpoint.parse("10.0.0.11:51820")
+
+
 def test_without_the_flag_the_agent_dials_the_nats_address_as_kilo_does() -> None:
     h = behind_a_nat()
     assert h.agent.settings.mesh.same_nat_internal_endpoints is False
