@@ -195,7 +195,7 @@ ANNOTATION_VALUES: dict[str, st.SearchStrategy[str]] = {
         | st.sampled_from(("0.0.0.0/0", "::/0,0.0.0.0/0", ",", "10.0.0.0/8, 10.1.0.0/16")),
     ),
     tr.GRANULARITY: mostly(
-        st.sampled_from(("location", "full")), st.sampled_from(("cross", "", "Full")) | any_text
+        st.sampled_from(("location", "full", "cross")), st.sampled_from(("", "Full")) | any_text
     ),
     tr.LEADER: mostly(st.sampled_from(("", "true")), st.just("false") | any_text),
     tr.LOCATION: mostly(st.sampled_from(LOCATIONS), odd_locations),

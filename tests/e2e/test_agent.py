@@ -29,6 +29,7 @@ from kilo.mesh import translate
 from kilo.sandbox import kubelet, runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests import hostile
+from tests.e2e.kgctl_cli import kgctl
 
 KEEPALIVE = translate.PERSISTENT_KEEPALIVE
 LOCATIONS = [
@@ -41,16 +42,6 @@ LEADERS = {"aws": "aws-1", "gcp": "gcp-1", "office": "office-1"}
 BARE = "gcp-2"
 CONVERGE = 60.0
 Peer = RESOURCES["peers"]
-
-
-def kgctl(bed: Testbed, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kilo.cli.kgctl", f"--kubeconfig={bed.admin_kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=check,
-    )
 
 
 def wg_peers(bed: Testbed, node: str) -> dict[str, list[str]]:
@@ -475,24 +466,22 @@ def test_clean_up_removes_what_the_agent_added(bed: Testbed) -> None:
     assert "caught interrupt; gracefully cleaning up" in bed.agent_log(BARE)
 
 
-def restart_all(bed: Testbed, granularity: str) -> None:
+def restart_all(bed: Testbed, granularity: str, *extra_args: str) -> None:
     for node in bed.nodes:
         if bed.agent(node) is not None:
             bed.stop_agent(node)
     for node in bed.nodes:
-        bed.start_agent(node, granularity=granularity)
+        bed.start_agent(node, *extra_args, granularity=granularity)
 
 
 def test_full_mesh_on_the_same_testbed(bed: Testbed) -> None:
-    restart_all(bed, "full")
+    # Kilo dials a node behind the same NAT at the NAT's public address (its NAT-discovered
+    # endpoint), which needs hairpin NAT; the test gateway, like many, has none. With
+    # --same-nat-internal-endpoints the two office nodes dial each other on their LAN.
+    restart_all(bed, "full", "--same-nat-internal-endpoints=true")
     ips = pods(bed)
     for src, (dst, ip) in itertools.product(ips, ips.items()):
-        # Two nodes behind the same NAT are not a pair Kilo's full mesh can promise: each
-        # may take the other's NAT-discovered endpoint (the gateway's public address, from
-        # the other sites' annotations), which only works with hairpin NAT, and the test
-        # gateway (like many) has none. Kilo decides this the same way (mesh agreement).
-        same_nat_site = src.startswith("pod-office") and dst.startswith("pod-office")
-        if src != dst and not same_nat_site:
+        if src != dst:
             wait_for(
                 lambda src=src, ip=ip: reachable(bed, bed.pods[src].netns, ip),
                 f"full mesh: {src} does not reach {dst}",
@@ -502,6 +491,19 @@ def test_full_mesh_on_the_same_testbed(bed: Testbed) -> None:
         assert len(wg_peers(bed, node)) == len(bed.nodes) - 1 + 1, node  # + the laptop
     dot = kgctl(bed, "graph").stdout
     assert 'subgraph "cluster_location_node:office-2"' in dot
+    # office-1 dials office-2 on the LAN, and no node learnt that address from it. office-1
+    # knows office-2 is behind its NAT only once a cloud node published both at the NAT's
+    # address, which it does at its first apply after their handshakes (up to a resync
+    # later); until then it publishes what it saw, as Kilo does. Traffic flows before that,
+    # so the withdrawal is awaited, not assumed.
+    office_2 = bed.node_annotations("office-2")[translate.KEY]
+    wait_for(
+        lambda: (
+            office_2 not in bed.node_annotations("office-1").get(translate.DISCOVERED_ENDPOINTS, "")
+        ),
+        "office-1 still publishes the LAN address of office-2 as a discovered endpoint",
+    )
+    assert wg_peers(bed, "office-1")[office_2][2] == f"{bed.nodes['office-2'].lan_ip}:51820"
 
 
 def test_killing_a_leader_moves_leadership_and_traffic_recovers(bed: Testbed) -> None:

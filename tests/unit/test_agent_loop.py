@@ -15,6 +15,7 @@ from kilo.adapters.netlink import InMemoryRouteTable as FakeRoutes
 from kilo.agent.ports import DataPlane
 from kilo.mesh import translate
 from kilo.mesh.events import Event, EventType
+from kilo.mesh.routes import Device
 from kilo.sandbox import kubelet
 from tests.agent_harness import (
     NOW,
@@ -360,6 +361,35 @@ def test_a_local_node_without_kilos_annotations_is_joined_and_cleaned_up(
     touched = {key for patch in h.writer.patches for key in patch}
     assert touched and all(key.startswith(translate.PREFIX) for key in touched)
     assert h.writer.patches[-1] == dict.fromkeys(translate.AGENT_ANNOTATIONS)
+
+
+def test_cross_peers_only_with_other_locations_and_routes_its_own_over_the_lan() -> None:
+    h = Harness("--mesh-granularity=cross")
+    h.node("a", location="aws")
+    h.remote("b", location="aws", pod=1)  # a's location: the LAN, not WireGuard
+    h.remote("c", location="gcp", pod=2)
+    h.round(check_in=True)
+    assert h.written()[translate.GRANULARITY] == "cross"
+    assert h.metrics.leader is True  # every node leads its own segment
+    assert [p.public_key for p in h.device.config.peers] == [OTHER_KEYS["c"]]
+    routes = {str(r.dst): r for r in h.routes.routes}
+    assert routes["10.42.1.0/24"].dev == Device.PRIVATE
+    assert str(routes["10.42.1.0/24"].gw) == "10.0.0.11"
+    assert routes["10.42.2.0/24"].dev == Device.KILO
+
+
+def test_a_node_of_another_granularity_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness("--mesh-granularity=cross")
+    h.node("a")
+    h.remote("b", location="gcp", pod=1, extra={translate.GRANULARITY: "location"})
+    h.remote("b", location="gcp", pod=1, extra={translate.GRANULARITY: "location"})
+    h.remote("c", location="gcp", pod=2, extra={translate.GRANULARITY: "cross"})
+    warned = [r for r in caplog.records if "another mesh granularity" in r.getMessage()]
+    assert [r.__dict__.get("fields") for r in warned] == [
+        {"node": "b", "granularity": "location", "local": "cross"}
+    ]
 
 
 def test_nodes_an_event_did_not_change_reach_the_topology_as_the_same_objects(

@@ -87,7 +87,7 @@ def test_translate_cluster_sorts_and_collects_diagnostics() -> None:
     assert [n.name for n in cluster.nodes] == ["alpha", "beta", "delta", "gamma"]
     assert [p.name for p in cluster.peers] == ["laptop"]
     assert [str(d) for d in cluster.diagnostics] == [
-        "node 'alpha': kilo.squat.ai/granularity='mesh' is not location or full; ignored"
+        "node 'alpha': kilo.squat.ai/granularity='mesh' is not location, full or cross; ignored"
     ]
     assert cluster.node("beta") is not None and cluster.node("omega") is None
     assert cluster.peer("laptop") is not None

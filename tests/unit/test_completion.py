@@ -135,7 +135,7 @@ def test_flag_values_from_their_fixed_set_after_a_space_or_an_equals_sign() -> N
         completion.NO_FILE_COMP,
     )
     assert kgctl_complete("--mesh-granularity", "") == (
-        ["location", "full", "auto"],
+        ["location", "full", "cross", "auto"],
         completion.NO_FILE_COMP,
     )
     assert kgctl_complete("connect", "--log-level=w") == (["warn"], completion.NO_FILE_COMP)
@@ -205,7 +205,10 @@ def test_kg_completes_its_commands_flags_and_their_values() -> None:
         completion.NO_FILE_COMP,
     )
     assert kg_complete("--compatibility", "") == (["flannel", "cilium"], completion.NO_FILE_COMP)
-    assert kg_complete("--mesh-granularity=") == (["location", "full"], completion.NO_FILE_COMP)
+    assert kg_complete("--mesh-granularity=") == (
+        ["location", "full", "cross"],
+        completion.NO_FILE_COMP,
+    )
     assert kg_complete("--cni-path", "") == ([], completion.DEFAULT)
     assert kg_complete("--clean-up=") == (["true", "false"], completion.NO_FILE_COMP)
     assert names(kg_complete("--service")[0]) == ["--service-cidr"]

@@ -140,6 +140,7 @@ VALUES = [
     (["--topology-label=zone"], "backend.topology_label", "zone"),
     (["--hostname=node-1"], "mesh.hostname", "node-1"),
     (["--mesh-granularity=full"], "mesh.granularity", Granularity.FULL),
+    (["--mesh-granularity=cross"], "mesh.granularity", Granularity.CROSS),
     (["--subnet=10.5.0.1/24"], "mesh.subnet", ip_network("10.5.0.0/24")),
     (["--port=51821"], "mesh.port", 51821),
     (["--encapsulate=crosssubnet"], "mesh.encapsulation", Encapsulation.CROSSSUBNET),
@@ -321,7 +322,7 @@ STEPS: list[tuple[str, list[str], str | Show]] = [
     (
         "mesh-granularity",
         ["--mesh-granularity=auto"],
-        "mesh granularity auto unknown; possible values are: location, full",
+        "mesh granularity auto unknown; possible values are: location, full, cross",
     ),
     ("backend", ["--backend=file"], "backend file unknown; possible values are: kubernetes"),
     ("port", ["--port=65536"], "invalid port: port must be in range [1:65535], but got 65536"),

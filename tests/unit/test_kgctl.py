@@ -244,7 +244,7 @@ def test_subnet_override(tmp_path: Path) -> None:
     [
         (
             ["--mesh-granularity", "star", "graph"],
-            "mesh granularity star unknown; possible values are: location, full, auto",
+            "mesh granularity star unknown; possible values are: location, full, cross, auto",
         ),
         (["--port", "0", "graph"], "invalid port: port must be in range [1:65535], but got 0"),
         (

@@ -251,6 +251,32 @@ def test_expected_peers_full_granularity() -> None:
     assert report.expected_peers(listing) == {f"n{i}": 3 for i in range(4)}
 
 
+def test_expected_peers_cross_granularity() -> None:
+    def cross(name: str, location: str, internal_ip: str = "172.16.0.10") -> dict[str, object]:
+        return {
+            **node(name, f"node:{name}", leader=True),
+            "location": location,
+            "internalIP": internal_ip,
+            "granularity": "cross",
+        }
+
+    listing = {
+        "nodes": [
+            cross("aws-1", "aws"),
+            cross("aws-2", "aws"),
+            cross("aws-3", "aws", internal_ip=""),  # no internal IP: a location of its own
+            cross("gcp-1", "gcp"),
+        ],
+        "peers": [{"name": "laptop", "publicKey": "P1"}],
+    }
+    assert report.expected_peers(listing) == {
+        "aws-1": 3,  # aws-3, gcp-1 and the laptop
+        "aws-2": 3,
+        "aws-3": 4,  # every other node and the laptop
+        "gcp-1": 4,
+    }
+
+
 def test_converged() -> None:
     counts = {"aws-1": 3, "aws-2": 0, "gcp-1": 3, "office-1": 3}
     assert report.converged(LOCATION_LISTING, counts)
@@ -410,7 +436,7 @@ def test_progress_on_a_terminal_redraws_one_line() -> None:
         ["up", "--nodes", "-1"],
         ["up", "--nodes", "1_0"],
         ["up", "--nodes", "99999999999999999999999"],
-        ["up", "--granularity", "cross"],
+        ["up", "--granularity", "star"],
         ["up", "--clusters", "0"],
         ["up", "--clusters", "3"],
         ["up", "--clusters", "2", "--kernel"],

@@ -20,6 +20,7 @@ from kilo.agent import logs
 from kilo.agent.ports import DataPlane, HostFacts, MetricsPort
 from kilo.agent.settings import AgentSettings
 from kilo.errors import KiloError
+from kilo.mesh import samenat
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.ip import IPInterface
 from kilo.mesh.iptables import RuleSet
@@ -214,13 +215,20 @@ class TopologyApplier:
         discovered = (
             discovered_endpoints(state, ready, ready_peer_list) if state is not None else {}
         )
+        mesh = self.settings.mesh
+        internal = (
+            samenat.internal_endpoints(ready, self.hostname)
+            if mesh.same_nat_internal_endpoints
+            else {}
+        )
+        # Not published: the other nodes keep Kilo's view of the nodes behind this NAT.
+        discovered = {k: v for k, v in discovered.items() if k not in internal}
         ready = [
             replace(n, discovered_endpoints=discovered) if n.name == self.hostname else n
             for n in ready
         ]
         local_ready = next(n for n in ready if n.name == self.hostname)
         self.leaders = leaders(ready) if leaders is not None else None
-        mesh = self.settings.mesh
         try:
             t = build_topology(
                 ready,
@@ -252,6 +260,8 @@ class TopologyApplier:
                 cni_path=self.settings.cni.path,
             ),
         )
+        if internal and plan.wireguard is not None:
+            plan = replace(plan, wireguard=samenat.dial_internal(plan.wireguard, internal))
         if full or plan.iptables != self._applied_iptables:
             self._applied_iptables = None
             try:

@@ -186,6 +186,13 @@ ROOT_FLAGS = (
         "moves leadership to the next node within seconds; every node must run kg with it "
         "(while any ready node does not, leaders are Kilo's). Possible values: lease",
     ),
+    Flag(
+        "same-nat-internal-endpoints",
+        "bool",
+        False,
+        "Dial nodes that other nodes see at this node's public IP (behind the same NAT) at "
+        "their internal IP rather than through the NAT, which needs hairpin NAT. Not in Kilo.",
+    ),
 )
 
 WEBHOOK_FLAGS = (
@@ -283,7 +290,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "compatibility": (model.Compatibility.FLANNEL.value, model.Compatibility.CILIUM.value),
     "encapsulate": tuple(ENCAPSULATIONS.split(", ")),
     "log-level": tuple(level.value for level in LogLevel),
-    "mesh-granularity": (model.Granularity.LOCATION.value, model.Granularity.FULL.value),
+    "mesh-granularity": tuple(GRANULARITIES.split(", ")),
 }
 _PATHS = frozenset({"kubeconfig", "cni-path", "cert-file", "key-file"})
 

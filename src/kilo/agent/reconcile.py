@@ -101,6 +101,8 @@ class Agent:
         # earlier failure); in between, sub-systems whose plan did not change are skipped.
         self._full_needed = True
         self._local_was_ready = False
+        # node -> the other granularity it was warned about (once per node and value)
+        self._other_granularity: dict[str, str] = {}
         self._wake = asyncio.Event()
         self.election: Election | None = None
         if election is not None:
@@ -168,11 +170,29 @@ class Agent:
                 )
             self._wake.set()
             return
+        if change.new is not None:
+            self._warn_other_granularity(change.new)
         if mesh_changed(change.old, change.new, int(self.clock())):
             # Kilo's line for a node that changes the mesh (its "node" is the whole node).
             log.info("node changed", fields={"event": KILO_EVENTS[event.type], "node": event.name})
             self._apply_needed = True
             self._wake.set()
+
+    def _warn_other_granularity(self, node: Node) -> None:
+        """Warn once per value about a node that runs another granularity: the two compute
+        different segments and WireGuard IPs, so traffic between them breaks (a Go node
+        cannot run ``cross``; docs/compatibility.md). Kilo says nothing."""
+        own = self.settings.mesh.granularity.value
+        if not node.granularity or node.granularity == own:
+            self._other_granularity.pop(node.name, None)
+            return
+        if self._other_granularity.get(node.name) == node.granularity:
+            return
+        self._other_granularity[node.name] = node.granularity
+        log.warning(
+            "a node runs another mesh granularity; traffic between the two breaks",
+            fields={"node": node.name, "granularity": node.granularity, "local": own},
+        )
 
     def on_peer_event(self, event: Event) -> None:
         change = self.view.peer_event(event)

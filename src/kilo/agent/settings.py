@@ -72,7 +72,10 @@ LOG_LEVELS = ", ".join(level.value for level in LogLevel)
 ENCAPSULATIONS = ", ".join(
     e.value for e in (Encapsulation.NEVER, Encapsulation.CROSSSUBNET, Encapsulation.ALWAYS)
 )
-GRANULARITIES = ", ".join(g.value for g in (Granularity.LOCATION, Granularity.FULL))
+# #328's list and order: "location, full, cross".
+GRANULARITIES = ", ".join(
+    g.value for g in (Granularity.LOCATION, Granularity.FULL, Granularity.CROSS)
+)
 COMPATIBILITIES = ", ".join(c.value for c in (Compatibility.FLANNEL, Compatibility.CILIUM))
 
 # --- the settings ---------------------------------------------------------------------------
@@ -102,6 +105,8 @@ class MeshSettings:
     service_cidrs: tuple[IPNetwork, ...] = ()
     internal_cidrs: tuple[IPNetwork, ...] = ()
     prioritise_private_addresses: bool = False
+    # New (kilo.mesh.samenat): nodes behind this node's NAT are dialled at their internal IP.
+    same_nat_internal_endpoints: bool = False
     iptables_forward_rules: bool = False
     resync_period: float = 30.0  # seconds (Kilo: a Go duration, any sign)
     clean_up: bool = True
@@ -359,6 +364,7 @@ def agent_settings(
             service_cidrs=service_cidrs,
             internal_cidrs=internal_cidrs,
             prioritise_private_addresses=_bool(values["prioritise-private-addresses"]),
+            same_nat_internal_endpoints=_bool(values["same-nat-internal-endpoints"]),
             iptables_forward_rules=_bool(values["iptables-forward-rules"]),
             resync_period=_int(values["resync-period"]) / _NS_PER_SECOND,
             clean_up=_bool(values["clean-up"]),

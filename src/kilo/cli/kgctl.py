@@ -171,8 +171,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--mesh-granularity",
         type=_choice("mesh granularity", GRANULARITY_CHOICES),
         default=default(AUTO),
-        metavar="{location,full,auto}",
-        help="location, full or auto (read from the nodes' annotations; default: auto)",
+        metavar="{location,full,cross,auto}",
+        help="location, full, cross or auto (read from the nodes' annotations; default: auto)",
     )
     parser.add_argument(
         "--port", type=_port, default=default(DEFAULT_PORT), help="WireGuard port (default: 51820)"

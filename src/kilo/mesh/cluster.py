@@ -28,7 +28,13 @@ from kilo.mesh.model import (
 
 AUTO = "auto"
 T = TypeVar("T", Node, Peer)
-GRANULARITY_CHOICES = (Granularity.LOCATION.value, Granularity.FULL.value, AUTO)
+# In #328's order: cross before auto.
+GRANULARITY_CHOICES = (
+    Granularity.LOCATION.value,
+    Granularity.FULL.value,
+    Granularity.CROSS.value,
+    AUTO,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,7 +106,7 @@ def _last_by_name(items: list[T], kind: str, diagnostics: list[Diagnostic]) -> l
 
 def resolve_granularity(requested: str, nodes: Iterable[Node]) -> tuple[Granularity, list[str]]:
     """The granularity to use and any warnings; ``auto`` reads the nodes' annotations."""
-    if requested in (Granularity.LOCATION, Granularity.FULL):
+    if requested in (Granularity.LOCATION, Granularity.FULL, Granularity.CROSS):
         return Granularity(requested), []
     if requested != AUTO:
         choices = ", ".join(GRANULARITY_CHOICES)
@@ -112,7 +118,7 @@ def resolve_granularity(requested: str, nodes: Iterable[Node]) -> tuple[Granular
     if not annotated:
         raise TopologyError(
             "failed to determine granularity: no node has a valid "
-            f"{translate.GRANULARITY} annotation; use --mesh-granularity location or full"
+            f"{translate.GRANULARITY} annotation; use --mesh-granularity location, full or cross"
         )
     chosen = annotated[0][1]
     warnings = []

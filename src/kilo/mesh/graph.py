@@ -40,6 +40,10 @@ PEERS_SUBGRAPH = "cluster_peers"
 SUBGRAPH_STYLE = '"dashed,rounded"'
 _SEGMENT_EDGE = MappingProxyType({"dir": "both"})
 _PEER_EDGE = MappingProxyType({"dir": "both", "style": "dashed"})
+# Nodes of one location in a cross mesh: reached over the underlay, not WireGuard.
+_PLAIN_EDGE = MappingProxyType(
+    {"arrowhead": "none", "arrowtail": "none", "dir": "both", "style": "dotted"}
+)
 _NODE_ATTRS = MappingProxyType({"shape": "ellipse"})
 
 
@@ -67,26 +71,43 @@ def dot_chunks(t: Topology) -> Iterator[str]:
     g.attrs["overlap"] = "false"
 
     leaders: list[str] = []
+    node_locations: list[str] = []  # per segment; "" unless the mesh is cross
     for segment in t.segments:
-        subgraph = _quote("cluster_location_" + segment.location)
+        # In a cross mesh (#328) each node is drawn inside its location, whose nodes are
+        # linked by plain (dotted) edges below: they are not WireGuard peers.
+        node_location = t.node_locations.get(segment.location, "")
+        location = node_location or segment.location
+        subgraph = _quote("cluster_location_" + location)
         g.add_subgraph(subgraph)
-        g.subgraph_attrs[subgraph]["label"] = _quote(segment.location)
+        g.subgraph_attrs[subgraph]["label"] = _quote(location)
         g.subgraph_attrs[subgraph]["style"] = SUBGRAPH_STYLE
-        for j, label in enumerate(_node_labels(segment)):
+        for j, label in enumerate(_node_labels(segment, location)):
             name = _quote(segment.hostnames[j])
             g.add_node(subgraph, name, _NODE_ATTRS)
             if j == segment.leader:
                 g.nodes[name]["rank"] = "1"
             g.nodes[name]["label"] = label
-        # Kilo indexes the sorted children with the leader's index into the hostnames,
-        # which are sorted the same way (Kubernetes names sort alike with and without quotes).
-        members = g.sorted_children(subgraph)
-        for i, member in enumerate(members):
-            if i != segment.leader:
-                g.edges.append((members[segment.leader], member, _SEGMENT_EDGE))
+        if not node_location:
+            # Kilo indexes the sorted children with the leader's index into the hostnames,
+            # which are sorted the same way (Kubernetes names sort alike with and without
+            # quotes).
+            members = g.sorted_children(subgraph)
+            for i, member in enumerate(members):
+                if i != segment.leader:
+                    g.edges.append((members[segment.leader], member, _SEGMENT_EDGE))
+        node_locations.append(node_location)
         leaders.append(_quote(segment.leader_name))
 
-    g.edge_runs.append(_leader_edges(leaders))
+    seen: set[str] = set()
+    for node_location in node_locations:
+        if node_location and node_location not in seen:
+            seen.add(node_location)
+            members = g.sorted_children(_quote("cluster_location_" + node_location))
+            for i, src in enumerate(members):
+                for dst in members[i + 1 :]:
+                    g.edges.append((src, dst, _PLAIN_EDGE))
+
+    g.edge_runs.append(_leader_edges(leaders, node_locations))
     before_peers = len(g.edges)
 
     peers = _quote(PEERS_SUBGRAPH)
@@ -108,16 +129,27 @@ def dot_chunks(t: Topology) -> Iterator[str]:
     return g.write(runs_at=[before_peers])
 
 
-def _leader_edges(leaders: list[str]) -> Iterator[str]:
-    """The statements of the edges between every two leaders, in Kilo's order, in pieces."""
+def _leader_edges(leaders: list[str], node_locations: list[str]) -> Iterator[str]:
+    """The statements of the edges between every two leaders, in Kilo's order, in pieces;
+    in a cross mesh none between two nodes of one location (``node_locations``: each
+    leader's location there, empty otherwise)."""
     suffix = _attr_list(_SEGMENT_EDGE) + ";\n"
+    count = len(leaders)
     for i, src in enumerate(leaders):
         prefix = "\t" + src + "->"
-        yield "".join([prefix + dst + suffix for dst in leaders[i + 1 :]])
+        here = node_locations[i]
+        if not here:
+            yield "".join([prefix + dst + suffix for dst in leaders[i + 1 :]])
+            continue
+        yield "".join(
+            [prefix + leaders[j] + suffix for j in range(i + 1, count) if node_locations[j] != here]
+        )
 
 
-def _node_labels(segment: Segment) -> list[str]:
+def _node_labels(segment: Segment, location: str) -> list[str]:
     """One label per member: location, name, pod CIDR, private IP; WG IP and endpoint if leader.
+
+    ``location`` is the segment key, or in a cross mesh the node's location.
 
     Kilo takes the private IP by member index when the segment has any (``privateIPs[j]``);
     a segment always has either none or one per member (a node without an internal IP gets
@@ -127,7 +159,7 @@ def _node_labels(segment: Segment) -> list[str]:
     with_private = len(segment.private_ips) == len(segment.hostnames)
     labels: list[str] = []
     for j, (hostname, cidr) in enumerate(zip(segment.hostnames, segment.cidrs, strict=True)):
-        parts = [segment.location, hostname, str(cidr)]
+        parts = [location, hostname, str(cidr)]
         if with_private:
             parts.append(str(segment.private_ips[j]))
         if j == segment.leader:
@@ -284,7 +316,9 @@ def _cluster_box(
         members = [_quote(prefix + h) for h in segment.hostnames]
         nodes = [
             f"{name} {_attr_list({**_NODE_ATTRS, 'label': label, **rank})}"
-            for j, (name, label) in enumerate(zip(members, _node_labels(segment), strict=True))
+            for j, (name, label) in enumerate(
+                zip(members, _node_labels(segment, segment.location), strict=True)
+            )
             for rank in [{"rank": "1"} if j == segment.leader else {}]
         ]
         inner.append(

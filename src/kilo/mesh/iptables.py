@@ -365,7 +365,19 @@ def ipip_allowed_sources(t: Topology, local_node_location: str) -> list[IPInterf
     no segment matches and the list is empty. For a node without an internal IP
     (segment ``node:<name>``) in ``location`` granularity, the list holds the private IPs
     of the other nodes of its location label, if any.
+
+    In a ``cross`` mesh no segment is a logical location, so #328 (which keeps this
+    lookup) drops the IPIP traffic of every other node of the location, the very traffic
+    ``cross`` keeps off WireGuard. Here the sources are the private IPs of the nodes of
+    the local cross location (deliberate fix; it changes only the local node's firewall).
     """
+    if t.node_locations:
+        return [
+            ipmod.host_interface(private)
+            for segment in t.segments
+            if t.in_own_location(segment)
+            for private in segment.private_ips
+        ]
     wanted = LOCATION_PREFIX + local_node_location
     for segment in t.segments:
         if segment.location == wanted:

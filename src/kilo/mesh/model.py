@@ -42,6 +42,9 @@ class Granularity(enum.StrEnum):
 
     LOCATION = "location"
     FULL = "full"
+    # Beyond Kilo (squat/kilo#328, #490, not merged): every node is its own segment towards
+    # the nodes of other locations; nodes of one location are not WireGuard peers.
+    CROSS = "cross"
 
 
 class Encapsulation(enum.StrEnum):

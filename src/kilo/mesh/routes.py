@@ -348,7 +348,9 @@ class _Plan:
         host_network = ipmod.host_network
         kilo = Device.KILO
         for seg in t.segments:
-            if seg.location == t.location:
+            # In a cross mesh every node leads its own segment and treats the segments of
+            # the other nodes of its location as it treats its own (#328).
+            if t.in_own_location(seg):
                 if local and t.private_ip is not None:
                     self.same_location(seg, leader=True)
                 if (

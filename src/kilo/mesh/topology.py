@@ -85,6 +85,25 @@ class Topology:
     segments: tuple[Segment, ...]
     peers: tuple[Peer, ...]  # sorted by name, allowed IPs de-duplicated
     discovered_endpoints: Mapping[str, UDPAddr | None] = field(default_factory=dict)
+    # ``cross`` only: segment key -> the key of the location whose nodes reach that
+    # segment's node over the underlay (see ``cross_locations``). Empty otherwise.
+    node_locations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def node_location(self) -> str:
+        """The location of the local node in a ``cross`` mesh (#328's ``nodeLocation``), else ""."""
+        return self.node_locations.get(self.location, "")
+
+    def in_own_location(self, segment: Segment) -> bool:
+        """Whether ``segment`` is reached over the underlay rather than through WireGuard.
+
+        The local segment always is; in a ``cross`` mesh so is every segment of another
+        node of the local location (#328: ``t.nodeLocation == s.nodeLocation``).
+        """
+        if segment.location == self.location:
+            return True
+        own = self.node_location
+        return own != "" and self.node_locations.get(segment.location) == own
 
     @property
     def local_segment(self) -> Segment | None:
@@ -148,9 +167,29 @@ def location_key(node: Node, granularity: Granularity | str) -> str:
         if node.internal_ip is None:
             return NODE_PREFIX + node.name
         return LOCATION_PREFIX + node.location
-    if granularity == Granularity.FULL:
+    if granularity in (Granularity.FULL, Granularity.CROSS):
         return NODE_PREFIX + node.name
     return ""
+
+
+def cross_location(node: Node) -> str:
+    """The location of ``node`` in a ``cross`` mesh: the nodes sharing it are not WireGuard
+    peers of each other.
+
+    #328 gives every node ``"location:" + node.location``. A node without an internal IP
+    gets ``"node:" + name`` here instead, as ``location`` granularity gives it a segment
+    of its own: with #328 the other nodes of its location would route to it over an
+    underlay address it does not have (Go's Routes indexes its empty private IPs and
+    panics), and it would have no path to them at all (docs/compatibility.md).
+    """
+    if node.internal_ip is None:
+        return NODE_PREFIX + node.name
+    return LOCATION_PREFIX + node.location
+
+
+def cross_locations(nodes: Iterable[Node]) -> dict[str, str]:
+    """Segment key -> :func:`cross_location`, for every node of a ``cross`` mesh."""
+    return {NODE_PREFIX + node.name: cross_location(node) for node in nodes}
 
 
 _name = operator.attrgetter("name")
@@ -269,6 +308,8 @@ def build_topology(
         segments=segments,
         peers=tuple(sorted_peers),
         discovered_endpoints=discovered,
+        # Segments, leaders and WireGuard IPs of a cross mesh are the full mesh's (#328).
+        node_locations=cross_locations(node_list) if granularity == Granularity.CROSS else {},
     )
 
 

@@ -352,9 +352,10 @@ def translate_node(
             )
 
     granularity = annotations.get(GRANULARITY, "")
-    if granularity not in (Granularity.LOCATION, Granularity.FULL):
+    # "cross" is read as #328 reads it; Kilo's own backend drops it (docs/compatibility.md).
+    if granularity not in (Granularity.LOCATION, Granularity.FULL, Granularity.CROSS):
         if granularity:
-            report(GRANULARITY, granularity, "is not location or full; ignored")
+            report(GRANULARITY, granularity, "is not location, full or cross; ignored")
         granularity = ""
 
     key = ZERO_KEY

@@ -120,7 +120,8 @@ def node_config(t: Topology) -> WireGuardConfig:
             + tuple([ip_text(a) for a in s.allowed_location_ips]),
         )
         for s in t.segments
-        if s.location != t.location
+        # In a cross mesh the nodes of the own location are reached over the underlay.
+        if not t.in_own_location(s)
     ]
     peers.extend(
         WireGuardPeer(

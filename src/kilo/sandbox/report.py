@@ -136,11 +136,25 @@ def leaders(listing: Mapping[str, Any]) -> list[str]:
 
 def expected_peers(listing: Mapping[str, Any]) -> dict[str, int]:
     """How many WireGuard peers each node has once the mesh has converged: a leader has one
-    per other segment plus one per Peer, any other node none. None of this holds until
-    every node is ready and in a segment, so an incomplete listing expects nothing."""
+    per other segment plus one per Peer, any other node none. In a cross mesh (every node
+    annotated ``cross``) every node leads its own segment and peers only with the nodes of
+    other locations. None of this holds until every node is ready and in a segment, so an
+    incomplete listing expects nothing."""
     nodes = list(listing.get("nodes", []))
-    segments = {str(n.get("segment", "")) for n in nodes}
     peers = len(listing.get("peers", []))
+    if nodes and all(n.get("granularity") == "cross" for n in nodes):
+        # topology.cross_location: a node without an internal IP is a location of its own.
+        where = {
+            str(n["name"]): (
+                f"location:{n.get('location', '')}" if n.get("internalIP") else f"node:{n['name']}"
+            )
+            for n in nodes
+        }
+        return {
+            name: sum(1 for other in where.values() if other != own) + peers
+            for name, own in where.items()
+        }
+    segments = {str(n.get("segment", "")) for n in nodes}
     return {str(n["name"]): (len(segments) - 1 + peers if n.get("leader") else 0) for n in nodes}
 
 
