@@ -135,9 +135,13 @@ def test_hostile_peers_never_break_the_plan(existing: list[Any]) -> None:
     names = {p["metadata"]["name"] for p in changes.apply} | set(changes.conflicts)
     assert names <= {p["metadata"]["name"] for p in desired}
     for name in changes.delete:
-        assert any(
-            multicluster.owned_by(o, "east") for o in objects if o["metadata"]["name"] == name
-        )
+        assert any(multicluster.owned_by(o, "east") for o in objects if _name(o) == name)
+
+
+def _name(obj: dict[str, Any]) -> object:
+    """The object's name, or None for an object without one (hostile input)."""
+    metadata = obj.get("metadata")
+    return metadata.get("name") if isinstance(metadata, dict) else None
 
 
 @pytest.mark.parametrize(
