@@ -119,6 +119,7 @@ PROBES = {
     "/bin/sh": ("-c", "cd / && ls /opt/cni/bin >/dev/null && sed --version >/dev/null"),
     "python3": ("-c", "import kilo.adapters.kubeconfig, lightkube, cryptography"),
     "wireguard-go": ("--version",),
+    "kgctl": ("--version",),  # the multi-cluster link's Deployment
 }
 
 
