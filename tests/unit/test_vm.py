@@ -60,6 +60,9 @@ def test_the_init_script_mounts_the_root_read_only_and_powers_off() -> None:
     assert "export EXTRA='a b'" in script
     assert f"export {guest.GUEST_ENV}=/tmp/share" in script
     assert "echo o >/proc/sysrq-trigger" in script
+    # The host's /tmp stays visible under a writable overlay: a CI clone lives there.
+    assert "tmpfs /newroot/tmp" not in script
+    assert "lowerdir=/newroot/tmp," in script
     assert "timeout" not in guest.init_script(KERNEL, modules, command(timeout=None))
 
 

@@ -12,7 +12,8 @@ module builds.
   ``cloud`` flavour has no 9p and Debian bookworm ships no ``virtiofsd``.
 * :func:`initramfs` is a tiny initramfs (busybox-static, the 9p/virtio/overlay modules and
   an ``/init`` script) that mounts the host's root read-only with the page cache on, puts
-  tmpfs on ``/run`` and ``/tmp``, overlays on ``/etc``, ``/var`` and ``/root``, the
+  tmpfs on ``/run``, overlays on ``/etc``, ``/var``, ``/root`` and ``/tmp`` (so that a
+  checkout under the host's ``/tmp`` is there too), the
   kernel's modules on ``/lib/modules/<release>`` (so that the kernel loads ``wireguard``
   and ``ipip`` itself, through ``modprobe``, when something creates such a link) and one
   writable directory shared with the host at the same path, then runs the command as
@@ -283,7 +284,9 @@ sleep 60
         f"mount -t overlay overlay -o lowerdir=/newroot{d},"
         f"upperdir=/newroot/run/kilo-vm/overlay{d}/upper,"
         f"workdir=/newroot/run/kilo-vm/overlay{d}/work /newroot{d} || fail 'overlay {d}'"
-        for d in ("/etc", "/var", "/root")
+        # /tmp too (not a fresh tmpfs): a checkout or venv under the host's /tmp (a CI clone)
+        # must stay visible to the guest's command.
+        for d in ("/etc", "/var", "/root", "/tmp")
     )
     modules_dir = f"/newroot/usr/lib/modules/{kernel.release}"
     return f"""#!/bin/busybox sh
@@ -297,7 +300,6 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /newroot
 mount -t 9p -o {root_opts} {ROOT_TAG} /newroot || fail 'mounting the host root'
 mount -t tmpfs -o mode=0755 run /newroot/run || fail 'tmpfs /run'
-mount -t tmpfs -o mode=1777 tmp /newroot/tmp || fail 'tmpfs /tmp'
 {overlays}
 mount -t tmpfs -o mode=0755 modules /newroot/usr/lib/modules || fail 'tmpfs /lib/modules'
 mkdir -p {q(modules_dir)}
