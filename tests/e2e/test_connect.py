@@ -209,7 +209,8 @@ def test_the_laptop_reaches_every_location_and_every_location_reaches_it(bed: Te
     generated = run.logged("generated public key")
     assert generated is not None
     public = generated["key"]
-    assert run.logged("using the existing interface") is not None
+    # Logged just after "created peer" (connection.py): awaited, not read at once.
+    assert run.wait_logged("using the existing interface") is not None
     for location, pod in pod_per_location(bed).items():
         wait_for(
             lambda ip=pod.ip: reaches(bed, "laptop", ip), f"the laptop does not reach {location}"
