@@ -14,12 +14,28 @@ shrank to; the regression tests and the end-to-end chaos test write them into a 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from kilo.mesh import translate as tr
 from tests.strategies import key_for
+
+_EXAMPLES = int(os.environ.get("KILO_FUZZ_EXAMPLES", "0") or 0)
+# The fuzz suites' profile (tests marked ``fuzz``).
+FUZZ = settings(
+    max_examples=_EXAMPLES or 120,
+    # CI explores the same examples on every run; `make fuzz` explores new ones each time.
+    derandomize=not _EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 
 # --- leaves -------------------------------------------------------------------------------
 

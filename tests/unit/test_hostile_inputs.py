@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kilo.errors import KiloError
@@ -38,18 +37,7 @@ from kilo.mesh.wgdevice import DeviceState, plan_update
 from tests import hostile
 from tests.agent_harness import Harness
 
-_EXAMPLES = int(os.environ.get("KILO_FUZZ_EXAMPLES", "0") or 0)
-FUZZ = settings(
-    max_examples=_EXAMPLES or 120,
-    # CI explores the same examples on every run; `make fuzz` explores new ones each time.
-    derandomize=not _EXAMPLES,
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
-)
+FUZZ = hostile.FUZZ
 
 # A message may quote several bounded values (object name, field, value) and Kilo's text.
 MAX_MESSAGE = 1200

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kilo.adapters import file as file_backend
 from kilo.adapters import yamlinput
 from kilo.errors import BackendError
 from tests.bad_kubeconfigs import BOMB
 from tests.examples import EXAMPLE_DUMP
+from tests.hostile import FUZZ
 
 DUMP = yamlinput.CLUSTER_DUMP
 
@@ -243,3 +248,101 @@ def test_load_single_wants_one_document() -> None:
     assert yamlinput.load_single("a: 1\n", kind, source="k") == {"a": 1}
     with pytest.raises(BackendError, match=r"^kubeconfig k holds 2 YAML documents; expected one$"):
         yamlinput.load_single("a: 1\n---\nb: 2\n", kind, source="k")
+
+
+# --- the one-pass builder -------------------------------------------------------------------
+#
+# load_all checks and builds values from one parse (yamlinput._build) and gives up to PyYAML's
+# composer and constructor (yamlinput._load_all_pyyaml, after the same checks) on what it does
+# not build itself. Either way, a user must see exactly what the PyYAML path gives.
+
+
+def outcome(load: Callable[[], list[Any]]) -> str:
+    """The values (as repr: NaN equals NaN, sets and dates compare) or the one-line error."""
+    try:
+        return repr(load())
+    except BackendError as exc:
+        return f"error: {exc}"
+
+
+def both_paths(text: str, loader: type) -> tuple[str, str]:
+    one_pass = outcome(lambda: yamlinput.load_all(text, DUMP, source="x", loader=loader))
+    pyyaml = outcome(lambda: yamlinput._load_all_pyyaml(text, DUMP, "x", loader))
+    return one_pass, pyyaml
+
+
+_SCALARS = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+)
+_TREES = st.recursive(
+    _SCALARS,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=6) | st.integers(), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(
+    trees=st.lists(_TREES, min_size=1, max_size=3),
+    shared=st.booleans(),
+    flow=st.sampled_from([None, True, False]),
+)
+def test_the_one_pass_builder_reads_what_pyyaml_dumps_as_pyyaml_does(
+    trees: list[Any], shared: bool, flow: bool | None
+) -> None:
+    # Shared subtrees make the dumper write anchors and aliases.
+    documents = [{"a": tree, "b": tree if shared else None} for tree in trees]
+    text = yaml.safe_dump_all(documents, default_flow_style=flow, allow_unicode=True)
+    for loader in yamlinput.LOADERS:
+        built = yamlinput._build(text, DUMP, "x", loader)  # no fallback: it builds these
+        assert repr(built) == repr(list(yaml.load_all(text, Loader=loader)))
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(st.text(alphabet="ab1:-[]{},&*!|>'\"#%@?<=~.0x \n\t", max_size=60))
+def test_any_text_gives_what_the_pyyaml_path_gives(text: str) -> None:
+    for loader in yamlinput.LOADERS:
+        one_pass, pyyaml = both_paths(text, loader)
+        assert one_pass == pyyaml
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "base: &b {x: 1}\nnode: {<<: *b, y: 2}\n",  # a merge key
+        "a: =\n",  # the value tag: no constructor
+        "s: !!set {a, b}\no: !!omap [{a: 1}]\n",
+        "? [a, b]\n: 1\n",  # a collection as a key: unhashable
+        "a: &k key\n*k : 1\n",  # an alias as a key
+        "a: *nowhere\n",  # an undefined alias
+        "a: !mine x\n",  # a local tag
+        "a: 2001-13-45\n",  # a date that is no date
+        "a: !!binary aGVsbG8=\nb: !!timestamp 2001-12-14\n",
+        "a: !!map [1]\n",
+    ],
+)
+def test_what_the_builder_leaves_to_pyyaml_reads_as_before(loader: type, text: str) -> None:
+    one_pass, pyyaml = both_paths(text, loader)
+    assert one_pass == pyyaml
+
+
+def test_an_alias_is_the_same_value_as_its_anchor_as_in_pyyaml(loader: type) -> None:
+    text = "a: &x {b: [1]}\nc: *x\n"
+    [value] = yamlinput._build(text, DUMP, "x", loader)
+    assert value == {"a": {"b": [1]}, "c": {"b": [1]}}
+    assert value["a"] is value["c"]
+
+
+def test_a_problem_is_reported_where_pyyaml_reports_it_first(loader: type) -> None:
+    # A value no constructor takes (line 1) comes before a syntax error (line 2) in the
+    # input; the PyYAML path checks the whole input first, so the syntax error is what a
+    # user sees, on both paths.
+    text = "a: !mine x\nb: [\n"
+    one_pass, pyyaml = both_paths(text, loader)
+    assert one_pass == pyyaml
+    assert one_pass.startswith("error: cluster dump x is not valid YAML or JSON at line 3,")
