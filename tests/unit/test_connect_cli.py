@@ -372,10 +372,10 @@ class Fakes:
     store: FakeStore = dataclasses.field(default_factory=lambda: FakeStore(None))
 
 
-def connection(*argv: str) -> tuple[connect.Connection, io.StringIO, Fakes]:
+def connection(*argv: str) -> tuple[connect_connection.Connection, io.StringIO, Fakes]:
     out = io.StringIO()
     log = logs.configure("debug", out)
-    conn = connect.Connection(parse("laptop", *argv), "laptop", log, io.StringIO())
+    conn = connect_connection.Connection(parse("laptop", *argv), "laptop", log, io.StringIO())
     conn.private_key = PRIVATE_KEYS["laptop"]
     fakes = Fakes()
     conn.device, conn.routes, conn.links = fakes.device, fakes.routes, fakes.links

@@ -869,3 +869,17 @@ def test_a_command_line_mistake_is_always_one_line(
     assert code in (0, 1, 2)
     if code == 2:
         assert err.count("\n") == 1 and err.startswith("kgctl: ")
+
+
+def test_offline_commands_do_not_import_the_kubernetes_client() -> None:
+    # A quarter of a second of every offline command's time went into importing lightkube
+    # and its HTTP client; only the commands that talk to a cluster need them.
+    probe = (
+        "import sys, kilo.cli.kgctl\n"
+        "heavy = ('lightkube', 'httpx', 'kilo.adapters.kubernetes', 'kilo.adapters.kubeconfig')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"

@@ -12,8 +12,7 @@ from typing import Any, TextIO
 
 from kilo import __version__, completion
 from kilo.adapters import file as file_backend
-from kilo.adapters import kubeconfig, kubernetes
-from kilo.cli import connect, multicluster
+from kilo.cli import multicluster
 from kilo.cli.arguments import quote
 from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
@@ -113,7 +112,7 @@ def _read_live(path: str | None, timeout: float) -> tuple[list[Any], list[Any]]:
     def work() -> None:
         # Imported here: the HTTP client and the kubeconfig reader take a quarter of a
         # second to import, which every offline (--backend file) command would pay.
-        from kilo.adapters import kubeconfig
+        from kilo.adapters import kubeconfig, kubernetes
 
         try:
             config = kubeconfig.load(path)
@@ -188,6 +187,8 @@ def run_version(ctx: Context) -> int:
 
 
 def run_connect(ctx: Context) -> int:
+    from kilo.cli import connect  # the Kubernetes client: only for the command that runs it
+
     return connect.run(ctx.args, ctx.out, ctx.err)
 
 
@@ -249,6 +250,8 @@ def run_graph(ctx: Context) -> int:
 
 def _run_linked_graph(ctx: Context) -> int:
     """Both clusters and the link between them: each read as ``graph`` reads one."""
+    from kilo.adapters import kubeconfig
+
     args = ctx.args
     servers = [
         str(kubeconfig.load(path).cluster.server)

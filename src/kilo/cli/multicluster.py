@@ -19,18 +19,22 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from lightkube import AsyncClient
-from lightkube.config.kubeconfig import SingleConfig
-
-from kilo.adapters import kubeconfig, kubernetes
 from kilo.cli import arguments
 from kilo.errors import KiloError
 from kilo.mesh import cluster as cluster_mod
 from kilo.mesh import ip, multicluster
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.text import one_line, short_repr
+
+if TYPE_CHECKING:
+    from lightkube.config.kubeconfig import SingleConfig
+
+    from kilo.adapters import kubernetes
+
+# The Kubernetes client is imported where a link is run, not here: kgctl imports this module
+# for its flags, and every other command (offline ones too) would pay a quarter of a second.
 
 FIELD_MANAGER = "kgctl-multicluster"
 DEFAULT_LINK = "kilo"
@@ -136,6 +140,8 @@ class Link:
         self.name: str = args.name
         self.out = out
         self.err = err
+        from kilo.adapters import kubeconfig, kubernetes
+
         local = kubeconfig.load(args.kubeconfig)
         remote = kubeconfig.load(args.remote_kubeconfig)
         if local.cluster.server == remote.cluster.server:
@@ -174,6 +180,8 @@ class Link:
 
     def read(self) -> None:
         """Both clusters' Nodes and Peers, listed once."""
+        from kilo.adapters import kubernetes
+
         for side in self.sides:
             with kubernetes.ClusterReader(side.config, timeout=self.timeout) as reader:
                 side.nodes = {_name(o): o for o in reader.nodes()}
@@ -223,6 +231,10 @@ class Link:
 
     async def watch(self, resync: float) -> None:
         """Follow both clusters until SIGINT/SIGTERM, syncing after every change."""
+        from lightkube import AsyncClient
+
+        from kilo.adapters import kubernetes
+
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

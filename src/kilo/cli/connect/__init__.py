@@ -33,13 +33,12 @@ from typing import TextIO
 
 from kilo.cli import logs
 from kilo.cli.arguments import quote
-from kilo.cli.connect.connection import Connection
 from kilo.cli.connect.flags import add_arguments, check_arguments
 from kilo.errors import ConfigError, KiloError
 from kilo.mesh.endpoint import is_dns1123_subdomain
 from kilo.mesh.events import MIN_RESYNC_PERIOD
 
-__all__ = ["MIN_RESYNC_PERIOD", "Connection", "add_arguments", "check_arguments", "run"]
+__all__ = ["MIN_RESYNC_PERIOD", "add_arguments", "check_arguments", "run"]
 
 
 def _hostname() -> str:
@@ -67,4 +66,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "digits, '-' and '.'); give NAME"
         )
     log = logs.configure(args.log_level, out)
+    # Imported here: kgctl imports this package for its flags, and the Kubernetes client
+    # the connection needs would cost every other command a quarter of a second.
+    from kilo.cli.connect.connection import Connection
+
     return asyncio.run(Connection(args, name, log, err).run())
