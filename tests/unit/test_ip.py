@@ -15,6 +15,8 @@ from ipaddress import (
 )
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kilo.mesh import ip
 
@@ -288,3 +290,32 @@ def test_is_public(address: str, public: bool) -> None:
 
 def test_is_public_none_is_false() -> None:
     assert ip.is_public(None) is False
+
+
+@settings(max_examples=500, derandomize=True)
+@given(
+    st.text(alphabet="0123456789.", max_size=16)
+    | st.ip_addresses(v=4).map(str)
+    | st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t)))
+)
+def test_the_dotted_quad_fast_path_accepts_and_reads_what_ipaddress_does(text: str) -> None:
+    try:
+        expected: object = ip_address(text)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = ip._address(text)
+    except ValueError:
+        got = ValueError
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "text", ["01.2.3.4", "1.2.3.256", "1.2.3", "1.2.3.4.5", "١.2.3.4", " 1.2.3.4"]
+)
+def test_near_miss_dotted_quads_are_refused_as_ipaddress_refuses_them(text: str) -> None:
+    with pytest.raises(ValueError):
+        ip_address(text)
+    assert ip.parse_ip(text) is None
+    assert ip.parse_interface(text + "/24") is None
