@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,74 @@ def test_a_problem_is_reported_where_pyyaml_reports_it_first(loader: type) -> No
     one_pass, pyyaml = both_paths(text, loader)
     assert one_pass == pyyaml
     assert one_pass.startswith("error: cluster dump x is not valid YAML or JSON at line 3,")
+
+
+# --- JSON -----------------------------------------------------------------------------------
+#
+# A cluster dump that is JSON (kubectl -o json) is read by the json module; anything that is
+# not plain JSON is read as YAML, as before.
+
+
+def test_a_json_dump_reads_as_its_yaml_twin() -> None:
+    documents = list(yaml.safe_load_all(EXAMPLE_DUMP.read_text()))
+    for document in documents:
+        text = json.dumps(document, indent=2)
+        assert yamlinput.load_all(text, DUMP, source="x") == [document]
+        assert file_backend.parse_dump(text) == file_backend.parse_dump(yaml.safe_dump(document))
+
+
+_JSON_TEXT = st.text(
+    st.characters(exclude_categories=("Cs", "Cc"), max_codepoint=0xFFFF), max_size=8
+)  # PyYAML refuses the surrogate-pair escapes of astral characters: see below
+_JSON_TREES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _JSON_TEXT,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(_JSON_TEXT, children, max_size=4)
+    ),
+    max_leaves=25,
+).map(lambda tree: {"items": tree})
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(tree=_JSON_TREES, indent=st.sampled_from([None, 2]), ascii_only=st.booleans())
+def test_plain_json_reads_as_the_yaml_path_reads_it(
+    tree: dict[str, Any], indent: int | None, ascii_only: bool
+) -> None:
+    text = json.dumps(tree, indent=indent, ensure_ascii=ascii_only)
+    assert yamlinput._json(text, DUMP.max_depth) == tree
+    assert yamlinput.load_all(text, DUMP, source="x") == [tree]
+    assert yamlinput._load_all_pyyaml(text, DUMP, "x", yamlinput.LOADER) == [tree]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": NaN}',  # YAML reads the string "NaN"
+        '{"a": 1}\n{"b": 2}',  # two JSON documents: not YAML either
+        "[" * 101 + "]" * 101,  # deeper than the limit: refused where it gets too deep
+        "[" * 5000 + "]" * 5000,  # deeper than the json module goes
+        '{"a": ' + "1" * 5000 + "}",  # an integer Python will not convert
+        '{"a": [1, 2}',  # a syntax error: YAML's message, with a line and column
+        '{"a": 1, }',  # not JSON, but YAML
+    ],
+)
+def test_what_is_not_plain_json_reads_as_yaml(text: str) -> None:
+    assert yamlinput._json(text, DUMP.max_depth) is yamlinput._NOT_JSON
+    one_pass, pyyaml = both_paths(text, yamlinput.LOADER)
+    assert one_pass == pyyaml
+
+
+def test_nesting_up_to_the_limit_is_json_too() -> None:
+    text = "[" * DUMP.max_depth + "]" * DUMP.max_depth
+    assert yamlinput._json(text, DUMP.max_depth) is not yamlinput._NOT_JSON
+    assert yamlinput._json("[" + text + "]", DUMP.max_depth) is yamlinput._NOT_JSON
+
+
+def test_json_numbers_and_escapes_read_as_json(loader: type) -> None:
+    # YAML 1.1 reads 1e3 as a string and PyYAML refuses a surrogate-pair escape; JSON (and
+    # Go, reading kubectl's JSON) reads a number and one character.
+    assert yamlinput.load_all('[1e3, "\\ud83d\\ude00"]', DUMP, source="x") == [
+        [1000.0, "\U0001f600"]
+    ]
+    assert yamlinput.load_all("[1e3]", yamlinput.KUBECONFIG, source="x", loader=loader) == [["1e3"]]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -60,10 +61,13 @@ class InputKind:
     syntax: str  # what the input must be: "YAML", "YAML or JSON"
     max_bytes: int
     max_depth: int = MAX_DEPTH
+    # JSON (what ``kubectl -o json`` writes) is read by the json module: a 5000-node dump
+    # as a cluster holds it is 85 MB of JSON, ten seconds for any YAML parser here.
+    json: bool = False
 
 
 # A dump of 5000 nodes as kubectl writes it is 20 to 30 MB.
-CLUSTER_DUMP = InputKind(name="cluster dump", syntax="YAML or JSON", max_bytes=256 * MiB)
+CLUSTER_DUMP = InputKind(name="cluster dump", syntax="YAML or JSON", max_bytes=256 * MiB, json=True)
 KUBECONFIG = InputKind(name="kubeconfig", syntax="YAML", max_bytes=16 * MiB)
 
 
@@ -124,6 +128,10 @@ def load_all(
 
 
 def _load_all(text: str, kind: InputKind, source: str, chosen: type[Any]) -> list[Any]:
+    if kind.json and text.lstrip()[:1] in ("{", "["):
+        document = _json(text, kind.max_depth)
+        if document is not _NOT_JSON:
+            return [document]
     try:
         return _build(text, kind, source, chosen)
     except _Unsupported:
@@ -276,6 +284,42 @@ def _check_events(text: str, kind: InputKind, source: str, loader: type[Any]) ->
             f"{kind.name} {source}: YAML aliases expand to more than {limit} values; "
             f"refusing it (a {kind.name} needs no aliases)"
         )
+
+
+# --- JSON ---------------------------------------------------------------------------------
+
+_NOT_JSON = object()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"not JSON: {name}")  # NaN and Infinity: JSON has no such numbers
+
+
+def _json(text: str, max_depth: int) -> Any:
+    """The value of JSON ``text`` nested at most ``max_depth`` deep, else ``_NOT_JSON``.
+
+    Anything that is not plain JSON (a syntax error, NaN, an integer of more than 4300
+    digits, two documents, nesting too deep for the json module or for ``max_depth``)
+    is ``_NOT_JSON``, and the caller reads the text as YAML: it says what is wrong, where,
+    as it always did. Plain JSON is read as JSON, as Go reads it: a number with an
+    exponent is a number (YAML 1.1 reads ``1e3`` as a string) and a surrogate-pair escape
+    is one character (PyYAML refuses it).
+    """
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+    # Iterative: the depth of what json built, without recursion.
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if type(value) is dict else value
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth >= max_depth:
+                    return _NOT_JSON
+                stack.append((child, depth + 1))
+    return document
 
 
 # --- one pass -----------------------------------------------------------------------------
