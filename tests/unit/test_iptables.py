@@ -7,8 +7,11 @@ import json
 from ipaddress import ip_network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kilo.mesh import ip as ipmod
+from kilo.mesh import iptables as iptables_mod
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.iptables import (
     EMPTY,
@@ -475,3 +478,18 @@ def test_text_form() -> None:
     assert lines[len(rules.append)] == "prepend IPv4 " + accept_ipip("10.128.0.2/32")
     assert len(lines) == len(rules.append) + len(rules.prepend)
     assert EMPTY.to_text() == ""
+
+
+@settings(max_examples=300, derandomize=True)
+@given(
+    st.ip_addresses()
+    .flatmap(lambda a: st.tuples(st.just(a), st.integers(0, a.max_prefixlen)))
+    .map(lambda t: f"{t[0]}/{t[1]}")
+    | st.integers(0, 2**32 - 1).map(lambda n: f"::ffff:{n >> 16:x}:{n & 0xFFFF:x}/120")
+)
+def test_the_protocol_of_a_cidr_text_is_that_of_the_parsed_cidr(text: str) -> None:
+    cidr = ipmod.parse_interface(text)
+    assert cidr is not None
+    printed = ipmod.text(cidr)  # what the plan hands over: allowed IPs as ip.text prints them
+    assert iptables_mod._protocol_of_text(printed) == iptables_mod.protocol_of(cidr)
+    assert iptables_mod._protocol_of_text(text) == iptables_mod.protocol_of(cidr)

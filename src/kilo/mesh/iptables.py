@@ -231,6 +231,8 @@ def _return_known(text: str) -> Rule:
 
 def _protocol_of_text(text: str) -> Protocol:
     """:func:`protocol_of` the CIDR printed as ``text`` (``ip.text`` of an allowed IP)."""
+    if ":" not in text:
+        return Protocol.IPV4  # only IPv6 is written with colons: no need to parse it
     cidr = ipmod.parse_interface(text)
     assert cidr is not None, text
     return protocol_of(cidr)
