@@ -232,3 +232,33 @@ def test_the_linked_graph_is_valid_dot() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_a_linked_cross_mesh_draws_each_location_once_as_dot_does() -> None:
+    nodes = [
+        _node("alpha", 7, endpoint="198.51.100.7:51820", location="azure"),
+        _node("zeta", 8, endpoint="198.51.100.8:51820", location="azure"),
+        _node("gcp1", 9, endpoint="198.51.100.9:51820", location="gcp"),
+    ]
+    remote = build_topology(
+        nodes,
+        [],
+        granularity=Granularity.CROSS,
+        hostname="alpha",
+        subnet=ipaddress.ip_network("10.5.0.0/16"),
+    )
+    nodes_one, peers_one = reference_cluster()
+    local = build_topology(
+        nodes_one, peers_one, granularity=Granularity.LOCATION, hostname="alpha", subnet=KILO_SUBNET
+    )
+    text = linked_dot(local, remote, link="kilo", titles=("cluster 1: a", "cluster 2: b"))
+    # One box per location, holding each of its nodes (each node is a segment of its own).
+    assert text.count('subgraph "cluster_2/location_location:azure" {') == 1
+    box = text.split('subgraph "cluster_2/location_location:azure" {')[1].split("}")[0]
+    assert '"2/alpha" [ ' in box and '"2/zeta" [ ' in box and '"2/gcp1"' not in box
+    # Nodes of one location are no WireGuard peers: a plain dotted line, as dot() draws it;
+    # nodes of two locations are.
+    plain = "[ arrowhead=none, arrowtail=none, dir=both, style=dotted ];"
+    assert f'\t"2/alpha"->"2/zeta"{plain}\n' in text
+    assert '\t"2/alpha"->"2/gcp1"[ dir=both ];\n' in text
+    assert '\t"2/gcp1"->"2/zeta"[ dir=both ];\n' in text

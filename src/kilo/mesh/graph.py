@@ -310,29 +310,36 @@ def _cluster_box(
     """One cluster as a subgraph of its segments and Peers, with :func:`dot`'s labels and
     edges (IDs prefixed): (the edges, the subgraph statement)."""
     edges: list[str] = []
-    inner: list[str] = []
-    leaders = []
+    # location -> its nodes' statements, in the order the segments come (one box each).
+    boxes: dict[str, list[str]] = {}
+    leaders: list[str] = []
+    node_locations: list[str] = []  # per segment; "" unless the mesh is cross
     for segment in t.segments:
+        # In a cross mesh each node is its own segment, drawn in its location's box as
+        # :func:`dot` draws it: the nodes of one location are no WireGuard peers.
+        node_location = t.node_locations.get(segment.location, "")
+        location = node_location or segment.location
         members = [_quote(prefix + h) for h in segment.hostnames]
-        nodes = [
+        boxes.setdefault(location, []).extend(
             f"{name} {_attr_list({**_NODE_ATTRS, 'label': label, **rank})}"
             for j, (name, label) in enumerate(
-                zip(members, _node_labels(segment, segment.location), strict=True)
+                zip(members, _node_labels(segment, location), strict=True)
             )
             for rank in [{"rank": "1"} if j == segment.leader else {}]
-        ]
-        inner.append(
-            _box(
-                f"cluster_{prefix}location_{segment.location}",
-                segment.location,
-                nodes,
-            )
         )
         leader = members[segment.leader]
         edges.extend(f"{leader}->{m}{_attr_list(_SEGMENT_EDGE)}" for m in members if m != leader)
         leaders.append(leader)
+        node_locations.append(node_location)
+    inner = [
+        _box(f"cluster_{prefix}location_{location}", location, nodes)
+        for location, nodes in boxes.items()
+    ]
     for i, src in enumerate(leaders):
-        edges.extend(f"{src}->{dst}{_attr_list(_SEGMENT_EDGE)}" for dst in leaders[i + 1 :])
+        here = node_locations[i]
+        for j in range(i + 1, len(leaders)):
+            same = bool(here) and node_locations[j] == here
+            edges.append(f"{src}->{leaders[j]}{_attr_list(_PLAIN_EDGE if same else _SEGMENT_EDGE)}")
     peer_nodes = []
     for peer in sorted(peers, key=lambda p: p.name):
         name = _quote(prefix + peer.name)
