@@ -146,12 +146,12 @@ class Testbed(Network, ControlPlanes, Pods, Agents, Probes):
             for node in self.nodes.values():
                 self._await_holder(node)
                 self.write_cni_config(node.name, KILO_CNI_TEMPLATE)
-            for thread in self._plane_threads:
-                thread.join()
-            if self._plane_error is not None:
+            errors = [starting.wait() for starting in self._plane_starts]
+            error = next((e for e in errors if e is not None), None)
+            if error is not None:
                 raise TestbedError(
-                    f"testbed {self.prefix}: the control plane did not start: {self._plane_error}"
-                ) from self._plane_error
+                    f"testbed {self.prefix}: the control plane did not start: {error}"
+                ) from error
             self._populate_api()
         except BaseException as exc:
             try:
@@ -189,11 +189,11 @@ class Testbed(Network, ControlPlanes, Pods, Agents, Probes):
                 runs.terminate(machine.process, 5)
         for plane in self.planes:
             plane.stop()
-        for plane, thread in zip(self.planes, self._plane_threads, strict=False):
+        for starting in self._plane_starts:
             # A start still under way ends once its processes are gone; then nothing it
             # started late can survive.
-            thread.join(150)
-            plane.stop()
+            starting.wait(150)
+            starting.plane.stop()
         ours = runs.run_namespaces(self.prefix)
         namespaces = list(dict.fromkeys([*reversed(self._namespaces), *ours]))
         left = runs.remove_namespaces(namespaces, self.host_link)

@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import tempfile
-import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 from lightkube import Client
 
 from kilo.sandbox import runs
-from kilo.sandbox.controlplane import Attachment, ControlPlane
+from kilo.sandbox.controlplane import Attachment, ControlPlane, Starting
 from kilo.sandbox.runs import TestbedError, wait_for
 from kilo.sandbox.testbed.values import CLUSTERS, NAME, PREFIX, Location, Machine, Pod
 
@@ -132,12 +131,11 @@ class Base:
         self._processes: list[subprocess.Popen[bytes]] = []  # servers and the like
         self._clients: dict[int, Client] = {}
         self._conflists: dict[str, Mapping[str, Any]] = {}  # pod -> the conflist of its ADD
-        self._plane_error: BaseException | None = None
         self._veths = 0
         self._wan_hosts = {"node": 10, "gateway": 100, "laptop": 200}
         self._started = False
         self._claimed = False  # from here on, close() has something to remove
-        self._plane_threads: list[threading.Thread] = []
+        self._plane_starts: list[Starting] = []  # one a plane, in self.planes order
 
     @staticmethod
     def _new_prefix() -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import threading
 from pathlib import Path
 
 from lightkube import ApiError, Client, KubeConfig
@@ -16,7 +15,13 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 
 from kilo.sandbox import kubelet, runs
-from kilo.sandbox.controlplane import AttachedControlPlane, Attachment, ControlPlane, build_binaries
+from kilo.sandbox.controlplane import (
+    AttachedControlPlane,
+    Attachment,
+    ControlPlane,
+    Starting,
+    build_binaries,
+)
 from kilo.sandbox.runs import TestbedError, wait_for
 from kilo.sandbox.testbed.base import Base
 from kilo.sandbox.testbed.values import CP_WAN, MANIFESTS, TOPOLOGY_LABEL, from_dict
@@ -53,16 +58,7 @@ class ControlPlanes(Base):
                 )
         self.plane = self.planes[0]
         for plane in self.planes:
-
-            def start(plane: ControlPlane = plane) -> None:
-                try:
-                    plane.start()
-                except BaseException as exc:
-                    self._plane_error = exc
-
-            thread = threading.Thread(target=start, name=f"{self.prefix}-controlplane", daemon=True)
-            thread.start()
-            self._plane_threads.append(thread)
+            self._plane_starts.append(Starting(plane, name=f"{self.prefix}-controlplane"))
 
     def _forward_to_attached_plane(self, attachment: Attachment) -> None:
         """Move the attachment's NIC into ``cp`` and forward the API server's port on
