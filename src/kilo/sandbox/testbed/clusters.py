@@ -149,17 +149,18 @@ class ControlPlanes(Base):
                 if exc.status.code != 409:
                     raise
 
-    @property
-    def admin_kubeconfig(self) -> Path:
+    def _first_plane(self) -> ControlPlane:
         if self.plane is None:
             raise TestbedError(f"testbed {self.prefix} has no control plane yet")
-        return self.plane.admin_kubeconfig
+        return self.plane
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self._first_plane().admin_kubeconfig
 
     @property
     def api_port(self) -> int:
-        if self.plane is None:
-            raise TestbedError(f"testbed {self.prefix} has no control plane yet")
-        return self.plane.port
+        return self._first_plane().port
 
     def admin_kubeconfig_of(self, cluster: int) -> Path:
         """The admin kubeconfig of cluster ``cluster`` (an index in :attr:`clusters`)."""
