@@ -84,18 +84,18 @@ example: $(PY)
 	$(BIN)/kgctl --backend file --file examples/cluster.yaml plan node beta
 
 bench: $(PY)
-	$(PY) benchmarks/topology_bench.py
+	$(PY) -m benchmarks.topology_bench
 
 # A reduced set for every change (no root, a few minutes): topology + plan at 1000 and 5000
 # nodes, and every kgctl command on a 5000-node dump (README, "Performance").
 bench-quick: $(PY)
-	$(PY) benchmarks/topology_bench.py --sizes 1000,5000 --repeat 5
-	$(PY) benchmarks/kgctl_bench.py --nodes 5000 --repeat 1 --dumps bare
+	$(PY) -m benchmarks.topology_bench --sizes 1000,5000 --repeat 5
+	$(PY) -m benchmarks.kgctl_bench --nodes 5000 --repeat 1 --dumps bare
 
 # kg on a leader in the e2e testbed (root, about 15 minutes): start-up, CPU and RSS with
 # 100, 300 and 1000 nodes, annotation-change-to-WireGuard latency (`--quick`: a smoke run).
 bench-agent: $(PY)
-	$(PY) benchmarks/agent_bench.py
+	$(PY) -m benchmarks.agent_bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

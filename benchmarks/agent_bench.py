@@ -1,6 +1,6 @@
 """Time and size the ``kg`` agent on a leader, in the end-to-end testbed.
 
-    python benchmarks/agent_bench.py [--sizes 100,300,1000] [--window 60] [--changes 50]
+    python -m benchmarks.agent_bench [--sizes 100,300,1000] [--window 60] [--changes 50]
                                      [--quick] [--profile DIR]
 
 Builds the network-namespace testbed of ``kilo.sandbox.testbed``: a control plane (etcd +

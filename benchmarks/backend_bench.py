@@ -1,6 +1,6 @@
 """Time and size the Kubernetes backend against a real kube-apiserver on loopback.
 
-    python benchmarks/backend_bench.py [--nodes 5000] [--patches 500] [--concurrency 32]
+    python -m benchmarks.backend_bench [--nodes 5000] [--patches 500] [--concurrency 32]
 
 Starts the test control plane (etcd + kube-apiserver, TLS, RBAC; see
 ``kilo.sandbox.controlplane``), creates N Nodes carrying the annotations a Kilo
@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
-import hashlib
-import ipaddress
 import statistics
 import sys
 import time
@@ -46,6 +43,7 @@ from lightkube.config.kubeconfig import SingleConfig
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from benchmarks import synthetic
 from kilo.adapters import kubeconfig, kubernetes
 from kilo.errors import BackendError
 from kilo.mesh import translate
@@ -54,11 +52,6 @@ from kilo.mesh.events import Event, EventType
 from kilo.sandbox import kubelet
 from kilo.sandbox.controlplane import ControlPlane, ControlPlaneError, build_binaries
 
-LOCATIONS = 50
-ENDPOINT_RANGES = ("198.51.100", "203.0.113")  # TEST-NET-2 and TEST-NET-3
-INTERNAL_BASE = ipaddress.ip_address("172.16.0.1")
-WIREGUARD_BASE = ipaddress.ip_address("10.4.0.1")
-POD_BASE = ipaddress.ip_address("10.64.0.0")
 TRANSLATE_REPEAT = 5
 MIB = 1024 * 1024
 
@@ -74,39 +67,9 @@ class BenchError(RuntimeError):
 # --- synthetic nodes -----------------------------------------------------------------------
 
 
-def node_name(i: int) -> str:
-    return f"node-{i:05d}"
-
-
-def node_key(i: int) -> str:
-    """A distinct, valid (32-byte, base64) WireGuard public key, derived cheaply."""
-    return base64.b64encode(hashlib.blake2b(i.to_bytes(4, "big"), digest_size=32).digest()).decode()
-
-
 def node_object(i: int, last_seen: int) -> dict[str, Any]:
-    location = f"loc-{i % LOCATIONS:02d}"
-    rest = i // len(ENDPOINT_RANGES)
-    endpoint = f"{ENDPOINT_RANGES[i % len(ENDPOINT_RANGES)]}.{rest % 254 + 1}:{51820 + rest // 254}"
-    annotations = {
-        translate.ENDPOINT: endpoint,
-        translate.INTERNAL_IP: f"{INTERNAL_BASE + i}/12",
-        translate.KEY: node_key(i),
-        translate.LAST_SEEN: str(last_seen),
-        translate.LOCATION: location,
-        translate.GRANULARITY: "location",
-    }
-    if i % 4 == 0:
-        annotations[translate.WIREGUARD_IP] = f"{WIREGUARD_BASE + i}/16"
-    if i < LOCATIONS:
-        annotations[translate.LEADER] = "true"
-    return kubelet.node(
-        node_name(i),
-        internal_ip=str(INTERNAL_BASE + i),
-        pod_cidr=f"{POD_BASE + 256 * i}/24",
-        labels={"topology.kubernetes.io/region": location},
-        annotations=annotations,
-        now=last_seen,
-    )
+    key = synthetic.public_key(i.to_bytes(4, "big"))
+    return synthetic.kilo_node(i, key=key, last_seen=last_seen)
 
 
 # --- measuring helpers ---------------------------------------------------------------------
@@ -290,11 +253,11 @@ async def measure(config: SingleConfig, server: str, r: Results) -> None:
 
             # (b) a burst of check-ins. One patch first, so that the watch is established
             # and the burst measures delivery, not the watch request.
-            warm = node_name(r.nodes - 1)
+            warm = synthetic.node_name(r.nodes - 1)
             await writer.patch(Node, warm, patch_body(now + 1), patch_type=PatchType.MERGE)
             await bounded("the first MODIFIED event", 60, until_modified(events, [warm]))
             count = min(r.patches, r.nodes - 1)
-            targets = [node_name(k * (r.nodes - 1) // count) for k in range(count)]
+            targets = [synthetic.node_name(k * (r.nodes - 1) // count) for k in range(count)]
             r.patches = len(targets)
             await patch_burst(writer, events, r, targets, now + 60)
         finally:

@@ -1,8 +1,8 @@
 """What ``kg --leader-election=lease`` costs and gives: Lease renewals at N locations, and
 the recovery time over repeated failovers.
 
-    python benchmarks/failover_bench.py [--locations 50] [--seconds 20]
-    python benchmarks/failover_bench.py --recovery 10     # root: a testbed
+    python -m benchmarks.failover_bench [--locations 50] [--seconds 20]
+    python -m benchmarks.failover_bench --recovery 10     # root: a testbed
 
 The rate follows from the constants (``kilo.mesh.leadership``): each location's holder
 writes its Lease once per ``RENEW_PERIOD``, so N locations make N / RENEW_PERIOD writes per

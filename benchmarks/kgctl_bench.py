@@ -1,6 +1,6 @@
 """Time ``kgctl`` on cluster dumps of N nodes, as a user runs it: one process per command.
 
-    python benchmarks/kgctl_bench.py [--nodes 5000] [--repeat 3] [--dumps bare,kubelet]
+    python -m benchmarks.kgctl_bench [--nodes 5000] [--repeat 3] [--dumps bare,kubelet]
                                      [--commands list,graph,...] [--dir DIR]
 
 Writes two dumps (``--dir``, else a temporary directory), each as ``kubectl get nodes,peers
@@ -26,9 +26,6 @@ Target (2-core machine): every command under 1.5 s on a 5000-node dump; ``graph`
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import ipaddress
 import os
 import statistics
 import subprocess
@@ -41,14 +38,9 @@ from typing import Any
 
 import yaml
 
-from kilo.mesh import translate
-from kilo.sandbox import kubelet
+from benchmarks import synthetic
 
-LOCATIONS = 50
 PEERS = 10
-INTERNAL_BASE = ipaddress.ip_address("172.16.0.1")
-WIREGUARD_BASE = ipaddress.ip_address("10.4.0.1")
-POD_BASE = ipaddress.ip_address("10.64.0.0")
 # A fixed check-in time: the file backend judges a dump as of when it was taken.
 LAST_SEEN = 1_767_225_600
 
@@ -64,49 +56,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def node_name(i: int) -> str:
-    return f"node-{i:05d}"
-
-
-def key(seed: str) -> str:
-    """A distinct, valid (32-byte, base64) WireGuard public key, derived cheaply."""
-    return base64.b64encode(hashlib.blake2b(seed.encode(), digest_size=32).digest()).decode()
-
-
 def node_object(i: int, *, kubelet_like: bool) -> dict[str, Any]:
-    name = node_name(i)
-    location = f"loc-{i % LOCATIONS:02d}"
-    rest = i // 2
-    endpoint = f"{('198.51.100', '203.0.113')[i % 2]}.{rest % 254 + 1}:{51820 + rest // 254}"
-    annotations = {
-        translate.ENDPOINT: endpoint,
-        translate.INTERNAL_IP: f"{INTERNAL_BASE + i}/12",
-        translate.KEY: key(name),
-        translate.LAST_SEEN: str(LAST_SEEN),
-        translate.LOCATION: location,
-        translate.GRANULARITY: "location",
-    }
-    if i % 4 == 0:
-        annotations[translate.WIREGUARD_IP] = f"{WIREGUARD_BASE + i}/16"
-    if i < LOCATIONS:
-        annotations[translate.LEADER] = "true"
-    pod_cidr = f"{POD_BASE + 256 * i}/24"
-    labels = {"topology.kubernetes.io/region": location}
-    if kubelet_like:
-        return kubelet.node(
-            name,
-            internal_ip=str(INTERNAL_BASE + i),
-            pod_cidr=pod_cidr,
-            labels=labels,
-            annotations=annotations,
-            now=LAST_SEEN,
-        )
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": annotations},
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
-    }
+    key = synthetic.public_key(synthetic.node_name(i).encode())
+    return synthetic.kilo_node(i, key=key, last_seen=LAST_SEEN, kubelet_like=kubelet_like)
 
 
 def peer_object(p: int) -> dict[str, Any]:
@@ -116,7 +68,7 @@ def peer_object(p: int) -> dict[str, Any]:
         "metadata": {"name": f"peer-{p:02d}"},
         "spec": {
             "allowedIPs": [f"10.5.0.{p + 1}/32"],
-            "publicKey": key(f"peer-{p}"),
+            "publicKey": synthetic.public_key(f"peer-{p}".encode()),
             "persistentKeepalive": 10,
         },
     }

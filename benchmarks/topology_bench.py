@@ -4,7 +4,7 @@ For each cluster size and granularity, and for a few node perspectives (a leader
 non-leader where one exists), time what an agent does on every apply: build the topology,
 render the WireGuard config, plan routes and rules, and plan iptables rules.
 
-    python benchmarks/topology_bench.py [--sizes 100,1000,5000] [--repeat 5] [--alips | --no-alips]
+    python -m benchmarks.topology_bench [--sizes 100,1000,5000] [--repeat 5] [--alips | --no-alips]
 
 By default every cluster is timed twice: without allowed-location IPs and with them
 (``--alips``: one /32 per node inside its location's 100.64.<location>.0/24, plus that /24

@@ -30,6 +30,7 @@ from kilo.sandbox import kubelet, runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests import hostile
 from tests.e2e.kgctl_cli import kgctl
+from tests.testbed_harness import pod_ips, reachable, wg_peers
 
 KEEPALIVE = translate.PERSISTENT_KEEPALIVE
 LOCATIONS = [
@@ -42,16 +43,6 @@ LEADERS = {"aws": "aws-1", "gcp": "gcp-1", "office": "office-1"}
 BARE = "gcp-2"
 CONVERGE = 60.0
 Peer = RESOURCES["peers"]
-
-
-def wg_peers(bed: Testbed, node: str) -> dict[str, list[str]]:
-    """Public key -> the `wg show dump` fields of each peer of ``node``."""
-    lines = bed.wg_dump(node).splitlines()[1:]
-    return {line.split("\t")[0]: line.split("\t") for line in lines}
-
-
-def reachable(bed: Testbed, src: str, ip: str) -> bool:
-    return bed.ping(src, ip, count=1, timeout=1)
 
 
 def settles(bed: Testbed, src: str, ip: str, timeout: float = 15) -> bool:
@@ -91,23 +82,15 @@ def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
         built.before = {BARE: built.snapshot(BARE)}  # type: ignore[attr-defined]
         for node in built.nodes:
             built.start_agent(node)
-        try:
+        with built.agent_logs_on_failure():
             for node in built.nodes:
                 if node != BARE:
                     built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
             yield built
-        except BaseException:
-            for node in built.nodes:
-                sys.stderr.write(f"--- {node}\n{built.agent_log(node)[-4000:]}\n")
-            raise
-
-
-def pods(bed: Testbed) -> dict[str, str]:
-    return {name: pod.ip for name, pod in bed.pods.items()}
 
 
 def test_location_mesh_every_pod_reaches_every_pod_and_node(bed: Testbed) -> None:
-    ips = pods(bed)
+    ips = pod_ips(bed)
     first, *_ = ips
     wait_for(
         lambda: all(reachable(bed, bed.pods[first].netns, ip) for ip in ips.values()),
@@ -249,9 +232,9 @@ def test_a_peer_reaches_pods_and_pods_reach_it(bed: Testbed) -> None:
     bed.run("laptop", "ip", "route", "add", "10.42.0.0/16", "dev", "kilo0")
     bed.run("laptop", "ip", "route", "add", "10.4.0.0/16", "dev", "kilo0")
     assert laptop.wan_ip is not None
-    for name, ip in pods(bed).items():
+    for name, ip in pod_ips(bed).items():
         wait_for(lambda ip=ip: reachable(bed, "laptop", ip), f"laptop does not reach {name}")
-    for name in pods(bed):
+    for name in pod_ips(bed):
         assert reachable(bed, bed.pods[name].netns, "10.5.0.1"), f"{name} does not reach laptop"
     echo = bed.tcp_exchange(bed.pods["pod-office-2"].netns, "laptop", "10.5.0.1", 7003)
     assert echo.reply == "hello"
@@ -282,7 +265,7 @@ def test_a_node_with_garbage_annotations_is_skipped_with_a_warning(bed: Testbed)
         lambda: "node garbage" in bed.agent_log("gcp-1") and "not-a-key" in bed.agent_log("gcp-1"),
         "no warning naming the garbage node and its bad key",
     )
-    ips = pods(bed)
+    ips = pod_ips(bed)
     assert reachable(bed, bed.pods["pod-gcp-1"].netns, ips["pod-aws-2"])
     assert reachable(bed, bed.pods["pod-office-1"].netns, ips["pod-aws-1"])
     assert all(p.poll() is None for p in (bed.agent(n) for n in bed.nodes) if p)
@@ -292,7 +275,7 @@ def test_hostile_nodes_and_peers_cost_only_themselves(bed: Testbed) -> None:
     """Issue 11's chaos test: the hostile corpus (issue 11's cases and the fuzz suite's
     worst examples) is written into the live cluster while every pod pings every other
     pod; no agent stops or turns unhealthy, no ping is lost, kgctl still answers."""
-    ips = pods(bed)
+    ips = pod_ips(bed)
     count = 150  # 30 s at 5 per second: the objects are written and applied meanwhile
     pings = {
         (src, dst): subprocess.Popen(
@@ -479,7 +462,7 @@ def test_full_mesh_on_the_same_testbed(bed: Testbed) -> None:
     # endpoint), which needs hairpin NAT; the test gateway, like many, has none. With
     # --same-nat-internal-endpoints the two office nodes dial each other on their LAN.
     restart_all(bed, "full", "--same-nat-internal-endpoints=true")
-    ips = pods(bed)
+    ips = pod_ips(bed)
     for src, (dst, ip) in itertools.product(ips, ips.items()):
         if src != dst:
             wait_for(

@@ -22,6 +22,7 @@ import pytest
 
 from kilo.sandbox import runs
 from kilo.sandbox.testbed import Location, Testbed
+from tests import testbed_harness
 
 LOCATIONS = [Location("aws", nodes=1), Location("gcp", nodes=1)]
 CONVERGE = 60.0
@@ -41,21 +42,17 @@ def capabilities(pid: int) -> dict[str, int]:
     }
 
 
+def start_restricted_kg(bed: Testbed, node: str) -> None:
+    # nsenter -m starts in the node's root directory: name the checkout.
+    bed.start_agent(node, module="tests.e2e.restricted_kg", env={"PYTHONPATH": str(ROOT)})
+
+
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
-    runs.cleanup_stale()
-    with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
-        for node in built.nodes:
-            # nsenter -m starts in the node's root directory: name the checkout.
-            built.start_agent(node, module="tests.e2e.restricted_kg", env={"PYTHONPATH": str(ROOT)})
-        try:
-            for node in built.nodes:
-                built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
-            yield built
-        except BaseException:
-            for node in built.nodes:
-                print(f"--- {node}\n{built.agent_log(node)[-4000:]}")
-            raise
+    with testbed_harness.bed_with_pods(
+        LOCATIONS, binaries=controlplane_binaries, start_agent=start_restricted_kg, timeout=CONVERGE
+    ) as built:
+        yield built
 
 
 def test_kg_has_only_net_admin_and_net_raw(bed: Testbed) -> None:

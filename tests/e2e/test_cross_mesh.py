@@ -22,6 +22,7 @@ from kilo.mesh import translate
 from kilo.sandbox import runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests.e2e import kgctl_cli
+from tests.testbed_harness import reachable
 
 LOCATIONS = [
     Location("aws", nodes=2),
@@ -41,10 +42,6 @@ def wg_peer_keys(bed: Testbed, node: str) -> set[str]:
 
 def peers_are(bed: Testbed, node: str, keys: set[str]) -> bool:
     return wg_peer_keys(bed, node) == keys
-
-
-def reachable(bed: Testbed, src: str, ip: str) -> bool:
-    return bed.ping(src, ip, count=1, timeout=1)
 
 
 def wait_for(predicate: Callable[[], object], message: str, timeout: float = CONVERGE) -> object:

@@ -139,7 +139,7 @@ def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
         )
         for node in built.nodes:
             built.start_agent(node)
-        try:
+        with built.agent_logs_on_failure():
             # A pod on every node, as on any Kubernetes node: its CNI turns on IP forwarding,
             # which the leaders need to carry their location's traffic (the scrapes too).
             for node in built.nodes:
@@ -151,10 +151,6 @@ def bed(controlplane_binaries: Path) -> Iterator[Testbed]:
                 message="each location has a leader with its WireGuard peers",
             )
             yield built
-        except BaseException:
-            for node in built.nodes:
-                sys.stderr.write(f"--- {node}\n{built.agent_log(node)[-4000:]}\n")
-            raise
 
 
 def leaders(bed: Testbed) -> dict[str, str]:

@@ -23,6 +23,7 @@ import yaml
 
 from kilo.sandbox import podman, runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
+from tests import testbed_harness
 from tests.manifests import MANIFESTS, containers, load_file
 
 # The first test may build the image (docker/build.sh): mmdebstrap takes about 2 minutes cold.
@@ -52,20 +53,15 @@ IMAGE_NODES = {
 
 @pytest.fixture(scope="module")
 def bed(controlplane_binaries: Path, kilo_image: str) -> Iterator[Testbed]:
-    runs.cleanup_stale()
-    with Testbed(LOCATIONS, binaries=controlplane_binaries) as built:
-        for node in built.nodes:
-            security = IMAGE_NODES.get(node)
-            image = None if security is None else podman.Image(ref=kilo_image, security=security)
-            built.start_agent(node, image=image)
-        try:
-            for node in built.nodes:
-                built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
-            yield built
-        except BaseException:
-            for node in built.nodes:
-                print(f"--- {node}\n{built.agent_log(node)[-4000:]}")
-            raise
+    def start(built: Testbed, node: str) -> None:
+        security = IMAGE_NODES.get(node)
+        image = None if security is None else podman.Image(ref=kilo_image, security=security)
+        built.start_agent(node, image=image)
+
+    with testbed_harness.bed_with_pods(
+        LOCATIONS, binaries=controlplane_binaries, start_agent=start, timeout=CONVERGE
+    ) as built:
+        yield built
 
 
 def container_pid(name: str) -> int:

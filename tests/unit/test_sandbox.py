@@ -642,3 +642,26 @@ def test_build_errors_carry_the_script_output() -> None:
     assert lines == [
         "build.sh: unknown mode 'sideways' (all, controlplane, helm, prometheus, check)"
     ]
+
+
+class _StubPlane(controlplane.ControlPlane):
+    """A plane whose start only reports (or raises) what it is told: no processes."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.started = False
+
+    def start(self) -> controlplane.ControlPlane:
+        if self.error is not None:
+            raise self.error
+        self.started = True
+        return self
+
+
+def test_a_plane_starting_in_a_thread_keeps_its_error() -> None:
+    good, bad = _StubPlane(), _StubPlane(controlplane.ControlPlaneError("no etcd"))
+    assert controlplane.Starting(good, name="ok").wait(10) is None
+    assert good.started
+    error = controlplane.Starting(bad, name="failing").wait(10)
+    assert isinstance(error, controlplane.ControlPlaneError)
+    assert str(error) == "no etcd"

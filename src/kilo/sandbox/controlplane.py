@@ -33,6 +33,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -589,6 +590,30 @@ class AttachedControlPlane(ControlPlane):
 
     def stop(self) -> None:
         pass
+
+
+class Starting:
+    """``plane.start()`` in a daemon thread, so that the caller builds the rest of its
+    network while etcd and the API server come up (the testbed, the VM's host side).
+    :meth:`wait` joins the thread and returns the error the start ended with, if any."""
+
+    def __init__(self, plane: ControlPlane, *, name: str) -> None:
+        self.plane = plane
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, name=name, daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.plane.start()
+        except BaseException as exc:
+            self.error = exc
+
+    def wait(self, timeout: float | None = None) -> BaseException | None:
+        """The start's error once it has ended (None: ready, or still under way after
+        ``timeout`` seconds)."""
+        self._thread.join(timeout)
+        return self.error
 
 
 def _terminate(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:

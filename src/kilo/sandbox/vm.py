@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -236,8 +235,7 @@ class VMHost:
         self.host_ip = ""
         self.cp_ip = ""
         self._claimed = False
-        self._plane_thread: threading.Thread | None = None
-        self._plane_error: BaseException | None = None
+        self._plane_start: controlplane.Starting | None = None
 
     def start(self) -> VMHost:
         """Create the namespace, the links and start the control plane (in a thread: see
@@ -268,18 +266,9 @@ class VMHost:
                     host_link=str(GUEST_HOST_LINK),
                 ),
             )
-            plane = self.plane
-
-            def start() -> None:
-                try:
-                    plane.start()
-                except BaseException as exc:
-                    self._plane_error = exc
-
-            self._plane_thread = threading.Thread(
-                target=start, name=f"{self.prefix}-controlplane", daemon=True
+            self._plane_start = controlplane.Starting(
+                self.plane, name=f"{self.prefix}-controlplane"
             )
-            self._plane_thread.start()
         except BaseException:
             self.close()
             raise
@@ -287,10 +276,9 @@ class VMHost:
 
     def wait_plane(self) -> ControlPlane:
         """The control plane once it is ready; VMError if it failed."""
-        if self._plane_thread is not None:
-            self._plane_thread.join()
-        if self._plane_error is not None or self.plane is None:
-            raise VMError(f"the control plane did not start: {self._plane_error}")
+        error = None if self._plane_start is None else self._plane_start.wait()
+        if error is not None or self.plane is None:
+            raise VMError(f"the control plane did not start: {error}")
         return self.plane
 
     def _claim(self) -> None:
@@ -333,8 +321,8 @@ class VMHost:
             return
         if self.plane is not None:
             self.plane.stop()
-            if self._plane_thread is not None:
-                self._plane_thread.join(150)
+            if self._plane_start is not None:
+                self._plane_start.wait(150)
                 self.plane.stop()
         left = runs.remove_namespaces([self.netns], self.host_link)
         with contextlib.suppress(OSError):

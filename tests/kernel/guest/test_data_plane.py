@@ -21,7 +21,6 @@ import ipaddress
 import itertools
 import json
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from kilo.adapters.kubernetes import RESOURCES
 from kilo.mesh import translate
 from kilo.sandbox import runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
+from tests.testbed_harness import pod_ips, reachable, wg_peers
 
 LOCATIONS = [
     Location("aws", nodes=2, wireguard="kernel"),
@@ -114,15 +114,6 @@ def pings(bed: Testbed, src: str, ip: str, count: int = 5) -> None:
     assert f"{count} received" in out, out
 
 
-def reachable(bed: Testbed, src: str, ip: str) -> bool:
-    return bed.ping(src, ip, count=1, timeout=2)
-
-
-def wg_peers(bed: Testbed, node: str) -> dict[str, list[str]]:
-    lines = bed.wg_dump(node).splitlines()[1:]
-    return {line.split("\t")[0]: line.split("\t") for line in lines}
-
-
 def modules_loaded() -> set[str]:
     return {m for m in ("wireguard", "ipip") if Path(f"/sys/module/{m}").exists()}
 
@@ -130,32 +121,26 @@ def modules_loaded() -> set[str]:
 @pytest.fixture(scope="module")
 def bed(share: Path) -> Iterator[Testbed]:
     runs.cleanup_stale()
-    with Testbed(LOCATIONS, attached_plane=share / "plane", encapsulate=None) as built:
-        try:
-            built.modules_before = modules_loaded()  # type: ignore[attr-defined]
-            built.run("aws-1", "ip", "link", "set", "wan0", "mtu", str(AWS1_WAN_MTU))
-            built.run("aws-1", "ip", "link", "set", "lan0", "mtu", str(AWS1_LAN_MTU))
-            for node in built.nodes:
-                if node != BARE:
-                    built.start_agent(node, RESYNC, INFO, *agent_args(node))
-            # Once the agents have made the kernel load its modules, the fallback tunl0
-            # that ipip creates in every namespace is part of what dc-3's agent finds.
-            wait_for(lambda: modules_loaded() == {"wireguard", "ipip"}, "no modules loaded")
-            built.before = built.snapshot(BARE)  # type: ignore[attr-defined]
-            built.before_ip6tables = ip6tables(built, BARE)  # type: ignore[attr-defined]
-            built.start_agent(BARE, RESYNC, INFO, *agent_args(BARE))
-            wait_healthy(built, built.nodes)
-            for node in PODS:
-                built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
-            yield built
-        except BaseException:
-            for node in built.nodes:
-                sys.stderr.write(f"--- {node}\n{built.agent_log(node)[-6000:]}\n")
-            raise
-
-
-def pod_ips(bed: Testbed) -> dict[str, str]:
-    return {name: pod.ip for name, pod in bed.pods.items()}
+    with (
+        Testbed(LOCATIONS, attached_plane=share / "plane", encapsulate=None) as built,
+        built.agent_logs_on_failure(tail=6000),
+    ):
+        built.modules_before = modules_loaded()  # type: ignore[attr-defined]
+        built.run("aws-1", "ip", "link", "set", "wan0", "mtu", str(AWS1_WAN_MTU))
+        built.run("aws-1", "ip", "link", "set", "lan0", "mtu", str(AWS1_LAN_MTU))
+        for node in built.nodes:
+            if node != BARE:
+                built.start_agent(node, RESYNC, INFO, *agent_args(node))
+        # Once the agents have made the kernel load its modules, the fallback tunl0
+        # that ipip creates in every namespace is part of what dc-3's agent finds.
+        wait_for(lambda: modules_loaded() == {"wireguard", "ipip"}, "no modules loaded")
+        built.before = built.snapshot(BARE)  # type: ignore[attr-defined]
+        built.before_ip6tables = ip6tables(built, BARE)  # type: ignore[attr-defined]
+        built.start_agent(BARE, RESYNC, INFO, *agent_args(BARE))
+        wait_healthy(built, built.nodes)
+        for node in PODS:
+            built.add_pod(node, f"pod-{node}", timeout=CONVERGE)
+        yield built
 
 
 def test_kg_creates_kernel_wireguard_and_the_kernel_loads_its_modules(bed: Testbed) -> None:
@@ -178,7 +163,7 @@ def test_every_pod_reaches_every_pod_through_kernel_and_userspace_wireguard(bed:
     ips = pod_ips(bed)
     for src, (dst, ip) in itertools.permutations(ips.items(), 2):
         wait_for(
-            lambda src=src, ip=ip: reachable(bed, bed.pods[src[0]].netns, ip),
+            lambda src=src, ip=ip: reachable(bed, bed.pods[src[0]].netns, ip, timeout=2),
             f"{src[0]} does not reach {dst}",
             timeout=60,
         )
@@ -373,7 +358,7 @@ def test_flannel_compatibility_through_a_real_vxlan_device(bed: Testbed) -> None
     before = packets(bed, "aws-2", "flannel.1"), packets(bed, "aws-1", "flannel.1")
     source = bed.pods["pod-aws-2"].netns
     wait_for(
-        lambda: reachable(bed, source, bed.pods["pod-gcp-1"].ip),
+        lambda: reachable(bed, source, bed.pods["pod-gcp-1"].ip, timeout=2),
         "pod-aws-2 does not reach pod-gcp-1 through flannel.1",
         timeout=60,
     )
