@@ -1,11 +1,12 @@
 """Time ``kgctl`` on cluster dumps of N nodes, as a user runs it: one process per command.
 
-    python -m benchmarks.kgctl_bench [--nodes 5000] [--repeat 3] [--dumps bare,kubelet]
+    python -m benchmarks.kgctl_bench [--nodes 5000] [--repeat 3]
+                                     [--dumps bare,kubelet,bare-json,kubelet-json]
                                      [--commands list,graph,...] [--dir DIR]
 
-Writes two dumps (``--dir``, else a temporary directory), each as ``kubectl get nodes,peers
+Writes the dumps (``--dir``, else a temporary directory), each as ``kubectl get nodes,peers
 -o yaml`` prints a cluster: a ``List`` of N Nodes (50 locations, 10 VPN Peers) in block
-YAML.
+YAML, or with ``-json`` as ``-o json`` prints it (indented by four spaces).
 
 * ``bare``: each Node holds what Kilo reads and little else: its name, a topology label,
   the annotations a Kilo agent writes (endpoint, internal IP, key, last-seen, location,
@@ -26,6 +27,7 @@ Target (2-core machine): every command under 1.5 s on a 5000-node dump; ``graph`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -74,12 +76,15 @@ def peer_object(p: int) -> dict[str, Any]:
     }
 
 
-def write_dump(path: Path, nodes: int, *, kubelet_like: bool) -> None:
+def write_dump(path: Path, nodes: int, *, kubelet_like: bool, as_json: bool = False) -> None:
     items = [node_object(i, kubelet_like=kubelet_like) for i in range(nodes)]
     items += [peer_object(p) for p in range(PEERS)]
     document = {"apiVersion": "v1", "items": items, "kind": "List", "metadata": {}}
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     with path.open("w") as file:
+        if as_json:
+            json.dump(document, file, indent=4, sort_keys=True)
+            return
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
         yaml.dump(document, file, Dumper=dumper, default_flow_style=False, sort_keys=True)
 
 
@@ -125,20 +130,25 @@ def main() -> None:
         directory = Path(args.dir or scratch)
         directory.mkdir(parents=True, exist_ok=True)
         print(
-            f"{'dump':<8} {'nodes':>5} {'MB':>6} {'command':<15} {'median s':>9} {'max s':>7} "
+            f"{'dump':<12} {'nodes':>5} {'MB':>6} {'command':<15} {'median s':>9} {'max s':>7} "
             f"{'max RSS MiB':>11} {'output MB':>9}  load"
         )
         for kind in args.dumps.split(","):
-            dump = directory / f"dump-{kind}-{args.nodes}.yaml"
+            objects, _, syntax = kind.partition("-")
+            if objects not in ("bare", "kubelet") or syntax not in ("", "json"):
+                parser.error(f"unknown dump {kind!r}: bare or kubelet, with -json for JSON")
+            dump = directory / f"dump-{objects}-{args.nodes}.{syntax or 'yaml'}"
             if not dump.exists():
-                write_dump(dump, args.nodes, kubelet_like=kind == "kubelet")
+                write_dump(
+                    dump, args.nodes, kubelet_like=objects == "kubelet", as_json=bool(syntax)
+                )
             size = dump.stat().st_size / 1e6
             for label in commands:
                 argv = [*kgctl(), "--backend", "file", "--file", str(dump), *COMMANDS[label]]
                 runs = [run_once(argv, Path(scratch) / "out") for _ in range(args.repeat)]
                 walls = [wall for wall, _, _ in runs]
                 print(
-                    f"{kind:<8} {args.nodes:>5} {size:>6.1f} {label:<15} "
+                    f"{kind:<12} {args.nodes:>5} {size:>6.1f} {label:<15} "
                     f"{statistics.median(walls):>9.2f} {max(walls):>7.2f} "
                     f"{max(rss for _, rss, _ in runs) / 2**20:>11.0f} "
                     f"{runs[-1][2] / 1e6:>9.1f}  {load()}",
