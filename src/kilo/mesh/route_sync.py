@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Generic, TypeVar
 
@@ -66,6 +66,17 @@ class RouteKey:
     gw: IPAddress | None = None
     src: IPAddress | None = None
     table: int = MAIN_TABLE
+    # The hash, computed once: ``ipaddress`` hashes in Python, and every apply looks
+    # thousands of keys up in sets (the plan against what the table knows). Not part of
+    # the value (equality, repr).
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        identity = (self.dst, self.dev, self.gw, self.src, self.table)
+        object.__setattr__(self, "_hash", hash(identity))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def version(self) -> int:
@@ -97,6 +108,14 @@ class RuleKey:
     src: IPNetwork | None = None
     dst: IPNetwork | None = None
     iif: str | None = None
+    _hash: int = field(default=0, init=False, repr=False, compare=False)  # as RouteKey's
+
+    def __post_init__(self) -> None:
+        identity = (self.table, self.version, self.src, self.dst, self.iif)
+        object.__setattr__(self, "_hash", hash(identity))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         parts = [] if self.version == 4 else ["-6"]
