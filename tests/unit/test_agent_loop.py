@@ -239,7 +239,7 @@ def test_an_unexpected_exception_in_a_round_is_logged_and_the_loop_goes_on() -> 
     h.node("a")
 
     class Broken(FakeRoutes):
-        def set(self, *args: Any) -> tuple[int, int]:
+        def set(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
             raise OSError("netlink socket closed")
 
     h.agent.plane = DataPlane(
