@@ -2,7 +2,8 @@
 
 For the unit tests of the loops (the agent's, ``kgctl connect``'s). The decisions are the
 core's, as the real table's (:mod:`kilo.mesh.route_sync`); what this models is the kernel:
-routes exist only on interfaces that exist, a rule can be held more than once, and someone
+routes exist only on interfaces that exist, one to a table and
+destination (a replace overwrites the other), a rule can be held more than once, and someone
 else may delete what the table added (:meth:`InMemoryRouteTable.delete_route`), unseen
 by a ``set(full=False)`` unless a watcher reports it. The same
 contract tests run against this and against :class:`RouteTable` in a network namespace
@@ -77,7 +78,8 @@ class InMemoryRouteTable:
                 if key in self.kernel_routes and key.dev in self.interfaces:
                     self.kernel_routes.discard(key)
                     removed += 1
-            taken = next((key for key in new if key in self.kernel_routes), None)
+            slots = {key.slot for key in self.kernel_routes} if new else set()
+            taken = next((key for key in new if key.slot in slots), None)
             if taken is None:
                 to_add, added = tuple(new), 0
             else:
@@ -110,6 +112,10 @@ class InMemoryRouteTable:
                     f"interface {key.dev} does not exist"
                 )
                 continue
+            # ``ip route replace``: one route per table and destination.
+            self.kernel_routes.difference_update(
+                [k for k in self.kernel_routes if k.slot == key.slot]
+            )
             self.kernel_routes.add(key)
             self._routes.add(key)
             added += 1
