@@ -22,6 +22,7 @@ metric (0 for IPv4, 1024 for IPv6), no TOS; others are invisible here and never 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -301,31 +302,49 @@ def _text(value: object | None) -> str | None:
 
 
 def encode_state(routes: Iterable[RouteKey], rules: Iterable[RuleKey]) -> str:
-    """The tracked keys as JSON text, sorted so that equal sets give equal files."""
-    document = {
-        "version": STATE_VERSION,
-        "routes": [
-            {
-                "table": key.table,
-                "dst": str(key.dst),
-                "gw": _text(key.gw),
-                "src": _text(key.src),
-                "dev": key.dev,
-            }
-            for key in sorted(routes, key=str)
-        ],
-        "rules": [
-            {
-                "family": key.version,
-                "table": key.table,
-                "src": _text(key.src),
-                "dst": _text(key.dst),
-                "iif": key.iif,
-            }
-            for key in sorted(rules, key=str)
-        ],
-    }
-    return json.dumps(document, indent=1) + "\n"
+    """The tracked keys as JSON text, one key to a line, sorted so that equal sets give
+    equal files.
+
+    The agent writes this before and after every change of its routes, so with thousands
+    of routes it must cost little more than a join: each key's line is memoised (keys are
+    immutable, and the tracked ones live from one change to the next)."""
+    route_lines = sorted(map(_route_line, routes))
+    rule_lines = sorted(map(_rule_line, rules))
+    return (
+        f'{{\n "version": {STATE_VERSION},\n'
+        f' "routes": [{_lines(route_lines)}],\n'
+        f' "rules": [{_lines(rule_lines)}]\n}}\n'
+    )
+
+
+def _lines(lines: Sequence[str]) -> str:
+    return "".join(["\n  ", ",\n  ".join(lines), "\n "]) if lines else ""
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _route_line(key: RouteKey) -> str:
+    return json.dumps(
+        {
+            "table": key.table,
+            "dst": str(key.dst),
+            "gw": _text(key.gw),
+            "src": _text(key.src),
+            "dev": key.dev,
+        }
+    )
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _rule_line(key: RuleKey) -> str:
+    return json.dumps(
+        {
+            "family": key.version,
+            "table": key.table,
+            "src": _text(key.src),
+            "dst": _text(key.dst),
+            "iif": key.iif,
+        }
+    )
 
 
 def _int(item: Mapping[str, object], name: str) -> int:
