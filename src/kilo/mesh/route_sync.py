@@ -67,14 +67,17 @@ class RouteKey:
     gw: IPAddress | None = None
     src: IPAddress | None = None
     table: int = MAIN_TABLE
-    # The hash, computed once: ``ipaddress`` hashes in Python, and every apply looks
-    # thousands of keys up in sets (the plan against what the table knows). Not part of
-    # the value (equality, repr).
+    # The hashes of the key and of its slot, computed once: ``ipaddress`` hashes in Python,
+    # and every apply looks thousands of keys up in sets (the plan against what the table
+    # knows). Only the destination's is computed (the gateway and source rarely differ
+    # between keys of one slot, and equality still compares them). Not part of the value.
     _hash: int = field(default=0, init=False, repr=False, compare=False)
+    slot_hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        identity = (self.dst, self.dev, self.gw, self.src, self.table)
-        object.__setattr__(self, "_hash", hash(identity))
+        dst_hash = hash(self.dst)
+        object.__setattr__(self, "_hash", hash((dst_hash, self.dev, self.table)))
+        object.__setattr__(self, "slot_hash", hash((self.table, dst_hash)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -238,7 +241,9 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
     are reported as shadowed.
     """
     chosen: dict[RouteKey, Route] = {}
-    slots: set[tuple[int, IPNetwork]] = set()
+    # slot hash -> the keys chosen in slots of that hash: a set of slots would hash each
+    # destination again, in Python.
+    slots: dict[int, list[RouteKey]] = {}
     unresolved: list[Route] = []
     shadowed: list[Route] = []
     for route in routes:
@@ -247,11 +252,16 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
             unresolved.append(route)
         elif key in chosen:
             continue
-        elif key.slot in slots:
+        elif (same := slots.get(key.slot_hash)) is not None and any(
+            other.slot == key.slot for other in same
+        ):
             shadowed.append(route)
         else:
             chosen[key] = route
-            slots.add(key.slot)
+            if same is None:
+                slots[key.slot_hash] = [key]
+            else:
+                same.append(key)
     return DesiredRoutes(
         routes=tuple(chosen.items()), unresolved=tuple(unresolved), shadowed=tuple(shadowed)
     )
