@@ -95,15 +95,19 @@ class FakeDevice:
     def __init__(self) -> None:
         self.config = WireGuardConfig()
         self.applies = 0
+        self.reads = 0  # get(), and apply() without the state its caller read
 
     def get(self) -> DeviceState:
+        self.reads += 1
         return DeviceState(
             private_key=self.config.private_key,
             listen_port=self.config.listen_port,
             peers=tuple(PeerState(public_key=p.public_key) for p in self.config.peers),
         )
 
-    def apply(self, desired: WireGuardConfig) -> bool:
+    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+        if current is None:
+            self.reads += 1
         changed = desired != self.config
         self.config = desired
         self.applies += 1

@@ -19,8 +19,9 @@ import pytest
 
 from kilo.adapters.netlink import InMemoryRouteTable, RouteTable
 from kilo.errors import DataPlaneError
+from kilo.mesh import route_sync
 from kilo.mesh.route_sync import RouteKey
-from kilo.mesh.routes import Device
+from kilo.mesh.routes import Device, Route
 from tests.examples import alpha_plan
 
 INTERFACES = ("ens4", "kilo0", "tunl0")
@@ -157,3 +158,113 @@ def test_a_foreign_route_is_never_touched(subject: Subject) -> None:
     table.clean_up()
     assert foreign in table.kernel()[0]
     assert foreign not in table.tracked[0]
+
+
+# --- set(full=False): the diff against the table's own last write, without a listing --------
+
+ALIP = "172.31.5.5/32"  # alpha's route to an allowed location IP of beta's location
+
+
+def _without_alip() -> tuple[tuple[Route, ...], tuple[Route, ...], RouteKey]:
+    """alpha's routes without the one to ``ALIP``, all of them, and that route's key."""
+    planned_routes, _ = alpha_plan()
+    alip = next(r for r in planned_routes if str(r.dst) == ALIP)
+    key = route_sync.route_key(alip, DEVICES)
+    assert key is not None
+    return tuple(r for r in planned_routes if r is not alip), planned_routes, key
+
+
+def test_an_incremental_set_writes_the_difference_with_the_counts_of_a_full_one(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    before = table.kernel()
+    fewer, planned_routes, alip = _without_alip()
+    _, planned_rules = alpha_plan()
+    assert table.set(planned_routes, planned_rules, DEVICES) == (9, 0)
+    assert table.set(planned_routes, planned_rules, DEVICES, full=False) == (0, 0)
+    assert table.set(fewer, planned_rules, DEVICES, full=False) == (0, 1)
+    assert alip not in table.kernel()[0] and alip not in table.tracked[0]
+    assert table.set(planned_routes, planned_rules, DEVICES, full=False) == (1, 0)
+    assert alip in table.kernel()[0] and alip in table.tracked[0]
+    # The rules change too: the same counts as a full set (which this one becomes).
+    kept = tuple(r for r in planned_routes if r.table is None)
+    assert table.set(kept, (), DEVICES, full=False) == (0, 3)
+    assert table.tracked[1] == frozenset()
+    table.clean_up()
+    assert table.kernel() == before
+
+
+def test_an_incremental_set_trusts_the_table_and_a_full_set_repairs_the_kernel(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    planned_routes, planned_rules = alpha_plan()
+    table.set(planned_routes, planned_rules, DEVICES)
+    victim = min(table.tracked[0], key=str)
+    subject.delete_route(victim)  # no watcher: the table cannot know
+    assert table.set(planned_routes, planned_rules, DEVICES, full=False) == (0, 0)
+    assert victim not in table.kernel()[0]
+    assert table.set(planned_routes, planned_rules, DEVICES) == (1, 0)
+    assert victim in table.kernel()[0]
+
+
+def test_a_reported_deletion_makes_the_next_incremental_set_list_the_kernel(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    planned_routes, planned_rules = alpha_plan()
+    table.set(planned_routes, planned_rules, DEVICES)
+    fired = threading.Event()
+    stop = table.watch_deletions(fired.set)
+    try:
+        victim = min(table.tracked[0], key=str)
+        subject.delete_route(victim)
+        assert fired.wait(EVENT_TIMEOUT)
+    finally:
+        stop()
+    assert table.set(planned_routes, planned_rules, DEVICES, full=False) == (1, 0)
+    assert victim in table.kernel()[0]
+
+
+def test_an_incremental_set_adopts_a_new_route_already_in_the_kernel(subject: Subject) -> None:
+    table = subject.table
+    before = table.kernel()
+    fewer, planned_routes, alip = _without_alip()
+    _, planned_rules = alpha_plan()
+    table.set(fewer, planned_rules, DEVICES)
+    subject.add_route(alip)  # typed by hand while it was not planned
+    assert table.set(planned_routes, planned_rules, DEVICES, full=False) == (0, 0)
+    assert alip in table.tracked[0]
+    table.clean_up()
+    assert table.kernel() == before
+
+
+def test_an_incremental_set_replaces_another_route_in_the_new_route_s_slot(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    fewer, planned_routes, alip = _without_alip()
+    _, planned_rules = alpha_plan()
+    table.set(fewer, planned_rules, DEVICES)
+    other = RouteKey(dst=alip.dst, dev="ens4")  # the same table and destination
+    subject.add_route(other)
+    assert table.set(planned_routes, planned_rules, DEVICES, full=False) == (1, 0)
+    kernel_routes = table.kernel()[0]
+    assert alip in kernel_routes and other not in kernel_routes
+
+
+def test_a_failed_incremental_set_is_followed_by_one_that_lists_the_kernel(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    fewer, planned_routes, alip = _without_alip()
+    _, planned_rules = alpha_plan()
+    table.set(fewer, planned_rules, DEVICES)
+    devices = {**DEVICES, Device.KILO: "kilo9"}  # kilo0 renamed: every kilo0 route moves
+    with pytest.raises(DataPlaneError, match="interface kilo9 does not exist"):
+        table.set(planned_routes, planned_rules, devices, full=False)
+    victim = min(table.tracked[0], key=str)
+    subject.delete_route(victim)  # unseen, but the failure makes the next set list
+    assert table.set(planned_routes, planned_rules, DEVICES, full=False)[0] >= 1
+    assert victim in table.kernel()[0] and alip in table.kernel()[0]

@@ -239,7 +239,7 @@ def test_an_unexpected_exception_in_a_round_is_logged_and_the_loop_goes_on() -> 
     h.node("a")
 
     class Broken(FakeRoutes):
-        def set(self, *args: Any) -> tuple[int, int]:
+        def set(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
             raise OSError("netlink socket closed")
 
     h.agent.plane = DataPlane(
@@ -418,3 +418,32 @@ def test_nodes_an_event_did_not_change_reach_the_topology_as_the_same_objects(
     assert after["b"] is before["b"]  # an IP endpoint: nothing to resolve, no copy
     assert after["c"] == before["c"]  # a DNS name is resolved on every apply
     assert "d" in after and "d" not in before
+
+
+def test_a_light_apply_reads_the_device_once_and_writes_only_what_changed() -> None:
+    h = Harness("--resync-period=300s")
+    h.node("a")
+    h.remote("b", location="gcp")
+    h.round(check_in=True)  # the first apply is a full one
+    writes: list[str] = []
+    for name in ("set_mtu", "set_address", "set_up"):
+        original = getattr(h.links, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original) -> bool:
+            writes.append(_name)
+            return bool(_original(*args))
+
+        setattr(h.links, name, counted)
+    reads, listings = h.device.reads, h.routes.listings
+    # b's allowed-location IPs change: a new WireGuard allowed IP and a new route.
+    h.remote("b", location="gcp", extra={translate.ALLOWED_LOCATION_IPS: "192.168.7.0/24"})
+    h.round()
+    assert h.device.reads == reads + 1  # the state read for the diff is the one planned on
+    assert writes == []  # MTU, address and link state as the last apply left them
+    assert h.routes.listings == listings  # the route table diffed against its last write
+    added = ipaddress.ip_network("192.168.7.0/24")
+    assert any(key.dst == added for key in h.routes.kernel()[0])
+    # A resync re-asserts everything and lists the kernel again.
+    h.round(resync=True)
+    assert sorted(writes) == ["set_address", "set_mtu", "set_up"]
+    assert h.routes.listings == listings + 1

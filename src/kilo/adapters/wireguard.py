@@ -49,8 +49,11 @@ class WireGuardDevice(Protocol):
         """The device as it is now."""
         ...
 
-    def apply(self, desired: WireGuardConfig) -> bool:
-        """Change what differs from ``desired``; ``True`` if anything was changed."""
+    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+        """Change what differs from ``desired``; ``True`` if anything was changed.
+
+        ``current`` is the device as the caller has just read it with :meth:`get`, so that
+        an apply reads (and parses) the device once; ``None``: read it here."""
         ...
 
 
@@ -95,8 +98,8 @@ class UAPIDevice:
             raise ValueError("a UAPI set body is lines ending in a newline, with no blank line")
         self._request(f"set=1\n{body}\n")
 
-    def apply(self, desired: WireGuardConfig) -> bool:
-        change = plan_changes(desired, self.get())
+    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+        change = plan_changes(desired, self.get() if current is None else current)
         if change is None:
             return False
         self.set(render_uapi(change))
@@ -174,8 +177,8 @@ class KernelDevice:
         messages = self._netlink(lambda wg: wg.info(self._interface))
         return state_from_netlink(messages)
 
-    def apply(self, desired: WireGuardConfig) -> bool:
-        change = plan_changes(desired, self.get())
+    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+        change = plan_changes(desired, self.get() if current is None else current)
         if change is None:
             return False
 

@@ -4,7 +4,10 @@ Composition only: the plan comes from the core (``kilo.mesh.plan``), and each su
 (MTU, iptables, tunnel address, WireGuard, routes and rules, CNI) is brought to it through
 its port. A failing step is counted and logged, and the others still run; between full
 applies (a resync, an earlier failure, a deleted route), a sub-system whose plan did not
-change is skipped. Runs in a worker thread, one apply or clean-up at a time.
+change is skipped, the WireGuard interface's MTU, address and link state are set only
+when they differ from what the last successful write set, and routes are diffed against
+the route table's own last write instead of a listing of the kernel. The WireGuard device
+is read once per apply. Runs in a worker thread, one apply or clean-up at a time.
 """
 
 from __future__ import annotations
@@ -107,6 +110,9 @@ class TopologyApplier:
         self._lock = threading.Lock()
         self._applied_iptables: RuleSet | None = None
         self._applied_routes: tuple[object, ...] | None = None
+        # What the last successful writes set on the WireGuard interface ("mtu", "address",
+        # "up"); forgotten on failure and re-asserted by every full apply.
+        self._applied_link: dict[str, object] = {}
         self._auto_mtu: int | None = None
         self._mtu_lines: list[tuple[int, str, dict[str, str]]] = []
 
@@ -193,6 +199,17 @@ class TopologyApplier:
             return None
         plane = self.plane
         errors = 0
+        applied_link = self._applied_link
+        if full:
+            applied_link.clear()
+
+        def link_step(what: str, value: object, write: Callable[[], object]) -> None:
+            """``write`` unless the last successful write already set ``value``."""
+            if applied_link.get(what, _UNSET) == value:
+                return
+            applied_link.pop(what, None)
+            write()
+            applied_link[what] = value
 
         def failed(step: str, exc: BaseException, kilo: str = "") -> None:
             nonlocal errors
@@ -204,7 +221,7 @@ class TopologyApplier:
         mtu = self._mtu(full)
         if mtu is not None:
             try:
-                plane.links.set_mtu(self.interface, mtu)
+                link_step("mtu", mtu, lambda: plane.links.set_mtu(self.interface, mtu))
             except KiloError as exc:
                 failed("the MTU", exc, "failed to set MTU on WireGuard interface")
         try:
@@ -280,21 +297,25 @@ class TopologyApplier:
         self.metrics.set_leader(plan.leader)
         try:
             if plan.leader and plan.address is not None and plan.wireguard is not None:
-                plane.links.set_address(self.interface, plan.address)
-                if plane.device.apply(plan.wireguard):
+                address = plan.address
+                link_step(
+                    "address", address, lambda: plane.links.set_address(self.interface, address)
+                )
+                if plane.device.apply(plan.wireguard, current=state):
                     log.info(
                         "WireGuard configurations are different",
                         fields={"peers": [p.name for p in plan.wireguard.peers]},
                     )
-                plane.links.set_up(self.interface, True)
+                link_step("up", True, lambda: plane.links.set_up(self.interface, True))
             else:
                 # A non-leader carries no traffic on WireGuard: no peers, no address, down
                 # (Kilo leaves a demoted leader's peers and address behind).
                 plane.device.apply(
-                    WireGuardConfig(private_key=self.host.key, listen_port=t.port, peers=())
+                    WireGuardConfig(private_key=self.host.key, listen_port=t.port, peers=()),
+                    current=state,
                 )
-                plane.links.delete_addresses(self.interface)
-                plane.links.set_up(self.interface, False)
+                link_step("address", None, lambda: plane.links.delete_addresses(self.interface))
+                link_step("up", False, lambda: plane.links.set_up(self.interface, False))
         except KiloError as exc:
             failed("the WireGuard interface", exc)
         devices = {Device.KILO: self.interface}
@@ -306,7 +327,7 @@ class TopologyApplier:
         if full or wanted != self._applied_routes:
             self._applied_routes = None
             try:
-                added, removed = plane.routes.set(plan.routes, plan.rules, devices)
+                added, removed = plane.routes.set(plan.routes, plan.rules, devices, full=full)
                 self._applied_routes = wanted
                 if added or removed:
                     log.info(
@@ -339,6 +360,7 @@ class TopologyApplier:
     def clean_up(self) -> None:
         """Remove what the agent added to the data plane (§6.8), each step independent."""
         with self._lock:
+            self._applied_link.clear()  # the next apply, if any, re-asserts the interface
             plane = self.plane
             steps: list[tuple[str, Callable[[], object]]] = [
                 ("iptables rules", plane.iptables.clean_up),
@@ -371,6 +393,9 @@ class TopologyApplier:
                     kilo = _KILO_CLEAN_UP_ERRORS.get(what)
                     error = f"{kilo}: {exc}" if kilo else str(exc)
                     log.error(f"failed to clean up {what}", fields={"error": error})
+
+
+_UNSET = object()  # no successful write remembered
 
 
 # Kilo's error texts for the clean-up steps it has, so that queries on them keep matching.

@@ -29,8 +29,14 @@ class LinksPort(tunnel.Links, Protocol):
 
 
 class RoutesPort(Protocol):
+    # full=False: diff against the table's own last write, without listing the kernel.
     def set(
-        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+        self,
+        routes: Sequence[Route],
+        rules: Sequence[Rule],
+        devices: Mapping[Device, str],
+        *,
+        full: bool = True,
     ) -> tuple[int, int]: ...
     def clean_up(self) -> None: ...
 
@@ -42,7 +48,8 @@ class IPTablesPort(Protocol):
 
 class DevicePort(Protocol):
     def get(self) -> DeviceState: ...
-    def apply(self, desired: WireGuardConfig) -> bool: ...
+    # ``current``: the device as get() just read it (None: apply reads it itself).
+    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool: ...
 
 
 class TunnelPort(Protocol):

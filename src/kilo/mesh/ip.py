@@ -115,6 +115,14 @@ def parse_network(text: str) -> IPNetwork | None:
     return network
 
 
+@functools.lru_cache(maxsize=1 << 15)
+def interned_network(text: str) -> IPNetwork | None:
+    """:func:`parse_network`, memoised: a WireGuard device lists the same allowed IPs on
+    every read, and ``ipaddress`` parses text in Python (tens of ms for a 100-peer device
+    at a thousand nodes). The memo only hands out equal, immutable values; bounded."""
+    return parse_network(text)
+
+
 # Constructors are given integers: from an address object, ipaddress formats it as text
 # and parses it again, which dominates planning time in large meshes. One-address CIDRs are
 # also interned: a topology needs one per node and per WireGuard IP, the same ones on every

@@ -22,10 +22,11 @@ metric (0 for IPv4, 1024 for IPv6), no TOS; others are invisible here and never 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Generic, TypeVar
 
@@ -66,6 +67,20 @@ class RouteKey:
     gw: IPAddress | None = None
     src: IPAddress | None = None
     table: int = MAIN_TABLE
+    # The hashes of the key and of its slot, computed once: ``ipaddress`` hashes in Python,
+    # and every apply looks thousands of keys up in sets (the plan against what the table
+    # knows). Only the destination's is computed (the gateway and source rarely differ
+    # between keys of one slot, and equality still compares them). Not part of the value.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+    slot_hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        dst_hash = hash(self.dst)
+        object.__setattr__(self, "_hash", hash((dst_hash, self.dev, self.table)))
+        object.__setattr__(self, "slot_hash", hash((self.table, dst_hash)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def version(self) -> int:
@@ -97,6 +112,14 @@ class RuleKey:
     src: IPNetwork | None = None
     dst: IPNetwork | None = None
     iif: str | None = None
+    _hash: int = field(default=0, init=False, repr=False, compare=False)  # as RouteKey's
+
+    def __post_init__(self) -> None:
+        identity = (self.table, self.version, self.src, self.dst, self.iif)
+        object.__setattr__(self, "_hash", hash(identity))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         parts = [] if self.version == 4 else ["-6"]
@@ -218,7 +241,9 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
     are reported as shadowed.
     """
     chosen: dict[RouteKey, Route] = {}
-    slots: set[tuple[int, IPNetwork]] = set()
+    # slot hash -> the keys chosen in slots of that hash: a set of slots would hash each
+    # destination again, in Python.
+    slots: dict[int, list[RouteKey]] = {}
     unresolved: list[Route] = []
     shadowed: list[Route] = []
     for route in routes:
@@ -227,11 +252,16 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
             unresolved.append(route)
         elif key in chosen:
             continue
-        elif key.slot in slots:
+        elif (same := slots.get(key.slot_hash)) is not None and any(
+            other.slot == key.slot for other in same
+        ):
             shadowed.append(route)
         else:
             chosen[key] = route
-            slots.add(key.slot)
+            if same is None:
+                slots[key.slot_hash] = [key]
+            else:
+                same.append(key)
     return DesiredRoutes(
         routes=tuple(chosen.items()), unresolved=tuple(unresolved), shadowed=tuple(shadowed)
     )
@@ -282,31 +312,49 @@ def _text(value: object | None) -> str | None:
 
 
 def encode_state(routes: Iterable[RouteKey], rules: Iterable[RuleKey]) -> str:
-    """The tracked keys as JSON text, sorted so that equal sets give equal files."""
-    document = {
-        "version": STATE_VERSION,
-        "routes": [
-            {
-                "table": key.table,
-                "dst": str(key.dst),
-                "gw": _text(key.gw),
-                "src": _text(key.src),
-                "dev": key.dev,
-            }
-            for key in sorted(routes, key=str)
-        ],
-        "rules": [
-            {
-                "family": key.version,
-                "table": key.table,
-                "src": _text(key.src),
-                "dst": _text(key.dst),
-                "iif": key.iif,
-            }
-            for key in sorted(rules, key=str)
-        ],
-    }
-    return json.dumps(document, indent=1) + "\n"
+    """The tracked keys as JSON text, one key to a line, sorted so that equal sets give
+    equal files.
+
+    The agent writes this before and after every change of its routes, so with thousands
+    of routes it must cost little more than a join: each key's line is memoised (keys are
+    immutable, and the tracked ones live from one change to the next)."""
+    route_lines = sorted(map(_route_line, routes))
+    rule_lines = sorted(map(_rule_line, rules))
+    return (
+        f'{{\n "version": {STATE_VERSION},\n'
+        f' "routes": [{_lines(route_lines)}],\n'
+        f' "rules": [{_lines(rule_lines)}]\n}}\n'
+    )
+
+
+def _lines(lines: Sequence[str]) -> str:
+    return "".join(["\n  ", ",\n  ".join(lines), "\n "]) if lines else ""
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _route_line(key: RouteKey) -> str:
+    return json.dumps(
+        {
+            "table": key.table,
+            "dst": str(key.dst),
+            "gw": _text(key.gw),
+            "src": _text(key.src),
+            "dev": key.dev,
+        }
+    )
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _rule_line(key: RuleKey) -> str:
+    return json.dumps(
+        {
+            "family": key.version,
+            "table": key.table,
+            "src": _text(key.src),
+            "dst": _text(key.dst),
+            "iif": key.iif,
+        }
+    )
 
 
 def _int(item: Mapping[str, object], name: str) -> int:

@@ -236,7 +236,7 @@ def _parse_peer_line(peer: _PeerBuilder, number: int, key: str, value: str) -> N
         if peer.endpoint is None:
             raise _bad_line(number, key, value, "is not ip:port")
     elif key == "allowed_ip":
-        network = ipmod.parse_network(value)
+        network = ipmod.interned_network(value)
         if network is None:
             raise _bad_line(number, key, value, "is not a CIDR")
         peer.allowed_ips.append(network)

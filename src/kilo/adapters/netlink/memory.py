@@ -2,8 +2,10 @@
 
 For the unit tests of the loops (the agent's, ``kgctl connect``'s). The decisions are the
 core's, as the real table's (:mod:`kilo.mesh.route_sync`); what this models is the kernel:
-routes exist only on interfaces that exist, a rule can be held more than once, and someone
-else may delete what the table added (:meth:`InMemoryRouteTable.delete_route`). The same
+routes exist only on interfaces that exist, one to a table and
+destination (a replace overwrites the other), a rule can be held more than once, and someone
+else may delete what the table added (:meth:`InMemoryRouteTable.delete_route`), unseen
+by a ``set(full=False)`` unless a watcher reports it. The same
 contract tests run against this and against :class:`RouteTable` in a network namespace
 (tests/e2e/test_route_table_contract.py), so that the two cannot drift apart.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from kilo.adapters.netlink.route_table import State, summary
+from kilo.adapters.netlink.route_table import Known, State, summary
 from kilo.errors import DataPlaneError
 from kilo.mesh import route_sync
 from kilo.mesh.route_sync import RouteKey, RuleKey
@@ -31,8 +33,10 @@ class InMemoryRouteTable:
         self._routes: set[RouteKey] = set()
         self._rules: set[RuleKey] = set()
         self._watchers: list[Callable[[], None]] = []
+        self._known: Known | None = None  # as RouteTable's: what an incremental set trusts
         # What the loop asked for, for the tests' assertions.
         self.calls = 0
+        self.listings = 0  # how many sets listed the kernel (the full path)
         self.planned: tuple[Route, ...] = ()
         self.cleaned = False
 
@@ -42,10 +46,16 @@ class InMemoryRouteTable:
         return self.planned
 
     def set(
-        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+        self,
+        routes: Sequence[Route],
+        rules: Sequence[Rule],
+        devices: Mapping[Device, str],
+        *,
+        full: bool = True,
     ) -> tuple[int, int]:
         self.calls += 1
         self.planned = tuple(routes)
+        known, self._known = self._known, None
         desired = route_sync.desired_routes(routes, devices)
         failures = [
             f"route {format_route(route, devices)}: "
@@ -53,26 +63,69 @@ class InMemoryRouteTable:
             for route in desired.unresolved
         ]
         planned_rules = [key for key, _ in route_sync.desired_rules(rules)]
-        to_add, removed = self._sync(desired.keys, planned_rules)
-        added = 0
         route_of = dict(desired.routes)
-        for key in to_add:
-            if key.dev not in self.interfaces:
-                failures.append(
-                    f"route {format_route(route_of[key], devices)}: "
-                    f"interface {key.dev} does not exist"
-                )
-                continue
-            self.kernel_routes.add(key)
-            self._routes.add(key)
-            added += 1
+        if full or known is None or tuple(planned_rules) != known.rules:
+            to_add, removed = self._listed(desired.keys, planned_rules)
+            added = 0
+        else:
+            # RouteTable's incremental path: the diff against what it knows, without
+            # looking at the kernel, until a new route finds its slot taken (EEXIST).
+            stale = sorted((key for key in known.routes if key not in route_of), key=str)
+            new = [key for key in route_of if key not in known.routes]
+            removed = 0
+            for key in stale:
+                self._routes.discard(key)
+                if key in self.kernel_routes and key.dev in self.interfaces:
+                    self.kernel_routes.discard(key)
+                    removed += 1
+            slots = {key.slot for key in self.kernel_routes} if new else set()
+            taken = next((key for key in new if key.slot in slots), None)
+            if taken is None:
+                to_add, added = tuple(new), 0
+            else:
+                before = new[: new.index(taken)]
+                added = self._add(before, route_of, devices, failures)
+                to_add, more_removed = self._listed(desired.keys, planned_rules)
+                removed += more_removed
+        added += self._add(to_add, route_of, devices, failures)
         rule_changes = route_sync.diff(planned_rules, self.kernel_rules, self._rules)
         self.kernel_rules.update(rule_changes.add)
         self._rules.update(rule_changes.add)
         added += len(rule_changes.add)
         if failures:
             raise DataPlaneError(summary(failures))
+        self._known = Known.after(desired, planned_rules)
         return added, removed
+
+    def _add(
+        self,
+        keys: Sequence[RouteKey],
+        route_of: Mapping[RouteKey, Route],
+        devices: Mapping[Device, str],
+        failures: list[str],
+    ) -> int:
+        added = 0
+        for key in keys:
+            if key.dev not in self.interfaces:
+                failures.append(
+                    f"route {format_route(route_of[key], devices)}: "
+                    f"interface {key.dev} does not exist"
+                )
+                continue
+            # ``ip route replace``: one route per table and destination.
+            self.kernel_routes.difference_update(
+                [k for k in self.kernel_routes if k.slot == key.slot]
+            )
+            self.kernel_routes.add(key)
+            self._routes.add(key)
+            added += 1
+        return added
+
+    def _listed(
+        self, routes: Sequence[RouteKey], rules: Sequence[RuleKey]
+    ) -> tuple[tuple[RouteKey, ...], int]:
+        self.listings += 1
+        return self._sync(routes, rules)
 
     def _sync(
         self, routes: Sequence[RouteKey], rules: Sequence[RuleKey]
@@ -90,6 +143,7 @@ class InMemoryRouteTable:
         return route_changes.add, len(route_changes.delete) + len(rule_changes.delete)
 
     def clean_up(self) -> None:
+        self._known = None
         self._sync((), ())
         self.cleaned = True
 
@@ -103,7 +157,8 @@ class InMemoryRouteTable:
     def delete_route(self, key: RouteKey) -> None:
         """Someone else deletes a route from the kernel (``ip route del``)."""
         self.kernel_routes.discard(key)
-        if key in self._routes:
+        if key in self._routes and self._watchers:
+            self._known = None  # as RouteTable's watchers do
             for callback in list(self._watchers):
                 callback()
 

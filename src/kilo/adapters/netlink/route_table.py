@@ -5,6 +5,10 @@ are in :mod:`kilo.mesh.route_sync`; this module only lists the kernel, applies c
 keeps the tracked set on disk. A route or rule that could not be changed does not stop the
 others, and one :class:`~kilo.errors.DataPlaneError` at the end lists them. Its fake for
 unit tests, held to the same contract, is :class:`~kilo.adapters.netlink.memory.InMemoryRouteTable`.
+
+Listing the kernel costs a dump of every route in every table (thousands at a thousand
+nodes, and pyroute2 decodes them in Python): :meth:`RouteTable.set` with ``full=False``
+skips it when the table can trust its own last write (see there).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,6 +126,25 @@ class _Kernel:
 State = tuple[frozenset[RouteKey], frozenset[RuleKey]]
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the last :meth:`RouteTable.set` that succeeded left in the kernel, and tracks:
+    every planned route and rule (added, or adopted). What an incremental ``set`` diffs
+    the new plan against instead of listing the kernel."""
+
+    routes: frozenset[RouteKey]
+    rules: tuple[RuleKey, ...]  # in plan order: the order decides kernel priorities
+
+    @staticmethod
+    def after(desired: route_sync.DesiredRoutes, rules: Sequence[RuleKey]) -> Known:
+        return Known(frozenset(desired.keys), tuple(rules))
+
+
+class _SlotTaken(Exception):
+    """An incremental add found its table and destination taken (``EEXIST``): by the same
+    route (to adopt) or another (to replace); only a listing of the kernel can tell."""
+
+
 class RouteTable(Closing):
     """Kilo's routes and IP rules, tracked in every table they use.
 
@@ -143,6 +167,10 @@ class RouteTable(Closing):
         self._rules: set[RuleKey] = set()
         self._names: dict[int, str] = {}
         self._saved: State | None = (frozenset(), frozenset())
+        # None until a set() succeeds, and again after any failure, a clean-up, or a
+        # deletion (or lost events) reported by a watcher: the next set() lists the kernel.
+        self._known: Known | None = None
+        self._invalidations = 0  # counts the watchers' reports, under _lock
         self._watchers: list[Watcher] = []
         if state_file is not None:
             self._load(state_file)
@@ -183,11 +211,13 @@ class RouteTable(Closing):
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # 0600 from the start, renamed into place: a crash never leaves half a file.
+            # No fsync: the file only has to outlive the process (the page cache does), as
+            # the routes and rules it lists do not outlive a reboot; a file a power loss
+            # damaged is ignored (state_error). It is written before and after every
+            # change of the routes, and an fsync can take tens of ms on a busy disk.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(route_sync.encode_state(*state))
-                f.flush()
-                os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
         except OSError as exc:
@@ -196,11 +226,21 @@ class RouteTable(Closing):
 
     # -- kernel changes ------------------------------------------------------------------
 
-    def _add_route(self, key: RouteKey, route: Route, index: int) -> None:
+    def _add_route(self, key: RouteKey, route: Route, index: int, verb: str = "replace") -> None:
         request = _route_request(key, index, proto=RTPROT_STATIC)
         if route.onlink:
             request["flags"] = _RTNH_F_ONLINK
-        self._ipr.route("replace", **request)
+        self._ipr.route(verb, **request)
+
+    def _add_new_route(self, key: RouteKey, route: Route, index: int) -> None:
+        """Add a route the table has not seen in the kernel: exclusively, so that a route
+        already in its slot is not overwritten unseen (the full path lists it first)."""
+        try:
+            self._add_route(key, route, index, verb="add")
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise _SlotTaken from exc
+            raise
 
     def _delete_route(self, key: RouteKey, index: int) -> None:
         request = _route_request(key, index, scope=_RT_SCOPE_NOWHERE)
@@ -228,7 +268,7 @@ class RouteTable(Closing):
             delete_rule = functools.partial(self._delete_rules, rule, kernel)
             removed += self._untrack(self._rules, rule, delete_rule, failures, "rule")
         for route in routes:
-            delete_route = functools.partial(self._delete_listed_route, route, kernel)
+            delete_route = functools.partial(self._delete_listed_route, route, kernel.indexes)
             removed += self._untrack(self._routes, route, delete_route, failures, "route")
         return removed
 
@@ -239,8 +279,8 @@ class RouteTable(Closing):
             self._delete_rule(key, priority)
         return len(priorities)
 
-    def _delete_listed_route(self, key: RouteKey, kernel: _Kernel) -> int:
-        index = kernel.indexes.get(key.dev)
+    def _delete_listed_route(self, key: RouteKey, indexes: Mapping[str, int]) -> int:
+        index = indexes.get(key.dev)
         if index is None:
             return 0  # the interface went away, and its routes with it
         self._delete_route(key, index)
@@ -304,7 +344,12 @@ class RouteTable(Closing):
             failures.append(str(exc))
 
     def set(
-        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+        self,
+        routes: Sequence[Route],
+        rules: Sequence[Rule],
+        devices: Mapping[Device, str],
+        *,
+        full: bool = True,
     ) -> tuple[int, int]:
         """Bring the kernel to ``routes`` and ``rules``; return (added, removed).
 
@@ -313,13 +358,29 @@ class RouteTable(Closing):
         table, and planned items already in the kernel are tracked too. Every failure
         (including a route whose device has no interface) is collected; the rest is still
         applied, then one :class:`DataPlaneError` lists them all.
+
+        ``full=False`` (the agent between resyncs) diffs the plan against what the last
+        successful ``set`` left (:class:`Known`) instead of listing the kernel, and writes
+        only the difference: O(change), not O(routes in the kernel). It lists the kernel
+        anyway when there is nothing to trust (no earlier success, a failure since, a
+        clean-up, a deletion or lost events reported by a watcher), when the rules
+        changed (their kernel priorities need a listing), or when a new route's slot
+        turns out to be taken. What others change without a watcher seeing it is only
+        seen by a full ``set``, which the agent runs on every resync.
         """
         with self._apply_lock:
-            return self._set(routes, rules, devices)
+            return self._set(routes, rules, devices, full)
 
     def _set(
-        self, routes: Sequence[Route], rules: Sequence[Rule], devices: Mapping[Device, str]
+        self,
+        routes: Sequence[Route],
+        rules: Sequence[Rule],
+        devices: Mapping[Device, str],
+        full: bool,
     ) -> tuple[int, int]:
+        with self._lock:
+            known, self._known = self._known, None
+            invalidations = self._invalidations
         failures: list[str] = []
         desired = route_sync.desired_routes(routes, devices)
         for route in desired.unresolved:
@@ -328,6 +389,36 @@ class RouteTable(Closing):
                 f"no interface for device role {route.dev.value!r}"
             )
         planned_rules = route_sync.desired_rules(rules)
+        rule_keys = [key for key, _ in planned_rules]
+        added = removed = 0
+        listed = True
+        if not full and known is not None and tuple(rule_keys) == known.rules:
+            try:
+                added, removed = self._set_known(desired, known, devices, failures)
+                listed = False
+            except _SlotTaken:
+                # What was done so far is tracked; the listing below does the rest.
+                pass
+        if listed:
+            more_added, more_removed = self._set_listed(desired, planned_rules, devices, failures)
+            added += more_added
+            removed += more_removed
+        self._save_collecting(*self._tracked(), failures)
+        if failures:
+            raise DataPlaneError(summary(failures))
+        with self._lock:
+            if self._invalidations == invalidations:
+                self._known = Known.after(desired, rule_keys)
+        return added, removed
+
+    def _set_listed(
+        self,
+        desired: route_sync.DesiredRoutes,
+        planned_rules: Sequence[tuple[RuleKey, Rule]],
+        devices: Mapping[Device, str],
+        failures: list[str],
+    ) -> tuple[int, int]:
+        """The full path: list the kernel, diff, apply."""
         kernel = self._listing()
         tracked_routes, tracked_rules = self._tracked()
         route_changes = route_sync.diff(desired.keys, kernel.routes, tracked_routes)
@@ -367,10 +458,57 @@ class RouteTable(Closing):
             add_rule = functools.partial(self._add_rule, rule_key)
             what = f"rule {format_rule(rule_of[rule_key])}"
             added += self._track_added(self._rules, rule_key, add_rule, failures, what)
-        self._save_collecting(*self._tracked(), failures)
-        if failures:
-            raise DataPlaneError(summary(failures))
         return added, removed
+
+    def _set_known(
+        self,
+        desired: route_sync.DesiredRoutes,
+        known: Known,
+        devices: Mapping[Device, str],
+        failures: list[str],
+    ) -> tuple[int, int]:
+        """The incremental path: the kernel holds ``known`` (and the table tracks exactly
+        it), so the diff is between the plan and ``known``; the same deletions and
+        additions as the full path, in the same order, and the same counts. Raises
+        :class:`_SlotTaken` (having tracked what it did) when a new route's slot is taken."""
+        route_of = dict(desired.routes)
+        stale = sorted((key for key in known.routes if key not in route_of), key=str)
+        new = [key for key in route_of if key not in known.routes]
+        if not stale and not new:
+            return 0, 0
+        indexes = self._indexes({key.dev for key in (*stale, *new)})
+        tracked_routes, tracked_rules = self._tracked()
+        self._save_collecting(tracked_routes | set(new), tracked_rules, failures)
+        removed = 0
+        for key in stale:
+            delete_route = functools.partial(self._delete_listed_route, key, indexes)
+            removed += self._untrack(self._routes, key, delete_route, failures, "route")
+        added = 0
+        for key in new:
+            route = route_of[key]
+            what = f"route {format_route(route, devices)}"
+            index = indexes.get(key.dev)
+            if index is None:
+                failures.append(f"{what}: interface {key.dev} does not exist")
+                continue
+            add_route = functools.partial(self._add_new_route, key, route, index)
+            added += self._track_added(self._routes, key, add_route, failures, what)
+        return added, removed
+
+    def _indexes(self, names: Iterable[str]) -> dict[str, int]:
+        """The indexes of the interfaces ``names`` that exist, one request each (a listing
+        of every link costs more on a node with a veth per pod)."""
+        indexes: dict[str, int] = {}
+        for name in sorted(names):
+            links: tuple[Any, ...] = ()
+            with failing(f"cannot read interface {name}", tolerate=frozenset({errno.ENODEV})):
+                links = self._ipr.link("get", ifname=name)
+            if links:
+                indexes[name] = int(links[0]["index"])
+        with self._lock:
+            for name, index in indexes.items():
+                self._names[index] = name
+        return indexes
 
     def clean_up(self) -> None:
         """Delete exactly the tracked routes and rules, in every table."""
@@ -378,6 +516,8 @@ class RouteTable(Closing):
             self._clean_up()
 
     def _clean_up(self) -> None:
+        with self._lock:
+            self._known = None
         failures: list[str] = []
         kernel = self._listing()
         tracked_routes, tracked_rules = self._tracked()
@@ -434,7 +574,15 @@ class RouteTable(Closing):
             except OSError:
                 sock.close()
                 raise
-        watcher = Watcher(sock, self._tracked_deletion, callback)
+
+        def reported() -> None:
+            # What the table knows may be wrong now: the next set() lists the kernel.
+            with self._lock:
+                self._known = None
+                self._invalidations += 1
+            callback()
+
+        watcher = Watcher(sock, self._tracked_deletion, reported)
         self._watchers.append(watcher)
         watcher.start()
         return watcher.stop
