@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kilo.agent.leadership import Election
+from kilo.agent.leadership import FAILURES, Election
 from kilo.mesh import leadership
 from kilo.mesh.events import Event, EventType
 from kilo.mesh.model import Node
@@ -59,6 +59,8 @@ def election(hostname: str = "a", *, participants: tuple[str, ...] = ("a", "b", 
         e.on_node_event(node_event(name, {leadership.ANNOTATION: leadership.MODE}))
     e.on_listed()
     e.set_topology("aws", ())
+    # No packet leaves a unit test: the forwarding probe is the test's.
+    e.forward = lambda probe: leadership.Forwarded.UNANSWERED
     return e, clock, writer, changes
 
 
@@ -186,3 +188,73 @@ def test_a_holder_hands_the_lead_on_when_it_shuts_down_and_a_non_holder_writes_n
     asyncio.run(e._act(clock.now))
     asyncio.run(e.release())
     assert writer.writes[-1] == (leadership.lease_name("aws"), "a", leadership.RELEASED_DURATION)
+
+
+def probe_rounds(e: Any, verdicts: list[leadership.Forwarded]) -> list[leadership.ForwardProbe]:
+    """Run ``e.probe()`` for one round per verdict (kicked, not timed), once per test (its
+    events belong to one event loop): the pairs probed. ``e.seen`` gets the failures count
+    before each round."""
+    pairs: list[leadership.ForwardProbe] = []
+    queue = list(verdicts)
+    e.seen = []
+
+    def forward(probe: leadership.ForwardProbe) -> leadership.Forwarded:
+        pairs.append(probe)
+        e.seen.append(e.failures)
+        return queue.pop(0)
+
+    e.forward = forward
+
+    async def rounds() -> None:
+        task = asyncio.create_task(e.probe())
+        for done in range(1, len(verdicts) + 1):
+            e._kick.set()
+            while len(pairs) < done:
+                await asyncio.sleep(0)
+            for _ in range(20):  # the rest of the round: the verdict
+                await asyncio.sleep(0)
+        task.cancel()
+
+    asyncio.run(rounds())
+    return pairs
+
+
+def holder_with_members(caplog: pytest.LogCaptureFixture | None = None) -> Any:
+    e, clock, _, _ = election("a")
+    for i, name in enumerate(("a", "b", "c")):
+        internal = ipaddress.ip_interface(f"10.0.0.{i + 1}/24")
+        e.nodes[name] = dataclasses.replace(e.nodes[name], internal_ip=internal)
+    asyncio.run(e._act(clock.now))
+    assert e.holds()
+    e.reach = lambda address: True
+    e.can_forward = lambda: True
+    e.set_topology("aws", [(ipaddress.ip_address("10.4.0.2"), "x")])
+    return e
+
+
+def test_a_reply_that_arrives_and_is_not_forwarded_fails_the_holder(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    e = holder_with_members()
+    ok, dropped = leadership.Forwarded.FORWARDED, leadership.Forwarded.DROPPED
+    pairs = probe_rounds(e, [ok, dropped, dropped])
+    # The other members in turn, each asked to answer the other location's leader.
+    assert [(str(p.member), str(p.remote)) for p in pairs] == [
+        ("10.0.0.2", "10.4.0.2"),
+        ("10.0.0.3", "10.4.0.2"),
+        ("10.0.0.2", "10.4.0.2"),
+    ]
+    assert e.failures == FAILURES
+    [record] = [r for r in caplog.records if "failed its probe" in r.getMessage()]
+    assert "did not leave on the WireGuard interface" in record.__dict__["fields"]["forwarded"]
+
+
+def test_no_reply_blames_nobody_and_a_drop_before_any_forward_is_not_judged() -> None:
+    e = holder_with_members()
+    dropped, unanswered = leadership.Forwarded.DROPPED, leadership.Forwarded.UNANSWERED
+    # A firewall that passes the pods' traffic but not the probe's: every node would fail,
+    # and the lead would rotate among them.
+    forwarded = leadership.Forwarded.FORWARDED
+    probe_rounds(e, [dropped, dropped, dropped, forwarded, unanswered, unanswered])
+    assert e.seen == [0] * 6
+    assert e.failures == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import string
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_address, ip_interface
 from typing import Any
 
 from hypothesis import given, settings
@@ -327,3 +327,43 @@ def test_build_topology_takes_the_leader_override_of_a_member_only():
     assert leader_of(None) == ("a", False)
     assert leader_of({"location:aws": "b"}) == ("b", True)
     assert leader_of({"location:aws": "stranger"}) == ("a", False)
+
+
+# --- the forwarding probe's pure half ----------------------------------------------------------
+
+
+def test_only_a_reply_that_arrived_and_did_not_leave_blames_the_leader() -> None:
+    verdict = leadership.forwarding_verdict
+    assert verdict(arrived=True, left=True) is leadership.Forwarded.FORWARDED
+    assert verdict(arrived=False, left=True) is leadership.Forwarded.FORWARDED
+    assert verdict(arrived=True, left=False) is leadership.Forwarded.DROPPED
+    assert verdict(arrived=False, left=False) is leadership.Forwarded.UNANSWERED
+
+
+def test_the_forward_probe_asks_the_other_members_in_turn_to_answer_another_leader() -> None:
+    members = [
+        dataclasses.replace(member(name), internal_ip=ip_interface(f"10.0.0.{i}/24"))
+        for i, name in enumerate(("c", "a", "b"), start=1)
+    ]
+    remotes = [ip_address("fd00::1"), ip_address("10.4.0.1"), ip_address("10.4.0.2")]
+
+    def pair(round: int, **changes: Any) -> tuple[str, str] | None:
+        arguments: dict[str, Any] = {
+            "hostname": "a",
+            "members": members,
+            "remotes": remotes,
+            "round": round,
+        }
+        probe = leadership.forward_probe(**(arguments | changes))
+        return None if probe is None else (str(probe.member), str(probe.remote))
+
+    assert [pair(r) for r in range(3)] == [
+        ("10.0.0.1", "10.4.0.1"),  # c, by address; IPv6 remotes are skipped
+        ("10.0.0.3", "10.4.0.1"),
+        ("10.0.0.1", "10.4.0.1"),
+    ]
+    assert pair(0, members=members[1:2]) is None  # alone: nobody forwards through it
+    assert pair(0, remotes=[]) is None  # one location: nothing to forward to
+    assert pair(0, remotes=remotes[:1]) is None  # IPv6 only
+    v6 = [dataclasses.replace(m, internal_ip=ip_interface("fd00::9/64")) for m in members]
+    assert pair(0, members=v6) is None

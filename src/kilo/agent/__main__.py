@@ -376,6 +376,7 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
                 Election(
                     hostname=settings.mesh.hostname,
                     writer=LeaseWriter(client, namespace),
+                    interface=settings.wireguard.interface,
                 )
             )
             leases = kubernetes.Informer(

@@ -234,6 +234,56 @@ def wireguard_healthy(
     return any(answers[target] for target in settled)
 
 
+class Forwarded(enum.Enum):
+    """What one forwarding probe saw (``kilo.agent.leadership`` explains the probe): the
+    echo reply of a node of the location, addressed to another location's leader, arriving
+    at this node and then leaving it on the WireGuard interface."""
+
+    FORWARDED = "forwarded"  # it arrived and left on the WireGuard interface
+    DROPPED = "dropped"  # it arrived and did not leave: this node's forward path drops
+    UNANSWERED = "unanswered"  # it never arrived: no verdict (the member's fault, or its
+    # firewall's, as likely as this node's)
+
+
+def forwarding_verdict(*, arrived: bool, left: bool) -> Forwarded:
+    """Only a reply that reached this node and was not forwarded blames this node."""
+    if left:
+        return Forwarded.FORWARDED
+    return Forwarded.DROPPED if arrived else Forwarded.UNANSWERED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardProbe:
+    """One forwarding probe: an echo request to ``member`` (a node of this location) that
+    claims to come from ``remote`` (another location's leader's WireGuard IP), so that the
+    member's reply crosses this node's forward path, as the location's traffic does."""
+
+    member: ipmod.IPAddress
+    remote: ipmod.IPAddress
+
+
+def forward_probe(
+    *,
+    hostname: str,
+    members: Sequence[Node],
+    remotes: Sequence[ipmod.IPAddress],
+    round: int,
+) -> ForwardProbe | None:
+    """The pair probed in round ``round``: the other members in turn (one that does not
+    answer only costs its rounds), with the first other leader of the same family. None:
+    no other member (nobody forwards through this node) or no other location (nothing to
+    forward to), or IPv6 only (the probe builds IPv4 packets)."""
+    others = sorted(
+        (n.internal_ip.ip, n.name)
+        for n in members
+        if n.name != hostname and n.internal_ip is not None and n.internal_ip.version == 4
+    )
+    remote = next((ip for ip in remotes if ip.version == 4), None)
+    if not others or remote is None:
+        return None
+    return ForwardProbe(member=others[round % len(others)][0], remote=remote)
+
+
 def non_participants(annotations: Mapping[str, str | None], ready: Iterable[str]) -> list[str]:
     """The ready nodes that do not take part (no ``ANNOTATION=lease``), sorted: while there
     is one, every node derives leaders by Kilo's rule alone, as a Go Kilo node does."""
