@@ -85,7 +85,7 @@ async def measure(config: Any, locations: int, seconds: float) -> None:
     )
 
 
-def recovery(rounds: int) -> list[tuple[str, float]]:
+def recovery(rounds: int, cases: tuple[str, ...] = ("b", "c")) -> list[tuple[str, float]]:
     from lightkube import Client
 
     from kilo.sandbox import runs, testbed
@@ -130,7 +130,7 @@ def recovery(rounds: int) -> list[tuple[str, float]]:
         pinger = Pinger(bed.enter("pod-source"), bed.pods["pod-target"].ip)
         try:
             for index in range(rounds):
-                case = "b" if index % 2 == 0 else "c"
+                case = cases[index % len(cases)]
                 wait(lambda: pinger.flowing(time.time()), "no pings before the fault")
                 wait(lambda: past_grace(bed), "the holder is still in its grace")
                 leader = holder(bed)
@@ -138,6 +138,8 @@ def recovery(rounds: int) -> list[tuple[str, float]]:
                 started = time.time()
                 if case == "b":
                     bed.run(leader, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+                elif case == "b'":
+                    bed.run(leader, "iptables", "-I", "FORWARD", "-j", "DROP")
                 else:
                     bed.run(leader, "ip", "link", "set", "wan0", "down")
                 wait(
@@ -154,6 +156,8 @@ def recovery(rounds: int) -> list[tuple[str, float]]:
                 )
                 if case == "b":
                     bed.run(leader, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+                elif case == "b'":
+                    bed.run(leader, "iptables", "-D", "FORWARD", "-j", "DROP")
                 else:
                     bed.run(leader, "ip", "link", "set", "wan0", "up")
                     bed.run(leader, "ip", "route", "replace", "default", "via", testbed.ROUTER)
@@ -176,9 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locations", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--recovery", type=int, default=0, metavar="ROUNDS")
+    parser.add_argument(
+        "--cases",
+        default="b,c",
+        help="the faults of --recovery, in turn: b (ip_forward=0), b' (FORWARD DROP), c (uplink)",
+    )
     args = parser.parse_args(argv)
     if args.recovery:
-        report_recovery(recovery(args.recovery))
+        cases = tuple(case.strip() for case in args.cases.split(","))
+        if not set(cases) <= {"b", "b'", "c"}:
+            parser.error(f"--cases {args.cases!r}: possible values are b, b', c")
+        report_recovery(recovery(args.recovery, cases))
         return 0
     rate = args.locations / leadership.RENEW_PERIOD
     print(
