@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from kilo.agent.leadership import FAILURES, Election
+from kilo.agent.leadership import FAILURES, SWEEP_PERIOD, Election
 from kilo.mesh import leadership
 from kilo.mesh.events import Event, EventType
 from kilo.mesh.model import Node
@@ -22,6 +23,7 @@ WALL = 1_700_000_000.0
 class FakeWriter:
     def __init__(self, wins: bool = True) -> None:
         self.writes: list[tuple[str, str, int]] = []
+        self.deletes: list[str] = []
         self.wins = wins
 
     async def write(
@@ -29,6 +31,10 @@ class FakeWriter:
     ) -> bool:
         self.writes.append((name, holder, duration))
         return self.wins
+
+    async def delete(self, name: str, *, observed: Mapping[str, Any]) -> bool:
+        self.deletes.append(name)
+        return True
 
 
 class Clock:
@@ -258,3 +264,41 @@ def test_no_reply_blames_nobody_and_a_drop_before_any_forward_is_not_judged() ->
     probe_rounds(e, [dropped, dropped, dropped, forwarded, unanswered, unanswered])
     assert e.seen == [0] * 6
     assert e.failures == 0
+
+
+def test_the_first_locations_holder_deletes_a_removed_locations_lease_once_stale(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kilo")
+    e, clock, writer, _ = election("a")
+    e.is_ours = lambda obj: obj["metadata"]["name"].startswith(leadership.NAME_PREFIX)
+    gone = leadership.lease_name("gone")
+    spec = {"holderIdentity": "g-1", "leaseDurationSeconds": 6, "renewTime": "t"}
+    e.on_lease_event(Event(EventType.ADDED, gone, {"metadata": {"name": gone}, "spec": spec}))
+    other = {"metadata": {"name": "kube-scheduler"}, "spec": dict(spec, holderIdentity="x")}
+    e.on_lease_event(Event(EventType.ADDED, "kube-scheduler", other))
+    asyncio.run(e._act(clock.now))  # a takes aws's Lease: aws is the first location
+    assert e.holds()
+    clock.now += 6 + leadership.STALE_AFTER - SWEEP_PERIOD
+    e.on_lease_event(lease_event("a", renewed=str(clock.now)))  # a's renewals, as watched
+    asyncio.run(e._sweep(clock.now))
+    assert writer.deletes == []  # not stale yet
+    clock.now += SWEEP_PERIOD
+    e.on_lease_event(lease_event("a", renewed=str(clock.now)))
+    asyncio.run(e._sweep(clock.now))
+    assert writer.deletes == [gone]  # never another controller's Lease
+    assert "deleted the lease of a location without ready nodes" in caplog.text
+    # At most one look per SWEEP_PERIOD.
+    asyncio.run(e._sweep(clock.now + 1))
+    assert writer.deletes == [gone]
+
+
+def test_a_node_that_holds_no_lease_deletes_nothing() -> None:
+    e, clock, writer, _ = election("b")  # a leads aws by Kilo's rule
+    e.is_ours = lambda obj: True
+    gone = leadership.lease_name("gone")
+    spec = {"holderIdentity": "g-1", "leaseDurationSeconds": 6, "renewTime": "t"}
+    e.on_lease_event(Event(EventType.ADDED, gone, {"metadata": {"name": gone}, "spec": spec}))
+    clock.now += 1000
+    asyncio.run(e._sweep(clock.now))
+    assert writer.deletes == []

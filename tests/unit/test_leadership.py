@@ -367,3 +367,43 @@ def test_the_forward_probe_asks_the_other_members_in_turn_to_answer_another_lead
     assert pair(0, remotes=remotes[:1]) is None  # IPv6 only
     v6 = [dataclasses.replace(m, internal_ip=ip_interface("fd00::9/64")) for m in members]
     assert pair(0, members=v6) is None
+
+
+# --- stale Leases ------------------------------------------------------------------------------
+
+
+def test_only_the_first_locations_holder_deletes_lapsed_leases_of_locations_without_nodes() -> None:
+    gcp = [dataclasses.replace(member(n), location="gcp") for n in ("g", "h")]
+    nodes = [*ABC, *gcp]
+    aws, gcp_name = leadership.lease_name("aws"), leadership.lease_name("gcp")
+    gone, fresh = leadership.lease_name("gone"), leadership.lease_name("back-soon")
+    old = {
+        gone: held("x", at=0.0),  # lapsed at 6
+        fresh: held("y", at=50.0),  # lapsed at 56
+    }
+    ours = [aws, gcp_name, gone, fresh]
+    now = 6 + leadership.STALE_AFTER
+
+    def stale(hostname: str, **changes: Any) -> list[str]:
+        at = changes.get("now", now) - 1  # aws's and gcp's holders renew
+        leases = old | {aws: held("b", at=at), gcp_name: held("g", at=at)}
+        arguments: dict[str, Any] = {
+            "hostname": hostname,
+            "nodes": nodes,
+            "leases": leases,
+            "ours": ours,
+            "now": now,
+        }
+        return leadership.stale_leases(**(arguments | changes))
+
+    assert stale("b") == [gone]  # aws < gcp: aws's holder; "back-soon" lapsed too recently
+    assert stale("b", now=56 + leadership.STALE_AFTER) == [fresh, gone]
+    assert stale("a") == []  # aws's leader by Kilo's rule, not its holder
+    assert stale("g") == []  # gcp's holder: not the first location
+    assert stale("b", ours=[aws, gcp_name]) == []  # not kg's Lease: never
+    # A lapsed own Lease (an unhealthy or dead holder) deletes nothing.
+    lapsed = old | {aws: held("b", at=0.0), gcp_name: held("g", at=now - 1)}
+    assert stale("b", leases=lapsed) == []
+    assert stale("b", nodes=[]) == []
+    # A location of ready nodes keeps its Lease however old.
+    assert stale("b", nodes=[*nodes, dataclasses.replace(member("z"), location="gone")]) == []

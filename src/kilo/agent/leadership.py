@@ -68,6 +68,7 @@ FORWARD_TIMEOUT = 0.5  # seconds the forwarding probe watches for the member's r
 FAILURES = 2  # failed probes in a row that make the holder release
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 WRITE_TIMEOUT = 5.0
+SWEEP_PERIOD = 10.0  # seconds between looks for stale Leases (kilo.mesh.leadership)
 
 log = logs.get("kilo")
 
@@ -81,6 +82,8 @@ class LeaseWriterPort(Protocol):
         duration: int,
         observed: Mapping[str, Any] | None,
     ) -> bool: ...
+
+    async def delete(self, name: str, *, observed: Mapping[str, Any]) -> bool: ...
 
 
 def answers(address: IPAddress, port: int = PROBE_PORT, timeout: float = PROBE_TIMEOUT) -> bool:
@@ -133,6 +136,7 @@ class Election:
         wall: Callable[[], float] = time.time,
         reach: Callable[[IPAddress], bool] = answers,
         can_forward: Callable[[], bool] = forwarding,
+        is_ours: Callable[[Mapping[str, Any]], bool] = lambda obj: False,
         interface: str = "kilo0",
         forward: Callable[[leadership.ForwardProbe], leadership.Forwarded] | None = None,
     ) -> None:
@@ -143,6 +147,8 @@ class Election:
         self.wall = wall  # for the nodes' last-seen (Kilo's readiness), which is wall time
         self.reach = reach
         self.can_forward = can_forward
+        self.is_ours = is_ours
+        self._swept = -SWEEP_PERIOD
         self.forward = forward or (lambda probe: forwards_through(probe, interface=interface))
         self.records: dict[str, leadership.LeaseRecord] = {}
         self.specs: dict[str, leadership.LeaseSpec] = {}
@@ -335,9 +341,35 @@ class Election:
         expiries = [r.expires for r in self.records.values() if r.valid(now)]
         return min(expiries, default=now + 30.0)
 
+    async def _sweep(self, now: float) -> None:
+        """Delete the stale Leases this node is the one to delete (every ``SWEEP_PERIOD``)."""
+        if now < self._swept + SWEEP_PERIOD or not self.listed or not self.participants_ready():
+            return
+        self._swept = now
+        ours = [name for name, obj in self.objects.items() if self.is_ours(obj)]
+        stale = leadership.stale_leases(
+            hostname=self.hostname, nodes=self._ready(), leases=self.records, ours=ours, now=now
+        )
+        for name in stale:
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    deleted = await self.writer.delete(name, observed=self.objects[name])
+            except (KiloError, TimeoutError) as exc:
+                log.error(
+                    "failed to delete a stale lease",
+                    fields={"lease": name, "error": str(exc) or type(exc).__name__},
+                )
+                continue
+            if deleted:
+                log.info(
+                    "deleted the lease of a location without ready nodes",
+                    fields={"lease": name, "holder": self.records[name].holder},
+                )
+
     async def run(self) -> None:
         while True:
             now = self.clock()
+            await self._sweep(now)
             deadline = min(await self._act(now), self._check_derived(self.clock()))
             timeout = max(0.0, deadline - self.clock())
             with contextlib.suppress(TimeoutError):

@@ -19,6 +19,9 @@ objects, and so that a healthy holder is never displaced (no flapping):
 * The holder renews every ``RENEW_PERIOD`` while healthy, and releases (shortens its
   Lease to ``RELEASED_DURATION``) when its probe fails; a fresh holder is healthy for
   ``GRACE`` seconds, the time to program its peers and complete its first handshakes.
+* A Lease of a location without a ready node (removed, or all of it down) is deleted once
+  it has been lapsed for ``STALE_AFTER`` seconds, by one node whoever held it: the holder
+  of the valid Lease of the first location by name (:func:`stale_leases`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ RELEASED_DURATION = 1  # seconds: a release lets the next candidate in this soon
 STAGGER = 1.0  # seconds between candidates of successive ranks
 GRACE = 5.0  # seconds a fresh holder is healthy before its probe counts
 SETTLE = 10.0  # seconds a remote leader is not judged by after it changed (handshakes)
+STALE_AFTER = 10 * LEASE_DURATION  # seconds a lapsed Lease of a location without nodes stays
 
 NAME_PREFIX = "kilo-leader-"
 _NAME_PART = 40  # characters of the location kept in the name, for people reading it
@@ -305,3 +309,39 @@ def overrides(
         LOCATION_PREFIX + location: leader(members, leases.get(lease_name(location)), now)
         for location, members in groups.items()
     }
+
+
+def stale_leases(
+    *,
+    hostname: str,
+    nodes: Sequence[Node],
+    leases: Mapping[str, LeaseRecord],
+    ours: Iterable[str],
+    now: float,
+) -> list[str]:
+    """The Leases ``hostname`` deletes now, sorted: of ``ours`` (the Leases kg wrote: name
+    and labels), those of no location of the ready ``nodes`` that lapsed ``STALE_AFTER``
+    seconds ago or more. Only the holder of the valid Lease of the first location by name
+    deletes, so that one node does, whichever held the stale Lease (its holder is gone
+    with its location), and only a node that is itself healthy and in the election. A
+    location that comes back takes a new Lease as it took the first."""
+    groups: dict[str, list[Node]] = {}
+    for node in nodes:
+        if node.internal_ip is not None:
+            groups.setdefault(node.location, []).append(node)
+    if not groups:
+        return []
+    first = min(groups)
+    own = leases.get(lease_name(first))
+    if own is None or not own.valid(now) or own.holder != hostname:
+        return []
+    if leader(groups[first], own, now) != hostname:
+        return []
+    live = {lease_name(location) for location in groups}
+    return sorted(
+        name
+        for name in set(ours)
+        if name not in live
+        and (record := leases.get(name)) is not None
+        and now >= record.expires + STALE_AFTER
+    )
