@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import string
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Network, ip_address, ip_interface
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -407,3 +409,58 @@ def test_only_the_first_locations_holder_deletes_lapsed_leases_of_locations_with
     assert stale("b", nodes=[]) == []
     # A location of ready nodes keeps its Lease however old.
     assert stale("b", nodes=[*nodes, dataclasses.replace(member("z"), location="gone")]) == []
+
+
+# --- renewals seen late --------------------------------------------------------------------------
+
+
+def _renewals(delays: list[float], *, skew: float = 0.0, holder: str = "a") -> LeaseRecord:
+    """The record after the holder renewed every RENEW_PERIOD s (its clock ``skew`` s off
+    this node's), each renewal seen ``delays[i]`` s after it was written."""
+    record: LeaseRecord | None = None
+    spec: leadership.LeaseSpec | None = None
+    for i, delay in enumerate(delays):
+        written = 1_700_000_000.0 + i * RENEW_PERIOD
+        text = datetime.datetime.fromtimestamp(written + skew, datetime.UTC).isoformat()
+        new = leadership.LeaseSpec(holder=holder, duration=LEASE_DURATION, renewed=text)
+        record = leadership.observe(record, spec, new, now=written + delay)
+        spec = new
+    assert record is not None
+    return record
+
+
+def test_a_renewal_seen_late_counts_from_when_it_would_have_been_seen_on_time() -> None:
+    last = 1_700_000_000.0 + 2 * RENEW_PERIOD
+    on_time = _renewals([0.1, 0.2, 0.1])
+    assert on_time.observed == pytest.approx(last + 0.1)
+    # Published 1.1 s late (a slow API server): counted 1.0 s earlier.
+    late = _renewals([0.1, 0.2, 1.1])
+    assert late.observed == pytest.approx(last + 0.1)
+    assert late.expires == pytest.approx(last + 0.1 + LEASE_DURATION)
+    # Never by more than LATE_CAP: a Lease stays valid LEASE_DURATION - LATE_CAP after it
+    # is seen, more than one RENEW_PERIOD.
+    very_late = _renewals([0.1, 0.2, 9.1])
+    assert very_late.observed == pytest.approx(last + 9.1 - leadership.LATE_CAP)
+    assert LEASE_DURATION - leadership.LATE_CAP > RENEW_PERIOD
+
+
+def test_the_correction_compares_no_clocks_and_forgets_old_delays() -> None:
+    # Another clock, an hour off: the same correction (only delays' differences count).
+    assert _renewals([0.1, 0.2, 1.1], skew=3600.0).observed == pytest.approx(
+        _renewals([0.1, 0.2, 1.1]).observed
+    )
+    # A steadily slow API server is "on time": no correction.
+    steady = _renewals([3.0] * 5)
+    assert steady.observed == pytest.approx(1_700_000_000.0 + 4 * RENEW_PERIOD + 3.0)
+    # Only the last LATE_WINDOW delays count: a fast moment long ago is forgotten.
+    window = leadership.LATE_WINDOW
+    forgotten = _renewals([0.0] + [1.0] * window)
+    assert forgotten.observed == pytest.approx(1_700_000_000.0 + window * RENEW_PERIOD + 1.0)
+    # A first renewal, or an unparsable renewTime: seen when seen.
+    assert _renewals([5.0]).observed == pytest.approx(1_700_000_000.0 + 5.0)
+    spec = leadership.LeaseSpec(holder="a", duration=LEASE_DURATION, renewed="not a time")
+    assert leadership.observe(late_record(), None, spec, now=50.0).observed == 50.0
+
+
+def late_record() -> LeaseRecord:
+    return _renewals([0.1, 0.2])

@@ -9,7 +9,8 @@ objects, and so that a healthy holder is never displaced (no flapping):
 
 * A location's leader is the holder of its valid Lease, when the holder is one of its
   ready nodes. A Lease is valid for its duration after it was last *observed* to change
-  (client-go's rule): no node compares its clock with another's.
+  (client-go's rule): no node compares its clock with another's. A renewal observed late
+  counts from when it would have been seen on time, by up to ``LATE_CAP`` (``observe``).
 * Without a valid Lease, Kilo's rule decides (:func:`kilo.mesh.topology.find_leader`),
   except that a holder whose Lease lapsed goes last: lapsing means it stopped renewing,
   i.e. it died or found its own data plane broken.
@@ -26,6 +27,7 @@ objects, and so that a healthy holder is never displaced (no flapping):
 
 from __future__ import annotations
 
+import datetime
 import enum
 import hashlib
 import re
@@ -48,6 +50,8 @@ RELEASED_DURATION = 1  # seconds: a release lets the next candidate in this soon
 STAGGER = 1.0  # seconds between candidates of successive ranks
 GRACE = 5.0  # seconds a fresh holder is healthy before its probe counts
 SETTLE = 10.0  # seconds a remote leader is not judged by after it changed (handshakes)
+LATE_CAP = 2.0  # seconds a renewal seen late is counted earlier, at most (``observe``)
+LATE_WINDOW = 8  # renewals whose smallest delay is "on time"
 STALE_AFTER = 10 * LEASE_DURATION  # seconds a lapsed Lease of a location without nodes stays
 
 NAME_PREFIX = "kilo-leader-"
@@ -70,8 +74,9 @@ class LeaseRecord:
 
     holder: str  # empty: nobody
     duration: float  # seconds
-    observed: float  # when this node saw the holder, renewal or duration change
+    observed: float  # when this node saw the holder, renewal or duration change (on time)
     held_since: float  # when this node saw the holder change to ``holder``
+    delays: tuple[float, ...] = ()  # of the holder's last renewals: seen here - renewTime
 
     def valid(self, now: float) -> bool:
         return bool(self.holder) and now < self.observed + self.duration
@@ -119,17 +124,51 @@ def _problem(name: str, field: str, value: object, problem: str) -> Diagnostic:
     )
 
 
+def renewed_at(text: str) -> float | None:
+    """A renewTime (RFC 3339, on the holder's clock) as seconds, or None. Only differences
+    between two renewTimes of one holder are used: never compared with this node's clock."""
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
 def observe(
     previous: LeaseRecord | None, previous_spec: LeaseSpec | None, spec: LeaseSpec, now: float
 ) -> LeaseRecord:
-    """The record after seeing ``spec`` at ``now``: the clock restarts only on a change."""
+    """The record after seeing ``spec`` at ``now``: the clock restarts only on a change.
+
+    A renewal seen late (a slow write, a slow watch: the API server under load) restarts
+    the clock as if it had been seen on time, by up to ``LATE_CAP`` seconds: "on time" is
+    the holder's renewTime plus the smallest delay (``now - renewTime``) of its last
+    ``LATE_WINDOW`` renewals seen here. The difference of two delays cancels the offset
+    between the two clocks, so no clock is compared with another. Without it, a holder
+    that dies just after a renewal the API server took seconds to publish kept the lead
+    for those seconds more than the Lease's duration (the lost-uplink case once took
+    10.8 s instead of ~6 s)."""
     if previous is not None and previous_spec == spec:
         return previous
     held_since = now
-    if previous is not None and previous.holder == spec.holder:
+    delays: tuple[float, ...] = ()
+    same = previous is not None and previous.holder == spec.holder
+    if previous is not None and same:
         held_since = previous.held_since
+        delays = previous.delays
+    late = 0.0
+    at = renewed_at(spec.renewed)
+    if at is not None:
+        delay = now - at
+        if delays:
+            late = min(max(0.0, delay - min(delays)), LATE_CAP)
+        delays = (*delays, delay)[-LATE_WINDOW:]
     return LeaseRecord(
-        holder=spec.holder, duration=spec.duration, observed=now, held_since=held_since
+        holder=spec.holder,
+        duration=spec.duration,
+        observed=now - late,
+        held_since=held_since,
+        delays=delays,
     )
 
 
