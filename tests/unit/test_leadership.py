@@ -464,3 +464,22 @@ def test_the_correction_compares_no_clocks_and_forgets_old_delays() -> None:
 
 def late_record() -> LeaseRecord:
     return _renewals([0.1, 0.2])
+
+
+def test_with_one_other_location_a_broken_tunnel_moves_neither_lead() -> None:
+    """Two locations whose tunnel breaks at one end: both leaders see the same thing (the
+    other does not answer), so the verdict cannot name the broken end; judging it would
+    rotate the healthy location's lead too. With a second other location that answers,
+    the verdict names this end only when nobody answers."""
+    aws, gcp, azure = ("10.4.0.1", "aws-1"), ("10.4.0.2", "gcp-1"), ("10.4.0.3", "az-1")
+    now = leadership.SETTLE
+    healthy = leadership.wireguard_healthy
+    seen_from_aws = {gcp: False}
+    seen_from_gcp = {aws: False}
+    assert healthy(seen_from_aws, {gcp: 0.0}, answered_before=True, now=now)
+    assert healthy(seen_from_gcp, {aws: 0.0}, answered_before=True, now=now)
+    # Three locations, gcp's end broken: aws still hears azure (healthy), gcp hears nobody.
+    assert healthy({gcp: False, azure: True}, {gcp: 0.0, azure: 0.0}, answered_before=True, now=now)
+    assert not healthy(
+        {aws: False, azure: False}, {aws: 0.0, azure: 0.0}, answered_before=True, now=now
+    )

@@ -265,11 +265,20 @@ def wireguard_healthy(
     (WireGuard IP, node) answered, and since when that pair was programmed.
 
     Only leaders programmed ``SETTLE`` seconds ago count (a fresh one may still be
-    handshaking), and only with two or more of them: with one, "it does not answer" is as
-    likely its fault as this node's, and a failover in one location must not make the
-    other locations' leaders give up (its own Lease moves that location's lead). A holder
-    that never had an answer is not judged: a firewall that drops the probe, or a world
-    that no node of this location could reach either, must not make the lead rotate.
+    handshaking), and only with two or more of them. With exactly one other location the
+    evidence is symmetric: when the tunnel between the two leaders breaks, whichever end
+    broke it, each sees "the other does not answer", the same observation. Judging it
+    would release both Leases; the broken location's standby would take over (fine), but
+    so would the healthy location's, whose every new holder fails the same way after its
+    ``GRACE`` while the other end stays broken: its lead would rotate through all its
+    nodes, each turn a few seconds of outage for it, for a fault that is not its own. The
+    broken end's own Lease moves its lead instead (an uplink loss that takes the API with
+    it stops the renewals; a broken forward path fails the forwarding probe). What this
+    leaves uncaught with two locations: a leader that keeps its API and its forward path
+    but loses only WireGuard (UDP blocked on its uplink). With two or more, the verdict is
+    "none answers", which one remote location's fault cannot produce. A holder that never
+    had an answer is not judged: a firewall that drops the probe, or a world that no node
+    of this location could reach either, must not make the lead rotate.
     """
     settled = [target for target in answers if now - since.get(target, now) >= SETTLE]
     if len(settled) < 2 or not answered_before:
