@@ -26,6 +26,7 @@ SO_ATTACH_FILTER = 26
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 PAYLOAD = b"kilo forwarding probe"
+AFTER_ARRIVAL = 0.1  # seconds a reply that arrived may take to leave
 
 # Classic BPF (linux/filter.h): the opcodes the filter below uses.
 _LD_H_ABS, _LD_B_ABS, _LD_B_IND, _LD_H_IND = 0x28, 0x30, 0x50, 0x48
@@ -129,8 +130,11 @@ def send_and_watch(
                 continue
             if address[2] == PACKET_OUTGOING:
                 left = left or address[0] == interface
-            else:
+            elif not arrived:
                 arrived = True
+                # A forwarded packet leaves within the softirq that received it: a reply
+                # that has not left soon after it arrived will not.
+                deadline = min(deadline, time.monotonic() + AFTER_ARRIVAL)
     return arrived, left
 
 

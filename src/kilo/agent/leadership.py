@@ -407,10 +407,14 @@ class Election:
 
     async def probe(self) -> None:
         """While this node holds its Lease: probe, count failures, wake the loop on a verdict."""
+        started = self.clock()
         while True:
+            # A round every PROBE_PERIOD from the start of the last, however long it took
+            # (a forwarding probe that fails waits for its reply).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PROBE_PERIOD):
+                async with asyncio.timeout(max(0.0, started + PROBE_PERIOD - self.clock())):
                     await self._kick.wait()
+            started = self.clock()
             kicked = self._kick.is_set()
             self._kick.clear()
             targets = self.targets
