@@ -206,3 +206,27 @@ def test_a_malformed_lease_from_the_api_costs_only_itself(
     spec, problems = seen["kilo-leader-no-duration"]
     assert spec is None
     assert [p.field for p in problems] == ["spec.leaseDurationSeconds"]
+
+
+def test_kgctl_reads_the_leases_through_the_cluster_reader(
+    admin: Client, kilo_config: Path
+) -> None:
+    name = leadership.lease_name("integration/kgctl")
+
+    async def create() -> None:
+        async with AsyncClient(kubeconfig.load(str(kilo_config)), trust_env=False) as client:
+            assert await LeaseWriter(client, NAMESPACE).write(
+                name, holder="a", duration=6, observed=None
+            )
+
+    asyncio.run(create())
+    try:
+        with kubernetes.ClusterReader(kubeconfig.load(str(kilo_config))) as reader:
+            [read] = [o for o in reader.leases(NAMESPACE) if o["metadata"]["name"] == name]
+            spec, problems = leadership.parse_lease(read)
+            assert problems == () and spec is not None and spec.holder == "a"
+            assert leadership.renewed_at(spec.renewed) is not None
+            with pytest.raises(BackendError, match="forbidden"):
+                reader.leases("default")
+    finally:
+        admin.delete(Lease, name, namespace=NAMESPACE)

@@ -113,6 +113,19 @@ class ClusterReader:
     def peers(self) -> list[dict[str, Any]]:
         return self._list("peers")
 
+    def leases(self, namespace: str) -> list[dict[str, Any]]:
+        """The Leases of ``namespace`` (kg --leader-election=lease's, among others)."""
+        try:
+            return [
+                as_dict(o, kind="Lease", api_version="coordination.k8s.io/v1")
+                for o in self._client.list(Lease, namespace=namespace)
+            ]
+        except REQUEST_ERRORS as exc:
+            raise BackendError(
+                describe_failure(exc, self.config, verb="list", resource="leases")
+                + f" (namespace {namespace!r})"
+            ) from exc
+
 
 class PeerStore:
     """Get, create, apply and delete single Kilo Peers (``kgctl connect``, ``kgctl

@@ -393,3 +393,46 @@ def stale_leases(
         and (record := leases.get(name)) is not None
         and now >= record.expires + STALE_AFTER
     )
+
+
+def participants(node_objects: Iterable[Mapping[str, object]]) -> dict[str, str | None]:
+    """Node name -> its ``ANNOTATION`` value, from Node objects as the API returns them."""
+    found: dict[str, str | None] = {}
+    for obj in node_objects:
+        metadata = obj.get("metadata")
+        if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+            continue
+        annotations = metadata.get("annotations")
+        value = annotations.get(ANNOTATION) if isinstance(annotations, Mapping) else None
+        found[str(metadata["name"])] = value if isinstance(value, str) else None
+    return found
+
+
+def snapshot_leaders(
+    nodes: Sequence[Node],
+    annotations: Mapping[str, str | None],
+    leases: Iterable[Mapping[str, object]],
+    now: float,
+) -> dict[str, str] | None:
+    """The leaders a one-time reader (``kgctl``) derives from Lease objects read once, or
+    None when Kilo's rule decides (a ready node does not take part, as for kg).
+
+    Unlike kg, which times a Lease from when it saw it change, a one-time reader has seen
+    nothing change: a Lease counts as valid until its ``renewTime`` plus its duration on
+    ``now``, the reader's wall clock, i.e. it compares the reader's clock with the holder's
+    (a skew of a few seconds shows a lapsed Lease as valid, or the reverse, for that
+    long)."""
+    if non_participants(annotations, [n.name for n in nodes]):
+        return None
+    records: dict[str, LeaseRecord] = {}
+    for obj in leases:
+        spec, problems = parse_lease(obj)
+        metadata = obj.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, Mapping) else None
+        at = renewed_at(spec.renewed) if spec is not None else None
+        if spec is None or problems or at is None or not isinstance(name, str):
+            continue
+        records[name] = LeaseRecord(
+            holder=spec.holder, duration=spec.duration, observed=at, held_since=at
+        )
+    return overrides(nodes, records, now)
