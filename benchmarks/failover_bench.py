@@ -3,6 +3,7 @@ the recovery time over repeated failovers.
 
     python benchmarks/failover_bench.py [--locations 50] [--seconds 20]
     python benchmarks/failover_bench.py --recovery 10     # root: a testbed
+    python benchmarks/failover_bench.py --recovery 4 --cases c   # one fault only
 
 The rate follows from the constants (``kilo.mesh.leadership``): each location's holder
 writes its Lease once per ``RENEW_PERIOD``, so N locations make N / RENEW_PERIOD writes per
@@ -17,10 +18,11 @@ the next write conditional; an agent reads its watch instead.
 
 ``--recovery N`` builds the failover test's testbed instead (``tests/e2e/test_failover.py``:
 aws with 2 nodes, gcp with 3, every kg with the option, pings every 0.1 s from a pod in aws
-to a pod on gcp-3) and fails gcp's leader N times, alternating (b) its forwarding broken and
-(c) its uplink cut (each repaired before the next round, once the new holder is past its
-grace), and prints the time from each fault to the first reply after the gap, and their
-distribution. Nothing here is a target: the numbers are context for the README.
+to a pod on gcp-3) and fails gcp's leader N times, taking ``--cases`` in turn (default: (b)
+its forwarding broken and (c) its uplink cut; (b') its FORWARD chain dropping), each
+repaired before the next round, once the new holder is past its grace, and prints the
+time from each fault to the first reply after the gap, and their distribution. Nothing
+here is a target: the numbers are context for the README.
 """
 
 from __future__ import annotations
