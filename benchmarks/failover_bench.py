@@ -3,6 +3,7 @@ the recovery time over repeated failovers.
 
     python -m benchmarks.failover_bench [--locations 50] [--seconds 20]
     python -m benchmarks.failover_bench --recovery 10     # root: a testbed
+    python -m benchmarks.failover_bench --recovery 4 --cases c   # one fault only
 
 The rate follows from the constants (``kilo.mesh.leadership``): each location's holder
 writes its Lease once per ``RENEW_PERIOD``, so N locations make N / RENEW_PERIOD writes per
@@ -17,10 +18,11 @@ the next write conditional; an agent reads its watch instead.
 
 ``--recovery N`` builds the failover test's testbed instead (``tests/e2e/test_failover.py``:
 aws with 2 nodes, gcp with 3, every kg with the option, pings every 0.1 s from a pod in aws
-to a pod on gcp-3) and fails gcp's leader N times, alternating (b) its forwarding broken and
-(c) its uplink cut (each repaired before the next round, once the new holder is past its
-grace), and prints the time from each fault to the first reply after the gap, and their
-distribution. Nothing here is a target: the numbers are context for the README.
+to a pod on gcp-3) and fails gcp's leader N times, taking ``--cases`` in turn (default: (b)
+its forwarding broken and (c) its uplink cut; (b') its FORWARD chain dropping), each
+repaired before the next round, once the new holder is past its grace, and prints the
+time from each fault to the first reply after the gap, and their distribution. Nothing
+here is a target: the numbers are context for the README.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ async def measure(config: Any, locations: int, seconds: float) -> None:
     )
 
 
-def recovery(rounds: int) -> list[tuple[str, float]]:
+def recovery(rounds: int, cases: tuple[str, ...] = ("b", "c")) -> list[tuple[str, float]]:
     from lightkube import Client
 
     from kilo.sandbox import runs, testbed
@@ -130,7 +132,7 @@ def recovery(rounds: int) -> list[tuple[str, float]]:
         pinger = Pinger(bed.enter("pod-source"), bed.pods["pod-target"].ip)
         try:
             for index in range(rounds):
-                case = "b" if index % 2 == 0 else "c"
+                case = cases[index % len(cases)]
                 wait(lambda: pinger.flowing(time.time()), "no pings before the fault")
                 wait(lambda: past_grace(bed), "the holder is still in its grace")
                 leader = holder(bed)
@@ -138,6 +140,8 @@ def recovery(rounds: int) -> list[tuple[str, float]]:
                 started = time.time()
                 if case == "b":
                     bed.run(leader, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+                elif case == "b'":
+                    bed.run(leader, "iptables", "-I", "FORWARD", "-j", "DROP")
                 else:
                     bed.run(leader, "ip", "link", "set", "wan0", "down")
                 wait(
@@ -154,6 +158,8 @@ def recovery(rounds: int) -> list[tuple[str, float]]:
                 )
                 if case == "b":
                     bed.run(leader, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+                elif case == "b'":
+                    bed.run(leader, "iptables", "-D", "FORWARD", "-j", "DROP")
                 else:
                     bed.run(leader, "ip", "link", "set", "wan0", "up")
                     bed.run(leader, "ip", "route", "replace", "default", "via", testbed.ROUTER)
@@ -176,9 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locations", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--recovery", type=int, default=0, metavar="ROUNDS")
+    parser.add_argument(
+        "--cases",
+        default="b,c",
+        help="the faults of --recovery, in turn: b (ip_forward=0), b' (FORWARD DROP), c (uplink)",
+    )
     args = parser.parse_args(argv)
     if args.recovery:
-        report_recovery(recovery(args.recovery))
+        cases = tuple(case.strip() for case in args.cases.split(","))
+        if not set(cases) <= {"b", "b'", "c"}:
+            parser.error(f"--cases {args.cases!r}: possible values are b, b', c")
+        report_recovery(recovery(args.recovery, cases))
         return 0
     rate = args.locations / leadership.RENEW_PERIOD
     print(

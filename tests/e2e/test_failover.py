@@ -10,6 +10,8 @@ generous deadline and reports how long the outage lasted (README, "Leader failov
 (b) its forwarding broken (``net.ipv4.ip_forward=0``) while its kg and the API are fine
     (squat/kilo#489); then its forwarding is repaired, and the lead must not come back
     (hysteresis);
+(b') its FORWARD chain dropping everything (``iptables -I FORWARD -j DROP``), the switch
+    still on: only a packet forwarded through it tells; then the rule goes;
 (c) its namespace losing its uplink (``wan0`` down: the API server is behind it too); then
     the uplink returns, and again the lead stays where it went;
 (a) ``kill -9`` of its kg and of its wireguard-go (the WireGuard device goes away);
@@ -160,42 +162,53 @@ def test_b_broken_forwarding_moves_the_lead_and_it_does_not_come_back(
     assert "released the location's lease" in bed.agent_log("gcp-1")
 
 
+def test_b2_a_forward_chain_that_drops_moves_the_lead(bed: Testbed, pinger: Pinger) -> None:
+    def drop_forwarded() -> None:
+        bed.run("gcp-2", "iptables", "-I", "FORWARD", "-j", "DROP")
+
+    # gcp-2, the lapsed holder, goes last: gcp-1 (repaired) is next by Kilo's rule.
+    failover(bed, pinger, "b'", drop_forwarded, "gcp-1")
+    bed.run("gcp-2", "iptables", "-D", "FORWARD", "-j", "DROP")
+    keeps_the_lead(bed, "gcp-1", 3 * leadership.LEASE_DURATION)
+    assert "did not leave on the WireGuard interface" in bed.agent_log("gcp-2")
+
+
 def test_c_a_lost_uplink_moves_the_lead_and_it_does_not_come_back(
     bed: Testbed, pinger: Pinger
 ) -> None:
     def cut_uplink() -> None:
-        bed.run("gcp-2", "ip", "link", "set", "wan0", "down")
+        bed.run("gcp-1", "ip", "link", "set", "wan0", "down")
 
-    # gcp-2, the lapsed holder, goes last: gcp-1 (repaired) is next by Kilo's rule.
-    failover(bed, pinger, "c", cut_uplink, "gcp-1")
-    bed.run("gcp-2", "ip", "link", "set", "wan0", "up")
-    bed.run("gcp-2", "ip", "route", "replace", "default", "via", testbed.ROUTER)
-    keeps_the_lead(bed, "gcp-1", 3 * leadership.LEASE_DURATION)
+    # gcp-1, the lapsed holder, goes last: gcp-2 (repaired) is next by Kilo's rule.
+    failover(bed, pinger, "c", cut_uplink, "gcp-2")
+    bed.run("gcp-1", "ip", "link", "set", "wan0", "up")
+    bed.run("gcp-1", "ip", "route", "replace", "default", "via", testbed.ROUTER)
+    keeps_the_lead(bed, "gcp-2", 3 * leadership.LEASE_DURATION)
 
 
 def test_a_a_killed_leader_and_its_device_move_the_lead(bed: Testbed, pinger: Pinger) -> None:
     def kill() -> None:
-        bed.kill_agent("gcp-1")
-        process = bed.machine("gcp-1").process
+        bed.kill_agent("gcp-2")
+        process = bed.machine("gcp-2").process
         assert process is not None
         process.kill()  # wireguard-go: kilo0 goes with it
         process.wait()
 
-    failover(bed, pinger, "a", kill, "gcp-2")
+    failover(bed, pinger, "a", kill, "gcp-1")
 
 
 def test_a_holder_that_stops_cleanly_hands_the_lead_on_at_once(
     bed: Testbed, pinger: Pinger
 ) -> None:
     """SIGTERM (a rolling update): it releases its Lease before removing its data plane.
-    gcp-1 is dead but still Ready for Kilo (its last check-in is recent), so gcp-3 takes
+    gcp-2 is dead but still Ready for Kilo (its last check-in is recent), so gcp-3 takes
     over one STAGGER after the release lapses."""
 
     def stop() -> None:
-        assert bed.stop_agent("gcp-2") == 0
+        assert bed.stop_agent("gcp-1") == 0
 
     failover(bed, pinger, "stop", stop, "gcp-3")
-    assert "released the location's lease on shutdown" in bed.agent_log("gcp-2")
+    assert "released the location's lease on shutdown" in bed.agent_log("gcp-1")
     # For the README: the testbed's logs.
     report = json.dumps({"resumed_after_seconds": MEASURED})
     (bed.logs / "failover.json").write_text(report + "\n")

@@ -622,8 +622,9 @@ def test_the_shipped_cluster_role_grants_exactly_these_rules(
         ("", "nodes"): {"list", "watch", "patch"},
         ("kilo.squat.ai", "peers"): {"list", "watch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
-        # kg --leader-election=lease, in its own namespace only (tests/integration/test_leases.py)
-        ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update"},
+        # kg --leader-election=lease, in its own namespace only (tests/integration/test_leases.py);
+        # delete: the stale Leases of locations without ready nodes
+        ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "delete"},
     }
     [crd_rule] = [
         r for r in review.status.resourceRules if "customresourcedefinitions" in r.resources

@@ -4,6 +4,7 @@ and watched as the kilo service account with the shipped role (manifests/rbac.ya
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import ServiceAccount
 
 from kilo.adapters import kubeconfig, kubernetes
-from kilo.adapters.leases import LeaseWriter
+from kilo.adapters.leases import LABELS, LeaseWriter, is_ours
 from kilo.errors import BackendError
 from kilo.mesh import leadership
 from kilo.mesh.events import Event, EventType
@@ -113,8 +114,54 @@ def test_the_role_grants_leases_in_kgs_namespace_only(kilo_config: Path) -> None
     asyncio.run(scenario())
     with Client(kubeconfig.load(str(kilo_config)), trust_env=False) as client:
         with pytest.raises(ApiError) as denied:
-            client.delete(Lease, "kilo-leader-x", namespace=NAMESPACE)
+            client.delete(Lease, "kilo-leader-x", namespace="default")
         assert denied.value.status.code == 403
+
+
+def test_a_stale_lease_is_deleted_only_as_it_was_observed(
+    admin: Client, kilo_config: Path, control_plane: ControlPlane
+) -> None:
+    """The sweeper's delete is conditional on the object it judged stale: a Lease renewed
+    (a location that came back) since is kept; one deleted since is no error."""
+    name = leadership.lease_name("integration/removed location")
+
+    async def scenario() -> None:
+        async with AsyncClient(kubeconfig.load(str(kilo_config)), trust_env=False) as client:
+            writer = LeaseWriter(client, NAMESPACE)
+            informer = kubernetes.Informer(
+                client, "leases", server=control_plane.server, namespace=NAMESPACE
+            )
+            events = informer.events()
+            try:
+                assert await writer.write(name, holder="gone-1", duration=6, observed=None)
+                created = await next_event(events, name)
+                assert is_ours(created.obj)
+                assert await writer.write(name, holder="back-1", duration=6, observed=created.obj)
+                renewed = await next_event(events, name)
+                # Judged on the first version: the renewed Lease stays.
+                assert not await writer.delete(name, observed=created.obj)
+                kept = admin.get(Lease, name, namespace=NAMESPACE).spec
+                assert kept is not None and kept.holderIdentity == "back-1"
+                assert await writer.delete(name, observed=renewed.obj)
+                deleted = await next_event(events, name)
+                assert deleted.type == EventType.DELETED
+                assert not await writer.delete(name, observed=renewed.obj)  # gone already
+            finally:
+                await events.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        with contextlib.suppress(ApiError):
+            admin.delete(Lease, name, namespace=NAMESPACE)
+
+
+def test_only_kgs_own_leases_are_candidates_for_deletion() -> None:
+    name = leadership.lease_name("x")
+    labelled = {"metadata": {"name": name, "labels": dict(LABELS)}}
+    assert is_ours(labelled)
+    assert not is_ours({"metadata": {"name": name}})  # not labelled: someone else's
+    assert not is_ours({"metadata": {"name": "kube-scheduler", "labels": dict(LABELS)}})
 
 
 def test_a_malformed_lease_from_the_api_costs_only_itself(
@@ -159,3 +206,27 @@ def test_a_malformed_lease_from_the_api_costs_only_itself(
     spec, problems = seen["kilo-leader-no-duration"]
     assert spec is None
     assert [p.field for p in problems] == ["spec.leaseDurationSeconds"]
+
+
+def test_kgctl_reads_the_leases_through_the_cluster_reader(
+    admin: Client, kilo_config: Path
+) -> None:
+    name = leadership.lease_name("integration/kgctl")
+
+    async def create() -> None:
+        async with AsyncClient(kubeconfig.load(str(kilo_config)), trust_env=False) as client:
+            assert await LeaseWriter(client, NAMESPACE).write(
+                name, holder="a", duration=6, observed=None
+            )
+
+    asyncio.run(create())
+    try:
+        with kubernetes.ClusterReader(kubeconfig.load(str(kilo_config))) as reader:
+            [read] = [o for o in reader.leases(NAMESPACE) if o["metadata"]["name"] == name]
+            spec, problems = leadership.parse_lease(read)
+            assert problems == () and spec is not None and spec.holder == "a"
+            assert leadership.renewed_at(spec.renewed) is not None
+            with pytest.raises(BackendError, match="forbidden"):
+                reader.leases("default")
+    finally:
+        admin.delete(Lease, name, namespace=NAMESPACE)

@@ -401,10 +401,11 @@ def test_rbac_yaml_is_the_least_privilege_set() -> None:
         ("apiextensions.k8s.io", "customresourcedefinitions", "get", "peers.kilo.squat.ai"),
     }
     assert expected == RBAC_RULES
-    # kg --leader-election=lease, in the agent's namespace only; no delete.
+    # kg --leader-election=lease, in the agent's namespace only (delete: the stale Leases
+    # of locations without nodes).
     assert {
         ("coordination.k8s.io", "leases", verb, "*")
-        for verb in ("get", "list", "watch", "create", "update")
+        for verb in ("get", "list", "watch", "create", "update", "delete")
     } == LEASE_RULES
     assert one(load_file(MANIFESTS / "rbac.yaml"), "Role")["metadata"]["namespace"] == "kube-system"
 

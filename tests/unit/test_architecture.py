@@ -38,7 +38,9 @@ ALLOWED = {
     "shlex",
     "urllib.parse",
     "yaml",  # only to render Peer manifests as text (peerspec.py)
-    "datetime",  # only datetime.date, to validate YAML timestamps (peerspec.py); no clock
+    # datetime.date, to validate YAML timestamps (peerspec.py), and a Lease's renewTime
+    # parsed (leadership.py); no clock
+    "datetime",
     "ipaddress",
     "hashlib",  # only to name a location's Lease (leadership.py)
     # deriving a WireGuard public key from a private key (keys.py)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from kilo.agent.leadership import Election
+from kilo.agent.leadership import FAILURES, SWEEP_PERIOD, Election
 from kilo.mesh import leadership
 from kilo.mesh.events import Event, EventType
 from kilo.mesh.model import Node
@@ -22,6 +23,7 @@ WALL = 1_700_000_000.0
 class FakeWriter:
     def __init__(self, wins: bool = True) -> None:
         self.writes: list[tuple[str, str, int]] = []
+        self.deletes: list[str] = []
         self.wins = wins
 
     async def write(
@@ -29,6 +31,10 @@ class FakeWriter:
     ) -> bool:
         self.writes.append((name, holder, duration))
         return self.wins
+
+    async def delete(self, name: str, *, observed: Mapping[str, Any]) -> bool:
+        self.deletes.append(name)
+        return True
 
 
 class Clock:
@@ -59,6 +65,8 @@ def election(hostname: str = "a", *, participants: tuple[str, ...] = ("a", "b", 
         e.on_node_event(node_event(name, {leadership.ANNOTATION: leadership.MODE}))
     e.on_listed()
     e.set_topology("aws", ())
+    # No packet leaves a unit test: the forwarding probe is the test's.
+    e.forward = lambda probe: leadership.Forwarded.UNANSWERED
     return e, clock, writer, changes
 
 
@@ -186,3 +194,111 @@ def test_a_holder_hands_the_lead_on_when_it_shuts_down_and_a_non_holder_writes_n
     asyncio.run(e._act(clock.now))
     asyncio.run(e.release())
     assert writer.writes[-1] == (leadership.lease_name("aws"), "a", leadership.RELEASED_DURATION)
+
+
+def probe_rounds(e: Any, verdicts: list[leadership.Forwarded]) -> list[leadership.ForwardProbe]:
+    """Run ``e.probe()`` for one round per verdict (kicked, not timed), once per test (its
+    events belong to one event loop): the pairs probed. ``e.seen`` gets the failures count
+    before each round."""
+    pairs: list[leadership.ForwardProbe] = []
+    queue = list(verdicts)
+    e.seen = []
+
+    def forward(probe: leadership.ForwardProbe) -> leadership.Forwarded:
+        pairs.append(probe)
+        e.seen.append(e.failures)
+        return queue.pop(0)
+
+    e.forward = forward
+
+    async def rounds() -> None:
+        task = asyncio.create_task(e.probe())
+        for done in range(1, len(verdicts) + 1):
+            e._kick.set()
+            while len(pairs) < done:
+                await asyncio.sleep(0)
+            for _ in range(20):  # the rest of the round: the verdict
+                await asyncio.sleep(0)
+        task.cancel()
+
+    asyncio.run(rounds())
+    return pairs
+
+
+def holder_with_members(caplog: pytest.LogCaptureFixture | None = None) -> Any:
+    e, clock, _, _ = election("a")
+    for i, name in enumerate(("a", "b", "c")):
+        internal = ipaddress.ip_interface(f"10.0.0.{i + 1}/24")
+        e.nodes[name] = dataclasses.replace(e.nodes[name], internal_ip=internal)
+    asyncio.run(e._act(clock.now))
+    assert e.holds()
+    e.reach = lambda address: True
+    e.can_forward = lambda: True
+    e.set_topology("aws", [(ipaddress.ip_address("10.4.0.2"), "x")])
+    return e
+
+
+def test_a_reply_that_arrives_and_is_not_forwarded_fails_the_holder(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    e = holder_with_members()
+    ok, dropped = leadership.Forwarded.FORWARDED, leadership.Forwarded.DROPPED
+    pairs = probe_rounds(e, [ok, dropped, dropped])
+    # The other members in turn, each asked to answer the other location's leader.
+    assert [(str(p.member), str(p.remote)) for p in pairs] == [
+        ("10.0.0.2", "10.4.0.2"),
+        ("10.0.0.3", "10.4.0.2"),
+        ("10.0.0.2", "10.4.0.2"),
+    ]
+    assert e.failures == FAILURES
+    [record] = [r for r in caplog.records if "failed its probe" in r.getMessage()]
+    assert "did not leave on the WireGuard interface" in record.__dict__["fields"]["forwarded"]
+
+
+def test_no_reply_blames_nobody_and_a_drop_before_any_forward_is_not_judged() -> None:
+    e = holder_with_members()
+    dropped, unanswered = leadership.Forwarded.DROPPED, leadership.Forwarded.UNANSWERED
+    # A firewall that passes the pods' traffic but not the probe's: every node would fail,
+    # and the lead would rotate among them.
+    forwarded = leadership.Forwarded.FORWARDED
+    probe_rounds(e, [dropped, dropped, dropped, forwarded, unanswered, unanswered])
+    assert e.seen == [0] * 6
+    assert e.failures == 0
+
+
+def test_the_first_locations_holder_deletes_a_removed_locations_lease_once_stale(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kilo")
+    e, clock, writer, _ = election("a")
+    e.is_ours = lambda obj: obj["metadata"]["name"].startswith(leadership.NAME_PREFIX)
+    gone = leadership.lease_name("gone")
+    spec = {"holderIdentity": "g-1", "leaseDurationSeconds": 6, "renewTime": "t"}
+    e.on_lease_event(Event(EventType.ADDED, gone, {"metadata": {"name": gone}, "spec": spec}))
+    other = {"metadata": {"name": "kube-scheduler"}, "spec": dict(spec, holderIdentity="x")}
+    e.on_lease_event(Event(EventType.ADDED, "kube-scheduler", other))
+    asyncio.run(e._act(clock.now))  # a takes aws's Lease: aws is the first location
+    assert e.holds()
+    clock.now += 6 + leadership.STALE_AFTER - SWEEP_PERIOD
+    e.on_lease_event(lease_event("a", renewed=str(clock.now)))  # a's renewals, as watched
+    asyncio.run(e._sweep(clock.now))
+    assert writer.deletes == []  # not stale yet
+    clock.now += SWEEP_PERIOD
+    e.on_lease_event(lease_event("a", renewed=str(clock.now)))
+    asyncio.run(e._sweep(clock.now))
+    assert writer.deletes == [gone]  # never another controller's Lease
+    assert "deleted the lease of a location without ready nodes" in caplog.text
+    # At most one look per SWEEP_PERIOD.
+    asyncio.run(e._sweep(clock.now + 1))
+    assert writer.deletes == [gone]
+
+
+def test_a_node_that_holds_no_lease_deletes_nothing() -> None:
+    e, clock, writer, _ = election("b")  # a leads aws by Kilo's rule
+    e.is_ours = lambda obj: True
+    gone = leadership.lease_name("gone")
+    spec = {"holderIdentity": "g-1", "leaseDurationSeconds": 6, "renewTime": "t"}
+    e.on_lease_event(Event(EventType.ADDED, gone, {"metadata": {"name": gone}, "spec": spec}))
+    clock.now += 1000
+    asyncio.run(e._sweep(clock.now))
+    assert writer.deletes == []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kilo.cli import kgctl
+from kilo.cli import commands, kgctl
+from kilo.mesh import leadership
 from tests import golden
 from tests import reference_iptables as ipt
 from tests.examples import EXAMPLE_DUMP, PUBLIC_KEYS, reference_objects
@@ -883,3 +886,55 @@ def test_offline_commands_do_not_import_the_kubernetes_client() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+# --- kgctl with kg --leader-election=lease ------------------------------------------------------
+
+
+def _live(
+    monkeypatch: pytest.MonkeyPatch, objects: list[dict[str, Any]], leases: list[Any] | None
+) -> None:
+    nodes = [o for o in objects if o["kind"] == "Node"]
+    peers = [o for o in objects if o["kind"] == "Peer"]
+    monkeypatch.setattr(commands, "_read_live", lambda *a, **k: (nodes, peers, leases))
+
+
+def _lease_objects(annotate: dict[str, str]) -> list[dict[str, Any]]:
+    now = str(int(time.time()))
+    objects = copy.deepcopy(reference_objects())
+    for obj in objects:
+        if obj["kind"] == "Node":
+            obj["metadata"]["annotations"]["kilo.squat.ai/last-seen"] = now
+            obj["metadata"]["annotations"].update(annotate)
+    return objects
+
+
+def test_a_live_cluster_with_lease_election_shows_the_lease_holders_as_leaders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    renewed = datetime.datetime.now(datetime.UTC).isoformat()
+    lease: dict[str, Any] = {
+        "metadata": {"name": leadership.lease_name("gcp")},
+        "spec": {"holderIdentity": "beta", "leaseDurationSeconds": 6, "renewTime": renewed},
+    }
+    taking_part = {leadership.ANNOTATION: leadership.MODE}
+    _live(monkeypatch, _lease_objects(taking_part), [lease])
+    code, by_lease, err = run("graph")
+    assert (code, err) == (0, "")
+    # What Kilo's rule gives when it prefers beta (the leader annotation).
+    forced = _lease_objects(taking_part)
+    for obj in forced:
+        if obj["metadata"]["name"] == "beta":
+            obj["metadata"]["annotations"]["kilo.squat.ai/leader"] = "true"
+    _live(monkeypatch, forced, None)
+    assert run("graph") == (0, by_lease, "")
+    # Without the Lease (or with it lapsed), Kilo's rule: alpha.
+    _live(monkeypatch, _lease_objects(taking_part), [])
+    by_rule = run("graph")[1]
+    assert by_rule != by_lease
+    stale = dict(lease, spec=dict(lease["spec"], renewTime="2020-01-01T00:00:00+00:00"))
+    _live(monkeypatch, _lease_objects(taking_part), [stale])
+    assert run("graph")[1] == by_rule
+    # A node that does not take part (Go Kilo): Kilo's rule for every location, as kg.
+    _live(monkeypatch, _lease_objects({}), [lease])
+    assert run("graph")[1] == by_rule

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import string
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_address, ip_interface
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -327,3 +329,157 @@ def test_build_topology_takes_the_leader_override_of_a_member_only():
     assert leader_of(None) == ("a", False)
     assert leader_of({"location:aws": "b"}) == ("b", True)
     assert leader_of({"location:aws": "stranger"}) == ("a", False)
+
+
+# --- the forwarding probe's pure half ----------------------------------------------------------
+
+
+def test_only_a_reply_that_arrived_and_did_not_leave_blames_the_leader() -> None:
+    verdict = leadership.forwarding_verdict
+    assert verdict(arrived=True, left=True) is leadership.Forwarded.FORWARDED
+    assert verdict(arrived=False, left=True) is leadership.Forwarded.FORWARDED
+    assert verdict(arrived=True, left=False) is leadership.Forwarded.DROPPED
+    assert verdict(arrived=False, left=False) is leadership.Forwarded.UNANSWERED
+
+
+def test_the_forward_probe_asks_the_other_members_in_turn_to_answer_another_leader() -> None:
+    members = [
+        dataclasses.replace(member(name), internal_ip=ip_interface(f"10.0.0.{i}/24"))
+        for i, name in enumerate(("c", "a", "b"), start=1)
+    ]
+    remotes = [ip_address("fd00::1"), ip_address("10.4.0.1"), ip_address("10.4.0.2")]
+
+    def pair(round: int, **changes: Any) -> tuple[str, str] | None:
+        arguments: dict[str, Any] = {
+            "hostname": "a",
+            "members": members,
+            "remotes": remotes,
+            "round": round,
+        }
+        probe = leadership.forward_probe(**(arguments | changes))
+        return None if probe is None else (str(probe.member), str(probe.remote))
+
+    assert [pair(r) for r in range(3)] == [
+        ("10.0.0.1", "10.4.0.1"),  # c, by address; IPv6 remotes are skipped
+        ("10.0.0.3", "10.4.0.1"),
+        ("10.0.0.1", "10.4.0.1"),
+    ]
+    assert pair(0, members=members[1:2]) is None  # alone: nobody forwards through it
+    assert pair(0, remotes=[]) is None  # one location: nothing to forward to
+    assert pair(0, remotes=remotes[:1]) is None  # IPv6 only
+    v6 = [dataclasses.replace(m, internal_ip=ip_interface("fd00::9/64")) for m in members]
+    assert pair(0, members=v6) is None
+
+
+# --- stale Leases ------------------------------------------------------------------------------
+
+
+def test_only_the_first_locations_holder_deletes_lapsed_leases_of_locations_without_nodes() -> None:
+    gcp = [dataclasses.replace(member(n), location="gcp") for n in ("g", "h")]
+    nodes = [*ABC, *gcp]
+    aws, gcp_name = leadership.lease_name("aws"), leadership.lease_name("gcp")
+    gone, fresh = leadership.lease_name("gone"), leadership.lease_name("back-soon")
+    old = {
+        gone: held("x", at=0.0),  # lapsed at 6
+        fresh: held("y", at=50.0),  # lapsed at 56
+    }
+    ours = [aws, gcp_name, gone, fresh]
+    now = 6 + leadership.STALE_AFTER
+
+    def stale(hostname: str, **changes: Any) -> list[str]:
+        at = changes.get("now", now) - 1  # aws's and gcp's holders renew
+        leases = old | {aws: held("b", at=at), gcp_name: held("g", at=at)}
+        arguments: dict[str, Any] = {
+            "hostname": hostname,
+            "nodes": nodes,
+            "leases": leases,
+            "ours": ours,
+            "now": now,
+        }
+        return leadership.stale_leases(**(arguments | changes))
+
+    assert stale("b") == [gone]  # aws < gcp: aws's holder; "back-soon" lapsed too recently
+    assert stale("b", now=56 + leadership.STALE_AFTER) == [fresh, gone]
+    assert stale("a") == []  # aws's leader by Kilo's rule, not its holder
+    assert stale("g") == []  # gcp's holder: not the first location
+    assert stale("b", ours=[aws, gcp_name]) == []  # not kg's Lease: never
+    # A lapsed own Lease (an unhealthy or dead holder) deletes nothing.
+    lapsed = old | {aws: held("b", at=0.0), gcp_name: held("g", at=now - 1)}
+    assert stale("b", leases=lapsed) == []
+    assert stale("b", nodes=[]) == []
+    # A location of ready nodes keeps its Lease however old.
+    assert stale("b", nodes=[*nodes, dataclasses.replace(member("z"), location="gone")]) == []
+
+
+# --- renewals seen late --------------------------------------------------------------------------
+
+
+def _renewals(delays: list[float], *, skew: float = 0.0, holder: str = "a") -> LeaseRecord:
+    """The record after the holder renewed every RENEW_PERIOD s (its clock ``skew`` s off
+    this node's), each renewal seen ``delays[i]`` s after it was written."""
+    record: LeaseRecord | None = None
+    spec: leadership.LeaseSpec | None = None
+    for i, delay in enumerate(delays):
+        written = 1_700_000_000.0 + i * RENEW_PERIOD
+        text = datetime.datetime.fromtimestamp(written + skew, datetime.UTC).isoformat()
+        new = leadership.LeaseSpec(holder=holder, duration=LEASE_DURATION, renewed=text)
+        record = leadership.observe(record, spec, new, now=written + delay)
+        spec = new
+    assert record is not None
+    return record
+
+
+def test_a_renewal_seen_late_counts_from_when_it_would_have_been_seen_on_time() -> None:
+    last = 1_700_000_000.0 + 2 * RENEW_PERIOD
+    on_time = _renewals([0.1, 0.2, 0.1])
+    assert on_time.observed == pytest.approx(last + 0.1)
+    # Published 1.1 s late (a slow API server): counted 1.0 s earlier.
+    late = _renewals([0.1, 0.2, 1.1])
+    assert late.observed == pytest.approx(last + 0.1)
+    assert late.expires == pytest.approx(last + 0.1 + LEASE_DURATION)
+    # Never by more than LATE_CAP: a Lease stays valid LEASE_DURATION - LATE_CAP after it
+    # is seen, more than one RENEW_PERIOD.
+    very_late = _renewals([0.1, 0.2, 9.1])
+    assert very_late.observed == pytest.approx(last + 9.1 - leadership.LATE_CAP)
+    assert LEASE_DURATION - leadership.LATE_CAP > RENEW_PERIOD
+
+
+def test_the_correction_compares_no_clocks_and_forgets_old_delays() -> None:
+    # Another clock, an hour off: the same correction (only delays' differences count).
+    assert _renewals([0.1, 0.2, 1.1], skew=3600.0).observed == pytest.approx(
+        _renewals([0.1, 0.2, 1.1]).observed
+    )
+    # A steadily slow API server is "on time": no correction.
+    steady = _renewals([3.0] * 5)
+    assert steady.observed == pytest.approx(1_700_000_000.0 + 4 * RENEW_PERIOD + 3.0)
+    # Only the last LATE_WINDOW delays count: a fast moment long ago is forgotten.
+    window = leadership.LATE_WINDOW
+    forgotten = _renewals([0.0] + [1.0] * window)
+    assert forgotten.observed == pytest.approx(1_700_000_000.0 + window * RENEW_PERIOD + 1.0)
+    # A first renewal, or an unparsable renewTime: seen when seen.
+    assert _renewals([5.0]).observed == pytest.approx(1_700_000_000.0 + 5.0)
+    spec = leadership.LeaseSpec(holder="a", duration=LEASE_DURATION, renewed="not a time")
+    assert leadership.observe(late_record(), None, spec, now=50.0).observed == 50.0
+
+
+def late_record() -> LeaseRecord:
+    return _renewals([0.1, 0.2])
+
+
+def test_with_one_other_location_a_broken_tunnel_moves_neither_lead() -> None:
+    """Two locations whose tunnel breaks at one end: both leaders see the same thing (the
+    other does not answer), so the verdict cannot name the broken end; judging it would
+    rotate the healthy location's lead too. With a second other location that answers,
+    the verdict names this end only when nobody answers."""
+    aws, gcp, azure = ("10.4.0.1", "aws-1"), ("10.4.0.2", "gcp-1"), ("10.4.0.3", "az-1")
+    now = leadership.SETTLE
+    healthy = leadership.wireguard_healthy
+    seen_from_aws = {gcp: False}
+    seen_from_gcp = {aws: False}
+    assert healthy(seen_from_aws, {gcp: 0.0}, answered_before=True, now=now)
+    assert healthy(seen_from_gcp, {aws: 0.0}, answered_before=True, now=now)
+    # Three locations, gcp's end broken: aws still hears azure (healthy), gcp hears nobody.
+    assert healthy({gcp: False, azure: True}, {gcp: 0.0, azure: 0.0}, answered_before=True, now=now)
+    assert not healthy(
+        {aws: False, azure: False}, {aws: 0.0, azure: 0.0}, answered_before=True, now=now
+    )

@@ -4,8 +4,8 @@ Thin: objects leave this module as plain dicts, exactly as the API returns them,
 translated by the pure core. Every failure becomes a :class:`~kilo.errors.BackendError`
 whose message names the server, or the verb and resource that RBAC denied.
 
-* :class:`ClusterReader` lists once (``kgctl``); :class:`PeerStore` gets, creates and
-  deletes one Peer (``kgctl connect``).
+* :class:`ClusterReader` lists once (``kgctl``: Nodes, Peers, kg's Leases);
+  :class:`PeerStore` gets, creates and deletes one Peer (``kgctl connect``).
 * :class:`Informer` keeps a local cache current with list + watch: it resumes from the
   last resourceVersion after a dropped connection (backoff with jitter), and on ``410
   Gone`` it lists again and reports every object that disappeared in the gap as deleted,
@@ -112,6 +112,19 @@ class ClusterReader:
 
     def peers(self) -> list[dict[str, Any]]:
         return self._list("peers")
+
+    def leases(self, namespace: str) -> list[dict[str, Any]]:
+        """The Leases of ``namespace`` (kg --leader-election=lease's, among others)."""
+        try:
+            return [
+                as_dict(o, kind="Lease", api_version="coordination.k8s.io/v1")
+                for o in self._client.list(Lease, namespace=namespace)
+            ]
+        except REQUEST_ERRORS as exc:
+            raise BackendError(
+                describe_failure(exc, self.config, verb="list", resource="leases")
+                + f" (namespace {namespace!r})"
+            ) from exc
 
 
 class PeerStore:

@@ -20,6 +20,7 @@ from lightkube.resources.coordination_v1 import Lease
 
 from kilo.adapters.apierrors import REQUEST_ERRORS, describe_failure, status_code, status_error
 from kilo.errors import BackendError
+from kilo.mesh.leadership import NAME_PREFIX
 
 # Lets an operator list them: kubectl get leases -l app.kubernetes.io/name=kilo
 LABELS = {"app.kubernetes.io/name": "kilo", "app.kubernetes.io/component": "leader-election"}
@@ -81,6 +82,54 @@ class LeaseWriter:
                 + f" (Lease {name!r} in namespace {self.namespace!r})"
             ) from exc
         return True
+
+    async def delete(self, name: str, *, observed: Mapping[str, Any]) -> bool:
+        """Delete Lease ``name`` if it is still the object ``observed`` (a precondition on
+        its ``resourceVersion``: a Lease taken again since is kept). False: it changed or
+        is gone already."""
+        version = _version(observed)
+        if version is None:
+            return False
+        # lightkube's delete() sends no body; DeleteOptions' preconditions need one, so the
+        # request is built by its generic client, as delete() builds it, plus the body.
+        generic = self._client._client
+        request = generic.prepare_request("delete", Lease, name=name, namespace=self.namespace)
+        request.data = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"resourceVersion": version},
+        }
+        try:
+            response = await generic.send(  # type: ignore[no-untyped-call]
+                generic.build_adapter_request(request)
+            )
+            generic.handle_response("delete", response, request)
+        except REQUEST_ERRORS as exc:
+            status = status_error(exc)
+            # 409: a failed precondition (written since); 404: deleted since.
+            if status is not None and status_code(status) in (404, 409):
+                return False
+            raise BackendError(
+                describe_failure(exc, self._client.config, verb="delete", resource="leases")
+                + f" (Lease {name!r} in namespace {self.namespace!r})"
+            ) from exc
+        return True
+
+
+def is_ours(obj: Mapping[str, Any]) -> bool:
+    """Whether a Lease is one kg writes: its name and every label kg puts on it (the
+    namespace holds other controllers' Leases too)."""
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return False
+    name = metadata.get("name")
+    labels = metadata.get("labels")
+    return (
+        isinstance(name, str)
+        and name.startswith(NAME_PREFIX)
+        and isinstance(labels, Mapping)
+        and all(labels.get(key) == value for key, value in LABELS.items())
+    )
 
 
 def _version(observed: Mapping[str, Any] | None) -> str | None:

@@ -367,7 +367,7 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
         )
         leases = None
         if settings.mesh.leader_election:
-            from kilo.adapters.leases import LeaseWriter
+            from kilo.adapters.leases import LeaseWriter, is_ours
             from kilo.agent.leadership import Election
 
             # The namespace kg runs in: its service account's, or the kubeconfig context's.
@@ -376,6 +376,8 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
                 Election(
                     hostname=settings.mesh.hostname,
                     writer=LeaseWriter(client, namespace),
+                    is_ours=is_ours,
+                    interface=settings.wireguard.interface,
                 )
             )
             leases = kubernetes.Informer(

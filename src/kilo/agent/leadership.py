@@ -11,10 +11,31 @@ holds its Lease, probes its data plane every ``PROBE_PERIOD``:
   handshake within the last 180 s; the probe is the traffic that keeps the session fresh.
   A holder that has never had an answer (a firewall that drops, or every other location
   down) is not judged by it, so that a world that is unreachable from every node of the
-  location does not make the lead rotate among them.
-* forwarding: the kernel's switch (``net.ipv4.ip_forward``), without which the leader
-  blackholes every other node of its location while kg and the API look healthy
-  (squat/kilo#489).
+  location does not make the lead rotate among them. With only one other location it is
+  not judged either (:func:`kilo.mesh.leadership.wireguard_healthy` says why).
+* forwarding, the kernel's switch: ``net.ipv4.ip_forward`` on.
+* forwarding, a packet through this node's forward path (squat/kilo#489: a leader whose
+  FORWARD chain drops, or whose forwarding is broken otherwise, blackholes every other node
+  of its location while kg and the API look healthy). The leader sends an ICMP echo request
+  to another node of its location (``member``, in turn) whose source address is another
+  location's leader's WireGuard IP (``remote``). The member answers to ``remote`` through
+  its route to other locations, which is the leader: the reply enters the leader from the
+  location's network (or its IPIP tunnel), crosses its FORWARD chain, routing and
+  POSTROUTING, and leaves on ``kilo0``, exactly the path of the location's traffic (and of
+  Kilo's ``forward packets from private IPs`` rule). A packet socket with a BPF filter that
+  passes only this probe's replies sees both ends: the reply arriving and not leaving is a
+  failure of this node (``DROPPED``); a reply that never arrives blames nobody (the member
+  may be gone, may drop pings, or may filter by source; strict ``rp_filter`` on a member
+  whose route to ``remote`` is the IPIP tunnel drops the request). The remote leader gets
+  one echo reply it did not ask for per probe and drops it; nothing is created on the node
+  (two sockets per probe, ``CAP_NET_RAW``, which kg has). Chosen over a probe namespace or a
+  veth pair of the agent's own (more privileges, objects to clean up after a crash, and a
+  path that is not the location's) and over asking the members to probe (their verdicts
+  would have to travel to the holder). IPv4 only: an IPv6-only location is judged by the
+  switch alone. Like the WireGuard half, it judges a node only once a probe of this kg
+  went through: a host whose firewall passes pod traffic but not node addresses (a
+  FORWARD policy DROP without ``--iptables-forward-rules``) would otherwise make the lead
+  rotate among nodes that all forward the pods' traffic.
 
 ``FAILURES`` failed probes in a row make the holder release its Lease.
 """
@@ -27,9 +48,11 @@ import errno
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
 
+from kilo.adapters import forwardprobe
 from kilo.agent import logs
 from kilo.errors import KiloError
 from kilo.mesh import leadership
@@ -41,9 +64,11 @@ from kilo.mesh.text import shorten
 PROBE_PERIOD = 1.0  # seconds between probes of the holder's data plane
 PROBE_TIMEOUT = 1.0  # seconds a probe connection may take
 PROBE_PORT = 1107  # kg's default --listen port: answered, or refused, by the remote node
+FORWARD_TIMEOUT = 0.5  # seconds the forwarding probe watches for the member's reply
 FAILURES = 2  # failed probes in a row that make the holder release
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 WRITE_TIMEOUT = 5.0
+SWEEP_PERIOD = 10.0  # seconds between looks for stale Leases (kilo.mesh.leadership)
 
 log = logs.get("kilo")
 
@@ -58,6 +83,8 @@ class LeaseWriterPort(Protocol):
         observed: Mapping[str, Any] | None,
     ) -> bool: ...
 
+    async def delete(self, name: str, *, observed: Mapping[str, Any]) -> bool: ...
+
 
 def answers(address: IPAddress, port: int = PROBE_PORT, timeout: float = PROBE_TIMEOUT) -> bool:
     """Whether ``address`` answers a TCP connection attempt at all (accepting or refusing)."""
@@ -71,6 +98,22 @@ def answers(address: IPAddress, port: int = PROBE_PORT, timeout: float = PROBE_T
         except OSError as exc:
             return exc.errno == errno.ECONNREFUSED
     return True
+
+
+def forwards_through(
+    probe: leadership.ForwardProbe, *, interface: str, timeout: float = FORWARD_TIMEOUT
+) -> leadership.Forwarded:
+    """The forwarding probe (module docstring); no verdict when it cannot run."""
+    if not isinstance(probe.member, IPv4Address) or not isinstance(probe.remote, IPv4Address):
+        return leadership.Forwarded.UNANSWERED
+    try:
+        arrived, left = forwardprobe.send_and_watch(
+            probe.member, probe.remote, interface=interface, timeout=timeout
+        )
+    except OSError as exc:
+        log.debug("the forwarding probe cannot run", fields={"error": str(exc)})
+        return leadership.Forwarded.UNANSWERED
+    return leadership.forwarding_verdict(arrived=arrived, left=left)
 
 
 def forwarding(path: Path = IP_FORWARD) -> bool:
@@ -93,6 +136,9 @@ class Election:
         wall: Callable[[], float] = time.time,
         reach: Callable[[IPAddress], bool] = answers,
         can_forward: Callable[[], bool] = forwarding,
+        is_ours: Callable[[Mapping[str, Any]], bool] = lambda obj: False,
+        interface: str = "kilo0",
+        forward: Callable[[leadership.ForwardProbe], leadership.Forwarded] | None = None,
     ) -> None:
         self.hostname = hostname
         self.writer = writer
@@ -101,6 +147,9 @@ class Election:
         self.wall = wall  # for the nodes' last-seen (Kilo's readiness), which is wall time
         self.reach = reach
         self.can_forward = can_forward
+        self.is_ours = is_ours
+        self._swept = -SWEEP_PERIOD
+        self.forward = forward or (lambda probe: forwards_through(probe, interface=interface))
         self.records: dict[str, leadership.LeaseRecord] = {}
         self.specs: dict[str, leadership.LeaseSpec] = {}
         self.objects: dict[str, dict[str, Any]] = {}
@@ -113,6 +162,8 @@ class Election:
         self.renewed: float | None = None
         self.failures = 0
         self.answered = False  # whether a probe got an answer since this node took the lead
+        self.forwarded = False  # whether a forwarding probe went through since kg started
+        self.rounds = 0
         self.listed = False  # whether the first list of Leases is in
         self.writes = 0
         self._wake = asyncio.Event()
@@ -290,9 +341,35 @@ class Election:
         expiries = [r.expires for r in self.records.values() if r.valid(now)]
         return min(expiries, default=now + 30.0)
 
+    async def _sweep(self, now: float) -> None:
+        """Delete the stale Leases this node is the one to delete (every ``SWEEP_PERIOD``)."""
+        if now < self._swept + SWEEP_PERIOD or not self.listed or not self.participants_ready():
+            return
+        self._swept = now
+        ours = [name for name, obj in self.objects.items() if self.is_ours(obj)]
+        stale = leadership.stale_leases(
+            hostname=self.hostname, nodes=self._ready(), leases=self.records, ours=ours, now=now
+        )
+        for name in stale:
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    deleted = await self.writer.delete(name, observed=self.objects[name])
+            except (KiloError, TimeoutError) as exc:
+                log.error(
+                    "failed to delete a stale lease",
+                    fields={"lease": name, "error": str(exc) or type(exc).__name__},
+                )
+                continue
+            if deleted:
+                log.info(
+                    "deleted the lease of a location without ready nodes",
+                    fields={"lease": name, "holder": self.records[name].holder},
+                )
+
     async def run(self) -> None:
         while True:
             now = self.clock()
+            await self._sweep(now)
             deadline = min(await self._act(now), self._check_derived(self.clock()))
             timeout = max(0.0, deadline - self.clock())
             with contextlib.suppress(TimeoutError):
@@ -330,17 +407,33 @@ class Election:
 
     async def probe(self) -> None:
         """While this node holds its Lease: probe, count failures, wake the loop on a verdict."""
+        started = self.clock()
         while True:
+            # A round every PROBE_PERIOD from the start of the last, however long it took
+            # (a forwarding probe that fails waits for its reply).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PROBE_PERIOD):
+                async with asyncio.timeout(max(0.0, started + PROBE_PERIOD - self.clock())):
                     await self._kick.wait()
+            started = self.clock()
             kicked = self._kick.is_set()
             self._kick.clear()
             targets = self.targets
-            reached = await asyncio.gather(
-                *(asyncio.to_thread(self.reach, ip) for ip, _ in targets)
-                if self.holds() or kicked
-                else ()
+            judged = self.holds() or kicked
+            location = self.location
+            pair = None
+            if judged and location is not None:
+                pair = leadership.forward_probe(
+                    hostname=self.hostname,
+                    members=self._members(location),
+                    remotes=[ip for ip, _ in targets],
+                    round=self.rounds,
+                )
+                self.rounds += 1
+            reached, forwarded = await asyncio.gather(
+                asyncio.gather(
+                    *(asyncio.to_thread(self.reach, ip) for ip, _ in targets) if judged else ()
+                ),
+                asyncio.to_thread(self.forward, pair) if pair is not None else _no_verdict(),
             )
             if not self.holds():
                 self.failures = 0
@@ -350,16 +443,26 @@ class Election:
                 answers, self._since, answered_before=self.answered, now=self.clock()
             )
             self.answered = self.answered or any(reached)
-            ok = wireguard and self.can_forward()
+            dropped = forwarded == leadership.Forwarded.DROPPED and self.forwarded
+            self.forwarded = self.forwarded or forwarded == leadership.Forwarded.FORWARDED
+            switch = self.can_forward()
+            ok = wireguard and switch and not dropped
             before = self.failures
             self.failures = 0 if ok else self.failures + 1
             if self.failures == FAILURES and before < FAILURES:
-                log.warning(
-                    "this leader's data plane failed its probe",
-                    fields={
-                        "node": self.hostname,
-                        "wireguard": "ok" if wireguard else "no other leader answers",
-                        "forwarding": "ok" if self.can_forward() else "net.ipv4.ip_forward is 0",
-                    },
-                )
+                fields = {
+                    "node": self.hostname,
+                    "wireguard": "ok" if wireguard else "no other leader answers",
+                    "forwarding": "ok" if switch else "net.ipv4.ip_forward is 0",
+                }
+                if dropped and pair is not None:
+                    fields["forwarded"] = (
+                        f"the reply of {pair.member} to {pair.remote} reached this node "
+                        "and did not leave on the WireGuard interface"
+                    )
+                log.warning("this leader's data plane failed its probe", fields=fields)
                 self._wake.set()
+
+
+async def _no_verdict() -> leadership.Forwarded:
+    return leadership.Forwarded.UNANSWERED

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from kilo import __version__, completion
@@ -16,7 +16,7 @@ from kilo.cli import multicluster
 from kilo.cli.arguments import quote
 from kilo.errors import BackendError, KiloError
 from kilo.mesh import cluster as cluster_mod
-from kilo.mesh import graph, ip, listing, peerspec, plan, topology, wireguard
+from kilo.mesh import graph, ip, leadership, listing, peerspec, plan, topology, wireguard
 from kilo.mesh import multicluster as multicluster_core
 from kilo.mesh.cluster import Cluster
 from kilo.mesh.ip import IPNetwork
@@ -24,11 +24,14 @@ from kilo.mesh.model import (
     Compatibility,
     Encapsulation,
     Granularity,
+    Node,
     ready_nodes,
     ready_peers,
 )
 
 PROG = "kgctl"
+# Where kgctl reads kg's Leases: the namespace the shipped manifests run kg in.
+LEASE_NAMESPACE = "kube-system"
 
 
 class UsageError(Exception):
@@ -50,6 +53,8 @@ class Context:
         self.args = args
         self.out = out
         self.err = err
+        self.leases: list[Any] | None = None  # read from a live cluster that uses them
+        self.annotations: dict[str, str | None] = {}
 
     def warn(self, message: str) -> None:
         print(f"{PROG}: warning: {message}", file=self.err)
@@ -67,13 +72,22 @@ class Context:
                 self.warn(f"{args.file}: {warning}")
             nodes, peers = dump.nodes, dump.peers
         else:
-            nodes, peers = _read_live(args.kubeconfig, args.timeout)
+            nodes, peers, leases = _read_live(args.kubeconfig, args.timeout, warn=self.warn)
+            self.leases = leases
+            self.annotations = leadership.participants(nodes)
         cluster = cluster_mod.translate_cluster(
             nodes, peers, topology_label=args.topology_label, port=args.port
         )
         for diagnostic in cluster.diagnostics:
             self.warn(str(diagnostic))
         return cluster
+
+    def leaders(self, nodes: Sequence[Node]) -> dict[str, str] | None:
+        """The lease leaders of a live cluster that uses ``kg --leader-election=lease``
+        (None: Kilo's rule; dumps hold no Leases, so offline views show Kilo's rule)."""
+        if self.leases is None:
+            return None
+        return leadership.snapshot_leaders(nodes, self.annotations, self.leases, time.time())
 
     def now(self) -> int | None:
         if self.args.backend == "file" and not self.args.respect_last_seen:
@@ -99,13 +113,18 @@ class Context:
         return chosen
 
 
-def _read_live(path: str | None, timeout: float) -> tuple[list[Any], list[Any]]:
-    """Nodes and Peers from the API server, all within ``timeout`` seconds.
+def _read_live(
+    path: str | None, timeout: float, *, warn: Callable[[str], None] = lambda _: None
+) -> tuple[list[Any], list[Any], list[Any] | None]:
+    """Nodes, Peers and, when a node takes part in lease leader election, the Leases in
+    ``LEASE_NAMESPACE`` (None otherwise, or unreadable: a warning), from the API server,
+    all within ``timeout`` seconds.
 
     Socket timeouts alone do not bound the whole exchange (a server can drip bytes, a
     credential plugin can hang), so the work runs in a thread that is abandoned on time.
     """
-    result: list[tuple[list[Any], list[Any]]] = []
+    result: list[tuple[list[Any], list[Any], list[Any] | None]] = []
+    warnings: list[str] = []
     failure: list[BaseException] = []
     server: list[str] = ["the Kubernetes API server"]
 
@@ -118,7 +137,14 @@ def _read_live(path: str | None, timeout: float) -> tuple[list[Any], list[Any]]:
             config = kubeconfig.load(path)
             server[0] = str(config.cluster.server)
             with kubernetes.ClusterReader(config, timeout=timeout) as reader:
-                result.append((reader.nodes(), reader.peers()))
+                nodes, peers = reader.nodes(), reader.peers()
+                leases = None
+                if leadership.MODE in leadership.participants(nodes).values():
+                    try:
+                        leases = reader.leases(LEASE_NAMESPACE)
+                    except BackendError as exc:
+                        warnings.append(f"{exc}; leaders shown by Kilo's rule")
+                result.append((nodes, peers, leases))
         except BaseException as exc:  # handed to the caller below
             failure.append(exc)
 
@@ -129,6 +155,8 @@ def _read_live(path: str | None, timeout: float) -> tuple[list[Any], list[Any]]:
         raise BackendError(f"{server[0]} did not answer within --timeout {timeout:g} s")
     if failure:
         raise failure[0]
+    for warning in warnings:
+        warn(warning)
     return result[0]
 
 
@@ -144,6 +172,7 @@ class Mesh:
         self.peers = ready_peers(cluster.peers)
         if not self.nodes:
             raise KiloError("did not find any valid Kilo nodes in the cluster")
+        self.leaders = ctx.leaders(self.nodes)
 
     def topology(
         self, hostname: str, *, port: int, keepalive: int, service_cidrs: Sequence[IPNetwork] = ()
@@ -157,6 +186,7 @@ class Mesh:
             port=port,
             persistent_keepalive=keepalive,
             service_cidrs=service_cidrs,
+            leaders=self.leaders,
         )
 
 
@@ -214,6 +244,7 @@ def run_list(ctx: Context) -> int:
             granularity=granularity,
             hostname=ready[0].name,
             subnet=ctx.subnet(cluster),
+            leaders=ctx.leaders(ready),
         )
     nodes, peers = listing.rows(cluster, t, now=now, judge_liveness=judge)
     if ctx.args.output == "json":

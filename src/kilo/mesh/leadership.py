@@ -9,7 +9,8 @@ objects, and so that a healthy holder is never displaced (no flapping):
 
 * A location's leader is the holder of its valid Lease, when the holder is one of its
   ready nodes. A Lease is valid for its duration after it was last *observed* to change
-  (client-go's rule): no node compares its clock with another's.
+  (client-go's rule): no node compares its clock with another's. A renewal observed late
+  counts from when it would have been seen on time, by up to ``LATE_CAP`` (``observe``).
 * Without a valid Lease, Kilo's rule decides (:func:`kilo.mesh.topology.find_leader`),
   except that a holder whose Lease lapsed goes last: lapsing means it stopped renewing,
   i.e. it died or found its own data plane broken.
@@ -19,10 +20,14 @@ objects, and so that a healthy holder is never displaced (no flapping):
 * The holder renews every ``RENEW_PERIOD`` while healthy, and releases (shortens its
   Lease to ``RELEASED_DURATION``) when its probe fails; a fresh holder is healthy for
   ``GRACE`` seconds, the time to program its peers and complete its first handshakes.
+* A Lease of a location without a ready node (removed, or all of it down) is deleted once
+  it has been lapsed for ``STALE_AFTER`` seconds, by one node whoever held it: the holder
+  of the valid Lease of the first location by name (:func:`stale_leases`).
 """
 
 from __future__ import annotations
 
+import datetime
 import enum
 import hashlib
 import re
@@ -45,6 +50,9 @@ RELEASED_DURATION = 1  # seconds: a release lets the next candidate in this soon
 STAGGER = 1.0  # seconds between candidates of successive ranks
 GRACE = 5.0  # seconds a fresh holder is healthy before its probe counts
 SETTLE = 10.0  # seconds a remote leader is not judged by after it changed (handshakes)
+LATE_CAP = 2.0  # seconds a renewal seen late is counted earlier, at most (``observe``)
+LATE_WINDOW = 8  # renewals whose smallest delay is "on time"
+STALE_AFTER = 10 * LEASE_DURATION  # seconds a lapsed Lease of a location without nodes stays
 
 NAME_PREFIX = "kilo-leader-"
 _NAME_PART = 40  # characters of the location kept in the name, for people reading it
@@ -66,8 +74,9 @@ class LeaseRecord:
 
     holder: str  # empty: nobody
     duration: float  # seconds
-    observed: float  # when this node saw the holder, renewal or duration change
+    observed: float  # when this node saw the holder, renewal or duration change (on time)
     held_since: float  # when this node saw the holder change to ``holder``
+    delays: tuple[float, ...] = ()  # of the holder's last renewals: seen here - renewTime
 
     def valid(self, now: float) -> bool:
         return bool(self.holder) and now < self.observed + self.duration
@@ -115,17 +124,51 @@ def _problem(name: str, field: str, value: object, problem: str) -> Diagnostic:
     )
 
 
+def renewed_at(text: str) -> float | None:
+    """A renewTime (RFC 3339, on the holder's clock) as seconds, or None. Only differences
+    between two renewTimes of one holder are used: never compared with this node's clock."""
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
 def observe(
     previous: LeaseRecord | None, previous_spec: LeaseSpec | None, spec: LeaseSpec, now: float
 ) -> LeaseRecord:
-    """The record after seeing ``spec`` at ``now``: the clock restarts only on a change."""
+    """The record after seeing ``spec`` at ``now``: the clock restarts only on a change.
+
+    A renewal seen late (a slow write, a slow watch: the API server under load) restarts
+    the clock as if it had been seen on time, by up to ``LATE_CAP`` seconds: "on time" is
+    the holder's renewTime plus the smallest delay (``now - renewTime``) of its last
+    ``LATE_WINDOW`` renewals seen here. The difference of two delays cancels the offset
+    between the two clocks, so no clock is compared with another. Without it, a holder
+    that dies just after a renewal the API server took seconds to publish kept the lead
+    for those seconds more than the Lease's duration (the lost-uplink case once took
+    10.8 s instead of ~6 s)."""
     if previous is not None and previous_spec == spec:
         return previous
     held_since = now
-    if previous is not None and previous.holder == spec.holder:
+    delays: tuple[float, ...] = ()
+    same = previous is not None and previous.holder == spec.holder
+    if previous is not None and same:
         held_since = previous.held_since
+        delays = previous.delays
+    late = 0.0
+    at = renewed_at(spec.renewed)
+    if at is not None:
+        delay = now - at
+        if delays:
+            late = min(max(0.0, delay - min(delays)), LATE_CAP)
+        delays = (*delays, delay)[-LATE_WINDOW:]
     return LeaseRecord(
-        holder=spec.holder, duration=spec.duration, observed=now, held_since=held_since
+        holder=spec.holder,
+        duration=spec.duration,
+        observed=now - late,
+        held_since=held_since,
+        delays=delays,
     )
 
 
@@ -222,16 +265,75 @@ def wireguard_healthy(
     (WireGuard IP, node) answered, and since when that pair was programmed.
 
     Only leaders programmed ``SETTLE`` seconds ago count (a fresh one may still be
-    handshaking), and only with two or more of them: with one, "it does not answer" is as
-    likely its fault as this node's, and a failover in one location must not make the
-    other locations' leaders give up (its own Lease moves that location's lead). A holder
-    that never had an answer is not judged: a firewall that drops the probe, or a world
-    that no node of this location could reach either, must not make the lead rotate.
+    handshaking), and only with two or more of them. With exactly one other location the
+    evidence is symmetric: when the tunnel between the two leaders breaks, whichever end
+    broke it, each sees "the other does not answer", the same observation. Judging it
+    would release both Leases; the broken location's standby would take over (fine), but
+    so would the healthy location's, whose every new holder fails the same way after its
+    ``GRACE`` while the other end stays broken: its lead would rotate through all its
+    nodes, each turn a few seconds of outage for it, for a fault that is not its own. The
+    broken end's own Lease moves its lead instead (an uplink loss that takes the API with
+    it stops the renewals; a broken forward path fails the forwarding probe). What this
+    leaves uncaught with two locations: a leader that keeps its API and its forward path
+    but loses only WireGuard (UDP blocked on its uplink). With two or more, the verdict is
+    "none answers", which one remote location's fault cannot produce. A holder that never
+    had an answer is not judged: a firewall that drops the probe, or a world that no node
+    of this location could reach either, must not make the lead rotate.
     """
     settled = [target for target in answers if now - since.get(target, now) >= SETTLE]
     if len(settled) < 2 or not answered_before:
         return True
     return any(answers[target] for target in settled)
+
+
+class Forwarded(enum.Enum):
+    """What one forwarding probe saw (``kilo.agent.leadership`` explains the probe): the
+    echo reply of a node of the location, addressed to another location's leader, arriving
+    at this node and then leaving it on the WireGuard interface."""
+
+    FORWARDED = "forwarded"  # it arrived and left on the WireGuard interface
+    DROPPED = "dropped"  # it arrived and did not leave: this node's forward path drops
+    UNANSWERED = "unanswered"  # it never arrived: no verdict (the member's fault, or its
+    # firewall's, as likely as this node's)
+
+
+def forwarding_verdict(*, arrived: bool, left: bool) -> Forwarded:
+    """Only a reply that reached this node and was not forwarded blames this node."""
+    if left:
+        return Forwarded.FORWARDED
+    return Forwarded.DROPPED if arrived else Forwarded.UNANSWERED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardProbe:
+    """One forwarding probe: an echo request to ``member`` (a node of this location) that
+    claims to come from ``remote`` (another location's leader's WireGuard IP), so that the
+    member's reply crosses this node's forward path, as the location's traffic does."""
+
+    member: ipmod.IPAddress
+    remote: ipmod.IPAddress
+
+
+def forward_probe(
+    *,
+    hostname: str,
+    members: Sequence[Node],
+    remotes: Sequence[ipmod.IPAddress],
+    round: int,
+) -> ForwardProbe | None:
+    """The pair probed in round ``round``: the other members in turn (one that does not
+    answer only costs its rounds), with the first other leader of the same family. None:
+    no other member (nobody forwards through this node) or no other location (nothing to
+    forward to), or IPv6 only (the probe builds IPv4 packets)."""
+    others = sorted(
+        (n.internal_ip.ip, n.name)
+        for n in members
+        if n.name != hostname and n.internal_ip is not None and n.internal_ip.version == 4
+    )
+    remote = next((ip for ip in remotes if ip.version == 4), None)
+    if not others or remote is None:
+        return None
+    return ForwardProbe(member=others[round % len(others)][0], remote=remote)
 
 
 def non_participants(annotations: Mapping[str, str | None], ready: Iterable[str]) -> list[str]:
@@ -255,3 +357,82 @@ def overrides(
         LOCATION_PREFIX + location: leader(members, leases.get(lease_name(location)), now)
         for location, members in groups.items()
     }
+
+
+def stale_leases(
+    *,
+    hostname: str,
+    nodes: Sequence[Node],
+    leases: Mapping[str, LeaseRecord],
+    ours: Iterable[str],
+    now: float,
+) -> list[str]:
+    """The Leases ``hostname`` deletes now, sorted: of ``ours`` (the Leases kg wrote: name
+    and labels), those of no location of the ready ``nodes`` that lapsed ``STALE_AFTER``
+    seconds ago or more. Only the holder of the valid Lease of the first location by name
+    deletes, so that one node does, whichever held the stale Lease (its holder is gone
+    with its location), and only a node that is itself healthy and in the election. A
+    location that comes back takes a new Lease as it took the first."""
+    groups: dict[str, list[Node]] = {}
+    for node in nodes:
+        if node.internal_ip is not None:
+            groups.setdefault(node.location, []).append(node)
+    if not groups:
+        return []
+    first = min(groups)
+    own = leases.get(lease_name(first))
+    if own is None or not own.valid(now) or own.holder != hostname:
+        return []
+    if leader(groups[first], own, now) != hostname:
+        return []
+    live = {lease_name(location) for location in groups}
+    return sorted(
+        name
+        for name in set(ours)
+        if name not in live
+        and (record := leases.get(name)) is not None
+        and now >= record.expires + STALE_AFTER
+    )
+
+
+def participants(node_objects: Iterable[Mapping[str, object]]) -> dict[str, str | None]:
+    """Node name -> its ``ANNOTATION`` value, from Node objects as the API returns them."""
+    found: dict[str, str | None] = {}
+    for obj in node_objects:
+        metadata = obj.get("metadata")
+        if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+            continue
+        annotations = metadata.get("annotations")
+        value = annotations.get(ANNOTATION) if isinstance(annotations, Mapping) else None
+        found[str(metadata["name"])] = value if isinstance(value, str) else None
+    return found
+
+
+def snapshot_leaders(
+    nodes: Sequence[Node],
+    annotations: Mapping[str, str | None],
+    leases: Iterable[Mapping[str, object]],
+    now: float,
+) -> dict[str, str] | None:
+    """The leaders a one-time reader (``kgctl``) derives from Lease objects read once, or
+    None when Kilo's rule decides (a ready node does not take part, as for kg).
+
+    Unlike kg, which times a Lease from when it saw it change, a one-time reader has seen
+    nothing change: a Lease counts as valid until its ``renewTime`` plus its duration on
+    ``now``, the reader's wall clock, i.e. it compares the reader's clock with the holder's
+    (a skew of a few seconds shows a lapsed Lease as valid, or the reverse, for that
+    long)."""
+    if non_participants(annotations, [n.name for n in nodes]):
+        return None
+    records: dict[str, LeaseRecord] = {}
+    for obj in leases:
+        spec, problems = parse_lease(obj)
+        metadata = obj.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, Mapping) else None
+        at = renewed_at(spec.renewed) if spec is not None else None
+        if spec is None or problems or at is None or not isinstance(name, str):
+            continue
+        records[name] = LeaseRecord(
+            holder=spec.holder, duration=spec.duration, observed=at, held_since=at
+        )
+    return overrides(nodes, records, now)
