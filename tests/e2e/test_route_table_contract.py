@@ -112,12 +112,9 @@ def test_a_route_without_its_interface_fails_and_the_others_are_applied(
         table.set(planned_routes, planned_rules, {Device.KILO: "kilo0", Device.PRIVATE: "ens4"})
 
 
-def test_a_tracked_route_deleted_by_someone_else_is_reported_and_comes_back(
-    subject: Subject,
-) -> None:
+def delete_one_watched(subject: Subject) -> RouteKey:
+    """Delete one tracked route behind the table's back while it watches: the route."""
     table = subject.table
-    planned_routes, planned_rules = alpha_plan()
-    table.set(planned_routes, planned_rules, DEVICES)
     fired = threading.Event()
     stop = table.watch_deletions(fired.set)
     try:
@@ -126,6 +123,16 @@ def test_a_tracked_route_deleted_by_someone_else_is_reported_and_comes_back(
         assert fired.wait(EVENT_TIMEOUT)
     finally:
         stop()
+    return victim
+
+
+def test_a_tracked_route_deleted_by_someone_else_is_reported_and_comes_back(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    planned_routes, planned_rules = alpha_plan()
+    table.set(planned_routes, planned_rules, DEVICES)
+    victim = delete_one_watched(subject)
     assert victim not in table.kernel()[0]
     assert table.set(planned_routes, planned_rules, DEVICES) == (1, 0)
     assert victim in table.kernel()[0]
@@ -215,14 +222,7 @@ def test_a_reported_deletion_makes_the_next_incremental_set_list_the_kernel(
     table = subject.table
     planned_routes, planned_rules = alpha_plan()
     table.set(planned_routes, planned_rules, DEVICES)
-    fired = threading.Event()
-    stop = table.watch_deletions(fired.set)
-    try:
-        victim = min(table.tracked[0], key=str)
-        subject.delete_route(victim)
-        assert fired.wait(EVENT_TIMEOUT)
-    finally:
-        stop()
+    victim = delete_one_watched(subject)
     assert table.set(planned_routes, planned_rules, DEVICES, full=False) == (1, 0)
     assert victim in table.kernel()[0]
 

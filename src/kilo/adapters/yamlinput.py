@@ -229,9 +229,7 @@ def _check_events(text: str, kind: InputKind, source: str, loader: type[Any]) ->
     """
     written = 0  # values as written (scalars, aliases, collections)
     expanded = 0  # values if every alias were replaced by a copy of its anchor's node
-    # Sizes saturate here, so that a bomb's exponential sizes stay small integers; no input
-    # of this length could be allowed that many values.
-    ceiling = ALIAS_FACTOR * 2 * (len(text) + 1) + ALIAS_ALLOWANCE + 1
+    ceiling = _ceiling(text)
     sizes: dict[str, int] = {}
     open_collections: list[list[Any]] = []  # [anchor, expanded size so far]
     instance = loader(text)
@@ -246,19 +244,12 @@ def _check_events(text: str, kind: InputKind, source: str, loader: type[Any]) ->
             elif isinstance(event, yaml.AliasEvent):
                 written += 1
                 if any(anchor == event.anchor for anchor, _ in open_collections):
-                    raise BackendError(
-                        f"{kind.name} {source}: the YAML alias *{one_line(str(event.anchor))}"
-                        f"{_at(event.start_mark)} is inside its own anchor (a recursive "
-                        "structure); refusing it"
-                    )
+                    raise _recursive(kind, source, event)
                 size = sizes.get(str(event.anchor), 1)  # undefined: the loader says so
             elif isinstance(event, yaml.CollectionStartEvent):
                 written += 1
                 if len(open_collections) >= kind.max_depth:
-                    raise BackendError(
-                        f"{kind.name} {source} is nested more than {kind.max_depth} levels "
-                        f"deep{_at(event.start_mark)}; refusing it"
-                    )
+                    raise _too_deep(kind, source, event)
                 open_collections.append([event.anchor, 1])
                 continue
             elif isinstance(event, yaml.CollectionEndEvent):
@@ -278,12 +269,7 @@ def _check_events(text: str, kind: InputKind, source: str, loader: type[Any]) ->
         raise BackendError(_describe(exc, kind, source, text)) from exc
     finally:
         instance.dispose()
-    limit = ALIAS_FACTOR * written + ALIAS_ALLOWANCE
-    if expanded > limit:
-        raise BackendError(
-            f"{kind.name} {source}: YAML aliases expand to more than {limit} values; "
-            f"refusing it (a {kind.name} needs no aliases)"
-        )
+    _check_expansion(kind, source, written, expanded)
 
 
 # --- JSON ---------------------------------------------------------------------------------
@@ -364,7 +350,7 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
     """
     written = 0
     expanded = 0
-    ceiling = ALIAS_FACTOR * 2 * (len(text) + 1) + ALIAS_ALLOWANCE + 1
+    ceiling = _ceiling(text)
     sizes: dict[str, int] = {}
     anchored: dict[str, Any] = {}
     stack: list[_Frame] = []
@@ -411,11 +397,7 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
             elif cls is alias_event:
                 written += 1
                 if any(frame.anchor == event.anchor for frame in stack):
-                    raise BackendError(
-                        f"{kind.name} {source}: the YAML alias *{one_line(str(event.anchor))}"
-                        f"{_at(event.start_mark)} is inside its own anchor (a recursive "
-                        "structure); refusing it"
-                    )
+                    raise _recursive(kind, source, event)
                 if event.anchor not in anchored or (
                     stack and stack[-1].mapping and not stack[-1].has_key
                 ):
@@ -425,10 +407,7 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
             elif cls is mapping_start or cls is sequence_start:
                 written += 1
                 if len(stack) >= kind.max_depth:
-                    raise BackendError(
-                        f"{kind.name} {source} is nested more than {kind.max_depth} levels "
-                        f"deep{_at(event.start_mark)}; refusing it"
-                    )
+                    raise _too_deep(kind, source, event)
                 mapping = cls is mapping_start
                 if (event.tag not in (None, "!", _MAP if mapping else _SEQ)) or (
                     stack and stack[-1].mapping and not stack[-1].has_key
@@ -469,13 +448,37 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
         raise BackendError(_describe(exc, kind, source, text)) from exc
     finally:
         instance.dispose()
+    _check_expansion(kind, source, written, expanded)
+    return documents
+
+
+def _ceiling(text: str) -> int:
+    """Where expanded sizes saturate, so that a bomb's exponential sizes stay small
+    integers: no input of this length could be allowed that many values."""
+    return ALIAS_FACTOR * 2 * (len(text) + 1) + ALIAS_ALLOWANCE + 1
+
+
+def _check_expansion(kind: InputKind, source: str, written: int, expanded: int) -> None:
     limit = ALIAS_FACTOR * written + ALIAS_ALLOWANCE
     if expanded > limit:
         raise BackendError(
             f"{kind.name} {source}: YAML aliases expand to more than {limit} values; "
             f"refusing it (a {kind.name} needs no aliases)"
         )
-    return documents
+
+
+def _recursive(kind: InputKind, source: str, event: yaml.AliasEvent) -> BackendError:
+    return BackendError(
+        f"{kind.name} {source}: the YAML alias *{one_line(str(event.anchor))}"
+        f"{_at(event.start_mark)} is inside its own anchor (a recursive structure); refusing it"
+    )
+
+
+def _too_deep(kind: InputKind, source: str, event: yaml.Event) -> BackendError:
+    return BackendError(
+        f"{kind.name} {source} is nested more than {kind.max_depth} levels "
+        f"deep{_at(event.start_mark)}; refusing it"
+    )
 
 
 def _events(loader: Any) -> Iterator[yaml.Event]:
