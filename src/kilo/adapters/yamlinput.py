@@ -22,6 +22,10 @@ file (and the line and column where there is one), never a traceback:
 
 Both PyYAML loaders are supported and give the same values: libyaml's ``CSafeLoader``
 when PyYAML has it (the wheels do), else the pure-Python ``SafeLoader``.
+
+About 500 lines: the event check, the one-pass builder and the JSON path enforce the same
+limits with the same messages (one set of refusal helpers), and each falls back on the
+others; they are one concept, reading user YAML safely.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ unit tests, held to the same contract, is :class:`~kilo.adapters.netlink.memory.
 Listing the kernel costs a dump of every route in every table (thousands at a thousand
 nodes, and pyroute2 decodes them in Python): :meth:`RouteTable.set` with ``full=False``
 skips it when the table can trust its own last write (see there).
+
+Over 500 lines on purpose: the full and incremental paths, the deletion watcher and the
+state file all read and write one tracked set under one lock, and whether the table may
+trust its last write depends on all of them; split, that invariant would span modules.
 """
 
 from __future__ import annotations
