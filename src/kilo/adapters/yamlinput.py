@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import re
 import sys
 from collections.abc import Iterator
@@ -54,7 +55,8 @@ MAX_BASE60 = 64
 _NON_PRINTABLE = re.compile(
     "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 )
-_CONSTRUCTION_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, KeyError)
+# LookupError: PyYAML's int and float constructors index an empty value (``!!int ''``).
+_CONSTRUCTION_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, LookupError)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,8 +134,9 @@ def load_all(
 
 
 def _load_all(text: str, kind: InputKind, source: str, chosen: type[Any]) -> list[Any]:
-    if kind.json and text.lstrip()[:1] in ("{", "["):
-        document = _json(text, kind.max_depth)
+    body = text.removeprefix("\ufeff")  # a byte-order mark: YAML skips it, json refuses it
+    if kind.json and body.lstrip()[:1] in ("{", "["):
+        document = _json(body, kind.max_depth)
         if document is not _NOT_JSON:
             return [document]
     try:
@@ -285,6 +288,17 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"not JSON: {name}")  # NaN and Infinity: JSON has no such numbers
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text}")  # 1e400: Go refuses it too
+    return value
+
+
+# A surrogate written as a JSON escape; a lone one makes a string no UTF-8 can hold.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _json(text: str, max_depth: int) -> Any:
     """The value of JSON ``text`` nested at most ``max_depth`` deep, else ``_NOT_JSON``.
 
@@ -292,12 +306,15 @@ def _json(text: str, max_depth: int) -> Any:
     digits, two documents, nesting too deep for the json module or for ``max_depth``)
     is ``_NOT_JSON``, and the caller reads the text as YAML: it says what is wrong, where,
     as it always did. Plain JSON is read as JSON, as Go reads it: a number with an
-    exponent is a number (YAML 1.1 reads ``1e3`` as a string) and a surrogate-pair escape
-    is one character (PyYAML refuses it).
+    exponent is a number (YAML 1.1 reads ``1e3`` as a string; one out of range, as
+    ``1e400``, is not plain JSON) and a surrogate-pair escape is one character (PyYAML
+    refuses it; a lone surrogate is not plain JSON).
     """
     try:
-        document = json.loads(text, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
+        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(document, ensure_ascii=False).encode()  # a lone one raises
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return _NOT_JSON
     # Iterative: the depth of what json built, without recursion.
     stack: list[tuple[Any, int]] = [(document, 1)]
@@ -357,6 +374,7 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
     ceiling = _ceiling(text)
     sizes: dict[str, int] = {}
     anchored: dict[str, Any] = {}
+    defined: set[str] = set()  # anchors seen in this document, complete or not
     stack: list[_Frame] = []
     documents: list[Any] = []
     root: Any = None
@@ -395,7 +413,12 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
                         value = instance.construct_object(node, deep=True)
                     except (yaml.YAMLError, *_CONSTRUCTION_ERRORS) as exc:
                         raise _Unsupported from exc
+                    # The constructor remembers each node it built: not this throwaway one.
+                    instance.constructed_objects.pop(node, None)
                 if event.anchor is not None:
+                    if event.anchor in defined:
+                        raise _Unsupported  # a duplicate anchor: PyYAML's composer says so
+                    defined.add(event.anchor)
                     sizes[event.anchor] = 1
                     anchored[event.anchor] = value
             elif cls is alias_event:
@@ -417,6 +440,10 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
                     stack and stack[-1].mapping and not stack[-1].has_key
                 ):
                     raise _Unsupported
+                if event.anchor is not None:
+                    if event.anchor in defined:
+                        raise _Unsupported
+                    defined.add(event.anchor)
                 stack.append(_Frame({} if mapping else [], event.anchor))
                 continue
             elif cls is mapping_end or cls is sequence_end:
@@ -430,6 +457,7 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
                 root = None
                 sizes.clear()  # anchors are per document
                 anchored.clear()
+                defined.clear()
                 continue
             else:
                 continue
@@ -497,6 +525,11 @@ def _describe(exc: yaml.YAMLError, kind: InputKind, source: str, text: str) -> s
         line, column = _line_column(text, exc.position)
         where = f" at line {line}, column {column}"
     problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    context = getattr(exc, "context", None)
+    if isinstance(context, str) and context.startswith("found duplicate anchor"):
+        # PyYAML's problem is only "second occurrence"; the anchor is in its context.
+        first = _at(getattr(exc, "context_mark", None)).replace(" at ", "", 1)
+        problem = f"{context.split(';')[0]} (first defined at {first})"
     return f"{kind.name} {source} is not valid {kind.syntax}{where}: {one_line(str(problem))}"
 
 
