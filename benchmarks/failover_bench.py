@@ -87,11 +87,33 @@ async def measure(config: Any, locations: int, seconds: float) -> None:
     )
 
 
+CASES = ("b", "b'", "c")  # the faults --cases takes
+
+
 def recovery(rounds: int, cases: tuple[str, ...] = ("b", "c")) -> list[tuple[str, float]]:
     from lightkube import Client
 
     from kilo.sandbox import runs, testbed
     from kilo.sandbox.pinger import Pinger
+
+    # The faults on the leader, by case: the commands that inject one, and those that undo it.
+    faults: dict[str, tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]] = {
+        "b": (
+            (("sysctl", "-qw", "net.ipv4.ip_forward=0"),),
+            (("sysctl", "-qw", "net.ipv4.ip_forward=1"),),
+        ),
+        "b'": (
+            (("iptables", "-I", "FORWARD", "-j", "DROP"),),
+            (("iptables", "-D", "FORWARD", "-j", "DROP"),),
+        ),
+        "c": (
+            (("ip", "link", "set", "wan0", "down"),),
+            (
+                ("ip", "link", "set", "wan0", "up"),
+                ("ip", "route", "replace", "default", "via", testbed.ROUTER),
+            ),
+        ),
+    }
 
     lease_name = leadership.lease_name("gcp")
 
@@ -138,12 +160,9 @@ def recovery(rounds: int, cases: tuple[str, ...] = ("b", "c")) -> list[tuple[str
                 leader = holder(bed)
                 assert leader is not None and leader != "gcp-3", leader
                 started = time.time()
-                if case == "b":
-                    bed.run(leader, "sysctl", "-qw", "net.ipv4.ip_forward=0")
-                elif case == "b'":
-                    bed.run(leader, "iptables", "-I", "FORWARD", "-j", "DROP")
-                else:
-                    bed.run(leader, "ip", "link", "set", "wan0", "down")
+                inject, restore = faults[case]
+                for command in inject:
+                    bed.run(leader, *command)
                 wait(
                     lambda since=started: pinger.resumed_after(since) is not None,
                     f"round {index}: no ping",
@@ -156,13 +175,8 @@ def recovery(rounds: int, cases: tuple[str, ...] = ("b", "c")) -> list[tuple[str
                     lambda old=leader: holder(bed) not in (None, old),
                     f"round {index}: no new holder",
                 )
-                if case == "b":
-                    bed.run(leader, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-                elif case == "b'":
-                    bed.run(leader, "iptables", "-D", "FORWARD", "-j", "DROP")
-                else:
-                    bed.run(leader, "ip", "link", "set", "wan0", "up")
-                    bed.run(leader, "ip", "route", "replace", "default", "via", testbed.ROUTER)
+                for command in restore:
+                    bed.run(leader, *command)
         finally:
             pinger.close()
     return results
@@ -190,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.recovery:
         cases = tuple(case.strip() for case in args.cases.split(","))
-        if not set(cases) <= {"b", "b'", "c"}:
+        if not set(cases) <= set(CASES):
             parser.error(f"--cases {args.cases!r}: possible values are b, b', c")
         report_recovery(recovery(args.recovery, cases))
         return 0
