@@ -129,7 +129,7 @@ def load_all(
     """Every document of ``data``; :class:`BackendError` says in one line what is wrong."""
     text = _text(data, kind, source)
     chosen = LOADER if loader is None else loader
-    with _cycle_collector_paused():
+    with cycle_collector_paused():
         return _load_all(text, kind, source, chosen)
 
 
@@ -178,8 +178,9 @@ def load_single(
 
 
 @contextlib.contextmanager
-def _cycle_collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a document is loaded.
+def cycle_collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block (while a document is loaded, while a
+    ``kgctl`` view is computed).
 
     Loading allocates one node and one value per scalar and keeps them all: a 5000-node
     dump holds hundreds of thousands, and the collector, run every few hundred
