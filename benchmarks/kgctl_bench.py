@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -147,9 +148,17 @@ def main() -> None:
                 parser.error(f"unknown dump {kind!r}: bare or kubelet, with -json for JSON")
             dump = directory / f"dump-{objects}-{args.nodes}.{syntax or 'yaml'}"
             if not dump.exists():
-                write_dump(
-                    dump, args.nodes, kubelet_like=objects == "kubelet", as_json=bool(syntax)
+                # In a child process: a child's ru_maxrss counts the memory of the process
+                # it was forked from, and this one would hold every Node of the dump.
+                writer = multiprocessing.get_context("spawn").Process(
+                    target=write_dump,
+                    args=(dump, args.nodes),
+                    kwargs={"kubelet_like": objects == "kubelet", "as_json": bool(syntax)},
                 )
+                writer.start()
+                writer.join()
+                if writer.exitcode != 0:
+                    raise SystemExit(f"writing {dump} failed (exit {writer.exitcode})")
             size = dump.stat().st_size / 1e6
             for label in commands:
                 argv = [*kgctl(), "--backend", "file", "--file", str(dump), *COMMANDS[label]]
