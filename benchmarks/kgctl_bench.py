@@ -16,9 +16,13 @@ YAML, or with ``-json`` as ``-o json`` prints it (indented by four spaces).
 
 Then runs every command ``--repeat`` times as a child process (``kgctl --backend file
 --file DUMP ...``, output to a file) and prints the median and max wall time, the largest
-resident set of the runs (``ru_maxrss`` of the child, from ``wait4``) and the size of the
-output. ``graph`` runs twice: with ``--mesh-granularity location`` (one edge a pair of
-location leaders) and ``full`` (one edge a pair of nodes: N(N-1)/2 of them).
+resident set of the runs (``ru_maxrss`` of the child, from ``wait4``), the median CPU time
+(user + system, also from ``wait4``: what the command costs whatever else the machine runs)
+and the size of the output. kilo's modules are compiled to bytecode first (``compileall``),
+as ``pip install`` leaves them: without it (``PYTHONDONTWRITEBYTECODE``, a fresh checkout)
+every run compiles them again, about 0.1 s. ``graph`` runs twice: with
+``--mesh-granularity location`` (one edge a pair of location leaders) and ``full`` (one
+edge a pair of nodes: N(N-1)/2 of them).
 
 Target (2-core machine): every command under 1.5 s on a 5000-node dump; ``graph`` of a
 5000-node full mesh under 10 s and 1 GB.
@@ -27,7 +31,9 @@ Target (2-core machine): every command under 1.5 s on a 5000-node dump; ``graph`
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -40,6 +46,7 @@ from typing import Any
 
 import yaml
 
+import kilo
 from benchmarks import synthetic
 
 PEERS = 10
@@ -93,8 +100,9 @@ def kgctl() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "kilo.cli.kgctl"]
 
 
-def run_once(argv: Sequence[str], out: Path) -> tuple[float, int, int]:
-    """Wall seconds, max RSS in bytes and output size of one run; fails on a non-zero exit."""
+def run_once(argv: Sequence[str], out: Path) -> tuple[float, int, int, float]:
+    """Wall seconds, max RSS in bytes, output size and CPU seconds of one run; fails on a
+    non-zero exit."""
     with out.open("wb") as sink:
         start = time.perf_counter()
         child = subprocess.Popen(argv, stdout=sink, stderr=subprocess.PIPE)
@@ -105,7 +113,7 @@ def run_once(argv: Sequence[str], out: Path) -> tuple[float, int, int]:
         child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {child.returncode}: {errors.decode()[-2000:]}")
-    return wall, usage.ru_maxrss * 1024, out.stat().st_size
+    return wall, usage.ru_maxrss * 1024, out.stat().st_size, usage.ru_utime + usage.ru_stime
 
 
 def load() -> str:
@@ -126,12 +134,13 @@ def main() -> None:
     unknown = [c for c in commands if c not in COMMANDS]
     if unknown:
         parser.error(f"unknown commands {unknown}; known: {', '.join(COMMANDS)}")
+    compileall.compile_dir(Path(kilo.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory(prefix="kgctl-bench-") as scratch:
         directory = Path(args.dir or scratch)
         directory.mkdir(parents=True, exist_ok=True)
         print(
             f"{'dump':<12} {'nodes':>5} {'MB':>6} {'command':<15} {'median s':>9} {'max s':>7} "
-            f"{'max RSS MiB':>11} {'output MB':>9}  load"
+            f"{'max RSS MiB':>11} {'output MB':>9} {'CPU s':>6}  load"
         )
         for kind in args.dumps.split(","):
             objects, _, syntax = kind.partition("-")
@@ -139,19 +148,28 @@ def main() -> None:
                 parser.error(f"unknown dump {kind!r}: bare or kubelet, with -json for JSON")
             dump = directory / f"dump-{objects}-{args.nodes}.{syntax or 'yaml'}"
             if not dump.exists():
-                write_dump(
-                    dump, args.nodes, kubelet_like=objects == "kubelet", as_json=bool(syntax)
+                # In a child process: a child's ru_maxrss counts the memory of the process
+                # it was forked from, and this one would hold every Node of the dump.
+                writer = multiprocessing.get_context("spawn").Process(
+                    target=write_dump,
+                    args=(dump, args.nodes),
+                    kwargs={"kubelet_like": objects == "kubelet", "as_json": bool(syntax)},
                 )
+                writer.start()
+                writer.join()
+                if writer.exitcode != 0:
+                    raise SystemExit(f"writing {dump} failed (exit {writer.exitcode})")
             size = dump.stat().st_size / 1e6
             for label in commands:
                 argv = [*kgctl(), "--backend", "file", "--file", str(dump), *COMMANDS[label]]
                 runs = [run_once(argv, Path(scratch) / "out") for _ in range(args.repeat)]
-                walls = [wall for wall, _, _ in runs]
+                walls = [wall for wall, _, _, _ in runs]
                 print(
                     f"{kind:<12} {args.nodes:>5} {size:>6.1f} {label:<15} "
                     f"{statistics.median(walls):>9.2f} {max(walls):>7.2f} "
-                    f"{max(rss for _, rss, _ in runs) / 2**20:>11.0f} "
-                    f"{runs[-1][2] / 1e6:>9.1f}  {load()}",
+                    f"{max(rss for _, rss, _, _ in runs) / 2**20:>11.0f} "
+                    f"{runs[-1][2] / 1e6:>9.1f} "
+                    f"{statistics.median(cpu for _, _, _, cpu in runs):>6.2f}  {load()}",
                     flush=True,
                 )
 

@@ -13,6 +13,7 @@ from ipaddress import (
     ip_interface,
     ip_network,
 )
+from itertools import islice
 
 import pytest
 from hypothesis import given, settings
@@ -319,3 +320,34 @@ def test_near_miss_dotted_quads_are_refused_as_ipaddress_refuses_them(text: str)
         ip_address(text)
     assert ip.parse_ip(text) is None
     assert ip.parse_interface(text + "/24") is None
+
+
+def test_ipv4_interfaces_are_filled_in_directly_on_this_python() -> None:
+    # The check at import found ipaddress's layout as expected: the fast path is in use.
+    assert ip._interface4 is ip._filled_interface4
+
+
+@settings(max_examples=500, derandomize=True)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_an_ipv4_interface_filled_in_is_the_one_ipaddress_constructs(
+    value: int, prefix: int
+) -> None:
+    built, filled = IPv4Interface((value, prefix)), ip._filled_interface4(value, prefix)
+    assert type(filled) is IPv4Interface
+    assert filled == built and hash(filled) == hash(built)
+    assert vars(filled) == vars(built)
+    assert (filled.ip, filled.network, filled.netmask, filled.hostmask) == (
+        built.ip,
+        built.network,
+        built.netmask,
+        built.hostmask,
+    )
+    assert (str(filled), repr(filled), filled.with_netmask, int(filled)) == (
+        str(built),
+        repr(built),
+        built.with_netmask,
+        int(built),
+    )
+    assert ip.text(filled) == str(built)
+    assert (filled.is_private, filled.packed) == (built.is_private, built.packed)
+    assert list(islice(filled.network.hosts(), 2)) == list(islice(built.network.hosts(), 2))

@@ -5,6 +5,7 @@ calls them)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from typing import Any, TextIO
 
 from kilo import __version__, completion
 from kilo.adapters import file as file_backend
+from kilo.adapters import yamlinput
 from kilo.cli import multicluster
 from kilo.cli.arguments import quote
 from kilo.errors import BackendError, KiloError
@@ -36,6 +38,28 @@ LEASE_NAMESPACE = "kube-system"
 
 class UsageError(Exception):
     """A command-line mistake: exit status 2."""
+
+
+def view(run: Callable[[Context], int]) -> Callable[[Context], int]:
+    """A command that reads the cluster once, prints what the core makes of it and exits
+    (``list``, ``graph``, ``showconf``, ``plan``): it runs without the cyclic garbage
+    collector.
+
+    Everything it builds (the dump, 5000 Nodes, a 5000-peer topology and plan) lives until
+    it prints, and reference counting frees what it drops: the collector found next to
+    nothing to free (the same peak RSS without it), yet walked the growing heap hundreds
+    of times, a tenth to a fifth of such a command's CPU time (0.08 s of ``list``, 0.25 s of
+    a full mesh's ``plan`` on a 5000-node dump). The work, and any cycle it leaves, is
+    bounded by the input, itself bounded (``yamlinput.CLUSTER_DUMP``); the commands that
+    keep running (``connect``, ``multicluster link --watch``) keep the collector.
+    """
+
+    @functools.wraps(run)
+    def paused(ctx: Context) -> int:
+        with yamlinput.cycle_collector_paused():
+            return run(ctx)
+
+    return paused
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -230,6 +254,7 @@ def run_unlink(ctx: Context) -> int:
     return multicluster.run_unlink(ctx.args, ctx.out, ctx.err)
 
 
+@view
 def run_list(ctx: Context) -> int:
     cluster = ctx.load()
     now = int(time.time())
@@ -266,6 +291,7 @@ def check_graph(args: argparse.Namespace) -> str | None:
     return None if problem is None else f"--link: {problem}"
 
 
+@view
 def run_graph(ctx: Context) -> int:
     if ctx.args.remote_kubeconfig is not None:
         return _run_linked_graph(ctx)
@@ -312,6 +338,7 @@ def _run_linked_graph(ctx: Context) -> int:
     return 0
 
 
+@view
 def run_showconf(ctx: Context) -> int:
     args = ctx.args
     if args.output != "wireguard" and not args.as_peer:
@@ -365,6 +392,7 @@ def _print_as_peer(ctx: Context, name: str, peer: wireguard.WireGuardPeer) -> in
     return 0
 
 
+@view
 def run_plan(ctx: Context) -> int:
     args = ctx.args
     mesh = Mesh(ctx)

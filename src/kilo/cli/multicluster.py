@@ -13,7 +13,6 @@ labelled. The core decides; this module reads, writes and reports.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import signal
 import time
@@ -29,12 +28,15 @@ from kilo.mesh.ip import IPNetwork
 from kilo.mesh.text import one_line, short_repr
 
 if TYPE_CHECKING:
+    import asyncio
+
     from lightkube.config.kubeconfig import SingleConfig
 
     from kilo.adapters import kubernetes
 
-# The Kubernetes client is imported where a link is run, not here: kgctl imports this module
-# for its flags, and every other command (offline ones too) would pay a quarter of a second.
+# The Kubernetes client (and asyncio, 30 ms) is imported where a link is run, not here: kgctl
+# imports this module for its flags, and every other command (offline ones too) would pay a
+# quarter of a second.
 
 FIELD_MANAGER = "kgctl-multicluster"
 DEFAULT_LINK = "kilo"
@@ -231,6 +233,8 @@ class Link:
 
     async def watch(self, resync: float) -> None:
         """Follow both clusters until SIGINT/SIGTERM, syncing after every change."""
+        import asyncio
+
         from lightkube import AsyncClient
 
         from kilo.adapters import kubernetes
@@ -297,6 +301,8 @@ def run_link(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     link = Link(args, out, err)
     try:
         if args.watch:
+            import asyncio
+
             asyncio.run(link.watch(args.resync_period))
         else:
             link.read()

@@ -96,7 +96,7 @@ def parse_interface(text: str) -> IPInterface | None:
         # so ``::ffff:1.2.3.4/120`` is ``1.2.3.4/24`` and any prefix up to 96 is ``/0``.
         return ipaddress.ip_interface((ip.ipv4_mapped, max(prefix - 96, 0)))
     if isinstance(ip, IPv4Address):
-        return IPv4Interface((int(ip), prefix))  # an integer: see _host_interface4
+        return _interface4(int(ip), prefix)
     return ipaddress.ip_interface((ip, prefix))
 
 
@@ -134,7 +134,48 @@ _INTERNED = 1 << 15
 
 @functools.lru_cache(maxsize=_INTERNED)
 def _host_interface4(value: int) -> IPv4Interface:
-    return IPv4Interface((value, 32))
+    return _interface4(value, 32)
+
+
+# An IPv4Interface is its address, its network and that network's netmask and prefix
+# (``IPv4Interface.__init__``). The constructor takes 4 us: it splits its argument and
+# builds the network from scratch, although the nodes of a cluster share a handful of
+# networks (a 5000-node dump holds 15 000 interfaces: a tenth of kgctl's translation and
+# of a topology of fresh Nodes). Here the network is interned and the interface filled in
+# directly, in 0.3 us; the result is the same value (equality, hash, text, every
+# property). The check below compares both ways on this Python at import: if ipaddress's
+# layout ever differs, the constructor is used.
+_V4_ALL = (1 << 32) - 1
+
+
+@functools.lru_cache(maxsize=_INTERNED)
+def _network4(masked: int, prefix: int) -> IPv4Network:
+    return IPv4Network((masked, prefix))
+
+
+def _filled_interface4(value: int, prefix: int) -> IPv4Interface:
+    network = _network4(value & (_V4_ALL ^ (_V4_ALL >> prefix)), prefix)
+    interface = IPv4Interface.__new__(IPv4Interface)
+    setattr(interface, "_ip", value)  # noqa: B010 - IPv4Address's slot, unknown to typeshed
+    interface.network = network
+    interface.netmask = network.netmask
+    setattr(interface, "_prefixlen", prefix)  # noqa: B010 - as above
+    return interface
+
+
+def _constructed_interface4(value: int, prefix: int) -> IPv4Interface:
+    return IPv4Interface((value, prefix))
+
+
+def _same_layout() -> bool:
+    for value, prefix in ((0x0A010203, 16), (0xC0A80001, 32), (0xFFFFFFFF, 0), (1, 31)):
+        built, filled = IPv4Interface((value, prefix)), _filled_interface4(value, prefix)
+        if vars(built) != vars(filled) or (built, hash(built)) != (filled, hash(filled)):
+            return False
+    return True
+
+
+_interface4 = _filled_interface4 if _same_layout() else _constructed_interface4
 
 
 @functools.lru_cache(maxsize=_INTERNED)

@@ -10,9 +10,6 @@ import base64
 import re
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from kilo.errors import KiloError
 
 KEY_LENGTH = 32
@@ -131,6 +128,11 @@ class Key:
 
     def public_key(self) -> Key:
         """The public key of this private key (clamping is applied by X25519)."""
+        # Imported here: most of kgctl never derives a key, and cryptography's bindings
+        # take 20-30 ms to import.
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         private = X25519PrivateKey.from_private_bytes(self.raw)
         return Key(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 

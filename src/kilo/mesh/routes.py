@@ -241,14 +241,16 @@ def peer_routes(
 
 def format_route(route: Route, device_names: Mapping[Device, str]) -> str:
     """``route`` in the syntax of ``ip route add``; an unnamed device shows as ``<role>``."""
-    parts = [str(route.dst)]
+    # ipmod.text: str() of an address or CIDR without ipaddress's general formatter (a
+    # full mesh's plan prints 10 000 routes).
+    parts = [ipmod.text(route.dst)]
     if route.gw is not None:
-        parts += ["via", str(route.gw)]
+        parts += ["via", ipmod.text(route.gw)]
     parts += ["dev", device_names.get(route.dev, f"<{route.dev.value}>"), "proto", "static"]
     if route.onlink:
         parts.append("onlink")
     if route.src is not None:
-        parts += ["src", str(route.src)]
+        parts += ["src", ipmod.text(route.src)]
     if route.table is not None:
         parts += ["table", str(route.table)]
     return " ".join(parts)

@@ -26,8 +26,6 @@ kilo-k8s-cli.md §4.6), with its fragile parts fixed (each in docs/compatibility
 from __future__ import annotations
 
 import argparse
-import asyncio
-import socket
 import sys
 from typing import TextIO
 
@@ -42,6 +40,8 @@ __all__ = ["MIN_RESYNC_PERIOD", "add_arguments", "check_arguments", "run"]
 
 
 def _hostname() -> str:
+    import socket
+
     try:
         name = socket.gethostname()
     except OSError as exc:
@@ -67,7 +67,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     log = logs.configure(args.log_level, out)
     # Imported here: kgctl imports this package for its flags, and the Kubernetes client
-    # the connection needs would cost every other command a quarter of a second.
+    # and asyncio the connection needs would cost every other command a quarter of a second.
+    import asyncio
+
     from kilo.cli.connect.connection import Connection
 
     return asyncio.run(Connection(args, name, log, err).run())
