@@ -408,7 +408,9 @@ class Agent:
         offset = log_path.stat().st_size if log_path.exists() else 0
         env = {}
         if self.profile is not None:
-            env = {PROFILE_ENV: str(self.profile), "PYTHONPATH": str(ROOT)}
+            # This checkout's benchmarks and kilo (not the one a venv may have installed).
+            path = os.pathsep.join([str(ROOT), str(ROOT / "src")])
+            env = {PROFILE_ENV: str(self.profile), "PYTHONPATH": path}
         started = time.time()
         self.process = self.bed.start_agent(
             LEADER,
