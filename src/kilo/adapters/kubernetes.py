@@ -274,6 +274,12 @@ def remove_node_annotations(client: Client, name: str, keys: Iterable[str]) -> N
 # --- the watch-backed cache ----------------------------------------------------------------
 
 
+# Objects per page of a (re)list, as client-go's reflector pages: one response of 5000
+# kubelet-registered Nodes is about 55 MB of JSON, read whole before it is decoded, and the
+# process keeps the memory that peak took.
+LIST_CHUNK = 500
+
+
 class Informer:
     """A local cache of one resource kept current by list + watch.
 
@@ -325,7 +331,7 @@ class Informer:
         await self._first_list.wait()
 
     async def _relist(self) -> list[Event]:
-        listing = self._client.list(self._res, **self._where)
+        listing = self._client.list(self._res, chunk_size=LIST_CHUNK, **self._where)
         fresh: dict[str, dict[str, Any]] = {}
         try:
             async for obj in listing:
