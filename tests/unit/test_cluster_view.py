@@ -158,7 +158,7 @@ def test_a_check_in_that_makes_a_node_ready_again_is_applied() -> None:
     assert [p.public_key for p in h.device.config.peers] == [OTHER_KEYS["b"]]
     h.now += 120  # b's last-seen lapses: not ready, so no longer a peer
     h.round(check_in=True, resync=True)
-    assert h.device.config.peers == ()
+    assert not h.device.config.peers
     reconciles = h.metrics.reconciles
     changes: list[Change[Node]] = []
     node_event = h.agent.view.node_event
