@@ -119,7 +119,9 @@ class ClusterView:
         if source is None or old is None:
             return None
         previous, diagnostics = source
-        obj = event.obj
+        obj: object = event.obj
+        if not isinstance(obj, dict):
+            return None
         metadata, previous_metadata = obj.get("metadata"), previous.get("metadata")
         if not isinstance(metadata, dict) or not isinstance(previous_metadata, dict):
             return None
