@@ -79,7 +79,7 @@ class ReadNode(GlobalResource, msgspec.Struct, omit_defaults=True):
 
     Kilo reads a Node's metadata and spec only. Its status is the kubelet's (conditions,
     addresses, the images the node holds): nearly 90 % of a kubelet-registered Node, and
-    with managedFields about 10 of the 11 KB of its watch event, which every node's
+    with managedFields about 9 of the 10 KB of its watch event, which every node's
     check-in sends to every agent (167 a second at 5000 nodes). lightkube's typed ``Node``
     decoded all of it into its models and converted it back. Lists and watches use this
     class; writes (patches) keep the typed ``Node``.
@@ -275,7 +275,7 @@ def remove_node_annotations(client: Client, name: str, keys: Iterable[str]) -> N
 
 
 # Objects per page of a (re)list, as client-go's reflector pages: one response of 5000
-# kubelet-registered Nodes is about 55 MB of JSON, read whole before it is decoded, and the
+# kubelet-registered Nodes is about 50 MB of JSON, read whole before it is decoded, and the
 # process keeps the memory that peak took.
 LIST_CHUNK = 500
 
