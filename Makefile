@@ -87,10 +87,12 @@ bench: $(PY)
 	$(PY) -m benchmarks.topology_bench
 
 # A reduced set for every change (no root, a few minutes): topology + plan at 1000 and 5000
-# nodes, and every kgctl command on a 5000-node dump (README, "Performance").
+# nodes, every kgctl command on a 5000-node dump, and the CPU of one check-in in the agent
+# (README, "Performance").
 bench-quick: $(PY)
 	$(PY) -m benchmarks.topology_bench --sizes 1000,5000 --repeat 5
 	$(PY) -m benchmarks.kgctl_bench --nodes 5000 --repeat 1 --dumps bare
+	$(PY) -m benchmarks.checkin_bench --repeat 2000
 
 # kg on a leader in the e2e testbed (root, about 15 minutes): start-up, CPU and RSS with
 # 100, 300 and 1000 nodes, annotation-change-to-WireGuard latency (`--quick`: a smoke run).

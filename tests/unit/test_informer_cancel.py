@@ -40,7 +40,7 @@ class GatedClient:
         self.gate: asyncio.Future[None] | None = None
         self.waiting = asyncio.Event()
 
-    def list(self, resource: Any) -> Listing:
+    def list(self, resource: Any, **kwargs: Any) -> Listing:
         return Listing()
 
     async def watch(self, resource: Any, **kwargs: Any) -> AsyncIterator[tuple[str, Obj]]:

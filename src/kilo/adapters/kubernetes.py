@@ -29,7 +29,8 @@ import msgspec
 from lightkube import ApiError, AsyncClient, Client
 from lightkube import ConfigError as LightkubeConfigError
 from lightkube.config.kubeconfig import SingleConfig
-from lightkube.core.resource import GlobalResource, NamespacedResource
+from lightkube.core.resource import ApiInfo as ResourceApiInfo
+from lightkube.core.resource import GlobalResource, NamespacedResource, ResourceDef
 from lightkube.generic_resource import create_global_resource
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node
@@ -50,17 +51,62 @@ PEER_GROUP = "kilo.squat.ai"
 PEER_VERSION = "v1alpha1"
 Peer = create_global_resource(PEER_GROUP, PEER_VERSION, "Peer", "peers")
 
-RESOURCES: dict[str, type[GlobalResource]] = {"nodes": Node, "peers": Peer}
+
+class _NodeMetadata(msgspec.Struct, omit_defaults=True):
+    """A Node's ``metadata`` without ``managedFields`` (server-side-apply bookkeeping,
+    never read): msgspec skips the fields a struct does not declare without building
+    them. The fields Kilo reads are typed as lightkube's ``ObjectMeta`` types them."""
+
+    name: str | None = None
+    uid: str | None = None
+    resourceVersion: str | None = None
+    annotations: dict[str, Any] | None = None
+    labels: dict[str, Any] | None = None
+    namespace: str | None = None
+    generateName: Any = None
+    generation: Any = None
+    creationTimestamp: Any = None
+    deletionTimestamp: Any = None
+    deletionGracePeriodSeconds: Any = None
+    finalizers: Any = None
+    ownerReferences: Any = None
+    selfLink: Any = None
+
+
+class ReadNode(GlobalResource, msgspec.Struct, omit_defaults=True):
+    """core/v1 Nodes as the cache keeps them: metadata and spec, decoded straight from the
+    JSON into what ``to_dict()`` returns.
+
+    Kilo reads a Node's metadata and spec only. Its status is the kubelet's (conditions,
+    addresses, the images the node holds): nearly 90 % of a kubelet-registered Node, and
+    with managedFields about 9 of the 10 KB of its watch event, which every node's
+    check-in sends to every agent (167 a second at 5000 nodes). lightkube's typed ``Node``
+    decoded all of it into its models and converted it back. Lists and watches use this
+    class; writes (patches) keep the typed ``Node``.
+    """
+
+    _api_info = ResourceApiInfo(
+        resource=ResourceDef("", "v1", "Node"), plural="nodes", verbs=["list", "watch"]
+    )
+
+    apiVersion: str | None = None
+    kind: str | None = None
+    metadata: _NodeMetadata | None = None
+    spec: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return cast(dict[str, Any], msgspec.to_builtins(self))
+
+
+RESOURCES: dict[str, type[GlobalResource]] = {"nodes": ReadNode, "peers": Peer}
 # Watched in one namespace (``Informer(namespace=...)``): the failover Leases.
 NAMESPACED: dict[str, type[NamespacedResource]] = {"leases": Lease}
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
     data: dict[str, Any] = obj.to_dict()
-    # Kilo reads a Node's metadata and spec only. Its status is the kubelet's (conditions,
-    # addresses, the images the node holds): nearly 90 % of a kubelet-registered Node in
-    # the cache (24 of 27 KiB in the backend benchmark); managedFields are server-side-apply
-    # bookkeeping.
+    # Kilo reads a Node's metadata and spec only (see ReadNode; Peers and Leases have no
+    # status worth keeping either); managedFields are server-side-apply bookkeeping.
     data.pop("status", None)
     metadata = data.get("metadata")
     if isinstance(metadata, dict):
@@ -228,6 +274,12 @@ def remove_node_annotations(client: Client, name: str, keys: Iterable[str]) -> N
 # --- the watch-backed cache ----------------------------------------------------------------
 
 
+# Objects per page of a (re)list, as client-go's reflector pages: one response of 5000
+# kubelet-registered Nodes is about 50 MB of JSON, read whole before it is decoded, and the
+# process keeps the memory that peak took.
+LIST_CHUNK = 500
+
+
 class Informer:
     """A local cache of one resource kept current by list + watch.
 
@@ -279,7 +331,7 @@ class Informer:
         await self._first_list.wait()
 
     async def _relist(self) -> list[Event]:
-        listing = self._client.list(self._res, **self._where)
+        listing = self._client.list(self._res, chunk_size=LIST_CHUNK, **self._where)
         fresh: dict[str, dict[str, Any]] = {}
         try:
             async for obj in listing:

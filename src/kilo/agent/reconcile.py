@@ -36,6 +36,7 @@ from kilo.mesh.events import (
     DEBOUNCE,
     KILO_EVENTS,
     MIN_RESYNC_PERIOD,
+    Change,
     ClusterView,
     Event,
     EventType,
@@ -172,11 +173,19 @@ class Agent:
             return
         if change.new is not None:
             self._warn_other_granularity(change.new)
-        if mesh_changed(change.old, change.new, int(self.clock())):
+        if self._changes_mesh(change):
             # Kilo's line for a node that changes the mesh (its "node" is the whole node).
             log.info("node changed", fields={"event": KILO_EVENTS[event.type], "node": event.name})
             self._apply_needed = True
             self._wake.set()
+
+    def _changes_mesh(self, change: Change[Node]) -> bool:
+        now = int(self.clock())
+        if change.checked_in and change.old is not None and change.new is not None:
+            # A check-in (167 a second at 5000 nodes) changes nothing but last-seen, so
+            # only the node's readiness can change: mesh_changed's first test.
+            return change.old.is_ready(now) != change.new.is_ready(now)
+        return mesh_changed(change.old, change.new, now)
 
     def _warn_other_granularity(self, node: Node) -> None:
         """Warn once per value about a node that runs another granularity: the two compute

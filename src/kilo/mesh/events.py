@@ -12,7 +12,7 @@ a problem is logged once, not on every relist). What changed is judged by the ca
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from kilo.mesh import translate
@@ -52,6 +52,9 @@ class Change(Generic[T]):
     old: T | None
     new: T | None
     report: tuple[Diagnostic, ...]
+    # Nothing but a Node's last-seen changed (a check-in): ``new`` is ``old`` with the new
+    # ``last_seen``, and only its readiness can have changed.
+    checked_in: bool = False
 
 
 def warning_line(diagnostic: Diagnostic) -> tuple[str, dict[str, str]]:
@@ -74,19 +77,79 @@ class ClusterView:
         self.port = port
         self.nodes: dict[str, Node] = {}
         self.peers: dict[str, Peer] = {}
+        # The object each Node was translated from and the translation's diagnostics, to
+        # recognise a check-in. The object is the one the event carried: the watch's
+        # cache holds the same dict, so this costs a reference, not a copy.
+        self._node_sources: dict[str, tuple[dict[str, Any], tuple[Diagnostic, ...]]] = {}
         # The resourceVersion whose diagnostics were reported, by (kind, name).
         self._reported: dict[tuple[str, str], object] = {}
 
     def node_event(self, event: Event) -> Change[Node]:
         new: Node | None = None
         diagnostics: tuple[Diagnostic, ...] = ()
-        if event.type != EventType.DELETED:
-            result = translate.translate_node(
-                event.obj, topology_label=self.topology_label, port=self.port
-            )
-            new, diagnostics = result.value, result.diagnostics
+        checked_in = False
+        if event.type == EventType.DELETED:
+            self._node_sources.pop(event.name, None)
+        else:
+            checked_in_node = self._check_in(event)
+            if checked_in_node is not None:
+                new, diagnostics = checked_in_node
+                checked_in = True
+            else:
+                result = translate.translate_node(
+                    event.obj, topology_label=self.topology_label, port=self.port
+                )
+                new, diagnostics = result.value, result.diagnostics
+            if new is None:
+                self._node_sources.pop(event.name, None)
+            else:
+                self._node_sources[event.name] = (event.obj, diagnostics)
         report = self._unreported("node", event, diagnostics)
-        return Change(_store(self.nodes, event.name, new), new, report)
+        return Change(_store(self.nodes, event.name, new), new, report, checked_in)
+
+    def _check_in(self, event: Event) -> tuple[Node, tuple[Diagnostic, ...]] | None:
+        """The Node and diagnostics of ``event`` when it differs from the object the stored
+        Node was translated from only in a valid last-seen (and the object's version):
+        the stored Node with the new ``last_seen``, exactly what ``translate_node`` returns
+        for it, which reads nothing but the name, annotations and labels in ``metadata``
+        and ``spec`` (tests/unit/test_cluster_view.py holds the two equal). ``None``
+        when the event must be translated."""
+        source = self._node_sources.get(event.name)
+        old = self.nodes.get(event.name)
+        if source is None or old is None:
+            return None
+        previous, diagnostics = source
+        obj: object = event.obj
+        if not isinstance(obj, dict):
+            return None
+        metadata, previous_metadata = obj.get("metadata"), previous.get("metadata")
+        if not isinstance(metadata, dict) or not isinstance(previous_metadata, dict):
+            return None
+        annotations = metadata.get("annotations")
+        previous_annotations = previous_metadata.get("annotations")
+        if not isinstance(annotations, dict) or not isinstance(previous_annotations, dict):
+            return None
+        text = annotations.get(translate.LAST_SEEN)
+        previous_text = previous_annotations.get(translate.LAST_SEEN)
+        if not isinstance(text, str) or not isinstance(previous_text, str):
+            return None
+        last_seen = translate.parse_int64(text)
+        # A last-seen that does not parse is reported: translate. So was the previous one
+        # if it did not parse (a diagnostic of that field).
+        if last_seen is None or any(d.field == translate.LAST_SEEN for d in diagnostics):
+            return None
+        if (
+            obj.get("spec") != previous.get("spec")
+            or metadata.get("name") != previous_metadata.get("name")
+            or metadata.get("labels") != previous_metadata.get("labels")
+        ):
+            return None
+        if text != previous_text:
+            annotations = dict(annotations)
+            annotations[translate.LAST_SEEN] = previous_text
+        if annotations != previous_annotations:
+            return None
+        return replace(old, last_seen=last_seen), diagnostics
 
     def peer_event(self, event: Event) -> Change[Peer]:
         new: Peer | None = None
