@@ -144,6 +144,11 @@ class IPTables:
         self._on_operation = on_operation
         # The agent applies from its resync loop and cleans up on shutdown; never both at once.
         self._lock = threading.Lock()
+        # Per protocol and table: the iptables-save output and the plan it was last found
+        # to need no change for. The script is a function of the two, so the same pair
+        # again needs no parse (thousands of rules on a leader) and no script; the table
+        # is still read every time, which is what finds rules someone else removed.
+        self._settled: dict[tuple[Protocol, str], tuple[str, RuleSet]] = {}
 
     @property
     def protocols(self) -> tuple[Protocol, ...]:
@@ -168,11 +173,21 @@ class IPTables:
         save, restore = _COMMANDS[protocol]
         self._count(protocol, "List", table, "*")
         output = self._run(protocol, table, [save, "-t", table])
+        settled = self._settled.pop((protocol, table), None)
+        if (
+            settled is not None
+            and settled[0] == output
+            and (settled[1] is planned or settled[1] == planned)
+        ):
+            self._settled[(protocol, table)] = (output, planned)
+            return False
         current = parse_save(output).get(table, TableState())
         if table not in tables_of(planned, protocol) and not _holds_kilo_state(current):
+            self._settled[(protocol, table)] = (output, planned)
             return False
         script = restore_script(planned, table, protocol, current)
         if script is None:
+            self._settled[(protocol, table)] = (output, planned)
             return False
         for operation, op_table, chain in script_operations(script):
             self._count(protocol, operation, op_table, chain)

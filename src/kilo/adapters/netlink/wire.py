@@ -274,16 +274,17 @@ class RouteSocket:
         size = self._sock.recv_into(self._buffer)
         return self._buffer, size
 
-    def dump_routes(self) -> list[RouteMessage]:
-        """Every route in every table and family; a failure raises ``NetlinkError`` or
-        ``OSError``."""
+    def dump_routes(self, *, default_only: bool = False) -> list[RouteMessage]:
+        """Every route in every table and family (``default_only``: the default routes,
+        whose destination has length 0; the others are not decoded), in the kernel's
+        order; a failure raises ``NetlinkError`` or ``OSError``."""
         try:
-            return self._dump_routes()
+            return self._dump_routes(default_only)
         except OSError:
             self._reset()
             raise
 
-    def _dump_routes(self) -> list[RouteMessage]:
+    def _dump_routes(self, default_only: bool) -> list[RouteMessage]:
         seq = self._next()
         request = _HEADER.pack(
             _HEADER_SIZE + _RTMSG.size, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
@@ -301,6 +302,8 @@ class RouteSocket:
                     code = -_ERROR.unpack_from(data, offset + _HEADER_SIZE)[0]
                     raise NetlinkError(code)
                 if kind == RTM_NEWROUTE:
+                    if default_only and length >= _BODY and data[offset + _HEADER_SIZE + 1]:
+                        continue  # dst_len, the rtmsg's second byte, is not 0
                     route = route_message(data, offset, length)
                     if route is not None:
                         routes.append(route)
