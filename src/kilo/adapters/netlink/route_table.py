@@ -7,8 +7,11 @@ others, and one :class:`~kilo.errors.DataPlaneError` at the end lists them. Its 
 unit tests, held to the same contract, is :class:`~kilo.adapters.netlink.memory.InMemoryRouteTable`.
 
 Listing the kernel costs a dump of every route in every table (thousands at a thousand
-nodes, and pyroute2 decodes them in Python): :meth:`RouteTable.set` with ``full=False``
-skips it when the table can trust its own last write (see there).
+nodes): :meth:`RouteTable.set` with ``full=False`` skips it when the table can trust its
+own last write (see there). Routes are listed and written through :mod:`.wire` (by hand,
+many requests to a send, each acknowledged on its own: a start-up adds thousands, and
+through pyroute2 each cost a round trip and about 0.6 ms of CPU); links and rules, a
+few each, through pyroute2.
 
 Over 500 lines on purpose: the full and incremental paths, the deletion watcher and the
 state file all read and write one tracked set under one lock, and whether the table may
@@ -51,15 +54,13 @@ from kilo.adapters.netlink.watcher import Watcher
 from kilo.errors import DataPlaneError
 from kilo.mesh import route_sync
 from kilo.mesh.route_sync import RouteKey, RuleKey
-from kilo.mesh.routes import RTPROT_STATIC, Device, Route, Rule, format_route, format_rule
+from kilo.mesh.routes import Device, Route, Rule, format_route, format_rule
 
 K = TypeVar("K", RouteKey, RuleKey)
 
 _RTN_UNICAST = 1
 _VERSION: dict[int, int] = {int(family): version for family, version in VERSION.items()}
-_RTNH_F_ONLINK = 0x4
 _RTM_F_CLONED = 0x200
-_RT_SCOPE_NOWHERE = 255  # "any scope" when deleting, as `ip route del` sends
 _FR_ACT_TO_TBL = 1
 _FIB_RULE_INVERT = 0x2
 _WATCH_GROUPS = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
@@ -267,7 +268,7 @@ class RouteTable(Closing):
             index = indexes.get(key.dev)
             entries.append((key, route, index))
             if index is not None:
-                requests.append(_add_request(key, index, flags, onlink=route.onlink))
+                requests.append(wire.add_request(key, index, flags, onlink=route.onlink))
         outcomes = iter(self._wire.batch(requests))
         added, taken = 0, False
         done: list[RouteKey] = []
@@ -300,7 +301,7 @@ class RouteTable(Closing):
         with self._lock:
             self._routes.difference_update(keys)
         listed = [(key, indexes[key.dev]) for key in keys if key.dev in indexes]
-        outcomes = self._wire.batch([_delete_request(key, index) for key, index in listed])
+        outcomes = self._wire.batch([wire.delete_request(key, index) for key, index in listed])
         removed = 0
         kept: list[RouteKey] = []
         for (key, _), outcome in zip(listed, outcomes, strict=True):
@@ -636,43 +637,6 @@ class RouteTable(Closing):
         self._watchers.clear()
         self._ipr.close()
         self._wire.close()
-
-
-def _add_request(key: RouteKey, index: int, flags: int, *, onlink: bool) -> bytes:
-    """The request that adds (``flags``: or replaces) the route ``key`` on the interface
-    ``index``: Kilo's routes are "proto static"."""
-    return wire.route_request(
-        wire.RTM_NEWROUTE,
-        flags,
-        family=FAMILY[key.version],
-        dst=key.dst.network_address.packed,
-        dst_len=key.dst.prefixlen,
-        table=key.table,
-        oif=index,
-        gateway=None if key.gw is None else key.gw.packed,
-        prefsrc=None if key.src is None else key.src.packed,
-        protocol=RTPROT_STATIC,
-        route_flags=_RTNH_F_ONLINK if onlink else 0,
-    )
-
-
-def _delete_request(key: RouteKey, index: int) -> bytes:
-    """The request that deletes the route ``key`` on the interface ``index``, in any
-    scope, as ``ip route del`` sends it (IPv6 needs the metric)."""
-    return wire.route_request(
-        wire.RTM_DELROUTE,
-        wire.DELETE,
-        family=FAMILY[key.version],
-        dst=key.dst.network_address.packed,
-        dst_len=key.dst.prefixlen,
-        table=key.table,
-        oif=index,
-        gateway=None if key.gw is None else key.gw.packed,
-        prefsrc=None if key.src is None else key.src.packed,
-        priority=route_sync.DEFAULT_METRIC[6] if key.version == 6 else None,
-        scope=_RT_SCOPE_NOWHERE,
-        route_type=wire.RTN_UNSPEC,
-    )
 
 
 def _rule_request(key: RuleKey) -> dict[str, Any]:

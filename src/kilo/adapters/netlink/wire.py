@@ -31,6 +31,10 @@ from dataclasses import dataclass
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from kilo.mesh import route_sync
+from kilo.mesh.route_sync import RouteKey
+from kilo.mesh.routes import RTPROT_STATIC
+
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
@@ -53,6 +57,9 @@ RTA_TABLE = 15
 RT_TABLE_MAIN = 254  # the header's table when the real one (RTA_TABLE) is above 255, as pyroute2
 RTN_UNSPEC = 0
 RTN_UNICAST = 1
+RTNH_F_ONLINK = 0x4
+RT_SCOPE_NOWHERE = 255  # "any scope" when deleting, as `ip route del` sends
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 _SOL_NETLINK = 270
 _SO_RCVBUFFORCE = 33  # not in Python's socket module
@@ -221,6 +228,43 @@ def route_request(
 ADD = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # ``ip route add``
 REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE  # ``ip route replace``
 DELETE = NLM_F_REQUEST | NLM_F_ACK
+
+
+def add_request(key: RouteKey, index: int, flags: int, *, onlink: bool) -> bytes:
+    """The request that adds (``flags``: or replaces) the route ``key`` on the interface
+    ``index``: Kilo's routes are "proto static"."""
+    return route_request(
+        RTM_NEWROUTE,
+        flags,
+        family=_FAMILY[key.version],
+        dst=key.dst.network_address.packed,
+        dst_len=key.dst.prefixlen,
+        table=key.table,
+        oif=index,
+        gateway=None if key.gw is None else key.gw.packed,
+        prefsrc=None if key.src is None else key.src.packed,
+        protocol=RTPROT_STATIC,
+        route_flags=RTNH_F_ONLINK if onlink else 0,
+    )
+
+
+def delete_request(key: RouteKey, index: int) -> bytes:
+    """The request that deletes the route ``key`` on the interface ``index``, in any
+    scope, as ``ip route del`` sends it (IPv6 needs the metric)."""
+    return route_request(
+        RTM_DELROUTE,
+        DELETE,
+        family=_FAMILY[key.version],
+        dst=key.dst.network_address.packed,
+        dst_len=key.dst.prefixlen,
+        table=key.table,
+        oif=index,
+        gateway=None if key.gw is None else key.gw.packed,
+        prefsrc=None if key.src is None else key.src.packed,
+        priority=route_sync.DEFAULT_METRIC[6] if key.version == 6 else None,
+        scope=RT_SCOPE_NOWHERE,
+        route_type=RTN_UNSPEC,
+    )
 
 
 def open_socket(netns: str | None) -> socket.socket:
