@@ -63,6 +63,7 @@ _VERSION: dict[int, int] = {int(family): version for family, version in VERSION.
 _RTM_F_CLONED = 0x200
 _FR_ACT_TO_TBL = 1
 _FIB_RULE_INVERT = 0x2
+_NLMSG_HEADER = 16
 _WATCH_GROUPS = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
 
 
@@ -110,16 +111,30 @@ def _rule_key_of(m: Any) -> RuleKey | None:
 class _Kernel:
     """One listing of the kernel: links, and Kilo-shaped routes and rules in every table."""
 
-    def __init__(self, ipr: Netlink, routes: wire.RouteSocket) -> None:
+    def __init__(self, ipr: Netlink, routes: wire.RouteSocket, last: _Kernel | None) -> None:
         with failing("cannot list interfaces"):
             self.names = {int(m["index"]): str(m.get("ifname")) for m in ipr.link("dump")}
         self.indexes = {name: index for index, name in self.names.items()}
-        self.routes: set[RouteKey] = set()
+        # A route's key by its message (past the netlink header), from this listing; the
+        # last listing's, while the interfaces have the same names and indexes: a resync
+        # finds nearly every route as it was, and a key costs ``ipaddress`` parsing.
+        self.keys: dict[bytes, RouteKey | None] = {}
+        known: Mapping[bytes, RouteKey | None] = (
+            last.keys if last is not None and last.names == self.names else {}
+        )
+
+        def read(data: wire.Buffer, offset: int, length: int) -> RouteKey | None:
+            body = bytes(data[offset + _NLMSG_HEADER : offset + length])
+            if body in known:
+                key = known[body]
+            else:
+                m = wire.route_message(data, offset, length)
+                key = None if m is None else _route_key_of(m, self.names)
+            self.keys[body] = key
+            return key
+
         with failing("cannot list routes"):
-            for m in routes.dump_routes():
-                key = _route_key_of(m, self.names)
-                if key is not None:
-                    self.routes.add(key)
+            self.routes: set[RouteKey] = set(routes.dump(read))
         # One key can match several kernel rules (same selectors, different priorities).
         self.rules: dict[RuleKey, list[int]] = {}
         with failing("cannot list IP rules"):
@@ -184,6 +199,7 @@ class RouteTable(Closing):
         self._known: Known | None = None
         self._invalidations = 0  # counts the watchers' reports, under _lock
         self._watchers: list[Watcher] = []
+        self._last_listing: _Kernel | None = None  # its route keys are reused by the next
         if state_file is not None:
             self._load(state_file)
         self._ipr = Netlink(netns)
@@ -383,7 +399,8 @@ class RouteTable(Closing):
             return 0
 
     def _listing(self) -> _Kernel:
-        kernel = _Kernel(self._ipr, self._wire)
+        kernel = _Kernel(self._ipr, self._wire, self._last_listing)
+        self._last_listing = kernel
         with self._lock:
             self._names = dict(kernel.names)
         return kernel

@@ -25,8 +25,9 @@ import contextlib
 import errno
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -83,6 +84,10 @@ BATCH = 128
 TIMEOUT = 30.0
 
 
+T = TypeVar("T")
+Buffer = bytes | bytearray | memoryview
+
+
 class LostAck(OSError):
     """The kernel's acknowledgement of a request never came (the socket's buffer overran,
     or no answer in time): the request may or may not have been carried out."""
@@ -107,9 +112,7 @@ class RouteMessage:
     priority: int | None
 
 
-def messages(
-    data: bytes | bytearray | memoryview, size: int
-) -> Iterator[tuple[int, int, int, int, int]]:
+def messages(data: Buffer, size: int) -> Iterator[tuple[int, int, int, int, int]]:
     """``(type, flags, sequence, offset, length)`` of each message in ``data[:size]``."""
     offset = 0
     while offset + _HEADER_SIZE <= size:
@@ -120,9 +123,7 @@ def messages(
         offset += (length + 3) & ~3
 
 
-def route_message(
-    data: bytes | bytearray | memoryview, offset: int, length: int
-) -> RouteMessage | None:
+def route_message(data: Buffer, offset: int, length: int) -> RouteMessage | None:
     """The route message at ``offset``; ``None`` if it is too short to be one."""
     if length < _BODY:
         return None
@@ -167,7 +168,7 @@ def route_message(
     )
 
 
-def _address(family: int, raw: bytes | bytearray | memoryview) -> str | None:
+def _address(family: int, raw: Buffer) -> str | None:
     try:
         return socket.inet_ntop(family, bytes(raw))
     except (ValueError, OSError):
@@ -322,19 +323,31 @@ class RouteSocket:
         """Every route in every table and family (``default_only``: the default routes,
         whose destination has length 0; the others are not decoded), in the kernel's
         order; a failure raises ``NetlinkError`` or ``OSError``."""
+
+        def read(data: Buffer, offset: int, length: int) -> RouteMessage | None:
+            if default_only and length >= _BODY and data[offset + _HEADER_SIZE + 1]:
+                return None  # dst_len, the rtmsg's second byte, is not 0
+            return route_message(data, offset, length)
+
+        return self.dump(read)
+
+    def dump(self, read: Callable[[Buffer, int, int], T | None]) -> list[T]:
+        """What ``read(data, offset, length)`` makes of each route in every table and
+        family, in the kernel's order (``None``: left out); a failure raises
+        ``NetlinkError`` or ``OSError``."""
         try:
-            return self._dump_routes(default_only)
+            return self._dump(read)
         except OSError:
             self._reset()
             raise
 
-    def _dump_routes(self, default_only: bool) -> list[RouteMessage]:
+    def _dump(self, read: Callable[[Buffer, int, int], T | None]) -> list[T]:
         seq = self._next()
         request = _HEADER.pack(
             _HEADER_SIZE + _RTMSG.size, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
         ) + _RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)
         self._sock.send(request)
-        routes: list[RouteMessage] = []
+        routes: list[T] = []
         while True:
             data, size = self._receive()
             for kind, _flags, got, offset, length in messages(data, size):
@@ -346,9 +359,7 @@ class RouteSocket:
                     code = -_ERROR.unpack_from(data, offset + _HEADER_SIZE)[0]
                     raise NetlinkError(code)
                 if kind == RTM_NEWROUTE:
-                    if default_only and length >= _BODY and data[offset + _HEADER_SIZE + 1]:
-                        continue  # dst_len, the rtmsg's second byte, is not 0
-                    route = route_message(data, offset, length)
+                    route = read(data, offset, length)
                     if route is not None:
                         routes.append(route)
 
