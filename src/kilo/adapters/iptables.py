@@ -125,6 +125,16 @@ def _holds_kilo_state(state: TableState) -> bool:
     )
 
 
+def _rules_of(output: str) -> str:
+    """What :func:`parse_save` reads of ``iptables-save`` output: without its comments
+    (they carry the time) and the built-in chains' packet counters (traffic moves them)."""
+    return "\n".join(
+        line.rsplit(" ", 1)[0] if line.startswith(":") else line
+        for line in output.split("\n")
+        if not line.startswith("#")
+    )
+
+
 class IPTables:
     """Kilo's iptables controller: brings the Kilo rules of every table to a plan."""
 
@@ -173,21 +183,22 @@ class IPTables:
         save, restore = _COMMANDS[protocol]
         self._count(protocol, "List", table, "*")
         output = self._run(protocol, table, [save, "-t", table])
+        held = _rules_of(output)
         settled = self._settled.pop((protocol, table), None)
         if (
             settled is not None
-            and settled[0] == output
+            and settled[0] == held
             and (settled[1] is planned or settled[1] == planned)
         ):
-            self._settled[(protocol, table)] = (output, planned)
+            self._settled[(protocol, table)] = (held, planned)
             return False
         current = parse_save(output).get(table, TableState())
         if table not in tables_of(planned, protocol) and not _holds_kilo_state(current):
-            self._settled[(protocol, table)] = (output, planned)
+            self._settled[(protocol, table)] = (held, planned)
             return False
         script = restore_script(planned, table, protocol, current)
         if script is None:
-            self._settled[(protocol, table)] = (output, planned)
+            self._settled[(protocol, table)] = (held, planned)
             return False
         for operation, op_table, chain in script_operations(script):
             self._count(protocol, operation, op_table, chain)
