@@ -347,7 +347,9 @@ def test_an_incremental_batch_with_a_taken_slot_adds_the_rest_then_lists_the_ker
     first = _many(100)
     table.set(first, (), DEVICES)
     second = _many(110)
-    foreign = RouteKey(dst=second[150].dst, dev="ens4")  # someone else's, in a new slot
+    taken = route_sync.route_key(second[150], DEVICES)
+    assert taken is not None
+    foreign = RouteKey(dst=taken.dst, dev="ens4")  # someone else's, in a new slot
     subject.add_route(foreign)
     # Every new route is added: 299 by the batch, the taken one replaced after the listing.
     assert table.set(second, (), DEVICES, full=False) == (MANY, MANY)

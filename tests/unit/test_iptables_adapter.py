@@ -9,7 +9,9 @@ import pytest
 from kilo.adapters import iptables as iptables_adapter
 from kilo.adapters.iptables import IPTables, kernel_has_ipv6, script_operations
 from kilo.errors import DataPlaneError
+from kilo.mesh import iptables_restore
 from kilo.mesh.iptables import Chain, Protocol, Rule, RuleSet
+from kilo.mesh.iptables_restore import TableState
 
 
 def test_ipv6_enabled_when_the_module_parameter_reads_zero(tmp_path: Path) -> None:
@@ -115,10 +117,12 @@ def test_a_table_read_unchanged_is_not_parsed_again_and_a_changed_one_is_repaire
         "-A KILO-NAT -d 10.4.0.0/16 -j RETURN\n",
     )
     parsed: list[str] = []
-    real_parse = iptables_adapter.parse_save
-    monkeypatch.setattr(
-        iptables_adapter, "parse_save", lambda text: parsed.append(text) or real_parse(text)
-    )
+
+    def parse_save(text: str) -> dict[str, TableState]:
+        parsed.append(text)
+        return iptables_restore.parse_save(text)
+
+    monkeypatch.setattr(iptables_adapter, "parse_save", parse_save)
     controller = IPTables(ipv6=False)
     table.write_text(empty)
     assert controller.apply(planned) == 1
