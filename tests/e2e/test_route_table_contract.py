@@ -25,6 +25,7 @@ from kilo.mesh.routes import Device, Route
 from tests.examples import alpha_plan
 
 INTERFACES = ("ens4", "kilo0", "tunl0")
+ADDRESSES = {"ens4": "10.128.0.2/20", "kilo0": "10.4.0.2/16"}  # alpha's
 DEVICES = {Device.KILO: "kilo0", Device.PRIVATE: "ens4", Device.TUNNEL: "tunl0"}
 EVENT_TIMEOUT = 10.0
 
@@ -49,8 +50,8 @@ def _netlink(netns: str) -> Iterator[Subject]:
         ip(netns, "link", "add", name, "type", "veth", "peer", "name", f"{name}p")
         ip(netns, "link", "set", name, "up")
         ip(netns, "link", "set", f"{name}p", "up")
-    ip(netns, "addr", "add", "10.128.0.2/20", "dev", "ens4")
-    ip(netns, "addr", "add", "10.4.0.2/16", "dev", "kilo0")
+    for name, address in ADDRESSES.items():
+        ip(netns, "addr", "add", address, "dev", name)
 
     def add_route(key: RouteKey) -> None:
         ip(netns, "route", "add", *str(key).split(), *(["onlink"] if key.gw else []))
@@ -63,7 +64,8 @@ def _netlink(netns: str) -> Iterator[Subject]:
 
 
 def _memory() -> Iterator[Subject]:
-    table = InMemoryRouteTable(interfaces=INTERFACES)
+    addresses = [ipaddress.ip_interface(a).ip for a in ADDRESSES.values()]
+    table = InMemoryRouteTable(interfaces=INTERFACES, addresses=addresses)
     yield Subject(table, table.kernel_routes.add, table.delete_route)
 
 
@@ -268,3 +270,105 @@ def test_a_failed_incremental_set_is_followed_by_one_that_lists_the_kernel(
     subject.delete_route(victim)  # unseen, but the failure makes the next set list
     assert table.set(planned_routes, planned_rules, DEVICES, full=False)[0] >= 1
     assert victim in table.kernel()[0] and alip in table.kernel()[0]
+
+
+# --- batches: routes are written many to a netlink send, each with its own outcome ----------
+
+MANY = 300  # more than one send's worth (wire.BATCH): failures land inside and across sends
+NOT_LOCAL = ipaddress.ip_address("192.0.2.77")  # a source no interface has: EINVAL
+
+
+def _many(first_octet: int = 100, bad: frozenset[int] = frozenset()) -> tuple[Route, ...]:
+    """``MANY`` routes over kilo0 to 10.<first_octet>.x.0/24 and 10.<first_octet+1>..., the
+    ``bad`` ones (by position) with a source address the node does not have."""
+    return tuple(
+        Route(
+            dst=ipaddress.ip_network(f"10.{first_octet + i // 256}.{i % 256}.0/24"),
+            dev=Device.KILO,
+            src=NOT_LOCAL if i in bad else None,
+        )
+        for i in range(MANY)
+    )
+
+
+def _keys(routes: tuple[Route, ...]) -> set[RouteKey]:
+    return {k for r in routes if (k := route_sync.route_key(r, DEVICES)) is not None}
+
+
+def test_a_batch_adds_every_route_and_a_full_set_then_changes_nothing(subject: Subject) -> None:
+    table = subject.table
+    before = table.kernel()
+    routes = _many()
+    assert table.set(routes, (), DEVICES) == (MANY, 0)
+    assert _keys(routes) <= table.kernel()[0]
+    assert table.tracked[0] == frozenset(_keys(routes))
+    assert table.set(routes, (), DEVICES) == (0, 0)
+    assert table.set(routes, (), DEVICES, full=False) == (0, 0)
+    assert table.set(routes[:10], (), DEVICES, full=False) == (0, MANY - 10)
+    table.clean_up()
+    assert table.kernel() == before
+
+
+def test_a_route_the_kernel_refuses_in_a_batch_is_named_and_the_rest_applied(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    before = table.kernel()
+    bad = frozenset({0, 150, MANY - 1})  # first, mid-batch in the second send, last
+    routes = _many(bad=bad)
+    with pytest.raises(DataPlaneError) as failure:
+        table.set(routes, (), DEVICES)
+    message = str(failure.value)
+    assert message.startswith("3 route/rule changes failed: ")
+    for i in sorted(bad):
+        assert f"cannot add route {routes[i].dst} dev kilo0 proto static src {NOT_LOCAL}: " in (
+            message
+        )
+    assert message.count("Invalid argument") == 3
+    good = _keys(tuple(r for i, r in enumerate(routes) if i not in bad))
+    assert good <= table.kernel()[0]
+    assert table.tracked[0] == frozenset(good)  # the refused routes are not tracked
+    # The same failures again on the next set, incremental or not (after a failure, the
+    # table lists the kernel), and nothing else is written.
+    with pytest.raises(DataPlaneError, match="3 route/rule changes failed"):
+        table.set(routes, (), DEVICES, full=False)
+    fixed = _many()
+    assert table.set(fixed, (), DEVICES, full=False) == (3, 0)
+    assert table.tracked[0] == frozenset(_keys(fixed))
+    table.clean_up()
+    assert table.kernel() == before
+
+
+def test_an_incremental_batch_with_a_taken_slot_adds_the_rest_then_lists_the_kernel(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    before = table.kernel()
+    first = _many(100)
+    table.set(first, (), DEVICES)
+    second = _many(110)
+    taken = route_sync.route_key(second[150], DEVICES)
+    assert taken is not None
+    foreign = RouteKey(dst=taken.dst, dev="ens4")  # someone else's, in a new slot
+    subject.add_route(foreign)
+    # Every new route is added: 299 by the batch, the taken one replaced after the listing.
+    assert table.set(second, (), DEVICES, full=False) == (MANY, MANY)
+    kernel_routes = table.kernel()[0]
+    assert _keys(second) <= kernel_routes and foreign not in kernel_routes
+    assert not _keys(first) & kernel_routes
+    assert table.tracked[0] == frozenset(_keys(second))
+    table.clean_up()
+    assert table.kernel() == before
+
+
+def test_a_batch_deletion_of_a_route_already_gone_is_no_failure(subject: Subject) -> None:
+    table = subject.table
+    before = table.kernel()
+    routes = _many()
+    table.set(routes, (), DEVICES)
+    gone = route_sync.route_key(routes[200], DEVICES)
+    assert gone is not None
+    subject.delete_route(gone)  # no watcher: the table still believes it holds it
+    assert table.set((), (), DEVICES, full=False) == (0, MANY - 1)
+    assert table.tracked == (frozenset(), frozenset())
+    assert table.kernel() == before

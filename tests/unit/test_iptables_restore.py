@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import shlex
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kilo.mesh.iptables import Chain, Protocol, Rule, RuleSet
-from kilo.mesh.iptables_restore import canonical_spec, parse_save, render_spec, restore_script
+from kilo.mesh.iptables_restore import (
+    canonical_spec,
+    parse_save,
+    render_spec,
+    restore_script,
+    split_line,
+)
 
 COMMENT = ("-m", "comment", "--comment")
 
@@ -120,3 +131,35 @@ def test_script_keeps_what_is_right_and_fixes_the_rest() -> None:
         )
     )
     assert restore_script(planned, "nat", Protocol.IPV4, parse_save(applied)["nat"]) is None
+
+
+@given(st.text(alphabet=" \t\r\n\x0b\"'\\-:/.#aZ09é", max_size=40))
+@settings(max_examples=500, deadline=None)
+def test_split_line_reads_words_as_shlex_does(line: str) -> None:
+    try:
+        expected: list[str] | type[ValueError] = shlex.split(line)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: list[str] | type[ValueError] = split_line(line)
+    except ValueError:
+        got = ValueError
+    assert got == expected
+
+
+def test_split_line_reads_a_kilo_rule_as_iptables_save_prints_it() -> None:
+    line = (
+        '-A KILO-NAT -d 10.4.0.0/16 -m comment --comment "Kilo: do not NAT packets destined '
+        'for the local Pod subnet" -j RETURN'
+    )
+    assert split_line(line) == shlex.split(line)
+    assert split_line('-A X -m comment --comment "" -j Y') == [
+        "-A",
+        "X",
+        "-m",
+        "comment",
+        "--comment",
+        "",
+        "-j",
+        "Y",
+    ]

@@ -8,9 +8,10 @@ the planned state costs one ``iptables-save`` and nothing else. Kilo instead run
 
 Which tables are read: every table the plan uses, plus ``filter`` and ``nat``, the only
 tables Kilo ever writes, so that rules and ``KILO-*`` chains a previous plan left there are
-removed. Tables are read one at a time (not with a bare ``iptables-save``) so that a table
-another tool made incompatible with ``iptables-nft`` cannot stop Kilo's own tables from
-being reconciled.
+removed. Each table is read by a process of its own (not with a bare ``iptables-save``) so
+that a table another tool made incompatible with ``iptables-nft`` cannot stop Kilo's own
+tables from being reconciled; the reads run side by side, then the tables are changed one
+at a time, in order.
 
 IPv6: with ``ipv6=None`` the IPv6 client is used when ``ip6tables-save`` and
 ``ip6tables-restore`` are installed and the kernel has IPv6 (``/sys/module/ipv6/
@@ -41,6 +42,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kilo.errors import DataPlaneError
@@ -125,6 +127,16 @@ def _holds_kilo_state(state: TableState) -> bool:
     )
 
 
+def _rules_of(output: str) -> str:
+    """What :func:`parse_save` reads of ``iptables-save`` output: without its comments
+    (they carry the time) and the built-in chains' packet counters (traffic moves them)."""
+    return "\n".join(
+        line.rsplit(" ", 1)[0] if line.startswith(":") else line
+        for line in output.split("\n")
+        if not line.startswith("#")
+    )
+
+
 class IPTables:
     """Kilo's iptables controller: brings the Kilo rules of every table to a plan."""
 
@@ -144,6 +156,11 @@ class IPTables:
         self._on_operation = on_operation
         # The agent applies from its resync loop and cleans up on shutdown; never both at once.
         self._lock = threading.Lock()
+        # Per protocol and table: the iptables-save output and the plan it was last found
+        # to need no change for. The script is a function of the two, so the same pair
+        # again needs no parse (thousands of rules on a leader) and no script; the table
+        # is still read every time, which is what finds rules someone else removed.
+        self._settled: dict[tuple[Protocol, str], tuple[str, RuleSet]] = {}
 
     @property
     def protocols(self) -> tuple[Protocol, ...]:
@@ -155,24 +172,59 @@ class IPTables:
         with self._lock:
             changed = 0
             for protocol in self._protocols:
-                for table in sorted({*tables_of(planned, protocol), *KILO_TABLES}):
-                    if self._apply_table(planned, table, protocol):
+                tables = sorted({*tables_of(planned, protocol), *KILO_TABLES})
+                for table, output in zip(tables, self._save(protocol, tables), strict=True):
+                    if isinstance(output, DataPlaneError):
+                        raise output
+                    if self._apply_table(planned, table, protocol, output):
                         changed += 1
             return changed
+
+    def _save(self, protocol: Protocol, tables: Sequence[str]) -> list[str | DataPlaneError]:
+        """Every table's ``iptables-save -t TABLE`` output (or its failure), the processes
+        run side by side: with iptables-nft each one lists the whole ruleset, thousands
+        of rules on a leader (about 0.4 s each at 5000 nodes), and a table's changes never
+        touch another's."""
+        save = _COMMANDS[protocol][0]
+        for table in tables:
+            self._count(protocol, "List", table, "*")
+        with ThreadPoolExecutor(
+            max_workers=len(tables), thread_name_prefix="kilo-iptables"
+        ) as pool:
+            reads = [
+                pool.submit(self._run, protocol, table, [save, "-t", table]) for table in tables
+            ]
+        outputs: list[str | DataPlaneError] = []
+        for read in reads:
+            try:
+                outputs.append(read.result())
+            except DataPlaneError as exc:
+                outputs.append(exc)
+        return outputs
 
     def clean_up(self) -> None:
         """Remove every Kilo rule (comment ``Kilo:``) and every ``KILO-*`` chain, nothing else."""
         self.apply(RuleSet())
 
-    def _apply_table(self, planned: RuleSet, table: str, protocol: Protocol) -> bool:
-        save, restore = _COMMANDS[protocol]
-        self._count(protocol, "List", table, "*")
-        output = self._run(protocol, table, [save, "-t", table])
+    def _apply_table(self, planned: RuleSet, table: str, protocol: Protocol, output: str) -> bool:
+        """Bring ``table`` (as ``output`` lists it) to ``planned``; whether it changed."""
+        restore = _COMMANDS[protocol][1]
+        held = _rules_of(output)
+        settled = self._settled.pop((protocol, table), None)
+        if (
+            settled is not None
+            and settled[0] == held
+            and (settled[1] is planned or settled[1] == planned)
+        ):
+            self._settled[(protocol, table)] = (held, planned)
+            return False
         current = parse_save(output).get(table, TableState())
         if table not in tables_of(planned, protocol) and not _holds_kilo_state(current):
+            self._settled[(protocol, table)] = (held, planned)
             return False
         script = restore_script(planned, table, protocol, current)
         if script is None:
+            self._settled[(protocol, table)] = (held, planned)
             return False
         for operation, op_table, chain in script_operations(script):
             self._count(protocol, operation, op_table, chain)

@@ -1,8 +1,10 @@
 """Interfaces, routes and IP rules through rtnetlink (pyroute2).
 
 ``links.py`` the interfaces (:class:`Links`), ``route_table.py`` Kilo's routes and rules
-(:class:`RouteTable`), ``rtnetlink.py`` the socket both use and its errors, ``memory.py``
-the route table's in-memory fake (:class:`InMemoryRouteTable`) for the loops' unit tests.
+(:class:`RouteTable`), ``rtnetlink.py`` the pyroute2 socket both use and its errors,
+``wire.py`` route messages by hand and requests in batches (listing and writing thousands
+of routes), ``memory.py`` the route table's in-memory fake (:class:`InMemoryRouteTable`)
+for the loops' unit tests.
 
 Thin: the decisions (which routes and rules to add, delete or adopt, and their identity)
 are in :mod:`kilo.mesh.route_sync`; this module only lists the kernel, applies changes and

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 from ipaddress import ip_interface
 from typing import Any
 
-from kilo.adapters.netlink.rtnetlink import FAMILY, VERSION, Closing, Netlink, failing
+from kilo.adapters.netlink import wire
+from kilo.adapters.netlink.rtnetlink import FAMILY, VERSION, Closing, Netlink, failing, where
 from kilo.errors import DataPlaneError
 from kilo.mesh import route_sync
 from kilo.mesh.discovery import Interface
@@ -25,10 +27,18 @@ class Links(Closing):
     """Interface helpers in the current network namespace (or a named one, for tests)."""
 
     def __init__(self, netns: str | None = None) -> None:
+        self._netns = netns
         self._ipr = Netlink(netns)
+        # For the default route: opened on first use, one caller at a time.
+        self._routes: wire.RouteSocket | None = None
+        self._routes_lock = threading.Lock()
 
     def close(self) -> None:
         self._ipr.close()
+        with self._routes_lock:
+            if self._routes is not None:
+                self._routes.close()
+                self._routes = None
 
     def _link(self, name: str) -> Any | None:
         links: tuple[Any, ...] = ()
@@ -63,16 +73,21 @@ class Links(Closing):
         ]
 
     def default_route_interface(self) -> int | None:
-        """The interface of the first main-table default route, IPv4 before IPv6 (§6.1.6)."""
-        for family in (socket.AF_INET, socket.AF_INET6):
+        """The interface of the first main-table default route, IPv4 before IPv6 (§6.1.6).
+
+        One listing of the routes (the agent's auto MTU asks on every full apply, and a
+        leader's main table holds thousands of Kilo's routes), in which only the default
+        routes are decoded."""
+        with self._routes_lock:
+            with failing(f"cannot open a netlink socket{where(self._netns)}"):
+                if self._routes is None:
+                    self._routes = wire.RouteSocket(self._netns)
             with failing("cannot list the default routes"):
-                routes = tuple(self._ipr.route("dump", family=family, table=route_sync.MAIN_TABLE))
+                routes = self._routes.dump_routes(default_only=True)
+        for family in (socket.AF_INET, socket.AF_INET6):
             for m in routes:
-                if m.get("table") != route_sync.MAIN_TABLE or m["dst_len"] != 0:
-                    continue
-                oif = m.get("oif")
-                if oif:
-                    return int(oif)
+                if m.family == family and m.table == route_sync.MAIN_TABLE and m.oif:
+                    return m.oif
         return None
 
     def mtu(self, name: str) -> int:

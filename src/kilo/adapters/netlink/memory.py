@@ -17,15 +17,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from kilo.adapters.netlink.route_table import Known, State, summary
 from kilo.errors import DataPlaneError
 from kilo.mesh import route_sync
+from kilo.mesh.ip import IPAddress
 from kilo.mesh.route_sync import RouteKey, RuleKey
 from kilo.mesh.routes import Device, Route, Rule, format_route
 
 
 class InMemoryRouteTable:
-    """Kilo's routes and rules in a kernel that has the interfaces ``interfaces``."""
+    """Kilo's routes and rules in a kernel that has the interfaces ``interfaces`` and, when
+    given, the local addresses ``addresses`` (a route's source must be one of them, as the
+    kernel checks; ``None``: any source is accepted)."""
 
-    def __init__(self, interfaces: Iterable[str] = ()) -> None:
+    def __init__(
+        self, interfaces: Iterable[str] = (), addresses: Iterable[IPAddress] | None = None
+    ) -> None:
         self.interfaces = set(interfaces)
+        self.addresses = None if addresses is None else set(addresses)
         # The kernel: every route and rule in it (Kilo's or not), by identity.
         self.kernel_routes: set[RouteKey] = set()
         self.kernel_rules: set[RuleKey] = set()
@@ -69,7 +75,8 @@ class InMemoryRouteTable:
             added = 0
         else:
             # RouteTable's incremental path: the diff against what it knows, without
-            # looking at the kernel, until a new route finds its slot taken (EEXIST).
+            # looking at the kernel; every new route whose slot is free is added (one
+            # batch), and if any found its slot taken (EEXIST), the kernel is listed.
             stale = sorted((key for key in known.routes if key not in route_of), key=str)
             new = [key for key in route_of if key not in known.routes]
             removed = 0
@@ -79,12 +86,10 @@ class InMemoryRouteTable:
                     self.kernel_routes.discard(key)
                     removed += 1
             slots = {key.slot for key in self.kernel_routes} if new else set()
-            taken = next((key for key in new if key.slot in slots), None)
-            if taken is None:
-                to_add, added = tuple(new), 0
-            else:
-                before = new[: new.index(taken)]
-                added = self._add(before, route_of, devices, failures)
+            free = [key for key in new if key.slot not in slots]
+            added = self._add(free, route_of, devices, failures)
+            to_add = ()
+            if len(free) < len(new):
                 to_add, more_removed = self._listed(desired.keys, planned_rules)
                 removed += more_removed
         added += self._add(to_add, route_of, devices, failures)
@@ -110,6 +115,12 @@ class InMemoryRouteTable:
                 failures.append(
                     f"route {format_route(route_of[key], devices)}: "
                     f"interface {key.dev} does not exist"
+                )
+                continue
+            if self.addresses is not None and key.src is not None and key.src not in self.addresses:
+                # The kernel refuses that route alone (EINVAL); the others are still added.
+                failures.append(
+                    f"cannot add route {format_route(route_of[key], devices)}: Invalid argument"
                 )
                 continue
             # ``ip route replace``: one route per table and destination.

@@ -7,8 +7,11 @@ others, and one :class:`~kilo.errors.DataPlaneError` at the end lists them. Its 
 unit tests, held to the same contract, is :class:`~kilo.adapters.netlink.memory.InMemoryRouteTable`.
 
 Listing the kernel costs a dump of every route in every table (thousands at a thousand
-nodes, and pyroute2 decodes them in Python): :meth:`RouteTable.set` with ``full=False``
-skips it when the table can trust its own last write (see there).
+nodes): :meth:`RouteTable.set` with ``full=False`` skips it when the table can trust its
+own last write (see there). Routes are listed and written through :mod:`.wire` (by hand,
+many requests to a send, each acknowledged on its own: a start-up adds thousands, and
+through pyroute2 each cost a round trip and about 0.6 ms of CPU); links and rules, a
+few each, through pyroute2.
 
 Over 500 lines on purpose: the full and incremental paths, the deletion watcher and the
 state file all read and write one tracked set under one lock, and whether the table may
@@ -30,14 +33,14 @@ from typing import Any, TypeVar
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
-    RTM_DELROUTE,
-    RTM_DELRULE,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_IPV4_RULE,
     RTMGRP_IPV6_ROUTE,
     RTMGRP_IPV6_RULE,
 )
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from kilo.adapters.netlink import wire
 from kilo.adapters.netlink.rtnetlink import (
     FAMILY,
     VERSION,
@@ -51,35 +54,35 @@ from kilo.adapters.netlink.watcher import Watcher
 from kilo.errors import DataPlaneError
 from kilo.mesh import route_sync
 from kilo.mesh.route_sync import RouteKey, RuleKey
-from kilo.mesh.routes import RTPROT_STATIC, Device, Route, Rule, format_route, format_rule
+from kilo.mesh.routes import Device, Route, Rule, format_route, format_rule
 
 K = TypeVar("K", RouteKey, RuleKey)
 
 _RTN_UNICAST = 1
-_RTNH_F_ONLINK = 0x4
+_VERSION: dict[int, int] = {int(family): version for family, version in VERSION.items()}
 _RTM_F_CLONED = 0x200
-_RT_SCOPE_NOWHERE = 255  # "any scope" when deleting, as `ip route del` sends
 _FR_ACT_TO_TBL = 1
 _FIB_RULE_INVERT = 0x2
+_NLMSG_HEADER = 16
 _WATCH_GROUPS = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
 
 
-def _route_key_of(m: Any, names: Mapping[int, str]) -> RouteKey | None:
-    version = VERSION.get(m["family"])
-    if version is None or m["type"] != _RTN_UNICAST or m["flags"] & _RTM_F_CLONED or m["tos"]:
+def _route_key_of(m: wire.RouteMessage, names: Mapping[int, str]) -> RouteKey | None:
+    version = _VERSION.get(m.family)
+    if version is None or m.type != _RTN_UNICAST or m.flags & _RTM_F_CLONED or m.tos:
         return None
-    dev = names.get(m.get("oif") or 0)
+    dev = names.get(m.oif or 0)
     if dev is None:
         return None  # multipath, or an interface we do not know
     return route_sync.kernel_route_key(
         version=version,
-        table=int(m.get("table") or m["table"]),
-        dst=m.get("dst"),
-        dst_len=m["dst_len"],
+        table=m.table,
+        dst=m.dst,
+        dst_len=m.dst_len,
         dev=dev,
-        gw=m.get("gateway"),
-        src=m.get("prefsrc"),
-        metric=m.get("priority"),
+        gw=m.gateway,
+        src=m.prefsrc,
+        metric=m.priority,
     )
 
 
@@ -108,16 +111,30 @@ def _rule_key_of(m: Any) -> RuleKey | None:
 class _Kernel:
     """One listing of the kernel: links, and Kilo-shaped routes and rules in every table."""
 
-    def __init__(self, ipr: Netlink) -> None:
+    def __init__(self, ipr: Netlink, routes: wire.RouteSocket, last: _Kernel | None) -> None:
         with failing("cannot list interfaces"):
             self.names = {int(m["index"]): str(m.get("ifname")) for m in ipr.link("dump")}
         self.indexes = {name: index for index, name in self.names.items()}
-        self.routes: set[RouteKey] = set()
+        # A route's key by its message (past the netlink header), from this listing; the
+        # last listing's, while the interfaces have the same names and indexes: a resync
+        # finds nearly every route as it was, and a key costs ``ipaddress`` parsing.
+        self.keys: dict[bytes, RouteKey | None] = {}
+        known: Mapping[bytes, RouteKey | None] = (
+            last.keys if last is not None and last.names == self.names else {}
+        )
+
+        def read(data: wire.Buffer, offset: int, length: int) -> RouteKey | None:
+            body = bytes(data[offset + _NLMSG_HEADER : offset + length])
+            if body in known:
+                key = known[body]
+            else:
+                m = wire.route_message(data, offset, length)
+                key = None if m is None else _route_key_of(m, self.names)
+            self.keys[body] = key
+            return key
+
         with failing("cannot list routes"):
-            for m in ipr.route("dump"):
-                key = _route_key_of(m, self.names)
-                if key is not None:
-                    self.routes.add(key)
+            self.routes: set[RouteKey] = set(routes.dump(read))
         # One key can match several kernel rules (same selectors, different priorities).
         self.rules: dict[RuleKey, list[int]] = {}
         with failing("cannot list IP rules"):
@@ -146,7 +163,13 @@ class Known:
 
 class _SlotTaken(Exception):
     """An incremental add found its table and destination taken (``EEXIST``): by the same
-    route (to adopt) or another (to replace); only a listing of the kernel can tell."""
+    route (to adopt) or another (to replace); only a listing of the kernel can tell.
+    Carries what the incremental path added and removed before the listing."""
+
+    def __init__(self, added: int, removed: int) -> None:
+        super().__init__(added, removed)
+        self.added = added
+        self.removed = removed
 
 
 class RouteTable(Closing):
@@ -176,9 +199,17 @@ class RouteTable(Closing):
         self._known: Known | None = None
         self._invalidations = 0  # counts the watchers' reports, under _lock
         self._watchers: list[Watcher] = []
+        self._last_listing: _Kernel | None = None  # its route keys are reused by the next
         if state_file is not None:
             self._load(state_file)
         self._ipr = Netlink(netns)
+        try:
+            with failing(f"cannot open a netlink socket{where(netns)}"):
+                # Routes are listed and written here, many to a send (see wire).
+                self._wire = wire.RouteSocket(netns)
+        except BaseException:
+            self._ipr.close()
+            raise
 
     # -- state file ----------------------------------------------------------------------
 
@@ -230,27 +261,75 @@ class RouteTable(Closing):
 
     # -- kernel changes ------------------------------------------------------------------
 
-    def _add_route(self, key: RouteKey, route: Route, index: int, verb: str = "replace") -> None:
-        request = _route_request(key, index, proto=RTPROT_STATIC)
-        if route.onlink:
-            request["flags"] = _RTNH_F_ONLINK
-        self._ipr.route(verb, **request)
+    def _add_routes(
+        self,
+        adds: Sequence[tuple[RouteKey, Route]],
+        indexes: Mapping[str, int],
+        devices: Mapping[Device, str],
+        failures: list[str],
+        *,
+        exclusive: bool,
+    ) -> tuple[int, bool]:
+        """Add ``adds`` (in plan order), many to a send, and track each one the kernel took;
+        return how many were added and whether a slot was taken.
 
-    def _add_new_route(self, key: RouteKey, route: Route, index: int) -> None:
-        """Add a route the table has not seen in the kernel: exclusively, so that a route
-        already in its slot is not overwritten unseen (the full path lists it first)."""
-        try:
-            self._add_route(key, route, index, verb="add")
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                raise _SlotTaken from exc
-            raise
+        ``exclusive`` adds a route the table has not seen in the kernel without
+        overwriting a route already in its slot (``ip route add``): ``EEXIST`` then means
+        the slot is taken, by the same route (to adopt) or another (to replace), which only
+        a listing can tell. Otherwise ``ip route replace``, as after a listing."""
+        flags = wire.ADD if exclusive else wire.REPLACE
+        entries: list[tuple[RouteKey, Route, int | None]] = []
+        requests: list[bytes] = []
+        for key, route in adds:
+            index = indexes.get(key.dev)
+            entries.append((key, route, index))
+            if index is not None:
+                requests.append(wire.add_request(key, index, flags, onlink=route.onlink))
+        outcomes = iter(self._wire.batch(requests))
+        added, taken = 0, False
+        done: list[RouteKey] = []
+        for key, route, index in entries:
+            what = f"route {format_route(route, devices)}"
+            if index is None:
+                failures.append(f"{what}: interface {key.dev} does not exist")
+                continue
+            outcome = next(outcomes)
+            if outcome is None:
+                added += 1
+                done.append(key)
+            elif exclusive and isinstance(outcome, NetlinkError) and outcome.code == errno.EEXIST:
+                taken = True
+            else:
+                if isinstance(outcome, wire.LostAck):
+                    done.append(key)  # perhaps added: tracked, so that it is never left behind
+                failures.append(f"cannot add {what}: {reason(outcome)}")
+        with self._lock:
+            self._routes.update(done)
+        return added, taken
 
-    def _delete_route(self, key: RouteKey, index: int) -> None:
-        request = _route_request(key, index, scope=_RT_SCOPE_NOWHERE)
-        if key.version == 6:
-            request["priority"] = route_sync.DEFAULT_METRIC[6]
-        self._ipr.route("del", **request)
+    def _delete_routes(
+        self, keys: Sequence[RouteKey], indexes: Mapping[str, int], failures: list[str]
+    ) -> int:
+        """Delete tracked routes, many to a send; return how many went. Each is untracked
+        first, so that watchers ignore our own deletions, and tracked again if its
+        deletion failed, unless it is gone already. A route whose interface is gone went
+        with it."""
+        with self._lock:
+            self._routes.difference_update(keys)
+        listed = [(key, indexes[key.dev]) for key in keys if key.dev in indexes]
+        outcomes = self._wire.batch([wire.delete_request(key, index) for key, index in listed])
+        removed = 0
+        kept: list[RouteKey] = []
+        for (key, _), outcome in zip(listed, outcomes, strict=True):
+            if outcome is None:
+                removed += 1
+            elif not _gone(outcome):
+                kept.append(key)
+                failures.append(f"cannot delete route {key}: {reason(outcome)}")
+        if kept:
+            with self._lock:
+                self._routes.update(kept)
+        return removed
 
     def _add_rule(self, key: RuleKey) -> None:
         # No priority: the kernel numbers rules in the order they are added, as for Kilo.
@@ -271,10 +350,7 @@ class RouteTable(Closing):
         for rule in rules:
             delete_rule = functools.partial(self._delete_rules, rule, kernel)
             removed += self._untrack(self._rules, rule, delete_rule, failures, "rule")
-        for route in routes:
-            delete_route = functools.partial(self._delete_listed_route, route, kernel.indexes)
-            removed += self._untrack(self._routes, route, delete_route, failures, "route")
-        return removed
+        return removed + self._delete_routes(routes, kernel.indexes, failures)
 
     def _delete_rules(self, key: RuleKey, kernel: _Kernel) -> int:
         """Delete every kernel rule of ``key`` (one per priority it holds)."""
@@ -282,13 +358,6 @@ class RouteTable(Closing):
         for priority in priorities:
             self._delete_rule(key, priority)
         return len(priorities)
-
-    def _delete_listed_route(self, key: RouteKey, indexes: Mapping[str, int]) -> int:
-        index = indexes.get(key.dev)
-        if index is None:
-            return 0  # the interface went away, and its routes with it
-        self._delete_route(key, index)
-        return 1
 
     def _track_added(
         self,
@@ -330,7 +399,8 @@ class RouteTable(Closing):
             return 0
 
     def _listing(self) -> _Kernel:
-        kernel = _Kernel(self._ipr)
+        kernel = _Kernel(self._ipr, self._wire, self._last_listing)
+        self._last_listing = kernel
         with self._lock:
             self._names = dict(kernel.names)
         return kernel
@@ -400,9 +470,9 @@ class RouteTable(Closing):
             try:
                 added, removed = self._set_known(desired, known, devices, failures)
                 listed = False
-            except _SlotTaken:
-                # What was done so far is tracked; the listing below does the rest.
-                pass
+            except _SlotTaken as taken:
+                # What was done so far is tracked and counted; the listing does the rest.
+                added, removed = taken.added, taken.removed
         if listed:
             more_added, more_removed = self._set_listed(desired, planned_rules, devices, failures)
             added += more_added
@@ -444,19 +514,9 @@ class RouteTable(Closing):
             self._rules.difference_update(rule_changes.forget)
         removed = self._delete(route_changes.delete, rule_changes.delete, kernel, failures)
 
-        added = 0
         route_of = dict(desired.routes)
-        for key in route_changes.add:
-            route = route_of[key]
-            index = kernel.indexes.get(key.dev)
-            if index is None:
-                failures.append(
-                    f"route {format_route(route, devices)}: interface {key.dev} does not exist"
-                )
-                continue
-            add_route = functools.partial(self._add_route, key, route, index)
-            what = f"route {format_route(route, devices)}"
-            added += self._track_added(self._routes, key, add_route, failures, what)
+        adds = [(key, route_of[key]) for key in route_changes.add]
+        added, _ = self._add_routes(adds, kernel.indexes, devices, failures, exclusive=False)
         rule_of = dict(planned_rules)
         for rule_key in rule_changes.add:
             add_rule = functools.partial(self._add_rule, rule_key)
@@ -474,7 +534,8 @@ class RouteTable(Closing):
         """The incremental path: the kernel holds ``known`` (and the table tracks exactly
         it), so the diff is between the plan and ``known``; the same deletions and
         additions as the full path, in the same order, and the same counts. Raises
-        :class:`_SlotTaken` (having tracked what it did) when a new route's slot is taken."""
+        :class:`_SlotTaken` (having tracked what it did, and with its counts) when a new
+        route's slot is taken; every other new route was added all the same."""
         route_of = dict(desired.routes)
         stale = sorted((key for key in known.routes if key not in route_of), key=str)
         new = [key for key in route_of if key not in known.routes]
@@ -483,20 +544,11 @@ class RouteTable(Closing):
         indexes = self._indexes({key.dev for key in (*stale, *new)})
         tracked_routes, tracked_rules = self._tracked()
         self._save_collecting(tracked_routes | set(new), tracked_rules, failures)
-        removed = 0
-        for key in stale:
-            delete_route = functools.partial(self._delete_listed_route, key, indexes)
-            removed += self._untrack(self._routes, key, delete_route, failures, "route")
-        added = 0
-        for key in new:
-            route = route_of[key]
-            what = f"route {format_route(route, devices)}"
-            index = indexes.get(key.dev)
-            if index is None:
-                failures.append(f"{what}: interface {key.dev} does not exist")
-                continue
-            add_route = functools.partial(self._add_new_route, key, route, index)
-            added += self._track_added(self._routes, key, add_route, failures, what)
+        removed = self._delete_routes(stale, indexes, failures)
+        adds = [(key, route_of[key]) for key in new]
+        added, taken = self._add_routes(adds, indexes, devices, failures, exclusive=True)
+        if taken:
+            raise _SlotTaken(added, removed)
         return added, removed
 
     def _indexes(self, names: Iterable[str]) -> dict[str, int]:
@@ -549,15 +601,20 @@ class RouteTable(Closing):
 
     # -- watching ------------------------------------------------------------------------
 
-    def _tracked_deletion(self, messages: Iterable[Any]) -> bool:
+    def _tracked_deletion(self, data: bytes) -> bool:
+        """Whether the events in ``data`` delete a tracked route or rule. Only deletions
+        are decoded: the others, such as the thousands of additions of a start-up, are
+        skipped by their header."""
         with self._lock:
-            for m in messages:
-                kind = m["header"]["type"]
-                if kind == RTM_DELROUTE:
-                    if _route_key_of(m, self._names) in self._routes:
+            for kind, _flags, _seq, offset, length in wire.messages(data, len(data)):
+                if kind == wire.RTM_DELROUTE:
+                    m = wire.route_message(data, offset, length)
+                    if m is not None and _route_key_of(m, self._names) in self._routes:
                         return True
-                elif kind == RTM_DELRULE and _rule_key_of(m) in self._rules:
-                    return True
+                elif kind == wire.RTM_DELRULE:
+                    for rule in MarshalRtnl().parse(data[offset : offset + length]):
+                        if _rule_key_of(rule) in self._rules:
+                            return True
         return False
 
     def watch_deletions(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -596,22 +653,7 @@ class RouteTable(Closing):
             watcher.stop()
         self._watchers.clear()
         self._ipr.close()
-
-
-def _route_request(key: RouteKey, index: int, **extra: Any) -> dict[str, Any]:
-    """The attributes that name the route ``key`` on the interface ``index``."""
-    request: dict[str, Any] = {
-        "family": FAMILY[key.version],
-        "dst": str(key.dst),
-        "oif": index,
-        "table": key.table,
-        **extra,
-    }
-    if key.gw is not None:
-        request["gateway"] = str(key.gw)
-    if key.src is not None:
-        request["prefsrc"] = str(key.src)
-    return request
+        self._wire.close()
 
 
 def _rule_request(key: RuleKey) -> dict[str, Any]:

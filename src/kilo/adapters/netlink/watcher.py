@@ -8,22 +8,21 @@ import errno
 import selectors
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
-
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 _STOP_TIMEOUT = 5.0
 
 
 class Watcher:
-    """A thread reading route and rule events from its own netlink socket."""
+    """A thread reading route and rule events from its own netlink socket; ``matters``
+    gets each datagram as received (one or more netlink messages) and decodes what it
+    needs of it."""
 
     def __init__(
         self,
         sock: socket.socket,
-        matters: Callable[[Iterable[Any]], bool],
+        matters: Callable[[bytes], bool],
         callback: Callable[[], None],
     ) -> None:
         self._matters = matters
@@ -38,7 +37,6 @@ class Watcher:
         self._thread.start()
 
     def _run(self) -> None:
-        marshal = MarshalRtnl()
         selector = selectors.DefaultSelector()
         try:
             selector.register(self._sock, selectors.EVENT_READ)
@@ -54,7 +52,7 @@ class Watcher:
                             return
                         self._callback()  # events were lost: one of them may matter
                         continue
-                    if self._matters(marshal.parse(data)):
+                    if self._matters(data):
                         self._callback()
         finally:
             selector.close()
