@@ -246,8 +246,13 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
     slots: dict[int, list[RouteKey]] = {}
     unresolved: list[Route] = []
     shadowed: list[Route] = []
+    memo = _ROUTE_KEYS
+    previous = memo.previous if memo.devices == devices else {}
+    current: dict[int, tuple[Route, RouteKey | None]] = {}
     for route in routes:
-        key = route_key(route, devices)
+        entry = previous.get(id(route))
+        key = entry[1] if entry is not None and entry[0] is route else route_key(route, devices)
+        current[id(route)] = (route, key)
         if key is None:
             unresolved.append(route)
         elif key in chosen:
@@ -262,9 +267,26 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
                 slots[key.slot_hash] = [key]
             else:
                 same.append(key)
+    memo.previous, memo.devices = current, dict(devices)
     return DesiredRoutes(
         routes=tuple(chosen.items()), unresolved=tuple(unresolved), shadowed=tuple(shadowed)
     )
+
+
+class _RouteKeyMemo:
+    """The keys of the previous call's routes, by Route object (``id``, checked with
+    ``is``: the entry holds the Route, so its id cannot be reused meanwhile). A leader's
+    plan hands out the same Route objects for unchanged segments
+    (``routes._LeaderRoutesMemo``), and a key hashes its destination in Python when it is
+    built; the same key object also makes the route table's set lookups identity hits.
+    Only the last call's routes and device names are kept; keys are immutable."""
+
+    def __init__(self) -> None:
+        self.previous: dict[int, tuple[Route, RouteKey | None]] = {}
+        self.devices: dict[Device, str] = {}
+
+
+_ROUTE_KEYS = _RouteKeyMemo()
 
 
 def desired_rules(rules: Iterable[Rule]) -> tuple[tuple[RuleKey, Rule], ...]:
