@@ -346,7 +346,7 @@ def _wanted(config: WireGuardConfig) -> dict[Key, _Want]:
     wants: dict[Key, _Want] = {}
     owner: dict[str, Key] = {}
     previous = _MASKED.previous
-    current: dict[int, tuple[WireGuardPeer, tuple[str, ...]]] = {}
+    current: dict[int, tuple[WireGuardPeer, tuple[str, ...], bool]] = {}
     for peer in config.peers:
         want = wants.setdefault(peer.public_key, _Want())
         if peer.preshared_key is not None:
@@ -360,18 +360,24 @@ def _wanted(config: WireGuardConfig) -> dict[Key, _Want]:
         want.allowed_ips = []
         want.peer = peer
         entry = previous.get(id(peer))
-        if entry is not None and entry[0] is peer:
-            texts = entry[1]
-        else:
-            texts = tuple([ipmod.text(_masked(cidr)) for cidr in peer.allowed_ips])
-        current[id(peer)] = (peer, texts)
+        if entry is None or entry[0] is not peer:
+            masked = tuple([ipmod.text(_masked(cidr)) for cidr in peer.allowed_ips])
+            entry = (peer, masked, len(set(masked)) == len(masked))
+        current[id(peer)] = entry
+        _, texts, unique = entry
+        public_key = peer.public_key
+        if unique and owner.keys().isdisjoint(texts):
+            # The usual case: no allowed IP repeated here or claimed by another peer.
+            owner.update(dict.fromkeys(texts, public_key))
+            want.allowed_ips = list(texts)
+            continue
         for cidr in texts:
             previous_owner = owner.get(cidr)
-            if previous_owner == peer.public_key:
-                continue
             if previous_owner is not None:
+                if previous_owner == public_key:
+                    continue
                 wants[previous_owner].allowed_ips.remove(cidr)  # WireGuard moves it here
-            owner[cidr] = peer.public_key
+            owner[cidr] = public_key
             want.allowed_ips.append(cidr)
     _MASKED.previous = current
     return wants
@@ -381,10 +387,11 @@ class _MaskedTexts:
     """The previous config's peers' masked allowed IPs as texts, by peer object (``id``,
     checked with ``is``): the leader's plan hands out the same WireGuardPeer for a segment
     that did not change (``wireguard._PeerMemo``), and masking and printing an
-    ``ipaddress`` value costs microseconds in Python. Only the last config is kept."""
+    ``ipaddress`` value costs microseconds in Python. With each: whether its texts are
+    unique. Only the last config is kept."""
 
     def __init__(self) -> None:
-        self.previous: dict[int, tuple[WireGuardPeer, tuple[str, ...]]] = {}
+        self.previous: dict[int, tuple[WireGuardPeer, tuple[str, ...], bool]] = {}
 
 
 _MASKED = _MaskedTexts()
@@ -435,18 +442,30 @@ def plan_changes(desired: WireGuardConfig, current: DeviceState) -> DeviceChange
             or set(want.allowed_ips) == set(texts)
             else _networks(want)
         )
-        psk = None if _same_key(want.preshared_key, peer.preshared_key) else want.preshared_key
-        keepalive = want.persistent_keepalive
-        endpoint = want.endpoint
-        change = PeerChange(
-            public_key=public_key,
-            preshared_key=psk,
-            endpoint=None if endpoint is None or endpoint == peer.endpoint else endpoint,
-            persistent_keepalive=None if keepalive == peer.persistent_keepalive else keepalive,
-            allowed_ips=allowed,
+        wanted_psk = want.preshared_key
+        psk = (
+            None
+            if (wanted_psk is ZERO_KEY and peer.preshared_key is None)
+            or _same_key(wanted_psk, peer.preshared_key)
+            else wanted_psk
         )
-        if change != PeerChange(public_key=public_key):
-            changes.append(change)
+        keepalive: int | None = want.persistent_keepalive
+        if keepalive == peer.persistent_keepalive:
+            keepalive = None
+        endpoint = want.endpoint
+        if endpoint is not None and endpoint == peer.endpoint:
+            endpoint = None
+        if allowed is None and psk is None and endpoint is None and keepalive is None:
+            continue  # nothing differs
+        changes.append(
+            PeerChange(
+                public_key=public_key,
+                preshared_key=psk,
+                endpoint=endpoint,
+                persistent_keepalive=keepalive,
+                allowed_ips=allowed,
+            )
+        )
     private_key = desired.private_key
     if private_key is not None and _same_key(stored_private_key(private_key), current.private_key):
         private_key = None
