@@ -87,9 +87,11 @@ bench: $(PY)
 	$(PY) -m benchmarks.topology_bench
 
 # A reduced set for every change (no root, a few minutes): topology + plan at 1000 and 5000
-# nodes, and every kgctl command on a 5000-node dump (README, "Performance").
+# nodes, the leader's light apply per stage, and every kgctl command on a 5000-node dump
+# (README, "Performance").
 bench-quick: $(PY)
 	$(PY) -m benchmarks.topology_bench --sizes 1000,5000 --repeat 5
+	$(PY) -m benchmarks.apply_bench --sizes 1000,5000 --events 20 --cases alip --check-ins 30
 	$(PY) -m benchmarks.kgctl_bench --nodes 5000 --repeat 1 --dumps bare
 
 # kg on a leader in the e2e testbed (root, about 15 minutes): start-up, CPU and RSS with

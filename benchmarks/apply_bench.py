@@ -35,7 +35,11 @@ Stages (CPU time, ``time.process_time``; median and p95 over the events):
 * ``dev parse``: ``wgdevice.parse_uapi`` of the device's ``get=1`` reply;
 * ``dev diff``: ``wgdevice.plan_changes`` against it;
 * ``routes``: ``route_sync.desired_routes`` and the route table's incremental diff
-  against its last write (``RouteTable._set_known``'s set arithmetic, without netlink).
+  against its last write (``RouteTable._set_known``'s set arithmetic, without netlink);
+* ``total``: their sum; ``applier``: the whole ``TopologyApplier.apply(full=False)`` for
+  the same events (a run of its own), with a device that parses its reply and plans the
+  diff, the route table's diff above, and links, iptables and metrics that do nothing:
+  the stages plus the applier's own work (endpoints, NAT discovery, metrics' names).
 
 ``--profile`` runs the events of the first size and case under cProfile and prints the
 top functions.
@@ -52,21 +56,28 @@ import os
 import pstats
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface
+from typing import Any
 
 from benchmarks import synthetic
 from kilo.adapters.netlink.route_table import Known
+from kilo.agent import command_line
+from kilo.agent.apply import TopologyApplier
+from kilo.agent.ports import DataPlane, HostFacts
+from kilo.agent.settings import AgentSettings
 from kilo.mesh import route_sync, translate
+from kilo.mesh.discovery import DiscoveredIPs
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.iptables import RuleSet
 from kilo.mesh.keys import Key
 from kilo.mesh.model import Granularity, Node, ready_nodes
 from kilo.mesh.plan import NodePlan, PlanSettings, plan_node
-from kilo.mesh.routes import Device
+from kilo.mesh.routes import Device, Route
+from kilo.mesh.routes import Rule as IPRule
 from kilo.mesh.topology import build_topology
-from kilo.mesh.wgdevice import parse_uapi, plan_changes
+from kilo.mesh.wgdevice import DeviceState, parse_uapi, plan_changes
 from kilo.mesh.wireguard import WireGuardConfig
 
 PER_LOCATION = 10
@@ -191,6 +202,119 @@ def route_diff(plan: NodePlan, known: Known | None) -> Known:
     return Known.after(desired, rule_keys)
 
 
+class _Device:
+    """The leader's WireGuard device: its ``get=1`` reply, parsed as UAPIDevice does; a
+    write succeeds (the reply is rewritten between events, outside the clock)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.config: WireGuardConfig | None = None
+
+    def get(self) -> DeviceState:
+        return parse_uapi(self.text)
+
+    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+        change = plan_changes(desired, self.get() if current is None else current)
+        self.config = desired
+        return change is not None
+
+
+class _Routes:
+    """``RouteTable.set`` without netlink (:func:`route_diff`)."""
+
+    def __init__(self) -> None:
+        self.known: Known | None = None
+
+    def set(
+        self,
+        routes: Sequence[Route],
+        rules: Sequence[IPRule],
+        devices: Mapping[Device, str],
+        *,
+        full: bool = True,
+    ) -> tuple[int, int]:
+        desired = route_sync.desired_routes(routes, devices)
+        rule_keys = [key for key, _ in route_sync.desired_rules(rules)]
+        if self.known is not None and not full:
+            route_of = dict(desired.routes)
+            sorted((key for key in self.known.routes if key not in route_of), key=str)
+            [key for key in route_of if key not in self.known.routes]
+        self.known = Known.after(desired, rule_keys)
+        return 0, 0
+
+    def clean_up(self) -> None:
+        self.known = None
+
+
+class _Nothing:
+    """Links, iptables, tunnel and metrics that take every call and do nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        return lambda *args, **kwargs: 0 if name == "apply" else None
+
+
+def applier_run(size: int, case: str, events: int, check_ins: int) -> list[float]:
+    """The CPU time of ``TopologyApplier.apply(..., full=False)`` for each event."""
+    settings = command_line.read(
+        [
+            f"--hostname={HOSTNAME}",
+            "--mesh-granularity=location",
+            f"--subnet={SUBNET}",
+            f"--service-cidr={SERVICE_CIDRS[0]}",
+            "--mtu=1420",
+        ],
+        hostname_fallback=lambda: None,
+    )
+    assert isinstance(settings, AgentSettings)
+    device = _Device()
+    nothing: Any = _Nothing()
+    plane = DataPlane(
+        links=nothing,
+        routes=_Routes(),
+        iptables=nothing,
+        device=device,
+        tunnel=None,
+        update_cni=lambda subnet: False,
+    )
+    host = HostFacts(
+        key=PRIVATE_KEY,
+        public_key=PRIVATE_KEY.public_key(),
+        discovered=DiscoveredIPs(None, ipaddress.ip_interface("198.51.100.1/24")),
+        external_ip=ipaddress.ip_interface("198.51.100.1/24"),
+        private_interface="eth0",
+    )
+    applier = TopologyApplier(
+        settings, host, plane, nothing, clock=lambda: NOW, resolver=lambda name: None
+    )
+    nodes = cluster(size)
+    local = nodes.pop(HOSTNAME)
+    samples: list[float] = []
+    for serial in range(-2, events):  # two applies first: start-up's (full) and one more
+        if serial >= 0:
+            _edit(nodes, case, serial, check_ins)
+        start = time.process_time()
+        applied = applier.apply(list(nodes.values()), [], local, full=serial == -2)
+        elapsed = time.process_time() - start
+        assert applied is not None and applied.errors == 0
+        if device.config is not None:
+            device.text = uapi_reply(device.config)
+        if serial >= 0:
+            samples.append(elapsed)
+    return samples
+
+
+def _edit(nodes: dict[str, Node], case: str, serial: int, check_ins: int) -> None:
+    """Event ``serial``: ``check_ins`` Nodes check in, then one Node changes (``case``)."""
+    names = [n for n in nodes if n != HOSTNAME]
+    step = max(1, len(names) // check_ins) if check_ins else 0
+    for k in range(check_ins):
+        name = names[(serial * 7 + k * step + 1) % len(names)]
+        nodes[name] = change("checkin", nodes[name], serial)
+    # A node that leads its location (the first of ten) and one that does not, in turn.
+    name = names[(serial * 37 + (0 if serial % 2 else 3)) % len(names)]
+    nodes[name] = change(case, nodes[name], serial + 1)
+
+
 def change(case: str, node: Node, serial: int) -> Node:
     if case == "alip":
         alip = ipaddress.ip_interface(f"{ipaddress.ip_address('100.64.0.1') + serial}/32")
@@ -207,17 +331,10 @@ def run(
     size: int, case: str, events: int, check_ins: int, profile: cProfile.Profile | None
 ) -> dict[str, list[float]]:
     leader = Leader(cluster(size))
-    names = [n for n in leader.nodes if n != HOSTNAME]
     leader.apply(record=False)  # start-up's full apply
     leader.apply(record=False)  # and one more, so that every memo holds the mesh
-    step = max(1, len(names) // max(1, check_ins)) if check_ins else 0
     for serial in range(events):
-        for k in range(check_ins):
-            name = names[(serial * 7 + k * step + 1) % len(names)]
-            leader.nodes[name] = change("checkin", leader.nodes[name], serial)
-        # A node that leads its location (the first of ten) and one that does not, in turn.
-        name = names[(serial * 37 + (0 if serial % 2 else 3)) % len(names)]
-        leader.nodes[name] = change(case, leader.nodes[name], serial + 1)
+        _edit(leader.nodes, case, serial, check_ins)
         if profile is not None:
             profile.enable()
         leader.apply()
@@ -250,14 +367,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.events} events, {args.check_ins} check-ins between events; "
         f"CPU ms median/p95; load average {os.getloadavg()[0]:.2f}"
     )
-    header = f"{'nodes':>6} {'case':<9}" + "".join(f"{s:>14}" for s in (*STAGES, "total"))
+    header = f"{'nodes':>6} {'case':<9}" + "".join(
+        f"{s:>14}" for s in (*STAGES, "total", "applier")
+    )
     print(header)
     profile = cProfile.Profile() if args.profile else None
     for size in (int(s) for s in args.sizes.split(",")):
         for case in cases:
             samples = run(size, case, args.events, args.check_ins, profile)
             totals = [sum(parts) for parts in zip(*samples.values(), strict=True)]
-            cells = [_cell(samples[s]) for s in STAGES] + [_cell(totals)]
+            applier = applier_run(size, case, args.events, args.check_ins)
+            cells = [_cell(samples[s]) for s in STAGES] + [_cell(totals), _cell(applier)]
             print(f"{size:>6} {case:<9}" + "".join(f"{c:>14}" for c in cells), flush=True)
             if profile is not None:
                 out = io.StringIO()

@@ -532,13 +532,11 @@ def discovered_endpoints(
     live: Mapping[str, PeerState] = {str(p.public_key): p for p in current.peers}
     result: dict[str, UDPAddr | None] = {}
     for node in nodes:
+        if node.persistent_keepalive == 0:
+            continue
         state = live.get(str(node.key))
         # Kilo skips a node without a handshake: its annotated endpoint is better than none.
-        if (
-            state is not None
-            and node.persistent_keepalive != 0
-            and state.last_handshake is not None
-        ):
+        if state is not None and state.last_handshake is not None:
             result[str(node.key)] = state.endpoint
     for peer in peers:
         state = live.get(str(peer.public_key))
