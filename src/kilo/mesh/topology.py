@@ -316,17 +316,30 @@ def build_topology(
 
 
 def _filtered_segments(
-    ordered: Sequence[tuple[str, list[Node], int]], subnet: IPNetwork, peers: Sequence[Peer]
+    ordered: Sequence[tuple[str, list[Node], int]],
+    subnet: IPNetwork,
+    peers: Sequence[Peer],
+    unfiltered: Sequence[Segment] = (),
 ) -> tuple[Segment, ...]:
     """The segments, WireGuard IPs allocated and allowed-location IPs filtered in Kilo's
-    order: segment ``k`` is filtered once it has its WireGuard IP (see the filter)."""
+    order: segment ``k`` is filtered once it has its WireGuard IP (see the filter).
+
+    ``unfiltered`` (if given) are the same segments before the filter, one per entry of
+    ``ordered``: a segment the filter left whole is handed out as that object (the
+    same value), so that what was derived from it before is reused downstream."""
     drafts = [_SegmentDraft.of(location, members, leader) for location, members, leader in ordered]
     alip_filter = _AllowedLocationIPFilter(drafts, peers)
     network = int(subnet.network_address)
+    segments: list[Segment] = []
     for index, draft in enumerate(drafts):
         draft.add_wireguard_ip(_address(subnet, network + index + 1))
+        count = len(draft.allowed_location_ips)
         draft.allowed_location_ips = alip_filter.filter(index)
-    return tuple([d.freeze() for d in drafts])
+        if unfiltered and len(draft.allowed_location_ips) == count:
+            segments.append(unfiltered[index])  # the filter keeps a subsequence: all of it
+        else:
+            segments.append(draft.freeze())
+    return tuple(segments)
 
 
 class _SegmentMemo:
@@ -396,7 +409,7 @@ class _SegmentMemo:
         if self._index is None:
             self._index = _MaximalIndex()
         if self._index.update(result, peers):
-            return _filtered_segments(ordered, subnet, peers)
+            return _filtered_segments(ordered, subnet, peers, result)
         return result
 
 
@@ -415,15 +428,19 @@ class _MaximalIndex:
         of them clashes with anything (then the filter may drop it)."""
         indexed = self._indexed
         current = {s.location: s for s in segments}
-        if not indexed:
-            # The first build: sorted once, rather than one insertion at a time.
+        stale = [k for k, (s, _, _) in indexed.items() if current.get(k) is not s]
+        if not indexed or len(stale) > len(indexed) // 2:
+            # The first build, or most segments changed (another perspective, granularity
+            # or subnet): sorted once, rather than one insertion or removal at a time.
+            indexed.clear()
+            stale = []
             for segment in segments:
                 spans = [_span(a) for a in segment.allowed_ips]
                 alips = [_span(a) for a in segment.allowed_location_ips]
                 indexed[segment.location] = (segment, spans, alips)
             self._allowed_ips = _CidrIndex(s for _, spans, _ in indexed.values() for s in spans)
             self._location_ips = _CidrIndex(s for _, _, spans in indexed.values() for s in spans)
-        for location in [k for k, (s, _, _) in indexed.items() if current.get(k) is not s]:
+        for location in stale:
             _, allowed, alips = indexed.pop(location)
             for span in allowed:
                 self._allowed_ips.remove(span)
