@@ -367,7 +367,7 @@ class _SegmentMemo:
     def __init__(self) -> None:
         # segment key -> (members, leader, IP version, WireGuard IP as an integer, segment)
         self._previous: dict[str, tuple[list[Node], int, int, int, Segment]] = {}
-        self._index: _MaximalIndex | None = None
+        self._index: dict[str, _MaximalIndex] = {}  # under "index" when not in use
 
     def segments(
         self,
@@ -403,12 +403,17 @@ class _SegmentMemo:
             segments.append(segment)
         self._previous = current
         result = tuple(segments)
+        # The index is taken out while it is updated (dict.pop is atomic): a topology built
+        # meanwhile in another thread (the agent's /graph) builds an index of its own.
+        # The other memos only swap whole values, which is safe as it is.
+        maximal = self._index.pop("index", None)
         if not allowed_location_ips:
-            self._index = None
             return result
-        if self._index is None:
-            self._index = _MaximalIndex()
-        if self._index.update(result, peers):
+        if maximal is None:
+            maximal = _MaximalIndex()
+        clash = maximal.update(result, peers)
+        self._index["index"] = maximal
+        if clash:
             return _filtered_segments(ordered, subnet, peers, result)
         return result
 
