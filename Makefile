@@ -87,10 +87,12 @@ bench: $(PY)
 	$(PY) -m benchmarks.topology_bench
 
 # A reduced set for every change (no root, a few minutes): topology + plan at 1000 and 5000
-# nodes, every kgctl command on a 5000-node dump, and the CPU of one check-in in the agent
+# nodes, the leader's light apply per stage, every kgctl command on a 5000-node dump, and
+# the CPU of one check-in in the agent
 # (README, "Performance").
 bench-quick: $(PY)
 	$(PY) -m benchmarks.topology_bench --sizes 1000,5000 --repeat 5
+	$(PY) -m benchmarks.apply_bench --sizes 1000,5000 --events 20 --cases alip --check-ins 30
 	$(PY) -m benchmarks.kgctl_bench --nodes 5000 --repeat 1 --dumps bare
 	$(PY) -m benchmarks.checkin_bench --repeat 2000
 

@@ -74,12 +74,16 @@ def _resolve_endpoint(
 _Endpointed = TypeVar("_Endpointed", Node, Peer)
 
 
-def _with_resolved_endpoint(obj: _Endpointed, what: str, resolver: dns.Resolver) -> _Endpointed:
+def _with_resolved_endpoint(obj: _Endpointed, kind: str, resolver: dns.Resolver) -> _Endpointed:
     """``obj`` itself when resolving changes nothing (an IP endpoint, the common case): the
     topology reuses what it built from the very same Node objects (topology._SegmentMemo),
-    so a copy per apply would make every apply a rebuild of the whole mesh."""
-    resolved = _resolve_endpoint(obj.endpoint, what, resolver)
-    return obj if resolved == obj.endpoint else replace(obj, endpoint=resolved)
+    so a copy per apply would make every apply a rebuild of the whole mesh. Runs for every
+    node on every apply: the common case costs no comparison and no text."""
+    endpoint = obj.endpoint
+    if endpoint is None or endpoint.resolved or not endpoint.addr:
+        return obj  # nothing to resolve (dns.resolve_endpoint would hand it back)
+    resolved = _resolve_endpoint(endpoint, f"{kind} {obj.name}", resolver)
+    return obj if resolved == endpoint else replace(obj, endpoint=resolved)
 
 
 class TopologyApplier:
@@ -186,15 +190,18 @@ class TopologyApplier:
     ) -> Applied | None:
         self.metrics.reconciled()
         now = int(self.clock())
+        resolver = self.resolver
         ready = [
-            _with_resolved_endpoint(n, f"node {n.name}", self.resolver)
-            for n in ready_nodes([*nodes, local], now)
+            _with_resolved_endpoint(n, "node", resolver) for n in ready_nodes([*nodes, local], now)
         ]
-        ready_peer_list = [
-            _with_resolved_endpoint(p, f"peer {p.name}", self.resolver) for p in ready_peers(peers)
-        ]
+        ready_peer_list = [_with_resolved_endpoint(p, "peer", resolver) for p in ready_peers(peers)]
         self.metrics.set_counts(len(ready), len(ready_peer_list))
-        if not any(n.name == self.hostname for n in ready):
+        hostname = self.hostname
+        # The local node is the last one handed over: look for it from the end.
+        local_index = next(
+            (i for i in range(len(ready) - 1, -1, -1) if ready[i].name == hostname), None
+        )
+        if local_index is None:
             log.debug("the local node is not ready yet", fields={"node": self.hostname})
             return None
         plane = self.plane
@@ -240,11 +247,9 @@ class TopologyApplier:
         )
         # Not published: the other nodes keep Kilo's view of the nodes behind this NAT.
         discovered = {k: v for k, v in discovered.items() if k not in internal}
-        ready = [
-            replace(n, discovered_endpoints=discovered) if n.name == self.hostname else n
-            for n in ready
-        ]
-        local_ready = next(n for n in ready if n.name == self.hostname)
+        local_ready = replace(ready[local_index], discovered_endpoints=discovered)
+        ready = [*ready]
+        ready[local_index] = local_ready
         self.leaders = leaders(ready) if leaders is not None else None
         try:
             t = build_topology(

@@ -95,6 +95,8 @@ class Node:
     """``str(subnet)``."""
     public_endpoint: bool = field(default=False, init=False, repr=False, compare=False)
     """Whether the endpoint's IP is public (leader election's test, ``ip.is_public``)."""
+    reachable: bool = field(default=False, init=False, repr=False, compare=False)
+    """Ready but for liveness: an endpoint, a key and a pod CIDR (:meth:`is_ready`)."""
 
     def __post_init__(self) -> None:
         if self.internal_ip is not None:
@@ -106,10 +108,14 @@ class Node:
             object.__setattr__(self, "subnet_text", ip_text(self.subnet))
         if self.endpoint is not None:
             object.__setattr__(self, "public_endpoint", is_public(self.endpoint.ip))
+        reachable = (
+            endpoint_ready(self.endpoint) and not self.key.is_zero and self.subnet is not None
+        )
+        object.__setattr__(self, "reachable", reachable)
 
     def is_ready(self, now: int | None) -> bool:
         """Kilo's ``Node.Ready``: reachable, keyed, with a pod CIDR, and alive at ``now``."""
-        if not endpoint_ready(self.endpoint) or self.key.is_zero or self.subnet is None:
+        if not self.reachable:
             return False
         return now is None or now - self.last_seen < LIVENESS_WINDOW
 

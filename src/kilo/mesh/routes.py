@@ -347,8 +347,9 @@ class _Plan:
         # Kilo pins the source on WireGuard routes so that cloud SDNs see an address they know.
         src = self.own_ip
         routes = self.routes
-        host_network = ipmod.host_network
         kilo = Device.KILO
+        previous = _LEADER_ROUTES.previous
+        current: dict[str, tuple[Segment, IPAddress | None, IPAddress | None, list[Route]]] = {}
         for seg in t.segments:
             # In a cross mesh every node leads its own segment and treats the segments of
             # the other nodes of its location as it treats its own (#328).
@@ -365,19 +366,19 @@ class _Plan:
                 continue
             endpoint = t.update_endpoint(seg.endpoint, seg.key, seg.persistent_keepalive)
             endpoint_ip = None if endpoint is None else endpoint.ip
-            via = seg.wireguard_ip
-            private_ips = seg.private_ips
-            for i, cidr in enumerate(seg.cidrs):
-                routes.append(_make_route(cidr, kilo, via, src, True))
-                # Kilo pairs the i-th pod CIDR with the i-th private IP of the segment.
-                private_ip = private_ips[i] if i < len(private_ips) else None
-                # A node reachable only on its public IP cannot be reached through that IP.
-                if private_ip is None or private_ip == endpoint_ip:
-                    continue
-                routes.append(_make_route(host_network(private_ip), kilo, via, src, True))
-            routes.extend(
-                [_make_route(alip, kilo, via, src, True) for alip in seg.allowed_location_ips]
-            )
+            entry = previous.get(seg.location)
+            if (
+                entry is not None
+                and entry[0] is seg
+                and (entry[1] is src or entry[1] == src)
+                and entry[2] == endpoint_ip
+            ):
+                segment_routes = entry[3]
+            else:
+                segment_routes = _leader_segment_routes(seg, src, endpoint_ip)
+            current[seg.location] = (seg, src, endpoint_ip, segment_routes)
+            routes.extend(segment_routes)
+        _LEADER_ROUTES.previous = current
         for peer in t.peers:
             routes.extend([_make_route(aip, kilo, None, src, False) for aip in peer.allowed_ips])
 
@@ -430,6 +431,44 @@ class _Plan:
                 Route(dst=dst, gw=ngw, dev=Device.TUNNEL, onlink=True, table=LOCAL_ROUTE_TABLE)
             )
             self.rules.append(Rule(dst=dst, iif=self.kilo_interface, table=LOCAL_ROUTE_TABLE))
+
+
+def _leader_segment_routes(
+    seg: Segment, src: IPAddress | None, endpoint_ip: IPAddress | None
+) -> list[Route]:
+    """A leader's routes through WireGuard to the segment ``seg`` of another location."""
+    routes: list[Route] = []
+    kilo = Device.KILO
+    host_network = ipmod.host_network
+    via = seg.wireguard_ip
+    private_ips = seg.private_ips
+    for i, cidr in enumerate(seg.cidrs):
+        routes.append(_make_route(cidr, kilo, via, src, True))
+        # Kilo pairs the i-th pod CIDR with the i-th private IP of the segment.
+        private_ip = private_ips[i] if i < len(private_ips) else None
+        # A node reachable only on its public IP cannot be reached through that IP.
+        if private_ip is None or private_ip == endpoint_ip:
+            continue
+        routes.append(_make_route(host_network(private_ip), kilo, via, src, True))
+    routes.extend([_make_route(alip, kilo, via, src, True) for alip in seg.allowed_location_ips])
+    return routes
+
+
+class _LeaderRoutesMemo:
+    """The previous leader plan's routes to each segment, reused while the segment is the
+    same object (``topology._SegmentMemo`` hands out unchanged segments again) and the
+    source and the endpoint's IP they were planned with are equal: most of a large mesh's
+    routes then come back as the same Route objects, which the route table's diff (keys
+    memoised per Route, ``route_sync.desired_routes``) and the applier's "did the plan
+    change" check compare by identity. Only the last plan is kept; values are immutable."""
+
+    def __init__(self) -> None:
+        # segment key -> (segment, source, endpoint IP, routes)
+        self.previous: dict[str, tuple[Segment, IPAddress | None, IPAddress | None, list[Route]]]
+        self.previous = {}
+
+
+_LEADER_ROUTES = _LeaderRoutesMemo()
 
 
 def _at(items: tuple[T, ...], index: int) -> T | None:

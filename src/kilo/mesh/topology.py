@@ -277,10 +277,12 @@ def build_topology(
 
     sorted_peers = _deduplicate_peers(sorted(peers, key=lambda p: p.name))
 
-    if any(node.allowed_location_ips for node in node_list):
-        segments = _filtered_segments(ordered, subnet, sorted_peers)
-    else:
-        segments = _SEGMENTS.segments(ordered, subnet)
+    segments = _SEGMENTS.segments(
+        ordered,
+        subnet,
+        sorted_peers,
+        allowed_location_ips=any(node.allowed_location_ips for node in node_list),
+    )
 
     discovered: dict[str, UDPAddr | None] = dict(local.discovered_endpoints or {})
     wireguard_cidr: IPInterface = ipmod.parse_interface(str(subnet)) or _unreachable()
@@ -314,38 +316,66 @@ def build_topology(
 
 
 def _filtered_segments(
-    ordered: Sequence[tuple[str, list[Node], int]], subnet: IPNetwork, peers: Sequence[Peer]
+    ordered: Sequence[tuple[str, list[Node], int]],
+    subnet: IPNetwork,
+    peers: Sequence[Peer],
+    unfiltered: Sequence[Segment] = (),
 ) -> tuple[Segment, ...]:
     """The segments, WireGuard IPs allocated and allowed-location IPs filtered in Kilo's
-    order: segment ``k`` is filtered once it has its WireGuard IP (see the filter)."""
+    order: segment ``k`` is filtered once it has its WireGuard IP (see the filter).
+
+    ``unfiltered`` (if given) are the same segments before the filter, one per entry of
+    ``ordered``: a segment the filter left whole is handed out as that object (the
+    same value), so that what was derived from it before is reused downstream."""
     drafts = [_SegmentDraft.of(location, members, leader) for location, members, leader in ordered]
     alip_filter = _AllowedLocationIPFilter(drafts, peers)
     network = int(subnet.network_address)
+    segments: list[Segment] = []
     for index, draft in enumerate(drafts):
         draft.add_wireguard_ip(_address(subnet, network + index + 1))
+        count = len(draft.allowed_location_ips)
         draft.allowed_location_ips = alip_filter.filter(index)
-    return tuple([d.freeze() for d in drafts])
+        if unfiltered and len(draft.allowed_location_ips) == count:
+            segments.append(unfiltered[index])  # the filter keeps a subsequence: all of it
+        else:
+            segments.append(draft.freeze())
+    return tuple(segments)
 
 
 class _SegmentMemo:
-    """The previous topology's segments, reused while their nodes are the same objects.
+    """The previous topology's segments, reused while their nodes are unchanged.
 
-    A segment is a function of its nodes (values that never change) and of its WireGuard
-    IP, i.e. of its place in the sorted segment keys; without allowed-location IPs (whose
-    filter looks across segments) nothing else. An agent keeps the Nodes it already
-    translated from one event to the next, so most segments of a large mesh come back
-    unchanged, and rebuilding them was most of a 5000-node topology: the previous
-    segment is handed out again when its members are the very same Node objects (``is``,
-    so never a stale value), its leader is the same member and its IP is the same. Only
-    the last build is kept: at most one topology's segments and the Nodes they came from.
+    A segment is a function of its nodes and of its WireGuard IP, i.e. of its place in the
+    sorted segment keys; with allowed-location IPs also of the filter, which looks across
+    segments (see below). An agent keeps the Nodes it already translated from one event
+    to the next, so most segments of a large mesh come back unchanged, and rebuilding them
+    was most of a 5000-node topology: the previous segment is handed out again when its
+    members are the very same Node objects, or Nodes whose values a segment reads are
+    equal (:func:`_same_node`: a check-in gives a node a new object that differs only in
+    ``last_seen``), its leader is the same member and its IP is the same. Only the last
+    build is kept: at most one topology's segments and the Nodes they came from.
+
+    Allowed-location IPs: the memo keeps the segments unfiltered, and indexes, across
+    builds, every allowed IP and allowed-location IP of them (:class:`_MaximalIndex`,
+    updated per changed segment). An allowed-location IP that clashes with nothing in that
+    index clashes with nothing in the state Kilo's order-dependent filter checks it against
+    (a subset: fewer allowed-location IPs, fewer WireGuard /32s); so when none clashes,
+    the filter keeps every one and the unfiltered segments are the result. Otherwise the
+    filter runs from scratch (:func:`_filtered_segments`).
     """
 
     def __init__(self) -> None:
         # segment key -> (members, leader, IP version, WireGuard IP as an integer, segment)
         self._previous: dict[str, tuple[list[Node], int, int, int, Segment]] = {}
+        self._index: dict[str, _MaximalIndex] = {}  # under "index" when not in use
 
     def segments(
-        self, ordered: Sequence[tuple[str, list[Node], int]], subnet: IPNetwork
+        self,
+        ordered: Sequence[tuple[str, list[Node], int]],
+        subnet: IPNetwork,
+        peers: Sequence[Peer] = (),
+        *,
+        allowed_location_ips: bool = False,
     ) -> tuple[Segment, ...]:
         previous = self._previous
         current: dict[str, tuple[list[Node], int, int, int, Segment]] = {}
@@ -363,18 +393,103 @@ class _SegmentMemo:
                 and _same_nodes(entry[0], members)
             ):
                 segment = entry[4]
+                # The members of this build: the next one compares with these objects.
+                current[location] = (members, leader, version, value, segment)
             else:
                 draft = _SegmentDraft.of(location, members, leader)
                 draft.add_wireguard_ip(_address(subnet, value))
                 segment = draft.freeze()
-            current[location] = (members, leader, version, value, segment)
+                current[location] = (members, leader, version, value, segment)
             segments.append(segment)
         self._previous = current
-        return tuple(segments)
+        result = tuple(segments)
+        # The index is taken out while it is updated (dict.pop is atomic): a topology built
+        # meanwhile in another thread (the agent's /graph) builds an index of its own.
+        # The other memos only swap whole values, which is safe as it is.
+        maximal = self._index.pop("index", None)
+        if not allowed_location_ips:
+            return result
+        if maximal is None:
+            maximal = _MaximalIndex()
+        clash = maximal.update(result, peers)
+        self._index["index"] = maximal
+        if clash:
+            return _filtered_segments(ordered, subnet, peers, result)
+        return result
+
+
+class _MaximalIndex:
+    """Every allowed IP and allowed-location IP of a topology's (unfiltered) segments, kept
+    across builds and updated per segment that changed (see :class:`_SegmentMemo`)."""
+
+    def __init__(self) -> None:
+        self._allowed_ips = _CidrIndex()
+        self._location_ips = _CidrIndex()
+        # segment key -> (segment, its allowed IPs' spans, its allowed-location IPs' spans)
+        self._indexed: dict[str, tuple[Segment, list[_Span], list[_Span]]] = {}
+
+    def update(self, segments: Sequence[Segment], peers: Sequence[Peer]) -> bool:
+        """Index ``segments`` instead of the previous ones; whether an allowed-location IP
+        of them clashes with anything (then the filter may drop it)."""
+        indexed = self._indexed
+        current = {s.location: s for s in segments}
+        stale = [k for k, (s, _, _) in indexed.items() if current.get(k) is not s]
+        if not indexed or len(stale) > len(indexed) // 2:
+            # The first build, or most segments changed (another perspective, granularity
+            # or subnet): sorted once, rather than one insertion or removal at a time.
+            indexed.clear()
+            stale = []
+            for segment in segments:
+                spans = [_span(a) for a in segment.allowed_ips]
+                alips = [_span(a) for a in segment.allowed_location_ips]
+                indexed[segment.location] = (segment, spans, alips)
+            self._allowed_ips = _CidrIndex(s for _, spans, _ in indexed.values() for s in spans)
+            self._location_ips = _CidrIndex(s for _, _, spans in indexed.values() for s in spans)
+        for location in stale:
+            _, allowed, alips = indexed.pop(location)
+            for span in allowed:
+                self._allowed_ips.remove(span)
+            for span in alips:
+                self._location_ips.remove(span)
+        for location, segment in current.items():
+            if location in indexed:
+                continue
+            allowed = [_span(a) for a in segment.allowed_ips]
+            alips = [_span(a) for a in segment.allowed_location_ips]
+            for span in allowed:
+                self._allowed_ips.add(span)
+            for span in alips:
+                self._location_ips.add(span)
+            indexed[location] = (segment, allowed, alips)
+        peer_ips = _CidrIndex(_span(a) for p in peers for a in p.allowed_ips)
+        for _, _, spans in indexed.values():
+            if not spans:
+                continue
+            own = _CidrIndex(spans) if len(spans) > 1 else None
+            for span in spans:
+                if _clashes(span, own, self._location_ips, self._allowed_ips, peer_ips):
+                    return True
+        return False
 
 
 def _same_nodes(a: Sequence[Node], b: Sequence[Node]) -> bool:
-    return len(a) == len(b) and all(map(operator.is_, a, b))
+    return len(a) == len(b) and all(map(_same_node, a, b))
+
+
+def _same_node(a: Node, b: Node) -> bool:
+    """Whether a segment of ``b`` is the segment of ``a``: the same object, or equal in
+    every value :meth:`_SegmentDraft.of` and :meth:`_SegmentDraft.freeze` read (a
+    check-in changes only ``last_seen``, and a new translation gives new objects)."""
+    return a is b or (
+        a.name == b.name
+        and a.key == b.key
+        and a.endpoint == b.endpoint
+        and a.persistent_keepalive == b.persistent_keepalive
+        and a.subnet == b.subnet
+        and a.internal_ip == b.internal_ip
+        and a.cni_compatibility_ip == b.cni_compatibility_ip
+        and a.allowed_location_ips == b.allowed_location_ips
+    )
 
 
 _SEGMENTS = _SegmentMemo()
@@ -512,7 +627,7 @@ class _AllowedLocationIPFilter:
         kept: list[IPInterface] = []
         dropped: list[_Span] = []
         for alip, span in zip(draft.allowed_location_ips, spans, strict=True):
-            if self._clashes(span, own):
+            if _clashes(span, own, self._location_ips, self._allowed_ips, self._peer_ips):
                 dropped.append(span)
             else:
                 kept.append(alip)
@@ -520,25 +635,31 @@ class _AllowedLocationIPFilter:
             self._location_ips.remove(span)
         return kept
 
-    def _clashes(self, span: _Span, own: _CidrIndex | None) -> bool:
-        version, host_bits, address = span
-        first = address >> host_bits << host_bits
-        last = first | ((1 << host_bits) - 1)
-        # It intersects another segment's allowed-location IP.
-        own_within = 1 if own is None else own.within(version, first, last)
-        if self._location_ips.within(version, first, last) > own_within:
-            return True
-        own_containing = 1 if own is None else own.containing(version, address)
-        if self._location_ips.containing(version, address) > own_containing:
-            return True
-        # An allowed IP of any segment, its own included, contains its address.
-        if self._allowed_ips.containing(version, address):
-            return True
-        # It intersects a peer's allowed IP.
-        return bool(
-            self._peer_ips.within(version, first, last)
-            or self._peer_ips.containing(version, address)
-        )
+
+def _clashes(
+    span: _Span,
+    own: _CidrIndex | None,
+    location_ips: _CidrIndex,
+    allowed_ips: _CidrIndex,
+    peer_ips: _CidrIndex,
+) -> bool:
+    """Whether the allowed-location IP ``span`` of a segment (whose own ones, if more
+    than one, are ``own``) clashes with the mesh the indexes hold (Kilo's filter)."""
+    version, host_bits, address = span
+    first = address >> host_bits << host_bits
+    last = first | ((1 << host_bits) - 1)
+    # It intersects another segment's allowed-location IP.
+    own_within = 1 if own is None else own.within(version, first, last)
+    if location_ips.within(version, first, last) > own_within:
+        return True
+    own_containing = 1 if own is None else own.containing(version, address)
+    if location_ips.containing(version, address) > own_containing:
+        return True
+    # An allowed IP of any segment, its own included, contains its address.
+    if allowed_ips.containing(version, address):
+        return True
+    # It intersects a peer's allowed IP.
+    return bool(peer_ips.within(version, first, last) or peer_ips.containing(version, address))
 
 
 # A CIDR as integers: IP version, number of host bits, address as stored.

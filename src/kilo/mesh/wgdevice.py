@@ -24,6 +24,7 @@ against that state keeps the diff idempotent even for such configs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ from kilo.mesh.ip import IPNetwork
 from kilo.mesh.keys import KEY_LENGTH, ZERO_KEY, Key, clamp
 from kilo.mesh.model import Node, Peer, wireguard_keepalive
 from kilo.mesh.text import shorten
-from kilo.mesh.wireguard import AllowedIP, WireGuardConfig
+from kilo.mesh.wireguard import AllowedIP, WireGuardConfig, WireGuardPeer
 
 _HIDDEN = "(hidden)"
 _SECRET_KEYS = frozenset({"private_key", "preshared_key"})
@@ -56,6 +57,19 @@ class PeerState:
     last_handshake: float | None = None  # unix seconds with a nanosecond fraction; None = never
     rx_bytes: int = 0
     tx_bytes: int = 0
+    # str() of each of allowed_ips, when the parser had them at hand (plan_changes compares
+    # allowed IPs as these texts: equal texts are equal networks). Not part of the value.
+    _allowed_ips_text: tuple[str, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def allowed_ips_text(self) -> tuple[str, ...]:
+        """``str()`` of each of :attr:`allowed_ips`."""
+        texts = self._allowed_ips_text
+        if texts is None:
+            texts = tuple([ipmod.text(a) for a in self.allowed_ips])
+        return texts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +154,7 @@ class _PeerBuilder:
     endpoint: UDPAddr | None = None
     persistent_keepalive: int = 0
     allowed_ips: list[IPNetwork] = field(default_factory=list)
+    allowed_ips_text: list[str] = field(default_factory=list)
     handshake_sec: int = 0
     handshake_nsec: int = 0
     rx_bytes: int = 0
@@ -152,7 +167,7 @@ class _PeerBuilder:
         psk = (
             None if self.preshared_key is None or self.preshared_key.is_zero else self.preshared_key
         )
-        return PeerState(
+        state = PeerState(
             public_key=self.public_key,
             preshared_key=psk,
             endpoint=self.endpoint,
@@ -162,6 +177,8 @@ class _PeerBuilder:
             rx_bytes=self.rx_bytes,
             tx_bytes=self.tx_bytes,
         )
+        object.__setattr__(state, "_allowed_ips_text", tuple(self.allowed_ips_text))
+        return state
 
 
 _U64 = 2**64 - 1
@@ -185,7 +202,48 @@ def parse_uapi(text: str) -> DeviceState:
     """The state in a UAPI ``get=1`` reply (with or without its ``errno=0`` line).
 
     Keys this version does not know are skipped, since newer implementations add keys.
+
+    Each peer's lines (from its ``public_key=`` to the next) are parsed once: a peer whose
+    lines are the same as in the previous reply is the same :class:`PeerState` (values
+    are immutable), as most peers of a large device are from one read to the next
+    (the agent reads the device on every apply). Anything unreadable is parsed again in
+    one go, for the error message with its line number.
     """
+    parts = ("\n" + text).split("\npublic_key=")
+    previous = _PEER_BLOCKS.previous
+    current: dict[str, PeerState] = {}
+    try:
+        header = _parse_uapi(parts[0])
+        peers: list[PeerState] = []
+        for block in parts[1:]:
+            peer = previous.get(block)
+            if peer is None:
+                parsed = _parse_uapi("public_key=" + block)
+                if len(parsed.peers) != 1:  # a stray key: leave the message to the parse below
+                    raise UAPIParseError("")
+                peer = parsed.peers[0]
+            current[block] = peer
+            peers.append(peer)
+    except UAPIParseError:
+        _parse_uapi(text)
+        raise
+    _PEER_BLOCKS.previous = current
+    return DeviceState(
+        private_key=header.private_key, listen_port=header.listen_port, peers=tuple(peers)
+    )
+
+
+class _PeerBlocks:
+    """The previous reply's peers by the text of their lines (see :func:`parse_uapi`)."""
+
+    def __init__(self) -> None:
+        self.previous: dict[str, PeerState] = {}
+
+
+_PEER_BLOCKS = _PeerBlocks()
+
+
+def _parse_uapi(text: str) -> DeviceState:
     private_key: Key | None = None
     listen_port = 0
     peers: list[_PeerBuilder] = []
@@ -240,12 +298,21 @@ def _parse_peer_line(peer: _PeerBuilder, number: int, key: str, value: str) -> N
         if network is None:
             raise _bad_line(number, key, value, "is not a CIDR")
         peer.allowed_ips.append(network)
+        peer.allowed_ips_text.append(_network_text(value))
     elif key in _PEER_INTEGERS:
         attribute, maximum = _PEER_INTEGERS[key]
         parsed = _parse_int(value, maximum)
         if parsed is None:
             raise _bad_line(number, key, value, f"is not an integer in 0..{maximum}")
         setattr(peer, attribute, parsed)
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _network_text(value: str) -> str:
+    """``str(interned_network(value))`` of a valid allowed IP as a device prints it."""
+    network = ipmod.interned_network(value)
+    assert network is not None
+    return ipmod.text(network)
 
 
 # --- Planning ----------------------------------------------------------------------------
@@ -268,13 +335,18 @@ class _Want:
     preshared_key: Key = ZERO_KEY
     persistent_keepalive: int = 0
     endpoint: UDPAddr | None = None
-    allowed_ips: list[IPNetwork] = field(default_factory=list)
+    # The masked allowed IPs as texts (str() of the network: equal texts, equal networks),
+    # and the config peer they come from, whose networks they are (see _networks).
+    allowed_ips: list[str] = field(default_factory=list)
+    peer: WireGuardPeer | None = None
 
 
 def _wanted(config: WireGuardConfig) -> dict[Key, _Want]:
     """What a device configured from scratch with ``config`` holds (Kilo's ReplacePeers)."""
     wants: dict[Key, _Want] = {}
-    owner: dict[IPNetwork, Key] = {}
+    owner: dict[str, Key] = {}
+    previous = _MASKED.previous
+    current: dict[int, tuple[WireGuardPeer, tuple[str, ...], bool]] = {}
     for peer in config.peers:
         want = wants.setdefault(peer.public_key, _Want())
         if peer.preshared_key is not None:
@@ -286,15 +358,50 @@ def _wanted(config: WireGuardConfig) -> dict[Key, _Want]:
         for cidr in want.allowed_ips:  # ReplaceAllowedIPs
             del owner[cidr]
         want.allowed_ips = []
-        for cidr in map(_masked, peer.allowed_ips):
-            previous = owner.get(cidr)
-            if previous == peer.public_key:
-                continue
-            if previous is not None:
-                wants[previous].allowed_ips.remove(cidr)  # WireGuard moves it to this peer
-            owner[cidr] = peer.public_key
+        want.peer = peer
+        entry = previous.get(id(peer))
+        if entry is None or entry[0] is not peer:
+            masked = tuple([ipmod.text(_masked(cidr)) for cidr in peer.allowed_ips])
+            entry = (peer, masked, len(set(masked)) == len(masked))
+        current[id(peer)] = entry
+        _, texts, unique = entry
+        public_key = peer.public_key
+        if unique and owner.keys().isdisjoint(texts):
+            # The usual case: no allowed IP repeated here or claimed by another peer.
+            owner.update(dict.fromkeys(texts, public_key))
+            want.allowed_ips = list(texts)
+            continue
+        for cidr in texts:
+            previous_owner = owner.get(cidr)
+            if previous_owner is not None:
+                if previous_owner == public_key:
+                    continue
+                wants[previous_owner].allowed_ips.remove(cidr)  # WireGuard moves it here
+            owner[cidr] = public_key
             want.allowed_ips.append(cidr)
+    _MASKED.previous = current
     return wants
+
+
+class _MaskedTexts:
+    """The previous config's peers' masked allowed IPs as texts, by peer object (``id``,
+    checked with ``is``): the leader's plan hands out the same WireGuardPeer for a segment
+    that did not change (``wireguard._PeerMemo``), and masking and printing an
+    ``ipaddress`` value costs microseconds in Python. With each: whether its texts are
+    unique. Only the last config is kept."""
+
+    def __init__(self) -> None:
+        self.previous: dict[int, tuple[WireGuardPeer, tuple[str, ...], bool]] = {}
+
+
+_MASKED = _MaskedTexts()
+
+
+def _networks(want: _Want) -> tuple[IPNetwork, ...]:
+    """The networks of ``want.allowed_ips``, from the config peer they come from."""
+    assert want.peer is not None
+    by_text = {ipmod.text(n): n for n in map(_masked, want.peer.allowed_ips)}
+    return tuple([by_text[text] for text in want.allowed_ips])
 
 
 def stored_private_key(key: Key) -> Key:
@@ -324,23 +431,41 @@ def plan_changes(desired: WireGuardConfig, current: DeviceState) -> DeviceChange
                     preshared_key=None if want.preshared_key.is_zero else want.preshared_key,
                     endpoint=want.endpoint,
                     persistent_keepalive=want.persistent_keepalive,
-                    allowed_ips=tuple(want.allowed_ips),
+                    allowed_ips=_networks(want),
                 )
             )
             continue
-        allowed = None if set(want.allowed_ips) == set(peer.allowed_ips) else want.allowed_ips
-        psk = None if _same_key(want.preshared_key, peer.preshared_key) else want.preshared_key
-        keepalive = want.persistent_keepalive
-        endpoint = want.endpoint
-        change = PeerChange(
-            public_key=public_key,
-            preshared_key=psk,
-            endpoint=None if endpoint is None or endpoint == peer.endpoint else endpoint,
-            persistent_keepalive=None if keepalive == peer.persistent_keepalive else keepalive,
-            allowed_ips=None if allowed is None else tuple(allowed),
+        texts = peer.allowed_ips_text
+        allowed = (
+            None
+            if (len(texts) == len(want.allowed_ips) and list(texts) == want.allowed_ips)
+            or set(want.allowed_ips) == set(texts)
+            else _networks(want)
         )
-        if change != PeerChange(public_key=public_key):
-            changes.append(change)
+        wanted_psk = want.preshared_key
+        psk = (
+            None
+            if (wanted_psk is ZERO_KEY and peer.preshared_key is None)
+            or _same_key(wanted_psk, peer.preshared_key)
+            else wanted_psk
+        )
+        keepalive: int | None = want.persistent_keepalive
+        if keepalive == peer.persistent_keepalive:
+            keepalive = None
+        endpoint = want.endpoint
+        if endpoint is not None and endpoint == peer.endpoint:
+            endpoint = None
+        if allowed is None and psk is None and endpoint is None and keepalive is None:
+            continue  # nothing differs
+        changes.append(
+            PeerChange(
+                public_key=public_key,
+                preshared_key=psk,
+                endpoint=endpoint,
+                persistent_keepalive=keepalive,
+                allowed_ips=allowed,
+            )
+        )
     private_key = desired.private_key
     if private_key is not None and _same_key(stored_private_key(private_key), current.private_key):
         private_key = None
@@ -407,13 +532,11 @@ def discovered_endpoints(
     live: Mapping[str, PeerState] = {str(p.public_key): p for p in current.peers}
     result: dict[str, UDPAddr | None] = {}
     for node in nodes:
+        if node.persistent_keepalive == 0:
+            continue
         state = live.get(str(node.key))
         # Kilo skips a node without a handshake: its annotated endpoint is better than none.
-        if (
-            state is not None
-            and node.persistent_keepalive != 0
-            and state.last_handshake is not None
-        ):
+        if state is not None and state.last_handshake is not None:
             result[str(node.key)] = state.endpoint
     for peer in peers:
         state = live.get(str(peer.public_key))

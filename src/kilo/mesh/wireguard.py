@@ -15,7 +15,7 @@ from kilo.mesh.ip import IPInterface, IPNetwork
 from kilo.mesh.ip import text as ip_text
 from kilo.mesh.keys import Key
 from kilo.mesh.model import wireguard_keepalive
-from kilo.mesh.topology import Topology
+from kilo.mesh.topology import Segment, Topology
 
 AllowedIP = IPInterface | IPNetwork
 
@@ -109,20 +109,35 @@ def node_config(t: Topology) -> WireGuardConfig:
     """Kilo's ``Conf``: the config of the local (leader) node's own device."""
     keepalive = t.persistent_keepalive
     update = t.update_endpoint
-    peers = [
-        _make_peer(
-            s.location,
-            s.key,
-            s.allowed_ips + s.allowed_location_ips,
-            update(s.endpoint, s.key, s.persistent_keepalive),
-            keepalive,
-            allowed_ips_text=s.allowed_ips_text
-            + tuple([ip_text(a) for a in s.allowed_location_ips]),
-        )
-        for s in t.segments
+    previous = _SEGMENT_PEERS.previous
+    current: dict[str, tuple[Segment, Endpoint | None, int, WireGuardPeer]] = {}
+    peers: list[WireGuardPeer] = []
+    for s in t.segments:
         # In a cross mesh the nodes of the own location are reached over the underlay.
-        if not t.in_own_location(s)
-    ]
+        if t.in_own_location(s):
+            continue
+        endpoint = update(s.endpoint, s.key, s.persistent_keepalive)
+        entry = previous.get(s.location)
+        if (
+            entry is not None
+            and entry[0] is s
+            and entry[2] == keepalive
+            and (entry[1] is endpoint or entry[1] == endpoint)
+        ):
+            peer = entry[3]
+        else:
+            peer = _make_peer(
+                s.location,
+                s.key,
+                s.allowed_ips + s.allowed_location_ips,
+                endpoint,
+                keepalive,
+                allowed_ips_text=s.allowed_ips_text
+                + tuple([ip_text(a) for a in s.allowed_location_ips]),
+            )
+        current[s.location] = (s, endpoint, keepalive, peer)
+        peers.append(peer)
+    _SEGMENT_PEERS.previous = current
     peers.extend(
         WireGuardPeer(
             name=p.name,
@@ -135,6 +150,20 @@ def node_config(t: Topology) -> WireGuardConfig:
         for p in t.peers
     )
     return WireGuardConfig(private_key=t.key, listen_port=t.port, peers=tuple(peers))
+
+
+class _PeerMemo:
+    """The previous node config's peer of each segment, reused while the segment is the
+    same object (``topology._SegmentMemo`` hands out unchanged segments again) and the
+    endpoint and keepalive are equal: the same WireGuardPeer lets the device diff reuse
+    what it derived from it (``wgdevice._MaskedTexts``). Only the last config is kept."""
+
+    def __init__(self) -> None:
+        # segment key -> (segment, endpoint, keepalive, peer)
+        self.previous: dict[str, tuple[Segment, Endpoint | None, int, WireGuardPeer]] = {}
+
+
+_SEGMENT_PEERS = _PeerMemo()
 
 
 def location_as_peer(t: Topology) -> WireGuardPeer | None:
