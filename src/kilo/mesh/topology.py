@@ -5,23 +5,22 @@ here decides what other nodes must agree on, so it follows Kilo exactly, with on
 deliberate difference: running out of WireGuard IPs is an error for the first segment
 that does not fit (Kilo gives that segment an empty IP and fails only on the next one).
 
-Why one module of about 600 lines: segments, leaders, WireGuard IPs, allowed IPs and the
+Why one module of about 560 lines: segments, leaders, WireGuard IPs, allowed IPs and the
 memo that reuses unchanged segments are one computation in Kilo's order (``NewTopology``),
-and every step reads the previous step's drafts; the allowed-location-IP filter, the
-endpoint rules and the model already live in modules of their own.
+and every step reads the previous step's drafts; the allowed-location-IP filter
+(``alip_index``), the endpoint rules and the model already live in modules of their own.
 """
 
 from __future__ import annotations
 
-import bisect
 import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv6Interface
 
 from kilo.errors import AddressPoolExhausted, LocalNodeMissing, TopologyError
 from kilo.mesh import ip as ipmod
+from kilo.mesh.alip_index import AllowedLocationIPFilter, MaximalIndex
 from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.keys import ZERO_KEY, Key
@@ -328,7 +327,7 @@ def _filtered_segments(
     ``ordered``: a segment the filter left whole is handed out as that object (the
     same value), so that what was derived from it before is reused downstream."""
     drafts = [_SegmentDraft.of(location, members, leader) for location, members, leader in ordered]
-    alip_filter = _AllowedLocationIPFilter(drafts, peers)
+    alip_filter = AllowedLocationIPFilter(drafts, peers)
     network = int(subnet.network_address)
     segments: list[Segment] = []
     for index, draft in enumerate(drafts):
@@ -356,18 +355,19 @@ class _SegmentMemo:
     build is kept: at most one topology's segments and the Nodes they came from.
 
     Allowed-location IPs: the memo keeps the segments unfiltered, and indexes, across
-    builds, every allowed IP and allowed-location IP of them (:class:`_MaximalIndex`,
-    updated per changed segment). An allowed-location IP that clashes with nothing in that
-    index clashes with nothing in the state Kilo's order-dependent filter checks it against
-    (a subset: fewer allowed-location IPs, fewer WireGuard /32s); so when none clashes,
-    the filter keeps every one and the unfiltered segments are the result. Otherwise the
+    builds, every allowed IP and allowed-location IP of them
+    (:class:`~kilo.mesh.alip_index.MaximalIndex`, updated per changed segment). An
+    allowed-location IP that clashes with nothing in that index clashes with nothing in
+    the state Kilo's order-dependent filter checks it against (a subset: fewer
+    allowed-location IPs, fewer WireGuard /32s); so when none clashes, the filter keeps
+    every one and the unfiltered segments are the result. Otherwise the
     filter runs from scratch (:func:`_filtered_segments`).
     """
 
     def __init__(self) -> None:
         # segment key -> (members, leader, IP version, WireGuard IP as an integer, segment)
         self._previous: dict[str, tuple[list[Node], int, int, int, Segment]] = {}
-        self._index: dict[str, _MaximalIndex] = {}  # under "index" when not in use
+        self._index: dict[str, MaximalIndex] = {}  # under "index" when not in use
 
     def segments(
         self,
@@ -410,66 +410,12 @@ class _SegmentMemo:
         if not allowed_location_ips:
             return result
         if maximal is None:
-            maximal = _MaximalIndex()
+            maximal = MaximalIndex()
         clash = maximal.update(result, peers)
         self._index["index"] = maximal
         if clash:
             return _filtered_segments(ordered, subnet, peers, result)
         return result
-
-
-class _MaximalIndex:
-    """Every allowed IP and allowed-location IP of a topology's (unfiltered) segments, kept
-    across builds and updated per segment that changed (see :class:`_SegmentMemo`)."""
-
-    def __init__(self) -> None:
-        self._allowed_ips = _CidrIndex()
-        self._location_ips = _CidrIndex()
-        # segment key -> (segment, its allowed IPs' spans, its allowed-location IPs' spans)
-        self._indexed: dict[str, tuple[Segment, list[_Span], list[_Span]]] = {}
-
-    def update(self, segments: Sequence[Segment], peers: Sequence[Peer]) -> bool:
-        """Index ``segments`` instead of the previous ones; whether an allowed-location IP
-        of them clashes with anything (then the filter may drop it)."""
-        indexed = self._indexed
-        current = {s.location: s for s in segments}
-        stale = [k for k, (s, _, _) in indexed.items() if current.get(k) is not s]
-        if not indexed or len(stale) > len(indexed) // 2:
-            # The first build, or most segments changed (another perspective, granularity
-            # or subnet): sorted once, rather than one insertion or removal at a time.
-            indexed.clear()
-            stale = []
-            for segment in segments:
-                spans = [_span(a) for a in segment.allowed_ips]
-                alips = [_span(a) for a in segment.allowed_location_ips]
-                indexed[segment.location] = (segment, spans, alips)
-            self._allowed_ips = _CidrIndex(s for _, spans, _ in indexed.values() for s in spans)
-            self._location_ips = _CidrIndex(s for _, _, spans in indexed.values() for s in spans)
-        for location in stale:
-            _, allowed, alips = indexed.pop(location)
-            for span in allowed:
-                self._allowed_ips.remove(span)
-            for span in alips:
-                self._location_ips.remove(span)
-        for location, segment in current.items():
-            if location in indexed:
-                continue
-            allowed = [_span(a) for a in segment.allowed_ips]
-            alips = [_span(a) for a in segment.allowed_location_ips]
-            for span in allowed:
-                self._allowed_ips.add(span)
-            for span in alips:
-                self._location_ips.add(span)
-            indexed[location] = (segment, allowed, alips)
-        peer_ips = _CidrIndex(_span(a) for p in peers for a in p.allowed_ips)
-        for _, _, spans in indexed.values():
-            if not spans:
-                continue
-            own = _CidrIndex(spans) if len(spans) > 1 else None
-            for span in spans:
-                if _clashes(span, own, self._location_ips, self._allowed_ips, peer_ips):
-                    return True
-        return False
 
 
 def _same_nodes(a: Sequence[Node], b: Sequence[Node]) -> bool:
@@ -587,146 +533,6 @@ def _unique_sorted(cidrs: list[IPInterface]) -> list[IPInterface]:
     for cidr in cidrs:
         by_text.setdefault(ipmod.text(cidr), cidr)
     return [by_text[text] for text in sorted(by_text)]
-
-
-class _AllowedLocationIPFilter:
-    """Kilo's order-dependent allowed-location-IP filter (reference §2.1), from indexes.
-
-    Kilo compares each allowed-location IP with every allowed IP and allowed-location IP
-    of every segment, which is quadratic: with one per node, a 5000-node full mesh took
-    minutes per node. The same questions are answered here from ``_CidrIndex`` lookups,
-    with identical results.
-
-    Segment ``k`` is filtered against the mesh as it is at that moment: segments before
-    ``k`` are filtered and carry their WireGuard /32, later ones are unfiltered and have
-    none yet. The indexes follow that state: ``filter(k)`` first indexes the allowed IPs
-    segment ``k`` gained since (its WireGuard /32) and at the end forgets the
-    allowed-location IPs it dropped.
-    """
-
-    def __init__(self, drafts: Sequence[_SegmentDraft], peers: Sequence[Peer]) -> None:
-        self._drafts = drafts
-        self._allowed_ips = _CidrIndex(_span(a) for d in drafts for a in d.allowed_ips)
-        self._indexed = [len(d.allowed_ips) for d in drafts]
-        self._spans = [[_span(a) for a in d.allowed_location_ips] for d in drafts]
-        self._location_ips = _CidrIndex(span for spans in self._spans for span in spans)
-        self._peer_ips = _CidrIndex(_span(a) for p in peers for a in p.allowed_ips)
-
-    def filter(self, index: int) -> list[IPInterface]:
-        draft = self._drafts[index]
-        for cidr in draft.allowed_ips[self._indexed[index] :]:
-            self._allowed_ips.add(_span(cidr))
-        self._indexed[index] = len(draft.allowed_ips)
-        spans = self._spans[index]
-        if not spans:
-            return []
-        # The segment's own allowed-location IPs do not count against it: they are
-        # subtracted from the counts of the (global) index. One of them (the usual case)
-        # lies within its own range and its network contains its own address: 1 and 1.
-        own = _CidrIndex(spans) if len(spans) > 1 else None
-        kept: list[IPInterface] = []
-        dropped: list[_Span] = []
-        for alip, span in zip(draft.allowed_location_ips, spans, strict=True):
-            if _clashes(span, own, self._location_ips, self._allowed_ips, self._peer_ips):
-                dropped.append(span)
-            else:
-                kept.append(alip)
-        for span in dropped:
-            self._location_ips.remove(span)
-        return kept
-
-
-def _clashes(
-    span: _Span,
-    own: _CidrIndex | None,
-    location_ips: _CidrIndex,
-    allowed_ips: _CidrIndex,
-    peer_ips: _CidrIndex,
-) -> bool:
-    """Whether the allowed-location IP ``span`` of a segment (whose own ones, if more
-    than one, are ``own``) clashes with the mesh the indexes hold (Kilo's filter)."""
-    version, host_bits, address = span
-    first = address >> host_bits << host_bits
-    last = first | ((1 << host_bits) - 1)
-    # It intersects another segment's allowed-location IP.
-    own_within = 1 if own is None else own.within(version, first, last)
-    if location_ips.within(version, first, last) > own_within:
-        return True
-    own_containing = 1 if own is None else own.containing(version, address)
-    if location_ips.containing(version, address) > own_containing:
-        return True
-    # An allowed IP of any segment, its own included, contains its address.
-    if allowed_ips.containing(version, address):
-        return True
-    # It intersects a peer's allowed IP.
-    return bool(peer_ips.within(version, first, last) or peer_ips.containing(version, address))
-
-
-# A CIDR as integers: IP version, number of host bits, address as stored.
-_Span = tuple[int, int, int]
-
-
-def _span(cidr: IPInterface | IPNetwork) -> _Span:
-    # int() of an interface is its address: ``.ip`` would build an address object.
-    if isinstance(cidr, IPv4Interface | IPv6Interface):
-        return cidr.version, cidr.max_prefixlen - cidr.network.prefixlen, int(cidr)
-    return cidr.version, cidr.max_prefixlen - cidr.prefixlen, int(cidr.network_address)
-
-
-class _CidrIndex:
-    """A multiset of CIDRs that counts, without a scan, the two halves of ``intersect``.
-
-    * ``containing``: the CIDRs whose network contains an address (Go's
-      ``IPNet.Contains``). Networks are kept per (IP version, host bits), so this is one
-      dict lookup per prefix length present.
-    * ``within``: the CIDRs whose address as stored lies in a range: a bisect on the
-      sorted stored addresses.
-
-    Different IP versions never match, as in ``ip.contains``.
-    """
-
-    def __init__(self, spans: Iterable[_Span] = ()) -> None:
-        # version -> host bits -> (address >> host bits) -> how many CIDRs
-        self._networks: dict[int, dict[int, dict[int, int]]] = {4: {}, 6: {}}
-        # version -> sorted stored addresses
-        self._addresses: dict[int, list[int]] = {4: [], 6: []}
-        for span in spans:
-            self._count(span, 1)
-            self._addresses[span[0]].append(span[2])
-        self._addresses[4].sort()
-        self._addresses[6].sort()
-
-    def add(self, span: _Span) -> None:
-        self._count(span, 1)
-        bisect.insort(self._addresses[span[0]], span[2])
-
-    def remove(self, span: _Span) -> None:
-        self._count(span, -1)
-        addresses = self._addresses[span[0]]
-        del addresses[bisect.bisect_left(addresses, span[2])]
-
-    def containing(self, version: int, address: int) -> int:
-        count = 0
-        for host_bits, networks in self._networks[version].items():
-            count += networks.get(address >> host_bits, 0)
-        return count
-
-    def within(self, version: int, first: int, last: int) -> int:
-        addresses = self._addresses[version]
-        return bisect.bisect_right(addresses, last) - bisect.bisect_left(addresses, first)
-
-    def _count(self, span: _Span, delta: int) -> None:
-        version, host_bits, address = span
-        by_host_bits = self._networks[version]
-        networks = by_host_bits.setdefault(host_bits, {})
-        key = address >> host_bits
-        count = networks.get(key, 0) + delta
-        if count:
-            networks[key] = count
-            return
-        del networks[key]
-        if not networks:
-            del by_host_bits[host_bits]
 
 
 def _deduplicate_peers(peers: Sequence[Peer]) -> list[Peer]:
