@@ -32,7 +32,7 @@ Stages (CPU time, ``time.process_time``; median and p95 over the events):
 * ``topology``: ``topology.build_topology``;
 * ``plan``: ``plan.plan_node`` (WireGuard config, routes and rules, iptables rules);
 * ``compare``: the applier's "did this sub-system's plan change" checks (iptables, routes);
-* ``dev parse``: ``wgdevice.parse_uapi`` of the device's ``get=1`` reply;
+* ``dev parse``: ``uapi.parse_uapi`` of the device's ``get=1`` reply;
 * ``dev diff``: ``wgdevice.plan_changes`` against it;
 * ``routes``: ``route_sync.desired_routes`` and the route table's incremental diff
   against its last write (``RouteTable._set_known``'s set arithmetic, without netlink);
@@ -77,7 +77,8 @@ from kilo.mesh.plan import NodePlan, PlanSettings, plan_node
 from kilo.mesh.routes import Device, Route
 from kilo.mesh.routes import Rule as IPRule
 from kilo.mesh.topology import build_topology
-from kilo.mesh.wgdevice import DeviceState, parse_uapi, plan_changes
+from kilo.mesh.uapi import parse_uapi
+from kilo.mesh.wgdevice import DeviceState, plan_changes
 from kilo.mesh.wireguard import WireGuardConfig
 
 PER_LOCATION = 10

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from kilo.mesh.endpoint import UDPAddr
 from kilo.mesh.ip import IPNetwork
 from kilo.mesh.keys import Key, clamp
-from kilo.mesh.wgdevice import DeviceState, PeerState, parse_udp_addr
+from kilo.mesh.uapi import parse_udp_addr
+from kilo.mesh.wgdevice import DeviceState, PeerState
 
 
 class UAPISetError(ValueError):

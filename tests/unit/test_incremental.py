@@ -19,14 +19,15 @@ from collections.abc import Iterator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kilo.mesh import route_sync, routes, topology, wgdevice, wireguard
+from kilo.mesh import route_sync, routes, topology, uapi, wgdevice, wireguard
 from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.keys import Key
 from kilo.mesh.model import Granularity, Node, Peer, ready_nodes
 from kilo.mesh.plan import NodePlan, PlanSettings, plan_node
 from kilo.mesh.routes import Device
 from kilo.mesh.topology import Topology, build_topology
-from kilo.mesh.wgdevice import DeviceState, parse_uapi, plan_changes
+from kilo.mesh.uapi import parse_uapi
+from kilo.mesh.wgdevice import DeviceState, plan_changes
 from kilo.mesh.wireguard import WireGuardConfig
 from tests.examples import KILO_SUBNET
 from tests.strategies import (
@@ -53,14 +54,14 @@ def empty_memos() -> Iterator[None]:
         wireguard._SEGMENT_PEERS,
         route_sync._ROUTE_KEYS,
         wgdevice._MASKED,
-        wgdevice._PEER_BLOCKS,
+        uapi._PEER_BLOCKS,
     )
     topology._SEGMENTS = topology._SegmentMemo()
     routes._LEADER_ROUTES = routes._LeaderRoutesMemo()
     wireguard._SEGMENT_PEERS = wireguard._PeerMemo()
     route_sync._ROUTE_KEYS = route_sync._RouteKeyMemo()
     wgdevice._MASKED = wgdevice._MaskedTexts()
-    wgdevice._PEER_BLOCKS = wgdevice._PeerBlocks()
+    uapi._PEER_BLOCKS = uapi._PeerBlocks()
     try:
         yield
     finally:
@@ -70,7 +71,7 @@ def empty_memos() -> Iterator[None]:
             wireguard._SEGMENT_PEERS,
             route_sync._ROUTE_KEYS,
             wgdevice._MASKED,
-            wgdevice._PEER_BLOCKS,
+            uapi._PEER_BLOCKS,
         ) = saved
 
 

@@ -14,15 +14,13 @@ from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.ip import IPNetwork, parse_interface
 from kilo.mesh.keys import ZERO_KEY, Key
 from kilo.mesh.model import Node, Peer
+from kilo.mesh.uapi import UAPIParseError, parse_uapi, redact
 from kilo.mesh.wgdevice import (
     DeviceState,
     PeerState,
-    UAPIParseError,
     discovered_endpoints,
-    parse_uapi,
     plan_changes,
     plan_update,
-    redact,
     stored_private_key,
 )
 from kilo.mesh.wireguard import WireGuardConfig, WireGuardPeer

@@ -23,12 +23,11 @@ from kilo.errors import DataPlaneError
 from kilo.mesh import ip as ipmod
 from kilo.mesh.endpoint import UDPAddr
 from kilo.mesh.keys import Key
+from kilo.mesh.uapi import UAPIParseError, parse_uapi
 from kilo.mesh.wgdevice import (
     DeviceChange,
     DeviceState,
     PeerState,
-    UAPIParseError,
-    parse_uapi,
     plan_changes,
     render_uapi,
 )
