@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from kilo.adapters.netlink import wire
 from kilo.mesh.route_sync import RouteKey
@@ -84,3 +87,128 @@ def test_a_truncated_message_is_not_read() -> None:
     data = wire.add_request(_key("10.0.0.0/8"), 1, wire.ADD, onlink=False)
     assert list(wire.messages(data, len(data) - 1)) == []
     assert wire.route_message(data, 0, 20) is None
+
+
+# --- listings: what the kernel's side of a dump says, from the other end of a socket pair ---
+
+
+class _Kernel:
+    """A RouteSocket whose socket is one end of a datagram socket pair; the test writes
+    the kernel's datagrams to the other end (the listing's sequence number is the one the
+    RouteSocket sent)."""
+
+    def __init__(self) -> None:
+        ours, self.kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ours.settimeout(5)
+        self.route_socket = wire.RouteSocket.__new__(wire.RouteSocket)
+        self.route_socket._netns = None
+        self.route_socket._sock = ours
+        self.route_socket._seq = 0
+        self.route_socket._buffer = bytearray(1 << 16)
+        self.listings = 0
+
+    def close(self) -> None:
+        self.route_socket.close()
+        self.kernel.close()
+
+    def answer(self, *replies: list[tuple[int, int, bytes]]) -> None:
+        """Queue one reply per expected listing: (type, flags, payload) messages, all in
+        one datagram, numbered with the sequence the RouteSocket will use next."""
+        for reply in replies:
+            self.listings += 1
+            seq = self.route_socket._seq + self.listings
+            self.kernel.send(
+                b"".join(
+                    wire._HEADER.pack(wire._HEADER_SIZE + len(p), kind, flags, seq, 0) + p
+                    for kind, flags, p in reply
+                )
+            )
+
+
+def _route(dst: str, flags: int = 0) -> tuple[int, int, bytes]:
+    data = wire.add_request(_key(dst), 3, wire.ADD, onlink=False)
+    return wire.RTM_NEWROUTE, flags, data[wire._HEADER_SIZE :]
+
+
+_DONE = (wire.NLMSG_DONE, 0, wire._ERROR.pack(0))
+
+
+def test_a_listing_the_kernel_marks_interrupted_is_read_again() -> None:
+    kernel = _Kernel()
+    try:
+        intr = wire.NLM_F_DUMP_INTR
+        kernel.answer(
+            [_route("10.1.0.0/16", intr), (wire.NLMSG_DONE, intr, wire._ERROR.pack(0))],
+            [_route("10.1.0.0/16"), _route("10.2.0.0/16"), _DONE],
+        )
+        routes = kernel.route_socket.dump_routes()
+        assert [r.dst for r in routes] == ["10.1.0.0", "10.2.0.0"]
+    finally:
+        kernel.close()
+
+
+def test_a_listing_interrupted_every_time_fails_instead_of_being_partial() -> None:
+    kernel = _Kernel()
+    try:
+        intr = wire.NLM_F_DUMP_INTR
+        kernel.answer(*([_route("10.1.0.0/16", intr), _DONE] for _ in range(wire.DUMP_TRIES)))
+        try:
+            kernel.route_socket.dump_routes()
+        except wire.DumpInterrupted as exc:
+            assert "interrupted" in str(exc)
+        else:
+            raise AssertionError("an interrupted listing was returned")
+    finally:
+        kernel.close()
+
+
+def test_a_listing_ended_by_an_error_in_its_done_message_fails() -> None:
+    kernel = _Kernel()
+    try:
+        kernel.answer([_route("10.1.0.0/16"), (wire.NLMSG_DONE, 0, wire._ERROR.pack(-12))])
+        try:
+            kernel.route_socket.dump_routes()
+        except NetlinkError as exc:
+            assert exc.code == 12  # ENOMEM
+        else:
+            raise AssertionError("a listing the kernel ended with ENOMEM was returned")
+    finally:
+        kernel.close()
+
+
+def test_a_number_attribute_too_short_for_its_value_is_read_as_absent() -> None:
+    body = wire._RTMSG.pack(socket.AF_INET, 8, 0, 0, 254, 0, 0, wire.RTN_UNICAST, 0)
+    short_oif = wire._ATTR.pack(6, wire.RTA_OIF) + b"\x07\x00\x00\x00"  # 2 bytes of 4
+    dst = wire._ATTR.pack(8, wire.RTA_DST) + bytes([10, 0, 0, 0])
+    payload = body + short_oif + dst
+    data = wire._HEADER.pack(wire._HEADER_SIZE + len(payload), wire.RTM_NEWROUTE, 0, 0, 0)
+    data += payload
+    message = wire.route_message(data, 0, len(data))
+    assert message is not None
+    assert (message.oif, message.dst) == (None, "10.0.0.0")
+
+
+def test_the_deletion_watcher_survives_a_datagram_it_cannot_decode() -> None:
+    from kilo.adapters.netlink.watcher import Watcher
+
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    calls: list[bytes] = []
+    called = threading.Semaphore(0)
+
+    def matters(data: bytes) -> bool:
+        calls.append(data)
+        if data == b"garbage":
+            raise ValueError("not a netlink message")
+        return data == b"deleted"
+
+    watcher = Watcher(ours, matters, called.release)
+    watcher.start()
+    try:
+        kernel.send(b"garbage")
+        assert called.acquire(timeout=10), "an undecodable datagram was not reported"
+        kernel.send(b"deleted")
+        assert called.acquire(timeout=10), "the watcher stopped after an undecodable datagram"
+        assert calls == [b"garbage", b"deleted"]
+    finally:
+        watcher.stop()
+        kernel.close()

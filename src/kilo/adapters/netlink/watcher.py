@@ -52,7 +52,13 @@ class Watcher:
                             return
                         self._callback()  # events were lost: one of them may matter
                         continue
-                    if self._matters(data):
+                    try:
+                        matters = self._matters(data)
+                    except Exception:  # any datagram it cannot decode
+                        # Unreadable: it may have been a deletion that matters. The thread
+                        # keeps watching (it ending would hide every later deletion).
+                        matters = True
+                    if matters:
                         self._callback()
         finally:
             selector.close()

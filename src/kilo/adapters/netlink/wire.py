@@ -40,6 +40,7 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10  # the dump's table changed while it was read: it may miss routes
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
@@ -88,6 +89,19 @@ T = TypeVar("T")
 Buffer = bytes | bytearray | memoryview
 
 
+# A listing that the kernel marks interrupted is read again, up to this many times in all.
+DUMP_TRIES = 3
+
+
+class DumpInterrupted(NetlinkError):  # type: ignore[misc]
+    """The kernel's routes changed while they were listed, :data:`DUMP_TRIES` times in a
+    row: the listing may miss routes, and a route table that trusted it would forget
+    routes it owns (which then stay in the kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EINTR, "the route listing was interrupted by changes")
+
+
 class LostAck(OSError):
     """The kernel's acknowledgement of a request never came (the socket's buffer overran,
     or no answer in time): the request may or may not have been carried out."""
@@ -110,6 +124,9 @@ class RouteMessage:
     gateway: str | None
     prefsrc: str | None
     priority: int | None
+
+
+_U32_ATTRS = frozenset({RTA_OIF, RTA_PRIORITY, RTA_TABLE})
 
 
 def messages(data: Buffer, size: int) -> Iterator[tuple[int, int, int, int, int]]:
@@ -139,7 +156,9 @@ def route_message(data: Buffer, offset: int, length: int) -> RouteMessage | None
         if size < 4 or position + size > end:
             break
         start = position + 4
-        if attr == RTA_DST:
+        if attr in _U32_ATTRS and size < 8:
+            pass  # too short for its value: as absent (the kernel never sends one)
+        elif attr == RTA_DST:
             dst = _address(family, data[start : position + size])
         elif attr == RTA_OIF:
             oif = _U32.unpack_from(data, start)[0]
@@ -279,9 +298,17 @@ def open_socket(netns: str | None) -> socket.socket:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, _RECEIVE_BUFFER)
                 break
-            except PermissionError:
-                continue  # SO_RCVBUFFORCE needs CAP_NET_ADMIN: the capped size then
-        sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+            except OSError:
+                # SO_RCVBUFFORCE needs CAP_NET_ADMIN: the capped size then; and a refused
+                # size leaves the default (lost acknowledgements are handled).
+                continue
+        try:
+            sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+        except OSError as exc:
+            # Kernels before 4.3: each acknowledgement carries a copy of its request
+            # (about 100 bytes more), well within the buffer for a batch.
+            if exc.errno != errno.ENOPROTOOPT:
+                raise
         sock.bind((0, 0))
         sock.settimeout(TIMEOUT)
     except BaseException:
@@ -335,11 +362,22 @@ class RouteSocket:
         """What ``read(data, offset, length)`` makes of each route in every table and
         family, in the kernel's order (``None``: left out); a failure raises
         ``NetlinkError`` or ``OSError``."""
-        try:
-            return self._dump(read)
-        except OSError:
-            self._reset()
-            raise
+        for attempt in range(1, DUMP_TRIES + 1):
+            try:
+                return self._dump(read)
+            except DumpInterrupted:
+                if attempt == DUMP_TRIES:
+                    raise
+                # The dump ran to its end: the socket is ready for the next one.
+            except OSError:
+                self._reset()
+                raise
+            except (struct.error, ValueError, IndexError) as exc:
+                # A message this decoder cannot read (the kernel never sends one): the
+                # dump is abandoned, as after a failed read.
+                self._reset()
+                raise OSError(errno.EPROTO, f"an unreadable route listing: {exc}") from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _dump(self, read: Callable[[Buffer, int, int], T | None]) -> list[T]:
         seq = self._next()
@@ -348,12 +386,21 @@ class RouteSocket:
         ) + _RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)
         self._sock.send(request)
         routes: list[T] = []
+        interrupted = False
         while True:
             data, size = self._receive()
-            for kind, _flags, got, offset, length in messages(data, size):
+            for kind, flags, got, offset, length in messages(data, size):
                 if got != seq:
                     continue  # a late acknowledgement of an earlier, abandoned batch
+                interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
                 if kind == NLMSG_DONE:
+                    # DONE carries the dump's outcome: a negative errno ended it early.
+                    if length >= _HEADER_SIZE + _ERROR.size:
+                        code = _ERROR.unpack_from(data, offset + _HEADER_SIZE)[0]
+                        if code < 0:
+                            raise NetlinkError(-code)
+                    if interrupted:
+                        raise DumpInterrupted()
                     return routes
                 if kind == NLMSG_ERROR:
                     code = -_ERROR.unpack_from(data, offset + _HEADER_SIZE)[0]
