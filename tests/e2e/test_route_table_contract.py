@@ -361,6 +361,28 @@ def test_an_incremental_batch_with_a_taken_slot_adds_the_rest_then_lists_the_ker
     assert table.kernel() == before
 
 
+def test_a_refused_route_in_an_incremental_batch_with_a_taken_slot_is_reported_once(
+    subject: Subject,
+) -> None:
+    table = subject.table
+    before = table.kernel()
+    table.set(_many(100), (), DEVICES)
+    second = _many(110, bad=frozenset({7}))
+    taken = route_sync.route_key(second[150], DEVICES)
+    assert taken is not None
+    subject.add_route(RouteKey(dst=taken.dst, dev="ens4"))
+    # The batch is refused route 7 and finds 150's slot taken; the listing that follows
+    # tries 7 again, and its one failure is the one reported.
+    with pytest.raises(DataPlaneError) as failure:
+        table.set(second, (), DEVICES, full=False)
+    message = str(failure.value)
+    assert message.startswith("1 route/rule change failed: "), message
+    assert message.count(f"cannot add route {second[7].dst} ") == 1
+    assert _keys(tuple(r for i, r in enumerate(second) if i != 7)) <= table.kernel()[0]
+    table.clean_up()
+    assert table.kernel() == before
+
+
 def test_a_batch_deletion_of_a_route_already_gone_is_no_failure(subject: Subject) -> None:
     table = subject.table
     before = table.kernel()

@@ -87,11 +87,15 @@ class InMemoryRouteTable:
                     removed += 1
             slots = {key.slot for key in self.kernel_routes} if new else set()
             free = [key for key in new if key.slot not in slots]
-            added = self._add(free, route_of, devices, failures)
+            incremental: list[str] = []
+            added = self._add(free, route_of, devices, incremental)
             to_add = ()
             if len(free) < len(new):
+                # The listing tries again whatever failed here (reported once).
                 to_add, more_removed = self._listed(desired.keys, planned_rules)
                 removed += more_removed
+            else:
+                failures.extend(incremental)
         added += self._add(to_add, route_of, devices, failures)
         rule_changes = route_sync.diff(planned_rules, self.kernel_rules, self._rules)
         self.kernel_rules.update(rule_changes.add)

@@ -467,11 +467,14 @@ class RouteTable(Closing):
         added = removed = 0
         listed = True
         if not full and known is not None and tuple(rule_keys) == known.rules:
+            incremental: list[str] = []
             try:
-                added, removed = self._set_known(desired, known, devices, failures)
+                added, removed = self._set_known(desired, known, devices, incremental)
                 listed = False
+                failures.extend(incremental)
             except _SlotTaken as taken:
-                # What was done so far is tracked and counted; the listing does the rest.
+                # What was done so far is tracked and counted; the listing does the rest,
+                # and tries again whatever failed here (reported once, if it fails again).
                 added, removed = taken.added, taken.removed
         if listed:
             more_added, more_removed = self._set_listed(desired, planned_rules, devices, failures)
