@@ -249,7 +249,9 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
     unresolved: list[Route] = []
     shadowed: list[Route] = []
     memo = _ROUTE_KEYS
-    previous = memo.previous if memo.devices == devices else {}
+    memo_devices, previous = memo.last  # one read: another thread swaps the whole pair
+    if memo_devices != devices:
+        previous = {}
     current: dict[int, tuple[RouteKey | None, Route]] = {}
     for route in routes:
         pair = previous.get(id(route))
@@ -275,7 +277,7 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
             collided.setdefault(slot_hash, []).append(key)
         chosen.add(key)
         pairs.append(cast(tuple[RouteKey, Route], pair))
-    memo.previous, memo.devices = current, dict(devices)
+    memo.last = (dict(devices), current)
     return DesiredRoutes(
         routes=tuple(pairs), unresolved=tuple(unresolved), shadowed=tuple(shadowed)
     )
@@ -291,8 +293,8 @@ class _RouteKeyMemo:
     last call's routes and device names are kept; keys are immutable."""
 
     def __init__(self) -> None:
-        self.previous: dict[int, tuple[RouteKey | None, Route]] = {}
-        self.devices: dict[Device, str] = {}
+        # (the device names, the pairs by Route id), written as one value
+        self.last: tuple[dict[Device, str], dict[int, tuple[RouteKey | None, Route]]] = ({}, {})
 
 
 _ROUTE_KEYS = _RouteKeyMemo()
