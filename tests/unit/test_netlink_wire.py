@@ -212,3 +212,16 @@ def test_the_deletion_watcher_survives_a_datagram_it_cannot_decode() -> None:
     finally:
         watcher.stop()
         kernel.close()
+
+
+def test_a_socket_granted_a_small_receive_buffer_sends_fewer_requests_at_once() -> None:
+    small, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        small.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # the kernel doubles it
+        granted = small.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert wire.batch_size(small) == granted // 2048 < wire.BATCH
+        small.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        assert wire.batch_size(small) == wire.BATCH
+    finally:
+        small.close()
+        other.close()

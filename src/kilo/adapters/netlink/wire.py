@@ -79,9 +79,11 @@ _BODY = _HEADER_SIZE + _RTMSG.size
 
 _RECEIVE_BUFFER = 1 << 20  # what the kernel may queue for this socket (acks, dumps)
 _READ_SIZE = 1 << 16  # a dump's datagrams are at most 32 KiB
-# Requests per send: their acknowledgements (about 1 KiB each as the kernel counts a
-# socket's buffer) must fit in the receive buffer, or they are dropped.
+# Requests per send at most: their acknowledgements (about 1 KiB each as the kernel counts
+# a socket's buffer) must fit in the receive buffer, or they are dropped; a socket granted
+# less than the buffer asked for sends fewer (``batch_size``).
 BATCH = 128
+_ACK_BUDGET = 2048  # bytes of receive buffer per request in flight
 TIMEOUT = 30.0
 
 
@@ -317,6 +319,13 @@ def open_socket(netns: str | None) -> socket.socket:
     return sock
 
 
+def batch_size(sock: socket.socket) -> int:
+    """Requests per send on ``sock``: :data:`BATCH`, or fewer when the kernel granted a
+    smaller receive buffer than asked for (no CAP_NET_ADMIN and a low ``rmem_max``)."""
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return max(1, min(BATCH, granted // _ACK_BUDGET))
+
+
 class RouteSocket:
     """Route requests and dumps on a raw rtnetlink socket; one caller at a time (the
     route table's own lock), from any thread: the socket is a plain one."""
@@ -324,6 +333,7 @@ class RouteSocket:
     def __init__(self, netns: str | None) -> None:
         self._netns = netns
         self._sock = open_socket(netns)
+        self.batch_size = batch_size(self._sock)
         self._seq = 0
         self._buffer = bytearray(_READ_SIZE)
 
@@ -337,6 +347,7 @@ class RouteSocket:
         self._sock.close()
         with contextlib.suppress(OSError):  # else the closed socket fails the next request
             self._sock = open_socket(self._netns)
+            self.batch_size = batch_size(self._sock)
 
     def _next(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
@@ -411,13 +422,14 @@ class RouteSocket:
                         routes.append(route)
 
     def batch(self, requests: Sequence[bytes]) -> list[BaseException | None]:
-        """Send ``requests`` (each made by :func:`route_request`), :data:`BATCH` per send,
+        """Send ``requests`` (each made by :func:`route_request`), :attr:`batch_size` per send,
         and return their outcomes in order: ``None``, a ``NetlinkError`` (the kernel
         refused that request; the others are unaffected), or an ``OSError`` (the send
         failed: nothing of that send was done; :class:`LostAck`: unknown)."""
         outcomes: list[BaseException | None] = []
-        for start in range(0, len(requests), BATCH):
-            outcomes += self._send(requests[start : start + BATCH])
+        size = self.batch_size
+        for start in range(0, len(requests), size):
+            outcomes += self._send(requests[start : start + size])
         return outcomes
 
     def _send(self, requests: Sequence[bytes]) -> list[BaseException | None]:
