@@ -12,6 +12,10 @@ Where Kilo is fragile this loop is not (each difference is in docs/compatibility
   still run;
 * a demoted leader removes its WireGuard peers and address instead of keeping them;
 * ``--resync-period`` below one second is raised to one second (Kilo busy-loops on 0).
+
+Just over 500 lines on purpose: the event handlers, the worker's rounds and the local
+node's check-in share one set of flags (what is needed, full or light) that decides each
+round; the apply itself (``apply.py``) and leadership (``leadership.py``) live apart.
 """
 
 from __future__ import annotations

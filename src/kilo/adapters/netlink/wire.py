@@ -204,26 +204,23 @@ def _attr(kind: int, payload: bytes) -> bytes:
 def route_request(
     kind: int,
     flags: int,
+    key: RouteKey,
+    index: int,
     *,
-    family: int,
-    dst: bytes,
-    dst_len: int,
-    table: int,
-    oif: int,
-    gateway: bytes | None = None,
-    prefsrc: bytes | None = None,
     priority: int | None = None,
     protocol: int = 0,
     scope: int = 0,
     route_type: int = RTN_UNICAST,
     route_flags: int = 0,
 ) -> bytes:
-    """One route request (sequence number 0: :meth:`RouteSocket.batch` numbers them),
-    byte for byte what pyroute2 sends for the same call: the table both in the header
-    (main above 255) and as ``RTA_TABLE``, then the gateway, source and priority."""
+    """One request for the route ``key`` on the interface ``index`` (sequence number 0:
+    :meth:`RouteSocket.batch` numbers them), byte for byte what pyroute2 sends for the
+    same call: the table both in the header (main above 255) and as ``RTA_TABLE``, then
+    the gateway, source and priority."""
+    table = key.table
     body = _RTMSG.pack(
-        family,
-        dst_len,
+        _FAMILY[key.version],
+        key.dst.prefixlen,
         0,
         0,
         table if table < 256 else RT_TABLE_MAIN,
@@ -233,14 +230,14 @@ def route_request(
         route_flags,
     )
     attrs = [
-        _attr(RTA_DST, dst),
-        _attr(RTA_OIF, _U32.pack(oif)),
+        _attr(RTA_DST, key.dst.network_address.packed),
+        _attr(RTA_OIF, _U32.pack(index)),
         _attr(RTA_TABLE, _U32.pack(table)),
     ]
-    if gateway is not None:
-        attrs.append(_attr(RTA_GATEWAY, gateway))
-    if prefsrc is not None:
-        attrs.append(_attr(RTA_PREFSRC, prefsrc))
+    if key.gw is not None:
+        attrs.append(_attr(RTA_GATEWAY, key.gw.packed))
+    if key.src is not None:
+        attrs.append(_attr(RTA_PREFSRC, key.src.packed))
     if priority is not None:
         attrs.append(_attr(RTA_PRIORITY, _U32.pack(priority)))
     payload = body + b"".join(attrs)
@@ -258,13 +255,8 @@ def add_request(key: RouteKey, index: int, flags: int, *, onlink: bool) -> bytes
     return route_request(
         RTM_NEWROUTE,
         flags,
-        family=_FAMILY[key.version],
-        dst=key.dst.network_address.packed,
-        dst_len=key.dst.prefixlen,
-        table=key.table,
-        oif=index,
-        gateway=None if key.gw is None else key.gw.packed,
-        prefsrc=None if key.src is None else key.src.packed,
+        key,
+        index,
         protocol=RTPROT_STATIC,
         route_flags=RTNH_F_ONLINK if onlink else 0,
     )
@@ -276,13 +268,8 @@ def delete_request(key: RouteKey, index: int) -> bytes:
     return route_request(
         RTM_DELROUTE,
         DELETE,
-        family=_FAMILY[key.version],
-        dst=key.dst.network_address.packed,
-        dst_len=key.dst.prefixlen,
-        table=key.table,
-        oif=index,
-        gateway=None if key.gw is None else key.gw.packed,
-        prefsrc=None if key.src is None else key.src.packed,
+        key,
+        index,
         priority=route_sync.DEFAULT_METRIC[6] if key.version == 6 else None,
         scope=RT_SCOPE_NOWHERE,
         route_type=RTN_UNSPEC,
