@@ -279,7 +279,10 @@ def results(prometheus: Prometheus, bed: Testbed) -> dict[str, list[dict[str, An
     def evaluate() -> bool:
         answers = prometheus.queries([grafana(q.expr) for q in QUERIES])
         last.update(zip([q.name for q in QUERIES], answers, strict=True))
-        return all(answers)
+        # A rate per agent has data once one agent was scraped twice in the window: wait
+        # for every agent's series (CI once saw gcp-1's, scraped through the tunnel, late).
+        per_agent = {s["metric"].get("instance") for s in last["Reconciliations [A]"]}
+        return all(answers) and per_agent >= set(bed.nodes)
 
     with contextlib.suppress(AssertionError):
         bed.wait_for(evaluate, timeout=CONVERGE, interval=1, message="every query has data")
