@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Iterable
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -231,6 +232,14 @@ def text(value: IPAddress | IPInterface | IPNetwork) -> str:
         n = int(value)
         return _DOTTED % (n >> 24, n >> 16 & 255, n >> 8 & 255, n & 255)
     return str(value)
+
+
+def texts(
+    known: tuple[str, ...] | None, values: Iterable[IPAddress | IPInterface | IPNetwork]
+) -> tuple[str, ...]:
+    """``known`` (the texts of ``values`` when their builder had them at hand), else
+    :func:`text` of each: the ``allowed_ips_text`` of segments, peers and device states."""
+    return known if known is not None else tuple([text(v) for v in values])
 
 
 def host_text(ip: IPAddress) -> str:

@@ -59,10 +59,7 @@ class PeerState:
     @property
     def allowed_ips_text(self) -> tuple[str, ...]:
         """``str()`` of each of :attr:`allowed_ips`."""
-        texts = self._allowed_ips_text
-        if texts is None:
-            texts = tuple([ipmod.text(a) for a in self.allowed_ips])
-        return texts
+        return ipmod.texts(self._allowed_ips_text, self.allowed_ips)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from kilo.mesh import ip as ipmod
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.ip import IPInterface, IPNetwork
 from kilo.mesh.ip import text as ip_text
@@ -37,10 +38,7 @@ class WireGuardPeer:
     @property
     def allowed_ips_text(self) -> tuple[str, ...]:
         """``str()`` of each of :attr:`allowed_ips`."""
-        texts = self._allowed_ips_text
-        if texts is None:
-            texts = tuple([ip_text(a) for a in self.allowed_ips])
-        return texts
+        return ipmod.texts(self._allowed_ips_text, self.allowed_ips)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
