@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,34 +46,28 @@ PRIVATE_KEY = Key(bytes(range(1, 33)))
 DEVICES = {Device.KILO: "kilo0", Device.PRIVATE: "eth0", Device.TUNNEL: "tunl0"}
 
 
+# Every memo of the light apply: (module, attribute, a new empty one).
+MEMOS: tuple[tuple[Any, str, Callable[[], object]], ...] = (
+    (topology, "_SEGMENTS", topology._SegmentMemo),
+    (routes, "_LEADER_ROUTES", routes._LeaderRoutesMemo),
+    (wireguard, "_SEGMENT_PEERS", wireguard._PeerMemo),
+    (route_sync, "_ROUTE_KEYS", route_sync._RouteKeyMemo),
+    (wgdevice, "_MASKED", wgdevice._MaskedTexts),
+    (uapi, "_PEER_BLOCKS", uapi._PeerBlocks),
+)
+
+
 @contextlib.contextmanager
 def empty_memos() -> Iterator[None]:
     """Every memo of the light apply empty, and the agent's ones back afterwards."""
-    saved = (
-        topology._SEGMENTS,
-        routes._LEADER_ROUTES,
-        wireguard._SEGMENT_PEERS,
-        route_sync._ROUTE_KEYS,
-        wgdevice._MASKED,
-        uapi._PEER_BLOCKS,
-    )
-    topology._SEGMENTS = topology._SegmentMemo()
-    routes._LEADER_ROUTES = routes._LeaderRoutesMemo()
-    wireguard._SEGMENT_PEERS = wireguard._PeerMemo()
-    route_sync._ROUTE_KEYS = route_sync._RouteKeyMemo()
-    wgdevice._MASKED = wgdevice._MaskedTexts()
-    uapi._PEER_BLOCKS = uapi._PeerBlocks()
+    saved = [getattr(module, name) for module, name, _ in MEMOS]
+    for module, name, empty in MEMOS:
+        setattr(module, name, empty())
     try:
         yield
     finally:
-        (
-            topology._SEGMENTS,
-            routes._LEADER_ROUTES,
-            wireguard._SEGMENT_PEERS,
-            route_sync._ROUTE_KEYS,
-            wgdevice._MASKED,
-            uapi._PEER_BLOCKS,
-        ) = saved
+        for (module, name, _), memo in zip(MEMOS, saved, strict=True):
+            setattr(module, name, memo)
 
 
 def uapi_reply(state: DeviceState) -> str:
