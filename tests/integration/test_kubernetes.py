@@ -27,7 +27,7 @@ from kilo.errors import BackendError
 from kilo.mesh import translate
 from kilo.mesh.events import Event, EventType
 from kilo.sandbox import kubelet
-from kilo.sandbox.controlplane import ControlPlane
+from kilo.sandbox.controlplane import ControlPlane, free_port
 from tests import golden
 from tests.examples import PUBLIC_KEYS, reference_objects
 
@@ -239,9 +239,7 @@ def test_rbac_denial_names_the_verb_and_resource(
 def test_unreachable_server_fails_fast_naming_it(
     control_plane: ControlPlane, tmp_path: Path
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     config = control_plane.write_kubeconfig(tmp_path / "closed.kubeconfig", "admin")
     text = config.read_text().replace(control_plane.server, f"https://127.0.0.1:{port}")
     config.write_text(text)

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import io
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from kilo.adapters import kubeconfig, kubernetes
 from kilo.cli import kgctl
 from kilo.mesh import translate
 from kilo.mesh.multicluster import LINK_LABEL
-from kilo.sandbox.controlplane import ControlPlane, build_binaries
+from kilo.sandbox.controlplane import ControlPlane, build_binaries, free_port
 from tests.apiserver import rules_of, wait_served
 from tests.manifests import MANIFESTS, load_file
 
@@ -259,13 +258,6 @@ def test_link_resync_watch_and_unlink_work_with_exactly_those_roles(
     code, _, err = run(*link_argv(*accounts, command="unlink"), f"--name={LINK}")
     assert (code, err) == (0, "")
     assert mirrored(local) == mirrored(remote) == {}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def test_an_unreachable_remote_fails_before_anything_is_written(

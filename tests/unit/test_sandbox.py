@@ -7,6 +7,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import socket
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -665,3 +666,15 @@ def test_a_plane_starting_in_a_thread_keeps_its_error() -> None:
     error = controlplane.Starting(bad, name="failing").wait(10)
     assert isinstance(error, controlplane.ControlPlaneError)
     assert str(error) == "no etcd"
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    # An outgoing connection is given a port of the ephemeral range; a server port taken
+    # from it could be gone before the server binds it ("bind: address already in use").
+    low, _ = controlplane._ephemeral_range()
+    ports = [controlplane.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= port < low for port in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

@@ -27,6 +27,7 @@ import datetime
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -110,8 +111,41 @@ def build_prometheus(*, on_progress: Callable[[str], None] | None = None) -> Pat
     return _build("prometheus", on_progress)
 
 
+# Ports handed out by this process: nothing holds a port between ``free_port`` and the
+# server binding it, so the same one must not be handed out twice.
+_HANDED_OUT: set[int] = set()
+_LOWEST_PORT = 10000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback TCP port nothing listens on, for a server started a moment later.
+
+    Taken below the kernel's ephemeral range: a port the kernel hands out (bind to 0)
+    is the kind every outgoing connection is given too, so one of the many connections a
+    test suite opens could take it before etcd binds it (CI saw "bind: address already
+    in use"). Below the range only an explicit bind competes for it."""
+    low, _ = _ephemeral_range()
+    candidates = list(range(_LOWEST_PORT, low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
