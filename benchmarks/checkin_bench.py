@@ -13,30 +13,47 @@ images) with the ``managedFields`` the API server adds: about 10 KB of JSON. Tim
 * the cluster view: translating the Node against its check-in path (the stored Node with
   the new last-seen), and what the agent then asks (``mesh_changed`` against readiness).
 
-Not included: reading the event off the API server's TLS connection (httpx2, h11, anyio),
-which the end-to-end benchmark (``benchmarks/agent_bench.py``) includes and which costs
-more than all of the above on this machine (README, "Agent").
+* reading the event off a TLS connection (``--events``, 0 to skip): a server process on
+  127.0.0.1 streams the event as the API server does (a chunked body, about 4 KB a chunk,
+  ``--rate`` events a second, so that each one is read on its own), and this process
+  reads it with lightkube's watch (httpx2, httpcore2, h11, anyio's TLS over a memory BIO)
+  against :mod:`kilo.adapters.watchstream` (the informer's: TLS in C, read by the loop),
+  each decoding to the informer's dict; CPU of this process per event (the server's is
+  its own), the median of 3 rounds.
+
+The end-to-end benchmark (``benchmarks/agent_bench.py``) measures all of it together in kg
+against a real API server.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import json
+import multiprocessing
+import socket
+import ssl
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightkube import AsyncClient, KubeConfig
+from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core import decoders
 from lightkube.resources.core_v1 import Node as TypedNode
 
+from kilo.adapters import watchstream
 from kilo.adapters.kubernetes import ReadNode, _to_dict
 from kilo.mesh import translate
 from kilo.mesh.events import Change, ClusterView, Event, EventType
 from kilo.mesh.localnode import mesh_changed
 from kilo.mesh.model import Node
 from kilo.sandbox import kubelet
+from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
 
 LABEL = "topology.kubernetes.io/region"
 KEY = "vfNnvLWHzmnuP4TvAM/1ZB7DClT1mwyEaFIRkwEvkzw="
@@ -105,10 +122,119 @@ def per_call_us(step: Callable[[], object], repeat: int) -> float:
     return statistics.median(rounds)
 
 
+CHUNK = 4096
+
+
+def _serve(listener: socket.socket, pki: Path, line: bytes, events: int, rate: float) -> None:
+    """Answer each connection with ``events`` copies of ``line`` as a chunked watch body."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki / "server.crt", pki / "server.key")
+    chunks = [
+        b"%x\r\n" % len(line[i : i + CHUNK]) + line[i : i + CHUNK] + b"\r\n"
+        for i in range(0, len(line), CHUNK)
+    ]
+    while True:
+        conn = context.wrap_socket(listener.accept()[0], server_side=True)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        start = time.monotonic()
+        for n in range(events):
+            for chunk in chunks:  # one write (and TLS record) a chunk, as Go's server flushes
+                conn.sendall(chunk)
+            delay = start + (n + 1) / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        conn.sendall(b"0\r\n\r\n")
+        conn.close()
+
+
+def _config(server: str, pki: Path) -> SingleConfig:
+    ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
+    config = KubeConfig.from_dict(
+        {
+            "clusters": [
+                {"name": "c", "cluster": {"server": server, "certificate-authority-data": ca}}
+            ],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+    ).get()
+    assert config is not None
+    return config
+
+
+async def _read_lightkube(config: SingleConfig, events: int) -> float:
+    async with AsyncClient(config, trust_env=False) as client:
+        start = time.process_time()
+        seen = 0
+        async for _, obj in client.watch(ReadNode, resource_version="1"):
+            _to_dict(obj)
+            seen += 1
+            if seen == events:
+                break
+        return time.process_time() - start
+
+
+async def _read_watchstream(config: SingleConfig, events: int) -> float:
+    def decode(raw: bytes) -> dict[str, Any]:
+        return _to_dict(decoders.decode_object(raw, ReadNode))
+
+    watch = watchstream.Watch(
+        config,
+        "/api/v1/nodes",
+        {"watch": "true"},
+        decode=decode,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    start = time.process_time()
+    seen = 0
+    async for _ in watch:
+        seen += 1
+    await watch.aclose()
+    assert seen == events, f"{seen} of {events} events"
+    return time.process_time() - start
+
+
+def stream_rows(line: bytes, events: int, rate: float) -> list[tuple[str, float]]:
+    with tempfile.TemporaryDirectory(prefix="checkin-bench-") as directory:
+        pki = Path(directory)
+        ca = CertificateAuthority.create("checkin-bench")
+        cert, key = ca.issue("server", server_ips=("127.0.0.1",), client=False)
+        (pki / "ca.crt").write_bytes(pem_cert(ca.cert))
+        (pki / "server.crt").write_bytes(cert)
+        (pki / "server.key").write_bytes(key)
+        listener = socket.create_server(("127.0.0.1", 0))
+        server = multiprocessing.get_context("fork").Process(
+            target=_serve, args=(listener, pki, line + b"\n", events, rate), daemon=True
+        )
+        server.start()
+        try:
+            config = _config(f"https://127.0.0.1:{listener.getsockname()[1]}", pki)
+            rows = []
+            for name, read in (
+                ("read event: lightkube watch (anyio TLS)", _read_lightkube),
+                ("read event: watchstream (TLS in C)", _read_watchstream),
+            ):
+                rounds = [asyncio.run(read(config, events)) / events * 1e6 for _ in range(3)]
+                rows.append((name, statistics.median(rounds)))
+            return rows
+        finally:
+            server.kill()
+            server.join()
+            listener.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20000)
-    repeat = parser.parse_args(argv).repeat
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=500.0)
+    args = parser.parse_args(argv)
+    repeat = args.repeat
     now = int(time.time())
     first, line = watch_line(now, 1), watch_line(now + 30, 2)
     raw = decoders.decode_watch_event(line).object
@@ -159,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_call_us(lambda: old.is_ready(now + 31) != new.is_ready(now + 31), repeat),
         ),
     ]
+    if args.events:
+        rows += stream_rows(line, args.events, args.rate)
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"one check-in ({len(line)} bytes of watch event); load average {' '.join(load)}")
     for name, us in rows:

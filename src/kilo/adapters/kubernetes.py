@@ -29,6 +29,7 @@ import msgspec
 from lightkube import ApiError, AsyncClient, Client
 from lightkube import ConfigError as LightkubeConfigError
 from lightkube.config.kubeconfig import SingleConfig
+from lightkube.core import decoders
 from lightkube.core.resource import ApiInfo as ResourceApiInfo
 from lightkube.core.resource import GlobalResource, NamespacedResource, ResourceDef
 from lightkube.generic_resource import create_global_resource
@@ -36,6 +37,7 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from kilo.adapters import watchstream
 from kilo.adapters.apierrors import (
     REQUEST_ERRORS,
     describe_error,
@@ -278,6 +280,8 @@ def remove_node_annotations(client: Client, name: str, keys: Iterable[str]) -> N
 # kubelet-registered Nodes is about 50 MB of JSON, read whole before it is decoded, and the
 # process keeps the memory that peak took.
 LIST_CHUNK = 500
+# A watch's connection and TLS handshake, as lightkube's clients time them out.
+CONNECT_TIMEOUT = 10.0
 
 
 class Informer:
@@ -372,15 +376,7 @@ class Informer:
                 # The server ends each watch after server_timeout; a connection that goes
                 # silent for longer than that (a vanished host, a dropped NAT entry) is dead.
                 server_timeout = random.randint(self._watch_seconds, 2 * self._watch_seconds)
-                watch = cast(
-                    AsyncGenerator[tuple[str, Any], None],
-                    self._client.watch(
-                        self._res,
-                        **self._where,
-                        resource_version=self.resource_version,
-                        server_timeout=server_timeout,
-                    ),
-                )
+                watch = self._watch(server_timeout)
                 # aclosing: closing this generator must close the HTTP stream at once.
                 async with contextlib.aclosing(watch):
                     while True:
@@ -389,11 +385,10 @@ class Informer:
                             # cancellation that races with a completing event, and a busy
                             # watch (1000 nodes checking in) then never stops.
                             async with asyncio.timeout(server_timeout + 30):
-                                kind, obj = await anext(watch)
+                                kind, data = await anext(watch)
                         except StopAsyncIteration:
                             break
                         delay = self._backoff_initial
-                        data = _to_dict(obj)
                         version = _version(data)
                         if version:
                             self.resource_version = version
@@ -424,6 +419,57 @@ class Informer:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, self._backoff_max)
 
+    def _watch(self, server_timeout: int) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """One watch request from the last resourceVersion: ``(type, object as a dict)``.
+
+        A lightkube client's body is read by the loop with the TLS in C
+        (:mod:`kilo.adapters.watchstream`: a fraction of the CPU per event); any other
+        client (the tests' fakes) through its own ``watch``."""
+        if isinstance(self._client, AsyncClient):
+            return self._stream_watch(server_timeout)
+        return self._client_watch(server_timeout)
+
+    async def _stream_watch(
+        self, server_timeout: int
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        params = {"watch": "true", "timeoutSeconds": str(server_timeout)}
+        if self.resource_version is not None:
+            params["resourceVersion"] = self.resource_version
+        res = self._res
+
+        def decode(raw: bytes) -> dict[str, Any]:
+            return _to_dict(decoders.decode_object(raw, res))
+
+        stream = watchstream.Watch(
+            self._client.config,
+            _watch_path(res, self._where.get("namespace")),
+            params,
+            decode=decode,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=server_timeout + 30,
+        )
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()
+
+    async def _client_watch(
+        self, server_timeout: int
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        watch = cast(
+            AsyncGenerator[tuple[str, Any], None],
+            self._client.watch(
+                self._res,
+                **self._where,
+                resource_version=self.resource_version,
+                server_timeout=server_timeout,
+            ),
+        )
+        async with contextlib.aclosing(watch):
+            async for kind, obj in watch:
+                yield kind, _to_dict(obj)
+
     def _fatal(self, exc: BaseException) -> bool:
         """Refusals before the first list are misconfiguration (see ``__init__``)."""
         if not is_refusal(exc, self._client.config):
@@ -441,6 +487,16 @@ class Informer:
         existed = name in self.cache
         self.cache[name] = data
         return Event(EventType.MODIFIED if existed else EventType.ADDED, name, data)
+
+
+def _watch_path(res: Any, namespace: str | None) -> str:
+    """The collection's path, as lightkube forms it: ``/api/v1/nodes``,
+    ``/apis/<group>/<version>[/namespaces/<namespace>]/<plural>``."""
+    info = res._api_info
+    group, version = info.resource.group, info.resource.version
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    where = f"/namespaces/{namespace}" if namespace is not None else ""
+    return f"{base}{where}/{info.plural}"
 
 
 def _uid(data: Mapping[str, Any]) -> object:

@@ -1,0 +1,485 @@
+"""The watch reader with the TLS in C (kilo.adapters.watchstream), against real sockets.
+
+A scripted server on 127.0.0.1 (plain HTTP or TLS, certificates from the sandbox's CA)
+answers each connection with the bytes a test gives: well-formed watches, error answers,
+and hostile ones (bad chunk framing, endless lines, a server that never answers). The
+informer's use of it against a real API server is in tests/integration/test_kubernetes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import msgspec
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from lightkube import ApiError
+from lightkube.config.kubeconfig import SingleConfig
+from lightkube.core import decoders
+
+from kilo.adapters import apierrors, kubeconfig, kubernetes, watchstream
+from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
+
+Script = Callable[[socket.socket, bytes], None]
+
+
+class ScriptServer:
+    """Answers every connection on 127.0.0.1 with ``script(connection, request head)``."""
+
+    def __init__(self, script: Script, *, tls: ssl.SSLContext | None = None) -> None:
+        self._script = script
+        self._tls = tls
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.heads: list[bytes] = []
+        self.closed = threading.Event()  # a connection's client closed it
+        self._threads: list[threading.Thread] = []
+        self._accept = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                head += data
+            self.heads.append(head)
+            self._script(conn, head)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def __enter__(self) -> ScriptServer:
+        self._accept.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):  # wakes the blocked accept (close alone does not)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._accept.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def node(name: str, version: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": f"uid-{name}",
+            "resourceVersion": str(version),
+            "annotations": {"kilo.squat.ai/last-seen": str(version)},
+            "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:metadata": {}}}],
+        },
+        "spec": {"podCIDR": "10.2.0.0/24"},
+        "status": {"images": [{"names": ["x" * 100]}] * 20},
+    }
+
+
+def line(kind: str, obj: dict[str, Any]) -> bytes:
+    return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+
+
+def chunked(body: bytes, size: int = 4096) -> bytes:
+    out = b"".join(
+        b"%x\r\n" % len(body[i : i + size]) + body[i : i + size] + b"\r\n"
+        for i in range(0, len(body), size)
+    )
+    return out + b"0\r\n\r\n"
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def decode_node(raw: bytes) -> dict[str, Any]:
+    return kubernetes._to_dict(decoders.decode_object(raw, kubernetes.ReadNode))
+
+
+def expected(obj: dict[str, Any]) -> dict[str, Any]:
+    """What lightkube's own watch yields for ``obj``, through the informer's _to_dict."""
+    return decode_node(json.dumps(obj).encode())
+
+
+def load_config(tmp_path: Path, server: str, *, user: dict[str, Any] | None = None) -> SingleConfig:
+    cluster: dict[str, Any] = {"server": server}
+    if (tmp_path / "ca.crt").exists():
+        ca = (tmp_path / "ca.crt").read_bytes()
+        cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": user or {"token": "secret-token"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(document))
+    return kubeconfig.load(str(path), environ={})
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> ssl.SSLContext:
+    ca = CertificateAuthority.create("watch-test-ca")
+    (tmp_path / "ca.crt").write_bytes(pem_cert(ca.cert))
+    cert, key = ca.issue("server", server_ips=("127.0.0.1",), client=False)
+    (tmp_path / "server.crt").write_bytes(cert)
+    (tmp_path / "server.key").write_bytes(key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    return context
+
+
+async def collect(
+    config: SingleConfig, *, path: str = "/api/v1/nodes", read_timeout: float = 10.0
+) -> tuple[list[watchstream.Event], BaseException | None]:
+    watch = watchstream.Watch(
+        config,
+        path,
+        {"watch": "true", "resourceVersion": "7"},
+        decode=decode_node,
+        connect_timeout=5.0,
+        read_timeout=read_timeout,
+    )
+    events: list[watchstream.Event] = []
+    try:
+        async for event in watch:
+            events.append(event)
+    except Exception as exc:
+        return events, exc
+    finally:
+        await watch.aclose()
+    return events, None
+
+
+def run(
+    config: SingleConfig, **kwargs: Any
+) -> tuple[list[watchstream.Event], BaseException | None]:
+    return asyncio.run(asyncio.wait_for(collect(config, **kwargs), timeout=30))
+
+
+# --- the chunked body and the lines, pure --------------------------------------------------
+
+
+def pieces_of(data: bytes, cuts: list[int]) -> Iterator[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    for start, end in itertools.pairwise(points):
+        yield data[start:end]
+
+
+@given(
+    body=st.binary(max_size=3000),
+    size=st.integers(1, 700),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+)
+def test_a_chunked_body_read_in_any_pieces_is_the_body(
+    body: bytes, size: int, cuts: list[int]
+) -> None:
+    reader = watchstream.ChunkedBody()
+    out = b"".join(reader.feed(piece) for piece in pieces_of(chunked(body, size), cuts))
+    assert out == body
+    assert reader.done
+
+
+@given(
+    lines=st.lists(st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+)
+def test_lines_read_in_any_pieces_are_the_lines(lines: list[bytes], cuts: list[int]) -> None:
+    reader = watchstream.Lines()
+    data = b"".join(line + b"\n" for line in lines)
+    got = [line for piece in pieces_of(data, cuts) for line in reader.feed(piece)]
+    assert got == lines
+    assert reader.rest() == b""
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"zz\r\n", "a bad chunk-size line: b'zz'"),
+        (b"-1\r\n", "a bad chunk-size line: b'-1'"),
+        (b"\r\n", "a bad chunk-size line: b''"),
+        (b"1" * 17 + b"\r\n", "a bad chunk-size line"),
+        (b"1" * 2000, "a chunk-size line longer than 1024 bytes"),
+        (b"3\r\nabcXY", "a chunk not followed by CRLF"),
+        (b"%x\r\n" % (watchstream.MAX_EVENT + 1), "more than"),
+    ],
+)
+def test_bad_chunk_framing_is_refused_bounded(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")) as caught:
+        watchstream.ChunkedBody().feed(data)
+    assert len(str(caught.value)) < 120
+
+
+def test_a_line_past_the_bound_is_refused_before_it_is_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watchstream, "MAX_EVENT", 100)
+    reader = watchstream.Lines()
+    reader.feed(b"x" * 60)
+    with pytest.raises(ValueError, match="a watch event longer than 100 bytes"):
+        reader.feed(b"x" * 60)
+
+
+# --- watches against a server ----------------------------------------------------------------
+
+
+def test_events_arrive_as_lightkube_would_give_them_over_tls(
+    tmp_path: Path, tls: ssl.SSLContext
+) -> None:
+    nodes = [node(f"n{i}", 10 + i) for i in range(30)]
+    body = b"".join(line("MODIFIED" if i else "ADDED", n) for i, n in enumerate(nodes))
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD)
+        data = chunked(body, 3000)
+        for i in range(0, len(data), 1000):  # framing cut anywhere, in many records
+            conn.sendall(data[i : i + 1000])
+
+    with ScriptServer(script, tls=tls) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert failure is None
+    assert events == [("MODIFIED" if i else "ADDED", expected(n)) for i, n in enumerate(nodes)]
+    assert "status" not in events[0][1] and "managedFields" not in events[0][1]["metadata"]
+    request = server.heads[0].decode()
+    assert request.startswith("GET /api/v1/nodes?watch=true&resourceVersion=7 HTTP/1.1\r\n")
+    assert "Authorization: Bearer secret-token\r\n" in request
+
+
+def test_a_server_url_with_a_path_prefix_keeps_it(tmp_path: Path) -> None:
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))))
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url + "/k8s/clusters/c-1/"))
+    assert failure is None and len(events) == 1
+    assert server.heads[0].startswith(b"GET /k8s/clusters/c-1/api/v1/nodes?watch=true")
+
+
+def test_a_body_without_chunks_is_read_until_the_server_closes_it(tmp_path: Path) -> None:
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n" + line("ADDED", node("a", 1)))
+        conn.sendall(json.dumps({"type": "DELETED", "object": node("a", 2)}).encode())
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert failure is None
+    assert [kind for kind, _ in events] == ["ADDED", "DELETED"]
+
+
+def test_an_error_event_comes_after_the_events_before_it(tmp_path: Path) -> None:
+    gone = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": "too old resource version: 7 (9)",
+        "reason": "Expired",
+        "code": 410,
+    }
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        body = line("ADDED", node("a", 8)) + line("ADDED", node("b", 9)) + line("ERROR", gone)
+        conn.sendall(OK_HEAD + chunked(body))
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert [obj["metadata"]["name"] for _, obj in events] == ["a", "b"]
+    assert isinstance(failure, ApiError)
+    status = apierrors.status_error(failure)
+    assert status is not None and apierrors.status_code(status) == 410
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_refused_watch_is_an_http_error_with_its_message(tmp_path: Path, framing: str) -> None:
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": 'nodes is forbidden: User "kilo" cannot watch resource "nodes"',
+        "reason": "Forbidden",
+        "code": 403,
+    }
+    body = json.dumps(status).encode()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if framing == "chunked":
+            conn.sendall(
+                b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(body, 50)
+            )
+        else:
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert events == []
+    assert isinstance(failure, httpx2.HTTPStatusError)
+    described = apierrors.describe_error(failure, server.url, verb="watch", resource="nodes")
+    assert described == (
+        'forbidden: cannot watch nodes (nodes is forbidden: User "kilo" cannot watch resource '
+        '"nodes")'
+    )
+
+
+def test_a_401_rereads_the_token_file_and_retries_once(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("old")
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if b"Bearer new" not in head:
+            token.write_text("new")  # rotated, as the kubelet rotates a service account's
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+            return
+        conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))))
+
+    with ScriptServer(script) as server:
+        config = load_config(tmp_path, server.url, user={"tokenFile": str(token)})
+        events, failure = run(config)
+    assert failure is None and len(events) == 1
+    assert len(server.heads) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "message"),
+    [
+        (OK_HEAD + b'5\r\n{"typ', watchstream.Disconnected, "inside the watch"),
+        (b"", watchstream.Disconnected, "before it answered"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", watchstream.ProtocolError, "not an HTTP/1.1 status"),
+        (OK_HEAD + chunked(b"not json\n"), msgspec.DecodeError, ""),
+        (OK_HEAD + b"zz\r\n", watchstream.ProtocolError, "a bad chunk-size line"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 70_000, watchstream.ProtocolError, "head"),
+    ],
+)
+def test_a_broken_answer_ends_the_watch_with_a_bounded_error(
+    tmp_path: Path, answer: bytes, kind: type[BaseException], message: str
+) -> None:
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(answer)
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert events == []
+    assert isinstance(failure, kind), repr(failure)
+    assert message in str(failure)
+    assert len(str(failure)) < 300
+    assert isinstance(failure, apierrors.REQUEST_ERRORS)  # the informer retries, bounded
+
+
+def test_an_endless_line_ends_the_watch_at_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watchstream, "MAX_EVENT", 64 * 1024)
+    sent = threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD)
+        piece = b"%x\r\n" % 8192 + b"x" * 8192 + b"\r\n"
+        for _ in range(10_000):  # 80 MB if nobody stopped reading
+            conn.sendall(piece)
+        sent.set()
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert events == []
+    assert isinstance(failure, watchstream.ProtocolError)
+    assert str(failure) == "a watch event longer than 65536 bytes"
+    assert not sent.is_set()
+
+
+def test_a_consumer_behind_pauses_the_reading_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watchstream, "MAX_PENDING", 8)
+    monkeypatch.setattr(watchstream, "READ_SIZE", 4096)
+    nodes = [node(f"n{i}", i + 1) for i in range(200)]
+    per_read = 4096 // len(line("ADDED", nodes[0])) + 1
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(b"".join(line("ADDED", n) for n in nodes)))
+
+    async def slow(config: SingleConfig) -> tuple[list[str], int]:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        names, most = [], 0
+        async for _, obj in watch:
+            most = max(most, len(watch._events))
+            names.append(obj["metadata"]["name"])
+            await asyncio.sleep(0)
+        await watch.aclose()
+        return names, most
+
+    with ScriptServer(script) as server:
+        names, most = asyncio.run(asyncio.wait_for(slow(load_config(tmp_path, server.url)), 30))
+    assert names == [n["metadata"]["name"] for n in nodes]
+    assert 8 <= most <= 8 + per_read  # it did fall behind; at most one read past the bound
+
+
+@pytest.mark.parametrize("stage", ["opening", "streaming"])
+def test_closing_a_watch_ends_it_at_once_and_closes_the_connection(
+    tmp_path: Path, tls: ssl.SSLContext, stage: str
+) -> None:
+    hold = threading.Event()
+    peer_closed = threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if stage == "streaming":
+            conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1)))[:-5])
+        hold.set()
+        try:
+            while conn.recv(1024):  # until the client goes away
+                pass
+        except OSError:
+            pass
+        peer_closed.set()
+
+    async def scenario(config: SingleConfig) -> None:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=600
+        )
+        task = asyncio.ensure_future(anext(watch))
+        await asyncio.to_thread(hold.wait, 10)
+        if stage == "streaming":
+            await task  # the one event; the watch then waits for more
+            task = asyncio.ensure_future(anext(watch))  # reading the socket from the loop
+        task.cancel()
+        await watch.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with ScriptServer(script, tls=tls) as server:
+        asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+        # The server sees the connection end although the read timeout is 10 minutes.
+        assert peer_closed.wait(10)
