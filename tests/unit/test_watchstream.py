@@ -483,3 +483,94 @@ def test_closing_a_watch_ends_it_at_once_and_closes_the_connection(
         asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
         # The server sees the connection end although the read timeout is 10 minutes.
         assert peer_closed.wait(10)
+
+
+# --- found in review: hostile answers that must not crash the informer ----------------------
+
+
+def deep_line(depth: int) -> bytes:
+    return (
+        b'{"type":"ADDED","object":{"metadata":{"name":"deep"},"x":'
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}\n"
+    )
+
+
+def test_an_event_nested_past_the_decoders_depth_is_a_request_error(tmp_path: Path) -> None:
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1)) + deep_line(100_000)))
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert len(events) == 1
+    assert failure is not None
+    # The informer catches REQUEST_ERRORS and retries; anything else ends the agent.
+    assert isinstance(failure, apierrors.REQUEST_ERRORS), repr(failure)
+    config = load_config(tmp_path, server.url)
+    described = apierrors.describe_failure(failure, config, verb="watch", resource="nodes")
+    assert described.startswith(f"{server.url} did not answer like a Kubernetes API server")
+
+
+def listing_then(watch_body: bytes) -> Script:
+    """A server that lists one Node and answers every watch with ``watch_body``."""
+    listing = json.dumps(
+        {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "5"}, "items": []}
+    ).encode()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if b"watch=true" in head.split(b"\r\n", 1)[0]:
+            conn.sendall(OK_HEAD + chunked(watch_body))
+        else:
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(listing) + listing
+            )
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        ({"kind": "Status", "message": "etcd is unhappy"}, "etcd is unhappy"),
+        ({"kind": "Status", "code": 500}, "(HTTP 500)"),
+        ({}, "cannot watch nodes on"),
+    ],
+)
+def test_an_error_event_without_a_code_or_message_is_reported_not_raised(
+    tmp_path: Path, status: dict[str, Any], said: str
+) -> None:
+    """A Status in an ERROR event need not carry a code or a message; the informer's error
+    handling read the HTTP response behind it, which an ERROR event has none of."""
+    from lightkube import AsyncClient
+
+    errors: list[str] = []
+
+    async def scenario(config: SingleConfig) -> None:
+        reported = asyncio.Event()
+
+        def on_error(text: str) -> None:
+            errors.append(text)
+            reported.set()
+
+        client = AsyncClient(config, trust_env=False)
+        informer = kubernetes.Informer(
+            client, "nodes", server=str(config.cluster.server), on_error=on_error
+        )
+        events = informer.events()
+        task = asyncio.ensure_future(anext(events))
+        waiter = asyncio.ensure_future(reported.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raises what ended the informer
+        task.cancel()
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await events.aclose()
+
+    with ScriptServer(listing_then(line("ERROR", status))) as server:
+        asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+    assert errors, "the informer did not report the ERROR event"
+    assert said in errors[0]
