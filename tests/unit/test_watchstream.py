@@ -15,6 +15,7 @@ import itertools
 import json
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -574,3 +575,54 @@ def test_an_error_event_without_a_code_or_message_is_reported_not_raised(
         asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
     assert errors, "the informer did not report the ERROR event"
     assert said in errors[0]
+
+
+def test_a_credential_plugin_runs_once_for_all_the_watches_of_an_informer(
+    tmp_path: Path,
+) -> None:
+    """As lightkube's client keeps a plugin's token until a 401: a watch is opened every
+    5-10 minutes per resource on every node, and a plugin (a cloud's token helper) is
+    not cheap."""
+    from lightkube import AsyncClient
+
+    runs = tmp_path / "runs"
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, pathlib\n"
+        f"with open({str(runs)!r}, 'a') as f: f.write('x')\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1beta1',"
+        " 'kind': 'ExecCredential', 'status': {'token': 'plugged'}}))\n"
+    )
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": sys.executable,
+            "args": [str(plugin)],
+        }
+    }
+    watches = threading.Event()
+    script = listing_then(b"")  # every watch ends at once: the informer opens another
+
+    def counting(conn: socket.socket, head: bytes) -> None:
+        if sum(b"watch=true" in h for h in server.heads) >= 4:
+            watches.set()
+        script(conn, head)
+
+    async def scenario(config: SingleConfig) -> None:
+        client = AsyncClient(config, trust_env=False)
+        informer = kubernetes.Informer(client, "nodes", server=str(config.cluster.server))
+        events = informer.events()
+        task = asyncio.ensure_future(anext(events))
+        await asyncio.to_thread(watches.wait, 20)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await events.aclose()
+
+    with ScriptServer(counting) as server:
+        config = load_config(tmp_path, server.url, user=user)
+        asyncio.run(asyncio.wait_for(scenario(config), 30))
+    assert watches.is_set()
+    assert all(b"Bearer plugged" in head for head in server.heads)
+    # Once for the client's list, once for the informer's watches.
+    assert runs.read_text() == "xx"

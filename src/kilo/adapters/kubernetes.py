@@ -306,6 +306,8 @@ class Informer:
         namespace: str | None = None,
     ) -> None:
         self._client = client
+        # The TLS context and credentials all its watches share (made on the first).
+        self._connection: watchstream.Connection | None = None
         # A long-running agent retries refusals (401/403/404) once it has listed: a
         # restarting API server refuses requests until its RBAC caches are loaded.
         # Refusals before the first list (or in one-shot tools) are misconfiguration: fatal.
@@ -440,8 +442,10 @@ class Informer:
         def decode(raw: bytes) -> dict[str, Any]:
             return _to_dict(decoders.decode_object(raw, res))
 
+        if self._connection is None:
+            self._connection = watchstream.Connection(self._client.config)
         stream = watchstream.Watch(
-            self._client.config,
+            self._connection,
             _watch_path(res, self._where.get("namespace")),
             params,
             decode=decode,

@@ -173,6 +173,28 @@ def _request_target(server: str, path: str, params: dict[str, str]) -> tuple[str
     return url.scheme, url.hostname, port, target
 
 
+class Connection:
+    """What the watches of one kubeconfig share, as lightkube's client shares it between its
+    requests: the TLS context (the CA and client certificate loaded once) and the
+    credentials, so a credential plugin's token is kept until a 401 instead of the plugin
+    running for every watch (one per resource every 5-10 minutes on every node).
+
+    Made on the first opening's thread (it reads files); thread-safe."""
+
+    def __init__(self, config: SingleConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._params: tuple[str, ssl.SSLContext, httpx2.Auth | None] | None = None
+
+    def params(self) -> tuple[str, ssl.SSLContext, httpx2.Auth | None]:
+        """(server URL, TLS context, credentials), as lightkube's client takes them."""
+        with self._lock:
+            if self._params is None:
+                params = ConnectionParams(trust_env=False).httpx_params(self.config)
+                self._params = (str(params["base_url"]), params["verify"], params["auth"])
+            return self._params
+
+
 class Watch:
     """The events of one watch request: ``(type, object as lightkube's to_dict)``.
 
@@ -182,7 +204,7 @@ class Watch:
 
     def __init__(
         self,
-        config: SingleConfig,
+        config: SingleConfig | Connection,
         path: str,
         params: dict[str, str],
         *,
@@ -190,7 +212,7 @@ class Watch:
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
-        self._config = config
+        self._connection = config if isinstance(config, Connection) else Connection(config)
         self._path = path
         self._params = params
         self._decode = decode
@@ -370,12 +392,8 @@ class Watch:
     def _open(self) -> None:
         """Connect, send the request with the credentials, read the answer's head: on a
         thread, as all of it blocks (a credential plugin may run)."""
-        params = ConnectionParams(trust_env=False).httpx_params(self._config)
-        context: ssl.SSLContext = params["verify"]
-        auth: httpx2.Auth | None = params["auth"]
-        scheme, host, port, target = _request_target(
-            str(params["base_url"]), self._path, self._params
-        )
+        server, context, auth = self._connection.params()
+        scheme, host, port, target = _request_target(server, self._path, self._params)
         request = httpx2.Request(
             "GET",
             f"{scheme}://{_authority(host, port)}{target}",
