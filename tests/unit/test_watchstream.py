@@ -570,6 +570,7 @@ def test_an_error_event_without_a_code_or_message_is_reported_not_raised(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await events.aclose()
+        await client.aclose()
 
     with ScriptServer(listing_then(line("ERROR", status))) as server:
         asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
@@ -618,6 +619,7 @@ def test_a_credential_plugin_runs_once_for_all_the_watches_of_an_informer(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await events.aclose()
+        await client.aclose()
 
     with ScriptServer(counting) as server:
         config = load_config(tmp_path, server.url, user=user)
@@ -626,3 +628,35 @@ def test_a_credential_plugin_runs_once_for_all_the_watches_of_an_informer(
     assert all(b"Bearer plugged" in head for head in server.heads)
     # Once for the client's list, once for the informer's watches.
     assert runs.read_text() == "xx"
+
+
+def test_the_events_waiting_for_a_consumer_are_bounded_in_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAX_PENDING counts events: 4096 of up to MAX_EVENT (4 MiB) each would be 16 GiB
+    decoded before the reading pauses. The bytes they came from bound them too."""
+    monkeypatch.setattr(watchstream, "MAX_PENDING_BYTES", 64 * 1024)
+    monkeypatch.setattr(watchstream, "READ_SIZE", 4096)
+    big = [node(f"n{i}", i + 1) | {"spec": {"podCIDR": "x" * 8000}} for i in range(60)]
+    size = len(line("ADDED", big[0]))
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(b"".join(line("ADDED", n) for n in big)))
+
+    async def slow(config: SingleConfig) -> tuple[list[str], int]:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        names, most = [], 0
+        async for _, obj in watch:
+            most = max(most, len(watch._events))
+            names.append(obj["metadata"]["name"])
+            for _ in range(20):  # the loop reads meanwhile, as far as the bound lets it
+                await asyncio.sleep(0)
+        await watch.aclose()
+        return names, most
+
+    with ScriptServer(script) as server:
+        names, most = asyncio.run(asyncio.wait_for(slow(load_config(tmp_path, server.url)), 30))
+    assert names == [n["metadata"]["name"] for n in big]
+    assert most * size <= 64 * 1024 + 4096 + size  # one read past the bound, one event cut

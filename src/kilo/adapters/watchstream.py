@@ -20,7 +20,7 @@ answer is an ``httpx2.HTTPStatusError`` (its body read, bounded), an ``ERROR`` e
 
 Bounded: a response head over 64 KiB, a chunk-size line over 1 KiB and an event over
 :data:`MAX_EVENT` end the watch with an error; the socket is not read while
-:data:`MAX_PENDING` events wait for the consumer.
+:data:`MAX_PENDING` events, or events of :data:`MAX_PENDING_BYTES`, wait for the consumer.
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ MAX_CHUNK_LINE = 1024
 MAX_EVENT = 4 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
 READ_SIZE = 256 * 1024
-# Events decoded but not yet taken: the socket is not read while this many wait.
+# Events decoded but not yet taken: the socket is not read while this many wait, or while
+# they came from this many bytes (4096 events of up to MAX_EVENT would be gigabytes).
 MAX_PENDING = 4096
+MAX_PENDING_BYTES = 16 * 1024 * 1024
 
 Event = tuple[str, dict[str, Any]]
 
@@ -220,6 +222,8 @@ class Watch:
         self._read_timeout = read_timeout
         self._loop = asyncio.get_running_loop()
         self._events: collections.deque[Event] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()  # of each event's line
+        self._pending = 0  # bytes: the sum of _sizes
         self._failure: BaseException | None = None
         self._ended = False  # nothing more will be read (the end, a failure, closed)
         self._ready = asyncio.Event()
@@ -258,13 +262,21 @@ class Watch:
                 raise StopAsyncIteration
             self._ready.clear()
             await self._ready.wait()
-        if not self._reading and not self._ended and len(self._events) <= MAX_PENDING // 2:
+        self._pending -= self._sizes.popleft()
+        if (
+            not self._reading
+            and not self._ended
+            and len(self._events) <= MAX_PENDING // 2
+            and self._pending <= MAX_PENDING_BYTES // 2
+        ):
             self._resume()
         return self._events.popleft()
 
     async def aclose(self) -> None:
         self._ended = True
         self._events.clear()
+        self._sizes.clear()
+        self._pending = 0
         self._failure = None
         with self._sock_lock:
             self._closing.set()
@@ -312,7 +324,7 @@ class Watch:
             return
         arrived = False
         try:
-            while len(self._events) < MAX_PENDING:
+            while len(self._events) < MAX_PENDING and self._pending < MAX_PENDING_BYTES:
                 try:
                     data = sock.recv(READ_SIZE)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
@@ -342,8 +354,13 @@ class Watch:
         before = len(self._events)
         for line in self._lines.feed(body):
             if line.strip():
-                self._events.append(self._event(line))
+                self._append(self._event(line), len(line))
         return len(self._events) > before
+
+    def _append(self, event: Event, size: int) -> None:
+        self._events.append(event)
+        self._sizes.append(size)
+        self._pending += size
 
     def _event(self, line: bytes) -> Event:
         event = decoders.decode_watch_event(line)
@@ -356,7 +373,7 @@ class Watch:
             rest = self._lines.rest()
             try:
                 if rest.strip():
-                    self._events.append(self._event(rest))
+                    self._append(self._event(rest), len(rest))
             except BaseException as exc:
                 failure = exc
         self._ended = True
