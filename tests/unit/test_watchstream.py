@@ -660,3 +660,45 @@ def test_the_events_waiting_for_a_consumer_are_bounded_in_bytes(
         names, most = asyncio.run(asyncio.wait_for(slow(load_config(tmp_path, server.url)), 30))
     assert names == [n["metadata"]["name"] for n in big]
     assert most * size <= 64 * 1024 + 4096 + size  # one read past the bound, one event cut
+
+
+def test_a_flood_of_events_gives_the_loop_back_between_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What waits in the socket is read a bounded amount per wake: the loop also renews
+    the leader's Lease and answers the health checks, and the consumer takes events as
+    they are decoded instead of after the whole backlog."""
+    monkeypatch.setattr(watchstream, "READ_SIZE", 4096)
+    monkeypatch.setattr(watchstream, "MAX_READ_PER_WAKE", 8192)
+    nodes = [node(f"n{i}", i + 1) for i in range(40)]
+    size = len(line("ADDED", nodes[0]))
+    go, sent = threading.Event(), threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(line("ADDED", nodes[0])).removesuffix(b"0\r\n\r\n"))
+        go.wait(10)
+        conn.sendall(chunked(b"".join(line("ADDED", n) for n in nodes[1:])))
+        sent.set()
+
+    async def scenario(config: SingleConfig) -> tuple[list[str], int]:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        names = [(await anext(watch))[1]["metadata"]["name"]]
+        watch._pause()  # the backlog builds up in the socket
+        go.set()
+        await asyncio.to_thread(sent.wait, 10)
+        watch._resume()
+        names.append((await anext(watch))[1]["metadata"]["name"])
+        backlog = len(watch._events)
+        names += [obj["metadata"]["name"] async for _, obj in watch]
+        await watch.aclose()
+        return names, backlog
+
+    with ScriptServer(script) as server:
+        config = load_config(tmp_path, server.url)
+        names, backlog = asyncio.run(asyncio.wait_for(scenario(config), 30))
+    assert names == [n["metadata"]["name"] for n in nodes]
+    # Read in slices: the reader's wake and the resumption's may both come before the
+    # consumer's; without slices, the whole backlog (39 events) was read at once.
+    assert backlog * size <= 2 * (8192 + 4096) + size

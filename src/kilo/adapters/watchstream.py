@@ -51,6 +51,10 @@ READ_SIZE = 256 * 1024
 # they came from this many bytes (4096 events of up to MAX_EVENT would be gigabytes).
 MAX_PENDING = 4096
 MAX_PENDING_BYTES = 16 * 1024 * 1024
+# Read per wake of the loop: a backlog (a flood, a watch resumed far back) is read and
+# decoded in slices, the loop's other work (Lease renewals, health checks, the consumer)
+# running in between, instead of in one callback of up to MAX_PENDING_BYTES.
+MAX_READ_PER_WAKE = 1024 * 1024
 
 Event = tuple[str, dict[str, Any]]
 
@@ -322,9 +326,13 @@ class Watch:
         sock = self._sock
         if self._ended or sock is None or not self._reading:
             return
-        arrived = False
+        arrived = more = False
+        taken = 0
         try:
             while len(self._events) < MAX_PENDING and self._pending < MAX_PENDING_BYTES:
+                if taken >= MAX_READ_PER_WAKE:
+                    more = True
+                    break
                 try:
                     data = sock.recv(READ_SIZE)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
@@ -335,6 +343,7 @@ class Watch:
                         raise Disconnected("the server closed the connection inside the watch")
                     self._end(None)
                     break
+                taken += len(data)
                 arrived |= self._take(data)
                 if self._body is not None and self._body.done:
                     self._end(None)
@@ -345,6 +354,11 @@ class Watch:
             self._end(exc)
         if arrived or self._ended:
             self._ready.set()
+        if more:
+            # Continued after the callbacks waiting now, the consumer's (set above) among
+            # them: by the reader if more is in the socket, by this call if the TLS layer
+            # holds it decrypted already, which does not wake the reader.
+            self._loop.call_soon(self._readable)
 
     def _take(self, data: bytes) -> bool:
         """Decode the events in ``data``; a failing one is raised after those before it."""
