@@ -702,3 +702,50 @@ def test_a_flood_of_events_gives_the_loop_back_between_reads(
     # Read in slices: the reader's wake and the resumption's may both come before the
     # consumer's; without slices, the whole backlog (39 events) was read at once.
     assert backlog * size <= 2 * (8192 + 4096) + size
+
+
+@pytest.mark.parametrize("stage", ["handshake", "head"])
+def test_closing_a_watch_wakes_an_opening_held_by_a_silent_server(
+    tmp_path: Path, tls: ssl.SSLContext, stage: str
+) -> None:
+    """A server that accepts and then says nothing (or a byte at a time) holds the opening
+    thread for as long as it likes when only the socket timeout ends it; the informer's
+    timeout closes the watch, and that must end the thread's connection too."""
+    accepted, peer_closed = threading.Event(), threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            if stage == "head":
+                conn = tls.wrap_socket(conn, server_side=True)
+            accepted.set()
+            while conn.recv(65536):  # the ClientHello or the request, then silence
+                pass
+        except OSError:
+            pass
+        finally:
+            peer_closed.set()
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def scenario(config: SingleConfig) -> None:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=600, read_timeout=600
+        )
+        task = asyncio.ensure_future(anext(watch))
+        await asyncio.to_thread(accepted.wait, 10)
+        task.cancel()
+        await watch.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        config = load_config(tmp_path, f"https://127.0.0.1:{listener.getsockname()[1]}")
+        asyncio.run(asyncio.wait_for(scenario(config), 30))
+        assert peer_closed.wait(10)
+    finally:
+        listener.close()
+        thread.join(timeout=5)

@@ -481,8 +481,9 @@ class Watch:
         sock: socket.socket = raw
         try:
             if scheme == "https":
-                sock = context.wrap_socket(raw, server_hostname=host)
-            sock.settimeout(self._read_timeout)
+                # The handshake after the socket is aclose's to wake: a server that
+                # dribbles it holds it for a socket timeout per byte.
+                sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
         except BaseException:
             raw.close()
             raise
@@ -491,6 +492,15 @@ class Watch:
                 sock.close()
                 raise _Closed
             self._sock = sock
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                sock.do_handshake()
+            sock.settimeout(self._read_timeout)
+        except BaseException:
+            self._drop(sock)
+            if self._closing.is_set():
+                raise _Closed from None
+            raise
         return sock
 
     def _drop(self, sock: socket.socket) -> None:
