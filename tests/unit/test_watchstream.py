@@ -749,3 +749,52 @@ def test_closing_a_watch_wakes_an_opening_held_by_a_silent_server(
     finally:
         listener.close()
         thread.join(timeout=5)
+
+
+def test_a_watch_that_ends_at_once_without_an_event_is_retried_with_backoff(
+    tmp_path: Path,
+) -> None:
+    """As client-go's reflector ("very short watch"): a server or proxy that ends every
+    watch at once had every agent reconnect in a tight loop, a thread, a TLS handshake
+    and a request each, against the API server."""
+    from lightkube import AsyncClient
+
+    errors: list[str] = []
+    script = listing_then(b"")  # every watch ends at once, without an event
+    hammered = threading.Event()
+
+    def counting(conn: socket.socket, head: bytes) -> None:
+        if sum(b"watch=true" in h for h in server.heads) >= 5:
+            hammered.set()
+        script(conn, head)
+
+    async def scenario(config: SingleConfig) -> None:
+        reported = asyncio.Event()
+
+        def on_error(text: str) -> None:
+            errors.append(text)
+            reported.set()
+
+        client = AsyncClient(config, trust_env=False)
+        informer = kubernetes.Informer(
+            client, "nodes", server=str(config.cluster.server), on_error=on_error
+        )
+        events = informer.events()
+        task = asyncio.ensure_future(anext(events))
+        waiter = asyncio.ensure_future(reported.wait())
+        flood = asyncio.ensure_future(asyncio.to_thread(hammered.wait, 20))
+        await asyncio.wait({task, waiter, flood}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, waiter):
+            pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await events.aclose()
+        await client.aclose()
+        hammered.set()
+        await flood
+
+    with ScriptServer(counting) as server:
+        asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+        watches = sum(b"watch=true" in h for h in server.heads)
+    assert errors == [f"the watch of nodes on {server.url} ended at once without an event"]
+    assert watches == 1
