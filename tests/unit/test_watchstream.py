@@ -798,3 +798,34 @@ def test_a_watch_that_ends_at_once_without_an_event_is_retried_with_backoff(
         watches = sum(b"watch=true" in h for h in server.heads)
     assert errors == [f"the watch of nodes on {server.url} ended at once without an event"]
     assert watches == 1
+
+
+class Pieces:
+    """A socket whose reads return the given pieces, then EOF."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = [p for p in pieces if p]
+
+    def recv(self, size: int) -> bytes:
+        return self._pieces.pop(0) if self._pieces else b""
+
+
+@given(cuts=st.lists(st.integers(0, 10_000), max_size=12))
+def test_a_head_read_in_any_pieces_is_the_head_and_the_rest(cuts: list[int]) -> None:
+    answer = OK_HEAD + b"5\r\nhello\r\n"
+
+    async def read() -> tuple[int, dict[str, str], bytes]:
+        watch = watchstream.Watch(
+            None,  # type: ignore[arg-type]  # not opened: the head is read from Pieces
+            "/",
+            {},
+            decode=decode_node,
+            connect_timeout=1,
+            read_timeout=1,
+        )
+        return watch._head(Pieces(pieces_of(answer, cuts)))  # type: ignore[arg-type]
+
+    status, headers, rest = asyncio.run(read())
+    assert status == 200
+    assert headers == {"content-type": "application/json", "transfer-encoding": "chunked"}
+    assert b"5\r\nhello\r\n".startswith(rest)  # what came with the head's last read

@@ -516,15 +516,20 @@ class Watch:
         return data
 
     def _head(self, sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-        buffer = b""
-        while b"\r\n\r\n" not in buffer:
+        # Searched and grown where it grew: a server dribbling its head a byte at a time
+        # must not cost a scan and a copy of all of it per byte.
+        buffer = bytearray()
+        end = -1
+        while end < 0:
             if len(buffer) > MAX_HEAD:
                 raise ProtocolError(f"a response head longer than {MAX_HEAD} bytes")
             data = self._recv(sock)
             if not data:
                 raise Disconnected("the server closed the connection before it answered")
+            start = max(len(buffer) - 3, 0)
             buffer += data
-        head, rest = buffer.split(b"\r\n\r\n", 1)
+            end = buffer.find(b"\r\n\r\n", start)
+        head, rest = bytes(buffer[:end]), bytes(buffer[end + 4 :])
         if len(head) > MAX_HEAD:
             raise ProtocolError(f"a response head longer than {MAX_HEAD} bytes")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -541,28 +546,28 @@ class Watch:
     def _error_body(self, sock: socket.socket, headers: dict[str, str], rest: bytes) -> bytes:
         """The body of an error answer, at most :data:`MAX_ERROR_BODY` bytes of it: what
         arrived is enough to describe the error, so failing to read more is not a failure."""
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        chunks = (
+            ChunkedBody() if "chunked" in headers.get("transfer-encoding", "").lower() else None
+        )
         try:
             length = int(headers.get("content-length", "-1"))
         except ValueError:
             length = -1
-        raw = rest
-        with contextlib.suppress(OSError):
-            while len(raw) < MAX_ERROR_BODY + MAX_CHUNK_LINE:
-                if chunked and (raw.startswith(b"0\r\n") or b"\r\n0\r\n" in raw):
-                    break
-                if not chunked and 0 <= length <= len(raw):
+        if chunks is not None or not 0 <= length < MAX_ERROR_BODY:
+            length = MAX_ERROR_BODY
+        # Cut incrementally (a chunk's data may hold what looks like the last chunk), each
+        # read added once: a dribbled body costs no rescan.
+        body = bytearray()
+        data = rest
+        with contextlib.suppress(OSError, ProtocolError):  # what was read describes it
+            while True:
+                body += chunks.feed(data) if chunks is not None else data
+                if len(body) >= length or (chunks is not None and chunks.done):
                     break
                 data = self._recv(sock)
                 if not data:
                     break
-                raw += data
-        if not chunked:
-            return raw[: length if 0 <= length < MAX_ERROR_BODY else MAX_ERROR_BODY]
-        try:
-            return ChunkedBody().feed(raw)[:MAX_ERROR_BODY]
-        except ValueError:
-            return b""
+        return bytes(body[:length])
 
 
 def _request_head(request: httpx2.Request, target: str, authority: str) -> bytes:
