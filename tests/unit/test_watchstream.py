@@ -165,7 +165,10 @@ def tls(tmp_path: Path) -> ssl.SSLContext:
 
 
 async def collect(
-    config: SingleConfig, *, path: str = "/api/v1/nodes", read_timeout: float = 10.0
+    config: SingleConfig | watchstream.Connection,
+    *,
+    path: str = "/api/v1/nodes",
+    read_timeout: float = 10.0,
 ) -> tuple[list[watchstream.Event], BaseException | None]:
     watch = watchstream.Watch(
         config,
@@ -829,3 +832,53 @@ def test_a_head_read_in_any_pieces_is_the_head_and_the_rest(cuts: list[int]) -> 
     assert status == 200
     assert headers == {"content-type": "application/json", "transfer-encoding": "chunked"}
     assert b"5\r\nhello\r\n".startswith(rest)  # what came with the head's last read
+
+
+@pytest.mark.parametrize("when", ["first", "after a 401"])
+def test_a_failing_credential_plugin_is_told_apart_from_the_server(
+    tmp_path: Path, when: str
+) -> None:
+    """apierrors finds the plugin's failure by lightkube's frames in its traceback, which
+    must survive the opening thread."""
+    runs = tmp_path / "runs"
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, pathlib, sys\n"
+        f"runs = pathlib.Path({str(runs)!r})\n"
+        "n = len(runs.read_text()) if runs.exists() else 0\n"
+        "runs.write_text('x' * (n + 1))\n"
+        f"if {when == 'first'} or n:\n"
+        "    sys.exit('the token helper: token expired')\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1beta1',"
+        " 'kind': 'ExecCredential', 'status': {'token': 'stale'}}))\n"
+    )
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": sys.executable,
+            "args": [str(plugin)],
+        }
+    }
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if when == "first" or len(server.heads) > 1:
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        else:
+            conn.sendall(OK_HEAD + chunked(b""))
+
+    async def watches(config: SingleConfig) -> tuple[list[watchstream.Event], BaseException | None]:
+        # The informer's watches share the token: the second one's 401 runs the plugin.
+        connection = watchstream.Connection(config)
+        for _ in range(1 if when == "first" else 2):
+            events, failure = await collect(connection)
+        return events, failure
+
+    with ScriptServer(script) as server:
+        config = load_config(tmp_path, server.url, user=user)
+        events, failure = asyncio.run(asyncio.wait_for(watches(config), 30))
+    assert runs.read_text() == ("x" if when == "first" else "xx")
+    assert events == [] and failure is not None
+    described = apierrors.credential_error(failure, config)
+    assert described is not None, repr(failure)
+    assert described.endswith("exited with status 1: the token helper: token expired")
+    assert apierrors.is_refusal(failure, config)
