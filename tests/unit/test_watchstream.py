@@ -882,3 +882,63 @@ def test_a_failing_credential_plugin_is_told_apart_from_the_server(
     assert described is not None, repr(failure)
     assert described.endswith("exited with status 1: the token helper: token expired")
     assert apierrors.is_refusal(failure, config)
+
+
+@pytest.mark.parametrize("stage", ["opening", "streaming"])
+def test_a_consumer_waiting_when_another_task_closes_the_watch_ends(
+    tmp_path: Path, stage: str
+) -> None:
+    """aclose from another task (a shutdown) ends a waiting __anext__ instead of leaving it
+    waiting for ever."""
+    hold = threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if stage == "streaming":
+            conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))).removesuffix(b"0\r\n\r\n"))
+        hold.set()
+        with contextlib.suppress(OSError):
+            while conn.recv(1024):
+                pass
+
+    async def scenario(config: SingleConfig) -> None:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=600
+        )
+        if stage == "streaming":
+            await anext(watch)  # the one event; the watch then waits for more
+        task = asyncio.ensure_future(anext(watch))
+        await asyncio.to_thread(hold.wait, 10)  # and the task waits (opening, or for more)
+        await watch.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(task, 10)
+
+    with ScriptServer(script) as server:
+        asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+
+
+def test_a_consumer_cancelled_while_the_watch_opens_may_ask_again(tmp_path: Path) -> None:
+    """Cancelling __anext__ while the request is being opened cancelled the opening's
+    future: the watch was opened but never read, and the next __anext__ waited for ever."""
+    go = threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        go.wait(10)
+        conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))))
+
+    async def scenario(config: SingleConfig) -> list[watchstream.Event]:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        task = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0)  # the opening thread is started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go.set()
+        events = [event async for event in watch]  # guarded by the wait_for below
+        await watch.aclose()
+        return events
+
+    with ScriptServer(script) as server:
+        events = asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+    assert [obj["metadata"]["name"] for _, obj in events] == ["a"]

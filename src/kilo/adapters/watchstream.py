@@ -232,6 +232,7 @@ class Watch:
         self._ended = False  # nothing more will be read (the end, a failure, closed)
         self._ready = asyncio.Event()
         self._opening: asyncio.Future[None] | None = None
+        self._started = False  # the opening's outcome was taken by a consumer
         # The socket: the opening thread's until it is opened, then the loop's. The lock
         # orders aclose against the thread's hand-over.
         self._sock: socket.socket | None = None
@@ -248,16 +249,8 @@ class Watch:
         return self
 
     async def __anext__(self) -> Event:
-        if self._opening is None:
-            self._opening = self._loop.create_future()
-            # A thread of its own, not the loop's executor: a process that exits must not
-            # wait for an opening that blocks (aclose wakes it, the daemon flag the rest).
-            threading.Thread(target=self._open_thread, name="watch", daemon=True).start()
-            try:
-                await self._opening
-            except _Closed:
-                raise StopAsyncIteration from None
-            self._start_reading()
+        if not self._started:
+            await self._open_once()
         while not self._events:
             if self._ended:
                 if self._failure is not None:
@@ -276,8 +269,35 @@ class Watch:
             self._resume()
         return self._events.popleft()
 
+    async def _open_once(self) -> None:
+        if self._opening is None:
+            if self._ended:  # closed before it was opened
+                raise StopAsyncIteration
+            self._opening = opening = self._loop.create_future()
+            # Taken here if no consumer takes it (one cancelled, then the watch closed):
+            # asyncio logs a failure nobody took.
+            opening.add_done_callback(lambda done: done.cancelled() or done.exception())
+            # A thread of its own, not the loop's executor: a process that exits must not
+            # wait for an opening that blocks (aclose wakes it, the daemon flag the rest).
+            threading.Thread(target=self._open_thread, name="watch", daemon=True).start()
+        try:
+            # Shielded: a consumer cancelled while waiting leaves the opening to the next
+            # __anext__ (or to aclose) instead of cancelling it half-way.
+            await asyncio.shield(self._opening)
+        except asyncio.CancelledError:
+            raise
+        except _Closed:
+            self._started = True
+            raise StopAsyncIteration from None
+        except BaseException:
+            self._started = self._ended = True
+            raise
+        self._started = True
+        self._start_reading()
+
     async def aclose(self) -> None:
         self._ended = True
+        self._ready.set()  # a consumer waiting in another task ends
         self._events.clear()
         self._sizes.clear()
         self._pending = 0
@@ -410,7 +430,7 @@ class Watch:
             failure = exc
 
         def settle() -> None:
-            if opening.done():  # the consumer was cancelled while waiting
+            if opening.done():  # defensive: only this thread settles it
                 return
             if failure is None:
                 opening.set_result(None)
