@@ -942,3 +942,21 @@ def test_a_consumer_cancelled_while_the_watch_opens_may_ask_again(tmp_path: Path
     with ScriptServer(script) as server:
         events = asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
     assert [obj["metadata"]["name"] for _, obj in events] == ["a"]
+
+
+def test_a_credential_with_a_line_break_is_not_sent(tmp_path: Path) -> None:
+    """httpx keeps header values as given and h11 refused them when lightkube sent the
+    request; the request head written here must refuse them too (a token file of two lines
+    would otherwise add a header of its second line), without saying the token."""
+    token = tmp_path / "token"
+    token.write_text("secret\nX-Injected: 1\n")
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(b""))
+
+    with ScriptServer(script) as server:
+        config = load_config(tmp_path, server.url, user={"tokenFile": str(token)})
+        events, failure = run(config)
+    assert server.heads == [] and events == []
+    assert isinstance(failure, httpx2.HTTPError), repr(failure)
+    assert "Authorization" in str(failure) and "secret" not in str(failure)

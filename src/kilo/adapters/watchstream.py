@@ -20,7 +20,12 @@ answer is an ``httpx2.HTTPStatusError`` (its body read, bounded), an ``ERROR`` e
 
 Bounded: a response head over 64 KiB, a chunk-size line over 1 KiB and an event over
 :data:`MAX_EVENT` end the watch with an error; the socket is not read while
-:data:`MAX_PENDING` events, or events of :data:`MAX_PENDING_BYTES`, wait for the consumer.
+:data:`MAX_PENDING` events, or events of :data:`MAX_PENDING_BYTES`, wait for the consumer,
+and is read :data:`MAX_READ_PER_WAKE` at a time.
+
+Past 500 lines as one module: the opening thread, the loop's reading and aclose share one
+socket, lock and state, and the body's framing (:class:`ChunkedBody`, :class:`Lines`) is
+read with the bounds above, which the tests lower.
 """
 
 from __future__ import annotations
@@ -592,10 +597,17 @@ class Watch:
 
 def _request_head(request: httpx2.Request, target: str, authority: str) -> bytes:
     lines = [f"GET {target} HTTP/1.1".encode(), f"Host: {authority}".encode()]
-    lines += [
-        name + b": " + value
-        for name, value in request.headers.raw
-        if name.lower() not in (b"host", b"connection")
-    ]
+    for name, value in request.headers.raw:
+        if name.lower() in (b"host", b"connection"):
+            continue
+        # httpx keeps values as given, h11 refused these when lightkube sent the request:
+        # a token of two lines would add a header. Not quoted: it is a credential.
+        if any(c in value for c in b"\r\n\0") or any(c in name for c in b"\r\n\0: "):
+            raise httpx2.LocalProtocolError(
+                f"the {name[:40].decode('latin-1')!r} header of the request has a line break "
+                "or a NUL in it",
+                request=request,
+            )
+        lines.append(name + b": " + value)
     lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n"
