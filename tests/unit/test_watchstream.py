@@ -384,6 +384,9 @@ def test_a_401_rereads_the_token_file_and_retries_once(tmp_path: Path) -> None:
         (OK_HEAD + chunked(b"not json\n"), msgspec.DecodeError, ""),
         (OK_HEAD + b"zz\r\n", watchstream.ProtocolError, "a bad chunk-size line"),
         (b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 70_000, watchstream.ProtocolError, "head"),
+        # A status of digits that are not ASCII (latin-1 superscripts): int() refuses them,
+        # and said all 2000 of them.
+        (b"HTTP/1.1 2\xb2" + b"9" * 2000 + b" OK\r\n\r\n", watchstream.ProtocolError, "status"),
     ],
 )
 def test_a_broken_answer_ends_the_watch_with_a_bounded_error(

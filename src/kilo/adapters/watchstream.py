@@ -559,14 +559,20 @@ class Watch:
             raise ProtocolError(f"a response head longer than {MAX_HEAD} bytes")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        # isdigit alone takes latin-1's superscripts, which int() refuses (saying them all).
+        code = parts[1] if len(parts) > 1 else ""
+        if (
+            not parts[0].startswith("HTTP/1.")
+            or not (len(code) == 3 and code.isascii())
+            or not code.isdigit()
+        ):
             raise ProtocolError(f"not an HTTP/1.1 status line: {status_line[:80]!r}")
         headers: dict[str, str] = {}
         for line in header_lines:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        return int(parts[1]), headers, rest
+        return int(code), headers, rest
 
     def _error_body(self, sock: socket.socket, headers: dict[str, str], rest: bytes) -> bytes:
         """The body of an error answer, at most :data:`MAX_ERROR_BODY` bytes of it: what
