@@ -15,6 +15,7 @@ import itertools
 import json
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,7 +165,10 @@ def tls(tmp_path: Path) -> ssl.SSLContext:
 
 
 async def collect(
-    config: SingleConfig, *, path: str = "/api/v1/nodes", read_timeout: float = 10.0
+    config: SingleConfig | watchstream.Connection,
+    *,
+    path: str = "/api/v1/nodes",
+    read_timeout: float = 10.0,
 ) -> tuple[list[watchstream.Event], BaseException | None]:
     watch = watchstream.Watch(
         config,
@@ -380,6 +384,9 @@ def test_a_401_rereads_the_token_file_and_retries_once(tmp_path: Path) -> None:
         (OK_HEAD + chunked(b"not json\n"), msgspec.DecodeError, ""),
         (OK_HEAD + b"zz\r\n", watchstream.ProtocolError, "a bad chunk-size line"),
         (b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 70_000, watchstream.ProtocolError, "head"),
+        # A status of digits that are not ASCII (latin-1 superscripts): int() refuses them,
+        # and said all 2000 of them.
+        (b"HTTP/1.1 2\xb2" + b"9" * 2000 + b" OK\r\n\r\n", watchstream.ProtocolError, "status"),
     ],
 )
 def test_a_broken_answer_ends_the_watch_with_a_bounded_error(
@@ -483,3 +490,476 @@ def test_closing_a_watch_ends_it_at_once_and_closes_the_connection(
         asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
         # The server sees the connection end although the read timeout is 10 minutes.
         assert peer_closed.wait(10)
+
+
+# --- found in review: hostile answers that must not crash the informer ----------------------
+
+
+def deep_line(depth: int) -> bytes:
+    return (
+        b'{"type":"ADDED","object":{"metadata":{"name":"deep"},"x":'
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}\n"
+    )
+
+
+def test_an_event_nested_past_the_decoders_depth_is_a_request_error(tmp_path: Path) -> None:
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1)) + deep_line(100_000)))
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert len(events) == 1
+    assert failure is not None
+    # The informer catches REQUEST_ERRORS and retries; anything else ends the agent.
+    assert isinstance(failure, apierrors.REQUEST_ERRORS), repr(failure)
+    config = load_config(tmp_path, server.url)
+    described = apierrors.describe_failure(failure, config, verb="watch", resource="nodes")
+    assert described.startswith(f"{server.url} did not answer like a Kubernetes API server")
+
+
+def listing_then(watch_body: bytes) -> Script:
+    """A server that lists one Node and answers every watch with ``watch_body``."""
+    listing = json.dumps(
+        {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "5"}, "items": []}
+    ).encode()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if b"watch=true" in head.split(b"\r\n", 1)[0]:
+            conn.sendall(OK_HEAD + chunked(watch_body))
+        else:
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(listing) + listing
+            )
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        ({"kind": "Status", "message": "etcd is unhappy"}, "etcd is unhappy"),
+        ({"kind": "Status", "code": 500}, "(HTTP 500)"),
+        ({}, "cannot watch nodes on"),
+    ],
+)
+def test_an_error_event_without_a_code_or_message_is_reported_not_raised(
+    tmp_path: Path, status: dict[str, Any], said: str
+) -> None:
+    """A Status in an ERROR event need not carry a code or a message; the informer's error
+    handling read the HTTP response behind it, which an ERROR event has none of."""
+    from lightkube import AsyncClient
+
+    errors: list[str] = []
+
+    async def scenario(config: SingleConfig) -> None:
+        reported = asyncio.Event()
+
+        def on_error(text: str) -> None:
+            errors.append(text)
+            reported.set()
+
+        client = AsyncClient(config, trust_env=False)
+        informer = kubernetes.Informer(
+            client, "nodes", server=str(config.cluster.server), on_error=on_error
+        )
+        events = informer.events()
+        task = asyncio.ensure_future(anext(events))
+        waiter = asyncio.ensure_future(reported.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raises what ended the informer
+        task.cancel()
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await events.aclose()
+        await client.aclose()
+
+    with ScriptServer(listing_then(line("ERROR", status))) as server:
+        asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+    assert errors, "the informer did not report the ERROR event"
+    assert said in errors[0]
+
+
+def test_a_credential_plugin_runs_once_for_all_the_watches_of_an_informer(
+    tmp_path: Path,
+) -> None:
+    """As lightkube's client keeps a plugin's token until a 401: a watch is opened every
+    5-10 minutes per resource on every node, and a plugin (a cloud's token helper) is
+    not cheap."""
+    from lightkube import AsyncClient
+
+    runs = tmp_path / "runs"
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, pathlib\n"
+        f"with open({str(runs)!r}, 'a') as f: f.write('x')\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1beta1',"
+        " 'kind': 'ExecCredential', 'status': {'token': 'plugged'}}))\n"
+    )
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": sys.executable,
+            "args": [str(plugin)],
+        }
+    }
+    watches = threading.Event()
+    script = listing_then(b"")  # every watch ends at once: the informer opens another
+
+    def counting(conn: socket.socket, head: bytes) -> None:
+        if sum(b"watch=true" in h for h in server.heads) >= 4:
+            watches.set()
+        script(conn, head)
+
+    async def scenario(config: SingleConfig) -> None:
+        client = AsyncClient(config, trust_env=False)
+        informer = kubernetes.Informer(client, "nodes", server=str(config.cluster.server))
+        events = informer.events()
+        task = asyncio.ensure_future(anext(events))
+        await asyncio.to_thread(watches.wait, 20)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await events.aclose()
+        await client.aclose()
+
+    with ScriptServer(counting) as server:
+        config = load_config(tmp_path, server.url, user=user)
+        asyncio.run(asyncio.wait_for(scenario(config), 30))
+    assert watches.is_set()
+    assert all(b"Bearer plugged" in head for head in server.heads)
+    # Once for the client's list, once for the informer's watches.
+    assert runs.read_text() == "xx"
+
+
+def test_the_events_waiting_for_a_consumer_are_bounded_in_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAX_PENDING counts events: 4096 of up to MAX_EVENT (4 MiB) each would be 16 GiB
+    decoded before the reading pauses. The bytes they came from bound them too."""
+    monkeypatch.setattr(watchstream, "MAX_PENDING_BYTES", 64 * 1024)
+    monkeypatch.setattr(watchstream, "READ_SIZE", 4096)
+    big = [node(f"n{i}", i + 1) | {"spec": {"podCIDR": "x" * 8000}} for i in range(60)]
+    size = len(line("ADDED", big[0]))
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(b"".join(line("ADDED", n) for n in big)))
+
+    async def slow(config: SingleConfig) -> tuple[list[str], int]:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        names, most = [], 0
+        async for _, obj in watch:
+            most = max(most, len(watch._events))
+            names.append(obj["metadata"]["name"])
+            for _ in range(20):  # the loop reads meanwhile, as far as the bound lets it
+                await asyncio.sleep(0)
+        await watch.aclose()
+        return names, most
+
+    with ScriptServer(script) as server:
+        names, most = asyncio.run(asyncio.wait_for(slow(load_config(tmp_path, server.url)), 30))
+    assert names == [n["metadata"]["name"] for n in big]
+    assert most * size <= 64 * 1024 + 4096 + size  # one read past the bound, one event cut
+
+
+def test_a_flood_of_events_gives_the_loop_back_between_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What waits in the socket is read a bounded amount per wake: the loop also renews
+    the leader's Lease and answers the health checks, and the consumer takes events as
+    they are decoded instead of after the whole backlog."""
+    monkeypatch.setattr(watchstream, "READ_SIZE", 4096)
+    monkeypatch.setattr(watchstream, "MAX_READ_PER_WAKE", 8192)
+    nodes = [node(f"n{i}", i + 1) for i in range(40)]
+    size = len(line("ADDED", nodes[0]))
+    go, sent = threading.Event(), threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(line("ADDED", nodes[0])).removesuffix(b"0\r\n\r\n"))
+        go.wait(10)
+        conn.sendall(chunked(b"".join(line("ADDED", n) for n in nodes[1:])))
+        sent.set()
+
+    async def scenario(config: SingleConfig) -> tuple[list[str], int]:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        names = [(await anext(watch))[1]["metadata"]["name"]]
+        watch._pause()  # the backlog builds up in the socket
+        go.set()
+        await asyncio.to_thread(sent.wait, 10)
+        watch._resume()
+        names.append((await anext(watch))[1]["metadata"]["name"])
+        backlog = len(watch._events)
+        names += [obj["metadata"]["name"] async for _, obj in watch]
+        await watch.aclose()
+        return names, backlog
+
+    with ScriptServer(script) as server:
+        config = load_config(tmp_path, server.url)
+        names, backlog = asyncio.run(asyncio.wait_for(scenario(config), 30))
+    assert names == [n["metadata"]["name"] for n in nodes]
+    # Read in slices: the reader's wake and the resumption's may both come before the
+    # consumer's; without slices, the whole backlog (39 events) was read at once.
+    assert backlog * size <= 2 * (8192 + 4096) + size
+
+
+@pytest.mark.parametrize("stage", ["handshake", "head"])
+def test_closing_a_watch_wakes_an_opening_held_by_a_silent_server(
+    tmp_path: Path, tls: ssl.SSLContext, stage: str
+) -> None:
+    """A server that accepts and then says nothing (or a byte at a time) holds the opening
+    thread for as long as it likes when only the socket timeout ends it; the informer's
+    timeout closes the watch, and that must end the thread's connection too."""
+    accepted, peer_closed = threading.Event(), threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            if stage == "head":
+                conn = tls.wrap_socket(conn, server_side=True)
+            accepted.set()
+            while conn.recv(65536):  # the ClientHello or the request, then silence
+                pass
+        except OSError:
+            pass
+        finally:
+            peer_closed.set()
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def scenario(config: SingleConfig) -> None:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=600, read_timeout=600
+        )
+        task = asyncio.ensure_future(anext(watch))
+        await asyncio.to_thread(accepted.wait, 10)
+        task.cancel()
+        await watch.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        config = load_config(tmp_path, f"https://127.0.0.1:{listener.getsockname()[1]}")
+        asyncio.run(asyncio.wait_for(scenario(config), 30))
+        assert peer_closed.wait(10)
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+def test_a_watch_that_ends_at_once_without_an_event_is_retried_with_backoff(
+    tmp_path: Path,
+) -> None:
+    """As client-go's reflector ("very short watch"): a server or proxy that ends every
+    watch at once had every agent reconnect in a tight loop, a thread, a TLS handshake
+    and a request each, against the API server."""
+    from lightkube import AsyncClient
+
+    errors: list[str] = []
+    script = listing_then(b"")  # every watch ends at once, without an event
+    hammered = threading.Event()
+
+    def counting(conn: socket.socket, head: bytes) -> None:
+        if sum(b"watch=true" in h for h in server.heads) >= 5:
+            hammered.set()
+        script(conn, head)
+
+    async def scenario(config: SingleConfig) -> None:
+        reported = asyncio.Event()
+
+        def on_error(text: str) -> None:
+            errors.append(text)
+            reported.set()
+
+        client = AsyncClient(config, trust_env=False)
+        informer = kubernetes.Informer(
+            client, "nodes", server=str(config.cluster.server), on_error=on_error
+        )
+        events = informer.events()
+        task = asyncio.ensure_future(anext(events))
+        waiter = asyncio.ensure_future(reported.wait())
+        flood = asyncio.ensure_future(asyncio.to_thread(hammered.wait, 20))
+        await asyncio.wait({task, waiter, flood}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, waiter):
+            pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await events.aclose()
+        await client.aclose()
+        hammered.set()
+        await flood
+
+    with ScriptServer(counting) as server:
+        asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+        watches = sum(b"watch=true" in h for h in server.heads)
+    assert errors == [f"the watch of nodes on {server.url} ended at once without an event"]
+    assert watches == 1
+
+
+class Pieces:
+    """A socket whose reads return the given pieces, then EOF."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = [p for p in pieces if p]
+
+    def recv(self, size: int) -> bytes:
+        return self._pieces.pop(0) if self._pieces else b""
+
+
+@given(cuts=st.lists(st.integers(0, 10_000), max_size=12))
+def test_a_head_read_in_any_pieces_is_the_head_and_the_rest(cuts: list[int]) -> None:
+    answer = OK_HEAD + b"5\r\nhello\r\n"
+
+    async def read() -> tuple[int, dict[str, str], bytes]:
+        watch = watchstream.Watch(
+            None,  # type: ignore[arg-type]  # not opened: the head is read from Pieces
+            "/",
+            {},
+            decode=decode_node,
+            connect_timeout=1,
+            read_timeout=1,
+        )
+        return watch._head(Pieces(pieces_of(answer, cuts)))  # type: ignore[arg-type]
+
+    status, headers, rest = asyncio.run(read())
+    assert status == 200
+    assert headers == {"content-type": "application/json", "transfer-encoding": "chunked"}
+    assert b"5\r\nhello\r\n".startswith(rest)  # what came with the head's last read
+
+
+@pytest.mark.parametrize("when", ["first", "after a 401"])
+def test_a_failing_credential_plugin_is_told_apart_from_the_server(
+    tmp_path: Path, when: str
+) -> None:
+    """apierrors finds the plugin's failure by lightkube's frames in its traceback, which
+    must survive the opening thread."""
+    runs = tmp_path / "runs"
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, pathlib, sys\n"
+        f"runs = pathlib.Path({str(runs)!r})\n"
+        "n = len(runs.read_text()) if runs.exists() else 0\n"
+        "runs.write_text('x' * (n + 1))\n"
+        f"if {when == 'first'} or n:\n"
+        "    sys.exit('the token helper: token expired')\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1beta1',"
+        " 'kind': 'ExecCredential', 'status': {'token': 'stale'}}))\n"
+    )
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": sys.executable,
+            "args": [str(plugin)],
+        }
+    }
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if when == "first" or len(server.heads) > 1:
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        else:
+            conn.sendall(OK_HEAD + chunked(b""))
+
+    async def watches(config: SingleConfig) -> tuple[list[watchstream.Event], BaseException | None]:
+        # The informer's watches share the token: the second one's 401 runs the plugin.
+        connection = watchstream.Connection(config)
+        for _ in range(1 if when == "first" else 2):
+            events, failure = await collect(connection)
+        return events, failure
+
+    with ScriptServer(script) as server:
+        config = load_config(tmp_path, server.url, user=user)
+        events, failure = asyncio.run(asyncio.wait_for(watches(config), 30))
+    assert runs.read_text() == ("x" if when == "first" else "xx")
+    assert events == [] and failure is not None
+    described = apierrors.credential_error(failure, config)
+    assert described is not None, repr(failure)
+    assert described.endswith("exited with status 1: the token helper: token expired")
+    assert apierrors.is_refusal(failure, config)
+
+
+@pytest.mark.parametrize("stage", ["opening", "streaming"])
+def test_a_consumer_waiting_when_another_task_closes_the_watch_ends(
+    tmp_path: Path, stage: str
+) -> None:
+    """aclose from another task (a shutdown) ends a waiting __anext__ instead of leaving it
+    waiting for ever."""
+    hold = threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if stage == "streaming":
+            conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))).removesuffix(b"0\r\n\r\n"))
+        hold.set()
+        with contextlib.suppress(OSError):
+            while conn.recv(1024):
+                pass
+
+    async def scenario(config: SingleConfig) -> None:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=600
+        )
+        if stage == "streaming":
+            await anext(watch)  # the one event; the watch then waits for more
+        task = asyncio.ensure_future(anext(watch))
+        await asyncio.to_thread(hold.wait, 10)  # and the task waits (opening, or for more)
+        await watch.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(task, 10)
+
+    with ScriptServer(script) as server:
+        asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+
+
+def test_a_consumer_cancelled_while_the_watch_opens_may_ask_again(tmp_path: Path) -> None:
+    """Cancelling __anext__ while the request is being opened cancelled the opening's
+    future: the watch was opened but never read, and the next __anext__ waited for ever."""
+    go = threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        go.wait(10)
+        conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))))
+
+    async def scenario(config: SingleConfig) -> list[watchstream.Event]:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        task = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0)  # the opening thread is started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go.set()
+        events = [event async for event in watch]  # guarded by the wait_for below
+        await watch.aclose()
+        return events
+
+    with ScriptServer(script) as server:
+        events = asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+    assert [obj["metadata"]["name"] for _, obj in events] == ["a"]
+
+
+def test_a_credential_with_a_line_break_is_not_sent(tmp_path: Path) -> None:
+    """httpx keeps header values as given and h11 refused them when lightkube sent the
+    request; the request head written here must refuse them too (a token file of two lines
+    would otherwise add a header of its second line), without saying the token."""
+    token = tmp_path / "token"
+    token.write_text("secret\nX-Injected: 1\n")
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(b""))
+
+    with ScriptServer(script) as server:
+        config = load_config(tmp_path, server.url, user={"tokenFile": str(token)})
+        events, failure = run(config)
+    assert server.heads == [] and events == []
+    assert isinstance(failure, httpx2.HTTPError), repr(failure)
+    assert "Authorization" in str(failure) and "secret" not in str(failure)

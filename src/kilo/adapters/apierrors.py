@@ -39,7 +39,7 @@ def describe_error(exc: BaseException, server: str, *, verb: str, resource: str)
                 "(kubectl apply -f manifests/crds.yaml)"
             )
         detail = f": {message}" if message else ""
-        return f"cannot {verb} {resource} on {server}{detail} (HTTP {code})"
+        return f"cannot {verb} {resource} on {server}{detail}" + (f" (HTTP {code})" if code else "")
     if isinstance(exc, httpx2.TimeoutException):
         return (
             f"the Kubernetes API server at {server} did not answer in time ({type(exc).__name__})"
@@ -51,7 +51,8 @@ def describe_error(exc: BaseException, server: str, *, verb: str, resource: str)
 
 # What a request through lightkube can raise besides BackendError: HTTP and transport errors,
 # a credential plugin's or token file's failure (ConfigError, OSError, the plugin's output
-# not being JSON or not holding a token), and an answer that is not Kubernetes' (msgspec).
+# not being JSON or not holding a token), and an answer that is not Kubernetes' (msgspec;
+# RecursionError: JSON nested deeper than msgspec decodes, which it raises as is).
 REQUEST_ERRORS: tuple[type[BaseException], ...] = (
     httpx2.HTTPError,
     OSError,
@@ -60,6 +61,7 @@ REQUEST_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     KeyError,
     TypeError,
+    RecursionError,
 )
 
 
@@ -70,7 +72,7 @@ def describe_failure(exc: BaseException, config: SingleConfig, *, verb: str, res
         credentials = credential_error(exc, config)
         if credentials is not None:
             return credentials
-        if isinstance(exc, msgspec.MsgspecError | ValueError):
+        if isinstance(exc, msgspec.MsgspecError | ValueError | RecursionError):
             return (
                 f"{server} did not answer like a Kubernetes API server when trying to {verb} "
                 f"{resource}: {one_line(str(exc))}"
@@ -161,9 +163,18 @@ def status_error(exc: BaseException) -> httpx2.HTTPStatusError | None:
 
 
 def status_code(exc: httpx2.HTTPStatusError) -> int:
+    """The answer's HTTP status, or a ``Status``'s code; 0 for an ``ERROR`` event whose
+    ``Status`` has none (such an ``ApiError`` has no HTTP response behind it)."""
     if isinstance(exc, ApiError) and exc.status.code:
         return int(exc.status.code)
-    return exc.response.status_code
+    response = _response(exc)
+    return response.status_code if response is not None else 0
+
+
+def _response(exc: httpx2.HTTPStatusError) -> httpx2.Response | None:
+    # Typed as always there, but lightkube's ApiError(status=...) passes None.
+    response: httpx2.Response | None = exc.response
+    return response
 
 
 def _status_message(exc: httpx2.HTTPStatusError) -> str:
@@ -174,8 +185,11 @@ def _status_message(exc: httpx2.HTTPStatusError) -> str:
     """
     if isinstance(exc, ApiError) and exc.status.message:
         return one_line(exc.status.message, STATUS_MESSAGE_LIMIT)
+    response = _response(exc)
+    if response is None:
+        return ""
     try:
-        body = exc.response.content
+        body = response.content
     except httpx2.ResponseNotRead:  # a refused watch: the body was never read
         return ""
     try:

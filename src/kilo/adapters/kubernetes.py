@@ -282,6 +282,14 @@ def remove_node_annotations(client: Client, name: str, keys: Iterable[str]) -> N
 LIST_CHUNK = 500
 # A watch's connection and TLS handshake, as lightkube's clients time them out.
 CONNECT_TIMEOUT = 10.0
+# A watch the server ends sooner than this without an event is a failure, retried with
+# backoff, as client-go's reflector has it ("very short watch"): a server or proxy that
+# ends every watch at once would otherwise have every agent reconnect in a tight loop.
+SHORT_WATCH = 1.0
+
+
+class _ShortWatch(Exception):
+    """The server ended a watch at once, without an event."""
 
 
 class Informer:
@@ -306,6 +314,8 @@ class Informer:
         namespace: str | None = None,
     ) -> None:
         self._client = client
+        # The TLS context and credentials all its watches share (made on the first).
+        self._connection: watchstream.Connection | None = None
         # A long-running agent retries refusals (401/403/404) once it has listed: a
         # restarting API server refuses requests until its RBAC caches are loaded.
         # Refusals before the first list (or in one-shot tools) are misconfiguration: fatal.
@@ -377,6 +387,7 @@ class Informer:
                 # silent for longer than that (a vanished host, a dropped NAT entry) is dead.
                 server_timeout = random.randint(self._watch_seconds, 2 * self._watch_seconds)
                 watch = self._watch(server_timeout)
+                opened, received = asyncio.get_running_loop().time(), False
                 # aclosing: closing this generator must close the HTTP stream at once.
                 async with contextlib.aclosing(watch):
                     while True:
@@ -388,6 +399,7 @@ class Informer:
                                 kind, data = await anext(watch)
                         except StopAsyncIteration:
                             break
+                        received = True
                         delay = self._backoff_initial
                         version = _version(data)
                         if version:
@@ -395,6 +407,13 @@ class Informer:
                         change = self._apply(kind, data)
                         if change is not None:
                             yield change
+                if not received and asyncio.get_running_loop().time() - opened < SHORT_WATCH:
+                    raise _ShortWatch
+            except _ShortWatch:
+                self.last_error = (
+                    f"the watch of {self._resource} on {self._server} ended at once without "
+                    "an event"
+                )
             except REQUEST_ERRORS as exc:  # TimeoutError (asyncio.timeout) is an OSError
                 # A refused watch arrives as a plain HTTP status error, an ERROR event in the
                 # stream as an ApiError.
@@ -440,8 +459,10 @@ class Informer:
         def decode(raw: bytes) -> dict[str, Any]:
             return _to_dict(decoders.decode_object(raw, res))
 
+        if self._connection is None:
+            self._connection = watchstream.Connection(self._client.config)
         stream = watchstream.Watch(
-            self._client.config,
+            self._connection,
             _watch_path(res, self._where.get("namespace")),
             params,
             decode=decode,

@@ -20,7 +20,12 @@ answer is an ``httpx2.HTTPStatusError`` (its body read, bounded), an ``ERROR`` e
 
 Bounded: a response head over 64 KiB, a chunk-size line over 1 KiB and an event over
 :data:`MAX_EVENT` end the watch with an error; the socket is not read while
-:data:`MAX_PENDING` events wait for the consumer.
+:data:`MAX_PENDING` events, or events of :data:`MAX_PENDING_BYTES`, wait for the consumer,
+and is read :data:`MAX_READ_PER_WAKE` at a time.
+
+Past 500 lines as one module: the opening thread, the loop's reading and aclose share one
+socket, lock and state, and the body's framing (:class:`ChunkedBody`, :class:`Lines`) is
+read with the bounds above, which the tests lower.
 """
 
 from __future__ import annotations
@@ -47,8 +52,14 @@ MAX_CHUNK_LINE = 1024
 MAX_EVENT = 4 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
 READ_SIZE = 256 * 1024
-# Events decoded but not yet taken: the socket is not read while this many wait.
+# Events decoded but not yet taken: the socket is not read while this many wait, or while
+# they came from this many bytes (4096 events of up to MAX_EVENT would be gigabytes).
 MAX_PENDING = 4096
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+# Read per wake of the loop: a backlog (a flood, a watch resumed far back) is read and
+# decoded in slices, the loop's other work (Lease renewals, health checks, the consumer)
+# running in between, instead of in one callback of up to MAX_PENDING_BYTES.
+MAX_READ_PER_WAKE = 1024 * 1024
 
 Event = tuple[str, dict[str, Any]]
 
@@ -173,6 +184,28 @@ def _request_target(server: str, path: str, params: dict[str, str]) -> tuple[str
     return url.scheme, url.hostname, port, target
 
 
+class Connection:
+    """What the watches of one kubeconfig share, as lightkube's client shares it between its
+    requests: the TLS context (the CA and client certificate loaded once) and the
+    credentials, so a credential plugin's token is kept until a 401 instead of the plugin
+    running for every watch (one per resource every 5-10 minutes on every node).
+
+    Made on the first opening's thread (it reads files); thread-safe."""
+
+    def __init__(self, config: SingleConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._params: tuple[str, ssl.SSLContext, httpx2.Auth | None] | None = None
+
+    def params(self) -> tuple[str, ssl.SSLContext, httpx2.Auth | None]:
+        """(server URL, TLS context, credentials), as lightkube's client takes them."""
+        with self._lock:
+            if self._params is None:
+                params = ConnectionParams(trust_env=False).httpx_params(self.config)
+                self._params = (str(params["base_url"]), params["verify"], params["auth"])
+            return self._params
+
+
 class Watch:
     """The events of one watch request: ``(type, object as lightkube's to_dict)``.
 
@@ -182,7 +215,7 @@ class Watch:
 
     def __init__(
         self,
-        config: SingleConfig,
+        config: SingleConfig | Connection,
         path: str,
         params: dict[str, str],
         *,
@@ -190,7 +223,7 @@ class Watch:
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
-        self._config = config
+        self._connection = config if isinstance(config, Connection) else Connection(config)
         self._path = path
         self._params = params
         self._decode = decode
@@ -198,10 +231,13 @@ class Watch:
         self._read_timeout = read_timeout
         self._loop = asyncio.get_running_loop()
         self._events: collections.deque[Event] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()  # of each event's line
+        self._pending = 0  # bytes: the sum of _sizes
         self._failure: BaseException | None = None
         self._ended = False  # nothing more will be read (the end, a failure, closed)
         self._ready = asyncio.Event()
         self._opening: asyncio.Future[None] | None = None
+        self._started = False  # the opening's outcome was taken by a consumer
         # The socket: the opening thread's until it is opened, then the loop's. The lock
         # orders aclose against the thread's hand-over.
         self._sock: socket.socket | None = None
@@ -218,16 +254,8 @@ class Watch:
         return self
 
     async def __anext__(self) -> Event:
-        if self._opening is None:
-            self._opening = self._loop.create_future()
-            # A thread of its own, not the loop's executor: a process that exits must not
-            # wait for an opening that blocks (aclose wakes it, the daemon flag the rest).
-            threading.Thread(target=self._open_thread, name="watch", daemon=True).start()
-            try:
-                await self._opening
-            except _Closed:
-                raise StopAsyncIteration from None
-            self._start_reading()
+        if not self._started:
+            await self._open_once()
         while not self._events:
             if self._ended:
                 if self._failure is not None:
@@ -236,13 +264,48 @@ class Watch:
                 raise StopAsyncIteration
             self._ready.clear()
             await self._ready.wait()
-        if not self._reading and not self._ended and len(self._events) <= MAX_PENDING // 2:
+        self._pending -= self._sizes.popleft()
+        if (
+            not self._reading
+            and not self._ended
+            and len(self._events) <= MAX_PENDING // 2
+            and self._pending <= MAX_PENDING_BYTES // 2
+        ):
             self._resume()
         return self._events.popleft()
 
+    async def _open_once(self) -> None:
+        if self._opening is None:
+            if self._ended:  # closed before it was opened
+                raise StopAsyncIteration
+            self._opening = opening = self._loop.create_future()
+            # Taken here if no consumer takes it (one cancelled, then the watch closed):
+            # asyncio logs a failure nobody took.
+            opening.add_done_callback(lambda done: done.cancelled() or done.exception())
+            # A thread of its own, not the loop's executor: a process that exits must not
+            # wait for an opening that blocks (aclose wakes it, the daemon flag the rest).
+            threading.Thread(target=self._open_thread, name="watch", daemon=True).start()
+        try:
+            # Shielded: a consumer cancelled while waiting leaves the opening to the next
+            # __anext__ (or to aclose) instead of cancelling it half-way.
+            await asyncio.shield(self._opening)
+        except asyncio.CancelledError:
+            raise
+        except _Closed:
+            self._started = True
+            raise StopAsyncIteration from None
+        except BaseException:
+            self._started = self._ended = True
+            raise
+        self._started = True
+        self._start_reading()
+
     async def aclose(self) -> None:
         self._ended = True
+        self._ready.set()  # a consumer waiting in another task ends
         self._events.clear()
+        self._sizes.clear()
+        self._pending = 0
         self._failure = None
         with self._sock_lock:
             self._closing.set()
@@ -288,9 +351,13 @@ class Watch:
         sock = self._sock
         if self._ended or sock is None or not self._reading:
             return
-        arrived = False
+        arrived = more = False
+        taken = 0
         try:
-            while len(self._events) < MAX_PENDING:
+            while len(self._events) < MAX_PENDING and self._pending < MAX_PENDING_BYTES:
+                if taken >= MAX_READ_PER_WAKE:
+                    more = True
+                    break
                 try:
                     data = sock.recv(READ_SIZE)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
@@ -301,6 +368,7 @@ class Watch:
                         raise Disconnected("the server closed the connection inside the watch")
                     self._end(None)
                     break
+                taken += len(data)
                 arrived |= self._take(data)
                 if self._body is not None and self._body.done:
                     self._end(None)
@@ -311,6 +379,11 @@ class Watch:
             self._end(exc)
         if arrived or self._ended:
             self._ready.set()
+        if more:
+            # Continued after the callbacks waiting now, the consumer's (set above) among
+            # them: by the reader if more is in the socket, by this call if the TLS layer
+            # holds it decrypted already, which does not wake the reader.
+            self._loop.call_soon(self._readable)
 
     def _take(self, data: bytes) -> bool:
         """Decode the events in ``data``; a failing one is raised after those before it."""
@@ -320,8 +393,13 @@ class Watch:
         before = len(self._events)
         for line in self._lines.feed(body):
             if line.strip():
-                self._events.append(self._event(line))
+                self._append(self._event(line), len(line))
         return len(self._events) > before
+
+    def _append(self, event: Event, size: int) -> None:
+        self._events.append(event)
+        self._sizes.append(size)
+        self._pending += size
 
     def _event(self, line: bytes) -> Event:
         event = decoders.decode_watch_event(line)
@@ -334,7 +412,7 @@ class Watch:
             rest = self._lines.rest()
             try:
                 if rest.strip():
-                    self._events.append(self._event(rest))
+                    self._append(self._event(rest), len(rest))
             except BaseException as exc:
                 failure = exc
         self._ended = True
@@ -357,7 +435,7 @@ class Watch:
             failure = exc
 
         def settle() -> None:
-            if opening.done():  # the consumer was cancelled while waiting
+            if opening.done():  # defensive: only this thread settles it
                 return
             if failure is None:
                 opening.set_result(None)
@@ -370,12 +448,8 @@ class Watch:
     def _open(self) -> None:
         """Connect, send the request with the credentials, read the answer's head: on a
         thread, as all of it blocks (a credential plugin may run)."""
-        params = ConnectionParams(trust_env=False).httpx_params(self._config)
-        context: ssl.SSLContext = params["verify"]
-        auth: httpx2.Auth | None = params["auth"]
-        scheme, host, port, target = _request_target(
-            str(params["base_url"]), self._path, self._params
-        )
+        server, context, auth = self._connection.params()
+        scheme, host, port, target = _request_target(server, self._path, self._params)
         request = httpx2.Request(
             "GET",
             f"{scheme}://{_authority(host, port)}{target}",
@@ -432,8 +506,9 @@ class Watch:
         sock: socket.socket = raw
         try:
             if scheme == "https":
-                sock = context.wrap_socket(raw, server_hostname=host)
-            sock.settimeout(self._read_timeout)
+                # The handshake after the socket is aclose's to wake: a server that
+                # dribbles it holds it for a socket timeout per byte.
+                sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
         except BaseException:
             raw.close()
             raise
@@ -442,6 +517,15 @@ class Watch:
                 sock.close()
                 raise _Closed
             self._sock = sock
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                sock.do_handshake()
+            sock.settimeout(self._read_timeout)
+        except BaseException:
+            self._drop(sock)
+            if self._closing.is_set():
+                raise _Closed from None
+            raise
         return sock
 
     def _drop(self, sock: socket.socket) -> None:
@@ -457,61 +541,79 @@ class Watch:
         return data
 
     def _head(self, sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-        buffer = b""
-        while b"\r\n\r\n" not in buffer:
+        # Searched and grown where it grew: a server dribbling its head a byte at a time
+        # must not cost a scan and a copy of all of it per byte.
+        buffer = bytearray()
+        end = -1
+        while end < 0:
             if len(buffer) > MAX_HEAD:
                 raise ProtocolError(f"a response head longer than {MAX_HEAD} bytes")
             data = self._recv(sock)
             if not data:
                 raise Disconnected("the server closed the connection before it answered")
+            start = max(len(buffer) - 3, 0)
             buffer += data
-        head, rest = buffer.split(b"\r\n\r\n", 1)
+            end = buffer.find(b"\r\n\r\n", start)
+        head, rest = bytes(buffer[:end]), bytes(buffer[end + 4 :])
         if len(head) > MAX_HEAD:
             raise ProtocolError(f"a response head longer than {MAX_HEAD} bytes")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        # isdigit alone takes latin-1's superscripts, which int() refuses (saying them all).
+        code = parts[1] if len(parts) > 1 else ""
+        if (
+            not parts[0].startswith("HTTP/1.")
+            or not (len(code) == 3 and code.isascii())
+            or not code.isdigit()
+        ):
             raise ProtocolError(f"not an HTTP/1.1 status line: {status_line[:80]!r}")
         headers: dict[str, str] = {}
         for line in header_lines:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        return int(parts[1]), headers, rest
+        return int(code), headers, rest
 
     def _error_body(self, sock: socket.socket, headers: dict[str, str], rest: bytes) -> bytes:
         """The body of an error answer, at most :data:`MAX_ERROR_BODY` bytes of it: what
         arrived is enough to describe the error, so failing to read more is not a failure."""
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        chunks = (
+            ChunkedBody() if "chunked" in headers.get("transfer-encoding", "").lower() else None
+        )
         try:
             length = int(headers.get("content-length", "-1"))
         except ValueError:
             length = -1
-        raw = rest
-        with contextlib.suppress(OSError):
-            while len(raw) < MAX_ERROR_BODY + MAX_CHUNK_LINE:
-                if chunked and (raw.startswith(b"0\r\n") or b"\r\n0\r\n" in raw):
-                    break
-                if not chunked and 0 <= length <= len(raw):
+        if chunks is not None or not 0 <= length < MAX_ERROR_BODY:
+            length = MAX_ERROR_BODY
+        # Cut incrementally (a chunk's data may hold what looks like the last chunk), each
+        # read added once: a dribbled body costs no rescan.
+        body = bytearray()
+        data = rest
+        with contextlib.suppress(OSError, ProtocolError):  # what was read describes it
+            while True:
+                body += chunks.feed(data) if chunks is not None else data
+                if len(body) >= length or (chunks is not None and chunks.done):
                     break
                 data = self._recv(sock)
                 if not data:
                     break
-                raw += data
-        if not chunked:
-            return raw[: length if 0 <= length < MAX_ERROR_BODY else MAX_ERROR_BODY]
-        try:
-            return ChunkedBody().feed(raw)[:MAX_ERROR_BODY]
-        except ValueError:
-            return b""
+        return bytes(body[:length])
 
 
 def _request_head(request: httpx2.Request, target: str, authority: str) -> bytes:
     lines = [f"GET {target} HTTP/1.1".encode(), f"Host: {authority}".encode()]
-    lines += [
-        name + b": " + value
-        for name, value in request.headers.raw
-        if name.lower() not in (b"host", b"connection")
-    ]
+    for name, value in request.headers.raw:
+        if name.lower() in (b"host", b"connection"):
+            continue
+        # httpx keeps values as given, h11 refused these when lightkube sent the request:
+        # a token of two lines would add a header. Not quoted: it is a credential.
+        if any(c in value for c in b"\r\n\0") or any(c in name for c in b"\r\n\0: "):
+            raise httpx2.LocalProtocolError(
+                f"the {name[:40].decode('latin-1')!r} header of the request has a line break "
+                "or a NUL in it",
+                request=request,
+            )
+        lines.append(name + b": " + value)
     lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n"
