@@ -7,6 +7,7 @@ ask of it: the pods' IPs, whether a namespace reaches an IP, a node's WireGuard 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -50,3 +51,11 @@ def wg_peers(bed: Testbed, node: str) -> dict[str, list[str]]:
     """Public key -> the `wg show dump` fields of each peer of ``node``."""
     lines = bed.wg_dump(node).splitlines()[1:]
     return {line.split("\t")[0]: line.split("\t") for line in lines}
+
+
+def agent_healthy(bed: Testbed, node: str) -> bool:
+    """Whether the ``kg`` running on ``node`` answers 200 on ``/health``: it has applied the
+    mesh since it started (a restarted agent's log still holds its predecessor's lines)."""
+    url = f"http://{bed.nodes[node].lan_ip}:1107/health"
+    code = f"import urllib.request\nprint(urllib.request.urlopen({url!r}, timeout=2).status)\n"
+    return bed.run(node, sys.executable, "-c", code, check=False, timeout=10).strip() == "200"

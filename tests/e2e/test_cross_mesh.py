@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from kilo.mesh import translate
 from kilo.sandbox import runs, testbed
 from kilo.sandbox.testbed import Location, Testbed
 from tests.e2e import kgctl_cli
-from tests.testbed_harness import reachable
+from tests.testbed_harness import agent_healthy, reachable
 
 LOCATIONS = [
     Location("aws", nodes=2),
@@ -54,6 +55,11 @@ def location_of(bed: Testbed, node: str) -> str | None:
 
 def pod_of(node: str) -> str:
     return f"pod-{node}"
+
+
+def route_device(bed: Testbed, node: str, ip: str) -> str:
+    """The interface ``node`` sends packets for ``ip`` out of."""
+    return str(json.loads(bed.run(node, "ip", "-j", "route", "get", ip))[0]["dev"])
 
 
 def unreachable_pairs(bed: Testbed, pairs: Iterable[tuple[str, str]]) -> list[str]:
@@ -176,6 +182,10 @@ def test_two_locations_behind_one_nat_reach_each_other_on_their_lan(bed: Testbed
     for node in ("office-1", "office-2"):
         bed.kill_agent(node)
         bed.start_agent(node, "--same-nat-internal-endpoints=true", granularity="cross")
+    # What follows is the restarted agents' doing, not what the killed ones left behind
+    # (which already carries traffic once office-1 dials office-2 on the LAN).
+    for node in ("office-1", "office-2"):
+        wait_for(functools.partial(agent_healthy, bed, node), f"{node}'s kg did not apply")
     wait_for(
         lambda: office_2 in wg_peer_keys(bed, "office-1"),
         "office-1 did not add office-2, now in another location, as a WireGuard peer",
@@ -184,6 +194,12 @@ def test_two_locations_behind_one_nat_reach_each_other_on_their_lan(bed: Testbed
     assert unreachable_pairs(bed, pairs) == []
     dump = {line.split("\t")[0]: line.split("\t") for line in bed.wg_dump("office-1").splitlines()}
     assert dump[office_2][2] == f"{bed.nodes['office-2'].lan_ip}:51820"
+    # ... and their handshakes go there over the LAN: were the LAN IP routed through
+    # WireGuard, as Kilo routes a node's private IP it does not dial, they would enter the
+    # tunnel they are to set up (and the pair meet only if a first handshake beat that
+    # route).
+    for src, dst in pairs:
+        assert route_device(bed, src, str(bed.nodes[dst].lan_ip)) != testbed.WG_INTERFACE, src
     # Every other node's mesh is unchanged: the rest still reach both.
     others = [n for n in bed.nodes if not n.startswith("office")]
     both = [(o, n) for o in others for n in ("office-1", "office-2")]

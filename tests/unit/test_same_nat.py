@@ -11,8 +11,10 @@ from dataclasses import replace
 
 from kilo.mesh import samenat, translate, wireguard
 from kilo.mesh.endpoint import Endpoint, UDPAddr
-from kilo.mesh.model import Granularity, Node
-from kilo.mesh.topology import build_topology
+from kilo.mesh.model import Encapsulation, Granularity, Node
+from kilo.mesh.plan import PlanSettings, plan_node
+from kilo.mesh.routes import Device
+from kilo.mesh.topology import Topology, build_topology
 from kilo.mesh.wgdevice import DeviceState, PeerState
 from tests.agent_harness import OTHER_KEYS, PRIVATE_KEY, Harness
 from tests.examples import KILO_SUBNET
@@ -78,22 +80,48 @@ def test_kilo_substitutes_only_for_nodes_that_keep_alive_and_have_an_internal_ip
     assert samenat.internal_endpoints(nodes, "missing") == {}
 
 
-def test_only_the_endpoint_changes_in_the_wireguard_config() -> None:
+def o1_topology() -> tuple[list[Node], Topology]:
     # The agent leaves its own observation of o2 out (it is not published either).
     nodes = [replace(n, discovered_endpoints=None) if n.name == "o1" else n for n in cluster()]
     t = build_topology(nodes, [], granularity=Granularity.FULL, hostname="o1", subnet=KILO_SUBNET)
+    return nodes, t
+
+
+def test_only_the_endpoint_changes_in_the_wireguard_config() -> None:
+    nodes, t = o1_topology()
     kilo = wireguard.node_config(t)
     before = kilo.peer(key_for(2))
     assert before is not None
     # Kilo dials o2 at the NAT's public address.
     assert before.endpoint == Endpoint.parse("198.51.100.7:40002")
-    direct = samenat.dial_internal(kilo, samenat.internal_endpoints(nodes, "o1"))
+    direct = wireguard.node_config(
+        samenat.dial_internal(t, samenat.internal_endpoints(nodes, "o1"))
+    )
     after = direct.peer(key_for(2))
     assert after == replace(before, endpoint=Endpoint.parse("172.16.2.11:51820"))
     assert [p for p in direct.peers if p.public_key != key_for(2)] == [
         p for p in kilo.peers if p.public_key != key_for(2)
     ]
-    assert samenat.dial_internal(kilo, {}) is kilo
+    assert samenat.dial_internal(t, {}) is t
+
+
+def test_the_internal_ip_dialled_is_routed_over_the_underlay_not_through_wireguard() -> None:
+    # Routed through WireGuard, the handshakes sent to o2's internal IP would enter the
+    # tunnel they are to set up (the e2e test_cross_mesh's office nodes, after a restart).
+    nodes, t = o1_topology()
+    o1 = next(n for n in nodes if n.name == "o1")
+    settings = PlanSettings(encapsulation=Encapsulation.NEVER, cni=False)
+    o2 = ipaddress.ip_network("172.16.2.11/32")
+
+    def through_wireguard(plan_t: Topology) -> set[object]:
+        return {r.dst for r in plan_node(plan_t, o1, settings).routes if r.dev == Device.KILO}
+
+    # Kilo reaches o2's private IP through WireGuard, as it dials o2 at the NAT's address.
+    kilo = through_wireguard(t)
+    assert o2 in kilo
+    direct = through_wireguard(samenat.dial_internal(t, samenat.internal_endpoints(nodes, "o1")))
+    # As Kilo does for a node whose endpoint is its private IP: that one route goes.
+    assert direct == kilo - {o2}
 
 
 def behind_a_nat(*flags: str) -> Harness:
@@ -122,6 +150,11 @@ def test_the_agent_dials_internally_and_does_not_publish_what_it_saw_there() -> 
     h.round(check_in=True)
     peer = h.device.config.peer(OTHER_KEYS["b"])
     assert peer is not None and peer.endpoint == Endpoint.parse("10.0.0.11:51820")
+    # ... and reaches it there over the LAN: no route sends b's internal IP (where its
+    # handshakes go) through WireGuard, while b's pods are still reached through it.
+    kilo_routes = {r.dst for r in h.routes.routes if r.dev == Device.KILO}
+    assert ipaddress.ip_network("10.0.0.11/32") not in kilo_routes
+    assert ipaddress.ip_network("10.42.1.0/24") in kilo_routes
     # Once the device completed a handshake with b on the LAN, that is not published.
     lan = UDPAddr(ipaddress.ip_address("10.0.0.11"), 51820)
     h.device.get = lambda: DeviceState(  # type: ignore[method-assign]
@@ -171,3 +204,6 @@ def test_without_the_flag_the_agent_dials_the_nats_address_as_kilo_does() -> Non
     h.round(check_in=True)
     peer = h.device.config.peer(OTHER_KEYS["b"])
     assert peer is not None and peer.endpoint == Endpoint.parse("198.51.100.7:40002")
+    assert ipaddress.ip_network("10.0.0.11/32") in {
+        r.dst for r in h.routes.routes if r.dev == Device.KILO
+    }

@@ -267,6 +267,8 @@ class TopologyApplier:
         except KiloError as exc:
             failed("the topology", exc)
             return None
+        # Dialled at their internal IPs: the WireGuard peers and the routes alike.
+        t = samenat.dial_internal(t, internal)
         tunnel_name = plane.tunnel.name if plane.tunnel is not None else None
         plan = plan_node(
             t,
@@ -282,8 +284,6 @@ class TopologyApplier:
                 cni_path=self.settings.cni.path,
             ),
         )
-        if internal and plan.wireguard is not None:
-            plan = replace(plan, wireguard=samenat.dial_internal(plan.wireguard, internal))
         if full or plan.iptables != self._applied_iptables:
             self._applied_iptables = None
             try:

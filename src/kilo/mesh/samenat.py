@@ -5,10 +5,11 @@ Pure. No I/O, no clock, no logging.
 Kilo replaces the endpoint of a node that keeps alive with the address other nodes saw it
 at (its NAT-discovered endpoint). Two nodes behind one NAT therefore dial each other at
 the NAT's public address, which works only if the NAT hairpins. With
-``--same-nat-internal-endpoints`` a node dials such a node at its internal IP instead,
-and does not publish what it learns from that path (its ``discovered-endpoints``
-annotation stays what Kilo's would be without hairpin NAT: no entry for that node), so
-every other node computes exactly Kilo's mesh.
+``--same-nat-internal-endpoints`` a node dials such a node at its internal IP instead
+(and so, as Kilo does for a node it dials at its private IP, reaches that IP over the
+underlay, not through WireGuard), and does not publish what it learns from that path
+(its ``discovered-endpoints`` annotation stays what Kilo's would be without hairpin NAT:
+no entry for that node), so every other node computes exactly Kilo's mesh.
 
 "Behind the same NAT" means: both nodes have an internal IP and a non-zero keepalive, and
 some other node saw each of them at the same IP address. Two sites behind one
@@ -19,11 +20,12 @@ other: that is why this is opt-in.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.ip import IPAddress
 from kilo.mesh.model import DEFAULT_PORT, Node
-from kilo.mesh.wireguard import WireGuardConfig, WireGuardPeer
+from kilo.mesh.topology import Topology
 
 
 def internal_endpoints(nodes: Sequence[Node], hostname: str) -> dict[str, Endpoint]:
@@ -49,26 +51,22 @@ def internal_endpoints(nodes: Sequence[Node], hostname: str) -> dict[str, Endpoi
     return result
 
 
-def dial_internal(conf: WireGuardConfig, endpoints: Mapping[str, Endpoint]) -> WireGuardConfig:
-    """``conf`` with the endpoints of the peers in ``endpoints`` replaced."""
+def dial_internal(t: Topology, endpoints: Mapping[str, Endpoint]) -> Topology:
+    """``t`` with the nodes in ``endpoints`` dialled there: the endpoint that Kilo's
+    ``updateEndpoint`` substitutes for a node that keeps alive, in the WireGuard config
+    and in the routes alike.
+
+    The routes must see it too: Kilo routes a segment's private IPs through WireGuard,
+    except a private IP equal to the endpoint it dials. Substituted into the WireGuard
+    config alone, the internal IP kept its route through the WireGuard interface, so the
+    handshakes sent to it went into the tunnel they were to set up: two restarted agents
+    reached each other only if a first handshake left before that route was added.
+    """
     if not endpoints:
-        return conf
-    peers = tuple(
-        _with_endpoint(p, endpoints[str(p.public_key)]) if str(p.public_key) in endpoints else p
-        for p in conf.peers
-    )
-    return WireGuardConfig(private_key=conf.private_key, listen_port=conf.listen_port, peers=peers)
-
-
-def _with_endpoint(peer: WireGuardPeer, endpoint: Endpoint) -> WireGuardPeer:
-    return WireGuardPeer(
-        public_key=peer.public_key,
-        allowed_ips=peer.allowed_ips,
-        endpoint=endpoint,
-        persistent_keepalive=peer.persistent_keepalive,
-        preshared_key=peer.preshared_key,
-        name=peer.name,
-    )
+        return t
+    dialled = dict(t.discovered_endpoints)
+    dialled.update((key, endpoint.udp) for key, endpoint in endpoints.items())
+    return replace(t, discovered_endpoints=dialled)
 
 
 def _seen_at(nodes: Sequence[Node], *, observer_excluded: str) -> dict[str, set[IPAddress]]:
