@@ -963,3 +963,51 @@ def test_a_credential_with_a_line_break_is_not_sent(tmp_path: Path) -> None:
     assert server.heads == [] and events == []
     assert isinstance(failure, httpx2.HTTPError), repr(failure)
     assert "Authorization" in str(failure) and "secret" not in str(failure)
+
+
+def test_a_connection_silent_past_the_read_timeout_ends_the_watch(tmp_path: Path) -> None:
+    # A vanished host or a dropped NAT entry: the socket stays open and nothing arrives.
+    release = threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + b"%x\r\n" % len(line("ADDED", node("a", 1))))
+        conn.sendall(line("ADDED", node("a", 1)) + b"\r\n")
+        release.wait(30)
+
+    try:
+        with ScriptServer(script) as server:
+            events, failure = run(load_config(tmp_path, server.url), read_timeout=0.3)
+    finally:
+        release.set()
+    assert [kind for kind, _ in events] == ["ADDED"]
+    assert isinstance(failure, TimeoutError)
+    assert str(failure).startswith("the watch was silent for ")
+    assert isinstance(failure, apierrors.REQUEST_ERRORS)
+
+
+def test_a_consumer_behind_for_longer_than_the_read_timeout_is_not_silence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watchstream, "MAX_PENDING", 4)
+    monkeypatch.setattr(watchstream, "READ_SIZE", 4096)
+    nodes = [node(f"n{i}", i + 1) for i in range(40)]
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(b"".join(line("ADDED", n) for n in nodes)))
+
+    async def behind(config: SingleConfig) -> list[str]:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=0.2
+        )
+        names = []
+        async for _, obj in watch:
+            if not names:
+                # Busy elsewhere (a long apply) while the reading is paused for it.
+                await asyncio.sleep(0.5)
+            names.append(obj["metadata"]["name"])
+        await watch.aclose()
+        return names
+
+    with ScriptServer(script) as server:
+        names = asyncio.run(asyncio.wait_for(behind(load_config(tmp_path, server.url)), 30))
+    assert names == [n["metadata"]["name"] for n in nodes]

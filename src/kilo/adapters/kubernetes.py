@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from typing import Any, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol, cast
 
 import httpx2
 import msgspec
@@ -288,6 +288,16 @@ CONNECT_TIMEOUT = 10.0
 SHORT_WATCH = 1.0
 
 
+class _EventStream(Protocol):
+    """A watch's events, closed at once by ``aclose``."""
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
+
+    def __anext__(self) -> Awaitable[tuple[str, dict[str, Any]]]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class _ShortWatch(Exception):
     """The server ended a watch at once, without an event."""
 
@@ -386,17 +396,20 @@ class Informer:
                 # The server ends each watch after server_timeout; a connection that goes
                 # silent for longer than that (a vanished host, a dropped NAT entry) is dead.
                 server_timeout = random.randint(self._watch_seconds, 2 * self._watch_seconds)
-                watch = self._watch(server_timeout)
+                watch, timed = self._watch(server_timeout)
                 opened, received = asyncio.get_running_loop().time(), False
                 # aclosing: closing this generator must close the HTTP stream at once.
                 async with contextlib.aclosing(watch):
                     while True:
                         try:
-                            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a
-                            # cancellation that races with a completing event, and a busy
-                            # watch (1000 nodes checking in) then never stops.
-                            async with asyncio.timeout(server_timeout + 30):
+                            if timed:  # the watch ends itself when silent too long
                                 kind, data = await anext(watch)
+                            else:
+                                # asyncio.timeout, not wait_for: on Python 3.11 wait_for
+                                # loses a cancellation that races with a completing event,
+                                # and a busy watch (1000 nodes checking in) never stops.
+                                async with asyncio.timeout(server_timeout + 30):
+                                    kind, data = await anext(watch)
                         except StopAsyncIteration:
                             break
                         received = True
@@ -438,19 +451,19 @@ class Informer:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, self._backoff_max)
 
-    def _watch(self, server_timeout: int) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
-        """One watch request from the last resourceVersion: ``(type, object as a dict)``.
+    def _watch(self, server_timeout: int) -> tuple[_EventStream, bool]:
+        """One watch request from the last resourceVersion: ``(type, object as a dict)``,
+        and whether it ends itself when the connection is silent too long.
 
         A lightkube client's body is read by the loop with the TLS in C
-        (:mod:`kilo.adapters.watchstream`: a fraction of the CPU per event); any other
-        client (the tests' fakes) through its own ``watch``."""
+        (:mod:`kilo.adapters.watchstream`: a fraction of the CPU per event, and no
+        timeout or generator per event around it); any other client (the tests' fakes)
+        through its own ``watch``."""
         if isinstance(self._client, AsyncClient):
-            return self._stream_watch(server_timeout)
-        return self._client_watch(server_timeout)
+            return self._stream_watch(server_timeout), True
+        return self._client_watch(server_timeout), False
 
-    async def _stream_watch(
-        self, server_timeout: int
-    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+    def _stream_watch(self, server_timeout: int) -> watchstream.Watch:
         params = {"watch": "true", "timeoutSeconds": str(server_timeout)}
         if self.resource_version is not None:
             params["resourceVersion"] = self.resource_version
@@ -461,19 +474,16 @@ class Informer:
 
         if self._connection is None:
             self._connection = watchstream.Connection(self._client.config)
-        stream = watchstream.Watch(
+        return watchstream.Watch(
             self._connection,
             _watch_path(res, self._where.get("namespace")),
             params,
             decode=decode,
             connect_timeout=CONNECT_TIMEOUT,
+            # The server ends the watch after server_timeout; a connection silent for
+            # longer is dead (a vanished host, a dropped NAT entry).
             read_timeout=server_timeout + 30,
         )
-        try:
-            async for event in stream:
-                yield event
-        finally:
-            await stream.aclose()
 
     async def _client_watch(
         self, server_timeout: int

@@ -243,6 +243,10 @@ class Watch:
         self._sock: socket.socket | None = None
         self._sock_lock = threading.Lock()
         self._closing = threading.Event()
+        # Silence while streaming: the last read's time, checked by one timer re-armed
+        # lazily (a timeout per event cost more than the rest of the event's handling).
+        self._last_read = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
         self._opened = False
         self._body: ChunkedBody | None = None
         self._lines = Lines()
@@ -302,6 +306,7 @@ class Watch:
 
     async def aclose(self) -> None:
         self._ended = True
+        self._stop_watchdog()
         self._ready.set()  # a consumer waiting in another task ends
         self._events.clear()
         self._sizes.clear()
@@ -332,7 +337,30 @@ class Watch:
             return
         assert self._sock is not None
         self._sock.setblocking(False)
+        self._last_read = self._loop.time()
+        self._watchdog = self._loop.call_later(self._read_timeout, self._check_silence)
         self._resume()
+
+    def _check_silence(self) -> None:
+        """A connection silent for ``read_timeout`` while it is read is dead (a vanished
+        host, a dropped NAT entry): the watch ends with ``TimeoutError``. A pause for a
+        consumer behind is not silence."""
+        now = self._loop.time()
+        if self._ended:
+            return
+        if not self._reading:
+            self._last_read = now
+        silent = now - self._last_read
+        if silent >= self._read_timeout:
+            self._end(TimeoutError(f"the watch was silent for {silent:.0f} s"))
+            self._ready.set()
+            return
+        self._watchdog = self._loop.call_later(self._read_timeout - silent, self._check_silence)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _resume(self) -> None:
         assert self._sock is not None
@@ -369,6 +397,7 @@ class Watch:
                     self._end(None)
                     break
                 taken += len(data)
+                self._last_read = self._loop.time()
                 arrived |= self._take(data)
                 if self._body is not None and self._body.done:
                     self._end(None)
@@ -417,6 +446,7 @@ class Watch:
                 failure = exc
         self._ended = True
         self._failure = failure
+        self._stop_watchdog()
         self._pause()
         with self._sock_lock:
             sock, self._sock = self._sock, None
