@@ -999,7 +999,7 @@ def test_a_consumer_behind_for_longer_than_the_read_timeout_is_not_silence(
         watch = watchstream.Watch(
             config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=0.2
         )
-        names = []
+        names: list[str] = []
         async for _, obj in watch:
             if not names:
                 # Busy elsewhere (a long apply) while the reading is paused for it.
