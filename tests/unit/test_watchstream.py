@@ -537,6 +537,38 @@ def listing_then(watch_body: bytes) -> Script:
     return script
 
 
+async def informer_until_reported(
+    config: SingleConfig, errors: list[str], *, until: asyncio.Future[Any] | None = None
+) -> None:
+    """Run a Node informer until it reports an error (appended to ``errors``) or ``until``
+    completes, then close it; what ended the informer, if anything, is raised."""
+    from lightkube import AsyncClient
+
+    reported = asyncio.Event()
+
+    def on_error(text: str) -> None:
+        errors.append(text)
+        reported.set()
+
+    client = AsyncClient(config, trust_env=False)
+    informer = kubernetes.Informer(
+        client, "nodes", server=str(config.cluster.server), on_error=on_error
+    )
+    events = informer.events()
+    task = asyncio.ensure_future(anext(events))
+    waiter = asyncio.ensure_future(reported.wait())
+    waits: set[asyncio.Future[Any]] = {task, waiter} | ({until} if until is not None else set())
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # raises what ended the informer
+    task.cancel()
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await events.aclose()
+    await client.aclose()
+
+
 @pytest.mark.parametrize(
     ("status", "said"),
     [
@@ -550,36 +582,11 @@ def test_an_error_event_without_a_code_or_message_is_reported_not_raised(
 ) -> None:
     """A Status in an ERROR event need not carry a code or a message; the informer's error
     handling read the HTTP response behind it, which an ERROR event has none of."""
-    from lightkube import AsyncClient
-
     errors: list[str] = []
 
-    async def scenario(config: SingleConfig) -> None:
-        reported = asyncio.Event()
-
-        def on_error(text: str) -> None:
-            errors.append(text)
-            reported.set()
-
-        client = AsyncClient(config, trust_env=False)
-        informer = kubernetes.Informer(
-            client, "nodes", server=str(config.cluster.server), on_error=on_error
-        )
-        events = informer.events()
-        task = asyncio.ensure_future(anext(events))
-        waiter = asyncio.ensure_future(reported.wait())
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # raises what ended the informer
-        task.cancel()
-        waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await events.aclose()
-        await client.aclose()
-
     with ScriptServer(listing_then(line("ERROR", status))) as server:
-        asyncio.run(asyncio.wait_for(scenario(load_config(tmp_path, server.url)), 30))
+        config = load_config(tmp_path, server.url)
+        asyncio.run(asyncio.wait_for(informer_until_reported(config, errors), 30))
     assert errors, "the informer did not report the ERROR event"
     assert said in errors[0]
 
@@ -763,8 +770,6 @@ def test_a_watch_that_ends_at_once_without_an_event_is_retried_with_backoff(
     """As client-go's reflector ("very short watch"): a server or proxy that ends every
     watch at once had every agent reconnect in a tight loop, a thread, a TLS handshake
     and a request each, against the API server."""
-    from lightkube import AsyncClient
-
     errors: list[str] = []
     script = listing_then(b"")  # every watch ends at once, without an event
     hammered = threading.Event()
@@ -775,27 +780,8 @@ def test_a_watch_that_ends_at_once_without_an_event_is_retried_with_backoff(
         script(conn, head)
 
     async def scenario(config: SingleConfig) -> None:
-        reported = asyncio.Event()
-
-        def on_error(text: str) -> None:
-            errors.append(text)
-            reported.set()
-
-        client = AsyncClient(config, trust_env=False)
-        informer = kubernetes.Informer(
-            client, "nodes", server=str(config.cluster.server), on_error=on_error
-        )
-        events = informer.events()
-        task = asyncio.ensure_future(anext(events))
-        waiter = asyncio.ensure_future(reported.wait())
         flood = asyncio.ensure_future(asyncio.to_thread(hammered.wait, 20))
-        await asyncio.wait({task, waiter, flood}, return_when=asyncio.FIRST_COMPLETED)
-        for pending in (task, waiter):
-            pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await events.aclose()
-        await client.aclose()
+        await informer_until_reported(config, errors, until=flood)
         hammered.set()
         await flood
 
