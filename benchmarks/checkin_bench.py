@@ -47,7 +47,7 @@ from lightkube.core import decoders
 from lightkube.resources.core_v1 import Node as TypedNode
 
 from kilo.adapters import watchstream
-from kilo.adapters.kubernetes import ReadNode, _to_dict
+from kilo.adapters.kubernetes import ReadNode, _to_dict, watch_decoders
 from kilo.mesh import translate
 from kilo.mesh.events import Change, ClusterView, Event, EventType
 from kilo.mesh.localnode import mesh_changed
@@ -179,14 +179,13 @@ async def _read_lightkube(config: SingleConfig, events: int) -> float:
 
 
 async def _read_watchstream(config: SingleConfig, events: int) -> float:
-    def decode(raw: bytes) -> dict[str, Any]:
-        return _to_dict(decoders.decode_object(raw, ReadNode))
-
+    decode, decode_event = watch_decoders(ReadNode)  # the informer's
     watch = watchstream.Watch(
         config,
         "/api/v1/nodes",
         {"watch": "true"},
         decode=decode,
+        decode_event=decode_event,
         connect_timeout=10,
         read_timeout=60,
     )

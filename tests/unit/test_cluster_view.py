@@ -4,6 +4,7 @@ the stored translation, and must give exactly what translating the object gives.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -124,7 +125,26 @@ def test_a_check_in_gives_what_translating_the_object_gives(steps: list[list[int
     slow = run(TranslatingView(topology_label=LABEL, port=51820), objects)
     assert [(c.old, c.new, c.report) for c in fast] == [(c.old, c.new, c.report) for c in slow]
     for change, obj in zip(fast, objects, strict=True):
-        assert change.new == translate.translate_node(obj, topology_label=LABEL).value
+        expected = translate.translate_node(obj, topology_label=LABEL).value
+        assert change.new == expected
+        # The derived attributes too, which equality does not compare.
+        assert attributes(change.new) == attributes(expected)
+
+
+def attributes(node: Node | None) -> tuple[object, ...] | None:
+    """Every attribute of ``node``, the derived ones (``compare=False``) too."""
+    return None if node is None else tuple(getattr(node, name) for name in Node.__slots__)
+
+
+def test_with_last_seen_is_replace_with_every_derived_attribute() -> None:
+    node = translate.translate_node(node_object(1), topology_label=LABEL).value
+    assert node is not None and node.private_host is not None and node.reachable
+    moved = node.with_last_seen(NOW + 30)
+    assert moved.last_seen == NOW + 30 and node.last_seen == NOW
+    assert attributes(moved) == attributes(replace(node, last_seen=NOW + 30))
+    assert attributes(Node(name="bare").with_last_seen(7)) == attributes(
+        Node(name="bare", last_seen=7)
+    )
 
 
 def test_a_check_in_is_recognised_and_keeps_the_diagnostics() -> None:

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from lightkube import ApiError
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core import decoders
+from lightkube.resources.coordination_v1 import Lease
 
 from kilo.adapters import apierrors, kubeconfig, kubernetes, watchstream
 from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
@@ -129,6 +130,10 @@ def decode_node(raw: bytes) -> dict[str, Any]:
     return kubernetes._to_dict(decoders.decode_object(raw, kubernetes.ReadNode))
 
 
+# The informer's: a Node event line in one pass, lightkube's two passes as the fallback.
+INFORMER_DECODE, DECODE_EVENT = kubernetes.watch_decoders(kubernetes.ReadNode)
+
+
 def expected(obj: dict[str, Any]) -> dict[str, Any]:
     """What lightkube's own watch yields for ``obj``, through the informer's _to_dict."""
     return decode_node(json.dumps(obj).encode())
@@ -174,7 +179,8 @@ async def collect(
         config,
         path,
         {"watch": "true", "resourceVersion": "7"},
-        decode=decode_node,
+        decode=INFORMER_DECODE,
+        decode_event=DECODE_EVENT,
         connect_timeout=5.0,
         read_timeout=read_timeout,
     )
@@ -256,6 +262,66 @@ def test_a_line_past_the_bound_is_refused_before_it_is_whole(
     reader.feed(b"x" * 60)
     with pytest.raises(ValueError, match="a watch event longer than 100 bytes"):
         reader.feed(b"x" * 60)
+
+
+# --- decoding an event line, pure -----------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+STRINGS = st.dictionaries(st.sampled_from(["a", "kilo.squat.ai/key", "x"]), st.text(max_size=4))
+METADATA = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.text(max_size=4) | JSON,
+        "uid": st.text(max_size=4),
+        "resourceVersion": st.text(max_size=4) | JSON,
+        "annotations": STRINGS | JSON,
+        "labels": STRINGS | JSON,
+        "managedFields": JSON,
+        "finalizers": JSON,
+    },
+)
+OBJECTS = st.fixed_dictionaries(
+    {}, optional={"metadata": METADATA | JSON, "spec": JSON, "status": JSON, "kind": JSON}
+)
+
+
+@given(
+    kind=st.sampled_from(["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"])
+    | st.text(max_size=3),
+    obj=OBJECTS | JSON,
+)
+def test_a_line_decoded_in_one_pass_is_what_lightkubes_two_passes_give(
+    kind: str, obj: object
+) -> None:
+    """The informer decodes a Node event in one pass; whenever that gives an event, it is
+    the one lightkube's decoders give. Otherwise (an ERROR, a line the typed decoder
+    refuses) the watch takes lightkube's path, and its result or failure."""
+    data = json.dumps({"type": kind, "object": obj}).encode()
+    try:
+        fast = DECODE_EVENT(data) if DECODE_EVENT is not None else None
+    except (msgspec.MsgspecError, RecursionError):
+        return
+    if kind == "ERROR":
+        assert fast is None
+        return
+    assert fast is not None
+    event = decoders.decode_watch_event(data)
+    assert fast == (event.type, decode_node(event.object))
+
+
+def test_only_struct_resources_are_decoded_in_one_pass() -> None:
+    assert DECODE_EVENT is not None
+    assert kubernetes.watch_decoders(Lease)[1] is not None
+    decode, decode_event = kubernetes.watch_decoders(kubernetes.Peer)
+    assert decode_event is None
+    peer = {"metadata": {"name": "p"}, "spec": {"allowedIPs": ["10.5.0.1/32"]}}
+    assert decode(json.dumps(peer).encode())["spec"] == peer["spec"]
 
 
 # --- watches against a server ----------------------------------------------------------------

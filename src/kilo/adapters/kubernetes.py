@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, cast
@@ -469,9 +470,7 @@ class Informer:
             params["resourceVersion"] = self.resource_version
         res = self._res
 
-        def decode(raw: bytes) -> dict[str, Any]:
-            return _to_dict(decoders.decode_object(raw, res))
-
+        decode, decode_event = watch_decoders(res)
         if self._connection is None:
             self._connection = watchstream.Connection(self._client.config)
         return watchstream.Watch(
@@ -479,6 +478,7 @@ class Informer:
             _watch_path(res, self._where.get("namespace")),
             params,
             decode=decode,
+            decode_event=decode_event,
             connect_timeout=CONNECT_TIMEOUT,
             # The server ends the watch after server_timeout; a connection silent for
             # longer is dead (a vanished host, a dropped NAT entry).
@@ -518,6 +518,34 @@ class Informer:
         existed = name in self.cache
         self.cache[name] = data
         return Event(EventType.MODIFIED if existed else EventType.ADDED, name, data)
+
+
+@functools.cache
+def watch_decoders(
+    res: Any,
+) -> tuple[Callable[[bytes], dict[str, Any]], Callable[[bytes], watchstream.Event | None] | None]:
+    """What a watch of ``res`` decodes with (:class:`watchstream.Watch`): an event's object
+    into the dict the informer keeps, as lightkube's decoders give it; and, for a resource
+    lightkube decodes as a msgspec struct (Nodes as :class:`ReadNode`, Leases), a whole
+    event line in one pass instead of lightkube's two (the event with its object left raw,
+    then the object): a check-in is 10 KB, 167 a second at 5000 nodes. ``None`` for the
+    others (Peers: a dict)."""
+
+    def decode(raw: bytes) -> dict[str, Any]:
+        return _to_dict(decoders.decode_object(raw, res))
+
+    if not (isinstance(res, type) and issubclass(res, msgspec.Struct)):
+        return decode, None
+    event_type = msgspec.defstruct(f"{res.__name__}WatchEvent", [("type", str), ("object", res)])
+    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(event_type)
+
+    def decode_event(line: bytes) -> watchstream.Event | None:
+        event = decoder.decode(line)
+        if event.type == "ERROR":  # its object is a Status: lightkube's path
+            return None
+        return event.type, _to_dict(event.object)
+
+    return decode, decode_event
 
 
 def _watch_path(res: Any, namespace: str | None) -> str:

@@ -220,13 +220,19 @@ class Watch:
         params: dict[str, str],
         *,
         decode: Callable[[bytes], dict[str, Any]],
+        decode_event: Callable[[bytes], Event | None] | None = None,
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
+        """``decode`` turns an event's object into the dict an event carries;
+        ``decode_event``, if given, a whole line in one pass: ``None``, or any exception,
+        sends the line through lightkube's decoders and ``decode`` instead, so failures
+        and ``ERROR`` events are theirs."""
         self._connection = config if isinstance(config, Connection) else Connection(config)
         self._path = path
         self._params = params
         self._decode = decode
+        self._decode_event = decode_event
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._loop = asyncio.get_running_loop()
@@ -431,6 +437,13 @@ class Watch:
         self._pending += size
 
     def _event(self, line: bytes) -> Event:
+        if self._decode_event is not None:
+            try:
+                fast = self._decode_event(line)
+            except Exception:  # decoded again below: its own error, lightkube's
+                fast = None
+            if fast is not None:
+                return fast
         event = decoders.decode_watch_event(line)
         if event.type == "ERROR":
             raise ApiError(status=decoders.decode_status(event.object))

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any, Protocol
 
 from kilo.adapters import dns
@@ -323,7 +322,7 @@ class Agent:
         now = int(self.clock())
         local_changed = (
             self.applied_local is None
-            or replace(self.applied_local, last_seen=0) != replace(local, last_seen=0)
+            or self.applied_local.with_last_seen(0) != local.with_last_seen(0)
             or local.is_ready(now) != self._local_was_ready
         )
         if not (resync or self._apply_needed or local_changed):

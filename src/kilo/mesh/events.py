@@ -12,7 +12,7 @@ a problem is logged once, not on every relist). What changed is judged by the ca
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from kilo.mesh import translate
@@ -149,7 +149,7 @@ class ClusterView:
             annotations[translate.LAST_SEEN] = previous_text
         if annotations != previous_annotations:
             return None
-        return replace(old, last_seen=last_seen), diagnostics
+        return old.with_last_seen(last_seen), diagnostics
 
     def peer_event(self, event: Event) -> Change[Peer]:
         new: Peer | None = None

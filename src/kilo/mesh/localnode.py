@@ -61,7 +61,7 @@ def mesh_changed(old: Node | None, new: Node | None, now: int) -> bool:
         return old is not new
     if old.is_ready(now) != new.is_ready(now):
         return True
-    return replace(old, last_seen=0) != replace(new, last_seen=0)
+    return old.with_last_seen(0) != new.with_last_seen(0)
 
 
 def peer_changed(old: Peer | None, new: Peer | None) -> bool:

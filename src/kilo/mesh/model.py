@@ -113,11 +113,26 @@ class Node:
         )
         object.__setattr__(self, "reachable", reachable)
 
+    def with_last_seen(self, last_seen: int) -> Node:
+        """``replace(self, last_seen=last_seen)`` without ``__init__`` and
+        ``__post_init__``: the derived fields do not read ``last_seen``, so they carry
+        over. A check-in (167 a second at 5000 nodes) changes nothing else, and
+        ``replace`` was a third of an agent's handling of one."""
+        new = object.__new__(Node)
+        for name in _NODE_SLOTS:
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "last_seen", last_seen)
+        return new
+
     def is_ready(self, now: int | None) -> bool:
         """Kilo's ``Node.Ready``: reachable, keyed, with a pod CIDR, and alive at ``now``."""
         if not self.reachable:
             return False
         return now is None or now - self.last_seen < LIVENESS_WINDOW
+
+
+# Every attribute of a Node, the derived ones too (``Node.with_last_seen`` copies them).
+_NODE_SLOTS: tuple[str, ...] = Node.__slots__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
