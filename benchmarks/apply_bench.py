@@ -208,12 +208,15 @@ def route_diff(
     desired = route_sync.desired_routes(routes, devices)
     rule_keys = [key for key, _ in route_sync.desired_rules(rules)]
     rule_set = frozenset(rule_keys)
+    before = None
     if known is not None:
         stale, adds = route_sync.changed_since(desired, known.serial, known.routes)
         if stale or adds:
-            state.encode(known.routes.union(key for key, _ in adds), rule_set)
+            before = known.routes.union(key for key, _ in adds)
+            state.encode(before, rule_set)
     after = Known.after(desired, rule_keys, known)
-    state.encode(after.routes, rule_set)
+    if after.routes != before:  # RouteTable._save writes only a changed state
+        state.encode(after.routes, rule_set)
     return after
 
 
