@@ -150,6 +150,19 @@ def test_a_new_route_in_a_taken_slot_is_shadowed_not_patched() -> None:
         assert earlier.shadowed == (a,) and [r for _, r in earlier.routes] == [rival, b]
 
 
+def test_a_route_object_twice_counts_once() -> None:
+    """The same Route object twice in the part of the plan that changed (a swap, a repeat
+    and one gone) is one route, as from scratch, not two pairs."""
+    a, b, c, d = (
+        Route(dst=ipaddress.ip_network(f"10.{i}.0.0/16"), dev=Device.KILO) for i in range(4)
+    )
+    with own_memo():
+        route_sync.desired_routes([a, b, c, d], DEVICES)
+        got = route_sync.desired_routes([b, a, b, d], DEVICES)
+    assert got == from_scratch([b, a, b, d], DEVICES)
+    assert [route for _, route in got.routes] == [b, a, d]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(route_values, max_size=12),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import operator
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Generic, TypeVar, cast
@@ -261,19 +261,19 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
 
     When the previous call's routes were all resolved and each in a slot of its own, and
     most of these are the very same Route objects (a leader between two events), only the
-    Route objects that came or went are looked at (:func:`_patched`), the rest is set
-    arithmetic on their ``id`` in C, and the result carries its :class:`RouteDelta`.
+    Route objects that came or went are looked at (:func:`_patched`), and the result
+    carries its :class:`RouteDelta`.
     """
-    routes = routes if isinstance(routes, tuple | list) else tuple(routes)
+    routes = tuple(routes)
     memo = _ROUTE_KEYS
     last = memo.last  # one read: another thread swaps the whole value
-    done = _patched(routes, devices, last) if last.slots is not None else None
+    done = _patched(routes, devices, last) if last.pairs is not None else None
     result, memo.last = done or _computed(routes, devices, last)
     return result
 
 
 def _computed(
-    routes: Sequence[Route], devices: Mapping[Device, str], last: _LastRoutes
+    routes: tuple[Route, ...], devices: Mapping[Device, str], last: _LastRoutes
 ) -> tuple[DesiredRoutes, _LastRoutes]:
     """:func:`desired_routes` route by route (reusing the last call's keys by Route)."""
     pairs: list[tuple[RouteKey, Route]] = []
@@ -284,7 +284,7 @@ def _computed(
     collided: dict[int, list[RouteKey]] = {}
     unresolved: list[Route] = []
     shadowed: list[Route] = []
-    previous = last.pairs if last.devices == devices else {}
+    previous = last.keyed() if last.devices == devices else {}
     current: dict[int, tuple[RouteKey | None, Route]] = {}
     for route in routes:
         pair = previous.get(id(route))
@@ -310,9 +310,6 @@ def _computed(
             collided.setdefault(slot_hash, []).append(key)
         chosen.add(key)
         pairs.append(cast(tuple[RouteKey, Route], pair))
-    # The next call may patch this one only if every route is resolved and in a slot (and
-    # a slot hash) of its own: then no route's fate depends on the order of the others.
-    simple = not unresolved and not shadowed and not collided and len(pairs) == len(routes)
     serial = next(_SERIALS)
     result = DesiredRoutes(
         routes=tuple(pairs),
@@ -320,64 +317,72 @@ def _computed(
         shadowed=tuple(shadowed),
         serial=serial,
     )
-    return result, _LastRoutes(
-        devices=dict(devices),
-        pairs=current,
-        ids=set(current) if simple else set(),
-        slots=slots if simple else None,
-        serial=serial,
-    )
+    # The next call may patch this one only if every route is resolved and in a slot (and
+    # a slot hash) of its own: then no route's fate depends on the order of the others.
+    if not unresolved and not shadowed and not collided and len(pairs) == len(routes):
+        return result, _LastRoutes(
+            devices=dict(devices), routes=routes, pairs=result.routes, slots=slots, serial=serial
+        )
+    return result, _LastRoutes(devices=dict(devices), routes=routes, by_id=current, serial=serial)
 
 
 # More Route objects than this changed (of a plan's routes, at least 64): route by route.
 _PATCH_SHARE = 8
-_FEW = 8
 
 
 def _patched(
-    routes: Sequence[Route], devices: Mapping[Device, str], last: _LastRoutes
+    routes: tuple[Route, ...], devices: Mapping[Device, str], last: _LastRoutes
 ) -> tuple[DesiredRoutes, _LastRoutes] | None:
     """:func:`desired_routes` from the last call's result, which was simple (every route
     resolved, in a slot hash of its own); ``None`` when this one is not, or too much
     changed. Then the routes that stayed keep their keys and their slots, so the result is
     every route's pair in plan order as long as the new routes are resolved and find their
-    slots free once the gone routes left theirs."""
-    if last.devices != devices:
+    slots free once the gone routes left theirs.
+
+    Only the middle of the plan that differs is looked at: the routes before and after it
+    are the last call's Route objects at the same place from either end (compared by
+    identity in C), and their pairs are the last result's, sliced."""
+    old, old_pairs, old_slots = last.routes, last.pairs, last.slots
+    if last.devices != devices or old_pairs is None or old_slots is None:
         return None
-    ids = list(map(id, routes))
+    shortest = min(len(old), len(routes))
+    head = _same_run(old, routes, shortest)
+    tail = _same_run(old[::-1], routes[::-1], shortest - head)
+    old_middle = old[head : len(old) - tail]
+    middle = routes[head : len(routes) - tail]
+    # Route objects in the middle by id: the last call's hold their objects (in ``old``),
+    # so their ids are not reused.
+    ids = list(map(id, middle))
     now = set(ids)
+    before = dict(zip(map(id, old_middle), old_pairs[head : len(old) - tail], strict=True))
     if len(now) != len(ids):
         return None  # a Route object twice
-    # The last result's pairs hold its Route objects, so their ids are not reused.
-    changed = last.ids ^ now
-    if len(changed) > max(64, len(ids) // _PATCH_SHARE):
+    new = now.difference(before)
+    gone = before.keys() - now
+    if len(new) + len(gone) > max(64, len(routes) // _PATCH_SHARE):
         return None
-    new = changed & now
-    gone = changed - new
-    pairs = dict(last.pairs)
-    slots = dict(last.slots or ())
+    slots = dict(old_slots)
     gone_keys: dict[RouteKey, None] = {}
     for i in gone:
-        key = cast(RouteKey, pairs.pop(i)[0])
+        key = before.pop(i)[0]
         del slots[key.slot_hash]
         gone_keys[key] = None
     added: list[tuple[RouteKey, Route]] = []
-    if len(new) <= _FEW:  # a search in C of each, or one pass over all
-        fresh: Iterable[Route] = [routes[i] for i in sorted(map(ids.index, new))]
-    else:
-        fresh = itertools.compress(routes, map(new.__contains__, ids))
-    for route in fresh:
+    for route in itertools.compress(middle, map(new.__contains__, ids)):
         new_key = route_key(route, devices)
+        # Unresolved, or perhaps shadowed (by a route anywhere: a Route object kept at
+        # either end and repeated in the middle too has its key): route by route decides.
         if new_key is None or new_key.slot_hash in slots:
-            return None  # unresolved, or perhaps shadowed: route by route decides
+            return None
         slots[new_key.slot_hash] = new_key
         pair = (new_key, route)
-        pairs[id(route)] = pair
+        before[id(route)] = pair
         added.append(pair)
     new_keys = {key for key, _ in added}
+    pairs = (*old_pairs[:head], *map(before.__getitem__, ids), *old_pairs[len(old) - tail :])
     serial = next(_SERIALS)
     result = DesiredRoutes(
-        routes=tuple(map(cast(Callable[[int], tuple[RouteKey, Route]], pairs.__getitem__), ids)),
+        routes=pairs,
         unresolved=(),
         shadowed=(),
         serial=serial,
@@ -389,8 +394,15 @@ def _patched(
         ),
     )
     return result, _LastRoutes(
-        devices=last.devices, pairs=pairs, ids=now, slots=slots, serial=serial
+        devices=last.devices, routes=routes, pairs=pairs, slots=slots, serial=serial
     )
+
+
+def _same_run(a: Sequence[Route], b: Sequence[Route], most: int) -> int:
+    """How many Route objects ``a`` and ``b`` share from their start, by identity, up to
+    ``most``."""
+    same = list(itertools.islice(map(operator.is_, a, b), most))
+    return same.index(False) if False in same else len(same)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -398,11 +410,19 @@ class _LastRoutes:
     """What :func:`desired_routes` keeps of its last call, written as one value."""
 
     devices: dict[Device, str]
-    pairs: dict[int, tuple[RouteKey | None, Route]]  # (key, route) by the Route's id
-    ids: set[int]  # the Route objects' ids (only when ``slots`` is set)
-    # slot hash -> key, when every route was resolved and in a slot hash of its own
-    slots: dict[int, RouteKey] | None
-    serial: int  # of the result
+    routes: tuple[Route, ...]
+    # When every route was resolved and in a slot hash of its own: the result's pairs,
+    # one a route, and slot hash -> key. Otherwise the (key, route) pairs by Route id.
+    pairs: tuple[tuple[RouteKey, Route], ...] | None = None
+    slots: dict[int, RouteKey] | None = None
+    by_id: dict[int, tuple[RouteKey | None, Route]] | None = None
+    serial: int = 0  # of the result
+
+    def keyed(self) -> dict[int, tuple[RouteKey | None, Route]]:
+        """Each route's (key, route) pair by the Route's id."""
+        if self.by_id is not None:
+            return self.by_id
+        return dict(zip(map(id, self.routes), self.pairs or (), strict=True))
 
 
 class _RouteKeyMemo:
@@ -415,7 +435,7 @@ class _RouteKeyMemo:
     last call's routes and device names are kept; keys are immutable."""
 
     def __init__(self) -> None:
-        self.last = _LastRoutes(devices={}, pairs={}, ids=set(), slots=None, serial=0)
+        self.last = _LastRoutes(devices={}, routes=(), by_id={})
 
 
 _ROUTE_KEYS = _RouteKeyMemo()
