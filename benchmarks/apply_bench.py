@@ -35,7 +35,9 @@ Stages (CPU time, ``time.process_time``; median and p95 over the events):
 * ``dev parse``: ``uapi.parse_uapi`` of the device's ``get=1`` reply;
 * ``dev diff``: ``wgdevice.plan_changes`` against it;
 * ``routes``: ``route_sync.desired_routes`` and the route table's incremental diff
-  against its last write (``RouteTable._set_known``'s set arithmetic, without netlink);
+  against its last write (``RouteTable._set_known``'s set arithmetic, without netlink),
+  and the text of its state file before and after the change (``route_state.StateText``,
+  not written);
 * ``total``: their sum; ``applier``: the whole ``TopologyApplier.apply(full=False)`` for
   the same events (a run of its own), with a device that parses its reply and plans the
   diff, the route table's diff above, and links, iptables and metrics that do nothing:
@@ -67,13 +69,13 @@ from kilo.agent import command_line
 from kilo.agent.apply import TopologyApplier
 from kilo.agent.ports import DataPlane, HostFacts
 from kilo.agent.settings import AgentSettings
-from kilo.mesh import route_sync, translate
+from kilo.mesh import route_state, route_sync, translate
 from kilo.mesh.discovery import DiscoveredIPs
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.iptables import RuleSet
 from kilo.mesh.keys import Key
 from kilo.mesh.model import Granularity, Node, ready_nodes
-from kilo.mesh.plan import NodePlan, PlanSettings, plan_node
+from kilo.mesh.plan import PlanSettings, plan_node
 from kilo.mesh.routes import Device, Route
 from kilo.mesh.routes import Rule as IPRule
 from kilo.mesh.topology import build_topology
@@ -148,6 +150,7 @@ class Leader:
     known: Known | None = None
     applied_iptables: RuleSet | None = None
     applied_routes: tuple[object, ...] | None = None
+    state: route_state.StateText = field(default_factory=route_state.StateText)
     samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
 
     def apply(self, record: bool = True) -> None:
@@ -181,7 +184,7 @@ class Leader:
             plan_changes(plan.wireguard, state)
         times.append(clock())
         if routes_changed:
-            self.known = route_diff(plan, self.known)
+            self.known = route_diff(plan.routes, plan.rules, DEVICES, self.known, self.state)
         times.append(clock())
         if iptables_changed:
             self.applied_iptables = plan.iptables
@@ -192,15 +195,29 @@ class Leader:
                 self.samples[stage].append(end - start)
 
 
-def route_diff(plan: NodePlan, known: Known | None) -> Known:
-    """``RouteTable.set(full=False)`` without netlink: the plan's keys against the last write."""
-    desired = route_sync.desired_routes(plan.routes, DEVICES)
-    rule_keys = [key for key, _ in route_sync.desired_rules(plan.rules)]
+def route_diff(
+    routes: Sequence[Route],
+    rules: Sequence[IPRule],
+    devices: Mapping[Device, str],
+    known: Known | None,
+    state: route_state.StateText,
+) -> Known:
+    """``RouteTable.set(full=False)`` without netlink: the plan's keys against the last
+    write (``RouteTable._set_known``), and the text of its state file, written before and
+    after the change."""
+    desired = route_sync.desired_routes(routes, devices)
+    rule_keys = [key for key, _ in route_sync.desired_rules(rules)]
+    rule_set = frozenset(rule_keys)
+    before = None
     if known is not None:
-        route_of = dict(desired.routes)
-        sorted((key for key in known.routes if key not in route_of), key=str)
-        [key for key in route_of if key not in known.routes]
-    return Known.after(desired, rule_keys)
+        stale, adds = route_sync.changed_since(desired, known.serial, known.routes)
+        if stale or adds:
+            before = known.routes.union(key for key, _ in adds)
+            state.encode(before, rule_set)
+    after = Known.after(desired, rule_keys, known)
+    if after.routes != before:  # RouteTable._save writes only a changed state
+        state.encode(after.routes, rule_set)
+    return after
 
 
 class _Device:
@@ -225,6 +242,7 @@ class _Routes:
 
     def __init__(self) -> None:
         self.known: Known | None = None
+        self.state = route_state.StateText()
 
     def set(
         self,
@@ -234,13 +252,7 @@ class _Routes:
         *,
         full: bool = True,
     ) -> tuple[int, int]:
-        desired = route_sync.desired_routes(routes, devices)
-        rule_keys = [key for key, _ in route_sync.desired_rules(rules)]
-        if self.known is not None and not full:
-            route_of = dict(desired.routes)
-            sorted((key for key in self.known.routes if key not in route_of), key=str)
-            [key for key in route_of if key not in self.known.routes]
-        self.known = Known.after(desired, rule_keys)
+        self.known = route_diff(routes, rules, devices, None if full else self.known, self.state)
         return 0, 0
 
     def clean_up(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kilo.mesh import route_sync
+from kilo.mesh import route_state, route_sync
 from kilo.mesh.route_sync import RouteKey, RuleKey
 from kilo.mesh.routes import Device, Route, Rule
 
@@ -250,10 +250,10 @@ def test_state_round_trip() -> None:
             RuleKey(table=7, version=6),
         }
     )
-    text = route_sync.encode_state(routes, rules)
-    assert route_sync.decode_state(text) == (routes, rules)
+    text = route_state.encode_state(routes, rules)
+    assert route_state.decode_state(text) == (routes, rules)
     # Equal sets give equal files, whatever the order they were tracked in.
-    assert route_sync.encode_state(sorted(routes, key=str, reverse=True), rules) == text
+    assert route_state.encode_state(sorted(routes, key=str, reverse=True), rules) == text
     document = json.loads(text)
     assert document["version"] == 1
     assert document["routes"][1] == {
@@ -303,7 +303,7 @@ def test_state_round_trip() -> None:
 )
 def test_corrupt_state_is_refused_with_a_reason(text: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
-        route_sync.decode_state(text)
+        route_state.decode_state(text)
 
 
 def test_key_text_reads_like_ip_route() -> None:

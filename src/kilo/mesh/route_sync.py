@@ -2,7 +2,7 @@
 
 Pure. No I/O, no clock, no logging: the netlink adapter lists the kernel, turns what it
 finds into keys with the functions here, applies the :class:`Changes` and persists the
-tracked keys with :func:`encode_state`.
+tracked keys with :mod:`kilo.mesh.route_state`.
 
 Identity (reference §4.7, with Kilo's leaks fixed, §8 pitfall 7):
 
@@ -22,9 +22,9 @@ metric (0 for IPv4, 1024 for IPv6), no TOS; others are invisible here and never 
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import json
+import itertools
+import operator
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
@@ -36,16 +36,15 @@ from kilo.mesh.routes import Device, Route, Rule
 __all__ = [
     "DEFAULT_METRIC",
     "MAIN_TABLE",
-    "STATE_VERSION",
     "Changes",
     "DesiredRoutes",
+    "RouteDelta",
     "RouteKey",
     "RuleKey",
-    "decode_state",
+    "changed_since",
     "desired_routes",
     "desired_rules",
     "diff",
-    "encode_state",
     "kernel_route_key",
     "kernel_rule_key",
     "route_key",
@@ -55,7 +54,6 @@ __all__ = [
 MAIN_TABLE = 254
 # The metric the kernel gives a route added without one (IPv6's IP6_RT_PRIO_USER).
 DEFAULT_METRIC = {4: 0, 6: 1024}
-STATE_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,14 +220,35 @@ def kernel_rule_key(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RouteDelta:
+    """How a :class:`DesiredRoutes` differs from an earlier one, numbered ``base``: the
+    keys only the earlier one has, and the (key, route) pairs only this one has, in plan
+    order. What lets the route table diff a leader's plan against its last write in
+    O(change) instead of looking ten thousand keys up at 5000 nodes."""
+
+    base: int
+    added: tuple[tuple[RouteKey, Route], ...]
+    removed: tuple[RouteKey, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DesiredRoutes:
     routes: tuple[tuple[RouteKey, Route], ...]  # in plan order, one per key and slot
     unresolved: tuple[Route, ...]  # their device role has no interface name
     shadowed: tuple[Route, ...]  # the kernel keeps one route per slot: an earlier one won
+    # Not part of the value (equal plans give equal results, memo or not): this result's
+    # number, unique in the process, and, when :func:`desired_routes` could tell, how it
+    # differs from the result of the call before.
+    serial: int = field(default=0, compare=False, repr=False)
+    delta: RouteDelta | None = field(default=None, compare=False, repr=False)
 
     @property
     def keys(self) -> tuple[RouteKey, ...]:
-        return tuple(key for key, _ in self.routes)
+        return tuple(map(_FIRST, self.routes))
+
+
+_FIRST = operator.itemgetter(0)
+_SERIALS = itertools.count(1)
 
 
 def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> DesiredRoutes:
@@ -239,7 +258,24 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
     or devices fight over one kernel route: each ``replace`` overwrites the other. Kilo then
     re-adds one of them on every update; here the first planned one wins and the others
     are reported as shadowed.
+
+    When the previous call's routes were all resolved and each in a slot of its own, and
+    most of these are the very same Route objects (a leader between two events), only the
+    Route objects that came or went are looked at (:func:`_patched`), and the result
+    carries its :class:`RouteDelta`.
     """
+    routes = tuple(routes)
+    memo = _ROUTE_KEYS
+    last = memo.last  # one read: another thread swaps the whole value
+    done = _patched(routes, devices, last) if last.pairs is not None else None
+    result, memo.last = done or _computed(routes, devices, last)
+    return result
+
+
+def _computed(
+    routes: tuple[Route, ...], devices: Mapping[Device, str], last: _LastRoutes
+) -> tuple[DesiredRoutes, _LastRoutes]:
+    """:func:`desired_routes` route by route (reusing the last call's keys by Route)."""
     pairs: list[tuple[RouteKey, Route]] = []
     chosen: set[RouteKey] = set()
     # slot hash -> the first key chosen in a slot of that hash, and the later ones: a set
@@ -248,10 +284,7 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
     collided: dict[int, list[RouteKey]] = {}
     unresolved: list[Route] = []
     shadowed: list[Route] = []
-    memo = _ROUTE_KEYS
-    memo_devices, previous = memo.last  # one read: another thread swaps the whole pair
-    if memo_devices != devices:
-        previous = {}
+    previous = last.keyed() if last.devices == devices else {}
     current: dict[int, tuple[RouteKey | None, Route]] = {}
     for route in routes:
         pair = previous.get(id(route))
@@ -277,10 +310,119 @@ def desired_routes(routes: Iterable[Route], devices: Mapping[Device, str]) -> De
             collided.setdefault(slot_hash, []).append(key)
         chosen.add(key)
         pairs.append(cast(tuple[RouteKey, Route], pair))
-    memo.last = (dict(devices), current)
-    return DesiredRoutes(
-        routes=tuple(pairs), unresolved=tuple(unresolved), shadowed=tuple(shadowed)
+    serial = next(_SERIALS)
+    result = DesiredRoutes(
+        routes=tuple(pairs),
+        unresolved=tuple(unresolved),
+        shadowed=tuple(shadowed),
+        serial=serial,
     )
+    # The next call may patch this one only if every route is resolved and in a slot (and
+    # a slot hash) of its own: then no route's fate depends on the order of the others.
+    if not unresolved and not shadowed and not collided and len(pairs) == len(routes):
+        return result, _LastRoutes(
+            devices=dict(devices), routes=routes, pairs=result.routes, slots=slots, serial=serial
+        )
+    return result, _LastRoutes(devices=dict(devices), routes=routes, by_id=current, serial=serial)
+
+
+# More Route objects than this changed (of a plan's routes, at least 64): route by route.
+_PATCH_SHARE = 8
+
+
+def _patched(
+    routes: tuple[Route, ...], devices: Mapping[Device, str], last: _LastRoutes
+) -> tuple[DesiredRoutes, _LastRoutes] | None:
+    """:func:`desired_routes` from the last call's result, which was simple (every route
+    resolved, in a slot hash of its own); ``None`` when this one is not, or too much
+    changed. Then the routes that stayed keep their keys and their slots, so the result is
+    every route's pair in plan order as long as the new routes are resolved and find their
+    slots free once the gone routes left theirs.
+
+    Only the middle of the plan that differs is looked at: the routes before and after it
+    are the last call's Route objects at the same place from either end (compared by
+    identity in C), and their pairs are the last result's, sliced."""
+    old, old_pairs, old_slots = last.routes, last.pairs, last.slots
+    if last.devices != devices or old_pairs is None or old_slots is None:
+        return None
+    shortest = min(len(old), len(routes))
+    head = _same_run(old, routes, shortest)
+    tail = _same_run(old[::-1], routes[::-1], shortest - head)
+    old_middle = old[head : len(old) - tail]
+    middle = routes[head : len(routes) - tail]
+    # Route objects in the middle by id: the last call's hold their objects (in ``old``),
+    # so their ids are not reused.
+    ids = list(map(id, middle))
+    now = set(ids)
+    before = dict(zip(map(id, old_middle), old_pairs[head : len(old) - tail], strict=True))
+    if len(now) != len(ids):
+        return None  # a Route object twice
+    new = now.difference(before)
+    gone = before.keys() - now
+    if len(new) + len(gone) > max(64, len(routes) // _PATCH_SHARE):
+        return None
+    slots = dict(old_slots)
+    gone_keys: dict[RouteKey, None] = {}
+    for i in gone:
+        key = before.pop(i)[0]
+        del slots[key.slot_hash]
+        gone_keys[key] = None
+    added: list[tuple[RouteKey, Route]] = []
+    for route in itertools.compress(middle, map(new.__contains__, ids)):
+        new_key = route_key(route, devices)
+        # Unresolved, or perhaps shadowed (by a route anywhere: a Route object kept at
+        # either end and repeated in the middle too has its key): route by route decides.
+        if new_key is None or new_key.slot_hash in slots:
+            return None
+        slots[new_key.slot_hash] = new_key
+        pair = (new_key, route)
+        before[id(route)] = pair
+        added.append(pair)
+    new_keys = {key for key, _ in added}
+    pairs = (*old_pairs[:head], *map(before.__getitem__, ids), *old_pairs[len(old) - tail :])
+    serial = next(_SERIALS)
+    result = DesiredRoutes(
+        routes=pairs,
+        unresolved=(),
+        shadowed=(),
+        serial=serial,
+        delta=RouteDelta(
+            base=last.serial,
+            # A route rebuilt as a new object with the same values has the same key.
+            added=tuple(pair for pair in added if pair[0] not in gone_keys),
+            removed=tuple(key for key in gone_keys if key not in new_keys),
+        ),
+    )
+    return result, _LastRoutes(
+        devices=last.devices, routes=routes, pairs=pairs, slots=slots, serial=serial
+    )
+
+
+def _same_run(a: Sequence[Route], b: Sequence[Route], most: int) -> int:
+    """How many Route objects ``a`` and ``b`` share from their start, by identity, up to
+    ``most``."""
+    same = list(itertools.islice(map(operator.is_, a, b), most))
+    return same.index(False) if False in same else len(same)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _LastRoutes:
+    """What :func:`desired_routes` keeps of its last call, written as one value."""
+
+    devices: dict[Device, str]
+    routes: tuple[Route, ...]
+    # When every route was resolved and in a slot hash of its own: the result's pairs,
+    # one a route, and slot hash -> key. Otherwise the (key, route) pairs by Route id.
+    pairs: tuple[tuple[RouteKey, Route], ...] | None = None
+    slots: dict[int, RouteKey] | None = None
+    by_id: dict[int, tuple[RouteKey | None, Route]] | None = None
+    serial: int = 0  # of the result
+
+    def keyed(self) -> dict[int, tuple[RouteKey | None, Route]]:
+        """Each route's (key, route) pair by the Route's id."""
+        if self.by_id is not None:
+            return self.by_id
+        return dict(zip(map(id, self.routes), self.pairs or (), strict=True))
 
 
 class _RouteKeyMemo:
@@ -293,11 +435,26 @@ class _RouteKeyMemo:
     last call's routes and device names are kept; keys are immutable."""
 
     def __init__(self) -> None:
-        # (the device names, the pairs by Route id), written as one value
-        self.last: tuple[dict[Device, str], dict[int, tuple[RouteKey | None, Route]]] = ({}, {})
+        self.last = _LastRoutes(devices={}, routes=(), by_id={})
 
 
 _ROUTE_KEYS = _RouteKeyMemo()
+
+
+def changed_since(
+    desired: DesiredRoutes, serial: int | None, keys: Collection[RouteKey]
+) -> tuple[list[RouteKey], list[tuple[RouteKey, Route]]]:
+    """What a route table that holds ``keys`` deletes and adds for ``desired``: the keys
+    no longer desired (sorted by text, the deletion order of :func:`diff`) and the desired
+    pairs it lacks (in plan order). ``serial``: the number of the result whose keys
+    ``keys`` are, if known; when ``desired`` carries its difference from that one, only
+    the difference is looked at."""
+    delta = desired.delta
+    if delta is not None and serial is not None and delta.base == serial:
+        return sorted(delta.removed, key=str), list(delta.added)
+    route_of = dict(desired.routes)
+    stale = sorted((key for key in keys if key not in route_of), key=str)
+    return stale, [pair for pair in desired.routes if pair[0] not in keys]
 
 
 def desired_rules(rules: Iterable[Rule]) -> tuple[tuple[RuleKey, Rule], ...]:
@@ -338,121 +495,3 @@ def diff(desired: Sequence[K], kernel: Collection[K], tracked: Collection[K]) ->
         add=tuple(key for key in wanted if key not in kernel),
         adopt=tuple(key for key in wanted if key in kernel and key not in tracked),
     )
-
-
-def _text(value: object | None) -> str | None:
-    return None if value is None else str(value)
-
-
-def encode_state(routes: Iterable[RouteKey], rules: Iterable[RuleKey]) -> str:
-    """The tracked keys as JSON text, one key to a line, sorted so that equal sets give
-    equal files.
-
-    The agent writes this before and after every change of its routes, so with thousands
-    of routes it must cost little more than a join: each key's line is memoised (keys are
-    immutable, and the tracked ones live from one change to the next)."""
-    route_lines = sorted(map(_route_line, routes))
-    rule_lines = sorted(map(_rule_line, rules))
-    return (
-        f'{{\n "version": {STATE_VERSION},\n'
-        f' "routes": [{_lines(route_lines)}],\n'
-        f' "rules": [{_lines(rule_lines)}]\n}}\n'
-    )
-
-
-def _lines(lines: Sequence[str]) -> str:
-    return "".join(["\n  ", ",\n  ".join(lines), "\n "]) if lines else ""
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _route_line(key: RouteKey) -> str:
-    return json.dumps(
-        {
-            "table": key.table,
-            "dst": str(key.dst),
-            "gw": _text(key.gw),
-            "src": _text(key.src),
-            "dev": key.dev,
-        }
-    )
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def _rule_line(key: RuleKey) -> str:
-    return json.dumps(
-        {
-            "family": key.version,
-            "table": key.table,
-            "src": _text(key.src),
-            "dst": _text(key.dst),
-            "iif": key.iif,
-        }
-    )
-
-
-def _int(item: Mapping[str, object], name: str) -> int:
-    value = item.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name!r} must be a positive integer, not {value!r}")
-    return value
-
-
-def _str(item: Mapping[str, object], name: str) -> str:
-    value = item.get(name)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name!r} must be a non-empty string, not {value!r}")
-    return value
-
-
-def _optional(item: Mapping[str, object], name: str) -> str | None:
-    value = item.get(name)
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"{name!r} must be a string or null, not {value!r}")
-    return value
-
-
-def _items(document: Mapping[str, object], name: str) -> list[Mapping[str, object]]:
-    items = document.get(name)
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise ValueError(f"{name!r} must be a list of objects")
-    return items
-
-
-def _decode_route(item: Mapping[str, object]) -> RouteKey:
-    gw, src = _optional(item, "gw"), _optional(item, "src")
-    return RouteKey(
-        dst=ipaddress.ip_network(_str(item, "dst")),
-        dev=_str(item, "dev"),
-        gw=None if gw is None else ipaddress.ip_address(gw),
-        src=None if src is None else ipaddress.ip_address(src),
-        table=_int(item, "table"),
-    )
-
-
-def _decode_rule(item: Mapping[str, object]) -> RuleKey:
-    version = _int(item, "family")
-    if version not in (4, 6):
-        raise ValueError(f"'family' must be 4 or 6, not {version!r}")
-    src, dst = _optional(item, "src"), _optional(item, "dst")
-    return RuleKey(
-        table=_int(item, "table"),
-        version=version,
-        src=None if src is None else ipaddress.ip_network(src),
-        dst=None if dst is None else ipaddress.ip_network(dst),
-        iif=_optional(item, "iif"),
-    )
-
-
-def decode_state(text: str) -> tuple[frozenset[RouteKey], frozenset[RuleKey]]:
-    """Read :func:`encode_state`'s text; :class:`ValueError` says what is wrong with it."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ValueError("not a JSON object")
-    if document.get("version") != STATE_VERSION:
-        raise ValueError(f"unknown version {document.get('version')!r}")
-    routes = frozenset(_decode_route(item) for item in _items(document, "routes"))
-    rules = frozenset(_decode_rule(item) for item in _items(document, "rules"))
-    return routes, rules

@@ -77,8 +77,8 @@ class InMemoryRouteTable:
             # RouteTable's incremental path: the diff against what it knows, without
             # looking at the kernel; every new route whose slot is free is added (one
             # batch), and if any found its slot taken (EEXIST), the kernel is listed.
-            stale = sorted((key for key in known.routes if key not in route_of), key=str)
-            new = [key for key in route_of if key not in known.routes]
+            stale, adds = route_sync.changed_since(desired, known.serial, known.routes)
+            new = [key for key, _ in adds]
             removed = 0
             for key in stale:
                 self._routes.discard(key)
@@ -103,7 +103,7 @@ class InMemoryRouteTable:
         added += len(rule_changes.add)
         if failures:
             raise DataPlaneError(summary(failures))
-        self._known = Known.after(desired, planned_rules)
+        self._known = Known.after(desired, planned_rules, known)
         return added, removed
 
     def _add(

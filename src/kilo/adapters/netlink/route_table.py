@@ -52,7 +52,7 @@ from kilo.adapters.netlink.rtnetlink import (
 )
 from kilo.adapters.netlink.watcher import Watcher
 from kilo.errors import DataPlaneError
-from kilo.mesh import route_sync
+from kilo.mesh import route_state, route_sync
 from kilo.mesh.route_sync import RouteKey, RuleKey
 from kilo.mesh.routes import Device, Route, Rule, format_route, format_rule
 
@@ -155,10 +155,22 @@ class Known:
 
     routes: frozenset[RouteKey]
     rules: tuple[RuleKey, ...]  # in plan order: the order decides kernel priorities
+    # The number of the desired routes ``routes`` are the keys of, if known: the next
+    # plan's routes may carry their difference from those (route_sync.changed_since).
+    serial: int | None = None
 
     @staticmethod
-    def after(desired: route_sync.DesiredRoutes, rules: Sequence[RuleKey]) -> Known:
-        return Known(frozenset(desired.keys), tuple(rules))
+    def after(
+        desired: route_sync.DesiredRoutes, rules: Sequence[RuleKey], last: Known | None = None
+    ) -> Known:
+        """What a ``set`` of ``desired`` leaves; from ``last`` by the routes' difference
+        when they carry it (copying a set of ten thousand keys is C, hashing each is not)."""
+        delta = desired.delta
+        if last is not None and delta is not None and delta.base == last.serial:
+            routes = last.routes.difference(delta.removed).union(key for key, _ in delta.added)
+        else:
+            routes = frozenset(desired.keys)
+        return Known(routes, tuple(rules), desired.serial)
 
 
 class _SlotTaken(Exception):
@@ -194,6 +206,7 @@ class RouteTable(Closing):
         self._rules: set[RuleKey] = set()
         self._names: dict[int, str] = {}
         self._saved: State | None = (frozenset(), frozenset())
+        self._state_text = route_state.StateText()  # what _save writes, kept sorted
         # None until a set() succeeds, and again after any failure, a clean-up, or a
         # deletion (or lost events) reported by a watcher: the next set() lists the kernel.
         self._known: Known | None = None
@@ -226,7 +239,7 @@ class RouteTable(Closing):
             )
             return
         try:
-            routes, rules = route_sync.decode_state(text)
+            routes, rules = route_state.decode_state(text)
         except ValueError as exc:
             self._saved = None
             self.state_error = (
@@ -252,7 +265,7 @@ class RouteTable(Closing):
             # change of the routes, and an fsync can take tens of ms on a busy disk.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(route_sync.encode_state(*state))
+                f.write(self._state_text.encode(*state))
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
         except OSError as exc:
@@ -485,7 +498,7 @@ class RouteTable(Closing):
             raise DataPlaneError(summary(failures))
         with self._lock:
             if self._invalidations == invalidations:
-                self._known = Known.after(desired, rule_keys)
+                self._known = Known.after(desired, rule_keys, known)
         return added, removed
 
     def _set_listed(
@@ -539,16 +552,13 @@ class RouteTable(Closing):
         additions as the full path, in the same order, and the same counts. Raises
         :class:`_SlotTaken` (having tracked what it did, and with its counts) when a new
         route's slot is taken; every other new route was added all the same."""
-        route_of = dict(desired.routes)
-        stale = sorted((key for key in known.routes if key not in route_of), key=str)
-        new = [key for key in route_of if key not in known.routes]
-        if not stale and not new:
+        stale, adds = route_sync.changed_since(desired, known.serial, known.routes)
+        if not stale and not adds:
             return 0, 0
-        indexes = self._indexes({key.dev for key in (*stale, *new)})
+        indexes = self._indexes({key.dev for key in (*stale, *(key for key, _ in adds))})
         tracked_routes, tracked_rules = self._tracked()
-        self._save_collecting(tracked_routes | set(new), tracked_rules, failures)
+        self._save_collecting(tracked_routes.union(key for key, _ in adds), tracked_rules, failures)
         removed = self._delete_routes(stale, indexes, failures)
-        adds = [(key, route_of[key]) for key in new]
         added, taken = self._add_routes(adds, indexes, devices, failures, exclusive=True)
         if taken:
             raise _SlotTaken(added, removed)
