@@ -102,5 +102,13 @@ class TLSSocket:
         return True
 
     def _flush(self) -> None:
-        if self._outgoing.pending:
+        if not self._outgoing.pending:
+            return
+        try:
             self.raw.sendall(self._outgoing.read())
+        except BlockingIOError:
+            # Non-blocking, while the body is read: only an answer to a post-handshake
+            # message (a key update) is sent then, a few bytes. Part of it sent and the
+            # rest lost would break the TLS stream: the watch ends (a reader would take
+            # BlockingIOError for "nothing arrived").
+            raise ConnectionError("the socket could not take the TLS layer's answer") from None

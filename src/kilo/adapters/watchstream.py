@@ -6,8 +6,9 @@ anyio's TLS over a memory BIO, all in Python, one event cost 0.3-0.9 ms of CPU (
 "5000 nodes"), most of a check-in's cost. Here the request is opened on a thread
 (blocking connect, TLS handshake, credentials, response head), and the body is then read
 by the event loop itself: a non-blocking socket watched with ``add_reader``, its TLS
-records decrypted in C from memory (:mod:`kilo.adapters.tlsbio`), :class:`ChunkedBody` cuts the chunks with ``bytes.find``, and each line
-goes to lightkube's own decoders (msgspec), so an event is what lightkube's watch would
+records decrypted in C from memory (:mod:`kilo.adapters.tlsbio`), :class:`ChunkedBody`
+cuts the chunks with ``bytes.find``, and each line goes to lightkube's own decoders
+(msgspec), so an event is what lightkube's watch would
 yield. No thread hands events over: that alone cost more than the decoding.
 
 What stays lightkube's: the kubeconfig's TLS context and client certificate, and its
