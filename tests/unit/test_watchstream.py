@@ -349,6 +349,55 @@ def test_events_arrive_as_lightkube_would_give_them_over_tls(
     assert "Authorization: Bearer secret-token\r\n" in request
 
 
+@pytest.mark.parametrize("ending", ["close_notify", "cut inside a record"])
+def test_the_end_of_a_tls_stream_is_told_apart_from_a_cut(
+    tmp_path: Path, tls: ssl.SSLContext, ending: str
+) -> None:
+    """The records are decrypted from memory (tlsbio): a server that ends its body and says
+    close_notify ends the watch; one that closes inside the body, in the middle of a TLS
+    record, is a disconnection after the events before it."""
+    body = line("ADDED", node("a", 1)) + line("MODIFIED", node("a", 2))
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        assert isinstance(conn, ssl.SSLSocket)
+        if ending == "close_notify":
+            conn.sendall(OK_HEAD + chunked(body))
+            conn.unwrap()
+            return
+        # One event, not the last chunk; then a part of a record, and the socket closed.
+        conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))).removesuffix(b"0\r\n\r\n"))
+        raw = socket.socket(fileno=conn.detach())
+        raw.sendall(b"\x17\x03\x03\x40\x00" + b"\0" * 100)  # a record header, 100 of 16384
+        raw.close()
+
+    with ScriptServer(script, tls=tls) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    if ending == "close_notify":
+        assert failure is None
+        assert [kind for kind, _ in events] == ["ADDED", "MODIFIED"]
+    else:
+        assert [kind for kind, _ in events] == ["ADDED"]
+        assert isinstance(failure, watchstream.Disconnected), repr(failure)
+
+
+def test_a_server_certificate_the_ca_did_not_sign_is_refused(tmp_path: Path) -> None:
+    other = CertificateAuthority.create("another-ca")
+    cert, key = other.issue("server", server_ips=("127.0.0.1",), client=False)
+    (tmp_path / "other.crt").write_bytes(cert)
+    (tmp_path / "other.key").write_bytes(key)
+    (tmp_path / "ca.crt").write_bytes(pem_cert(CertificateAuthority.create("ours").cert))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "other.crt", tmp_path / "other.key")
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))))
+
+    with ScriptServer(script, tls=context) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert events == []
+    assert isinstance(failure, ssl.SSLCertVerificationError), repr(failure)
+
+
 def test_a_server_url_with_a_path_prefix_keeps_it(tmp_path: Path) -> None:
     def script(conn: socket.socket, head: bytes) -> None:
         conn.sendall(OK_HEAD + chunked(line("ADDED", node("a", 1))))

@@ -5,9 +5,10 @@ Why not lightkube's watch: at 5000 nodes every agent reads 167 check-ins a secon
 anyio's TLS over a memory BIO, all in Python, one event cost 0.3-0.9 ms of CPU (README,
 "5000 nodes"), most of a check-in's cost. Here the request is opened on a thread
 (blocking connect, TLS handshake, credentials, response head), and the body is then read
-by the event loop itself: a non-blocking ``ssl.SSLSocket`` watched with ``add_reader``
-decrypts in C, :class:`ChunkedBody` cuts the chunks with ``bytes.find``, and each line
-goes to lightkube's own decoders (msgspec), so an event is what lightkube's watch would
+by the event loop itself: a non-blocking socket watched with ``add_reader``, its TLS
+records decrypted in C from memory (:mod:`kilo.adapters.tlsbio`), :class:`ChunkedBody`
+cuts the chunks with ``bytes.find``, and each line goes to lightkube's own decoders
+(msgspec), so an event is what lightkube's watch would
 yield. No thread hands events over: that alone cost more than the decoding.
 
 What stays lightkube's: the kubeconfig's TLS context and client certificate, and its
@@ -46,6 +47,8 @@ from lightkube.config.client_adapter import ConnectionParams
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core import decoders
 
+from kilo.adapters import tlsbio
+
 MAX_HEAD = 64 * 1024
 MAX_CHUNK_LINE = 1024
 # Kubernetes keeps objects of up to 1.5 MiB; an event wraps one.
@@ -62,6 +65,14 @@ MAX_PENDING_BYTES = 16 * 1024 * 1024
 MAX_READ_PER_WAKE = 1024 * 1024
 
 Event = tuple[str, dict[str, Any]]
+
+
+# A watch's connection: plain (http), or TLS decrypted from memory (tlsbio).
+_Socket = socket.socket | tlsbio.TLSSocket
+
+
+def _raw(sock: _Socket) -> socket.socket:
+    return sock.raw if isinstance(sock, tlsbio.TLSSocket) else sock
 
 
 class ProtocolError(ValueError):
@@ -246,7 +257,7 @@ class Watch:
         self._started = False  # the opening's outcome was taken by a consumer
         # The socket: the opening thread's until it is opened, then the loop's. The lock
         # orders aclose against the thread's hand-over.
-        self._sock: socket.socket | None = None
+        self._sock: _Socket | None = None
         self._sock_lock = threading.Lock()
         self._closing = threading.Event()
         # Silence while streaming: the last read's time, checked by one timer re-armed
@@ -328,7 +339,7 @@ class Watch:
                 # The base class's shutdown: the TLS layer's would drop its state under
                 # the thread.
                 with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    _raw(sock).shutdown(socket.SHUT_RDWR)
                 self._sock = sock
                 return
             if self._reading:
@@ -542,16 +553,16 @@ class Watch:
             return
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _connect(self, scheme: str, host: str, port: int, context: ssl.SSLContext) -> socket.socket:
+    def _connect(self, scheme: str, host: str, port: int, context: ssl.SSLContext) -> _Socket:
         if self._closing.is_set():
             raise _Closed
         raw = socket.create_connection((host, port), timeout=self._connect_timeout)
-        sock: socket.socket = raw
+        sock: _Socket = raw
         try:
             if scheme == "https":
                 # The handshake after the socket is aclose's to wake: a server that
                 # dribbles it holds it for a socket timeout per byte.
-                sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+                sock = tlsbio.TLSSocket(raw, context, host)
         except BaseException:
             raw.close()
             raise
@@ -561,7 +572,7 @@ class Watch:
                 raise _Closed
             self._sock = sock
         try:
-            if isinstance(sock, ssl.SSLSocket):
+            if isinstance(sock, tlsbio.TLSSocket):
                 sock.do_handshake()
             sock.settimeout(self._read_timeout)
         except BaseException:
@@ -571,19 +582,19 @@ class Watch:
             raise
         return sock
 
-    def _drop(self, sock: socket.socket) -> None:
+    def _drop(self, sock: _Socket) -> None:
         with self._sock_lock:  # aclose never shuts down a descriptor reused elsewhere
             if self._sock is sock:
                 self._sock = None
             sock.close()
 
-    def _recv(self, sock: socket.socket) -> bytes:
+    def _recv(self, sock: _Socket) -> bytes:
         data = sock.recv(READ_SIZE)
         if self._closing.is_set():
             raise _Closed
         return data
 
-    def _head(self, sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    def _head(self, sock: _Socket) -> tuple[int, dict[str, str], bytes]:
         # Searched and grown where it grew: a server dribbling its head a byte at a time
         # must not cost a scan and a copy of all of it per byte.
         buffer = bytearray()
@@ -617,7 +628,7 @@ class Watch:
                 headers[name.strip().lower()] = value.strip()
         return int(code), headers, rest
 
-    def _error_body(self, sock: socket.socket, headers: dict[str, str], rest: bytes) -> bytes:
+    def _error_body(self, sock: _Socket, headers: dict[str, str], rest: bytes) -> bytes:
         """The body of an error answer, at most :data:`MAX_ERROR_BODY` bytes of it: what
         arrived is enough to describe the error, so failing to read more is not a failure."""
         chunks = (
