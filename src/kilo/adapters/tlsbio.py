@@ -77,9 +77,9 @@ class TLSSocket:
                     data = self._tls.read(size)
                 except ssl.SSLWantReadError:
                     pass  # a record not whole yet
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    return b""
                 else:
+                    # b"" after a close_notify (SSLObject.read returns it, as SSLSocket's
+                    # does); SSLEOFError needs the incoming BIO's write_eof, never called.
                     if self._outgoing.pending:  # a post-handshake message's answer
                         self._flush()
                     return data
