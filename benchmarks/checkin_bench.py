@@ -21,6 +21,13 @@ images) with the ``managedFields`` the API server adds: about 10 KB of JSON. Tim
   each decoding to the informer's dict; CPU of this process per event (the server's is
   its own), the median of 3 rounds.
 
+* the floor (with ``--events``): the same writes over a plain socket, woken for by the
+  loop and dropped unread. On the project's machine (a nested, paravirtualized VM) a
+  wake-up of an idle process costs 70-250 us of CPU by itself, more the longer it slept
+  (an asyncio sleep in a loop, ``/proc/self/schedstat``: 71 us a wake every 2 ms, 156 us
+  every 6 ms, 247 us every 100 ms), so the per-event numbers depend on ``--rate``: 167 a
+  second is an agent's at 5000 nodes, where the floor is most of an event's cost.
+
 The end-to-end benchmark (``benchmarks/agent_bench.py``) measures all of it together in kg
 against a real API server.
 """
@@ -123,6 +130,7 @@ def per_call_us(step: Callable[[], object], repeat: int) -> float:
 
 
 CHUNK = 4096
+READ = 256 * 1024  # as watchstream reads
 
 
 def _serve(listener: socket.socket, pki: Path, line: bytes, events: int, rate: float) -> None:
@@ -196,6 +204,57 @@ async def _read_watchstream(config: SingleConfig, events: int) -> float:
     await watch.aclose()
     assert seen == events, f"{seen} of {events} events"
     return time.process_time() - start
+
+
+def _write_plain(sock: socket.socket, line: bytes, events: int, rate: float) -> None:
+    start = time.monotonic()
+    for n in range(events):
+        for i in range(0, len(line), CHUNK):
+            sock.sendall(line[i : i + CHUNK])
+        delay = start + (n + 1) / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    sock.close()
+
+
+async def _read_floor(sock: socket.socket) -> float:
+    """CPU of this process until ``sock`` ends, reading and dropping what arrives."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    sock.setblocking(False)
+
+    def readable() -> None:
+        while True:
+            try:
+                data = sock.recv(READ)
+            except BlockingIOError:
+                return
+            if not data:
+                loop.remove_reader(sock.fileno())
+                done.set_result(None)
+                return
+
+    start = time.process_time()
+    loop.add_reader(sock.fileno(), readable)
+    await done
+    return time.process_time() - start
+
+
+def floor_row(line: bytes, events: int, rate: float) -> tuple[str, float]:
+    rounds = []
+    for _ in range(3):
+        ours, theirs = socket.socketpair()
+        writer = multiprocessing.get_context("fork").Process(
+            target=_write_plain, args=(theirs, line + b"\n", events, rate), daemon=True
+        )
+        writer.start()
+        theirs.close()
+        try:
+            rounds.append(asyncio.run(_read_floor(ours)) / events * 1e6)
+        finally:
+            writer.join()
+            ours.close()
+    return ("floor: a plain socket's wake-ups", statistics.median(rounds))
 
 
 def stream_rows(line: bytes, events: int, rate: float) -> list[tuple[str, float]]:
@@ -286,8 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if args.events:
         rows += stream_rows(line, args.events, args.rate)
+        rows.append(floor_row(line, args.events, args.rate))
     load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"one check-in ({len(line)} bytes of watch event); load average {' '.join(load)}")
+    print(
+        f"one check-in ({len(line)} bytes of watch event, {args.rate:g} a second); "
+        f"load average {' '.join(load)}"
+    )
     for name, us in rows:
         print(f"  {name:40s} {us:8.1f} us")
     return 0
