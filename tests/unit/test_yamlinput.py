@@ -204,6 +204,20 @@ def test_control_characters_are_refused_with_a_line_and_column(loader: type) -> 
     )
 
 
+@pytest.mark.parametrize("other", ["", "name: caf\u00e9\n"], ids=["ascii", "utf-8"])
+@pytest.mark.parametrize("char", ["\x7f", "\x0c", "\x1b", "\x08"])
+def test_every_forbidden_control_character_is_found_in_ascii_and_other_text(
+    loader: type, other: str, char: str
+) -> None:
+    # ASCII text is checked by a translate, other text by the pattern: the same refusal.
+    text = f"{other}kind: List\nitems: [a{char}]\n"
+    line = 2 + bool(other)
+    assert refusal(text.encode(), loader=loader) == (
+        f"cluster dump dump.yaml is not valid YAML or JSON at line {line}, column 10: it holds "
+        f"the control character #x{ord(char):04x} (is it a binary file?)"
+    )
+
+
 def test_syntax_errors_are_one_line_with_a_line_and_column(loader: type) -> None:
     message = refusal("kind: List\nitems: [1, 2\n", loader=loader)
     assert message.startswith("cluster dump dump.yaml is not valid YAML or JSON at line 3")

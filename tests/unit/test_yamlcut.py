@@ -1,0 +1,222 @@
+"""The Node status blocks cut from a dump before it is parsed (kilo.adapters.yamlcut): the
+cut parse must read every dump as the whole parse does, less the Nodes' status."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kilo.adapters import file as file_backend
+from kilo.adapters import yamlcut, yamlinput
+from kilo.errors import BackendError
+from kilo.sandbox import kubelet
+from tests.hostile import FUZZ
+
+DUMP = yamlinput.CLUSTER_DUMP
+
+
+@pytest.fixture(params=yamlinput.LOADERS, ids=lambda loader: loader.__name__)
+def loader(request: pytest.FixtureRequest) -> type:
+    return request.param  # type: ignore[no-any-return]
+
+
+def cut_load(text: str, loader: type | None = None) -> list[Any]:
+    return yamlinput.load_all(
+        text, DUMP, source="dump.yaml", loader=loader, unread=file_backend.NODE_STATUS
+    )
+
+
+def without_node_status(documents: list[Any]) -> list[Any]:
+    """What the whole parse gives, less the status of each Node object."""
+    documents = copy.deepcopy(documents)
+    for document in documents:
+        for obj, _ in file_backend._objects(document, ""):
+            if isinstance(obj, dict) and file_backend._is_node(obj):
+                obj.pop("status", None)
+    return documents
+
+
+def whole_load(text: str, loader: type | None = None) -> list[Any]:
+    return yamlinput.load_all(text, DUMP, source="dump.yaml", loader=loader)
+
+
+def assert_as_whole(text: str, loader: type) -> None:
+    """The cut parse gives the whole parse's documents, with or without the Nodes' status
+    (it falls back on the whole text when it cannot cut exactly), nothing else."""
+    whole = whole_load(text, loader)
+    assert cut_load(text, loader) in (whole, without_node_status(whole)), text
+
+
+def kubelet_node(i: int) -> dict[str, Any]:
+    return kubelet.node(
+        f"node-{i}",
+        internal_ip=f"172.16.0.{i + 1}",
+        pod_cidr=f"10.64.{i}.0/24",
+        annotations={"kilo.squat.ai/location": f"loc-{i % 2}", "kilo.squat.ai/leader": "true"},
+        now=1_767_225_600,
+    )
+
+
+PEER = {"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer", "metadata": {"name": "p"}}
+
+
+def kubelet_dump(nodes: int, *, dumper: type = yaml.SafeDumper, indent: int = 2) -> str:
+    items: list[Any] = [kubelet_node(i) for i in range(nodes)]
+    items += [PEER, {**PEER, "metadata": {"name": "q"}}]
+    document = {"apiVersion": "v1", "items": items, "kind": "List", "metadata": {}}
+    return yaml.dump(document, Dumper=dumper, default_flow_style=False, indent=indent)
+
+
+def test_a_kubelet_dump_reads_as_the_whole_parse_less_the_node_status(loader: type) -> None:
+    text = kubelet_dump(6)
+    cut = yamlcut.cut(text, "status")
+    assert cut is not None and len(cut.keys) == 6  # every Node's status is cut ...
+    assert len(cut.text) < len(text) / 3  # ... and it is most of the dump
+    expected = without_node_status(whole_load(text, loader))
+    assert cut_load(text, loader) == expected
+    assert all("status" not in node for node in expected[0]["items"])
+
+
+def test_the_cut_follows_the_indentation_of_the_list(loader: type) -> None:
+    text = kubelet_dump(3, indent=4)
+    assert yamlcut.cut(text, "status") is not None
+    assert cut_load(text, loader) == without_node_status(whole_load(text, loader))
+
+
+def test_bare_node_documents_are_cut_too(loader: type) -> None:
+    nodes = [kubelet_node(i) for i in range(3)]
+    text = yaml.safe_dump_all(nodes, default_flow_style=False)
+    cut = yamlcut.cut(text, "status")
+    assert cut is not None and {column for _, column in cut.keys} == {0}
+    assert cut_load(text, loader) == without_node_status(whole_load(text, loader))
+
+
+def test_the_positions_are_those_of_the_keys_in_the_cut_text() -> None:
+    text = "a: 1\nstatus:\n  x: 1\n  y:\n  - 2\nb: 2\n---\nstatus:\n- 1\n- 2\n"
+    cut = yamlcut.cut(text, "status")
+    assert cut is not None
+    assert cut.text == "a: 1\nstatus:\nb: 2\n---\nstatus:\n"
+    assert cut.keys == {(1, 0), (4, 0)}
+
+
+NODE = "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: a\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A double-quoted scalar of the status goes on at the Node's indentation: the
+        # lines after it are the status's, not the Node's spec.
+        NODE + '  status:\n    message: "x\n  spec:\n    podCIDR: 10.0.0.0/24\n  z: a\\"b"\n',
+        NODE + "  status:\n    message: 'x\n  spec:\n    podCIDR: 10.0.0.0/24\n  z: a'\n",
+        # A flow collection that goes on over lines.
+        NODE + "  status:\n    list: [a,\n  spec: b]\n",
+        # A comment at the key's indentation, the status going on after it.
+        NODE + "  status:\n    a: 1\n  # a comment\n    b: 2\n  spec: {}\n",
+        # "status:" inside a block scalar of an annotation: not a key at all.
+        NODE.replace("    name: a\n", "    name: a\n    annotations:\n      note: |\n")
+        + "        status:\n          x: 1\n        y\n",
+        # ... inside a quoted scalar.
+        NODE + "  spec:\n    note: 'a\n  status:\n    x: 1\n    b'\n",
+        # A status key in a flow mapping: a value on the next line is not a block.
+        "- {kind: Node, metadata: {name: a},\n  status:\n    x,\n  spec: {}}\n",
+        # An anchor defined in the status and used outside it.
+        NODE + "  status:\n    a: &x 1\n  spec:\n    podCIDR: *x\n",
+        # The status key twice, the second time with a value.
+        NODE + "  status:\n    a: 1\n  status: {b: 2}\n",
+        # An object that is not a Node: its status is read whole.
+        "- apiVersion: kilo.squat.ai/v1alpha1\n  kind: Peer\n  metadata:\n    name: p\n"
+        "  status:\n    a: 1\n",
+        "- kind: Node\n  spec:\n    status:\n      a: 1\n",  # not an object's key
+        # Line breaks YAML counts that "\n" does not.
+        NODE + "  status:\n    a: 1\r\n  spec: {}\n",
+        NODE + "  status:\n    a: 1\u2028  b: 2\n  spec: {}\n",
+    ],
+)
+def test_what_cannot_be_cut_exactly_reads_as_the_whole_parse(loader: type, text: str) -> None:
+    assert_as_whole(text, loader)
+
+
+def test_a_multi_line_quoted_status_keeps_the_node_without_spec(loader: type) -> None:
+    text = NODE + '  status:\n    message: "x\n  spec:\n    podCIDR: 10.0.0.0/24\n  z: a\\"b"\n'
+    (node,) = cut_load(text, loader)[0]
+    assert "spec" not in node and "z" not in node
+
+
+def test_errors_outside_the_status_are_reported_as_before(loader: type) -> None:
+    text = kubelet_dump(2) + "  bad: [\n"
+    with pytest.raises(BackendError) as whole:
+        whole_load(text, loader)
+    with pytest.raises(BackendError) as cut:
+        cut_load(text, loader)
+    assert str(cut.value) == str(whole.value)
+
+
+def test_a_status_nobody_reads_is_not_checked(loader: type) -> None:
+    """The documented price: what is never parsed is never refused (nor built)."""
+    deep = "".join(" " * (4 + i) + "k:\n" for i in range(150))  # nested 150 deep
+    for status in ("    a: b: c\n", deep):
+        text = NODE + "  status:\n" + status + "  spec: {}\n"
+        with pytest.raises(BackendError):
+            whole_load(text, loader)
+        (node,) = cut_load(text, loader)[0]
+        assert node == {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "a"}, "spec": {}}
+
+
+def test_read_dump_cuts_the_status_of_nodes(tmp_path: Any) -> None:
+    path = tmp_path / "dump.yaml"
+    path.write_text(kubelet_dump(3))
+    dump = file_backend.read_dump(str(path))
+    assert len(dump.nodes) == 3 and len(dump.peers) == 2
+    assert all("status" not in node for node in dump.nodes)
+    assert dump.nodes[0]["spec"]["podCIDR"]
+
+
+_LINES = st.sampled_from(
+    [
+        "  status:",
+        "status:",
+        "    status:",
+        "  kind: Node",
+        "- kind: Node",
+        "kind: Node",
+        "  spec: {}",
+        "  spec:",
+        "    a: 1",
+        "      b: 'x'",
+        '    c: "y',
+        "  z'",
+        '  z"',
+        "    - 1",
+        "  - 2",
+        "- 3",
+        "    d: [1,",
+        "  2]",
+        "    e: |",
+        "      text",
+        "  # c",
+        "    f: &a 1",
+        "  g: *a",
+        "---",
+        "",
+        "  ",
+    ]
+)
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(st.lists(_LINES, max_size=14))
+def test_any_text_reads_as_the_whole_parse_less_the_node_status(lines: list[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    for loader in yamlinput.LOADERS:
+        try:
+            whole_load(text, loader)
+        except BackendError:
+            continue  # an error inside a status is not reported by the cut parse
+        assert_as_whole(text, loader)
