@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 # A line of a cut block after its indentation: quoted scalars and flow collections only
 # whole, at the end of the line (a quote or bracket elsewhere ends the block: no cut).
-_BODY = r"""[^'"\[{\n]*+(?:(?:'[^'\n]*+'|"[^"\\\n]*+"|\[\]|\{\})[ ]*+)?\n"""
+_BODY = r"""[^'"\[{\n]*+(?:\n|'[^'\n]*+'[ ]*+\n|"[^"\\\n]*+"[ ]*+\n|(?:\[\]|\{\})[ ]*+\n)"""
 _SPACES = re.compile(r"[ ]*")
 # The keys of an object are at column 0 (a document), 2 (an item of a List, as kubectl
 # writes one) or 4 (a List indented otherwise); deeper ones are not cut. It also bounds the
