@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kilo.adapters import file as file_backend
 from kilo.adapters import yamlcut, yamlinput
 from kilo.errors import BackendError
-from kilo.sandbox import kubelet
+from tests.examples import DUMP_PEER, kubelet_node
 from tests.hostile import FUZZ
 
 DUMP = yamlinput.CLUSTER_DUMP
@@ -52,17 +52,7 @@ def assert_as_whole(text: str, loader: type) -> None:
     assert cut_load(text, loader) in (whole, without_node_status(whole)), text
 
 
-def kubelet_node(i: int) -> dict[str, Any]:
-    return kubelet.node(
-        f"node-{i}",
-        internal_ip=f"172.16.0.{i + 1}",
-        pod_cidr=f"10.64.{i}.0/24",
-        annotations={"kilo.squat.ai/location": f"loc-{i % 2}", "kilo.squat.ai/leader": "true"},
-        now=1_767_225_600,
-    )
-
-
-PEER = {"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer", "metadata": {"name": "p"}}
+PEER = DUMP_PEER
 
 
 def kubelet_dump(nodes: int, *, dumper: type = yaml.SafeDumper, indent: int = 2) -> str:

@@ -212,10 +212,11 @@ def test_every_forbidden_control_character_is_found_in_ascii_and_other_text(
     # ASCII text is checked by a translate, other text by the pattern: the same refusal.
     text = f"{other}kind: List\nitems: [a{char}]\n"
     line = 2 + bool(other)
-    assert refusal(text.encode(), loader=loader) == (
-        f"cluster dump dump.yaml is not valid YAML or JSON at line {line}, column 10: it holds "
-        f"the control character #x{ord(char):04x} (is it a binary file?)"
-    )
+    for data in (text, text.encode()):
+        assert refusal(data, loader=loader) == (
+            f"cluster dump dump.yaml is not valid YAML or JSON at line {line}, column 10: it "
+            f"holds the control character #x{ord(char):04x} (is it a binary file?)"
+        )
 
 
 def test_syntax_errors_are_one_line_with_a_line_and_column(loader: type) -> None:

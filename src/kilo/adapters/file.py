@@ -54,10 +54,23 @@ def _only_node_statuses(documents: list[Any], holders: list[dict[Any, Any]]) -> 
     return all(id(holder) in nodes for holder in holders)
 
 
-# Kilo reads a Node's metadata and spec, never its status (nor does the live backend keep
-# it: kilo.adapters.kubernetes); a kubelet's status is most of a dump (the images a node
-# holds, its conditions), so its blocks are cut before the dump is parsed.
-NODE_STATUS = yamlinput.Unread(key="status", check=_only_node_statuses)
+# What kgctl reads of an object: a Node's or a Peer's metadata and spec (the live backend
+# drops a Node's status too: kilo.adapters.kubernetes), and the kind and apiVersion that
+# sort them.
+_READ = ("apiVersion", "kind", "metadata", "spec")
+
+
+def _json_list(text: str) -> list[Any] | None:
+    # Imported here: msgspec is for JSON dumps only (a few hundredths of a second).
+    from kilo.adapters import dumpjson
+
+    return dumpjson.read_list(text, _READ)
+
+
+# Kilo reads a Node's metadata and spec, never its status; a kubelet's status is most of
+# a dump (the images a node holds, its conditions), so its blocks are cut before a YAML
+# dump is parsed, and a JSON one is decoded into what kgctl reads.
+NODE_STATUS = yamlinput.Unread(key="status", check=_only_node_statuses, json=_json_list)
 
 
 def _is_node(obj: Mapping[Any, Any]) -> bool:

@@ -136,6 +136,9 @@ class Unread:
 
     key: str
     check: Callable[[list[Any], list[dict[Any, Any]]], bool]
+    # A JSON text's documents as far as the reader reads them (None: read it whole); what
+    # it gives is checked as plain JSON as the json module's documents are.
+    json: Callable[[str], list[Any] | None] | None = None
 
 
 def load_all(
@@ -158,6 +161,12 @@ def _load_all(
 ) -> list[Any]:
     body = text.removeprefix("\ufeff")  # a byte-order mark: YAML skips it, json refuses it
     if kind.json and body.lstrip()[:1] in ("{", "["):
+        if unread is not None and unread.json is not None:
+            documents = unread.json(body)
+            if documents is not None and all(
+                _plain(document, kind.max_depth) for document in documents
+            ):
+                return documents
         document = _json(body, kind.max_depth)
         if document is not _NOT_JSON:
             return [document]
@@ -272,7 +281,7 @@ def _text(data: bytes | str, kind: InputKind, source: str) -> str:
             ) from exc
     else:
         text = data
-    bad = None if _printable_ascii(text) else _NON_PRINTABLE.search(text)
+    bad = None if _printable_ascii(text, data) else _NON_PRINTABLE.search(text)
     if bad is not None:
         line, column = _line_column(text, bad.start())
         raise BackendError(
@@ -286,11 +295,14 @@ def _text(data: bytes | str, kind: InputKind, source: str) -> str:
 _PRINTABLE_ASCII = b"\t\n\r" + bytes(range(0x20, 0x7F))
 
 
-def _printable_ascii(text: str) -> bool:
-    """Whether ``text`` is ASCII without a character YAML forbids: a 47 MB dump in 0.07 s,
-    where the pattern for any text takes 0.7 s (a deleting translate runs at memory speed).
-    """
-    return text.isascii() and not text.encode("ascii").translate(None, _PRINTABLE_ASCII)
+def _printable_ascii(text: str, data: bytes | str) -> bool:
+    """Whether ``text`` (``data`` decoded) is ASCII without a character YAML forbids: a
+    47 MB dump in 0.07 s, where the pattern for any text takes 0.7 s (a deleting translate
+    runs at memory speed)."""
+    if not text.isascii():
+        return False
+    raw = data if isinstance(data, bytes) else text.encode("ascii")
+    return not raw.translate(None, _PRINTABLE_ASCII)
 
 
 def _check_events(text: str, kind: InputKind, source: str, loader: type[Any]) -> None:
@@ -381,7 +393,17 @@ def _json(text: str, max_depth: int) -> Any:
             json.dumps(document, ensure_ascii=False).encode()  # a lone one raises
     except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return _NOT_JSON
-    # Iterative: the depth of what json built, without recursion.
+    return document if _plain(document, max_depth) else _NOT_JSON
+
+
+# More digits than the json module reads (4300) have at least this many bits; a decoder
+# that reads them (msgspec) leaves the text to the json module.
+_JSON_INT_BITS = 14_000
+
+
+def _plain(document: Any, max_depth: int) -> bool:
+    """Whether a decoded JSON ``document`` is nested at most ``max_depth`` deep, without
+    an integer the json module would refuse (iterative: no recursion)."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         value, depth = stack.pop()
@@ -389,9 +411,11 @@ def _json(text: str, max_depth: int) -> Any:
         for child in children:
             if type(child) is dict or type(child) is list:
                 if depth >= max_depth:
-                    return _NOT_JSON
+                    return False
                 stack.append((child, depth + 1))
-    return document
+            elif type(child) is int and child.bit_length() > _JSON_INT_BITS:
+                return False
+    return True
 
 
 # --- one pass -----------------------------------------------------------------------------
