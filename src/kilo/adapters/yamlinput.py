@@ -23,9 +23,14 @@ file (and the line and column where there is one), never a traceback:
 Both PyYAML loaders are supported and give the same values: libyaml's ``CSafeLoader``
 when PyYAML has it (the wheels do), else the pure-Python ``SafeLoader``.
 
-About 500 lines: the event check, the one-pass builder and the JSON path enforce the same
-limits with the same messages (one set of refusal helpers), and each falls back on the
-others; they are one concept, reading user YAML safely.
+A reader may name what it never reads (:class:`Unread`: the cluster dump's Node status,
+nine tenths of a kubelet's Node): a YAML text is then parsed with those blocks cut out
+(:mod:`kilo.adapters.yamlcut`, checked by the builder) and a JSON one decoded into what is
+read; either falls back on the whole text. What is never parsed is never refused either.
+
+About 650 lines: the event check, the one-pass builder (with the cut's check) and the JSON
+path enforce the same limits with the same messages (one set of refusal helpers), and each
+falls back on the others; they are one concept, reading user YAML safely.
 """
 
 from __future__ import annotations
