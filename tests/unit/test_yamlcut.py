@@ -123,6 +123,9 @@ NODE = "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: a\n"
         "- apiVersion: kilo.squat.ai/v1alpha1\n  kind: Peer\n  metadata:\n    name: p\n"
         "  status:\n    a: 1\n",
         "- kind: Node\n  spec:\n    status:\n      a: 1\n",  # not an object's key
+        # The last line without a line break: spaces only, or more of the status.
+        NODE + "  status:\n    a: 1\n  ",
+        NODE + "  status:\n    a: 1\n    b: 2",
         # Line breaks YAML counts that "\n" does not.
         NODE + "  status:\n    a: 1\r\n  spec: {}\n",
         NODE + "  status:\n    a: 1\u2028  b: 2\n  spec: {}\n",
@@ -201,9 +204,11 @@ _LINES = st.sampled_from(
 
 @pytest.mark.fuzz
 @FUZZ
-@given(st.lists(_LINES, max_size=14))
-def test_any_text_reads_as_the_whole_parse_less_the_node_status(lines: list[str]) -> None:
-    text = "\n".join(lines) + "\n"
+@given(st.lists(_LINES, max_size=14), st.sampled_from(["\n", "", "  "]))
+def test_any_text_reads_as_the_whole_parse_less_the_node_status(
+    lines: list[str], ending: str
+) -> None:
+    text = "\n".join(lines) + ending
     for loader in yamlinput.LOADERS:
         try:
             whole_load(text, loader)

@@ -108,10 +108,11 @@ def _block_end(text: str, body: int, column: int) -> int | None:
     spaces = _SPACES.match(text, end)
     assert spaces is not None
     indent = spaces.end() - end
-    first = text[end + indent]
-    if indent > column or first in " \t#\n":
-        # A line of the block holding an open quote or bracket, a tab, a comment at the
-        # key's indentation (the value may go on after it), or a last line without "\n".
+    first = text[end + indent : end + indent + 1]
+    if indent > column or first in ("", "\t", "#"):
+        # A line of the block holding an open quote or bracket, a last line without "\n"
+        # (spaces only, too), a tab, or a comment at the key's indentation (the value may
+        # go on after it).
         return None
     if indent == column and first == "-" and text[end + indent + 1 : end + indent + 2] in " \n":
         return None  # an entry of a sequence at the key's column: part of the value
