@@ -401,14 +401,10 @@ def _json(text: str, max_depth: int) -> Any:
     return document if _plain(document, max_depth) else _NOT_JSON
 
 
-# More digits than the json module reads (4300) have at least this many bits; a decoder
-# that reads them (msgspec) leaves the text to the json module.
-_JSON_INT_BITS = 14_000
-
-
 def _plain(document: Any, max_depth: int) -> bool:
-    """Whether a decoded JSON ``document`` is nested at most ``max_depth`` deep, without
-    an integer the json module would refuse (iterative: no recursion)."""
+    """Whether a decoded JSON ``document`` is nested at most ``max_depth`` deep (iterative:
+    no recursion). Integers need no check: msgspec, like the json module, refuses more
+    than 4300 digits."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         value, depth = stack.pop()
@@ -418,8 +414,6 @@ def _plain(document: Any, max_depth: int) -> bool:
                 if depth >= max_depth:
                     return False
                 stack.append((child, depth + 1))
-            elif type(child) is int and child.bit_length() > _JSON_INT_BITS:
-                return False
     return True
 
 
@@ -496,48 +490,57 @@ def _build(
     mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
     mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
     cut_key, cut_at, holders = (None, frozenset(), []) if cut is None else cut
+
+    def construct(tag: str, event: Any) -> Any:
+        """The value of a scalar ``event`` resolved to ``tag``, as PyYAML constructs it."""
+        if tag == _STR:
+            return event.value
+        if tag in (_MERGE, _VALUE):
+            raise _Unsupported
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        try:
+            value = instance.construct_object(node, deep=True)
+        except (yaml.YAMLError, *_CONSTRUCTION_ERRORS) as exc:
+            raise _Unsupported from exc
+        # The constructor remembers each node it built: not this throwaway one.
+        instance.constructed_objects.pop(node, None)
+        return value
+
     try:
         for event in iter(instance.get_event, None):
             cls = event.__class__
             size = 1
             if cls is scalar_event:
                 written += 1
-                if event.value == cut_key and stack:
-                    frame = stack[-1]
-                    # The key a cut left, plain, where it was, in a block mapping.
-                    if (
-                        isinstance(frame.value, dict)
-                        and frame.block
-                        and not frame.has_key
-                        and not event.style
-                        and (event.start_mark.line, event.start_mark.column) in cut_at
-                    ):
-                        holders.append(frame.value)
+                value: Any = event.value
                 tag = event.tag
-                if tag is None or tag == "!":
-                    implicit = event.implicit
-                    text_value = event.value
-                    if implicit[0] and (not firsts or text_value[:1] in firsts):
-                        if firsts and claimed[text_value[:1]].match(text_value) is None:
-                            tag = _STR
-                        else:
-                            tag = resolve(yaml.ScalarNode, text_value, implicit)
-                    else:
-                        tag = _STR
-                if tag == _STR:
-                    value: Any = event.value
-                elif tag in (_MERGE, _VALUE):
-                    raise _Unsupported
+                if tag is None and firsts:
+                    # Untagged, the common case: quoted, a string; plain, a string unless
+                    # a resolver of its first character claims it.
+                    if event.implicit[0]:
+                        first = value[:1]
+                        if first in firsts and claimed[first].match(value) is not None:
+                            value = construct(
+                                resolve(yaml.ScalarNode, value, event.implicit), event
+                            )
+                        elif value == cut_key and stack:
+                            frame = stack[-1]
+                            # The key a cut left, where it was, in a block mapping.
+                            if (
+                                isinstance(frame.value, dict)
+                                and frame.block
+                                and not frame.has_key
+                                and (event.start_mark.line, event.start_mark.column) in cut_at
+                            ):
+                                holders.append(frame.value)
                 else:
-                    node = yaml.ScalarNode(
-                        tag, event.value, event.start_mark, event.end_mark, event.style
-                    )
-                    try:
-                        value = instance.construct_object(node, deep=True)
-                    except (yaml.YAMLError, *_CONSTRUCTION_ERRORS) as exc:
-                        raise _Unsupported from exc
-                    # The constructor remembers each node it built: not this throwaway one.
-                    instance.constructed_objects.pop(node, None)
+                    if tag is None or tag == "!":
+                        implicit = event.implicit
+                        if implicit[0] and (not firsts or value[:1] in firsts):
+                            tag = resolve(yaml.ScalarNode, value, implicit)
+                        else:
+                            tag = _STR
+                    value = construct(tag, event)
                 if event.anchor is not None:
                     if event.anchor in defined:
                         raise _Unsupported  # a duplicate anchor: PyYAML's composer says so
