@@ -31,9 +31,19 @@ def cut_load(text: str, loader: type | None = None) -> list[Any]:
     )
 
 
+def unshared(value: Any) -> Any:
+    """A copy of ``value`` in which no collection is shared (deepcopy keeps what aliases
+    share: dropping a status from a copy of a Node would drop it where an alias put it)."""
+    if isinstance(value, dict):
+        return {key: unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unshared(item) for item in value]
+    return copy.copy(value)
+
+
 def without_node_status(documents: list[Any]) -> list[Any]:
     """What the whole parse gives, less the status of each Node object."""
-    documents = copy.deepcopy(documents)
+    documents = unshared(documents)
     for document in documents:
         for obj, _ in file_backend._objects(document, ""):
             if isinstance(obj, dict) and file_backend._is_node(obj):
@@ -117,6 +127,13 @@ NODE = "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: a\n"
         "- {kind: Node, metadata: {name: a},\n  status:\n    x,\n  spec: {}}\n",
         # An anchor defined in the status and used outside it.
         NODE + "  status:\n    a: &x 1\n  spec:\n    podCIDR: *x\n",
+        # A Node (or a collection holding it) with an anchor: an alias puts it elsewhere
+        # (an annotation, a Peer's spec), where its status must stay.
+        "- &n\n  kind: Node\n  metadata:\n    name: a\n  status:\n    x: 1\n"
+        "- kind: Node\n  metadata:\n    name: b\n    annotations:\n      k: *n\n",
+        "- &n\n  kind: Node\n  metadata:\n    name: a\n  status:\n    x: 1\n"
+        "- kind: Peer\n  metadata:\n    name: p\n  spec: *n\n",
+        "kind: List\nitems: &i\n" + NODE + "  status:\n    x: 1\nmetadata:\n  x: *i\n",
         # The status key twice, the second time with a value.
         NODE + "  status:\n    a: 1\n  status: {b: 2}\n",
         # An object that is not a Node: its status is read whole.
@@ -132,6 +149,35 @@ NODE = "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: a\n"
     ],
 )
 def test_what_cannot_be_cut_exactly_reads_as_the_whole_parse(loader: type, text: str) -> None:
+    assert_as_whole(text, loader)
+
+
+def test_a_node_an_alias_puts_elsewhere_keeps_its_status_there(loader: type) -> None:
+    text = (
+        "- &n\n  kind: Node\n  metadata:\n    name: a\n  status:\n    x: 1\n"
+        "- kind: Node\n  metadata:\n    name: b\n    annotations:\n      k: *n\n"
+    )
+    annotation = cut_load(text, loader)[0][1]["metadata"]["annotations"]["k"]
+    assert annotation["status"] == {"x": 1}  # kgctl's warning about it shows it
+
+
+@pytest.mark.parametrize("column", [0, 2])
+def test_an_entry_at_the_key_column_after_its_value_is_refused_as_before(
+    loader: type, column: int
+) -> None:
+    """``- b`` at the status key's column is its value only when the value is that
+    sequence; after a mapping indented more it is an error of the whole text."""
+    pad = " " * column
+    node = "kind: Node\nmetadata:\n  name: a\n" if column == 0 else NODE
+    text = node + f"{pad}status:\n{pad}  x: 1\n{pad}- b\n"
+    with pytest.raises(BackendError) as whole:
+        whole_load(text, loader)
+    with pytest.raises(BackendError) as cut:
+        cut_load(text, loader)
+    assert str(cut.value) == str(whole.value)
+    # ... and a sequence at the key's column is a value the cut takes whole.
+    text = node + f"{pad}status:\n\n{pad}- a\n{pad}  - b\n{pad}-\n{pad}spec: {{}}\n"
+    assert yamlcut.cut(text, "status") is not None
     assert_as_whole(text, loader)
 
 
@@ -195,6 +241,8 @@ _LINES = st.sampled_from(
         "  # c",
         "    f: &a 1",
         "  g: *a",
+        "- &n",
+        "  h: *n",
         "---",
         "",
         "  ",

@@ -8,17 +8,19 @@ or watches), so :func:`cut` removes the lines of each ``status:`` block from the
 :mod:`kilo.adapters.yamlinput` parses what is left.
 
 A cut is exact when the ``status:`` line is a key of a block mapping at its column ``c``:
-its value is then the lines after it that are more indented than ``c`` (or blank, or
-entries ``- `` of a sequence at column ``c``), up to the first line indented ``c`` or less,
-because in block context every token of a value is more indented than its key, except a
-quoted scalar or a flow collection continued on a next line: a block is cut only if each
-of its quoted scalars and flow collections (``'...'``, ``"..."``, ``[]``, ``{}``) closes at the
-end of its line, as kubectl and PyYAML write them. The cut leaves ``status:`` with an empty
-value (null), and whether its line was such a key at all (and not, say, a line inside a
-block scalar) only the parser knows: :func:`cut` returns where each cut key is in the cut
-text, and the caller checks the parser found a key there, in a block mapping, or parses the
-whole text. An anchor defined inside a cut block and used outside it makes the cut parse
-fail (an undefined alias), so that too falls back to the whole text.
+its value is then the lines after it that are more indented than ``c`` (or blank, or,
+when the value is a sequence at column ``c``, its entries ``- ``), up to the first line
+indented ``c`` or less, because in block context every token of a value is more indented
+than its key, except a quoted scalar or a flow collection continued on a next line: a
+block is cut only if each of its quoted scalars and flow collections (``'...'``,
+``"..."``, ``[]``, ``{}``) closes at the end of its line, as kubectl and PyYAML write them.
+The cut leaves ``status:`` with an empty value (null), and whether its line was such a
+key at all (and not, say, a line inside a block scalar) only the parser knows: :func:`cut`
+returns where each cut key is in the cut text, and the caller checks the parser found a
+key there, in a block mapping, or parses the whole text. It parses the whole text too
+when that mapping, or a collection holding it, has an anchor (an alias would put it
+elsewhere, where its status is not unread), and when an anchor defined inside a cut
+block is used outside it (the cut parse fails: an undefined alias).
 
 What is never parsed is never checked: a Node's status that is not valid YAML (or nests
 too deep, or holds an alias bomb) is not refused; nothing of it is built either.
@@ -33,9 +35,10 @@ from dataclasses import dataclass
 # whole, at the end of the line (a quote or bracket elsewhere ends the block: no cut).
 _BODY = r"""[^'"\[{\n]*+(?:\n|'[^'\n]*+'[ ]*+\n|"[^"\\\n]*+"[ ]*+\n|(?:\[\]|\{\})[ ]*+\n)"""
 _SPACES = re.compile(r"[ ]*")
+_BLANK = re.compile(r"[ \n]*")
 # The keys of an object are at column 0 (a document), 2 (an item of a List, as kubectl
 # writes one) or 4 (a List indented otherwise); deeper ones are not cut. It also bounds the
-# patterns compiled (one a column) whatever the text.
+# patterns compiled (two a column) whatever the text.
 MAX_COLUMN = 8
 # Line breaks other than "\n": YAML counts them as lines, and the checked positions are
 # counted in "\n". A text holding one is parsed whole.
@@ -51,17 +54,17 @@ class Cut:
     keys: frozenset[tuple[int, int]]
 
 
-_blocks: dict[int, re.Pattern[str]] = {}
+_blocks: dict[tuple[int, bool], re.Pattern[str]] = {}
 
 
-def _block(column: int) -> re.Pattern[str]:
-    """The lines of a block value under a key at ``column``."""
-    pattern = _blocks.get(column)
+def _block(column: int, *, sequence: bool) -> re.Pattern[str]:
+    """The lines of a block value under a key at ``column``: lines indented more (or
+    blank), and with ``sequence`` entries ``- `` at ``column`` too."""
+    pattern = _blocks.get((column, sequence))
     if pattern is None:
-        pattern = re.compile(
-            rf"(?:[ ]{{{column + 1}}}{_BODY}|[ ]{{{column}}}-(?:[ ]{_BODY}|\n)|[ ]*+\n)*+"
-        )
-        _blocks[column] = pattern
+        entry = rf"|[ ]{{{column}}}-(?:[ ]{_BODY}|\n)" if sequence else ""
+        pattern = re.compile(rf"(?:[ ]{{{column + 1}}}{_BODY}{entry}|[ ]*+\n)*+")
+        _blocks[(column, sequence)] = pattern
     return pattern
 
 
@@ -98,8 +101,16 @@ def cut(text: str, key: str) -> Cut | None:
 def _block_end(text: str, body: int, column: int) -> int | None:
     """Where the block value starting at ``body`` ends: the start of the first line that
     closes it (or the end of the text); None when it cannot be cut exactly or is empty."""
-    lines = _block(column).match(text, body)
+    lines = _block(column, sequence=False).match(text, body)
     assert lines is not None  # the pattern matches the empty string
+    blank = _BLANK.match(text, body)
+    assert blank is not None
+    if blank.end() >= lines.end():
+        # Entries "- " at the key's column are its value only when they are all of it (a
+        # sequence at the key's indentation); after a value indented more, one is an error
+        # of the whole text, not part of the value (the check below then does not cut).
+        lines = _block(column, sequence=True).match(text, body)
+        assert lines is not None
     end = lines.end()
     if end == body:
         return None
@@ -115,5 +126,7 @@ def _block_end(text: str, body: int, column: int) -> int | None:
         # go on after it).
         return None
     if indent == column and first == "-" and text[end + indent + 1 : end + indent + 2] in " \n":
-        return None  # an entry of a sequence at the key's column: part of the value
+        # An entry of a sequence at the key's column: part of the value, or an error after
+        # a value indented more.
+        return None
     return end

@@ -25,8 +25,9 @@ when PyYAML has it (the wheels do), else the pure-Python ``SafeLoader``.
 
 A reader may name what it never reads (:class:`Unread`: the cluster dump's Node status,
 nine tenths of a kubelet's Node): a YAML text is then parsed with those blocks cut out
-(:mod:`kilo.adapters.yamlcut`, checked by the builder) and a JSON one decoded into what is
-read; either falls back on the whole text. What is never parsed is never refused either.
+(:mod:`kilo.adapters.yamlcut`, checked by the builder) and a JSON one decoded without
+them (:mod:`kilo.adapters.dumpjson`); either falls back on the whole text. What is never
+parsed is never refused either.
 
 About 650 lines: the event check, the one-pass builder (with the cut's check) and the JSON
 path enforce the same limits with the same messages (one set of refusal helpers), and each
@@ -141,8 +142,8 @@ class Unread:
 
     key: str
     check: Callable[[list[Any], list[dict[Any, Any]]], bool]
-    # A JSON text's documents as far as the reader reads them (None: read it whole); what
-    # it gives is checked as plain JSON as the json module's documents are.
+    # A JSON text's documents less what the reader never reads (None: read it whole);
+    # what it gives is checked as plain JSON as the json module's documents are.
     json: Callable[[str], list[Any] | None] | None = None
 
 
@@ -525,12 +526,17 @@ def _build(
                             )
                         elif value == cut_key and stack:
                             frame = stack[-1]
-                            # The key a cut left, where it was, in a block mapping.
+                            # The key a cut left, where it was, in a block mapping that
+                            # no alias can share: with an anchor on it or on a collection
+                            # holding it, the value would lose the key wherever an alias
+                            # puts it too (a Node in another's annotation), so it is not
+                            # counted and the whole text is parsed.
                             if (
                                 isinstance(frame.value, dict)
                                 and frame.block
                                 and not frame.has_key
                                 and (event.start_mark.line, event.start_mark.column) in cut_at
+                                and all(open_frame.anchor is None for open_frame in stack)
                             ):
                                 holders.append(frame.value)
                 else:
