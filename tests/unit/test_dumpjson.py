@@ -43,8 +43,12 @@ def json_dump(items: list[Any], **extra: Any) -> str:
 def test_a_kubelet_json_dump_is_decoded_into_what_kgctl_reads() -> None:
     items = [kubelet_node(i) for i in range(4)] + [PEER, {"kind": "Pod", "metadata": {"name": "x"}}]
     text = json_dump(items)
-    (document,) = dumpjson.read_list(text, READ) or [None]
-    assert document == {"kind": "List", "items": [read(item) for item in items]}
+    (document,) = dumpjson.read_list(text, file_backend._is_node) or [None]
+    assert document == {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [read(item) for item in items],
+    }
     assert as_kgctl_reads(text, whole=False) == as_kgctl_reads(text, whole=True)
     nodes = file_backend.parse_dump(text).nodes
     assert len(nodes) == 4 and all("status" not in node for node in nodes)
@@ -52,8 +56,12 @@ def test_a_kubelet_json_dump_is_decoded_into_what_kgctl_reads() -> None:
 
 def test_a_field_absent_stays_absent_and_null_stays_null() -> None:
     text = json_dump([{"kind": "Node", "metadata": {"name": "a"}, "spec": None}])
-    assert dumpjson.read_list(text, READ) == [
-        {"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "a"}, "spec": None}]}
+    assert dumpjson.read_list(text, file_backend._is_node) == [
+        {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [{"kind": "Node", "metadata": {"name": "a"}, "spec": None}],
+        }
     ]
 
 
@@ -75,6 +83,16 @@ NODE = '{"kind": "Node", "metadata": {"name": "a"}, "spec": {"podCIDR": "10.0.0.
         '{"kind": "List", "items": [' + NODE.replace('"a"', "1" * 4400) + "}]}",
         '{"kind": "List", "items": [' + NODE + "}]} x",
         '{"kind": "List", "items": [' + NODE + ', "kind": "Peer"}]}',  # the last one counts
+        # What is not a Node's status is checked as before, wherever it is: a field kubectl
+        # does not write, the List's own metadata, another kind's status ...
+        '{"kind": "List", "items": [' + NODE + ', "extra": ' + "[" * 120 + "]" * 120 + "}]}",
+        '{"kind": "List", "metadata": {"x": ' + "1" * 4400 + '}, "items": [' + NODE + "}]}",
+        '{"kind": "List", "items": [{"kind": "Pod", "status": ' + "[" * 120 + "]" * 120 + "}]}",
+        '{"kind": "List", "items": [' + NODE.replace('"Node"', '"Peer"') + ', "status": 1}]}',
+        # ... and one the json module refuses makes the whole text YAML, with YAML's
+        # values (1e3 is a string in YAML 1.1).
+        '{"kind": "List", "items": [' + NODE.replace('"a"}', '"a", "x": 1e3}') + "}], "
+        '"extra": 1e400}',
     ],
 )
 def test_other_json_reads_as_before(text: str) -> None:
@@ -91,7 +109,9 @@ def test_other_json_reads_as_before(text: str) -> None:
 def test_deep_or_huge_values_kgctl_reads_are_refused_as_before() -> None:
     deep = '{"kind": "List", "items": [' + NODE.replace('"a"', "[" * 120 + "]" * 120) + "}]}"
     huge = '{"kind": "List", "items": [' + NODE.replace('"a"', "1" * 4400) + "}]}"
-    assert dumpjson.read_list(deep, READ) is not None  # msgspec reads it, the checks do not
+    assert (
+        dumpjson.read_list(deep, file_backend._is_node) is not None
+    )  # msgspec reads it, the checks do not
     for text in (deep, huge):
         with pytest.raises(BackendError) as caught:
             file_backend.parse_dump(text)

@@ -1,39 +1,52 @@
-"""A JSON cluster dump (``kubectl get nodes,peers -o json``) decoded into what kgctl reads.
+"""A JSON cluster dump (``kubectl get nodes,peers -o json``) decoded without a Node's status.
 
-msgspec skips the fields a struct does not declare without building them: a kubelet's
-status, nine tenths of a Node, is 80 of a 5000-node dump's 85 MB, and the json module built
-all of it (0.57 s with the checks, against 0.08 s here). Anything else than a ``List`` of
-objects, and anything msgspec refuses (a lone surrogate, a number out of range, NaN, nesting
-deeper than it decodes), is left to :mod:`kilo.adapters.yamlinput`'s JSON path.
+msgspec keeps a field declared :class:`msgspec.Raw` as the bytes it spans, checked as JSON
+syntax but not decoded: a kubelet's status, nine tenths of a Node, is 80 of a 5000-node
+dump's 85 MB, and the json module built all of it (0.57 s with the checks, against 0.08 s
+here). Only a Node's status is left so: every other field of the List and its items is
+decoded (and checked by :mod:`kilo.adapters.yamlinput` as plain JSON, as the json module's
+documents are), and a field the structs do not declare, a status of another kind, anything
+else than a ``List`` of objects, or anything msgspec refuses (a lone surrogate, a number out
+of range, NaN, nesting deeper than it decodes) is left to yamlinput's JSON path, which
+decodes the whole text (an unchecked field could hold what makes the json module refuse the
+text, and the text is then read as YAML, with YAML's values).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-
-class _Item(msgspec.Struct):
-    apiVersion: Any = msgspec.UNSET
-    kind: Any = msgspec.UNSET
-    metadata: Any = msgspec.UNSET
-    spec: Any = msgspec.UNSET
+_UNSET = msgspec.UNSET
 
 
-_FIELDS = frozenset(_Item.__struct_fields__)
+class _Item(msgspec.Struct, forbid_unknown_fields=True):
+    """The fields a Kubernetes object of a dump has (kubectl writes no others)."""
+
+    apiVersion: Any = _UNSET
+    kind: Any = _UNSET
+    metadata: Any = _UNSET
+    spec: Any = _UNSET
+    status: msgspec.Raw | msgspec.UnsetType = _UNSET  # checked JSON, not decoded
 
 
-class _List(msgspec.Struct):
-    kind: Any = msgspec.UNSET
-    items: list[_Item] | msgspec.UnsetType = msgspec.UNSET
+class _List(msgspec.Struct, forbid_unknown_fields=True):
+    apiVersion: Any = _UNSET
+    kind: Any = _UNSET
+    metadata: Any = _UNSET
+    items: list[_Item] | msgspec.UnsetType = _UNSET
 
 
-def read_list(text: str, fields: Sequence[str]) -> list[Any] | None:
-    """The one document of ``text``, a ``List`` whose items keep ``fields`` only (those
-    present; of apiVersion, kind, metadata and spec), or None."""
-    assert _FIELDS.issuperset(fields)
+_ITEM_FIELDS = tuple(name for name in _Item.__struct_fields__ if name != "status")
+_LIST_FIELDS = tuple(name for name in _List.__struct_fields__ if name != "items")
+
+
+def read_list(text: str, unread: Callable[[dict[str, Any]], bool]) -> list[Any] | None:
+    """The one document of ``text``, a ``List`` whose items' status is dropped where
+    ``unread`` says nobody reads it (given the item without it), or None: the text must be
+    decoded whole."""
     try:
         document = msgspec.json.decode(text, type=_List)
     except (msgspec.MsgspecError, RecursionError):
@@ -42,10 +55,11 @@ def read_list(text: str, fields: Sequence[str]) -> list[Any] | None:
         return None
     items = []
     for item in document.items:
-        obj = {
-            name: value for name in fields if (value := getattr(item, name)) is not msgspec.UNSET
-        }
+        obj = {name: value for name in _ITEM_FIELDS if (value := getattr(item, name)) is not _UNSET}
         if str(obj.get("kind", "")).endswith("List"):
             return None  # a List in the List: its items are objects too
+        if item.status is not _UNSET and not unread(obj):
+            return None  # a status somebody may read: decoded with the rest
         items.append(obj)
-    return [{"kind": document.kind, "items": items}]
+    top = {name: value for name in _LIST_FIELDS if (value := getattr(document, name)) is not _UNSET}
+    return [{**top, "items": items}]

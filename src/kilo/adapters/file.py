@@ -6,8 +6,8 @@ accepted too, so an operator can also hand-write a cluster to plan annotations b
 applying them.
 
 What kgctl never reads of a dump is not built (``NODE_STATUS``): a Node's status blocks are
-cut from a YAML dump before it is parsed, and a JSON ``List`` is decoded into the fields
-kgctl reads; a kubelet's status was 47 of a 5000-node YAML dump's 50 MB.
+cut from a YAML dump before it is parsed, and left undecoded in a JSON ``List``; a
+kubelet's status was 47 of a 5000-node YAML dump's 50 MB.
 """
 
 from __future__ import annotations
@@ -58,22 +58,16 @@ def _only_node_statuses(documents: list[Any], holders: list[dict[Any, Any]]) -> 
     return all(id(holder) in nodes for holder in holders)
 
 
-# What kgctl reads of an object: a Node's or a Peer's metadata and spec (the live backend
-# drops a Node's status too: kilo.adapters.kubernetes), and the kind and apiVersion that
-# sort them.
-_READ = ("apiVersion", "kind", "metadata", "spec")
-
-
 def _json_list(text: str) -> list[Any] | None:
     # Imported here: msgspec is for JSON dumps only (a few hundredths of a second).
     from kilo.adapters import dumpjson
 
-    return dumpjson.read_list(text, _READ)
+    return dumpjson.read_list(text, _is_node)
 
 
 # Kilo reads a Node's metadata and spec, never its status; a kubelet's status is most of
 # a dump (the images a node holds, its conditions), so its blocks are cut before a YAML
-# dump is parsed, and a JSON one is decoded into what kgctl reads.
+# dump is parsed, and left undecoded in a JSON one.
 NODE_STATUS = yamlinput.Unread(key="status", check=_only_node_statuses, json=_json_list)
 
 
