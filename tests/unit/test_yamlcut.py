@@ -4,6 +4,7 @@ cut parse must read every dump as the whole parse does, less the Nodes' status."
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -181,6 +182,22 @@ def test_an_entry_at_the_key_column_after_its_value_is_refused_as_before(
     assert_as_whole(text, loader)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        NODE + "  status:\n    a: &x 1\n  spec:\n    b: &x 2\n",
+        NODE + "  spec:\n    b: &x 2\n  status:\n    a: &x 1\n",
+    ],
+)
+def test_an_anchor_in_a_status_defined_twice_is_refused_as_before(loader: type, text: str) -> None:
+    with pytest.raises(BackendError) as whole:
+        whole_load(text, loader)
+    with pytest.raises(BackendError) as cut:
+        cut_load(text, loader)
+    assert str(cut.value) == str(whole.value)
+    assert "duplicate anchor" in str(cut.value)
+
+
 def test_a_multi_line_quoted_status_keeps_the_node_without_spec(loader: type) -> None:
     text = NODE + '  status:\n    message: "x\n  spec:\n    podCIDR: 10.0.0.0/24\n  z: a\\"b"\n'
     (node,) = cut_load(text, loader)[0]
@@ -256,10 +273,113 @@ _LINES = st.sampled_from(
 def test_any_text_reads_as_the_whole_parse_less_the_node_status(
     lines: list[str], ending: str
 ) -> None:
-    text = "\n".join(lines) + ending
+    assert_as_whole_or_refused_in_a_status("\n".join(lines) + ending)
+
+
+# Lines after a Node's "status:" key, relative to the key's column.
+_STATUS_LINES = st.sampled_from(
+    [
+        "  a: 1",
+        "   b: 2",
+        "    - c",
+        "- d",
+        "-",
+        "-\te",
+        "  - f",
+        "spec: {}",
+        "spec:",
+        "  podCIDR: 10.0.0.0/24",
+        "  g: 'x'",
+        '  h: "y',
+        'i"',
+        "  j: |",
+        "    text",
+        " k",
+        "# c",
+        "  # c",
+        "",
+        "  ",
+        "\t",
+        "  l: &a 1",
+        "m: *a",
+        "---",
+        "...",
+        "? n",
+        ": o",
+        "status:",
+        "  status:",
+    ]
+)
+# A Node whose keys are at column 0, 2 or 4.
+_HEADS = {
+    0: "kind: Node\nmetadata:\n  name: a\n",
+    2: NODE,
+    4: "-   apiVersion: v1\n    kind: Node\n    metadata:\n        name: a\n",
+}
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(
+    st.sampled_from(sorted(_HEADS)),
+    st.lists(_STATUS_LINES, max_size=10),
+    st.sampled_from(["\n", "", "  "]),
+)
+def test_any_status_block_reads_as_the_whole_parse_less_the_node_status(
+    column: int, lines: list[str], ending: str
+) -> None:
+    pad = " " * column
+    body = "\n".join(pad + line for line in ["status:", *lines])
+    assert_as_whole_or_refused_in_a_status(_HEADS[column] + body + ending)
+
+
+def assert_as_whole_or_refused_in_a_status(text: str) -> None:
+    """The cut parse reads ``text`` as the whole parse does (less the Nodes' status), or
+    refuses it with the same message, or reads what the whole parse refuses for an error
+    inside a cut status."""
     for loader in yamlinput.LOADERS:
         try:
             whole_load(text, loader)
-        except BackendError:
-            continue  # an error inside a status is not reported by the cut parse
+        except BackendError as exc:
+            try:
+                cut_load(text, loader)
+            except BackendError as cut_exc:
+                assert str(cut_exc) == str(exc)
+            else:
+                assert_inside_a_status(text, str(exc))
+            continue
         assert_as_whole(text, loader)
+
+
+_AT = re.compile(r" at line (\d+), column \d+")
+
+
+def assert_inside_a_status(text: str, error: str) -> None:
+    """An error the cut parse does not report is inside a cut status: on a line of it
+    indented more than its key, or of a sequence at the key's column that is its value."""
+    cut = yamlcut.cut(text, "status")
+    where = _AT.search(error)
+    assert cut is not None and where is not None, (text, error)
+    line = int(where.group(1)) - 1
+    original, kept = text.split("\n"), cut.text.split("\n")
+    columns = dict(cut.keys)
+    i = 0
+    for j, kept_line in enumerate(kept):
+        assert original[i] == kept_line
+        i += 1
+        if j not in columns:
+            continue
+        # The removed lines: up to the next kept line (never blank), or the text's end.
+        last = kept[j + 1 :] == [""]
+        end = len(original) - 1 if last else original.index(kept[j + 1], i)
+        if last and line == end:
+            return  # the end of the text, where the parser found the status unfinished
+        if i <= line < end:
+            column = columns[j]
+            first = next(b for b in original[i:end] if b.strip())
+            sequence = first.startswith(" " * column + "-")
+            indent = len(original[line]) - len(original[line].lstrip(" "))
+            assert indent > column or sequence, (text, error)
+            return
+        i = end
+    raise AssertionError((text, error))

@@ -19,8 +19,9 @@ key at all (and not, say, a line inside a block scalar) only the parser knows: :
 returns where each cut key is in the cut text, and the caller checks the parser found a
 key there, in a block mapping, or parses the whole text. It parses the whole text too
 when that mapping, or a collection holding it, has an anchor (an alias would put it
-elsewhere, where its status is not unread), and when an anchor defined inside a cut
-block is used outside it (the cut parse fails: an undefined alias).
+elsewhere, where its status is not unread); a block holding an anchor (``&`` outside
+quotes) is not cut, so that an anchor defined twice, or defined in the status and used
+outside it, is refused or read as before.
 
 What is never parsed is never checked: a Node's status that is not valid YAML (or nests
 too deep, or holds an alias bomb) is not refused; nothing of it is built either.
@@ -32,8 +33,10 @@ import re
 from dataclasses import dataclass
 
 # A line of a cut block after its indentation: quoted scalars and flow collections only
-# whole, at the end of the line (a quote or bracket elsewhere ends the block: no cut).
-_BODY = r"""[^'"\[{\n]*+(?:\n|'[^'\n]*+'[ ]*+\n|"[^"\\\n]*+"[ ]*+\n|(?:\[\]|\{\})[ ]*+\n)"""
+# whole, at the end of the line (a quote or bracket elsewhere ends the block: no cut),
+# and no "&" outside quotes: an anchor in a cut block is left to the whole text (PyYAML
+# refuses one defined twice, there and outside).
+_BODY = r"""[^'"\[{\n&]*+(?:\n|'[^'\n]*+'[ ]*+\n|"[^"\\\n]*+"[ ]*+\n|(?:\[\]|\{\})[ ]*+\n)"""
 _SPACES = re.compile(r"[ ]*")
 _BLANK = re.compile(r"[ \n]*")
 # The keys of an object are at column 0 (a document), 2 (an item of a List, as kubectl
