@@ -93,6 +93,11 @@ NODE = '{"kind": "Node", "metadata": {"name": "a"}, "spec": {"podCIDR": "10.0.0.
         # values (1e3 is a string in YAML 1.1).
         '{"kind": "List", "items": [' + NODE.replace('"a"}', '"a", "x": 1e3}') + "}], "
         '"extra": 1e400}',
+        # ... as does a Node's status it refuses (a float elsewhere reads the text whole).
+        '{"kind": "List", "items": ['
+        + NODE.replace('"a"}', '"a", "x": 1e3}')
+        + ', "status": 1e400}]}',
+        '{"kind": "List", "items": [' + NODE.replace('"a"}', '"a", "x": 1.5}') + "}]}",
     ],
 )
 def test_other_json_reads_as_before(text: str) -> None:

@@ -5,11 +5,12 @@ syntax but not decoded: a kubelet's status, nine tenths of a Node, is 80 of a 50
 dump's 85 MB, and the json module built all of it (0.57 s with the checks, against 0.08 s
 here). Only a Node's status is left so: every other field of the List and its items is
 decoded (and checked by :mod:`kilo.adapters.yamlinput` as plain JSON, as the json module's
-documents are), and a field the structs do not declare, a status of another kind, anything
-else than a ``List`` of objects, or anything msgspec refuses (a lone surrogate, a number out
-of range, NaN, nesting deeper than it decodes) is left to yamlinput's JSON path, which
-decodes the whole text (an unchecked field could hold what makes the json module refuse the
-text, and the text is then read as YAML, with YAML's values).
+documents are), and a field the structs do not declare, a status of another kind, a float
+outside a status, anything else than a ``List`` of objects, or anything msgspec refuses (a
+lone surrogate, a number out of range, NaN, nesting deeper than it decodes) is left to
+yamlinput's JSON path, which decodes the whole text (an unchecked field could hold what
+makes the json module refuse the text, and the text is then read as YAML, with YAML's
+values: ``1e3`` is a string there).
 """
 
 from __future__ import annotations
@@ -43,13 +44,27 @@ _ITEM_FIELDS = tuple(name for name in _Item.__struct_fields__ if name != "status
 _LIST_FIELDS = tuple(name for name in _List.__struct_fields__ if name != "items")
 
 
+class _Float(Exception):
+    """A float outside a status: the text is decoded whole."""
+
+
+def _refuse_float(text: str) -> float:
+    # A status the json module refuses (1e400) makes yamlinput read the whole text as YAML,
+    # where 1e3 is a string; a dump with no float outside its statuses reads the same
+    # either way, and kubectl writes none there (a Node's quantities are strings).
+    raise _Float(text)
+
+
+_DECODER = msgspec.json.Decoder(_List, float_hook=_refuse_float)
+
+
 def read_list(text: str, unread: Callable[[dict[str, Any]], bool]) -> list[Any] | None:
     """The one document of ``text``, a ``List`` whose items' status is dropped where
     ``unread`` says nobody reads it (given the item without it), or None: the text must be
     decoded whole."""
     try:
-        document = msgspec.json.decode(text, type=_List)
-    except (msgspec.MsgspecError, RecursionError):
+        document = _DECODER.decode(text)
+    except (msgspec.MsgspecError, RecursionError, _Float):
         return None
     if not str(document.kind).endswith("List") or isinstance(document.items, msgspec.UnsetType):
         return None
