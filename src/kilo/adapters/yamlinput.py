@@ -29,7 +29,7 @@ nine tenths of a kubelet's Node): a YAML text is then parsed with those blocks c
 them (:mod:`kilo.adapters.dumpjson`); either falls back on the whole text. What is never
 parsed is never refused either.
 
-About 650 lines: the event check, the one-pass builder (with the cut's check) and the JSON
+About 700 lines: the event check, the one-pass builder (with the cut's check) and the JSON
 path enforce the same limits with the same messages (one set of refusal helpers), and each
 falls back on the others; they are one concept, reading user YAML safely.
 """
