@@ -85,3 +85,26 @@ def location_member(name: str, *, leader: bool = False, public: bool = False) ->
         leader=leader,
         subnet=ipaddress.ip_network("10.42.0.0/24"),
     )
+
+
+# --- kubelet-registered Nodes, for the dump readers -----------------------------------------
+
+
+def kubelet_node(i: int) -> dict[str, Any]:
+    """Node ``i`` as a kubelet registers it (a status with 32 images), a location leader."""
+    from kilo.sandbox import kubelet
+
+    return kubelet.node(
+        f"node-{i}",
+        internal_ip=f"172.16.0.{i + 1}",
+        pod_cidr=f"10.64.{i}.0/24",
+        annotations={"kilo.squat.ai/location": f"loc-{i % 2}", "kilo.squat.ai/leader": "true"},
+        now=1_767_225_600,
+    )
+
+
+DUMP_PEER: dict[str, Any] = {
+    "apiVersion": "kilo.squat.ai/v1alpha1",
+    "kind": "Peer",
+    "metadata": {"name": "p"},
+}

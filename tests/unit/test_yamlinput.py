@@ -204,6 +204,21 @@ def test_control_characters_are_refused_with_a_line_and_column(loader: type) -> 
     )
 
 
+@pytest.mark.parametrize("other", ["", "name: caf\u00e9\n"], ids=["ascii", "utf-8"])
+@pytest.mark.parametrize("char", ["\x7f", "\x0c", "\x1b", "\x08"])
+def test_every_forbidden_control_character_is_found_in_ascii_and_other_text(
+    loader: type, other: str, char: str
+) -> None:
+    # ASCII text is checked by a translate, other text by the pattern: the same refusal.
+    text = f"{other}kind: List\nitems: [a{char}]\n"
+    line = 2 + bool(other)
+    for data in (text, text.encode()):
+        assert refusal(data, loader=loader) == (
+            f"cluster dump dump.yaml is not valid YAML or JSON at line {line}, column 10: it "
+            f"holds the control character #x{ord(char):04x} (is it a binary file?)"
+        )
+
+
 def test_syntax_errors_are_one_line_with_a_line_and_column(loader: type) -> None:
     message = refusal("kind: List\nitems: [1, 2\n", loader=loader)
     assert message.startswith("cluster dump dump.yaml is not valid YAML or JSON at line 3")
@@ -491,3 +506,28 @@ def test_json_numbers_and_escapes_read_as_json(loader: type) -> None:
         [1000.0, "\U0001f600"]
     ]
     assert yamlinput.load_all("[1e3]", yamlinput.KUBECONFIG, source="x", loader=loader) == [["1e3"]]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("1", "1.5", "0x1F", "0o7", "1:20", "1_000", "2001-12-14", "2001-12-14t21:59:43.10-05:00"),
+        *("10.0.0.1", "10.0.0.0/24", "1e3", "1.0e+3", "null", "Null", "no", "NO", "node-1", "n"),
+        *("true", "True", "tRue", "~", ".inf", ".NaN", ".5", "-1", "-x", "+", "+.inf", "<<"),
+        *("=", "yes", "Off", "on", "y", "0b101", "09", "190:20:30", "1_0:2"),
+    ],
+)
+def test_the_builder_resolves_plain_scalars_as_pyyaml_does(loader: type, text: str) -> None:
+    # The builder asks one pattern for a scalar's first character before PyYAML's resolver.
+    instance = loader("")
+    resolvers = instance.yaml_implicit_resolvers.get(text[:1], [])
+    instance.dispose()
+    claimed = yamlinput._any_of(resolvers).match(text) is not None if resolvers else False
+    assert claimed == any(pattern.match(text) for _, pattern in resolvers)
+    document = f"a: {text}\nb: [{text}]\n"
+    try:
+        expected = yaml.load(document, Loader=loader)
+    except yaml.YAMLError:
+        refusal(document, loader=loader)
+    else:
+        assert yamlinput.load_all(document, DUMP, source="x", loader=loader) == [expected]

@@ -23,9 +23,15 @@ file (and the line and column where there is one), never a traceback:
 Both PyYAML loaders are supported and give the same values: libyaml's ``CSafeLoader``
 when PyYAML has it (the wheels do), else the pure-Python ``SafeLoader``.
 
-About 500 lines: the event check, the one-pass builder and the JSON path enforce the same
-limits with the same messages (one set of refusal helpers), and each falls back on the
-others; they are one concept, reading user YAML safely.
+A reader may name what it never reads (:class:`Unread`: the cluster dump's Node status,
+nine tenths of a kubelet's Node): a YAML text is then parsed with those blocks cut out
+(:mod:`kilo.adapters.yamlcut`, checked by the builder) and a JSON one decoded without
+them (:mod:`kilo.adapters.dumpjson`); either falls back on the whole text. What is never
+parsed is never refused either.
+
+About 700 lines: the event check, the one-pass builder (with the cut's check) and the JSON
+path enforce the same limits with the same messages (one set of refusal helpers), and each
+falls back on the others; they are one concept, reading user YAML safely.
 """
 
 from __future__ import annotations
@@ -36,12 +42,13 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import yaml
 
+from kilo.adapters import yamlcut
 from kilo.errors import BackendError
 from kilo.mesh.text import one_line
 
@@ -123,27 +130,88 @@ def read(path: str, kind: InputKind, *, stdin: BinaryIO | None = None) -> bytes:
     return data
 
 
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """A key whose block values the reader never looks at, in the mappings ``check``
+    accepts: they are cut from the text before it is parsed (:mod:`kilo.adapters.yamlcut`).
+
+    ``check`` gets the documents and each mapping the key was cut from (the key removed)
+    and says whether the key is unread in every one of them; when it is not, or the cut
+    text does not parse, the whole text is parsed.
+    """
+
+    key: str
+    check: Callable[[list[Any], list[dict[Any, Any]]], bool]
+    # A JSON text's documents less what the reader never reads (None: read it whole);
+    # what it gives is checked as plain JSON as the json module's documents are.
+    json: Callable[[str], list[Any] | None] | None = None
+
+
 def load_all(
-    data: bytes | str, kind: InputKind, *, source: str, loader: type[Any] | None = None
+    data: bytes | str,
+    kind: InputKind,
+    *,
+    source: str,
+    loader: type[Any] | None = None,
+    unread: Unread | None = None,
 ) -> list[Any]:
     """Every document of ``data``; :class:`BackendError` says in one line what is wrong."""
     text = _text(data, kind, source)
     chosen = LOADER if loader is None else loader
     with cycle_collector_paused():
-        return _load_all(text, kind, source, chosen)
+        return _load_all(text, kind, source, chosen, unread)
 
 
-def _load_all(text: str, kind: InputKind, source: str, chosen: type[Any]) -> list[Any]:
+def _load_all(
+    text: str, kind: InputKind, source: str, chosen: type[Any], unread: Unread | None = None
+) -> list[Any]:
     body = text.removeprefix("\ufeff")  # a byte-order mark: YAML skips it, json refuses it
     if kind.json and body.lstrip()[:1] in ("{", "["):
+        if unread is not None and unread.json is not None:
+            documents = unread.json(body)
+            if documents is not None and all(
+                _plain(document, kind.max_depth) for document in documents
+            ):
+                return documents
         document = _json(body, kind.max_depth)
         if document is not _NOT_JSON:
             return [document]
+    if unread is not None:
+        documents = _load_cut(text, kind, source, chosen, unread)
+        if documents is not None:
+            return documents
     try:
         return _build(text, kind, source, chosen)
     except _Unsupported:
         # PyYAML's own composer and constructor say what they make of it.
         return _load_all_pyyaml(text, kind, source, chosen)
+
+
+def _load_cut(
+    text: str, kind: InputKind, source: str, chosen: type[Any], unread: Unread
+) -> list[Any] | None:
+    """The documents of ``text`` with ``unread``'s blocks cut (see :class:`Unread`), or
+    None: nothing to cut, or the whole text must be parsed."""
+    cut = yamlcut.cut(text, unread.key)
+    if cut is None:
+        return None
+    holders: list[dict[Any, Any]] = []
+    try:
+        documents = _build(cut.text, kind, source, chosen, cut=(unread.key, cut.keys, holders))
+    except (BackendError, _Unsupported):
+        return None  # the whole text says what is wrong, where
+    if len(holders) != len(cut.keys):
+        return None  # a cut line the parser did not read as a key of a block mapping
+    for mapping in holders:
+        # The cut left the key without a value; anything else (the key written twice,
+        # once with a value) and the cut text is not the whole text less the blocks.
+        if mapping.get(unread.key, _NOT_NULL) is not None:
+            return None
+        del mapping[unread.key]
+    return documents if unread.check(documents, holders) else None
+
+
+_NOT_NULL = object()
 
 
 def _load_all_pyyaml(text: str, kind: InputKind, source: str, chosen: type[Any]) -> list[Any]:
@@ -219,7 +287,7 @@ def _text(data: bytes | str, kind: InputKind, source: str) -> str:
             ) from exc
     else:
         text = data
-    bad = _NON_PRINTABLE.search(text)
+    bad = None if _printable_ascii(text, data) else _NON_PRINTABLE.search(text)
     if bad is not None:
         line, column = _line_column(text, bad.start())
         raise BackendError(
@@ -227,6 +295,20 @@ def _text(data: bytes | str, kind: InputKind, source: str) -> str:
             f"it holds the control character #x{ord(bad.group()):04x} (is it a binary file?)"
         )
     return text
+
+
+# The ASCII characters YAML allows (_NON_PRINTABLE's, below 0x80).
+_PRINTABLE_ASCII = b"\t\n\r" + bytes(range(0x20, 0x7F))
+
+
+def _printable_ascii(text: str, data: bytes | str) -> bool:
+    """Whether ``text`` (``data`` decoded) is ASCII without a character YAML forbids: a
+    47 MB dump in 0.07 s, where the pattern for any text takes 0.7 s (a deleting translate
+    runs at memory speed)."""
+    if not text.isascii():
+        return False
+    raw = data if isinstance(data, bytes) else text.encode("ascii")
+    return not raw.translate(None, _PRINTABLE_ASCII)
 
 
 def _check_events(text: str, kind: InputKind, source: str, loader: type[Any]) -> None:
@@ -317,7 +399,13 @@ def _json(text: str, max_depth: int) -> Any:
             json.dumps(document, ensure_ascii=False).encode()  # a lone one raises
     except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return _NOT_JSON
-    # Iterative: the depth of what json built, without recursion.
+    return document if _plain(document, max_depth) else _NOT_JSON
+
+
+def _plain(document: Any, max_depth: int) -> bool:
+    """Whether a decoded JSON ``document`` is nested at most ``max_depth`` deep (iterative:
+    no recursion). Integers need no check: msgspec, like the json module, refuses more
+    than 4300 digits."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         value, depth = stack.pop()
@@ -325,9 +413,9 @@ def _json(text: str, max_depth: int) -> Any:
         for child in children:
             if type(child) is dict or type(child) is list:
                 if depth >= max_depth:
-                    return _NOT_JSON
+                    return False
                 stack.append((child, depth + 1))
-    return document
+    return True
 
 
 # --- one pass -----------------------------------------------------------------------------
@@ -346,18 +434,28 @@ class _Unsupported(Exception):
 class _Frame:
     """An open collection: its value so far, anchor, expanded size and pending key."""
 
-    __slots__ = ("anchor", "has_key", "key", "mapping", "size", "value")
+    __slots__ = ("anchor", "block", "has_key", "key", "mapping", "size", "value")
 
-    def __init__(self, value: dict[Any, Any] | list[Any], anchor: str | None) -> None:
+    def __init__(
+        self, value: dict[Any, Any] | list[Any], anchor: str | None, block: bool = False
+    ) -> None:
         self.value = value
         self.anchor = anchor
         self.mapping = isinstance(value, dict)
+        self.block = block  # a block collection (not a flow one)
         self.size = 1
         self.key: Any = None
         self.has_key = False
 
 
-def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[Any]:
+# What a cut text's build checks: the cut key, where the cuts left it (line, column) and
+# the list of the mappings it was found in, filled by the build.
+_CutKeys = tuple[str, frozenset[tuple[int, int]], list[dict[Any, Any]]]
+
+
+def _build(
+    text: str, kind: InputKind, source: str, loader: type[Any], cut: _CutKeys | None = None
+) -> list[Any]:
     """The documents, checked (as :func:`_check_events`) and built from one parse.
 
     The checks need a parse of their own before PyYAML composes (libyaml's composer
@@ -385,37 +483,70 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
     # addresses in quotes aside) start with one no implicit tag claims, and are strings.
     resolvers = instance.yaml_implicit_resolvers
     firsts = frozenset(() if None in resolvers or instance.yaml_path_resolvers else resolvers)
+    # ... and most of the others (addresses, CIDRs, names starting with "n") match none of
+    # the resolvers of their first character: one pattern tells, before resolve() tries
+    # each (they are 5000 a 5000-node dump's Node names and addresses).
+    claimed = {first: _any_of(resolvers[first]) for first in firsts}
     scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
     mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
     mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+    cut_key, cut_at, holders = (None, frozenset(), []) if cut is None else cut
+
+    def construct(tag: str, event: Any) -> Any:
+        """The value of a scalar ``event`` resolved to ``tag``, as PyYAML constructs it."""
+        if tag == _STR:
+            return event.value
+        if tag in (_MERGE, _VALUE):
+            raise _Unsupported
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        try:
+            value = instance.construct_object(node, deep=True)
+        except (yaml.YAMLError, *_CONSTRUCTION_ERRORS) as exc:
+            raise _Unsupported from exc
+        # The constructor remembers each node it built: not this throwaway one.
+        instance.constructed_objects.pop(node, None)
+        return value
+
     try:
         for event in iter(instance.get_event, None):
             cls = event.__class__
             size = 1
             if cls is scalar_event:
                 written += 1
+                value: Any = event.value
                 tag = event.tag
-                if tag is None or tag == "!":
-                    implicit = event.implicit
-                    text_value = event.value
-                    if implicit[0] and (not firsts or text_value[:1] in firsts):
-                        tag = resolve(yaml.ScalarNode, text_value, implicit)
-                    else:
-                        tag = _STR
-                if tag == _STR:
-                    value: Any = event.value
-                elif tag in (_MERGE, _VALUE):
-                    raise _Unsupported
+                if tag is None and firsts:
+                    # Untagged, the common case: quoted, a string; plain, a string unless
+                    # a resolver of its first character claims it.
+                    if event.implicit[0]:
+                        first = value[:1]
+                        if first in firsts and claimed[first].match(value) is not None:
+                            value = construct(
+                                resolve(yaml.ScalarNode, value, event.implicit), event
+                            )
+                        elif value == cut_key and stack:
+                            frame = stack[-1]
+                            # The key a cut left, where it was, in a block mapping that
+                            # no alias can share: with an anchor on it or on a collection
+                            # holding it, the value would lose the key wherever an alias
+                            # puts it too (a Node in another's annotation), so it is not
+                            # counted and the whole text is parsed.
+                            if (
+                                isinstance(frame.value, dict)
+                                and frame.block
+                                and not frame.has_key
+                                and (event.start_mark.line, event.start_mark.column) in cut_at
+                                and all(open_frame.anchor is None for open_frame in stack)
+                            ):
+                                holders.append(frame.value)
                 else:
-                    node = yaml.ScalarNode(
-                        tag, event.value, event.start_mark, event.end_mark, event.style
-                    )
-                    try:
-                        value = instance.construct_object(node, deep=True)
-                    except (yaml.YAMLError, *_CONSTRUCTION_ERRORS) as exc:
-                        raise _Unsupported from exc
-                    # The constructor remembers each node it built: not this throwaway one.
-                    instance.constructed_objects.pop(node, None)
+                    if tag is None or tag == "!":
+                        implicit = event.implicit
+                        if implicit[0] and (not firsts or value[:1] in firsts):
+                            tag = resolve(yaml.ScalarNode, value, implicit)
+                        else:
+                            tag = _STR
+                    value = construct(tag, event)
                 if event.anchor is not None:
                     if event.anchor in defined:
                         raise _Unsupported  # a duplicate anchor: PyYAML's composer says so
@@ -445,7 +576,7 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
                     if event.anchor in defined:
                         raise _Unsupported
                     defined.add(event.anchor)
-                stack.append(_Frame({} if mapping else [], event.anchor))
+                stack.append(_Frame({} if mapping else [], event.anchor, not event.flow_style))
                 continue
             elif cls is mapping_end or cls is sequence_end:
                 frame = stack.pop()
@@ -485,6 +616,16 @@ def _build(text: str, kind: InputKind, source: str, loader: type[Any]) -> list[A
         instance.dispose()
     _check_expansion(kind, source, written, expanded)
     return documents
+
+
+def _any_of(resolvers: list[tuple[str, re.Pattern[str]]]) -> re.Pattern[str]:
+    """A pattern that matches where one of ``resolvers``' patterns matches (each with its
+    own flags: PyYAML's are verbose)."""
+    parts = []
+    for _, pattern in resolvers:
+        flags = "x" if pattern.flags & re.VERBOSE else ""
+        parts.append(f"(?{flags}:{pattern.pattern})" if flags else f"(?:{pattern.pattern})")
+    return re.compile("|".join(parts))
 
 
 def _ceiling(text: str) -> int:

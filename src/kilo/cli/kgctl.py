@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import os
 import sys
@@ -587,11 +588,28 @@ def _escaping(stream: TextIO) -> TextIO:
     return stream
 
 
+def _exiting() -> None:
+    """The command is done and the process ends: keep the cyclic garbage collector off
+    what is left.
+
+    What a command built on a 5000-node dump outlives it in the core's memos (a full
+    mesh's plan: some 230 000 objects, the topology's segments, routes and rules), and
+    the interpreter's finalization runs full collections over the whole heap before it
+    exits: 0.4 s of a full mesh's ``plan`` (1.7 s of CPU against 1.3 s with this, on a
+    2-core EPYC). ``gc.freeze`` moves every object to the permanent generation, which no
+    collection walks; reference counting still frees what finalization drops. Only for
+    kgctl's own process: a caller that runs commands in-process (the tests) keeps
+    collecting.
+    """
+    gc.freeze()
+
+
 def main(
     argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     out = out or _escaping(sys.stdout)
     err = err or _escaping(sys.stderr)
+    own_process = argv is None  # kgctl itself, not a caller (a test) running a command
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in completion.REQUESTS:
         return _complete(argv, out, err)
@@ -611,6 +629,8 @@ def main(
             getattr(args, "help_parser", parser).print_help(out)
             return 0
         result: int = args.run(commands.Context(args, out, err))
+        if own_process:
+            _exiting()
         return result
     except commands.UsageError as exc:
         print(f"{PROG}: {printable(str(exc))}", file=err)
