@@ -89,7 +89,7 @@ def credential_error(exc: BaseException, config: SingleConfig) -> str | None:
     ``KeyError`` or ``TypeError`` when it prints no ExecCredential. They are told apart from
     the server's and the transport's by where they were raised.
     """
-    if not _raised_in(exc, _AUTH_MODULE):
+    if not any(_raised_in(exc, module) for module in _AUTH_MODULES):
         return None
     where = kubeconfig.describe(config)
     user = config.user
@@ -120,7 +120,8 @@ def credential_error(exc: BaseException, config: SingleConfig) -> str | None:
     )
 
 
-_AUTH_MODULE = "lightkube.config.client_adapter"
+# lightkube's, and the agent's bounded credential plugin (kilo.adapters.credentials).
+_AUTH_MODULES = ("lightkube.config.client_adapter", "kilo.adapters.credentials")
 
 
 def _raised_in(exc: BaseException, module: str) -> bool:

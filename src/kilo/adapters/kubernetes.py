@@ -321,6 +321,7 @@ class Informer:
         backoff_max: float = 30.0,
         watch_seconds: int = 300,
         retry_refusals: bool = False,
+        plugin_timeout: float | None = None,
         on_error: Callable[[str], None] | None = None,
         namespace: str | None = None,
     ) -> None:
@@ -331,6 +332,9 @@ class Informer:
         # restarting API server refuses requests until its RBAC caches are loaded.
         # Refusals before the first list (or in one-shot tools) are misconfiguration: fatal.
         self._retry_refusals = retry_refusals
+        # The credential plugin's bound for the watches' own requests (the agent's; see
+        # kilo.adapters.credentials), as for the client's.
+        self._plugin_timeout = plugin_timeout
         self._on_error = on_error
         self._listed = False
         self._resource = resource
@@ -472,7 +476,9 @@ class Informer:
 
         decode, decode_event = watch_decoders(res)
         if self._connection is None:
-            self._connection = watchstream.Connection(self._client.config)
+            self._connection = watchstream.Connection(
+                self._client.config, plugin_timeout=self._plugin_timeout
+            )
         return watchstream.Watch(
             self._connection,
             _watch_path(res, self._where.get("namespace")),

@@ -47,7 +47,7 @@ from lightkube.config.client_adapter import ConnectionParams
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core import decoders
 
-from kilo.adapters import tlsbio
+from kilo.adapters import credentials, tlsbio
 
 MAX_HEAD = 64 * 1024
 MAX_CHUNK_LINE = 1024
@@ -203,8 +203,9 @@ class Connection:
 
     Made on the first opening's thread (it reads files); thread-safe."""
 
-    def __init__(self, config: SingleConfig) -> None:
+    def __init__(self, config: SingleConfig, *, plugin_timeout: float | None = None) -> None:
         self.config = config
+        self._plugin_timeout = plugin_timeout  # None: lightkube's unbounded wait
         self._lock = threading.Lock()
         self._params: tuple[str, ssl.SSLContext, httpx2.Auth | None] | None = None
 
@@ -213,7 +214,10 @@ class Connection:
         with self._lock:
             if self._params is None:
                 params = ConnectionParams(trust_env=False).httpx_params(self.config)
-                self._params = (str(params["base_url"]), params["verify"], params["auth"])
+                auth = params["auth"]
+                if self._plugin_timeout is not None:
+                    auth = credentials.bounded(auth, self._plugin_timeout)
+                self._params = (str(params["base_url"]), params["verify"], auth)
             return self._params
 
 

@@ -157,6 +157,7 @@ async def _run(settings: AgentSettings) -> int:
     # netlink, Kubernetes and Prometheus libraries.
     from lightkube import Client
 
+    from kilo.adapters import credentials
     from kilo.agent.http import HTTPServer
     from kilo.agent.metrics import AgentMetrics, new_registry
     from kilo.agent.reconcile import Agent
@@ -182,7 +183,8 @@ async def _run(settings: AgentSettings) -> int:
     with contextlib.ExitStack() as undo:
         undo.callback(http.stop)
         mesh = _construct(settings, undo, metrics, views)
-        api = Client(config, trust_env=False)
+        # A credential plugin that hangs must not stop the agent for good (credentials).
+        api = credentials.bound_client(Client(config, trust_env=False))
         undo.callback(api.close)
         agent = Agent(settings, mesh.host, mesh.plane, _Writer(api), _MetricsAdapter(metrics))
         views.agent = agent
@@ -342,7 +344,7 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
     error (1, Kilo's last words on stderr)."""
     from lightkube import AsyncClient
 
-    from kilo.adapters import kubernetes
+    from kilo.adapters import credentials, kubernetes
 
     log = logs.get("kilo")
     loop = asyncio.get_running_loop()
@@ -350,7 +352,7 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     status = 0
-    async with AsyncClient(config, trust_env=False) as client:
+    async with credentials.bound_client(AsyncClient(config, trust_env=False)) as client:
 
         def backend_error(message: str) -> None:
             log.error("the Kubernetes watch failed; retrying", fields={"error": message})
@@ -362,6 +364,7 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
                 server=str(config.cluster.server),
                 retry_refusals=True,
                 on_error=backend_error,
+                plugin_timeout=credentials.PLUGIN_TIMEOUT,
             )
             for resource in ("nodes", "peers")
         )
@@ -387,6 +390,7 @@ async def _serve(settings: AgentSettings, config: SingleConfig, agent: Agent) ->
                 retry_refusals=True,
                 on_error=backend_error,
                 namespace=namespace,
+                plugin_timeout=credentials.PLUGIN_TIMEOUT,
             )
             log.info(
                 "lease leader election is on",

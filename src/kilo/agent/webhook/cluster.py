@@ -116,10 +116,13 @@ class ClusterWatcher:
     async def _run(self) -> None:
         from lightkube import AsyncClient
 
+        from kilo.adapters import credentials
+
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         try:
-            client = AsyncClient(self._config, trust_env=False)
+            # A credential plugin that hangs must not stop the webhook for good.
+            client = credentials.bound_client(AsyncClient(self._config, trust_env=False))
         except Exception as exc:
             self._start_error = exc
             self._started.set()
@@ -139,7 +142,7 @@ class ClusterWatcher:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _follow(self, client: Any, resource: str) -> None:
-        from kilo.adapters import kubernetes
+        from kilo.adapters import credentials, kubernetes
 
         server = str(self._config.cluster.server)
 
@@ -149,7 +152,12 @@ class ClusterWatcher:
             )
 
         informer = kubernetes.Informer(
-            client, resource, server=server, retry_refusals=True, on_error=on_error
+            client,
+            resource,
+            server=server,
+            retry_refusals=True,
+            on_error=on_error,
+            plugin_timeout=credentials.PLUGIN_TIMEOUT,
         )
         delay = self._retry_initial
         while True:
