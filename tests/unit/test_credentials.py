@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,13 +38,18 @@ def leaving_a_child(directory: Path) -> str:
 
 
 def gone(pid_file: Path) -> bool:
-    """Whether the process is gone (or a zombie its new parent has not reaped yet)."""
+    """Whether the process ends (a SIGKILL is delivered after kill() returns: a pidfd says
+    when it has exited, whoever reaps it)."""
     pid = int(pid_file.read_text())
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
         return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    try:
+        readable, _, _ = select.select([fd], [], [], 10)
+    finally:
+        os.close(fd)
+    return bool(readable)
 
 
 def command(directory: Path, script: str) -> list[str]:
