@@ -225,3 +225,38 @@ def test_a_send_the_socket_cannot_take_ends_the_connection(
     with pytest.raises(ConnectionError, match="could not take"):
         for _ in range(10_000):  # the server reads nothing: the socket's buffer fills
             client.sendall(b"x" * 65536)
+
+
+def test_an_answer_the_server_waits_for_is_sent_before_any_data(
+    certificates: tuple[CertificateAuthority, Path], tmp_path: Path
+) -> None:
+    """The server asks for the client's certificate after the handshake and sends nothing
+    until it has it: the answer goes out from the read that found the request, not with
+    data that would only come after it (a watch silent until its read timeout)."""
+    ca, ca_cert = certificates
+    server_ctx = server_context(ca, ca_cert, tmp_path)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.post_handshake_auth = True
+    client_ctx = ssl.create_default_context(cafile=ca_cert)
+    client_ctx.post_handshake_auth = True
+    cert, key = ca.issue("the-client")
+    (tmp_path / "client.crt").write_bytes(cert)
+    (tmp_path / "client.key").write_bytes(key)
+    client_ctx.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    with connected(server_ctx, client_ctx) as (server, client):
+        client.setblocking(False)
+        server.tls.verify_client_post_handshake()
+        with contextlib.suppress(ssl.SSLWantReadError):  # writes the request
+            server.tls.do_handshake()
+        server.send_pending()
+        assert readable(client) == b""  # no data for the reader
+        # Sent from the read itself: on the server's socket already.
+        server.sock.setblocking(False)
+        server.incoming.write(server.sock.recv(65536))
+        with contextlib.suppress(ssl.SSLWantReadError):
+            server.tls.read(100)
+        der = server.tls.getpeercert(binary_form=True)
+        assert der is not None
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        assert subject == "CN=the-client"
+

@@ -76,7 +76,13 @@ class TLSSocket:
                 try:
                     data = self._tls.read(size)
                 except ssl.SSLWantReadError:
-                    pass  # a record not whole yet
+                    # A record not whole yet, or records without data for the reader. Those
+                    # may want an answer the server waits for before it sends more (its
+                    # request for the client's certificate after the handshake, a
+                    # renegotiation): sent now, as an SSLSocket would, not after data that
+                    # would only come once the answer did.
+                    if self._outgoing.pending:
+                        self._flush()
                 else:
                     # b"" after a close_notify (SSLObject.read returns it, as SSLSocket's
                     # does); SSLEOFError needs the incoming BIO's write_eof, never called.
