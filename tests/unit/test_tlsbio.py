@@ -260,3 +260,41 @@ def test_an_answer_the_server_waits_for_is_sent_before_any_data(
         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
         assert subject == "CN=the-client"
 
+
+def test_records_without_data_give_the_loop_back_after_one_read(
+    certificates: tuple[CertificateAuthority, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of records with nothing for the reader (session tickets here, key updates
+    alike): a non-blocking recv reads the socket once and raises BlockingIOError, so a
+    server streaming them faster than they are decrypted cannot hold the loop's reader
+    in one call (its read timeout, Lease renewals and health checks waiting behind it)."""
+    ca, ca_cert = certificates
+    server_ctx = server_context(ca, ca_cert, tmp_path)
+    server_ctx.num_tickets = 64  # about 16 KB of records, sent after the handshake
+    monkeypatch.setattr(tlsbio, "READ_SIZE", 512)  # each read full, as under a flood
+    with connected(server_ctx, ssl.create_default_context(cafile=ca_cert)) as (server, client):
+        server.sock.sendall(server.records(b"after the tickets"))
+        client.setblocking(False)
+        reads = 0
+        fill = client._fill
+
+        def counted() -> bool:
+            nonlocal reads
+            reads += 1
+            return fill()
+
+        client._fill = counted  # type: ignore[method-assign]
+        most = 0
+        data = b""
+        for _ in range(1000):
+            before = reads
+            with contextlib.suppress(BlockingIOError):
+                data = client.recv(65536)
+            most = max(most, reads - before)
+            if data:
+                break
+        assert data == b"after the tickets"
+        assert most == 1
+        assert reads > 16_000 // 512  # the tickets were read, a slice per call

@@ -71,6 +71,7 @@ class TLSSocket:
         self._flush()
 
     def recv(self, size: int) -> bytes:
+        filled = False
         while True:
             if self._incoming.pending or self._tls.pending():
                 try:
@@ -91,12 +92,17 @@ class TLSSocket:
                     return data
             if self._eof:
                 return b""
-            if self._drained and self._nonblocking:
+            # Non-blocking, one system call at most: a read that found only records without
+            # data (session tickets, key updates) gives the loop back too, and the reader,
+            # level-triggered, comes back for the rest. Otherwise a server streaming such
+            # records faster than they are decrypted would hold the loop in this call.
+            if self._nonblocking and (self._drained or filled):
                 self._drained = False
                 raise BlockingIOError("nothing more arrived")
             if not self._fill():
                 self._eof = True
                 return b""  # a record cut short by the close is dropped, as a ragged EOF
+            filled = True
 
     def _fill(self) -> bool:
         """What arrived on the socket into the TLS layer; False at its end."""
