@@ -17,6 +17,7 @@ import socket
 import ssl
 import sys
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -1112,3 +1113,22 @@ def test_a_consumer_behind_for_longer_than_the_read_timeout_is_not_silence(
     with ScriptServer(script) as server:
         names = asyncio.run(asyncio.wait_for(behind(load_config(tmp_path, server.url)), 30))
     assert names == [n["metadata"]["name"] for n in nodes]
+
+
+def test_a_line_in_many_small_pieces_is_held_in_about_its_size() -> None:
+    """A server writing its line a few bytes a TLS record (each record a read of its
+    own): the pieces are joined as they come, instead of kept as a bytes object each
+    (about 40 bytes besides the data), so MAX_EVENT bounds a line's memory, not 20 times it."""
+    lines = watchstream.Lines()
+    count = 50_000
+    tracemalloc.start()
+    try:
+        for i in range(count):
+            assert lines.feed(bytes([97 + i % 26, 98])) == []  # a new object each, as a read
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * count * 2
+    whole = b"".join(bytes([97 + i % 26, 98]) for i in range(count)) + b"c"
+    assert lines.feed(b"c\nd") == [whole]
+    assert lines.rest() == b"d"

@@ -159,11 +159,15 @@ def _chunk_size(line: bytes) -> int:
     return size
 
 
+# Pieces of a line kept apart before they are joined into one buffer.
+MAX_PARTS = 64
+
+
 class Lines:
     """Cuts a body into lines (one watch event each), bounded by :data:`MAX_EVENT`."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []  # of the line not yet complete
+        self._parts: list[bytes | bytearray] = []  # of the line not yet complete
         self._size = 0
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -172,6 +176,16 @@ class Lines:
             self._size += len(data)
             if self._size > MAX_EVENT:
                 raise ProtocolError(f"a watch event longer than {MAX_EVENT} bytes")
+            if len(self._parts) > MAX_PARTS:
+                # A line in many small pieces (a server writing a few bytes a TLS record or
+                # a chunk): each piece an object of 40 bytes besides its data, MAX_EVENT in
+                # 2-byte pieces held 120 MB. Kept in one buffer, grown in place.
+                first = self._parts[0]
+                if isinstance(first, bytearray):
+                    first += b"".join(self._parts[1:])
+                else:
+                    first = bytearray(b"".join(self._parts))
+                self._parts = [first]
             return []
         lines = b"".join(self._parts).split(b"\n")
         rest = lines.pop()
