@@ -33,7 +33,7 @@ from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core import decoders
 from lightkube.resources.coordination_v1 import Lease
 
-from kilo.adapters import apierrors, kubeconfig, kubernetes, watchstream
+from kilo.adapters import apierrors, kubeconfig, kubernetes, tlsbio, watchstream
 from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
 
 Script = Callable[[socket.socket, bytes], None]
@@ -1132,3 +1132,61 @@ def test_a_line_in_many_small_pieces_is_held_in_about_its_size() -> None:
     whole = b"".join(bytes([97 + i % 26, 98]) for i in range(count)) + b"c"
     assert lines.feed(b"c\nd") == [whole]
     assert lines.rest() == b"d"
+
+
+def test_a_wake_reads_a_bounded_amount_of_the_socket_through_tls(
+    tmp_path: Path, tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server writing its body a byte a TLS record (22 bytes of record each): a wake
+    reads MAX_READ_PER_WAKE of the socket, not MAX_READ_PER_WAKE of the body (20 times
+    that in the socket, or unbounded with records without data between them)."""
+    monkeypatch.setattr(tlsbio, "READ_SIZE", 1024)
+    monkeypatch.setattr(watchstream, "MAX_READ_PER_WAKE", 512)
+    first, second = line("ADDED", node("a", 1)), line("MODIFIED", node("a", 2))
+    go, sent = threading.Event(), threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(first).removesuffix(b"0\r\n\r\n"))
+        go.wait(10)
+        body = chunked(second)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # full segments
+        for i in range(len(body)):
+            conn.sendall(body[i : i + 1])  # a record each
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        sent.set()
+
+    wakes: list[int] = []
+    fill, readable = tlsbio.TLSSocket._fill, watchstream.Watch._readable
+
+    def counted_fill(self: tlsbio.TLSSocket) -> bool:
+        before = self._incoming.pending
+        more = fill(self)
+        if wakes:
+            wakes[-1] += self._incoming.pending - before
+        return more
+
+    def counted_readable(self: watchstream.Watch) -> None:
+        wakes.append(0)
+        readable(self)
+
+    async def scenario(config: SingleConfig) -> str:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        assert (await anext(watch))[0] == "ADDED"
+        watch._pause()  # the records build up in the socket
+        go.set()
+        await asyncio.to_thread(sent.wait, 10)
+        monkeypatch.setattr(tlsbio.TLSSocket, "_fill", counted_fill)
+        monkeypatch.setattr(watchstream.Watch, "_readable", counted_readable)
+        watch._resume()
+        kind = (await anext(watch))[0]
+        await watch.aclose()
+        return kind
+
+    with ScriptServer(script, tls=tls) as server:
+        config = load_config(tmp_path, server.url)
+        kind = asyncio.run(asyncio.wait_for(scenario(config), 30))
+    assert kind == "MODIFIED"
+    assert sum(wakes) > 20 * len(second)  # the records were read
+    assert max(wakes) <= 512 + 1024  # MAX_READ_PER_WAKE, and the read that passed it

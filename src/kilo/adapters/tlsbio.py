@@ -38,6 +38,9 @@ class TLSSocket:
         self._nonblocking = False
         self._drained = False  # the last recv emptied the socket
         self._eof = False
+        # Bytes read from the socket: a reader bounds its work per wake of the loop in them,
+        # as decrypted bytes can be far fewer (a byte a record, records without data).
+        self.received = 0
 
     def fileno(self) -> int:
         return self.raw.fileno()
@@ -110,6 +113,7 @@ class TLSSocket:
         if not data:
             return False
         self._incoming.write(data)
+        self.received += len(data)
         self._drained = len(data) < READ_SIZE
         return True
 

@@ -412,9 +412,16 @@ class Watch:
             return
         arrived = more = False
         taken = 0
+        # Bounded in the socket's bytes too: through TLS a server writing a byte a record
+        # (22 bytes each) or records without data between them (session tickets) made a
+        # wake read MAX_READ_PER_WAKE of the body as 20 times that or more.
+        tls = sock if isinstance(sock, tlsbio.TLSSocket) else None
+        start = tls.received if tls is not None else 0
         try:
             while len(self._events) < MAX_PENDING and self._pending < MAX_PENDING_BYTES:
-                if taken >= MAX_READ_PER_WAKE:
+                if taken >= MAX_READ_PER_WAKE or (
+                    tls is not None and tls.received - start >= MAX_READ_PER_WAKE
+                ):
                     more = True
                     break
                 try:
