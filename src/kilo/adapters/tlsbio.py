@@ -8,7 +8,12 @@ project's machine: in a profile of kg the socket reads were about a third of its
 one ``recv`` takes whatever arrived into a ``MemoryBIO`` and the records are decrypted from
 there (``ssl.SSLObject``, the TLS asyncio uses), and a short ``recv`` (the socket emptied)
 ends a non-blocking read without another system call: the loop's reader is level-triggered,
-so bytes arriving later wake it again.
+so bytes arriving later wake it again. A non-blocking read makes one system call at most,
+also when what it read held no data for the reader (session tickets, key updates), and
+:attr:`TLSSocket.received` counts the socket's bytes: a hostile server's records cannot
+hold the loop in one read or in one wake of its reader. An answer the TLS layer writes
+while reading (to a request for the client's certificate, a key update, a renegotiation)
+is sent from that read.
 
 The subset of the socket interface :mod:`kilo.adapters.watchstream` uses, with the same
 outcomes as an ``SSLSocket`` made with ``suppress_ragged_eofs``: ``b""`` at the end (a
