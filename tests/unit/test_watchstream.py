@@ -1190,3 +1190,32 @@ def test_a_wake_reads_a_bounded_amount_of_the_socket_through_tls(
     assert kind == "MODIFIED"
     assert sum(wakes) > 20 * len(second)  # the records were read
     assert max(wakes) <= 512 + 1024  # MAX_READ_PER_WAKE, and the read that passed it
+
+
+def test_a_body_dribbled_a_byte_a_record_is_read_without_spinning(
+    tmp_path: Path, tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (or a middlebox) writing a byte a TLS record and a record a segment: the
+    events come whole, and the reader reads each record once and waits for the next: its
+    reads are counted, two a record at most (the record, the read finding nothing)."""
+    body = OK_HEAD + chunked(line("ADDED", node("a", 1)) + line("MODIFIED", node("a", 2)), 700)
+    reads = 0
+    recv = tlsbio.TLSSocket.recv
+
+    def counted(self: tlsbio.TLSSocket, size: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return recv(self, size)
+
+    monkeypatch.setattr(tlsbio.TLSSocket, "recv", counted)
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(body)):
+            conn.sendall(body[i : i + 1])
+
+    with ScriptServer(script, tls=tls) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert failure is None
+    assert events == [("ADDED", expected(node("a", 1))), ("MODIFIED", expected(node("a", 2)))]
+    assert reads <= 2 * len(body) + 10
