@@ -225,3 +225,76 @@ def test_a_send_the_socket_cannot_take_ends_the_connection(
     with pytest.raises(ConnectionError, match="could not take"):
         for _ in range(10_000):  # the server reads nothing: the socket's buffer fills
             client.sendall(b"x" * 65536)
+
+
+def test_an_answer_the_server_waits_for_is_sent_before_any_data(
+    certificates: tuple[CertificateAuthority, Path], tmp_path: Path
+) -> None:
+    """The server asks for the client's certificate after the handshake and sends nothing
+    until it has it: the answer goes out from the read that found the request, not with
+    data that would only come after it (a watch silent until its read timeout)."""
+    ca, ca_cert = certificates
+    server_ctx = server_context(ca, ca_cert, tmp_path)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.post_handshake_auth = True
+    client_ctx = ssl.create_default_context(cafile=ca_cert)
+    client_ctx.post_handshake_auth = True
+    cert, key = ca.issue("the-client")
+    (tmp_path / "client.crt").write_bytes(cert)
+    (tmp_path / "client.key").write_bytes(key)
+    client_ctx.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    with connected(server_ctx, client_ctx) as (server, client):
+        client.setblocking(False)
+        server.tls.verify_client_post_handshake()
+        with contextlib.suppress(ssl.SSLWantReadError):  # writes the request
+            server.tls.do_handshake()
+        server.send_pending()
+        assert readable(client) == b""  # no data for the reader
+        # Sent from the read itself: on the server's socket already.
+        server.sock.setblocking(False)
+        server.incoming.write(server.sock.recv(65536))
+        with contextlib.suppress(ssl.SSLWantReadError):
+            server.tls.read(100)
+        der = server.tls.getpeercert(binary_form=True)
+        assert der is not None
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        assert subject == "CN=the-client"
+
+
+def test_records_without_data_give_the_loop_back_after_one_read(
+    certificates: tuple[CertificateAuthority, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of records with nothing for the reader (session tickets here, key updates
+    alike): a non-blocking recv reads the socket once and raises BlockingIOError, so a
+    server streaming them faster than they are decrypted cannot hold the loop's reader
+    in one call (its read timeout, Lease renewals and health checks waiting behind it)."""
+    ca, ca_cert = certificates
+    server_ctx = server_context(ca, ca_cert, tmp_path)
+    server_ctx.num_tickets = 64  # about 16 KB of records, sent after the handshake
+    monkeypatch.setattr(tlsbio, "READ_SIZE", 512)  # each read full, as under a flood
+    with connected(server_ctx, ssl.create_default_context(cafile=ca_cert)) as (server, client):
+        server.sock.sendall(server.records(b"after the tickets"))
+        client.setblocking(False)
+        reads = 0
+        fill = client._fill
+
+        def counted() -> bool:
+            nonlocal reads
+            reads += 1
+            return fill()
+
+        client._fill = counted  # type: ignore[method-assign]
+        most = 0
+        data = b""
+        for _ in range(1000):
+            before = reads
+            with contextlib.suppress(BlockingIOError):
+                data = client.recv(65536)
+            most = max(most, reads - before)
+            if data:
+                break
+        assert data == b"after the tickets"
+        assert most == 1
+        assert reads > 16_000 // 512  # the tickets were read, a slice per call

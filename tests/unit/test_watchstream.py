@@ -17,6 +17,7 @@ import socket
 import ssl
 import sys
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core import decoders
 from lightkube.resources.coordination_v1 import Lease
 
-from kilo.adapters import apierrors, kubeconfig, kubernetes, watchstream
+from kilo.adapters import apierrors, kubeconfig, kubernetes, tlsbio, watchstream
 from kilo.sandbox.controlplane import CertificateAuthority, pem_cert
 
 Script = Callable[[socket.socket, bytes], None]
@@ -1112,3 +1113,109 @@ def test_a_consumer_behind_for_longer_than_the_read_timeout_is_not_silence(
     with ScriptServer(script) as server:
         names = asyncio.run(asyncio.wait_for(behind(load_config(tmp_path, server.url)), 30))
     assert names == [n["metadata"]["name"] for n in nodes]
+
+
+def test_a_line_in_many_small_pieces_is_held_in_about_its_size() -> None:
+    """A server writing its line a few bytes a TLS record (each record a read of its
+    own): the pieces are joined as they come, instead of kept as a bytes object each
+    (about 40 bytes besides the data), so MAX_EVENT bounds a line's memory, not 20 times it."""
+    lines = watchstream.Lines()
+    count = 50_000
+    tracemalloc.start()
+    try:
+        for i in range(count):
+            assert lines.feed(bytes([97 + i % 26, 98])) == []  # a new object each, as a read
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * count * 2
+    whole = b"".join(bytes([97 + i % 26, 98]) for i in range(count)) + b"c"
+    assert lines.feed(b"c\nd") == [whole]
+    assert lines.rest() == b"d"
+
+
+def test_a_wake_reads_a_bounded_amount_of_the_socket_through_tls(
+    tmp_path: Path, tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server writing its body a byte a TLS record (22 bytes of record each): a wake
+    reads MAX_READ_PER_WAKE of the socket, not MAX_READ_PER_WAKE of the body (20 times
+    that in the socket, or unbounded with records without data between them)."""
+    monkeypatch.setattr(tlsbio, "READ_SIZE", 1024)
+    monkeypatch.setattr(watchstream, "MAX_READ_PER_WAKE", 512)
+    first, second = line("ADDED", node("a", 1)), line("MODIFIED", node("a", 2))
+    go, sent = threading.Event(), threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK_HEAD + chunked(first).removesuffix(b"0\r\n\r\n"))
+        go.wait(10)
+        body = chunked(second)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # full segments
+        for i in range(len(body)):
+            conn.sendall(body[i : i + 1])  # a record each
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        sent.set()
+
+    wakes: list[int] = []
+    fill, readable = tlsbio.TLSSocket._fill, watchstream.Watch._readable
+
+    def counted_fill(self: tlsbio.TLSSocket) -> bool:
+        before = self._incoming.pending
+        more = fill(self)
+        if wakes:
+            wakes[-1] += self._incoming.pending - before
+        return more
+
+    def counted_readable(self: watchstream.Watch) -> None:
+        wakes.append(0)
+        readable(self)
+
+    async def scenario(config: SingleConfig) -> str:
+        watch = watchstream.Watch(
+            config, "/api/v1/nodes", {}, decode=decode_node, connect_timeout=5, read_timeout=10
+        )
+        assert (await anext(watch))[0] == "ADDED"
+        watch._pause()  # the records build up in the socket
+        go.set()
+        await asyncio.to_thread(sent.wait, 10)
+        monkeypatch.setattr(tlsbio.TLSSocket, "_fill", counted_fill)
+        monkeypatch.setattr(watchstream.Watch, "_readable", counted_readable)
+        watch._resume()
+        kind = (await anext(watch))[0]
+        await watch.aclose()
+        return kind
+
+    with ScriptServer(script, tls=tls) as server:
+        config = load_config(tmp_path, server.url)
+        kind = asyncio.run(asyncio.wait_for(scenario(config), 30))
+    assert kind == "MODIFIED"
+    assert sum(wakes) > 20 * len(second)  # the records were read
+    assert max(wakes) <= 512 + 1024  # MAX_READ_PER_WAKE, and the read that passed it
+
+
+def test_a_body_dribbled_a_byte_a_record_is_read_without_spinning(
+    tmp_path: Path, tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (or a middlebox) writing a byte a TLS record and a record a segment: the
+    events come whole, and the reader reads each record once and waits for the next: its
+    reads are counted, two a record at most (the record, the read finding nothing)."""
+    body = OK_HEAD + chunked(line("ADDED", node("a", 1)) + line("MODIFIED", node("a", 2)), 700)
+    reads = 0
+    recv = tlsbio.TLSSocket.recv
+
+    def counted(self: tlsbio.TLSSocket, size: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return recv(self, size)
+
+    monkeypatch.setattr(tlsbio.TLSSocket, "recv", counted)
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(body)):
+            conn.sendall(body[i : i + 1])
+
+    with ScriptServer(script, tls=tls) as server:
+        events, failure = run(load_config(tmp_path, server.url))
+    assert failure is None
+    assert events == [("ADDED", expected(node("a", 1))), ("MODIFIED", expected(node("a", 2)))]
+    assert reads <= 2 * len(body) + 10

@@ -8,7 +8,12 @@ project's machine: in a profile of kg the socket reads were about a third of its
 one ``recv`` takes whatever arrived into a ``MemoryBIO`` and the records are decrypted from
 there (``ssl.SSLObject``, the TLS asyncio uses), and a short ``recv`` (the socket emptied)
 ends a non-blocking read without another system call: the loop's reader is level-triggered,
-so bytes arriving later wake it again.
+so bytes arriving later wake it again. A non-blocking read makes one system call at most,
+also when what it read held no data for the reader (session tickets, key updates), and
+:attr:`TLSSocket.received` counts the socket's bytes: a hostile server's records cannot
+hold the loop in one read or in one wake of its reader. An answer the TLS layer writes
+while reading (to a request for the client's certificate, a key update, a renegotiation)
+is sent from that read.
 
 The subset of the socket interface :mod:`kilo.adapters.watchstream` uses, with the same
 outcomes as an ``SSLSocket`` made with ``suppress_ragged_eofs``: ``b""`` at the end (a
@@ -38,6 +43,9 @@ class TLSSocket:
         self._nonblocking = False
         self._drained = False  # the last recv emptied the socket
         self._eof = False
+        # Bytes read from the socket: a reader bounds its work per wake of the loop in them,
+        # as decrypted bytes can be far fewer (a byte a record, records without data).
+        self.received = 0
 
     def fileno(self) -> int:
         return self.raw.fileno()
@@ -71,12 +79,19 @@ class TLSSocket:
         self._flush()
 
     def recv(self, size: int) -> bytes:
+        filled = False
         while True:
             if self._incoming.pending or self._tls.pending():
                 try:
                     data = self._tls.read(size)
                 except ssl.SSLWantReadError:
-                    pass  # a record not whole yet
+                    # A record not whole yet, or records without data for the reader. Those
+                    # may want an answer the server waits for before it sends more (its
+                    # request for the client's certificate after the handshake, a
+                    # renegotiation): sent now, as an SSLSocket would, not after data that
+                    # would only come once the answer did.
+                    if self._outgoing.pending:
+                        self._flush()
                 else:
                     # b"" after a close_notify (SSLObject.read returns it, as SSLSocket's
                     # does); SSLEOFError needs the incoming BIO's write_eof, never called.
@@ -85,12 +100,17 @@ class TLSSocket:
                     return data
             if self._eof:
                 return b""
-            if self._drained and self._nonblocking:
+            # Non-blocking, one system call at most: a read that found only records without
+            # data (session tickets, key updates) gives the loop back too, and the reader,
+            # level-triggered, comes back for the rest. Otherwise a server streaming such
+            # records faster than they are decrypted would hold the loop in this call.
+            if self._nonblocking and (self._drained or filled):
                 self._drained = False
                 raise BlockingIOError("nothing more arrived")
             if not self._fill():
                 self._eof = True
                 return b""  # a record cut short by the close is dropped, as a ragged EOF
+            filled = True
 
     def _fill(self) -> bool:
         """What arrived on the socket into the TLS layer; False at its end."""
@@ -98,6 +118,7 @@ class TLSSocket:
         if not data:
             return False
         self._incoming.write(data)
+        self.received += len(data)
         self._drained = len(data) < READ_SIZE
         return True
 

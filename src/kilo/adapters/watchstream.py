@@ -159,11 +159,15 @@ def _chunk_size(line: bytes) -> int:
     return size
 
 
+# Pieces of a line kept apart before they are joined into one buffer.
+MAX_PARTS = 64
+
+
 class Lines:
     """Cuts a body into lines (one watch event each), bounded by :data:`MAX_EVENT`."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []  # of the line not yet complete
+        self._parts: list[bytes | bytearray] = []  # of the line not yet complete
         self._size = 0
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -172,6 +176,16 @@ class Lines:
             self._size += len(data)
             if self._size > MAX_EVENT:
                 raise ProtocolError(f"a watch event longer than {MAX_EVENT} bytes")
+            if len(self._parts) > MAX_PARTS:
+                # A line in many small pieces (a server writing a few bytes a TLS record or
+                # a chunk): each piece an object of 40 bytes besides its data, MAX_EVENT in
+                # 2-byte pieces held 120 MB. Kept in one buffer, grown in place.
+                first = self._parts[0]
+                if isinstance(first, bytearray):
+                    first += b"".join(self._parts[1:])
+                else:
+                    first = bytearray(b"".join(self._parts))
+                self._parts = [first]
             return []
         lines = b"".join(self._parts).split(b"\n")
         rest = lines.pop()
@@ -402,9 +416,16 @@ class Watch:
             return
         arrived = more = False
         taken = 0
+        # Bounded in the socket's bytes too: through TLS a server writing a byte a record
+        # (22 bytes each) or records without data between them (session tickets) made a
+        # wake read MAX_READ_PER_WAKE of the body as 20 times that or more.
+        tls = sock if isinstance(sock, tlsbio.TLSSocket) else None
+        start = tls.received if tls is not None else 0
         try:
             while len(self._events) < MAX_PENDING and self._pending < MAX_PENDING_BYTES:
-                if taken >= MAX_READ_PER_WAKE:
+                if taken >= MAX_READ_PER_WAKE or (
+                    tls is not None and tls.received - start >= MAX_READ_PER_WAKE
+                ):
                     more = True
                     break
                 try:
