@@ -17,6 +17,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -917,6 +918,9 @@ class Pieces:
     def recv(self, size: int) -> bytes:
         return self._pieces.pop(0) if self._pieces else b""
 
+    def settimeout(self, timeout: float | None) -> None:
+        assert timeout is not None and timeout > 0  # the opening's time left
+
 
 @given(cuts=st.lists(st.integers(0, 10_000), max_size=12))
 def test_a_head_read_in_any_pieces_is_the_head_and_the_rest(cuts: list[int]) -> None:
@@ -931,6 +935,7 @@ def test_a_head_read_in_any_pieces_is_the_head_and_the_rest(cuts: list[int]) -> 
             connect_timeout=1,
             read_timeout=1,
         )
+        watch._open_deadline = time.monotonic() + 60
         return watch._head(Pieces(pieces_of(answer, cuts)))  # type: ignore[arg-type]
 
     status, headers, rest = asyncio.run(read())
@@ -1219,3 +1224,66 @@ def test_a_body_dribbled_a_byte_a_record_is_read_without_spinning(
     assert failure is None
     assert events == [("ADDED", expected(node("a", 1))), ("MODIFIED", expected(node("a", 2)))]
     assert reads <= 2 * len(body) + 10
+
+
+# --- the opening in all: a server that accepts a watch and does not answer it -----------------
+
+
+@pytest.mark.parametrize("how", ["silent", "a byte at a time"])
+def test_an_answer_that_does_not_come_ends_the_opening_in_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A hung API server behind a load balancer accepts the watch and never answers, or a
+    server dribbles its head: the opening ends within MAX_OPEN, not the body's read
+    timeout (minutes), and the informer can retry on a new connection."""
+    monkeypatch.setattr(watchstream, "MAX_OPEN", 0.5)
+    stop = threading.Event()
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        if how == "silent":
+            conn.recv(1)  # until the client gives up
+            return
+        for byte in OK_HEAD[:-1]:  # never the end of the head
+            conn.sendall(bytes([byte]))
+            if stop.wait(0.05):
+                return
+
+    with ScriptServer(script) as server:
+        events, failure = run(load_config(tmp_path, server.url), read_timeout=600)
+        stop.set()
+    assert events == []
+    assert isinstance(failure, TimeoutError), repr(failure)
+    assert str(failure) == "the server did not answer the watch within 0.5 s"
+
+
+def test_a_tls_handshake_dribbled_a_byte_at_a_time_ends_in_the_openings_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read of the handshake has the connect timeout; all of it the opening's."""
+    monkeypatch.setattr(watchstream, "MAX_OPEN", 0.5)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def dribble() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            # A TLS record header (a handshake record of 16 KB) a byte at a time, and zeros:
+            # never a whole record.
+            for byte in b"\x16\x03\x03\x40\x00" + b"\0" * 1000:
+                conn.sendall(bytes([byte]))
+                if stop.wait(0.05):
+                    return
+
+    thread = threading.Thread(target=dribble)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        (tmp_path / "ca.crt").write_bytes(pem_cert(CertificateAuthority.create("ca").cert))
+        events, failure = run(load_config(tmp_path, url), read_timeout=600)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert events == []
+    assert isinstance(failure, TimeoutError), repr(failure)
+    assert str(failure) == "the TLS handshake took too long"

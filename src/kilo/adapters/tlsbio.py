@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 READ_SIZE = 256 * 1024
 
@@ -61,14 +62,29 @@ class TLSSocket:
     def close(self) -> None:
         self.raw.close()
 
-    def do_handshake(self) -> None:
+    def do_handshake(self, deadline: float | None = None) -> None:
+        """The handshake, each read bounded by the socket's timeout and, if given, all of
+        it by ``deadline`` (``time.monotonic``): a server that dribbles its part a byte at a
+        time would otherwise hold it for a timeout a byte."""
+        timeout = self.raw.gettimeout()
         while True:
             try:
                 self._tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 self._flush()
-                if not self._fill():
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError("the TLS handshake took too long") from None
+                    self.raw.settimeout(remaining if timeout is None else min(timeout, remaining))
+                try:
+                    filled = self._fill()
+                except TimeoutError:
+                    if deadline is None or deadline - time.monotonic() > 0:
+                        raise
+                    raise TimeoutError("the TLS handshake took too long") from None
+                if not filled:
                     raise ssl.SSLEOFError(
                         "the server closed the connection during the TLS handshake"
                     ) from None

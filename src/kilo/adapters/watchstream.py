@@ -37,6 +37,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -54,6 +55,12 @@ MAX_CHUNK_LINE = 1024
 # Kubernetes keeps objects of up to 1.5 MiB; an event wraps one.
 MAX_EVENT = 4 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
+# The opening in all (connection, TLS handshake, request, the answer's head and an error's
+# body), however the server dribbles it. The read timeout is the body's (minutes: a
+# watch's length); a server that accepts a watch but does not answer it (a hung API server
+# behind a load balancer that still accepts connections) must not hold the agent's watch
+# for that long, when a new connection may reach a server that works.
+MAX_OPEN = 60.0
 READ_SIZE = 256 * 1024
 # Events decoded but not yet taken: the socket is not read while this many wait, or while
 # they came from this many bytes (4096 events of up to MAX_EVENT would be gigabytes).
@@ -283,6 +290,7 @@ class Watch:
         self._last_read = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self._opened = False
+        self._open_deadline = 0.0  # set by the opening (time.monotonic)
         self._body: ChunkedBody | None = None
         self._lines = Lines()
         self._reading = False
@@ -536,6 +544,8 @@ class Watch:
         )
         flow = auth.sync_auth_flow(request) if auth is not None else _as_is(request)
         request = next(flow)
+        # From here: a credential plugin has its own limit (kilo.adapters.credentials).
+        self._open_deadline = time.monotonic() + MAX_OPEN
         for attempt in range(3):
             sock = self._connect(scheme, host, port, context)
             try:
@@ -598,8 +608,8 @@ class Watch:
             self._sock = sock
         try:
             if isinstance(sock, tlsbio.TLSSocket):
-                sock.do_handshake()
-            sock.settimeout(self._read_timeout)
+                sock.do_handshake(self._open_deadline)
+            sock.settimeout(self._open_remaining())
         except BaseException:
             self._drop(sock)
             if self._closing.is_set():
@@ -613,8 +623,26 @@ class Watch:
                 self._sock = None
             sock.close()
 
+    def _open_remaining(self) -> float:
+        remaining = self._open_deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._open_timed_out()
+        return remaining
+
+    @staticmethod
+    def _open_timed_out() -> TimeoutError:
+        return TimeoutError(f"the server did not answer the watch within {MAX_OPEN:g} s")
+
     def _recv(self, sock: _Socket) -> bytes:
-        data = sock.recv(READ_SIZE)
+        """A read of the opening (the answer's head, an error's body), within its time."""
+        remaining = self._open_remaining()
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(READ_SIZE)
+        except TimeoutError:
+            if self._open_deadline - time.monotonic() > 0:
+                raise
+            raise self._open_timed_out() from None
         if self._closing.is_set():
             raise _Closed
         return data
