@@ -26,7 +26,7 @@ against that state keeps the diff idempotent even for such configs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kilo.mesh import ip as ipmod
 from kilo.mesh.endpoint import Endpoint, UDPAddr
@@ -294,6 +294,82 @@ def plan_update(desired: WireGuardConfig, current: DeviceState) -> str | None:
     """A UAPI ``set=1`` body (its lines) that brings ``current`` to ``desired``, or ``None``."""
     change = plan_changes(desired, current)
     return None if change is None else render_uapi(change)
+
+
+# --- The device after a write ----------------------------------------------------------
+
+
+def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
+    """``state`` after ``change`` was written (``render_uapi`` / netlink), by WireGuard's
+    rules: the leader diffs its next incremental apply against this instead of reading the
+    whole device again (issue 17).
+
+    In the order of the UAPI text: the private key (stored clamped; zero is none; a peer
+    holding the device's own public key goes), the listen port, then each peer: removed,
+    or created when new (appended, with no handshake and no traffic), and its preshared key
+    (zero clears it), endpoint, keepalive and allowed IPs (replaced; an allowed IP has one
+    owner, so another peer that held it loses it) set where the change says so. A peer
+    line with the device's own public key is ignored. Handshakes and traffic counters of
+    existing peers are kept as they were read.
+    """
+    private_key = state.private_key
+    if change.private_key is not None:
+        raw = change.private_key
+        private_key = None if raw.is_zero else stored_private_key(raw)
+    peers: dict[Key, PeerState] = {p.public_key: p for p in state.peers}
+    own = None if private_key is None or not change.peers else private_key.public_key()
+    if change.private_key is not None and own is not None:
+        peers.pop(own, None)  # a peer cannot be the device itself
+    owner: dict[IPNetwork, Key] | None = None  # built when an allowed IP is first set
+    for pc in change.peers:
+        key = pc.public_key
+        if key == own:
+            continue
+        if pc.remove:
+            removed = peers.pop(key, None)
+            if removed is not None and owner is not None:
+                for network in removed.allowed_ips:
+                    if owner.get(network) == key:
+                        del owner[network]
+            continue
+        peer = peers.get(key)
+        if peer is None:
+            peer = PeerState(public_key=key)
+        fields: dict[str, object] = {}
+        if pc.preshared_key is not None:
+            fields["preshared_key"] = None if pc.preshared_key.is_zero else pc.preshared_key
+        if pc.endpoint is not None:
+            fields["endpoint"] = pc.endpoint
+        if pc.persistent_keepalive is not None:
+            fields["persistent_keepalive"] = pc.persistent_keepalive
+        if pc.allowed_ips is not None:
+            if owner is None:
+                owner = {n: p.public_key for p in peers.values() for n in p.allowed_ips}
+            for network in peer.allowed_ips:  # replace_allowed_ips
+                if owner.get(network) == key:
+                    del owner[network]
+            allowed: dict[IPNetwork, None] = {}
+            for network in pc.allowed_ips:
+                previous = owner.get(network)
+                if previous is not None and previous != key:
+                    peers[previous] = _without(peers[previous], network)
+                allowed.pop(network, None)  # listed twice: the later place
+                allowed[network] = None
+                owner[network] = key
+            fields["allowed_ips"] = tuple(allowed)
+        if fields or key not in peers:
+            # allowed_ips_text is not copied by replace(): it is recomputed once, on use.
+            peer = replace(peer, **fields)  # type: ignore[arg-type]
+        peers[key] = peer
+    listen_port = state.listen_port if change.listen_port is None else change.listen_port
+    return DeviceState(
+        private_key=private_key, listen_port=listen_port, peers=tuple(peers.values())
+    )
+
+
+def _without(peer: PeerState, network: IPNetwork) -> PeerState:
+    """``peer`` without the allowed IP ``network`` (another peer took it)."""
+    return replace(peer, allowed_ips=tuple([n for n in peer.allowed_ips if n != network]))
 
 
 # --- NAT discovery -----------------------------------------------------------------------
