@@ -662,6 +662,27 @@ def test_the_state_after_any_change_is_what_the_device_holds(
     assert exact(state_after(current, change)) == exact(apply_set(current, render_uapi(change)))
 
 
+def test_the_state_after_keeps_handshakes_and_a_new_peer_is_not_discovered() -> None:
+    seen = udp("198.51.100.7:41641")
+    read = DeviceState(
+        peers=(PeerState(public_key=A, endpoint=seen, last_handshake=10.0, rx_bytes=5),)
+    )
+    change = plan_changes(peers_only(peer(A, "10.1.0.0/24"), peer(B, "10.2.0.0/24")), read)
+    assert change is not None
+    after = state_after(read, change)
+    kept, new = after.peer(A), after.peer(B)
+    assert kept is not None and (kept.endpoint, kept.last_handshake, kept.rx_bytes) == (
+        seen,
+        10.0,
+        5,
+    )
+    assert new is not None and new.last_handshake is None
+    nodes = [Node(name="a", key=A, persistent_keepalive=25), Node(name="b", key=B)]
+    laptop = [Peer(name="laptop", public_key=B)]
+    # B has no handshake in the known state: not discovered until a read shows one.
+    assert discovered_endpoints(after, nodes, laptop) == {str(A): seen}
+
+
 # --- NAT discovery -----------------------------------------------------------------------
 
 
