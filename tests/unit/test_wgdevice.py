@@ -653,13 +653,26 @@ _ODD_CHANGES = st.builds(
 
 
 @settings(max_examples=400, deadline=None)
-@given(change=_ODD_CHANGES, current=devices())
+@given(change=_ODD_CHANGES, current=devices(), own_peer=st.booleans())
 def test_the_state_after_any_change_is_what_the_device_holds(
-    change: DeviceChange, current: DeviceState
+    change: DeviceChange, current: DeviceState, own_peer: bool
 ) -> None:
     # Not only what plan_changes writes: removals of absent peers, a peer twice, the
-    # device's own key as a peer, an allowed IP listed twice or taken from another peer.
+    # device's own key as a peer, an allowed IP listed twice or taken from another peer,
+    # a peer whose key becomes the device's own.
+    if own_peer:
+        mine = PeerState(public_key=PRIVATE.public_key(), allowed_ips=(net("198.18.0.0/15"),))
+        current = replace(current, peers=(*current.peers, mine))
     assert exact(state_after(current, change)) == exact(apply_set(current, render_uapi(change)))
+
+
+def test_a_peer_whose_key_becomes_the_devices_own_goes_with_the_new_private_key() -> None:
+    mine = PeerState(public_key=PRIVATE.public_key(), allowed_ips=(net("198.18.0.0/15"),))
+    current = DeviceState(peers=(mine, PeerState(public_key=A)))
+    change = DeviceChange(private_key=PRIVATE)
+    after = state_after(current, change)
+    assert exact(after) == exact(apply_set(current, render_uapi(change)))
+    assert [p.public_key for p in after.peers] == [A]
 
 
 def test_the_state_after_keeps_handshakes_and_a_new_peer_is_not_discovered() -> None:

@@ -317,10 +317,16 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
         raw = change.private_key
         private_key = None if raw.is_zero else stored_private_key(raw)
     peers: dict[Key, PeerState] = {p.public_key: p for p in state.peers}
-    own = None if private_key is None or not change.peers else private_key.public_key()
+    own = (
+        None
+        if private_key is None or not (change.peers or change.private_key is not None)
+        else private_key.public_key()
+    )
     if change.private_key is not None and own is not None:
         peers.pop(own, None)  # a peer cannot be the device itself
-    owner: dict[IPNetwork, Key] | None = None  # built when an allowed IP is first set
+    # Allowed IP (as text: equal texts are equal networks) -> the peer holding it, built
+    # when an allowed IP is first set: texts hash fast, and the parser's are at hand.
+    owner: dict[str, Key] | None = None
     for pc in change.peers:
         key = pc.public_key
         if key == own:
@@ -328,9 +334,9 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
         if pc.remove:
             removed = peers.pop(key, None)
             if removed is not None and owner is not None:
-                for network in removed.allowed_ips:
-                    if owner.get(network) == key:
-                        del owner[network]
+                for text in removed.allowed_ips_text:
+                    if owner.get(text) == key:
+                        del owner[text]
             continue
         peer = peers.get(key)
         if peer is None:
@@ -342,24 +348,28 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
             fields["endpoint"] = pc.endpoint
         if pc.persistent_keepalive is not None:
             fields["persistent_keepalive"] = pc.persistent_keepalive
+        texts: tuple[str, ...] | None = None
         if pc.allowed_ips is not None:
             if owner is None:
-                owner = {n: p.public_key for p in peers.values() for n in p.allowed_ips}
-            for network in peer.allowed_ips:  # replace_allowed_ips
-                if owner.get(network) == key:
-                    del owner[network]
-            allowed: dict[IPNetwork, None] = {}
+                owner = {t: p.public_key for p in peers.values() for t in p.allowed_ips_text}
+            for text in peer.allowed_ips_text:  # replace_allowed_ips
+                if owner.get(text) == key:
+                    del owner[text]
+            allowed: dict[str, IPNetwork] = {}
             for network in pc.allowed_ips:
-                previous = owner.get(network)
+                text = ipmod.text(network)
+                previous = owner.get(text)
                 if previous is not None and previous != key:
-                    peers[previous] = _without(peers[previous], network)
-                allowed.pop(network, None)  # listed twice: the later place
-                allowed[network] = None
-                owner[network] = key
-            fields["allowed_ips"] = tuple(allowed)
+                    peers[previous] = _without(peers[previous], text)
+                allowed.pop(text, None)  # listed twice: the later place
+                allowed[text] = network
+                owner[text] = key
+            fields["allowed_ips"] = tuple(allowed.values())
+            texts = tuple(allowed)
         if fields or key not in peers:
-            # allowed_ips_text is not copied by replace(): it is recomputed once, on use.
+            known = peer._allowed_ips_text if texts is None else texts
             peer = replace(peer, **fields)  # type: ignore[arg-type]
+            object.__setattr__(peer, "_allowed_ips_text", known)  # replace() drops it
         peers[key] = peer
     listen_port = state.listen_port if change.listen_port is None else change.listen_port
     return DeviceState(
@@ -367,9 +377,13 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
     )
 
 
-def _without(peer: PeerState, network: IPNetwork) -> PeerState:
-    """``peer`` without the allowed IP ``network`` (another peer took it)."""
-    return replace(peer, allowed_ips=tuple([n for n in peer.allowed_ips if n != network]))
+def _without(peer: PeerState, text: str) -> PeerState:
+    """``peer`` without the allowed IP whose text is ``text`` (another peer took it)."""
+    texts = peer.allowed_ips_text
+    keep = [i for i, t in enumerate(texts) if t != text]
+    after = replace(peer, allowed_ips=tuple([peer.allowed_ips[i] for i in keep]))
+    object.__setattr__(after, "_allowed_ips_text", tuple([texts[i] for i in keep]))
+    return after
 
 
 # --- NAT discovery -----------------------------------------------------------------------
