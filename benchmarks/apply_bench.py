@@ -80,7 +80,7 @@ from kilo.mesh.routes import Device, Route
 from kilo.mesh.routes import Rule as IPRule
 from kilo.mesh.topology import build_topology
 from kilo.mesh.uapi import parse_uapi
-from kilo.mesh.wgdevice import DeviceState, plan_changes
+from kilo.mesh.wgdevice import DeviceChange, DeviceState, plan_changes
 from kilo.mesh.wireguard import WireGuardConfig
 
 PER_LOCATION = 10
@@ -231,10 +231,12 @@ class _Device:
     def get(self) -> DeviceState:
         return parse_uapi(self.text)
 
-    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+    def apply(
+        self, desired: WireGuardConfig, current: DeviceState | None = None
+    ) -> DeviceChange | None:
         change = plan_changes(desired, self.get() if current is None else current)
         self.config = desired
-        return change is not None
+        return change
 
 
 class _Routes:

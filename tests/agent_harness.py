@@ -25,7 +25,7 @@ from kilo.mesh.events import Event, EventType
 from kilo.mesh.ip import IPInterface
 from kilo.mesh.iptables import RuleSet
 from kilo.mesh.keys import Key
-from kilo.mesh.wgdevice import DeviceState, PeerState
+from kilo.mesh.wgdevice import DeviceChange, DeviceState, PeerState, plan_changes
 from kilo.mesh.wireguard import WireGuardConfig
 
 NOW = 1_700_000_000
@@ -96,8 +96,14 @@ class FakeDevice:
         self.config = WireGuardConfig()
         self.applies = 0
         self.reads = 0  # get(), and apply() without the state its caller read
+        self.currents: list[DeviceState | None] = []  # what each apply() was handed
+        self.applied: list[WireGuardConfig] = []  # what each apply() was asked for
+        self.fail_reads = False
+        self.fail_writes = False
 
     def get(self) -> DeviceState:
+        if self.fail_reads:
+            raise DataPlaneError("WireGuard device kilo0: no socket")
         self.reads += 1
         return DeviceState(
             private_key=self.config.private_key,
@@ -105,13 +111,19 @@ class FakeDevice:
             peers=tuple(PeerState(public_key=p.public_key) for p in self.config.peers),
         )
 
-    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+    def apply(
+        self, desired: WireGuardConfig, current: DeviceState | None = None
+    ) -> DeviceChange | None:
+        self.currents.append(current)
+        self.applied.append(desired)
         if current is None:
-            self.reads += 1
-        changed = desired != self.config
+            current = self.get()
+        if self.fail_writes:
+            raise DataPlaneError("WireGuard device kilo0 rejected the configuration: errno=-22")
+        change = plan_changes(desired, current)
         self.config = desired
         self.applies += 1
-        return changed
+        return change
 
 
 class FakeWriter:

@@ -28,7 +28,15 @@ from kilo.errors import DataPlaneError
 from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.ip import parse_interface
 from kilo.mesh.keys import Key
-from kilo.mesh.wgdevice import DeviceState, PeerState, plan_update
+from kilo.mesh.wgdevice import (
+    DeviceChange,
+    DeviceState,
+    PeerChange,
+    PeerState,
+    plan_update,
+    render_uapi,
+    state_after,
+)
 from kilo.mesh.wireguard import WireGuardConfig, WireGuardPeer
 from tests.uapi_sim import apply_set
 
@@ -173,7 +181,7 @@ def test_apply_three_peers_then_change_and_remove(start_wireguard_go) -> None:
     text = plan_update(desired, before)
     assert text is not None
     assert "replace_peers" not in text
-    assert device.apply(desired) is True
+    assert device.apply(desired) is not None
     interface, peers = dump(wg)
     assert interface == [str(private), str(private.public_key()), "51820", "off"]
     assert {k: v[:3] + v[6:] for k, v in peers.items()} == {
@@ -185,7 +193,7 @@ def test_apply_three_peers_then_change_and_remove(start_wireguard_go) -> None:
     after = device.get()
     assert after.private_key == private
     assert without_counters(after) == without_counters(apply_set(before, text))
-    assert device.apply(desired) is False  # host bits and all: nothing differs
+    assert device.apply(desired) is None  # host bits and all: nothing differs
 
     changed = replace(
         desired,
@@ -195,12 +203,12 @@ def test_apply_three_peers_then_change_and_remove(start_wireguard_go) -> None:
     assert text is not None
     assert str(p1) not in text
     assert p1.raw.hex() not in text  # the unchanged peer is not mentioned at all
-    assert device.apply(changed) is True
+    assert device.apply(changed) is not None
     _, peers = dump(wg)
     assert sorted(peers) == sorted([str(p1), str(p2)])
     assert peers[str(p2)][2] == "10.5.0.0/24,10.6.0.0/16"
     assert peers[str(p2)][6] == "off"
-    assert device.apply(changed) is False
+    assert device.apply(changed) is None
 
 
 def test_changing_one_peer_keeps_the_other_peers_sessions(start_wireguard_go) -> None:
@@ -228,8 +236,8 @@ def test_changing_one_peer_keeps_the_other_peers_sessions(start_wireguard_go) ->
     config_b = WireGuardConfig(
         private_key=key_b, listen_port=51820, peers=(peer(key_a.public_key(), "10.4.0.1/32"),)
     )
-    assert a.device().apply(config_a) is True
-    assert b.device().apply(config_b) is True
+    assert a.device().apply(config_a) is not None
+    assert b.device().apply(config_b) is not None
     run("ip", "netns", "exec", a.netns, "ping", "-c", "1", "-W", "5", "10.4.0.2")
 
     session = a.device().get().peer(key_b.public_key())
@@ -250,7 +258,7 @@ def test_changing_one_peer_keeps_the_other_peers_sessions(start_wireguard_go) ->
             config_a.peers[2],
         ),
     )
-    assert a.device().apply(changed_a) is True
+    assert a.device().apply(changed_a) is not None
     kept = a.device().get().peer(key_b.public_key())
     assert kept is not None
     assert kept.last_handshake == session.last_handshake
@@ -259,9 +267,9 @@ def test_changing_one_peer_keeps_the_other_peers_sessions(start_wireguard_go) ->
 
     # b's config has no endpoint for a: applying it again, or changing something else,
     # keeps the endpoint b learned (pitfall 5: Kilo saw a difference on every resync).
-    assert b.device().apply(config_b) is False
+    assert b.device().apply(config_b) is None
     changed_b = replace(config_b, peers=(*config_b.peers, peer(others[2], "10.12.0.0/24")))
-    assert b.device().apply(changed_b) is True
+    assert b.device().apply(changed_b) is not None
     still = b.device().get().peer(key_a.public_key())
     assert still is not None
     assert still.endpoint == roamed.endpoint
@@ -302,8 +310,8 @@ def test_errors_name_the_interface_and_socket(start_wireguard_go) -> None:
         listen_port=51821,
         peers=(peer(key().public_key(), "10.0.0.0/24"),),
     )
-    assert device.apply(desired) is True
-    assert device.apply(desired) is False
+    assert device.apply(desired) is not None
+    assert device.apply(desired) is None
 
     wg.stop()
     with pytest.raises(DataPlaneError) as info:
@@ -329,7 +337,7 @@ def test_ipv6_endpoints_and_masked_allowed_ips_round_trip(start_wireguard_go) ->
             ),
         ),
     )
-    assert device.apply(desired) is True
+    assert device.apply(desired) is not None
     live = device.get().peer(p)
     assert live is not None
     assert str(live.endpoint) == "[2001:db8::1]:51820"
@@ -337,4 +345,66 @@ def test_ipv6_endpoints_and_masked_allowed_ips_round_trip(start_wireguard_go) ->
         ipaddress.ip_network("10.7.0.0/16"),
         ipaddress.ip_network("fd00:1::/48"),
     }
-    assert device.apply(desired) is False
+    assert device.apply(desired) is None
+
+
+def test_the_state_after_each_write_is_what_wireguard_go_holds(start_wireguard_go) -> None:
+    # The leader plans an incremental apply on state_after(its last write) instead of
+    # reading the device (issue 17): after config A then config B, each planned on the
+    # state known from the write before, that state is what wireguard-go reports.
+    wg = start_wireguard_go()
+    device = wg.device()
+    p1, p2, p3, p4 = (key().public_key() for _ in range(4))
+    psk = key()
+    config_a = WireGuardConfig(
+        private_key=key(),
+        listen_port=51820,
+        peers=(
+            peer(p1, "10.4.0.2/32", "10.2.1.0/24", endpoint=Endpoint.parse("192.0.2.2:51820")),
+            peer(p2, "10.5.0.1/24", preshared_key=psk, persistent_keepalive=25),
+            peer(p3, "fd00::1/64", endpoint=Endpoint.parse("[2001:db8::3]:51820")),
+        ),
+    )
+    config_b = WireGuardConfig(
+        private_key=key(),  # a new key
+        listen_port=51821,
+        peers=(
+            # 10.2.1.0/24 moves from p1 to p4; p1 gets a new endpoint and a keepalive.
+            peer(p1, "10.4.0.2/32", endpoint=Endpoint.parse("192.0.2.9:51820"),
+                 persistent_keepalive=10),
+            peer(p2, "10.5.0.0/24", "10.6.0.0/16"),  # the preshared key cleared
+            peer(p4, "10.2.1.0/24", "fd00:2::/64", preshared_key=psk,
+                 endpoint=Endpoint.parse("[2001:db8::4]:1")),
+        ),  # p3 removed
+    )  # fmt: skip
+    known = device.get()
+    for desired in (config_a, config_b):
+        change = device.apply(desired, current=known)
+        assert change is not None
+        known = state_after(known, change)
+        live = device.get()
+        assert (known.private_key, known.listen_port) == (live.private_key, live.listen_port)
+        assert without_counters(known) == without_counters(live)
+        assert device.apply(desired, current=known) is None  # nothing left to write
+    assert set(without_counters(known)) == {p1, p2, p4}
+    cleared = known.peer(p2)
+    assert cleared is not None and cleared.preshared_key is None
+    # A change plan_changes does not make, written as it is: p4 takes p1's allowed IP
+    # (p1 not mentioned), an allowed IP listed twice, the removal of an absent peer, the
+    # device's own key as a peer.
+    assert config_b.private_key is not None
+    own = config_b.private_key.public_key()
+    odd = DeviceChange(
+        peers=(
+            PeerChange(public_key=p4, allowed_ips=tuple(map(ipaddress.ip_network, (
+                "10.4.0.2/32", "fd00:2::/64", "10.4.0.2/32")))),
+            PeerChange(public_key=p3, remove=True),
+            PeerChange(public_key=own, allowed_ips=(ipaddress.ip_network("10.5.0.0/24"),)),
+        )
+    )  # fmt: skip
+    device.set(render_uapi(odd))
+    known = state_after(known, odd)
+    live = device.get()
+    assert without_counters(known) == without_counters(live)
+    moved = known.peer(p1)
+    assert moved is not None and moved.allowed_ips == ()

@@ -16,6 +16,7 @@ from kilo.agent.ports import DataPlane
 from kilo.mesh import translate
 from kilo.mesh.events import Event, EventType
 from kilo.mesh.routes import Device
+from kilo.mesh.wgdevice import DeviceChange, DeviceState, plan_changes, state_after
 from kilo.sandbox import kubelet
 from tests.agent_harness import (
     NOW,
@@ -420,7 +421,7 @@ def test_nodes_an_event_did_not_change_reach_the_topology_as_the_same_objects(
     assert "d" in after and "d" not in before
 
 
-def test_a_light_apply_reads_the_device_once_and_writes_only_what_changed() -> None:
+def test_a_light_apply_does_not_read_the_device_and_writes_only_what_changed() -> None:
     h = Harness("--resync-period=300s")
     h.node("a")
     h.remote("b", location="gcp")
@@ -438,12 +439,95 @@ def test_a_light_apply_reads_the_device_once_and_writes_only_what_changed() -> N
     # b's allowed-location IPs change: a new WireGuard allowed IP and a new route.
     h.remote("b", location="gcp", extra={translate.ALLOWED_LOCATION_IPS: "192.168.7.0/24"})
     h.round()
-    assert h.device.reads == reads + 1  # the state read for the diff is the one planned on
+    # Diffed against the device as the last write left it, not a dump of the device.
+    assert h.device.reads == reads
+    assert h.device.currents[-1] is not None
     assert writes == []  # MTU, address and link state as the last apply left them
     assert h.routes.listings == listings  # the route table diffed against its last write
     added = ipaddress.ip_network("192.168.7.0/24")
     assert any(key.dst == added for key in h.routes.kernel()[0])
-    # A resync re-asserts everything and lists the kernel again.
+    # A resync re-asserts everything, lists the kernel and reads the device again.
     h.round(resync=True)
     assert sorted(writes) == ["set_address", "set_mtu", "set_up"]
     assert h.routes.listings == listings + 1
+    assert h.device.reads == reads + 1
+
+
+def _allowed_of_b(state: DeviceState | None) -> set[str]:
+    assert state is not None
+    peer = state.peer(OTHER_KEYS["b"])
+    assert peer is not None
+    return {str(n) for n in peer.allowed_ips}
+
+
+def test_the_leader_diffs_against_its_own_last_write_between_full_applies() -> None:
+    h = Harness("--resync-period=300s")
+    h.node("a")
+    h.remote("b", location="gcp")
+    h.round(check_in=True)  # full: reads the (empty) device
+    assert h.device.reads == 1
+    # Two changes: each is planned on what the write before it left, with no read.
+    h.remote("b", location="gcp", extra={translate.ALLOWED_LOCATION_IPS: "192.168.7.0/24"})
+    h.round()
+    h.remote("b", location="gcp", extra={translate.ALLOWED_LOCATION_IPS: "192.168.8.0/24"})
+    h.round()
+    assert h.device.reads == 1
+    known = h.device.currents[0]
+    assert known is not None
+    for desired, handed in zip(h.device.applied, h.device.currents[1:], strict=False):
+        known = state_after(known, plan_changes(desired, known) or DeviceChange())
+        assert handed == known
+    assert "192.168.7.0/24" not in _allowed_of_b(h.device.currents[1])
+    assert "192.168.7.0/24" in _allowed_of_b(h.device.currents[2])  # the first change
+    assert len(h.device.currents) == 3
+    # A resync reads the device again.
+    h.round(resync=True)
+    assert h.device.reads == 2
+
+
+def test_after_a_failed_write_or_read_the_next_apply_reads_the_device() -> None:
+    h = Harness("--resync-period=300s")
+    h.node("a")
+    h.remote("b", location="gcp")
+    h.round(check_in=True)
+    reads = h.device.reads
+    h.device.fail_writes = True
+    h.remote("b", location="gcp", extra={translate.ALLOWED_LOCATION_IPS: "192.168.7.0/24"})
+    h.round()
+    assert "apply" in h.metrics.errors
+    assert h.device.reads == reads  # the failed apply planned on the known state
+    h.device.fail_writes = False
+    h.remote("b", location="gcp", extra={translate.ALLOWED_LOCATION_IPS: "192.168.8.0/24"})
+    h.agent._full_needed = False  # even if the agent did not ask for a full apply
+    h.round()
+    assert h.device.reads == reads + 1  # what the failed write left is unknown: read
+    assert h.device.currents[-1] is not None
+    # A resync whose read fails: the next apply reads.
+    h.device.fail_reads = True
+    h.remote("b", location="gcp", extra={translate.ALLOWED_LOCATION_IPS: "192.168.9.0/24"})
+    h.round(resync=True)
+    h.device.fail_reads = False
+    reads = h.device.reads
+    h.remote("b", location="gcp", extra={translate.ALLOWED_LOCATION_IPS: "192.168.10.0/24"})
+    h.agent._full_needed = False
+    h.round()
+    assert h.device.reads == reads + 1
+
+
+def test_a_demoted_leader_reads_the_device_again() -> None:
+    h = Harness("--resync-period=300s")
+    h.node("a")
+    h.remote("b", location="gcp")
+    h.round(check_in=True)
+    reads = h.device.reads
+    h.remote("c", location="aws", pod=2, extra={translate.LEADER: "true"})  # a is demoted
+    h.round()
+    assert h.metrics.leader is False
+    assert h.device.config.peers == ()
+    assert h.device.reads == reads  # the demotion's write is planned on the known state
+    h.remote("c", location="aws", pod=2)  # a leads again: the device is read
+    h.agent._full_needed = False
+    h.round()
+    assert h.metrics.leader is True
+    assert h.device.reads == reads + 1
+    assert h.device.currents[-1] is not None

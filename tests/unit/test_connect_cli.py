@@ -25,7 +25,7 @@ from kilo.mesh.endpoint import Endpoint
 from kilo.mesh.ip import IPInterface
 from kilo.mesh.keys import Key
 from kilo.mesh.routes import Device, Route, Rule
-from kilo.mesh.wgdevice import DeviceState
+from kilo.mesh.wgdevice import DeviceChange, DeviceState
 from kilo.mesh.wireguard import WireGuardConfig
 from tests import golden
 from tests.examples import PRIVATE_KEYS, PUBLIC_KEYS, reference_cluster
@@ -277,11 +277,11 @@ class FakeDevice:
             raise DataPlaneError("WireGuard device kilo0: no socket")
         return DeviceState()
 
-    def apply(self, desired: WireGuardConfig) -> bool:
+    def apply(self, desired: WireGuardConfig) -> DeviceChange | None:
         if self.fail:
             raise DataPlaneError("WireGuard device kilo0: no socket")
         self.applied.append(desired)
-        return True
+        return DeviceChange()  # something was written
 
 
 class FakeRoutes:

@@ -16,11 +16,15 @@ from kilo.mesh.keys import ZERO_KEY, Key
 from kilo.mesh.model import Node, Peer
 from kilo.mesh.uapi import UAPIParseError, parse_uapi, redact
 from kilo.mesh.wgdevice import (
+    DeviceChange,
     DeviceState,
+    PeerChange,
     PeerState,
     discovered_endpoints,
     plan_changes,
     plan_update,
+    render_uapi,
+    state_after,
     stored_private_key,
 )
 from kilo.mesh.wireguard import WireGuardConfig, WireGuardPeer
@@ -586,6 +590,110 @@ def test_a_sequence_of_configs_converges(
     _, after = apply(second, middle)
     assert comparable(after) == comparable(expected(second, middle))
     assert plan_update(second, after) is None
+
+
+def exact(state: DeviceState) -> tuple[object, ...]:
+    """Everything the device holds, in its order (allowed IPs in theirs too)."""
+    return (state.private_key, state.listen_port, state.peers)
+
+
+@settings(max_examples=400, deadline=None)
+@given(desired=configs, current=devices())
+def test_the_state_after_a_change_is_what_the_device_holds(
+    desired: WireGuardConfig, current: DeviceState
+) -> None:
+    # What the leader diffs its next incremental apply against instead of reading the
+    # device: the oracle applies the very UAPI text that is written.
+    change = plan_changes(desired, current)
+    if change is None:
+        return
+    after = state_after(current, change)
+    assert exact(after) == exact(apply_set(current, render_uapi(change)))
+    assert comparable(after) == comparable(expected(desired, current))
+    assert plan_changes(desired, after) is None
+    # Texts of the allowed IPs (what the next plan compares) follow the networks.
+    for p in after.peers:
+        assert p.allowed_ips_text == tuple(str(n) for n in p.allowed_ips)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=configs, second=configs, current=devices())
+def test_the_state_after_two_changes_is_what_the_device_holds(
+    first: WireGuardConfig, second: WireGuardConfig, current: DeviceState
+) -> None:
+    known, device = current, current
+    for desired in (first, second):
+        change = plan_changes(desired, known)
+        if change is not None:
+            known = state_after(known, change)
+            device = apply_set(device, render_uapi(change))
+        assert exact(known) == exact(device)
+
+
+_ODD_CHANGES = st.builds(
+    DeviceChange,
+    private_key=st.sampled_from(_PRIVATE_KEYS),
+    listen_port=st.sampled_from((None, 0, 51820)),
+    peers=st.lists(
+        st.builds(
+            PeerChange,
+            public_key=st.sampled_from((*KEYS, PRIVATE.public_key())),
+            remove=st.booleans(),
+            preshared_key=st.sampled_from((None, ZERO_KEY, PSK)),
+            endpoint=st.sampled_from((None, udp("192.0.2.1:51820"), udp("[2001:db8::1]:1"))),
+            persistent_keepalive=st.sampled_from((None, 0, 25)),
+            allowed_ips=st.none()
+            | st.lists(st.sampled_from(_CIDRS).map(lambda c: cidr(c).network), max_size=4).map(
+                tuple
+            ),
+        ),
+        max_size=8,
+    ).map(tuple),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(change=_ODD_CHANGES, current=devices(), own_peer=st.booleans())
+def test_the_state_after_any_change_is_what_the_device_holds(
+    change: DeviceChange, current: DeviceState, own_peer: bool
+) -> None:
+    # Not only what plan_changes writes: removals of absent peers, a peer twice, the
+    # device's own key as a peer, an allowed IP listed twice or taken from another peer,
+    # a peer whose key becomes the device's own.
+    if own_peer:
+        mine = PeerState(public_key=PRIVATE.public_key(), allowed_ips=(net("198.18.0.0/15"),))
+        current = replace(current, peers=(*current.peers, mine))
+    assert exact(state_after(current, change)) == exact(apply_set(current, render_uapi(change)))
+
+
+def test_a_peer_whose_key_becomes_the_devices_own_goes_with_the_new_private_key() -> None:
+    mine = PeerState(public_key=PRIVATE.public_key(), allowed_ips=(net("198.18.0.0/15"),))
+    current = DeviceState(peers=(mine, PeerState(public_key=A)))
+    change = DeviceChange(private_key=PRIVATE)
+    after = state_after(current, change)
+    assert exact(after) == exact(apply_set(current, render_uapi(change)))
+    assert [p.public_key for p in after.peers] == [A]
+
+
+def test_the_state_after_keeps_handshakes_and_a_new_peer_is_not_discovered() -> None:
+    seen = udp("198.51.100.7:41641")
+    read = DeviceState(
+        peers=(PeerState(public_key=A, endpoint=seen, last_handshake=10.0, rx_bytes=5),)
+    )
+    change = plan_changes(peers_only(peer(A, "10.1.0.0/24"), peer(B, "10.2.0.0/24")), read)
+    assert change is not None
+    after = state_after(read, change)
+    kept, new = after.peer(A), after.peer(B)
+    assert kept is not None and (kept.endpoint, kept.last_handshake, kept.rx_bytes) == (
+        seen,
+        10.0,
+        5,
+    )
+    assert new is not None and new.last_handshake is None
+    nodes = [Node(name="a", key=A, persistent_keepalive=25), Node(name="b", key=B)]
+    laptop = [Peer(name="laptop", public_key=B)]
+    # B has no handshake in the known state: not discovered until a read shows one.
+    assert discovered_endpoints(after, nodes, laptop) == {str(A): seen}
 
 
 # --- NAT discovery -----------------------------------------------------------------------

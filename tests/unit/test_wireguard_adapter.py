@@ -30,6 +30,7 @@ from kilo.mesh.wgdevice import (
     DeviceState,
     PeerChange,
     PeerState,
+    render_uapi,
     stored_private_key,
 )
 from kilo.mesh.wireguard import WireGuardConfig, WireGuardPeer
@@ -162,8 +163,10 @@ def test_apply_sends_the_plan_once_then_nothing(serve, socket_dir: Path) -> None
     handler, state = simulated(DeviceState(listen_port=40000))
     server = serve(handler)
     device = UAPIDevice("kilo0", socket_dir)
-    assert device.apply(desired()) is True
+    change = device.apply(desired())
+    assert change is not None
     assert server.requests[0] == "get=1\n\n"
+    assert server.requests[1] == f"set=1\n{render_uapi(change)}\n"  # the change returned
     assert server.requests[1].startswith(
         f"set=1\nprivate_key={PRIVATE.raw.hex()}\nlisten_port=51820\n"
     )
@@ -171,7 +174,7 @@ def test_apply_sends_the_plan_once_then_nothing(serve, socket_dir: Path) -> None
     got = device.get()
     assert got == state[0]
     assert [p.public_key for p in got.peers] == [A, B]
-    assert device.apply(desired()) is False
+    assert device.apply(desired()) is None
     assert [r.split("\n")[0] for r in server.requests] == ["get=1", "set=1", "get=1", "get=1"]
 
 
@@ -428,10 +431,10 @@ def test_kernel_device_applies_the_plan_peer_by_peer(fake_netlink: type[FakeNetl
             WireGuardPeer(public_key=B),
         ),
     )
-    assert device.apply(same) is False
+    assert device.apply(same) is None
     assert fake_netlink.calls == []
     changed = replace(same, peers=same.peers[:1])
-    assert device.apply(changed) is True
+    assert device.apply(changed) == DeviceChange(peers=(PeerChange(public_key=B, remove=True),))
     assert fake_netlink.calls == [("kilo0", {"peer": {"public_key": _b64(B), "remove": True}})]
 
 

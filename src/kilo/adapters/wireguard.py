@@ -1,8 +1,10 @@
 """WireGuard devices: userspace implementations over the UAPI socket, the kernel over netlink.
 
-Both read the device, let :func:`kilo.mesh.wgdevice.plan_changes` decide what differs, and
-send only that: never ``replace_peers``, which would reset every session and drop every
-roamed endpoint on each change (Kilo's quirk 23). Errors become :class:`DataPlaneError`
+Both read the device (or take the state the caller knows), let
+:func:`kilo.mesh.wgdevice.plan_changes` decide what differs, send only that and return it
+(the agent keeps :func:`kilo.mesh.wgdevice.state_after` of it): never ``replace_peers``,
+which would reset every session and drop every roamed endpoint on each change (Kilo's
+quirk 23). Errors become :class:`DataPlaneError`
 naming the interface (and the socket); no key is ever part of a message or a ``repr``.
 
 The UAPI protocol is https://www.wireguard.com/xplatform/: connect to
@@ -48,11 +50,14 @@ class WireGuardDevice(Protocol):
         """The device as it is now."""
         ...
 
-    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
-        """Change what differs from ``desired``; ``True`` if anything was changed.
+    def apply(
+        self, desired: WireGuardConfig, current: DeviceState | None = None
+    ) -> DeviceChange | None:
+        """Change what differs from ``desired``; the change written, ``None`` if nothing.
 
-        ``current`` is the device as the caller has just read it with :meth:`get`, so that
-        an apply reads (and parses) the device once; ``None``: read it here."""
+        ``current`` is the device as the caller has just read it with :meth:`get` (or
+        knows it from its own last write, :func:`kilo.mesh.wgdevice.state_after`), so that
+        an apply reads (and parses) the device at most once; ``None``: read it here."""
         ...
 
 
@@ -97,12 +102,13 @@ class UAPIDevice:
             raise ValueError("a UAPI set body is lines ending in a newline, with no blank line")
         self._request(f"set=1\n{body}\n")
 
-    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+    def apply(
+        self, desired: WireGuardConfig, current: DeviceState | None = None
+    ) -> DeviceChange | None:
         change = plan_changes(desired, self.get() if current is None else current)
-        if change is None:
-            return False
-        self.set(render_uapi(change))
-        return True
+        if change is not None:
+            self.set(render_uapi(change))
+        return change
 
     def _request(self, request: str) -> str:
         """Send ``request``; return the reply's lines, having checked its ``errno``."""
@@ -176,17 +182,19 @@ class KernelDevice:
         messages = self._netlink(lambda wg: wg.info(self._interface))
         return state_from_netlink(messages)
 
-    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool:
+    def apply(
+        self, desired: WireGuardConfig, current: DeviceState | None = None
+    ) -> DeviceChange | None:
         change = plan_changes(desired, self.get() if current is None else current)
         if change is None:
-            return False
+            return None
 
         def send(wg: Any) -> None:
             for request in netlink_requests(change):
                 wg.set(self._interface, **request)
 
         self._netlink(send)
-        return True
+        return change
 
     def _netlink(self, operation: Any) -> Any:
         from pyroute2 import WireGuard

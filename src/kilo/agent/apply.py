@@ -6,8 +6,10 @@ its port. A failing step is counted and logged, and the others still run; betwee
 applies (a resync, an earlier failure, a deleted route), a sub-system whose plan did not
 change is skipped, the WireGuard interface's MTU, address and link state are set only
 when they differ from what the last successful write set, and routes are diffed against
-the route table's own last write instead of a listing of the kernel. The WireGuard device
-is read once per apply. Runs in a worker thread, one apply or clean-up at a time.
+the route table's own last write instead of a listing of the kernel, and the leader's
+WireGuard device against the state its own last write left (``wgdevice.state_after``): the
+device is read (at most once) on full applies, after a failed read or write, and on a
+non-leader. Runs in a worker thread, one apply or clean-up at a time.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from kilo.mesh.model import (
 from kilo.mesh.plan import PlanSettings, plan_node
 from kilo.mesh.routes import Device
 from kilo.mesh.topology import Topology, build_topology
-from kilo.mesh.wgdevice import DeviceState, discovered_endpoints
+from kilo.mesh.wgdevice import DeviceState, discovered_endpoints, state_after
 from kilo.mesh.wireguard import WireGuardConfig
 
 # The segments' leaders (segment key -> node) from the ready nodes, or Kilo's rule (None).
@@ -118,6 +120,9 @@ class TopologyApplier:
         # "up"); forgotten on failure and re-asserted by every full apply.
         self._applied_link: dict[str, object] = {}
         self._auto_mtu: int | None = None
+        # The WireGuard device after the last successful write (wgdevice.state_after), for
+        # the leader's incremental applies; None: the next apply reads the device.
+        self._known_device: DeviceState | None = None
         self._mtu_lines: list[tuple[int, str, dict[str, str]]] = []
 
     def _mtu(self, full: bool) -> int | None:
@@ -231,11 +236,17 @@ class TopologyApplier:
                 link_step("mtu", mtu, lambda: plane.links.set_mtu(self.interface, mtu))
             except KiloError as exc:
                 failed("the MTU", exc, "failed to set MTU on WireGuard interface")
-        try:
-            state: DeviceState | None = plane.device.get()
-        except KiloError as exc:
-            failed("WireGuard (reading the device)", exc)
-            state = None
+        # The WireGuard device as kg's own last write left it, between full applies: reading
+        # it (a UAPI dump of every peer) was a quarter of an incremental apply at 5000 nodes
+        # (issue 17). A full apply reads it: a change made by hand is undone there, and
+        # the NAT endpoints learnt from handshakes since are published there.
+        state: DeviceState | None = None if full else self._known_device
+        self._known_device = None  # until this apply's write succeeds
+        if state is None:
+            try:
+                state = plane.device.get()
+            except KiloError as exc:
+                failed("WireGuard (reading the device)", exc)
         discovered = (
             discovered_endpoints(state, ready, ready_peer_list) if state is not None else {}
         )
@@ -306,15 +317,19 @@ class TopologyApplier:
                 link_step(
                     "address", address, lambda: plane.links.set_address(self.interface, address)
                 )
-                if plane.device.apply(plan.wireguard, current=state):
+                change = plane.device.apply(plan.wireguard, current=state)
+                if change is not None:
                     log.info(
                         "WireGuard configurations are different",
                         fields={"peers": [p.name for p in plan.wireguard.peers]},
                     )
+                if state is not None:  # else apply read a state this apply has not seen
+                    self._known_device = state if change is None else state_after(state, change)
                 link_step("up", True, lambda: plane.links.set_up(self.interface, True))
             else:
                 # A non-leader carries no traffic on WireGuard: no peers, no address, down
-                # (Kilo leaves a demoted leader's peers and address behind).
+                # (Kilo leaves a demoted leader's peers and address behind). Its device is
+                # read on every apply (_known_device stays None): it holds no peers.
                 plane.device.apply(
                     WireGuardConfig(private_key=self.host.key, listen_port=t.port, peers=()),
                     current=state,
@@ -366,6 +381,7 @@ class TopologyApplier:
         """Remove what the agent added to the data plane (§6.8), each step independent."""
         with self._lock:
             self._applied_link.clear()  # the next apply, if any, re-asserts the interface
+            self._known_device = None  # and reads the WireGuard device
             plane = self.plane
             steps: list[tuple[str, Callable[[], object]]] = [
                 ("iptables rules", plane.iptables.clean_up),

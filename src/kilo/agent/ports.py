@@ -18,7 +18,7 @@ from kilo.mesh.ip import IPInterface
 from kilo.mesh.iptables import RuleSet
 from kilo.mesh.keys import Key
 from kilo.mesh.routes import Device, Route, Rule
-from kilo.mesh.wgdevice import DeviceState
+from kilo.mesh.wgdevice import DeviceChange, DeviceState
 from kilo.mesh.wireguard import WireGuardConfig
 
 
@@ -48,8 +48,11 @@ class IPTablesPort(Protocol):
 
 class DevicePort(Protocol):
     def get(self) -> DeviceState: ...
-    # ``current``: the device as get() just read it (None: apply reads it itself).
-    def apply(self, desired: WireGuardConfig, current: DeviceState | None = None) -> bool: ...
+    # ``current``: the device as get() just read it, or as the last write left it
+    # (wgdevice.state_after); None: apply reads it itself. Returns the change it wrote.
+    def apply(
+        self, desired: WireGuardConfig, current: DeviceState | None = None
+    ) -> DeviceChange | None: ...
 
 
 class TunnelPort(Protocol):

@@ -26,7 +26,7 @@ against that state keeps the diff idempotent even for such configs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kilo.mesh import ip as ipmod
 from kilo.mesh.endpoint import Endpoint, UDPAddr
@@ -294,6 +294,96 @@ def plan_update(desired: WireGuardConfig, current: DeviceState) -> str | None:
     """A UAPI ``set=1`` body (its lines) that brings ``current`` to ``desired``, or ``None``."""
     change = plan_changes(desired, current)
     return None if change is None else render_uapi(change)
+
+
+# --- The device after a write ----------------------------------------------------------
+
+
+def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
+    """``state`` after ``change`` was written (``render_uapi`` / netlink), by WireGuard's
+    rules: the leader diffs its next incremental apply against this instead of reading the
+    whole device again (issue 17).
+
+    In the order of the UAPI text: the private key (stored clamped; zero is none; a peer
+    holding the device's own public key goes), the listen port, then each peer: removed,
+    or created when new (appended, with no handshake and no traffic), and its preshared key
+    (zero clears it), endpoint, keepalive and allowed IPs (replaced; an allowed IP has one
+    owner, so another peer that held it loses it) set where the change says so. A peer
+    line with the device's own public key is ignored. Handshakes and traffic counters of
+    existing peers are kept as they were read.
+    """
+    private_key = state.private_key
+    if change.private_key is not None:
+        raw = change.private_key
+        private_key = None if raw.is_zero else stored_private_key(raw)
+    peers: dict[Key, PeerState] = {p.public_key: p for p in state.peers}
+    own = (
+        None
+        if private_key is None or not (change.peers or change.private_key is not None)
+        else private_key.public_key()
+    )
+    if change.private_key is not None and own is not None:
+        peers.pop(own, None)  # a peer cannot be the device itself
+    # Allowed IP (as text: equal texts are equal networks) -> the peer holding it, built
+    # when an allowed IP is first set: texts hash fast, and the parser's are at hand.
+    owner: dict[str, Key] | None = None
+    for pc in change.peers:
+        key = pc.public_key
+        if key == own:
+            continue
+        if pc.remove:
+            removed = peers.pop(key, None)
+            if removed is not None and owner is not None:
+                for text in removed.allowed_ips_text:
+                    if owner.get(text) == key:
+                        del owner[text]
+            continue
+        peer = peers.get(key)
+        if peer is None:
+            peer = PeerState(public_key=key)
+        fields: dict[str, object] = {}
+        if pc.preshared_key is not None:
+            fields["preshared_key"] = None if pc.preshared_key.is_zero else pc.preshared_key
+        if pc.endpoint is not None:
+            fields["endpoint"] = pc.endpoint
+        if pc.persistent_keepalive is not None:
+            fields["persistent_keepalive"] = pc.persistent_keepalive
+        texts: tuple[str, ...] | None = None
+        if pc.allowed_ips is not None:
+            if owner is None:
+                owner = {t: p.public_key for p in peers.values() for t in p.allowed_ips_text}
+            for text in peer.allowed_ips_text:  # replace_allowed_ips
+                if owner.get(text) == key:
+                    del owner[text]
+            allowed: dict[str, IPNetwork] = {}
+            for network in pc.allowed_ips:
+                text = ipmod.text(network)
+                previous = owner.get(text)
+                if previous is not None and previous != key:
+                    peers[previous] = _without(peers[previous], text)
+                allowed.pop(text, None)  # listed twice: the later place
+                allowed[text] = network
+                owner[text] = key
+            fields["allowed_ips"] = tuple(allowed.values())
+            texts = tuple(allowed)
+        if fields or key not in peers:
+            known = peer._allowed_ips_text if texts is None else texts
+            peer = replace(peer, **fields)  # type: ignore[arg-type]
+            object.__setattr__(peer, "_allowed_ips_text", known)  # replace() drops it
+        peers[key] = peer
+    listen_port = state.listen_port if change.listen_port is None else change.listen_port
+    return DeviceState(
+        private_key=private_key, listen_port=listen_port, peers=tuple(peers.values())
+    )
+
+
+def _without(peer: PeerState, text: str) -> PeerState:
+    """``peer`` without the allowed IP whose text is ``text`` (another peer took it)."""
+    texts = peer.allowed_ips_text
+    keep = [i for i, t in enumerate(texts) if t != text]
+    after = replace(peer, allowed_ips=tuple([peer.allowed_ips[i] for i in keep]))
+    object.__setattr__(after, "_allowed_ips_text", tuple([texts[i] for i in keep]))
+    return after
 
 
 # --- NAT discovery -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from kilo.mesh.ip import IPInterface
 from kilo.mesh.routes import Device, Route, Rule
-from kilo.mesh.wgdevice import DeviceState
+from kilo.mesh.wgdevice import DeviceChange, DeviceState
 from kilo.mesh.wireguard import WireGuardConfig
 
 
@@ -43,4 +43,4 @@ class RoutesPort(Protocol):
 
 class DevicePort(Protocol):
     def get(self) -> DeviceState: ...
-    def apply(self, desired: WireGuardConfig) -> bool: ...
+    def apply(self, desired: WireGuardConfig) -> DeviceChange | None: ...  # the change written
