@@ -301,6 +301,15 @@ mkdir -p /newroot
 mount -t 9p -o {root_opts} {ROOT_TAG} /newroot || fail 'mounting the host root'
 mount -t tmpfs -o mode=0755 run /newroot/run || fail 'tmpfs /run'
 {overlays}
+if [ ! -d /newroot/usr/lib/modules ]; then
+  # A host without kernel modules (a container): the read-only root has no mount point,
+  # so /usr/lib gets a writable layer to make one in.
+  o=/newroot/run/kilo-vm/overlay/usr/lib
+  mkdir -p $o/upper $o/work
+  mount -t overlay overlay -o lowerdir=/newroot/usr/lib,upperdir=$o/upper,workdir=$o/work \
+    /newroot/usr/lib || fail 'overlay /usr/lib'
+  mkdir -p /newroot/usr/lib/modules
+fi
 mount -t tmpfs -o mode=0755 modules /newroot/usr/lib/modules || fail 'tmpfs /lib/modules'
 mkdir -p {q(modules_dir)}
 mount --bind {q("/newroot" + str(kernel.modules))} {q(modules_dir)} || fail 'the modules'
