@@ -334,6 +334,50 @@ def log_time(ts: str) -> float:
     return calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{fraction or 0}")
 
 
+SPLIT_STEPS = {
+    "seen": "node changed",
+    "iptables": "iptables rules",  # "applying N iptables rules", after the restore
+    "WireGuard": "WireGuard configurations are different",  # after the write
+}
+
+
+def log_split(
+    path: Path, offset: int, patched: Sequence[tuple[str, float]]
+) -> dict[str, tuple[float, float, int]]:
+    """Where the time of each change went, by kg's own log lines (see ``Latency.split``):
+    for each step, (median ms, p95 ms, how many changes had the line). A change's lines
+    are the first of each kind after its patch began and before the next patch began
+    (changes are ``CHANGE_GAP`` apart and each is read off the device before the next)."""
+    entries: list[tuple[float, str, str]] = []
+    with open(path, "rb") as log:
+        log.seek(offset)
+        for line in log:
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                entry = json.loads(line)
+                entries.append((log_time(entry["ts"]), entry["msg"], str(entry.get("node", ""))))
+    times: dict[str, list[float]] = {step: [] for step in SPLIT_STEPS}
+    for i, (name, start) in enumerate(patched):
+        end = patched[i + 1][1] if i + 1 < len(patched) else math.inf
+        window = [e for e in entries if start <= e[0] < end]
+        seen = next(
+            (t for t, msg, node in window if msg == SPLIT_STEPS["seen"] and node == name), None
+        )
+        if seen is None:
+            continue
+        times["seen"].append(seen - start)
+        for step in ("iptables", "WireGuard"):
+            found = next(
+                (t for t, msg, _ in window if t >= seen and msg.endswith(SPLIT_STEPS[step])), None
+            )
+            if found is not None:
+                times[step].append(found - start)
+    return {
+        step: (1000 * statistics.median(ts), 1000 * percentile(ts, 95), len(ts))
+        for step, ts in times.items()
+        if ts
+    }
+
+
 def scrape(bed: Testbed) -> dict[str, float]:
     """The agent's ``kilo_*`` metrics, fetched from inside the leader's namespace."""
     lan_ip = bed.nodes[LEADER].lan_ip
@@ -400,6 +444,10 @@ class Latency:
     p95_ms: float
     max_ms: float
     patch_median_ms: float  # the API write alone
+    # From kg's own log, ms after the patch began, (median, p95) over the changes found
+    # there: its "node changed" line, its "applying N iptables rules" line (only changes
+    # whose apply rewrote iptables), its "WireGuard configurations are different" line.
+    split: dict[str, tuple[float, float, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -529,6 +577,9 @@ class Agent:
     def latency(self, client: Client, names: Sequence[str], changes: int, first: int) -> Latency:
         rng = random.Random(len(names))
         samples, writes = [], []
+        patched: list[tuple[str, float]] = []  # (node, wall clock at the patch's start)
+        log_path = self.bed.agent_log_path(LEADER)
+        offset = log_path.stat().st_size if log_path.exists() else 0
         cidr = ""
         for j in range(first, first + changes):
             name = names[rng.randrange(len(names))]
@@ -536,6 +587,7 @@ class Agent:
             needle = f"\nallowed_ip={cidr}\n".encode()
             time.sleep(CHANGE_GAP)
             body = {"metadata": {"annotations": {translate.ALLOWED_LOCATION_IPS: cidr}}}
+            patched.append((name, time.time()))
             start = time.perf_counter()
             client.patch(Node, name, body, patch_type=PatchType.MERGE)
             writes.append(time.perf_counter() - start)
@@ -556,6 +608,7 @@ class Agent:
             p95_ms=1000 * percentile(samples, 95),
             max_ms=1000 * max(samples),
             patch_median_ms=1000 * statistics.median(writes),
+            split=log_split(log_path, offset, patched),
         )
 
     def stop(self) -> list[str]:
@@ -700,6 +753,12 @@ def report(results: list[SizeResult], opts: Options, info: dict[str, Any]) -> No
                 f"{r.nodes:6d}  {lat.median_ms:26.1f}  {lat.p95_ms:6.1f}  {lat.max_ms:6.1f}"
                 f"  ({lat.patch_median_ms:.1f}, {lat.changes} changes)"
             )
+            if lat.split:
+                steps = ", ".join(
+                    f"{step} {median:.0f} / {p95:.0f} ms ({count})"
+                    for step, (median, p95, count) in lat.split.items()
+                )
+                print(f"{'':8}kg's log, median / p95 after the patch began (changes): {steps}")
     print()
     for r in results:
         for s in r.steady:
