@@ -381,25 +381,22 @@ class _Delta:
     fresh: list[tuple[WireGuardPeer, tuple[str, ...]]]
     dropped: list[WireGuardPeer]
 
-    def advance(self, *, owner: bool) -> _Basis:
-        """``base``'s dicts (moved, not copied) made the new config's; ``owner``: also
-        the holders of the allowed IPs (else the caller keeps them)."""
+    def advance(self) -> _Basis:
+        """A new basis of the new config from ``base``'s dicts (moved, not copied). Its
+        ``live`` and ``owner`` are ``base``'s: the caller keeps them (state_after updates
+        them with each write; a plan that changes nothing leaves the state, and so the
+        holders of its allowed IPs, as they are)."""
         base = self.base
-        entries, peers, texts, holders = base.entries, base.peers, base.texts, base.owner
+        entries, peers, texts = base.entries, base.peers, base.texts
         for peer in self.dropped:
             del entries[id(peer)]
             del peers[peer.public_key]
-            gone = texts.pop(peer.public_key)
-            if owner:
-                for text in gone:
-                    del holders[text]
+            del texts[peer.public_key]
         for peer, masked in self.fresh:
             entries[id(peer)] = peer
             peers[peer.public_key] = peer
             texts[peer.public_key] = masked
-            if owner:
-                holders.update(dict.fromkeys(masked, peer.public_key))
-        return _Basis(entries, peers, texts, holders, base.live)
+        return _Basis(entries, peers, texts, base.owner, base.live)
 
 
 def _plan_from(basis: _Basis, desired: WireGuardConfig) -> tuple[list[PeerChange], _Delta] | None:
@@ -461,7 +458,7 @@ def _plan_from(basis: _Basis, desired: WireGuardConfig) -> tuple[list[PeerChange
 def _settled(state: DeviceState, after: _Basis | _Delta) -> _Basis:
     """The basis of ``state`` when the plan that gave ``after`` changed nothing on it."""
     if isinstance(after, _Delta):
-        return after.advance(owner=True)  # a new object: changes planned on the old fail
+        return after.advance()  # a new object: changes planned on the old one fail
     after.taken = True
     return after
 
@@ -606,7 +603,7 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
     if pending is not None:
         if isinstance(pending, _Delta):
             # The holders of the allowed IPs followed the writes above.
-            basis = pending.advance(owner=False)
+            basis = pending.advance()
         else:
             basis = pending
         basis.live = peers
