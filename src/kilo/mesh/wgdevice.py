@@ -283,6 +283,7 @@ def plan_changes(desired: WireGuardConfig, current: DeviceState) -> DeviceChange
     """
     basis = current._basis
     planned = None if basis is None else _plan_from(basis, desired)
+    after: _Basis | _Delta | None
     if planned is None:
         changes, after = _plan_all(desired, current)
     else:
@@ -601,11 +602,8 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
         private_key=private_key, listen_port=listen_port, peers=tuple(peers.values())
     )
     if pending is not None:
-        if isinstance(pending, _Delta):
-            # The holders of the allowed IPs followed the writes above.
-            basis = pending.advance()
-        else:
-            basis = pending
+        # A delta's owner (the holders of the allowed IPs) followed the writes above.
+        basis = pending.advance() if isinstance(pending, _Delta) else pending
         basis.live = peers
         # A peer with the device's own key is never written (skipped above): the result
         # is not in sync with a config that has one.
