@@ -135,6 +135,12 @@ def start_wireguard_go() -> Iterator[Callable[[], WireGuardGo]]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    parsed = parse_interface(text)
+    assert parsed is not None
+    return parsed
+
+
 def key() -> Key:
     return generate_private_key()
 
@@ -362,7 +368,7 @@ def test_plans_of_what_changed_bring_wireguard_go_to_each_config(start_wireguard
         for i, k in enumerate(keys[:4])
     ]
     first = WireGuardConfig(private_key=key(), listen_port=51820, peers=tuple(peers))
-    moved = replace(peers[1], allowed_ips=(*peers[1].allowed_ips, parse_interface("10.9.0.1/16")))
+    moved = replace(peers[1], allowed_ips=(*peers[1].allowed_ips, cidr("10.9.0.1/16")))
     configs = [
         first,
         # A new endpoint for peer 2 (a new object), the rest the same objects.

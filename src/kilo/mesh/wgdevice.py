@@ -322,16 +322,8 @@ def _plan_all(
             changes.append(change)
     if not plain:
         return changes, None
-    entries: dict[int, WireGuardPeer] = {}
-    peers: dict[Key, WireGuardPeer] = {}
-    texts: dict[Key, tuple[str, ...]] = {}
-    for public_key, want in wants.items():
-        peer = want.peer
-        assert peer is not None
-        entries[id(peer)] = peer
-        peers[public_key] = peer
-        texts[public_key] = tuple(want.allowed_ips)
-    return changes, _Basis(entries, peers, texts, owner, live)
+    peers = desired.peers  # in a plain config, one object a key
+    return changes, _Basis(dict(zip(map(id, peers), peers, strict=True)), wants, owner, live)
 
 
 # --- Planning what changed --------------------------------------------------------------
@@ -343,8 +335,8 @@ class _Basis:
     wanted). What the next plan against the state needs from it:
 
     * ``entries``: the config's peer objects by ``id`` (kept alive here, so an ``id`` is
-      theirs); ``peers``: each public key's peer; ``texts``: its masked allowed IPs as
-      texts;
+      theirs); ``wants``: what each public key wants (:func:`_wanted`: its config peer,
+      and its masked allowed IPs as texts);
     * ``owner``: the peer holding each allowed IP (text), the config's and the state's
       alike (in sync: each live peer holds its wanted set, and no text is wanted twice);
     * ``live``: the state's peers by public key, in the state's order.
@@ -355,19 +347,17 @@ class _Basis:
     basis carried by a change (fresh from :func:`_plan_all`) was given to a state.
     """
 
-    __slots__ = ("entries", "live", "owner", "peers", "taken", "texts")
+    __slots__ = ("entries", "live", "owner", "taken", "wants")
 
     def __init__(
         self,
         entries: dict[int, WireGuardPeer],
-        peers: dict[Key, WireGuardPeer],
-        texts: dict[Key, tuple[str, ...]],
+        wants: dict[Key, _Want],
         owner: dict[str, Key],
         live: dict[Key, PeerState],
     ) -> None:
         self.entries = entries
-        self.peers = peers
-        self.texts = texts
+        self.wants = wants
         self.owner = owner
         self.live = live
         self.taken = False
@@ -375,11 +365,11 @@ class _Basis:
 
 @dataclass(slots=True)
 class _Delta:
-    """A plain config as the differences from ``base``'s: its peer objects that are not
-    ``base``'s (with their masked texts), in config order, and ``base``'s that it lacks."""
+    """A plain config as the differences from ``base``'s: what its peer objects that are
+    not ``base``'s want, in config order, and ``base``'s peer objects that it lacks."""
 
     base: _Basis
-    fresh: list[tuple[WireGuardPeer, tuple[str, ...]]]
+    fresh: list[_Want]
     dropped: list[WireGuardPeer]
 
     def advance(self) -> _Basis:
@@ -388,16 +378,16 @@ class _Delta:
         them with each write; a plan that changes nothing leaves the state, and so the
         holders of its allowed IPs, as they are)."""
         base = self.base
-        entries, peers, texts = base.entries, base.peers, base.texts
+        entries, wants = base.entries, base.wants
         for peer in self.dropped:
             del entries[id(peer)]
-            del peers[peer.public_key]
-            del texts[peer.public_key]
-        for peer, masked in self.fresh:
-            entries[id(peer)] = peer
-            peers[peer.public_key] = peer
-            texts[peer.public_key] = masked
-        return _Basis(entries, peers, texts, base.owner, base.live)
+            del wants[peer.public_key]
+        for want in self.fresh:
+            fresh = want.peer
+            assert fresh is not None
+            entries[id(fresh)] = fresh
+            wants[fresh.public_key] = want
+        return _Basis(entries, wants, base.owner, base.live)
 
 
 def _plan_from(basis: _Basis, desired: WireGuardConfig) -> tuple[list[PeerChange], _Delta] | None:
@@ -422,12 +412,12 @@ def _plan_from(basis: _Basis, desired: WireGuardConfig) -> tuple[list[PeerChange
         if len(peers) - len(fresh) == len(entries)
         else [entries[i] for i in entries.keys() - ids]
     )
-    held, texts_of, owner = basis.peers, basis.texts, basis.owner
+    held, owner = basis.wants, basis.owner
     gone = {p.public_key for p in dropped}
     released: set[str] = set()
     for p in dropped:
-        released.update(texts_of[p.public_key])
-    added: dict[Key, tuple[WireGuardPeer, tuple[str, ...]]] = {}
+        released.update(held[p.public_key].allowed_ips)
+    added: dict[Key, _Want] = {}
     claimed: set[str] = set()
     for p in fresh:
         public_key = p.public_key
@@ -440,17 +430,16 @@ def _plan_from(basis: _Basis, desired: WireGuardConfig) -> tuple[list[PeerChange
             if text in owner and text not in released:
                 return None  # held by a peer object that stays
         claimed.update(texts)
-        added[public_key] = (p, texts)
+        want = added[public_key] = _Want()
+        _configure(want, p)
+        want.allowed_ips = list(texts)
     live = basis.live
     removed = gone - added.keys()
     changes = (
         [PeerChange(public_key=k, remove=True) for k in live if k in removed] if removed else []
     )
-    for p, texts in added.values():
-        want = _Want()
-        _configure(want, p)
-        want.allowed_ips = list(texts)
-        change = _peer_change(p.public_key, want, live.get(p.public_key))
+    for public_key, want in added.items():
+        change = _peer_change(public_key, want, live.get(public_key))
         if change is not None:
             changes.append(change)
     return changes, _Delta(basis, list(added.values()), dropped)
@@ -607,7 +596,7 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
         basis.live = peers
         # A peer with the device's own key is never written (skipped above): the result
         # is not in sync with a config that has one.
-        if own is None or own not in basis.peers:
+        if own is None or own not in basis.wants:
             object.__setattr__(result, "_basis", basis)
     return result
 
