@@ -21,6 +21,12 @@ What the device should hold is what Kilo's ``ReplacePeers`` would leave in it: p
 applied in config order, an allowed IP listed by two peers belongs to the later one (the
 kernel moves it), and a public key listed twice is one peer whose later entry wins. Planning
 against that state keeps the diff idempotent even for such configs.
+
+Between full applies the leader plans on the state its own last write left
+(:func:`state_after`), with a config most of whose WireGuardPeer objects are the last
+one's. Such a state carries what the plan derived (hidden, not part of its value: see
+``_Basis``), and the next plan compares only the peer objects that are new: the same
+change as comparing them all, at the cost of what changed.
 """
 
 from __future__ import annotations
