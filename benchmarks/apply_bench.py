@@ -9,8 +9,9 @@ Pure and in-process (no root, no kernel, no API server): the CPU time of what
 to a location (so the leader has N/10 WireGuard peers), translated from the annotations
 ``benchmarks.synthetic`` gives them, with location granularity. Before the first event a
 warm-up apply runs every stage once (the agent's full apply at start-up), and the device
-text and the route table's last write (``Known``) are what that apply left; after each
-event they are what the event's apply left, as if its writes succeeded.
+state (read once, as a full apply does) and the route table's last write (``Known``)
+are what that apply left; after each event they are what the event's apply left, as if
+its writes succeeded.
 
 Cases (each event changes one Node, the next one each time):
 
@@ -32,16 +33,19 @@ Stages (CPU time, ``time.process_time``; median and p95 over the events):
 * ``topology``: ``topology.build_topology``;
 * ``plan``: ``plan.plan_node`` (WireGuard config, routes and rules, iptables rules);
 * ``compare``: the applier's "did this sub-system's plan change" checks (iptables, routes);
-* ``dev parse``: ``uapi.parse_uapi`` of the device's ``get=1`` reply;
-* ``dev diff``: ``wgdevice.plan_changes`` against it;
+* ``dev diff``: ``wgdevice.plan_changes`` against the device as the last apply's write
+  left it (``wgdevice.state_after``; the applier reads the device only on full applies);
+* ``dev after``: ``wgdevice.state_after`` of the change (the state the next event's
+  diff is against);
 * ``routes``: ``route_sync.desired_routes`` and the route table's incremental diff
   against its last write (``RouteTable._set_known``'s set arithmetic, without netlink),
   and the text of its state file before and after the change (``route_state.StateText``,
   not written);
 * ``total``: their sum; ``applier``: the whole ``TopologyApplier.apply(full=False)`` for
-  the same events (a run of its own), with a device that parses its reply and plans the
-  diff, the route table's diff above, and links, iptables and metrics that do nothing:
-  the stages plus the applier's own work (endpoints, NAT discovery, metrics' names).
+  the same events (a run of its own), with a device that plans the diff (against the
+  state the applier keeps from its writes), the route table's diff above, and links,
+  iptables and metrics that do nothing: the stages plus the applier's own work
+  (endpoints, NAT discovery, metrics' names, ``state_after``).
 
 ``--profile`` runs the events of the first size and case under cProfile and prints the
 top functions.
@@ -80,7 +84,7 @@ from kilo.mesh.routes import Device, Route
 from kilo.mesh.routes import Rule as IPRule
 from kilo.mesh.topology import build_topology
 from kilo.mesh.uapi import parse_uapi
-from kilo.mesh.wgdevice import DeviceChange, DeviceState, plan_changes
+from kilo.mesh.wgdevice import DeviceChange, DeviceState, plan_changes, state_after
 from kilo.mesh.wireguard import WireGuardConfig
 
 PER_LOCATION = 10
@@ -91,7 +95,7 @@ NOW = 1_800_000_000
 PRIVATE_KEY = Key(bytes(range(1, 33)))
 SETTINGS = PlanSettings(interface="kilo0", private_interface="eth0")
 DEVICES = {Device.KILO: "kilo0", Device.PRIVATE: "eth0", Device.TUNNEL: "tunl0"}
-STAGES = ("ready", "topology", "plan", "compare", "dev parse", "dev diff", "routes")
+STAGES = ("ready", "topology", "plan", "compare", "dev diff", "dev after", "routes")
 CASES = ("alip", "endpoint", "checkin")
 
 
@@ -146,7 +150,7 @@ class Leader:
     """What the leader's applier keeps between events."""
 
     nodes: dict[str, Node]
-    device: str = ""
+    device: DeviceState | None = None
     known: Known | None = None
     applied_iptables: RuleSet | None = None
     applied_routes: tuple[object, ...] | None = None
@@ -177,11 +181,12 @@ class Leader:
         wanted = (plan.routes, plan.rules, tuple(sorted(DEVICES.items())))
         routes_changed = wanted != self.applied_routes
         times.append(clock())
-        state = parse_uapi(self.device) if self.device else None
-        times.append(clock())
         assert plan.wireguard is not None
-        if state is not None:
-            plan_changes(plan.wireguard, state)
+        state = self.device
+        change = None if state is None else plan_changes(plan.wireguard, state)
+        times.append(clock())
+        if state is not None and change is not None:
+            state = state_after(state, change)
         times.append(clock())
         if routes_changed:
             self.known = route_diff(plan.routes, plan.rules, DEVICES, self.known, self.state)
@@ -189,7 +194,9 @@ class Leader:
         if iptables_changed:
             self.applied_iptables = plan.iptables
         self.applied_routes = wanted
-        self.device = uapi_reply(plan.wireguard)  # the write succeeded
+        if state is None:  # the first apply (full): its write succeeded, and is read
+            state = parse_uapi(uapi_reply(plan.wireguard))
+        self.device = state
         if record:
             for stage, start, end in zip(STAGES, times, times[1:], strict=False):
                 self.samples[stage].append(end - start)

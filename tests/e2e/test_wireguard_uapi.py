@@ -33,6 +33,7 @@ from kilo.mesh.wgdevice import (
     DeviceState,
     PeerChange,
     PeerState,
+    plan_changes,
     plan_update,
     render_uapi,
     state_after,
@@ -132,6 +133,12 @@ def start_wireguard_go() -> Iterator[Callable[[], WireGuardGo]]:
             subprocess.run(["ip", "netns", "del", netns], check=False)
         for directory in directories:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    parsed = parse_interface(text)
+    assert parsed is not None
+    return parsed
 
 
 def key() -> Key:
@@ -346,6 +353,53 @@ def test_ipv6_endpoints_and_masked_allowed_ips_round_trip(start_wireguard_go) ->
         ipaddress.ip_network("fd00:1::/48"),
     }
     assert device.apply(desired) is None
+
+
+def test_plans_of_what_changed_bring_wireguard_go_to_each_config(start_wireguard_go) -> None:
+    # Between full applies the leader's plan hands out the same WireGuardPeer objects for
+    # what did not change, and the diff on state_after(its last write) compares only the
+    # others (issue 17): each plan is the one a fresh read gives, and after each write
+    # the known state is what wireguard-go reports.
+    wg = start_wireguard_go()
+    device = wg.device()
+    keys = [key().public_key() for _ in range(6)]
+    peers = [
+        peer(k, f"10.{i}.0.0/16", f"fd00:{i}::/64", endpoint=Endpoint.parse(f"192.0.2.{i}:1"))
+        for i, k in enumerate(keys[:4])
+    ]
+    first = WireGuardConfig(private_key=key(), listen_port=51820, peers=tuple(peers))
+    moved = replace(peers[1], allowed_ips=(*peers[1].allowed_ips, cidr("10.9.0.1/16")))
+    configs = [
+        first,
+        # A new endpoint for peer 2 (a new object), the rest the same objects.
+        replace(first, peers=(peers[0], peers[1], replace(peers[2], persistent_keepalive=25),
+                              peers[3])),
+        # Peers 0 and 2 go; a newcomer takes an allowed IP of 0; peer 1 gains one.
+        replace(first, peers=(moved, peers[3], peer(keys[4], "10.0.0.0/16", "10.8.0.0/16"))),
+        # An equal copy of peer 3 and a new listen port: only the port is written.
+        replace(first, listen_port=51821, peers=(moved, replace(peers[3]),
+                                                 peer(keys[4], "10.0.0.0/16", "10.8.0.0/16"))),
+    ]  # fmt: skip
+    known = device.get()
+    for desired in configs:
+        fresh = device.get()
+        change = device.apply(desired, current=known)
+        assert change is not None
+        assert change == plan_changes(desired, replace(known))  # every peer compared
+        # And what a read gives, but for the order of the removals (wireguard-go lists its
+        # peers in an order of its own).
+        read = plan_changes(desired, fresh)
+        assert read is not None
+        assert replace(change, peers=()) == replace(read, peers=())
+        assert {c for c in change.peers if c.remove} == {c for c in read.peers if c.remove}
+        assert [c for c in change.peers if not c.remove] == [c for c in read.peers if not c.remove]
+        known = state_after(known, change)
+        live = device.get()
+        assert (known.private_key, known.listen_port) == (live.private_key, live.listen_port)
+        assert without_counters(known) == without_counters(live)
+    assert change.peers == ()
+    assert list(without_counters(known)) == [keys[1], keys[3], keys[4]]
+    assert device.apply(configs[-1], current=known) is None
 
 
 def test_the_state_after_each_write_is_what_wireguard_go_holds(start_wireguard_go) -> None:

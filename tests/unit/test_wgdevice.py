@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kilo.errors import KiloError
+from kilo.mesh import wgdevice
 from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.ip import IPNetwork, parse_interface
 from kilo.mesh.keys import ZERO_KEY, Key
@@ -694,6 +695,281 @@ def test_the_state_after_keeps_handshakes_and_a_new_peer_is_not_discovered() -> 
     laptop = [Peer(name="laptop", public_key=B)]
     # B has no handshake in the known state: not discovered until a read shows one.
     assert discovered_endpoints(after, nodes, laptop) == {str(A): seen}
+
+
+# --- Planning what changed (issue 17) ---------------------------------------------------
+
+# More keys and allowed IPs than above, so that most configs are plain (no key and no
+# allowed IP twice: the ones a plan after a write diffs by what changed) and some are not.
+_MANY_KEYS = tuple(key_for(i, salt=78) for i in range(10))
+_OWN_KEYS = (PRIVATE.public_key(), Key(bytes([9]) * 32).public_key())
+_MANY_CIDRS = (
+    *(f"10.{i}.0.0/16" for i in range(24)),
+    *(f"fd{i:02x}::/64" for i in range(6)),
+    "10.5.0.1/24",  # masked: 10.5.0.0/24, next
+    "10.5.0.0/24",
+    "10.0.0.0/8",  # overlaps others: a different network
+    "192.0.2.7/32",
+)
+_many_peers = st.builds(
+    WireGuardPeer,
+    public_key=st.sampled_from(_MANY_KEYS),
+    allowed_ips=st.lists(st.sampled_from(_MANY_CIDRS).map(cidr), max_size=3).map(tuple),
+    endpoint=st.sampled_from(_ENDPOINTS).map(_endpoint),
+    persistent_keepalive=st.sampled_from((0, 25, 70_000)),
+    preshared_key=st.sampled_from((None, None, ZERO_KEY, PSK)),
+    name=st.sampled_from(("", "gcp", "aws")),
+)
+_EDITS = ("same", "new", "copy", "field", "add", "remove", "move", "twice", "swap", "own")
+
+
+def _edit(data: st.DataObject, peers: list[WireGuardPeer]) -> None:
+    """One change of a config's peers, as the leader's plan makes them between events
+    (most peers the very objects of the last config) and some it never makes."""
+    what = data.draw(st.sampled_from(_EDITS))
+    index = st.integers(0, max(0, len(peers) - 1))
+    if what == "add" or not peers:
+        peers.insert(data.draw(st.integers(0, len(peers))), data.draw(_many_peers))
+        return
+    i, j = data.draw(index), data.draw(index)
+    p = peers[i]
+    if what == "new":  # another peer object for the key
+        peers[i] = replace(data.draw(_many_peers), public_key=p.public_key)
+    elif what == "copy":  # an equal peer, another object
+        peers[i] = replace(p)
+    elif what == "field":
+        field_ = data.draw(st.sampled_from(("endpoint", "keepalive", "psk", "name")))
+        peers[i] = (
+            replace(p, endpoint=_endpoint(data.draw(st.sampled_from(_ENDPOINTS))))
+            if field_ == "endpoint"
+            else replace(p, persistent_keepalive=p.persistent_keepalive + 1)
+            if field_ == "keepalive"
+            else replace(p, preshared_key=None if p.preshared_key else PSK)
+            if field_ == "psk"
+            else replace(p, name=p.name + "x")
+        )
+    elif what == "remove":
+        del peers[i]
+    elif what == "move" and p.allowed_ips and i != j:  # an allowed IP to another peer
+        moved = data.draw(st.sampled_from(p.allowed_ips))
+        peers[j] = replace(peers[j], allowed_ips=(*peers[j].allowed_ips, moved))
+        if data.draw(st.booleans()):  # else both list it: the later one holds it
+            peers[i] = replace(p, allowed_ips=tuple(c for c in p.allowed_ips if c != moved))
+    elif what == "twice":  # the same object twice: its key twice
+        peers.insert(j, p)
+    elif what == "swap":
+        peers[i], peers[j] = peers[j], p
+    elif what == "own":  # the device's own key (now or after a private key change)
+        peers[i] = replace(p, public_key=data.draw(st.sampled_from(_OWN_KEYS)))
+
+
+def _next_config(data: st.DataObject, config: WireGuardConfig) -> WireGuardConfig:
+    peers = list(config.peers)
+    for _ in range(data.draw(st.integers(0, 3))):
+        _edit(data, peers)
+    return WireGuardConfig(
+        private_key=data.draw(st.sampled_from((config.private_key,) * 4 + _PRIVATE_KEYS)),
+        listen_port=data.draw(st.sampled_from((config.listen_port,) * 4 + (0, 51821))),
+        peers=tuple(peers),
+    )
+
+
+def full_plan(desired: WireGuardConfig, current: DeviceState) -> DeviceChange | None:
+    """plan_changes comparing every peer: ``current``'s value without what an earlier
+    plan left on it (``replace`` builds the state anew)."""
+    return plan_changes(desired, replace(current))
+
+
+def assert_basis_describes(state: DeviceState) -> None:
+    """What plan_changes and state_after left on ``state`` for the next plan is true of
+    it: its peers and their allowed IPs, and a plain config that changes none of them."""
+    basis = state._basis
+    if basis is None:
+        return
+    assert list(basis.live) == [p.public_key for p in state.peers]
+    assert all(basis.live[p.public_key] is p for p in state.peers)  # the state's own
+    assert basis.owner == {t: p.public_key for p in state.peers for t in p.allowed_ips_text}
+    assert basis.wants.keys() == basis.live.keys()
+    peers = [want.peer for want in basis.wants.values() if want.peer is not None]
+    assert sorted(basis.entries) == sorted(id(p) for p in peers)
+    assert all(basis.entries[id(p)] is p for p in peers)
+    for key, p in zip(basis.wants, peers, strict=True):
+        assert p.public_key == key
+        assert basis.wants[key].allowed_ips == [str(c.network) for c in p.allowed_ips]  # type: ignore[union-attr]
+    in_sync = full_plan(WireGuardConfig(peers=tuple(peers)), state)
+    assert in_sync is None or not in_sync.peers
+
+
+_DETOURS = ("none", "none", "discarded plan", "plan in between", "twice", "older state")
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), start=st.just(DeviceState()) | devices())
+def test_a_plan_on_the_state_after_a_write_is_the_full_plan(
+    data: st.DataObject, start: DeviceState
+) -> None:
+    # The leader plans each incremental apply on state_after(its last write), and the
+    # plan then compares only the peer objects that are not the last config's: it must
+    # be the plan that compares them all, over any sequence of configs and of what the
+    # applier may do with the states and changes (a write that failed, a change planned
+    # and another plan before it is written, state_after twice, an older state again).
+    config = WireGuardConfig(
+        private_key=PRIVATE,
+        listen_port=51820,
+        peers=tuple(data.draw(st.lists(_many_peers, max_size=6, unique_by=lambda p: p.public_key))),
+    )
+    known, device = start, start
+    history = [(known, device)]
+    for _ in range(data.draw(st.integers(1, 8))):
+        config = _next_config(data, config)
+        detour = data.draw(st.sampled_from(_DETOURS))
+        if detour == "older state":
+            known, device = data.draw(st.sampled_from(history))
+        if detour == "discarded plan":  # a write that failed, or a plan that changed nothing
+            plan_changes(_next_config(data, config), known)
+        expected = full_plan(config, known)
+        change = plan_changes(config, known)
+        assert change == expected
+        if detour == "plan in between":  # the change is written after another plan
+            plan_changes(_next_config(data, config), known)
+        if change is not None:
+            after = state_after(known, change)
+            if detour == "twice":
+                again = state_after(known, change)
+                assert exact(again) == exact(after)
+                after = data.draw(st.sampled_from((after, again)))
+            device = apply_set(device, render_uapi(change))
+            known = after
+        assert exact(known) == exact(device)
+        assert_basis_describes(known)
+        history.append((known, device))
+
+
+def written_in_turn(*configs: WireGuardConfig, start: DeviceState | None = None) -> DeviceState:
+    """Each config planned on the state the last one's write left, as the leader does
+    between full applies, checked as in the property above; the last state."""
+    known = device = DeviceState() if start is None else start
+    for desired in configs:
+        change = plan_changes(desired, known)
+        assert change == full_plan(desired, known)
+        if change is not None:
+            known = state_after(known, change)
+            device = apply_set(device, render_uapi(change))
+        assert exact(known) == exact(device)
+        assert_basis_describes(known)
+    return known
+
+
+def test_allowed_ips_claimed_twice_after_a_write_are_planned_whole() -> None:
+    # What a plan of what changed cannot do alone: the want of a peer that stays
+    # depends on the peers that changed. Each sequence checks against the whole plan.
+    a, b, c = peer(A, "10.1.0.0/16"), peer(B, "10.2.0.0/16"), peer(C, "10.3.0.0/16")
+    b_too = peer(B, "10.2.0.0/16", "10.1.0.0/16")  # also a's: the later one holds it
+    written_in_turn(config(a, b, c), config(a, b_too, c), config(a, b, c))
+    written_in_turn(config(b, a, c), config(b_too, a, c), config(b, a, c))
+    # Two new peers claiming the same allowed IP, one of them c's.
+    c_new, d_new = peer(C, "10.3.0.0/16", "10.9.0.0/16"), peer(D, "10.9.0.0/16", "10.3.0.0/16")
+    written_in_turn(config(a, b, c), config(a, b, c_new, d_new), config(a, b, c))
+    # The same networks, written differently (host bits, order).
+    written_in_turn(
+        config(a, peer(B, "10.2.0.0/16", "10.5.0.0/24")),
+        config(a, peer(B, "10.5.0.1/24", "10.2.0.0/16")),
+    )
+
+
+def test_a_peer_with_the_devices_new_key_leaves_nothing_behind() -> None:
+    # The private key becomes a live peer's key as that peer leaves the config: the peer
+    # goes with the key, and its allowed IPs are free for another peer next.
+    other = Key(bytes([9]) * 32)
+    mine = peer(other.public_key(), "10.7.0.0/16")
+    a, b = peer(A, "10.1.0.0/16"), peer(B, "10.2.0.0/16")
+    taker = peer(B, "10.2.0.0/16", "10.7.0.0/16")
+    last = written_in_turn(
+        config(a, mine, b),
+        config(a, b, private_key=other),
+        config(a, taker, private_key=other),
+    )
+    assert [p.public_key for p in last.peers] == [A, B]
+    # A peer with the device's own key stays in the config: it is added on each plan.
+    written_in_turn(config(a, mine, private_key=other), config(a, mine, private_key=other))
+
+
+def test_a_state_whose_change_was_taken_twice_or_passed_plans_in_full() -> None:
+    a, b = peer(A, "10.1.0.0/16"), peer(B, "10.2.0.0/16")
+    first, empty = config(a, b), DeviceState()
+    change = plan_changes(first, empty)
+    assert change is not None
+    once, twice = state_after(empty, change), state_after(empty, change)
+    assert exact(once) == exact(twice)
+    b_new = peer(B, "10.2.0.0/16", "10.1.0.0/16")
+    second = config(a, b_new)
+    # Both go on as states of their own; so does the one before them.
+    for known in (once, twice, once, twice, empty):
+        written_in_turn(second, config(b, a), first, start=known)
+
+
+def test_a_plan_after_a_write_compares_only_the_peers_that_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = [key_for(i, salt=79) for i in range(100)]
+    peers = [
+        peer(k, f"10.{i}.0.0/16", f"10.{i}.1.1/32", endpoint=ep(f"192.0.2.{i}:51820"))
+        for i, k in enumerate(keys)
+    ]
+    first, empty = config(*peers), DeviceState()
+    known = state_after(empty, plan_changes(first, empty) or DeviceChange())
+    compared: list[Key] = []
+    plan_one = wgdevice._peer_change
+
+    def counted(key: Key, want: object, live: PeerState | None) -> PeerChange | None:
+        compared.append(key)
+        return plan_one(key, want, live)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wgdevice, "_peer_change", counted)
+    # Peer 7 gets peer 8's allowed IP, 8 goes, 9 is replaced by an equal copy, 50 is new.
+    moved = replace(peers[7], allowed_ips=(*peers[7].allowed_ips, cidr("10.8.0.0/16")))
+    newcomer = peer(key_for(100, salt=79), "10.100.0.0/16")
+    second = config(*peers[:7], moved, replace(peers[9]), *peers[10:50], newcomer, *peers[50:])
+    change = plan_changes(second, known)
+    assert compared == [keys[7], keys[9], newcomer.public_key]
+    assert change == full_plan(second, known)
+    assert change is not None
+    assert [(c.public_key, c.remove) for c in change.peers] == [
+        (keys[8], True),
+        (keys[7], False),
+        (newcomer.public_key, False),
+    ]
+    known = state_after(known, change)
+    compared.clear()
+    assert plan_changes(second, known) is None
+    assert compared == []
+    # A device read anew (a full apply) that needs nothing is compared whole once; the
+    # plan after that compares what changed since.
+    read = replace(known)
+    assert plan_changes(second, read) is None
+    assert len(compared) == len(second.peers)
+    compared.clear()
+    tuned = replace(second.peers[20], persistent_keepalive=25)
+    third = config(*second.peers[:20], tuned, *second.peers[21:])
+    change = plan_changes(third, read)
+    assert compared == [tuned.public_key]
+    assert change == full_plan(third, read)
+    # A config with a key twice is planned whole.
+    compared.clear()
+    twice = config(*second.peers, peers[3])
+    assert plan_changes(twice, known) == full_plan(twice, known)
+    assert len(compared) == 2 * len(second.peers)
+    # Many peers removed at once: in the order of the state, as the whole plan has them.
+    compared.clear()
+    fewer = config(*second.peers[::3])
+    change = plan_changes(fewer, known)
+    assert compared == []
+    assert change == full_plan(fewer, known)
+    assert change is not None
+    kept = {p.public_key for p in fewer.peers}
+    assert [c.public_key for c in change.peers] == [
+        p.public_key for p in known.peers if p.public_key not in kept
+    ]
 
 
 # --- NAT discovery -----------------------------------------------------------------------

@@ -21,6 +21,12 @@ What the device should hold is what Kilo's ``ReplacePeers`` would leave in it: p
 applied in config order, an allowed IP listed by two peers belongs to the later one (the
 kernel moves it), and a public key listed twice is one peer whose later entry wins. Planning
 against that state keeps the diff idempotent even for such configs.
+
+Between full applies the leader plans on the state its own last write left
+(:func:`state_after`), with a config most of whose WireGuardPeer objects are the last
+one's. Such a state carries what the plan derived (hidden, not part of its value: see
+``_Basis``), and the next plan compares only the peer objects that are new: the same
+change as comparing them all, at the cost of what changed.
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ class DeviceState:
     private_key: Key | None = field(default=None, repr=False)
     listen_port: int = 0
     peers: tuple[PeerState, ...] = ()
+    # What plan_changes derived from a config this state is in sync with (_Basis), so that
+    # the next plan against this state costs what changed. Not part of the value; dropped
+    # by replace().
+    _basis: _Basis | None = field(default=None, init=False, repr=False, compare=False)
 
     def peer(self, public_key: Key) -> PeerState | None:
         for p in self.peers:
@@ -102,6 +112,11 @@ class DeviceChange:
     private_key: Key | None = field(default=None, repr=False)
     listen_port: int | None = None
     peers: tuple[PeerChange, ...] = ()
+    # The state it was planned against, and how the basis of the state after it follows
+    # (state_after). Not part of the value.
+    _after: tuple[DeviceState, _Basis | _Delta] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
 
 # --- Planning ----------------------------------------------------------------------------
@@ -130,36 +145,55 @@ class _Want:
     peer: WireGuardPeer | None = None
 
 
-def _wanted(config: WireGuardConfig) -> dict[Key, _Want]:
-    """What a device configured from scratch with ``config`` holds (Kilo's ReplacePeers)."""
+def _configure(want: _Want, peer: WireGuardPeer) -> None:
+    """``want`` once ``peer``'s entry is applied, but for its allowed IPs."""
+    if peer.preshared_key is not None:
+        want.preshared_key = peer.preshared_key
+    want.persistent_keepalive = wireguard_keepalive(peer.persistent_keepalive)
+    endpoint = desired_endpoint(peer.endpoint)
+    if endpoint is not None:
+        want.endpoint = endpoint
+    want.peer = peer
+
+
+def _masked_texts(peer: WireGuardPeer) -> tuple[tuple[str, ...], bool]:
+    """``peer``'s masked allowed IPs as texts, and whether no text is there twice."""
+    texts = tuple([ipmod.text(_masked(cidr)) for cidr in peer.allowed_ips])
+    return texts, len(set(texts)) == len(texts)
+
+
+def _wanted(config: WireGuardConfig) -> tuple[dict[Key, _Want], dict[str, Key], bool]:
+    """What a device configured from scratch with ``config`` holds (Kilo's ReplacePeers),
+    the peer holding each allowed IP (text) there, and whether ``config`` is *plain*: no
+    public key twice, no allowed IP listed twice (by one peer or two). In a plain config
+    each peer's want is its entry's alone (what :func:`_plan_from` relies on)."""
     wants: dict[Key, _Want] = {}
     owner: dict[str, Key] = {}
+    plain = True
     previous = _MASKED.previous
     current: dict[int, tuple[WireGuardPeer, tuple[str, ...], bool]] = {}
     for peer in config.peers:
-        want = wants.setdefault(peer.public_key, _Want())
-        if peer.preshared_key is not None:
-            want.preshared_key = peer.preshared_key
-        want.persistent_keepalive = wireguard_keepalive(peer.persistent_keepalive)
-        endpoint = desired_endpoint(peer.endpoint)
-        if endpoint is not None:
-            want.endpoint = endpoint
-        for cidr in want.allowed_ips:  # ReplaceAllowedIPs
-            del owner[cidr]
-        want.allowed_ips = []
-        want.peer = peer
+        public_key = peer.public_key
+        want = wants.get(public_key)
+        if want is None:
+            want = wants[public_key] = _Want()
+        else:
+            plain = False
+            for cidr in want.allowed_ips:  # ReplaceAllowedIPs
+                del owner[cidr]
+            want.allowed_ips = []
+        _configure(want, peer)
         entry = previous.get(id(peer))
         if entry is None or entry[0] is not peer:
-            masked = tuple([ipmod.text(_masked(cidr)) for cidr in peer.allowed_ips])
-            entry = (peer, masked, len(set(masked)) == len(masked))
+            entry = (peer, *_masked_texts(peer))
         current[id(peer)] = entry
         _, texts, unique = entry
-        public_key = peer.public_key
         if unique and owner.keys().isdisjoint(texts):
             # The usual case: no allowed IP repeated here or claimed by another peer.
             owner.update(dict.fromkeys(texts, public_key))
             want.allowed_ips = list(texts)
             continue
+        plain = False
         for cidr in texts:
             previous_owner = owner.get(cidr)
             if previous_owner is not None:
@@ -169,7 +203,7 @@ def _wanted(config: WireGuardConfig) -> dict[Key, _Want]:
             owner[cidr] = public_key
             want.allowed_ips.append(cidr)
     _MASKED.previous = current
-    return wants
+    return wants, owner, plain
 
 
 class _MaskedTexts:
@@ -202,59 +236,64 @@ def _same_key(a: Key | None, b: Key | None) -> bool:
     return (a or ZERO_KEY) == (b or ZERO_KEY)
 
 
+def _peer_change(public_key: Key, want: _Want, peer: PeerState | None) -> PeerChange | None:
+    """What brings the live ``peer`` (``None``: absent) to ``want``; ``None``: nothing."""
+    if peer is None:
+        return PeerChange(
+            public_key=public_key,
+            preshared_key=None if want.preshared_key.is_zero else want.preshared_key,
+            endpoint=want.endpoint,
+            persistent_keepalive=want.persistent_keepalive,
+            allowed_ips=_networks(want),
+        )
+    texts = peer.allowed_ips_text
+    allowed = (
+        None
+        if (len(texts) == len(want.allowed_ips) and list(texts) == want.allowed_ips)
+        or set(want.allowed_ips) == set(texts)
+        else _networks(want)
+    )
+    wanted_psk = want.preshared_key
+    psk = (
+        None
+        if (wanted_psk is ZERO_KEY and peer.preshared_key is None)
+        or _same_key(wanted_psk, peer.preshared_key)
+        else wanted_psk
+    )
+    keepalive: int | None = want.persistent_keepalive
+    if keepalive == peer.persistent_keepalive:
+        keepalive = None
+    endpoint = want.endpoint
+    if endpoint is not None and endpoint == peer.endpoint:
+        endpoint = None
+    if allowed is None and psk is None and endpoint is None and keepalive is None:
+        return None  # nothing differs
+    return PeerChange(
+        public_key=public_key,
+        preshared_key=psk,
+        endpoint=endpoint,
+        persistent_keepalive=keepalive,
+        allowed_ips=allowed,
+    )
+
+
 def plan_changes(desired: WireGuardConfig, current: DeviceState) -> DeviceChange | None:
-    """The changes that bring ``current`` to ``desired``; ``None`` when nothing differs."""
-    wants = _wanted(desired)
-    changes = [
-        PeerChange(public_key=p.public_key, remove=True)
-        for p in current.peers
-        if p.public_key not in wants
-    ]
-    live = {p.public_key: p for p in current.peers}
-    for public_key, want in wants.items():
-        peer = live.get(public_key)
-        if peer is None:
-            changes.append(
-                PeerChange(
-                    public_key=public_key,
-                    preshared_key=None if want.preshared_key.is_zero else want.preshared_key,
-                    endpoint=want.endpoint,
-                    persistent_keepalive=want.persistent_keepalive,
-                    allowed_ips=_networks(want),
-                )
-            )
-            continue
-        texts = peer.allowed_ips_text
-        allowed = (
-            None
-            if (len(texts) == len(want.allowed_ips) and list(texts) == want.allowed_ips)
-            or set(want.allowed_ips) == set(texts)
-            else _networks(want)
-        )
-        wanted_psk = want.preshared_key
-        psk = (
-            None
-            if (wanted_psk is ZERO_KEY and peer.preshared_key is None)
-            or _same_key(wanted_psk, peer.preshared_key)
-            else wanted_psk
-        )
-        keepalive: int | None = want.persistent_keepalive
-        if keepalive == peer.persistent_keepalive:
-            keepalive = None
-        endpoint = want.endpoint
-        if endpoint is not None and endpoint == peer.endpoint:
-            endpoint = None
-        if allowed is None and psk is None and endpoint is None and keepalive is None:
-            continue  # nothing differs
-        changes.append(
-            PeerChange(
-                public_key=public_key,
-                preshared_key=psk,
-                endpoint=endpoint,
-                persistent_keepalive=keepalive,
-                allowed_ips=allowed,
-            )
-        )
+    """The changes that bring ``current`` to ``desired``; ``None`` when nothing differs.
+
+    When ``current`` is the state an earlier plan's change left (:func:`state_after`) or
+    one an earlier plan found nothing to change on, and ``desired`` shares most of its
+    WireGuardPeer objects with that plan's config (the leader's plan hands out the same
+    object for a segment that did not change), only the peers that are not the same
+    objects are compared (:func:`_plan_from`): the same result, at the cost of what
+    changed (issue 17).
+    """
+    basis = current._basis
+    planned = None if basis is None else _plan_from(basis, desired)
+    after: _Basis | _Delta | None
+    if planned is None:
+        changes, after = _plan_all(desired, current)
+    else:
+        changes, after = planned
     private_key = desired.private_key
     if private_key is not None and _same_key(stored_private_key(private_key), current.private_key):
         private_key = None
@@ -262,8 +301,162 @@ def plan_changes(desired: WireGuardConfig, current: DeviceState) -> DeviceChange
     if not listen_port or listen_port == current.listen_port:
         listen_port = None
     if private_key is None and listen_port is None and not changes:
+        if after is not None:  # current is in sync with desired: plan the next from that
+            object.__setattr__(current, "_basis", _settled(current, after))
         return None
-    return DeviceChange(private_key=private_key, listen_port=listen_port, peers=tuple(changes))
+    change = DeviceChange(private_key=private_key, listen_port=listen_port, peers=tuple(changes))
+    if after is not None:
+        object.__setattr__(change, "_after", (current, after))
+    return change
+
+
+def _plan_all(
+    desired: WireGuardConfig, current: DeviceState
+) -> tuple[list[PeerChange], _Basis | None]:
+    """Every wanted peer compared with the live one; with the basis of the state once
+    the changes are written when ``desired`` is plain (its ``live`` is ``current``'s)."""
+    wants, owner, plain = _wanted(desired)
+    changes = [
+        PeerChange(public_key=p.public_key, remove=True)
+        for p in current.peers
+        if p.public_key not in wants
+    ]
+    live = {p.public_key: p for p in current.peers}
+    for public_key, want in wants.items():
+        change = _peer_change(public_key, want, live.get(public_key))
+        if change is not None:
+            changes.append(change)
+    if not plain:
+        return changes, None
+    peers = desired.peers  # in a plain config, one object a key
+    return changes, _Basis(dict(zip(map(id, peers), peers, strict=True)), wants, owner, live)
+
+
+# --- Planning what changed --------------------------------------------------------------
+
+
+class _Basis:
+    """A plain config (:func:`_wanted`) that a device state is in sync with: planning that
+    config against the state changes no peer (the state holds exactly its peers, each as
+    wanted). What the next plan against the state needs from it:
+
+    * ``entries``: the config's peer objects by ``id`` (kept alive here, so an ``id`` is
+      theirs); ``wants``: what each public key wants (:func:`_wanted`: its config peer,
+      and its masked allowed IPs as texts);
+    * ``owner``: the peer holding each allowed IP (text), the config's and the state's
+      alike (in sync: each live peer holds its wanted set, and no text is wanted twice);
+    * ``live``: the state's peers by public key, in the state's order.
+
+    A basis belongs to one state (``DeviceState._basis``). :func:`state_after` moves its
+    dicts to the state after the change (the old state loses it: its next plan compares
+    every peer); nothing else changes them once the basis is attached. ``taken``: a
+    basis carried by a change (fresh from :func:`_plan_all`) was given to a state.
+    """
+
+    __slots__ = ("entries", "live", "owner", "taken", "wants")
+
+    def __init__(
+        self,
+        entries: dict[int, WireGuardPeer],
+        wants: dict[Key, _Want],
+        owner: dict[str, Key],
+        live: dict[Key, PeerState],
+    ) -> None:
+        self.entries = entries
+        self.wants = wants
+        self.owner = owner
+        self.live = live
+        self.taken = False
+
+
+@dataclass(slots=True)
+class _Delta:
+    """A plain config as the differences from ``base``'s: what its peer objects that are
+    not ``base``'s want, in config order, and ``base``'s peer objects that it lacks."""
+
+    base: _Basis
+    fresh: list[_Want]
+    dropped: list[WireGuardPeer]
+
+    def advance(self) -> _Basis:
+        """A new basis of the new config from ``base``'s dicts (moved, not copied). Its
+        ``live`` and ``owner`` are ``base``'s: the caller keeps them (state_after updates
+        them with each write; a plan that changes nothing leaves the state, and so the
+        holders of its allowed IPs, as they are)."""
+        base = self.base
+        entries, wants = base.entries, base.wants
+        for peer in self.dropped:
+            del entries[id(peer)]
+            del wants[peer.public_key]
+        for want in self.fresh:
+            fresh = want.peer
+            assert fresh is not None
+            entries[id(fresh)] = fresh
+            wants[fresh.public_key] = want
+        return _Basis(entries, wants, base.owner, base.live)
+
+
+def _plan_from(basis: _Basis, desired: WireGuardConfig) -> tuple[list[PeerChange], _Delta] | None:
+    """:func:`_plan_all`'s changes, comparing only the peers of ``desired`` that are not
+    ``basis``'s objects; ``None`` when ``desired`` is not plain (then every peer's want
+    may depend on the others': plan them all).
+
+    A peer object of the basis's config wants what it wanted there (in a plain config a
+    peer's want is its own entry's), and the state holds that: nothing to change. The
+    other peers are compared with the live ones as :func:`_plan_all` does; the basis's
+    peers that ``desired`` lacks are removed unless a new object has their key. The
+    order is :func:`_plan_all`'s: removals in the state's order, then config order.
+    """
+    entries = basis.entries
+    peers = desired.peers
+    ids = set(map(id, peers))
+    if len(ids) != len(peers):
+        return None  # a peer object twice: its key twice
+    fresh = [p for p in peers if id(p) not in entries]
+    dropped = (
+        []
+        if len(peers) - len(fresh) == len(entries)
+        else [entries[i] for i in entries.keys() - ids]
+    )
+    held, owner = basis.wants, basis.owner
+    gone = {p.public_key for p in dropped}
+    released: set[str] = set()
+    for p in dropped:
+        released.update(held[p.public_key].allowed_ips)
+    added: dict[Key, _Want] = {}
+    claimed: set[str] = set()
+    for p in fresh:
+        public_key = p.public_key
+        if public_key in added or (public_key in held and public_key not in gone):
+            return None  # the key twice
+        texts, unique = _masked_texts(p)
+        if not unique or not claimed.isdisjoint(texts):
+            return None
+        for text in texts:
+            if text in owner and text not in released:
+                return None  # held by a peer object that stays
+        claimed.update(texts)
+        want = added[public_key] = _Want()
+        _configure(want, p)
+        want.allowed_ips = list(texts)
+    live = basis.live
+    removed = gone - added.keys()
+    changes = (
+        [PeerChange(public_key=k, remove=True) for k in live if k in removed] if removed else []
+    )
+    for public_key, want in added.items():
+        change = _peer_change(public_key, want, live.get(public_key))
+        if change is not None:
+            changes.append(change)
+    return changes, _Delta(basis, list(added.values()), dropped)
+
+
+def _settled(state: DeviceState, after: _Basis | _Delta) -> _Basis:
+    """The basis of ``state`` when the plan that gave ``after`` changed nothing on it."""
+    if isinstance(after, _Delta):
+        return after.advance()  # a new object: changes planned on the old one fail
+    after.taken = True
+    return after
 
 
 def render_uapi(change: DeviceChange) -> str:
@@ -311,22 +504,50 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
     owner, so another peer that held it loses it) set where the change says so. A peer
     line with the device's own public key is ignored. Handshakes and traffic counters of
     existing peers are kept as they were read.
+
+    When ``change`` was planned against ``state`` (:func:`plan_changes`), the result is in
+    sync with that plan's config, and carries what the next plan needs to compare only
+    what changes next; when ``state`` had that already (an earlier plan's), it is moved
+    here rather than rebuilt: the cost is the change's. Then ``state`` loses it (its next
+    plan, if any, compares every peer).
     """
     private_key = state.private_key
     if change.private_key is not None:
         raw = change.private_key
         private_key = None if raw.is_zero else stored_private_key(raw)
-    peers: dict[Key, PeerState] = {p.public_key: p for p in state.peers}
+    # The basis of the state after the change (_Basis), or the delta that makes it of
+    # state's (_Delta), whose dicts of the live peers and their allowed IPs are used here.
+    after = change._after
+    pending: _Basis | _Delta | None = None
+    peers: dict[Key, PeerState] | None = None
+    # Allowed IP (as text: equal texts are equal networks) -> the peer holding it, built
+    # when an allowed IP is first set: texts hash fast, and the parser's are at hand.
+    owner: dict[str, Key] | None = None
+    if after is not None and after[0] is state:
+        pending = after[1]
+        if isinstance(pending, _Delta):
+            if state._basis is pending.base:
+                object.__setattr__(state, "_basis", None)  # its dicts are the result's
+                peers, owner = pending.base.live, pending.base.owner
+            else:
+                pending = None  # planned on a basis that state has no more
+        elif pending.taken:
+            pending = None  # given to the state after an earlier call
+        else:
+            pending.taken = True
+    if peers is None:
+        peers = {p.public_key: p for p in state.peers}
     own = (
         None
         if private_key is None or not (change.peers or change.private_key is not None)
         else private_key.public_key()
     )
     if change.private_key is not None and own is not None:
-        peers.pop(own, None)  # a peer cannot be the device itself
-    # Allowed IP (as text: equal texts are equal networks) -> the peer holding it, built
-    # when an allowed IP is first set: texts hash fast, and the parser's are at hand.
-    owner: dict[str, Key] | None = None
+        mine = peers.pop(own, None)  # a peer cannot be the device itself
+        if mine is not None and owner is not None:
+            for text in mine.allowed_ips_text:
+                if owner.get(text) == own:
+                    del owner[text]
     for pc in change.peers:
         key = pc.public_key
         if key == own:
@@ -372,9 +593,18 @@ def state_after(state: DeviceState, change: DeviceChange) -> DeviceState:
             object.__setattr__(peer, "_allowed_ips_text", known)  # replace() drops it
         peers[key] = peer
     listen_port = state.listen_port if change.listen_port is None else change.listen_port
-    return DeviceState(
+    result = DeviceState(
         private_key=private_key, listen_port=listen_port, peers=tuple(peers.values())
     )
+    if pending is not None:
+        # A delta's owner (the holders of the allowed IPs) followed the writes above.
+        basis = pending.advance() if isinstance(pending, _Delta) else pending
+        basis.live = peers
+        # A peer with the device's own key is never written (skipped above): the result
+        # is not in sync with a config that has one.
+        if own is None or own not in basis.wants:
+            object.__setattr__(result, "_basis", basis)
+    return result
 
 
 def _without(peer: PeerState, text: str) -> PeerState:
