@@ -243,3 +243,18 @@ def test_a_rule_deleted_by_hand_comes_back_at_the_next_full_apply_deviation(netn
     assert JUMP_LINE not in ns(netns, "iptables-save", "-t", "nat")
     assert controller.apply(_returns(1, 2, 3)) == 1
     assert JUMP_LINE in ns(netns, "iptables-save", "-t", "nat")
+
+
+def test_a_kilo_rule_deleted_by_hand_that_the_plan_drops_does_not_fail_the_apply(
+    netns: str,
+) -> None:
+    """The script from the known state deletes a rule that is already gone, and
+    iptables-restore fails it: the table is read and the plan applied in the same call."""
+    controller = IPTables(netns=netns, ipv6=False)
+    controller.apply(_returns(*range(1, 20)))
+    gone = _returns(1).prepend[-1]
+    ns(netns, "iptables", "-t", "nat", "-D", "KILO-NAT", *gone.spec)
+    assert controller.apply(_returns(*range(2, 21)), full=False) == 1
+    nat = parse_save(ns(netns, "iptables-save", "-t", "nat"))["nat"]
+    assert table_change(_returns(*range(2, 21)), "nat", Protocol.IPV4, nat) is None
+    assert controller.apply(_returns(*range(2, 21))) == 0

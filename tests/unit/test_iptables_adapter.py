@@ -196,11 +196,22 @@ def test_incremental_applies_read_no_table_until_a_full_apply_or_a_failure(
     assert controller.apply(returns(1, 2, 3, 4, 5, 6)) == 1
     assert sorted(reads.read_text().split()) == ["filter", "filter", "nat", "nat"]
     assert scripts.read_text().startswith("*nat\n:KILO-NAT - [0:0]\n")
-    # A failed restore: the next incremental apply reads the tables first.
+    # A script from the known state that fails is computed again from a read and rerun.
+    once = tmp_path / "once"
+    once.touch()
+    restore.write_text(
+        f'#!/bin/sh\n[ -e "{once}" ] && rm "{once}" && exit 1\n'
+        f'[ -e "{fail}" ] && exit 1\ncat >> "{scripts}"\n'
+    )
+    scripts.write_text("")
+    assert controller.apply(returns(1, 2, 3, 4, 5, 6, 7), full=False) == 1
+    assert sorted(reads.read_text().split()) == ["filter"] * 2 + ["nat"] * 3
+    assert scripts.read_text().startswith("*nat\n:KILO-NAT - [0:0]\n")  # the read's table
+    # A failure that remains: raised, and the next incremental apply reads every table.
     fail.touch()
     with pytest.raises(DataPlaneError):
-        controller.apply(returns(1, 2, 3, 4, 5), full=False)
-    assert sorted(reads.read_text().split()) == ["filter", "filter", "nat", "nat"]
+        controller.apply(returns(1, 2, 3, 4, 5, 6), full=False)
+    assert sorted(reads.read_text().split()) == ["filter"] * 2 + ["nat"] * 4
     fail.unlink()
     assert controller.apply(returns(1, 2, 3, 4, 5), full=False) == 1
-    assert sorted(reads.read_text().split()) == ["filter"] * 3 + ["nat"] * 3
+    assert sorted(reads.read_text().split()) == ["filter"] * 3 + ["nat"] * 5

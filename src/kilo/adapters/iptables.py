@@ -14,7 +14,10 @@ others against the state its own last successful write or read left
 lists the whole ruleset (11 000 rules, some 0.1 s of CPU each) and parsing it took 40 ms
 more, on the way from an annotation change to the WireGuard write. So a rule someone else
 removed comes back at the next full apply (Kilo's own reconciler checks its rules once
-a resync period, too). Any failure forgets every known state: the next apply reads.
+a resync period, too). A script computed from the known state that fails (say, it
+deletes a Kilo rule someone else already deleted) is computed again from a read of the
+table and run once more, in the same apply; any failure that remains forgets every known
+state: the next apply reads.
 
 Which tables are read: every table the plan uses, plus ``filter`` and ``nat``, the only
 tables Kilo ever writes, so that rules and ``KILO-*`` chains a previous plan left there are
@@ -205,46 +208,73 @@ class IPTables:
             for table in tables:
                 key = (protocol, table)
                 output = outputs.get(table)
-                held: str | None = None
                 if isinstance(output, DataPlaneError):
                     raise output
-                if output is None:
-                    current = self._known[key]
-                else:
-                    held = _rules_of(output)
-                    settled = self._settled.pop(key, None)
-                    if (
-                        settled is not None
-                        and settled[0] == held
-                        and (settled[1] is planned or settled[1] == planned)
-                    ):
-                        # The output last found to need no change, for an equal plan.
-                        self._settled[key] = (held, planned, settled[2])
-                        self._known[key] = settled[2]
-                        continue
-                    current = parse_save(output).get(table, TableState())
-                    self._known[key] = current
-                change = (
-                    table_change(planned, table, protocol, current)
-                    if table in in_plan or _holds_kilo_state(current)
-                    else None
-                )
-                if change is None:
-                    if held is not None:
-                        self._settled[key] = (held, planned, current)
+                if output is not None:
+                    changed += self._apply_read(planned, key, in_plan, output)
                     continue
-                for operation, op_table, chain in script_operations(change.script):
-                    self._count(protocol, operation, op_table, chain)
-                del self._known[key]  # until the restore succeeds
-                self._run(
-                    protocol,
-                    table,
-                    [_COMMANDS[protocol][1], f"--wait={LOCK_WAIT_SECONDS}", "--noflush"],
-                    stdin=change.script,
-                )
-                self._known[key] = change.after
-                changed += 1
+                try:
+                    changed += self._apply_state(planned, key, in_plan, self._known[key], None)
+                except DataPlaneError:
+                    # Computed against the known state, which someone else may have made
+                    # wrong (a Kilo rule to delete that was deleted by hand makes the
+                    # whole script fail): read the table and try once more.
+                    (output,) = self._save(protocol, [table])
+                    if isinstance(output, DataPlaneError):
+                        raise output from None
+                    changed += self._apply_read(planned, key, in_plan, output)
         return changed
+
+    def _apply_read(
+        self, planned: RuleSet, key: tuple[Protocol, str], in_plan: list[str], output: str
+    ) -> int:
+        """Bring the table ``output`` lists to ``planned``; 1 if it had to change."""
+        held = _rules_of(output)
+        settled = self._settled.pop(key, None)
+        if (
+            settled is not None
+            and settled[0] == held
+            and (settled[1] is planned or settled[1] == planned)
+        ):
+            # The output last found to need no change, for an equal plan.
+            self._settled[key] = (held, planned, settled[2])
+            self._known[key] = settled[2]
+            return 0
+        current = parse_save(output).get(key[1], TableState())
+        self._known[key] = current
+        return self._apply_state(planned, key, in_plan, current, held)
+
+    def _apply_state(
+        self,
+        planned: RuleSet,
+        key: tuple[Protocol, str],
+        in_plan: list[str],
+        current: TableState,
+        held: str | None,
+    ) -> int:
+        """Bring the table, known to be ``current`` (read as ``held``, or known from the
+        last write), to ``planned``; 1 if it had to change."""
+        protocol, table = key
+        change = (
+            table_change(planned, table, protocol, current)
+            if table in in_plan or _holds_kilo_state(current)
+            else None
+        )
+        if change is None:
+            if held is not None:
+                self._settled[key] = (held, planned, current)
+            return 0
+        for operation, op_table, chain in script_operations(change.script):
+            self._count(protocol, operation, op_table, chain)
+        del self._known[key]  # until the restore succeeds
+        self._run(
+            protocol,
+            table,
+            [_COMMANDS[protocol][1], f"--wait={LOCK_WAIT_SECONDS}", "--noflush"],
+            stdin=change.script,
+        )
+        self._known[key] = change.after
+        return 1
 
     def _save(self, protocol: Protocol, tables: Sequence[str]) -> list[str | DataPlaneError]:
         """Every table's ``iptables-save -t TABLE`` output (or its failure), the processes
