@@ -15,6 +15,8 @@ changed, ``IPTables.apply(planned, full=False)``. Events:
   (``agent_bench``'s change): the leader's iptables plan does not change;
 * ``join``: a new Node joins an existing location (its pod CIDR and internal /32 become
   two more KILO-NAT RETURN rules);
+* ``leave``: a Node that does not lead its location is deleted (two RETURN rules fewer;
+  with iptables-nft a deletion makes iptables-restore fetch the whole chain);
 * ``resync``: nothing changes and the step runs as on a full apply (``full=True``: the
   tables are read).
 
@@ -39,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 
-from benchmarks.agent_bench import sim_object
+from benchmarks.agent_bench import sim_name, sim_object
 from benchmarks.full_apply_bench import _cluster
 from kilo.adapters.iptables import IPTables
 from kilo.adapters.keyfile import generate_private_key
@@ -50,7 +52,7 @@ from kilo.mesh.plan import PlanSettings, plan_node
 from kilo.mesh.topology import Topology, build_topology
 from kilo.sandbox.testbed.values import TOPOLOGY_LABEL
 
-EVENTS = ("alip", "join", "resync")
+EVENTS = ("alip", "join", "leave", "resync")
 SETTINGS = PlanSettings(interface="kilo0", private_interface="lan0")
 SUBNET = ipaddress.ip_network("10.4.0.0/16")
 
@@ -106,6 +108,8 @@ class Leader:
             alip = parse_interface(f"100.64.{self.serial // 250}.{self.serial % 250 + 1}/32")
             assert alip is not None
             self.nodes[name] = dataclasses.replace(self.nodes[name], allowed_location_ips=(alip,))
+        elif event == "leave":
+            self.nodes.pop(sim_name((self.serial * 10 + 5) % self.size), None)
         elif event == "join":
             # Index i + size of a 10-a-location cluster would open a new location: reuse
             # one (sim_object's location label), so the segments and WireGuard IPs stay.
