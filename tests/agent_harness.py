@@ -78,10 +78,12 @@ class FakeIPTables:
         self.planned: RuleSet | None = None
         self.fail = fail
         self.calls = 0
+        self.fulls: list[bool] = []  # each apply's ``full``
         self.cleaned = False
 
-    def apply(self, planned: RuleSet) -> int:
+    def apply(self, planned: RuleSet, *, full: bool = True) -> int:
         self.calls += 1
+        self.fulls.append(full)
         if self.fail:
             raise DataPlaneError("iptables-restore failed for table nat (IPv4): boom")
         self.planned = planned

@@ -9,6 +9,7 @@ import pytest
 from kilo.adapters.iptables import IPTables
 from kilo.errors import DataPlaneError
 from kilo.mesh.iptables import FILTER_TABLE, Protocol, Rule, RuleSet
+from kilo.mesh.iptables_restore import parse_save, table_change
 from tests.reference_iptables import alpha_rule_set
 
 JUMP = (
@@ -182,3 +183,78 @@ def test_ipv6_rules_go_to_ip6tables(netns: str) -> None:
     assert controller.apply(alpha_rule_set()) == 0
     controller.clean_up()
     assert {"IPv4": snapshot(netns), "IPv6": snapshot(netns, "ip6tables-save")} == before
+
+
+def _returns(*octets: int) -> RuleSet:
+    """alpha's rules and KILO-NAT RETURNs for ``10.<octet>.0.0/24``, as a mesh's known IPs."""
+    alpha = alpha_rule_set()
+    extra = tuple(
+        Rule(
+            protocol=Protocol.IPV4,
+            table="nat",
+            chain="KILO-NAT",
+            spec=(
+                "-d",
+                f"10.{o}.0.0/24",
+                "-m",
+                "comment",
+                "--comment",
+                "Kilo: do not NAT packets destined for known IPs",
+                "-j",
+                "RETURN",
+            ),
+        )
+        for o in octets
+    )
+    return RuleSet(append=alpha.append, prepend=(*alpha.prepend, *extra))
+
+
+def test_incremental_applies_leave_the_tables_they_compute_without_reading_them(
+    netns: str,
+) -> None:
+    """Each incremental apply's script, computed against the state the previous one left
+    (no iptables-save), leaves exactly that state in the kernel; a full apply after them
+    finds nothing to change."""
+    add_foreign_rules(netns)
+    recorder = Recorder()
+    controller = IPTables(netns=netns, ipv6=False, on_operation=recorder)
+    controller.apply(_returns(*range(20, 40)))
+    for octets in (range(20, 42), range(21, 42), range(21, 43), (*range(23, 43), 7)):
+        planned = _returns(*octets)
+        state = parse_save(ns(netns, "iptables-save", "-t", "nat"))["nat"]
+        change = table_change(planned, "nat", Protocol.IPV4, state)
+        assert change is not None
+        recorder.calls.clear()
+        assert controller.apply(planned, full=False) == 1
+        assert not [call for call in recorder.calls if call[1] == "List"]  # nothing read
+        assert ("IPv4", "ClearChain", "nat", "KILO-NAT") not in recorder.calls  # no rewrite
+        assert parse_save(ns(netns, "iptables-save", "-t", "nat"))["nat"] == change.after
+    assert controller.apply(planned) == 0
+
+
+def test_a_rule_deleted_by_hand_comes_back_at_the_next_full_apply_deviation(netns: str) -> None:
+    """Deliberate: between full applies (the resync period) the tables are not read, so a
+    rule someone else removed is restored by the next full apply, as Kilo's reconciler
+    restores it once a resync period."""
+    controller = IPTables(netns=netns, ipv6=False)
+    controller.apply(_returns(1, 2))
+    ns(netns, "iptables", "-t", "nat", "-D", "POSTROUTING", *JUMP)
+    assert controller.apply(_returns(1, 2, 3), full=False) == 1
+    assert JUMP_LINE not in ns(netns, "iptables-save", "-t", "nat")
+    assert controller.apply(_returns(1, 2, 3)) == 1
+    assert JUMP_LINE in ns(netns, "iptables-save", "-t", "nat")
+
+
+def test_a_kilo_rule_deleted_by_hand_that_the_plan_drops_does_not_fail_the_apply(
+    netns: str,
+) -> None:
+    """The script from the known state deletes a rule that is already gone, and
+    iptables-restore fails it: the table is read and the plan applied in the same call."""
+    controller = IPTables(netns=netns, ipv6=False)
+    controller.apply(_returns(*range(1, 20)))
+    gone = _returns(1).prepend[-1]
+    ns(netns, "iptables", "-t", "nat", "-D", "KILO-NAT", *gone.spec)
+    assert controller.apply(_returns(*range(2, 21)), full=False) == 1
+    nat = parse_save(ns(netns, "iptables-save", "-t", "nat"))["nat"]
+    assert table_change(_returns(*range(2, 21)), "nat", Protocol.IPV4, nat) is None
+    assert controller.apply(_returns(*range(2, 21))) == 0

@@ -209,6 +209,8 @@ def test_event_applies_skip_unchanged_subsystems_and_resync_rechecks_them() -> N
     # The resync re-checks everything against the kernel, changed or not.
     h.round(resync=True)
     assert (h.iptables.calls, h.routes.calls) == (iptables_calls + 2, route_calls + 2)
+    # iptables reads its tables on the full applies only (start-up's, the resync).
+    assert h.iptables.fulls == [True] * iptables_calls + [False, True]
 
 
 def test_a_deleted_route_forces_a_full_apply() -> None:

@@ -5,8 +5,8 @@ Nodes of which most are the very objects of the previous event, some are new obj
 with equal mesh values (a check-in) and a few changed. Each step reuses what did not
 change (``topology._SegmentMemo`` with its allowed-location-IP index, the leader's routes
 and WireGuard peers per segment, route keys per Route, masked allowed IPs per WireGuard
-peer, device replies per peer block); every result must be the one the same inputs give
-with every memo empty.
+peer, device replies per peer block, the iptables rules per segment); every result must
+be the one the same inputs give with every memo empty.
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kilo.mesh import route_sync, routes, topology, uapi, wgdevice, wireguard
+from kilo.mesh import (
+    iptables,
+    iptables_restore,
+    route_sync,
+    routes,
+    topology,
+    uapi,
+    wgdevice,
+    wireguard,
+)
 from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.keys import Key
 from kilo.mesh.model import Granularity, Node, Peer, ready_nodes
@@ -54,6 +63,8 @@ MEMOS: tuple[tuple[Any, str, Callable[[], object]], ...] = (
     (route_sync, "_ROUTE_KEYS", route_sync._RouteKeyMemo),
     (wgdevice, "_MASKED", wgdevice._MaskedTexts),
     (uapi, "_PEER_BLOCKS", uapi._PeerBlocks),
+    (iptables, "_SEGMENT_RULES", iptables._SegmentRulesMemo),
+    (iptables_restore, "_PARTITIONS", iptables_restore._PartitionMemo),
 )
 
 

@@ -493,3 +493,33 @@ def test_the_protocol_of_a_cidr_text_is_that_of_the_parsed_cidr(text: str) -> No
     printed = ipmod.text(cidr)  # what the plan hands over: allowed IPs as ip.text prints them
     assert iptables_mod._protocol_of_text(printed) == iptables_mod.protocol_of(cidr)
     assert iptables_mod._protocol_of_text(text) == iptables_mod.protocol_of(cidr)
+
+
+def test_segment_rules_are_reused_only_for_the_same_segment_in_the_same_role() -> None:
+    """topology_rules reuses a segment's rules while the segment is the same object and
+    is (or is not) the local one as before: from gamma's perspective and then alpha's
+    over the same segments, each result is the one an empty memo gives."""
+    nodes, peers = reference_cluster()
+
+    def rules(hostname: str) -> RuleSet:
+        t = build_topology(
+            nodes,
+            peers,
+            granularity=Granularity.LOCATION,
+            hostname=hostname,
+            subnet=KILO_SUBNET,
+            service_cidrs=[SERVICE_CIDR],
+        )
+        return topology_rules(t, cni=True, forward=False)
+
+    saved = iptables_mod._SEGMENT_RULES
+    try:
+        for hostname in ("gamma", "alpha", "gamma", "alpha"):
+            reused = rules(hostname)
+            iptables_mod._SEGMENT_RULES = iptables_mod._SegmentRulesMemo()
+            assert reused == rules(hostname)
+        # Only gamma's own segment has its allowed-location-IP jump.
+        assert any("172.31.100.0/24" in str(r) for r in rules("gamma").prepend)
+        assert not any("172.31.100.0/24" in str(r) for r in rules("alpha").prepend)
+    finally:
+        iptables_mod._SEGMENT_RULES = saved

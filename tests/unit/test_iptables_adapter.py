@@ -149,3 +149,69 @@ def test_a_table_read_unchanged_is_not_parsed_again_and_a_changed_one_is_repaire
     table.write_text(right)
     assert controller.apply(planned) == 0
     assert controller.apply(RuleSet()) == 1
+
+
+def test_incremental_applies_read_no_table_until_a_full_apply_or_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between full applies the script is computed against the table as the last write
+    left it: a rule removed by hand is not noticed (nor re-added) until the next full
+    apply reads the table; a failed restore makes the next apply read."""
+    table, scripts = _fake_iptables(tmp_path, monkeypatch)
+    reads = tmp_path / "reads"
+    save = tmp_path / "bin" / "iptables-save"
+    save.write_text(f'#!/bin/sh\necho "$2" >> "{reads}"\ncat "{table}"\n')
+    fail = tmp_path / "fail"
+    restore = tmp_path / "bin" / "iptables-restore"
+    restore.write_text(f'#!/bin/sh\n[ -e "{fail}" ] && exit 1\ncat >> "{scripts}"\n')
+
+    def returns(*octets: int) -> RuleSet:
+        return RuleSet(
+            append=(Chain(protocol=Protocol.IPV4, table="nat", name="KILO-NAT"),),
+            prepend=tuple(
+                Rule(
+                    protocol=Protocol.IPV4,
+                    table="nat",
+                    chain="KILO-NAT",
+                    spec=("-d", f"10.{o}.0.0/24", "-j", "RETURN"),
+                )
+                for o in octets
+            ),
+        )
+
+    table.write_text(
+        "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+    )
+    controller = IPTables(ipv6=False)
+    assert controller.apply(returns(1, 2, 3, 4, 5)) == 1  # full: both tables read
+    assert sorted(reads.read_text().split()) == ["filter", "nat"]
+    # The fake iptables-save keeps printing the empty table: only a read would see it.
+    scripts.write_text("")
+    assert controller.apply(returns(1, 2, 3, 4, 5, 6), full=False) == 1
+    assert controller.apply(returns(1, 2, 3, 4, 5, 6), full=False) == 0
+    assert sorted(reads.read_text().split()) == ["filter", "nat"]  # no read since
+    assert scripts.read_text() == "*nat\n-I KILO-NAT 1 -d 10.6.0.0/24 -j RETURN\nCOMMIT\n"
+    # A full apply reads, finds the chain gone and writes it whole.
+    scripts.write_text("")
+    assert controller.apply(returns(1, 2, 3, 4, 5, 6)) == 1
+    assert sorted(reads.read_text().split()) == ["filter", "filter", "nat", "nat"]
+    assert scripts.read_text().startswith("*nat\n:KILO-NAT - [0:0]\n")
+    # A script from the known state that fails is computed again from a read and rerun.
+    once = tmp_path / "once"
+    once.touch()
+    restore.write_text(
+        f'#!/bin/sh\n[ -e "{once}" ] && rm "{once}" && exit 1\n'
+        f'[ -e "{fail}" ] && exit 1\ncat >> "{scripts}"\n'
+    )
+    scripts.write_text("")
+    assert controller.apply(returns(1, 2, 3, 4, 5, 6, 7), full=False) == 1
+    assert sorted(reads.read_text().split()) == ["filter"] * 2 + ["nat"] * 3
+    assert scripts.read_text().startswith("*nat\n:KILO-NAT - [0:0]\n")  # the read's table
+    # A failure that remains: raised, and the next incremental apply reads every table.
+    fail.touch()
+    with pytest.raises(DataPlaneError):
+        controller.apply(returns(1, 2, 3, 4, 5, 6), full=False)
+    assert sorted(reads.read_text().split()) == ["filter"] * 2 + ["nat"] * 4
+    fail.unlink()
+    assert controller.apply(returns(1, 2, 3, 4, 5), full=False) == 1
+    assert sorted(reads.read_text().split()) == ["filter"] * 3 + ["nat"] * 5

@@ -9,11 +9,13 @@ from hypothesis import strategies as st
 
 from kilo.mesh.iptables import Chain, Protocol, Rule, RuleSet
 from kilo.mesh.iptables_restore import (
+    TableState,
     canonical_spec,
     parse_save,
     render_spec,
     restore_script,
     split_line,
+    table_change,
 )
 
 COMMENT = ("-m", "comment", "--comment")
@@ -163,3 +165,126 @@ def test_split_line_reads_a_kilo_rule_as_iptables_save_prints_it() -> None:
         "-j",
         "Y",
     ]
+
+
+# A pool of rules plans are drawn from: KILO-NAT RETURNs (prepended), POSTROUTING jumps
+# (prepended, built-in chain), and KILO-NAT's appended rules.
+_RETURNS = [
+    rule("KILO-NAT", "-d", f"10.{i}.0.0/24", *COMMENT, "Kilo: do not NAT", "-j", "RETURN")
+    for i in range(12)
+]
+_JUMPS = [
+    rule(
+        "POSTROUTING", "-s", f"10.{i}.0.0/24", *COMMENT, "Kilo: jump to NAT chain", "-j", "KILO-NAT"
+    )
+    for i in range(3)
+]
+_APPENDS = [
+    rule("KILO-NAT", "-d", "10.96.0.0/12", *COMMENT, "Kilo: services", "-j", "RETURN"),
+    rule("KILO-NAT", *COMMENT, "Kilo: NAT remaining packets", "-j", "MASQUERADE"),
+]
+_NAT_CHAIN = Chain(protocol=Protocol.IPV4, table="nat", name="KILO-NAT")
+
+
+@st.composite
+def _plans(draw: st.DrawFn) -> RuleSet:
+    returns = draw(st.lists(st.sampled_from(_RETURNS), max_size=12))  # repeats allowed
+    jumps = draw(st.lists(st.sampled_from(_JUMPS), max_size=3, unique=True))
+    appends = draw(st.sampled_from([_APPENDS, _APPENDS[1:], _APPENDS[::-1]]))
+    if draw(st.booleans()) and not returns and not jumps:
+        return RuleSet()
+    return RuleSet(append=(_NAT_CHAIN, *appends), prepend=(*jumps, *returns))
+
+
+def _replay(script: str, state: TableState) -> TableState:
+    """What iptables does with a restore script, written apart from the planner's own
+    bookkeeping: each line on a copy of ``state``."""
+    chains = list(state.chains)
+    rules = {chain: list(specs) for chain, specs in state.rules.items()}
+    for line in script.splitlines()[1:-1]:
+        if line.startswith(":"):
+            chain = line[1:].split()[0]
+            if chain not in chains:
+                chains.append(chain)
+            rules[chain] = []
+            continue
+        words = split_line(line)
+        op, chain = words[0], words[1]
+        if op == "-A":
+            rules.setdefault(chain, []).append(tuple(words[2:]))
+        elif op == "-I":
+            rules.setdefault(chain, []).insert(int(words[2]) - 1, tuple(words[3:]))
+        elif op == "-D":
+            rules[chain].remove(tuple(words[2:]))  # the first match, or iptables fails
+        elif op == "-F":
+            rules[chain] = []
+        elif op == "-X":
+            chains.remove(chain)
+            del rules[chain]
+    return TableState(chains=chains, rules=rules)
+
+
+def _content(state: TableState) -> dict[str, tuple[object, ...]]:
+    """A table as its rules' meaning sees it: Kilo chains' prepended part (all but the
+    planned appended tail) as a multiset."""
+    out: dict[str, tuple[object, ...]] = {}
+    for chain in state.chains:
+        specs = state.rules.get(chain, [])
+        if chain.startswith("KILO-"):
+            tail = [s for s in specs if "Kilo: services" in s or "MASQUERADE" in s]
+            head = sorted(s for s in specs if s not in tail)
+            out[chain] = (tuple(head), tuple(tail))
+        else:
+            out[chain] = (tuple(sorted(specs)),)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_plans(), min_size=1, max_size=6))
+def test_incremental_changes_against_the_state_they_leave_match_the_full_path(
+    plans: list[RuleSet],
+) -> None:
+    """Each plan's script computed against the state the previous script left (the
+    agent's incremental applies, which read nothing) leaves the state that iptables
+    reaches by running it, a state the plan needs no change for, holding what a fresh
+    table brought to the same plan holds (prepended rules of a Kilo chain in any order)."""
+    empty = TableState(chains=["PREROUTING", "POSTROUTING"], rules={"POSTROUTING": []})
+    foreign = ("-s", "192.0.2.0/24", "-j", "MASQUERADE")
+    state = TableState(chains=list(empty.chains), rules={"POSTROUTING": [foreign]})
+    for planned in plans:
+        change = table_change(planned, "nat", Protocol.IPV4, state)
+        if change is None:
+            assert restore_script(planned, "nat", Protocol.IPV4, state) is None
+        else:
+            assert _replay(change.script, state) == change.after
+            state = change.after
+        assert table_change(planned, "nat", Protocol.IPV4, state) is None
+        fresh = table_change(planned, "nat", Protocol.IPV4, empty)
+        full = empty if fresh is None else fresh.after
+        expected = _content(full)
+        expected["POSTROUTING"] = (tuple(sorted([*full.rules["POSTROUTING"], foreign])),)
+        assert _content(state) == expected
+        assert state.rules["POSTROUTING"][-1] == foreign  # somebody else's rule stays
+
+
+def test_a_few_new_rules_of_a_long_kilo_chain_are_inserted_at_the_top() -> None:
+    """A node joining a large mesh adds two KILO-NAT rules: two inserts at the top, not a
+    rewrite of the chain (thousands of rules) nor inserts at positions (iptables-nft then
+    fetches the whole chain); one that leaves is one deletion."""
+    planned = RuleSet(append=(_NAT_CHAIN, *_APPENDS), prepend=tuple(_RETURNS[:8]))
+    first = table_change(planned, "nat", Protocol.IPV4, TableState())
+    assert first is not None
+    joined = RuleSet(
+        append=planned.append, prepend=(*_RETURNS[:4], *_RETURNS[8:10], *_RETURNS[4:8])
+    )
+    change = table_change(joined, "nat", Protocol.IPV4, first.after)
+    assert change is not None
+    # In the plan's order, each at the top, as Kilo inserts them.
+    assert change.script.splitlines()[1:-1] == [
+        f"-I KILO-NAT 1 {render_spec(_RETURNS[8].spec)}",
+        f"-I KILO-NAT 1 {render_spec(_RETURNS[9].spec)}",
+    ]
+    left = RuleSet(append=planned.append, prepend=tuple(_RETURNS[1:8]))
+    change = table_change(left, "nat", Protocol.IPV4, first.after)
+    assert change is not None
+    assert change.script.splitlines()[1:-1] == [f"-D KILO-NAT {render_spec(_RETURNS[0].spec)}"]

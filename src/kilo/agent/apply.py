@@ -298,7 +298,8 @@ class TopologyApplier:
         if full or plan.iptables != self._applied_iptables:
             self._applied_iptables = None
             try:
-                if plane.iptables.apply(plan.iptables):
+                # Between full applies against the tables as its own last write left them.
+                if plane.iptables.apply(plan.iptables, full=full):
                     count = len(plan.iptables.append) + len(plan.iptables.prepend)
                     iptables_log.info(f"applying {count} iptables rules")
                 self._applied_iptables = plan.iptables

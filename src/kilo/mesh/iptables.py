@@ -31,7 +31,7 @@ from typing import Any
 from kilo.mesh import ip as ipmod
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.model import Compatibility, Encapsulation
-from kilo.mesh.topology import LOCATION_PREFIX, Topology
+from kilo.mesh.topology import LOCATION_PREFIX, Segment, Topology
 
 NAT_TABLE = "nat"
 FILTER_TABLE = "filter"
@@ -238,6 +238,45 @@ def _protocol_of_text(text: str) -> Protocol:
     return protocol_of(cidr)
 
 
+def _segment_rules(segment: Segment, local: bool) -> tuple[Rule, ...]:
+    """A segment's prepended rules: KILO-NAT RETURNs for its WireGuard IP and allowed IPs
+    and, for the local segment, the jumps for its allowed-location IPs."""
+    rules = [_return_wireguard(ipmod.host_text(segment.wireguard_ip))]
+    rules.extend([_return_known(text) for text in segment.allowed_ips_text])
+    # Traffic to the local location's allowed-location IPs is NATed, so that the
+    # replies of devices that know nothing of the mesh find their way back.
+    if local:
+        for alip in segment.allowed_location_ips:
+            rules.append(
+                _rule(
+                    protocol_of(alip),
+                    NAT_TABLE,
+                    "POSTROUTING",
+                    "-d",
+                    str(alip),
+                    *_comment("Kilo: jump to NAT chain"),
+                    "-j",
+                    NAT_CHAIN,
+                )
+            )
+    return tuple(rules)
+
+
+class _SegmentRulesMemo:
+    """The last topology's rules of each segment, reused while the segment is the same
+    object (``topology._SegmentMemo`` hands out unchanged segments again; a Segment is
+    frozen) and is, or is not, the local one as before: at 5000 nodes the 500 segments'
+    11 000 rules took 2-3 ms an apply to look up again. Only the last topology is kept
+    (``wireguard._PeerMemo`` does the same for the WireGuard peers)."""
+
+    def __init__(self) -> None:
+        # segment key -> (segment, local, rules)
+        self.previous: dict[str, tuple[Segment, bool, tuple[Rule, ...]]] = {}
+
+
+_SEGMENT_RULES = _SegmentRulesMemo()
+
+
 def topology_rules(t: Topology, *, cni: bool, forward: bool) -> RuleSet:
     """Kilo's ``Topology.Rules(cni, iptablesForwardRule)``, in Kilo's order.
 
@@ -292,26 +331,16 @@ def topology_rules(t: Topology, *, cni: bool, forward: bool) -> RuleSet:
                 _forward(pod_cidr, "to", "Kilo: forward packets to the node's pod subnet")
             )
     local_location = t.location
-    return_wireguard, return_known = _return_wireguard, _return_known
+    previous = _SEGMENT_RULES.previous
+    memo: dict[str, tuple[Segment, bool, tuple[Rule, ...]]] = {}
     for segment in t.segments:
-        prepend.append(return_wireguard(ipmod.host_text(segment.wireguard_ip)))
-        prepend.extend([return_known(text) for text in segment.allowed_ips_text])
-        # Traffic to the local location's allowed-location IPs is NATed, so that the
-        # replies of devices that know nothing of the mesh find their way back.
-        if segment.location == local_location:
-            for alip in segment.allowed_location_ips:
-                prepend.append(
-                    _rule(
-                        protocol_of(alip),
-                        NAT_TABLE,
-                        "POSTROUTING",
-                        "-d",
-                        str(alip),
-                        *_comment("Kilo: jump to NAT chain"),
-                        "-j",
-                        NAT_CHAIN,
-                    )
-                )
+        is_local = segment.location == local_location
+        entry = previous.get(segment.location)
+        if entry is None or entry[0] is not segment or entry[1] != is_local:
+            entry = (segment, is_local, _segment_rules(segment, is_local))
+        memo[segment.location] = entry
+        prepend.extend(entry[2])
+    _SEGMENT_RULES.previous = memo
     for peer in t.peers:
         for allowed_ip in peer.allowed_ips:
             protocol = protocol_of(allowed_ip)
