@@ -91,6 +91,28 @@ def test_a_plugin_run_from_a_cancelled_task_is_stopped(tmp_path: Path) -> None:
     assert gone(tmp_path / "plugin.pid")
 
 
+def endless(stream: str) -> Callable[[Path], str]:
+    def script(directory: Path) -> str:
+        redirect = " >&2" if stream == "stderr" else ""
+        return f"#!/bin/sh\necho $$ > {directory / 'plugin.pid'}\nexec yes{redirect}\n"
+
+    script.__name__ = f"endless_{stream}"
+    return script
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_plugin_that_prints_without_end_is_stopped(tmp_path: Path, stream: str) -> None:
+    """Its output is bounded, not kept until the time limit (yes prints GBs a minute)."""
+    plugin = command(tmp_path, endless(stream)(tmp_path))
+    message = f"printed more than 1 MiB on {stream} and was stopped"
+    with pytest.raises(ConfigError, match=message):
+        credentials.run_plugin(plugin, dict(os.environ), 60)
+    assert gone(tmp_path / "plugin.pid")
+    with pytest.raises(ConfigError, match=message):
+        asyncio.run(credentials.run_plugin_async(plugin, dict(os.environ), 60))
+    assert gone(tmp_path / "plugin.pid")
+
+
 def test_a_plugin_that_answers_gives_its_output_or_its_failure(tmp_path: Path) -> None:
     token = command(tmp_path, """#!/bin/sh\necho '{"status": {"token": "t"}}'\n""")
     assert credentials.run_plugin(token, dict(os.environ), 10) == b'{"status": {"token": "t"}}\n'
