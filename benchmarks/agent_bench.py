@@ -10,10 +10,12 @@ process: simulated nodes, ``--per-location`` (10) to a location, each with a rea
 WireGuard public key, an endpoint in 198.51.100.128-253 (TEST-NET-2), an internal IP in
 172.24.0.0/16 and a /24 pod CIDR from 10.128.0.0/9, and everything else a
 kubelet-registered Node holds (labels, annotations, a status with conditions, addresses and
-32 images: about 9 KB a Node, from ``kilo.sandbox.kubelet``), as the testbed's own nodes. A
-thread patches the ``last-seen`` of every simulated node once per ``--check-in`` period
+32 images: about 9 KB a Node, from ``kilo.sandbox.kubelet``), as the testbed's own nodes.
+Threads patch the ``last-seen`` of every simulated node once per ``--check-in`` period
 (30 s, spread evenly over it), as real agents check in, over ``--writers`` (4) API
-connections; ``--liveness-margin`` writes a last-seen that many seconds ahead, so that
+connections (plain HTTPS requests whose answers are dropped unread: since 2026-12-04;
+lightkube's client before, which decoded each 10 KB answer on the cores kg is measured
+on); ``--liveness-margin`` writes a last-seen that many seconds ahead, so that
 Nodes stay ready when the writer falls behind on a loaded machine (at 5000 nodes) while kg
 handles the same events. With location granularity every
 location is one segment, so the leader has one WireGuard peer per simulated location: N/10
@@ -27,7 +29,8 @@ For each size N (ascending; the nodes are added to the same cluster), kg is star
    timestamp; to the WireGuard device listing all N/10 peers, read from its UAPI socket;
    ``/health`` is then checked to answer 200), then a steady-state window of ``--window``
    seconds: CPU of kg (utime + stime in /proc/<pid>/stat, as % of one core; its children,
-   iptables-restore and friends, separately) and RSS (VmRSS, sampled every second);
+   iptables-restore and friends, separately) and RSS (VmRSS, sampled every second), and
+   beside them this process's CPU (the writers) and the machine's (/proc/stat);
 2. with ``--resync-period=300s``, so that no resync lands in the measurements: start-up
    again, a steady window with only check-ins, then ``--changes`` annotation changes: each
    patches one simulated node's ``kilo.squat.ai/allowed-location-ips`` to a fresh /32 in
@@ -48,6 +51,7 @@ import argparse
 import calendar
 import concurrent.futures
 import contextlib
+import http.client
 import io
 import itertools
 import json
@@ -67,11 +71,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from kilo.adapters import watchstream
 from kilo.adapters.keyfile import generate_private_key
 from kilo.mesh import translate
 from kilo.sandbox import kubelet, runs, testbed
@@ -170,6 +176,55 @@ def create_nodes(clients: Clients, indexes: Iterable[int], per_location: int) ->
     return time.perf_counter() - start
 
 
+class Patcher:
+    """Merge patches of Nodes over one kept-alive HTTPS connection, each answer read and
+    dropped: a check-in writer that costs this machine about what a remote agent's costs
+    the API server's host. lightkube's client decodes every answer (a 10 KB Node) into its
+    models, which at 167 patches a second took a share of the two cores kg is measured on.
+    The TLS context and credentials are lightkube's (:class:`watchstream.Connection`)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        config = KubeConfig.from_file(str(kubeconfig)).get()
+        if config is None:
+            raise BenchError(f"{kubeconfig} has no current context")
+        server, self._context, auth = watchstream.Connection(config).params()
+        if auth is not None:
+            raise BenchError("the check-in writer takes a kubeconfig with a client certificate")
+        parts = urlsplit(server)
+        self._host, self._port = parts.hostname or "", parts.port or 443
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def patch(self, name: str, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode()
+        for attempt in range(2):  # once more on a new connection if the kept one was closed
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, context=self._context, timeout=30
+                )
+            try:
+                self._conn.request(
+                    "PATCH",
+                    f"/api/v1/nodes/{name}",
+                    body=payload,
+                    headers={"Content-Type": "application/merge-patch+json"},
+                )
+                response = self._conn.getresponse()
+                answer = response.read()
+            except (OSError, http.client.HTTPException):
+                self.close()
+                if attempt:
+                    raise
+                continue
+            if response.status != 200:
+                raise BenchError(f"patching {name}: HTTP {response.status}: {answer[:200]!r}")
+            return
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class CheckIns:
     """Patch every simulated node's last-seen once per period, spread evenly over it; a new
     list of names starts a new period at once (so new nodes are refreshed in time).
@@ -187,9 +242,9 @@ class CheckIns:
     the check-ins (their number and size, the events kg handles) are the same."""
 
     def __init__(
-        self, clients: Clients, period: float, writers: int = 4, margin: float = 0.0
+        self, kubeconfig: Path, period: float, writers: int = 4, margin: float = 0.0
     ) -> None:
-        self._clients = clients
+        self._kubeconfig = kubeconfig
         self.period = period
         self.margin = margin
         self._names: list[str] = []
@@ -223,7 +278,13 @@ class CheckIns:
             thread.join(30)
 
     def _run(self, j: int) -> None:
-        client = self._clients.get()
+        patcher = Patcher(self._kubeconfig)
+        try:
+            self._schedule(j, patcher)
+        finally:
+            patcher.close()
+
+    def _schedule(self, j: int, patcher: Patcher) -> None:
         wake, writers = self._wake[j], len(self._threads)
         while not self._stopping:
             wake.clear()
@@ -238,15 +299,15 @@ class CheckIns:
                     break
                 with self._lock:
                     self.max_lag = max(self.max_lag, -delay)
-                self._check_in(client, names[k])
+                self._check_in(patcher, names[k])
             if not interrupted:
                 wake.wait(max(0.0, start + self.period - time.monotonic()))
 
-    def _check_in(self, client: Client, name: str) -> None:
+    def _check_in(self, patcher: Patcher, name: str) -> None:
         last_seen = str(int(time.time() + self.margin))
         body = {"metadata": {"annotations": {translate.LAST_SEEN: last_seen}}}
         try:
-            client.patch(Node, name, body, patch_type=PatchType.MERGE)
+            patcher.patch(name, body)
             with self._lock:
                 self.patches += 1
         except Exception as exc:  # counted and reported; the writer keeps going
@@ -306,6 +367,13 @@ def proc_sample(pid: int) -> ProcSample:
         hwm=int(values["VmHWM"][0]) * 1024,
         threads=int(values["Threads"][0]),
     )
+
+
+def machine_ticks() -> int:
+    """Busy clock ticks of all CPUs since boot (/proc/stat: user, nice, system, irq and
+    softirq; not idle, iowait or the hypervisor's steal)."""
+    ticks = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]
 
 
 def agent_pid(process: subprocess.Popen[bytes], module: str) -> int:
@@ -435,6 +503,10 @@ class Steady:
     reconciles: float
     iptables_operations: float
     check_ins: int
+    # This process (the check-in writers, the sampling) and the whole machine (both cores:
+    # 200 % is all of them), over the window: what kg shared the cores with.
+    bench_cpu_pct: float = 0.0
+    machine_cpu_pct: float = 0.0
 
 
 @dataclass
@@ -545,11 +617,13 @@ class Agent:
     def steady(self, window: float, check_ins: CheckIns) -> Steady:
         before = scrape(self.bed)
         patches = check_ins.patches
+        bench_before, machine_before = time.process_time(), machine_ticks()
         samples = [proc_sample(self.pid)]
         end = samples[0].at + window
         while samples[-1].at < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             samples.append(proc_sample(self.pid))
+        bench_cpu, machine_after = time.process_time() - bench_before, machine_ticks()
         after = scrape(self.bed)
         first, last = samples[0], samples[-1]
         elapsed = last.at - first.at
@@ -572,6 +646,8 @@ class Agent:
             iptables_operations=after.get("kilo_iptables_operations_total", 0)
             - before.get("kilo_iptables_operations_total", 0),
             check_ins=check_ins.patches - patches,
+            bench_cpu_pct=100 * bench_cpu / elapsed,
+            machine_cpu_pct=100 * (machine_after - machine_before) / CLK_TCK / elapsed,
         )
 
     def latency(self, client: Client, names: Sequence[str], changes: int, first: int) -> Latency:
@@ -681,7 +757,9 @@ def run(opts: Options) -> list[SizeResult]:
     binaries = build_binaries()
     with Testbed([Location(LEADER_LOCATION, nodes=1)], binaries=binaries) as bed:
         clients = Clients(bed.admin_kubeconfig)
-        check_ins = CheckIns(clients, opts.check_in, opts.writers, opts.liveness_margin)
+        check_ins = CheckIns(
+            bed.admin_kubeconfig, opts.check_in, opts.writers, opts.liveness_margin
+        )
         check_ins.start()
         names: list[str] = []
         try:
@@ -768,7 +846,9 @@ def report(results: list[SizeResult], opts: Options, info: dict[str, Any]) -> No
                 f"{s.check_ins} check-ins seen by the API ({s.check_ins / s.window_s:.0f}/s, "
                 f"{10 * s.cpu_pct * s.window_s / max(s.check_ins, 1):.2f} ms of kg's CPU each); "
                 f"peak 1 s CPU {s.cpu_peak_1s_pct:.0f} %, "
-                f"children {s.children_cpu_pct:.2f} %, {s.threads} threads"
+                f"children {s.children_cpu_pct:.2f} %, {s.threads} threads; "
+                f"the check-in writers {s.bench_cpu_pct:.1f} %, the machine "
+                f"{s.machine_cpu_pct:.0f} % (of {100 * (os.cpu_count() or 1)})"
             )
     if len(results) >= 2:
         a, b = results[0], results[-1]
