@@ -21,7 +21,7 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 from lightkube.types import PatchType
 
-from kilo.adapters import kubeconfig, kubernetes
+from kilo.adapters import kubeconfig, kubernetes, watchstream
 from kilo.cli import kgctl
 from kilo.errors import BackendError
 from kilo.mesh import translate
@@ -370,6 +370,70 @@ def test_watch_delivers_add_update_delete(cluster: Client, control_plane: Contro
             await events.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_busy_node_watch_read_gathered_loses_no_check_in(
+    cluster: Client, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check-ins faster than the (lowered) busy bound: the informer's watch against the
+    real API server is read on its timer, the socket's low-water mark raised, and every
+    check-in still arrives, in order."""
+    monkeypatch.setattr(watchstream, "BUSY_EVENTS", 5)
+    monkeypatch.setattr(watchstream, "PACE_WINDOW", 0.3)
+    monkeypatch.setattr(watchstream, "GATHER", 0.05)
+    marks: list[int] = []
+    set_low_water = watchstream.Watch._set_low_water
+
+    def spy(self: watchstream.Watch, size: int) -> None:
+        marks.append(size)
+        set_low_water(self, size)
+
+    monkeypatch.setattr(watchstream.Watch, "_set_low_water", spy)
+    cluster.create(new_node("busy"))
+    sent: list[str] = []
+
+    def check_in(value: str) -> None:
+        cluster.patch(
+            Node,
+            "busy",
+            {"metadata": {"annotations": {translate.LAST_SEEN: value}}},
+            patch_type=PatchType.MERGE,
+        )
+        sent.append(value)
+
+    def check_ins() -> None:
+        # Until the watch gathers and 20 more (however fast this API server is), bounded.
+        more = 20
+        for n in range(1, 5000):
+            check_in(str(n))
+            more -= watchstream.GATHER_BYTES in marks
+            if not more:
+                break
+        check_in("end")
+
+    async def scenario() -> list[str]:
+        config = kubeconfig.load(str(control_plane.admin_kubeconfig))
+        async with AsyncClient(config, trust_env=False) as client:
+            informer = kubernetes.Informer(client, "nodes", server=control_plane.server)
+            events = informer.events()
+            while (await next_event(events)).name != "busy":  # the listing
+                pass
+            writer = asyncio.create_task(asyncio.to_thread(check_ins))
+            seen: list[str] = []
+            while "end" not in seen:
+                event = await next_event(events)
+                if event.name == "busy":
+                    seen.append(event.obj["metadata"]["annotations"][translate.LAST_SEEN])
+            await writer
+            await events.aclose()
+            return seen
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        cluster.delete(Node, "busy")
+    assert watchstream.GATHER_BYTES in marks
+    assert seen == sent
 
 
 def test_watch_recovers_after_restart_and_compaction_without_losing_deletions(
