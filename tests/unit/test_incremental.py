@@ -28,6 +28,7 @@ from kilo.mesh import (
     topology,
     uapi,
     wgdevice,
+    wgpeers,
     wireguard,
 )
 from kilo.mesh.endpoint import Endpoint, UDPAddr
@@ -61,7 +62,7 @@ MEMOS: tuple[tuple[Any, str, Callable[[], object]], ...] = (
     (routes, "_LEADER_ROUTES", routes._LeaderRoutesMemo),
     (wireguard, "_SEGMENT_PEERS", wireguard._PeerMemo),
     (route_sync, "_ROUTE_KEYS", route_sync._RouteKeyMemo),
-    (wgdevice, "_MASKED", wgdevice._MaskedTexts),
+    (wgpeers, "_MASKED", wgpeers._MaskedTexts),
     (uapi, "_PEER_BLOCKS", uapi._PeerBlocks),
     (iptables, "_SEGMENT_RULES", iptables._SegmentRulesMemo),
     (iptables_restore, "_PARTITIONS", iptables_restore._PartitionMemo),

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kilo.errors import KiloError
-from kilo.mesh import wgdevice
+from kilo.mesh import wgpeers
 from kilo.mesh.endpoint import Endpoint, UDPAddr
 from kilo.mesh.ip import IPNetwork, parse_interface
 from kilo.mesh.keys import ZERO_KEY, Key
@@ -919,13 +919,13 @@ def test_a_plan_after_a_write_compares_only_the_peers_that_changed(
     first, empty = config(*peers), DeviceState()
     known = state_after(empty, plan_changes(first, empty) or DeviceChange())
     compared: list[Key] = []
-    plan_one = wgdevice._peer_change
+    plan_one = wgpeers.peer_change
 
     def counted(key: Key, want: object, live: PeerState | None) -> PeerChange | None:
         compared.append(key)
         return plan_one(key, want, live)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(wgdevice, "_peer_change", counted)
+    monkeypatch.setattr(wgpeers, "peer_change", counted)
     # Peer 7 gets peer 8's allowed IP, 8 goes, 9 is replaced by an equal copy, 50 is new.
     moved = replace(peers[7], allowed_ips=(*peers[7].allowed_ips, cidr("10.8.0.0/16")))
     newcomer = peer(key_for(100, salt=79), "10.100.0.0/16")

@@ -154,7 +154,7 @@ class _PeerMemo:
     """The previous node config's peer of each segment, reused while the segment is the
     same object (``topology._SegmentMemo`` hands out unchanged segments again) and the
     endpoint and keepalive are equal: the same WireGuardPeer lets the device diff reuse
-    what it derived from it (``wgdevice._MaskedTexts``). Only the last config is kept."""
+    what it derived from it (``wgpeers._MaskedTexts``). Only the last config is kept."""
 
     def __init__(self) -> None:
         # segment key -> (segment, endpoint, keepalive, peer)
