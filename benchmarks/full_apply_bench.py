@@ -27,7 +27,6 @@ import resource
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from kilo.mesh import translate
 from kilo.mesh.discovery import DiscoveredIPs
 from kilo.mesh.ip import parse_interface
 from kilo.mesh.model import Node
-from kilo.sandbox import kubelet
+from kilo.sandbox import kubelet, runs
 from kilo.sandbox.testbed.values import TOPOLOGY_LABEL
 
 LEADER = "lead-1"
@@ -78,16 +77,21 @@ def _ip(netns: str, *argv: str) -> None:
 def _namespace() -> Iterator[tuple[str, str]]:
     """A namespace with ``lan0`` (the private IP, the default route) and a wireguard-go
     device; its name and the device's."""
-    tag = uuid.uuid4().hex[:6]
-    netns, interface = f"kfa-{tag}", f"kfa{tag}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    wireguard: subprocess.Popen[bytes] | None = None
-    try:
+    with runs.scratch_namespace("kfa") as netns, _wireguard(netns) as interface:
         _ip(netns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
         for name in ("lo", "lan0", "lan0p"):
             _ip(netns, "link", "set", name, "up")
         _ip(netns, "addr", "add", PRIVATE_IP, "dev", "lan0")
         _ip(netns, "route", "add", "default", "via", "172.16.0.1", "dev", "lan0")
+        yield netns, interface
+
+
+@contextlib.contextmanager
+def _wireguard(netns: str) -> Iterator[str]:
+    """A wireguard-go device in ``netns``, named after it; stopped on the way out."""
+    interface = netns.replace("-", "")
+    wireguard: subprocess.Popen[bytes] | None = None
+    try:
         wireguard = subprocess.Popen(
             ["ip", "netns", "exec", netns, "wireguard-go", "-f", interface],
             stdout=subprocess.DEVNULL,
@@ -99,7 +103,7 @@ def _namespace() -> Iterator[tuple[str, str]]:
             if time.monotonic() > deadline or wireguard.poll() is not None:
                 raise RuntimeError("wireguard-go did not start")
             time.sleep(0.01)
-        yield netns, interface
+        yield interface
     finally:
         if wireguard is not None:
             wireguard.terminate()
@@ -107,10 +111,9 @@ def _namespace() -> Iterator[tuple[str, str]]:
                 wireguard.wait(5)
             if wireguard.poll() is None:
                 wireguard.kill()
-        subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
-def _cluster(size: int, leader_key: str, now: int) -> tuple[list[Node], Node]:
+def cluster(size: int, leader_key: str, now: int) -> tuple[list[Node], Node]:
     nodes = []
     for i in range(size):
         node = translate.translate_node(sim_object(i, 10, now), topology_label=TOPOLOGY_LABEL).value
@@ -152,7 +155,7 @@ def _timed(what: str, run: object) -> tuple[float, float]:
 def bench(size: int, repeat: int) -> None:
     key = generate_private_key()
     now = int(time.time())
-    nodes, local = _cluster(size, str(key.public_key()), now)
+    nodes, local = cluster(size, str(key.public_key()), now)
     with _namespace() as (netns, interface):
         settings = command_line.read(
             [

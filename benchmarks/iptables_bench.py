@@ -29,20 +29,17 @@ over the events. Numbers only, no target.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import ipaddress
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from benchmarks.agent_bench import sim_name, sim_object
-from benchmarks.full_apply_bench import _cluster
+from benchmarks.full_apply_bench import cluster
 from kilo.adapters.iptables import IPTables
 from kilo.adapters.keyfile import generate_private_key
 from kilo.mesh import iptables, translate
@@ -50,6 +47,7 @@ from kilo.mesh.ip import parse_interface
 from kilo.mesh.model import Granularity, ready_nodes
 from kilo.mesh.plan import PlanSettings, plan_node
 from kilo.mesh.topology import Topology, build_topology
+from kilo.sandbox import runs
 from kilo.sandbox.testbed.values import TOPOLOGY_LABEL
 
 EVENTS = ("alip", "join", "leave", "resync")
@@ -63,16 +61,6 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-@contextlib.contextmanager
-def _namespace() -> Iterator[str]:
-    netns = f"kib-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    try:
-        yield netns
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
-
-
 class Leader:
     """The leader's Nodes and what its applier keeps between applies."""
 
@@ -80,7 +68,7 @@ class Leader:
         self.now = int(time.time())
         key = generate_private_key()
         self.key = key
-        nodes, local = _cluster(size, str(key.public_key()), self.now)
+        nodes, local = cluster(size, str(key.public_key()), self.now)
         self.nodes = {n.name: n for n in nodes}
         self.local = local
         self.size = size
@@ -132,7 +120,7 @@ def _cell(samples: Sequence[float]) -> str:
 
 def bench(size: int, events: int, cases: Sequence[str]) -> None:
     leader = Leader(size)
-    with _namespace() as netns:
+    with runs.scratch_namespace("kib") as netns:
         controller = IPTables(netns=netns, ipv6=False)
         t = leader.topology()
         plan = plan_node(t, leader.local, SETTINGS)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from kilo.sandbox import podman
+from kilo.sandbox import podman, runs
 from tests.manifests import ROOT
 
 BUILD = ROOT / "docker" / "build.sh"
@@ -177,10 +177,5 @@ def running(container: podman.Container) -> Iterator[Running]:
 @contextmanager
 def network_namespace() -> Iterator[str]:
     """A fresh network namespace with only its loopback up; removed afterwards."""
-    netns = name("kilo-img")
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    try:
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+    with runs.scratch_namespace("kilo-img", loopback=True) as netns:
         yield netns
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kilo.sandbox import runs
 from kilo.sandbox.controlplane import build_binaries, build_prometheus
 
 
@@ -25,12 +24,8 @@ def netns() -> Iterator[str]:
     """A fresh, empty network namespace (root and iproute2 are needed: CI runs as root)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.fail("the e2e tests need root and iproute2 (network namespaces)")
-    name = f"kilo-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with runs.scratch_namespace("kilo-test") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 
 import pytest
+
+from kilo.sandbox import runs
 
 LEADER_IP, MEMBER_IP, REMOTE_IP = "10.77.0.1", "10.77.0.2", "10.78.0.1"
 
@@ -26,9 +27,7 @@ def sh(ns: str, *command: str) -> None:
 @pytest.fixture
 def pair(netns: str) -> Iterator[tuple[str, str]]:
     leader = netns
-    member = f"kilo-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", member], check=True)
-    try:
+    with runs.scratch_namespace("kilo-test") as member:
         sh(leader, "ip", "link", "add", "lan0", "type", "veth", "peer", "lan1", "netns", member)
         sh(leader, "ip", "address", "add", f"{LEADER_IP}/24", "dev", "lan0")
         sh(member, "ip", "address", "add", f"{MEMBER_IP}/24", "dev", "lan1")
@@ -45,8 +44,6 @@ def pair(netns: str) -> Iterator[tuple[str, str]]:
         sh(leader, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         sh(member, "ip", "route", "add", "10.78.0.0/16", "via", LEADER_IP)
         yield leader, member
-    finally:
-        subprocess.run(["ip", "netns", "del", member], check=False)
 
 
 def probe(leader: str, interface: str = "kilo0") -> tuple[bool, bool]:

@@ -267,3 +267,31 @@ def test_a_failed_start_leaves_nothing(tmp_path: Path) -> None:
         bed.start()
     assert not [n for n in runs.list_namespaces() if n.startswith(bed.prefix)]
     assert not runs.link_exists(bed.host_link)
+
+
+def test_a_scratch_namespace_goes_with_what_runs_in_it_also_when_the_body_fails() -> None:
+    """The one home of the tests' and benchmarks' throwaway namespaces: a process left in
+    one (a wireguard-go whose test failed) is killed, where ``ip netns del`` alone would
+    leave it running in a namespace without a name."""
+    sleeper: subprocess.Popen[bytes] | None = None
+    with (
+        pytest.raises(RuntimeError, match="the body failed"),
+        runs.scratch_namespace("kilo-test", loopback=True) as netns,
+    ):
+        assert netns in runs.list_namespaces()
+        link = runs.run(["ip", "-n", netns, "-j", "link", "show", "lo"]).stdout
+        assert "UP" in json.loads(link)[0]["flags"]
+        sleeper = subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "600"])
+
+        def pids() -> str:
+            return runs.run(["ip", "netns", "pids", netns]).stdout.strip()
+
+        runs.wait_for(
+            pids,
+            timeout=10,
+            message="the sleeper did not start in the namespace",
+        )
+        raise RuntimeError("the body failed")
+    assert netns not in runs.list_namespaces()
+    assert sleeper is not None
+    assert sleeper.wait(10) == -9  # killed, not finished

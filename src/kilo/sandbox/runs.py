@@ -18,7 +18,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -172,6 +173,22 @@ def remove_namespaces(namespaces: Iterable[str], host_link: str | None) -> list[
             run(["ip", "netns", "del", netns], check=False)
     left = set(list_namespaces())
     return [n for n in namespaces if n in left]
+
+
+@contextlib.contextmanager
+def scratch_namespace(prefix: str, *, loopback: bool = False) -> Iterator[str]:
+    """A fresh network namespace, ``<prefix>-<8 hex digits>`` (its loopback up if asked),
+    for a test or a benchmark; removed on the way out, also when the body fails, with
+    whatever still runs in it killed first (``ip netns del`` alone leaves such processes
+    running in a namespace that no longer has a name)."""
+    netns = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    run(["ip", "netns", "add", netns])
+    try:
+        if loopback:
+            run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        yield netns
+    finally:
+        remove_namespaces([netns], None)
 
 
 def run_namespaces(prefix: str) -> list[str]:
