@@ -402,6 +402,15 @@ def log_time(ts: str) -> float:
     return calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{fraction or 0}")
 
 
+# kg's start-up by its log: the first Node's event (the list is in), the last one before
+# the first apply, the iptables rules applied, the WireGuard peers written.
+STARTUP_STEPS = {
+    "first node": "node changed",
+    "last node": "node changed",
+    "iptables": "iptables rules",
+    "WireGuard": "WireGuard configurations are different",
+}
+
 SPLIT_STEPS = {
     "seen": "node changed",
     "iptables": "iptables rules",  # "applying N iptables rules", after the restore
@@ -488,6 +497,8 @@ class Startup:
     to_all_peers_s: float
     health: int
     peak_rss_mib: float  # VmHWM once converged
+    # Seconds after the start, by kg's own log lines (STARTUP_STEPS): where start-up went.
+    split: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -580,6 +591,7 @@ class Agent:
         )
         self.pid = agent_pid(self.process, self.module)
         first_log = healthy = all_peers = None
+        split: dict[str, float] = {}
         deadline = started + timeout
         with open(log_path, "rb") as log:
             log.seek(offset)
@@ -602,6 +614,13 @@ class Agent:
                             first_log = log_time(entry["ts"])
                         if healthy is None and entry.get("msg") == HEALTHY:
                             healthy = log_time(entry["ts"])
+                        msg, at = str(entry.get("msg", "")), log_time(entry["ts"]) - started
+                        for step, text in STARTUP_STEPS.items():
+                            if not msg.endswith(text) or (step != "last node" and step in split):
+                                continue
+                            if step == "last node" and "iptables" in split:
+                                continue
+                            split[step] = at
                 if all_peers is None and peer_count(self.uapi) == expected_peers:
                     all_peers = time.time()
                 time.sleep(0.01)
@@ -612,6 +631,7 @@ class Agent:
             to_all_peers_s=all_peers - started,
             health=health_status(self.bed),
             peak_rss_mib=sample.hwm / MIB,
+            split=split,
         )
 
     def steady(self, window: float, check_ins: CheckIns) -> Steady:
@@ -822,6 +842,13 @@ def report(results: list[SizeResult], opts: Options, info: dict[str, Any]) -> No
             f"  {steady30.cpu_pct:16.2f}  {steady300.cpu_pct:17.2f}"
             f"  {steady30.rss_mib:7.1f}  {steady30.rss_max_mib:11.1f}"
         )
+    for r in results:
+        for resync, start in r.startups.items():
+            steps = ", ".join(f"{step} {at:.2f}" for step, at in start.split.items())
+            print(
+                f"{'':8}start-up with resync {resync}, s after the start by kg's log: first "
+                f"line {start.to_first_log_s:.2f}, {steps}; all peers {start.to_all_peers_s:.2f}"
+            )
     print()
     print(" nodes  change->WireGuard median ms  p95 ms  max ms  (API write median ms)")
     for r in results:
