@@ -7,6 +7,7 @@ planned routes are the §4.5 worked example of the leader ``alpha``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kilo.adapters.netlink import Links, RouteTable
+from kilo.adapters.netlink import Links, RouteTable, wire
 from kilo.errors import DataPlaneError
 from kilo.mesh.routes import Device, Route, Rule
 from tests.examples import alpha_plan
@@ -294,6 +295,35 @@ def test_watch_deletions_fires_when_someone_else_deletes_a_tracked_route_or_rule
     stop()  # idempotent
     threads = [t for t in threading.enumerate() if t.name == "kilo-route-watch"]
     assert threads == []
+
+
+def test_the_watch_socket_queues_only_deletions_so_thousands_of_additions_cannot_overflow_it(
+    host: str,
+) -> None:
+    # What made kg run a second full apply right after its first at 5000 nodes: the
+    # notifications of its own 10 000 additions overflowed the watcher's receive buffer
+    # while it waited for the interpreter, and lost events (ENOBUFS) must be assumed to
+    # hide a deletion. Nobody reads the socket here until the end, the worst case.
+    with contextlib.closing(wire.open_watch_socket(host)) as sock:
+        additions = [f"route add 10.{128 + i // 256}.{i % 256}.0/24 dev kilo0" for i in range(5000)]
+        additions += ["rule add to 10.128.0.0/24 lookup 1107", "route add fd00:5::/64 dev kilo0"]
+        result = subprocess.run(
+            ["ip", "-n", host, "-batch", "-"], input="\n".join(additions), text=True, check=False
+        )
+        assert result.returncode == 0
+        ip(host, "route", "del", "10.128.5.0/24", "dev", "kilo0")
+        ip(host, "rule", "del", "to", "10.128.0.0/24", "lookup", "1107")
+        ip(host, "-6", "route", "del", "fd00:5::/64", "dev", "kilo0")
+        # The kernel queues (or drops) a notification before `ip` gets its answer: this
+        # addition, after the deletions, is decided by the time the reads below begin.
+        ip(host, "route", "add", "192.0.2.0/24", "dev", "kilo0")
+        sock.settimeout(EVENT_TIMEOUT)
+        received = [sock.recv(65536) for _ in range(3)]  # unfiltered: ENOBUFS, or additions
+        sock.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            sock.recv(65536)
+    kinds = [[kind for kind, *_ in wire.messages(data, len(data))] for data in received]
+    assert kinds == [[wire.RTM_DELROUTE], [wire.RTM_DELRULE], [wire.RTM_DELROUTE]]
 
 
 def test_closing_the_table_stops_its_watchers(host: str) -> None:

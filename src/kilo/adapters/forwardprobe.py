@@ -19,19 +19,15 @@ import struct
 import time
 from ipaddress import IPv4Address
 
+from kilo.adapters import bpf
+
 ETH_P_ALL = 0x0003  # every protocol: outgoing packets reach only ETH_P_ALL taps
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
-SO_ATTACH_FILTER = 26
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 PAYLOAD = b"kilo forwarding probe"
 AFTER_ARRIVAL = 0.1  # seconds a reply that arrived may take to leave
-
-# Classic BPF (linux/filter.h): the opcodes the filter below uses.
-_LD_H_ABS, _LD_B_ABS, _LD_B_IND, _LD_H_IND = 0x28, 0x30, 0x50, 0x48
-_LDX_B_MSH, _JEQ_K, _JSET_K, _RET_K = 0xB1, 0x15, 0x45, 0x06
-_SKF_AD_PROTOCOL = -0x1000 & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_PROTOCOL: skb->protocol
 
 
 def checksum(data: bytes) -> int:
@@ -68,28 +64,23 @@ def echo_request(source: IPv4Address, destination: IPv4Address, ident: int, seq:
 def reply_filter(ident: int) -> bytes:
     """The filter program (struct sock_filter[]): unfragmented IPv4 ICMP echo replies with
     identifier ``ident``. On a SOCK_DGRAM packet socket it sees the network header first."""
-    program = [
-        (_LD_H_ABS, 0, 0, _SKF_AD_PROTOCOL),
-        (_JEQ_K, 0, 10, ETH_P_IP),
-        (_LD_B_ABS, 0, 0, 9),  # IP protocol
-        (_JEQ_K, 0, 8, socket.IPPROTO_ICMP),
-        (_LD_H_ABS, 0, 0, 6),  # flags and fragment offset
-        (_JSET_K, 6, 0, 0x1FFF),  # a later fragment: no ICMP header
-        (_LDX_B_MSH, 0, 0, 0),  # X = the IP header's length
-        (_LD_B_IND, 0, 0, 0),  # ICMP type
-        (_JEQ_K, 0, 3, ICMP_ECHO_REPLY),
-        (_LD_H_IND, 0, 0, 4),  # ICMP identifier
-        (_JEQ_K, 0, 1, ident),
-        (_RET_K, 0, 0, 0xFFFF),
-        (_RET_K, 0, 0, 0),
-    ]
-    return b"".join(struct.pack("HBBI", *instruction) for instruction in program)
-
-
-def _attach(sock: socket.socket, program: bytes) -> None:
-    buffer = ctypes.create_string_buffer(program)
-    fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buffer))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    return bpf.program(
+        [
+            (bpf.LD_H_ABS, 0, 0, bpf.AD_PROTOCOL),
+            (bpf.JEQ_K, 0, 10, ETH_P_IP),
+            (bpf.LD_B_ABS, 0, 0, 9),  # IP protocol
+            (bpf.JEQ_K, 0, 8, socket.IPPROTO_ICMP),
+            (bpf.LD_H_ABS, 0, 0, 6),  # flags and fragment offset
+            (bpf.JSET_K, 6, 0, 0x1FFF),  # a later fragment: no ICMP header
+            (bpf.LDX_B_MSH, 0, 0, 0),  # X = the IP header's length
+            (bpf.LD_B_IND, 0, 0, 0),  # ICMP type
+            (bpf.JEQ_K, 0, 3, ICMP_ECHO_REPLY),
+            (bpf.LD_H_IND, 0, 0, 4),  # ICMP identifier
+            (bpf.JEQ_K, 0, 1, ident),
+            (bpf.RET_K, 0, 0, 0xFFFF),
+            (bpf.RET_K, 0, 0, 0),
+        ]
+    )
 
 
 def _bind_all(sock: socket.socket, protocol: int) -> None:
@@ -113,7 +104,7 @@ def send_and_watch(
     arrived = left = False
     # Protocol 0 delivers nothing until bind(): no packet slips in before the filter.
     with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0) as tap:
-        _attach(tap, reply_filter(ident))
+        bpf.attach(tap, reply_filter(ident))
         _bind_all(tap, ETH_P_ALL)
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
             raw.sendto(echo_request(remote, member, ident, seq), (str(member), 0))

@@ -23,21 +23,13 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (
-    RTMGRP_IPV4_ROUTE,
-    RTMGRP_IPV4_RULE,
-    RTMGRP_IPV6_ROUTE,
-    RTMGRP_IPV6_RULE,
-)
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from kilo.adapters.netlink import wire
@@ -64,7 +56,6 @@ _RTM_F_CLONED = 0x200
 _FR_ACT_TO_TBL = 1
 _FIB_RULE_INVERT = 0x2
 _NLMSG_HEADER = 16
-_WATCH_GROUPS = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
 
 
 def _route_key_of(m: wire.RouteMessage, names: Mapping[int, str]) -> RouteKey | None:
@@ -640,14 +631,7 @@ class RouteTable(Closing):
         it (for at most a few seconds); calling it twice is harmless.
         """
         with failing(f"cannot subscribe to route and rule events{where(self._netns)}"):
-            sock = pyroute2_netns.create_socket(
-                self._netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0
-            )
-            try:
-                sock.bind((0, _WATCH_GROUPS))
-            except OSError:
-                sock.close()
-                raise
+            sock = wire.open_watch_socket(self._netns)
 
         def reported() -> None:
             # What the table knows may be wrong now: the next set() lists the kernel.
