@@ -351,3 +351,38 @@ def test_an_ipv4_interface_filled_in_is_the_one_ipaddress_constructs(
     assert ip.text(filled) == str(built)
     assert (filled.is_private, filled.packed) == (built.is_private, built.packed)
     assert list(islice(filled.network.hosts(), 2)) == list(islice(built.network.hosts(), 2))
+
+
+@settings(max_examples=500, derandomize=True)
+@given(st.ip_addresses(), st.integers(0, 128))
+def test_a_masked_network_is_the_one_ipaddress_builds_and_ipv4_ones_are_one_object(
+    address: IPv4Address | IPv6Address, prefix: int
+) -> None:
+    text = str(address)
+    try:
+        expected: object = ip_network((text, prefix), strict=False)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = ip.masked_network(text, prefix)
+    except ValueError:
+        got = ValueError
+    assert got == expected
+    assert type(got) is type(expected)
+    if isinstance(got, IPv4Network):
+        # The memory a leader saves: the kernel's routes, the WireGuard device's allowed
+        # IPs, the Nodes' pod CIDRs and the plan's one-address networks share one object.
+        assert ip.masked_network(text, prefix) is got
+        assert ip.parse_network(f"{text}/{prefix}") is got
+        assert ip.parse_interface(f"{text}/{prefix}").network is got  # type: ignore[union-attr]
+        if prefix == 32:
+            assert ip.host_network(address) is got
+
+
+def test_interned_addresses_are_ipaddress_addresses_one_object_each() -> None:
+    gateway = ip.interned_address("10.4.0.1")
+    assert gateway == ip_address("10.4.0.1") and type(gateway) is IPv4Address
+    assert ip.interned_address("10.4.0.1") is gateway
+    assert ip.interned_address("fd00::1") == ip_address("fd00::1")
+    with pytest.raises(ValueError):
+        ip.interned_address("10.4.0.256")

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kilo.errors import KiloError
-from kilo.mesh import wgpeers
+from kilo.mesh import uapi, wgpeers
 from kilo.mesh.endpoint import Endpoint, UDPAddr
-from kilo.mesh.ip import IPNetwork, parse_interface
+from kilo.mesh.ip import IPNetwork, parse_interface, parse_network
 from kilo.mesh.keys import ZERO_KEY, Key
 from kilo.mesh.model import Node, Peer
 from kilo.mesh.uapi import UAPIParseError, parse_uapi, redact
@@ -195,6 +195,17 @@ def test_parse_a_wireguard_go_reply() -> None:
             ),
         ),
     )
+
+
+def test_a_device_read_shares_its_allowed_ips_with_the_plan_and_keeps_their_text_once() -> None:
+    # 10 500 allowed IPs at a 5000-node leader, kept between full applies.
+    state = parse_uapi(WIREGUARD_GO_REPLY)
+    peer = state.peers[0]
+    assert peer.allowed_ips[0] is parse_network("10.0.0.0/24")
+    assert peer.allowed_ips_text == ("10.0.0.0/24", "fd00::/64")
+    # The text as the device printed it is the one kept (the memo's key), not a copy.
+    printed = "".join(["10.9.8.0", "/24"])
+    assert uapi._network_text(printed) is printed
 
 
 def test_a_device_without_key_or_peers() -> None:

@@ -22,7 +22,6 @@ metric (0 for IPv4, 1024 for IPv6), no TOS; others are invisible here and never 
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import operator
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Generic, TypeVar, cast
 
+from kilo.mesh import ip as ipmod
 from kilo.mesh.ip import IPAddress, IPInterface, IPNetwork
 from kilo.mesh.routes import Device, Route, Rule
 
@@ -173,7 +173,8 @@ def rule_key(rule: Rule) -> RuleKey:
 def _kernel_network(version: int, address: str | None, prefixlen: int) -> IPNetwork:
     if address is None:
         address = "0.0.0.0" if version == 4 else "::"
-    return ipaddress.ip_network((address, prefixlen), strict=False)
+    # Interned: the same object as the plan's and the WireGuard device's for one value.
+    return ipmod.masked_network(address, prefixlen)
 
 
 def kernel_route_key(
@@ -193,8 +194,8 @@ def kernel_route_key(
     return RouteKey(
         dst=_kernel_network(version, dst, dst_len),
         dev=dev,
-        gw=None if gw is None else ipaddress.ip_address(gw),
-        src=None if src is None else ipaddress.ip_address(src),
+        gw=None if gw is None else ipmod.interned_address(gw),
+        src=None if src is None else ipmod.interned_address(src),
         table=table,
     )
 

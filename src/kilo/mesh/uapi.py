@@ -220,7 +220,8 @@ def _network_text(value: str) -> str:
     """``str(interned_network(value))`` of a valid allowed IP as a device prints it."""
     network = ipmod.interned_network(value)
     assert network is not None
-    return ipmod.text(network)
+    text = ipmod.text(network)
+    return value if text == value else text  # as printed, mostly: one string, not two
 
 
 def redact(uapi: str) -> str:
