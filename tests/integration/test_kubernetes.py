@@ -372,6 +372,36 @@ def test_watch_delivers_add_update_delete(cluster: Client, control_plane: Contro
     asyncio.run(scenario())
 
 
+def test_the_first_lists_events_come_page_by_page_and_the_watch_goes_on_from_its_end(
+    cluster: Client, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real API server's pages (continue tokens), two Nodes to a page: the first
+    page's events are handed over before the list is complete; the watch then starts from
+    the whole list's resourceVersion."""
+    monkeypatch.setattr(kubernetes, "LIST_CHUNK", 2)
+
+    async def scenario() -> None:
+        config = kubeconfig.load(str(control_plane.admin_kubeconfig))
+        async with AsyncClient(config, trust_env=False) as client:
+            informer = kubernetes.Informer(client, "nodes", server=control_plane.server)
+            events = informer.events()
+            first = await next_event(events)
+            assert informer.relists == 0  # the list goes on
+            rest = {(await next_event(events)).name for _ in range(3)}
+            assert rest | {first.name} == {"alpha", "beta", "gamma", "delta"}
+            cluster.create(new_node("paged"))
+            event = await next_event(events)
+            assert (event.type, event.name) == (EventType.ADDED, "paged")
+            assert informer.relists == 1
+            await informer.listed()
+            await events.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cluster.delete(Node, "paged")
+
+
 def test_a_busy_node_watch_read_gathered_loses_no_check_in(
     cluster: Client, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -278,7 +278,7 @@ def test_an_unexpected_exception_in_a_round_is_logged_and_the_loop_goes_on() -> 
 
 
 class ListInformer:
-    """Yields the given events, then waits as a quiet watch does."""
+    """Yields the given events (the first list), then waits as a quiet watch does."""
 
     def __init__(self, events: list[Event]) -> None:
         self._events = events
@@ -289,6 +289,9 @@ class ListInformer:
             yield event
         self.done.set()
         await asyncio.Event().wait()
+
+    async def listed(self) -> None:
+        await self.done.wait()
 
 
 def test_an_event_that_cannot_be_handled_is_logged_and_the_agent_goes_on(
@@ -533,3 +536,54 @@ def test_a_demoted_leader_reads_the_device_again() -> None:
     assert h.metrics.leader is True
     assert h.device.reads == reads + 1
     assert h.device.currents[-1] is not None
+
+
+class PagedSource:
+    """A first list in pages, each handed over when the test opens its gate."""
+
+    def __init__(self, pages: int) -> None:
+        self.gates = [asyncio.Event() for _ in range(pages)]
+        self.handed = [asyncio.Event() for _ in range(pages)]
+        self.done = asyncio.Event()
+
+    async def events(self) -> AsyncIterator[Event]:
+        for gate, handed in zip(self.gates, self.handed, strict=True):
+            await gate.wait()
+            handed.set()
+            if False:  # an empty page: the gate is what matters here
+                yield
+        self.done.set()
+        await asyncio.Event().wait()
+
+    async def listed(self) -> None:
+        await self.done.wait()
+
+
+def test_the_first_round_waits_for_the_whole_first_lists_of_nodes_and_peers() -> None:
+    # The first list's events come page by page (kubernetes.Informer): a round on a part
+    # of them would apply a part of the mesh. Kilo's agent waits for its caches to sync.
+    h = Harness()
+    started = asyncio.Event()
+
+    async def worker() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    h.agent._worker = worker  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        nodes, peers = PagedSource(2), PagedSource(1)
+        stop = asyncio.Event()
+        running = asyncio.create_task(h.agent.run(nodes, peers, stop))
+        nodes.gates[0].set()
+        await nodes.handed[0].wait()
+        assert not started.is_set()  # a part of the Nodes
+        nodes.gates[1].set()
+        await nodes.done.wait()
+        assert not started.is_set()  # every Node, no Peer yet
+        peers.gates[0].set()
+        await asyncio.wait_for(started.wait(), 10)
+        stop.set()
+        await running
+
+    asyncio.run(scenario())

@@ -303,12 +303,23 @@ class _ShortWatch(Exception):
     """The server ended a watch at once, without an event."""
 
 
+class _ListFailure:
+    """A list's failure, handed from the task that reads its pages to the consumer."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
 class Informer:
     """A local cache of one resource kept current by list + watch.
 
     ``events()`` yields an ADDED event per object of the initial list, then every change.
-    After a (re)list, ``cache`` already holds the whole new listing while its events are
-    being yielded; between events it is the state the events describe.
+    The initial list's events are yielded as its pages come (``cache`` holds what has been
+    yielded), with the next page asked for while the consumer handles this one's: the
+    list is complete when :meth:`listed` returns, and a consumer that must not act on a
+    part of it waits for that. After a relist, ``cache`` already holds the whole new
+    listing while its events are being yielded; between events it is the state the
+    events describe.
     """
 
     def __init__(
@@ -359,6 +370,57 @@ class Informer:
         is being consumed, as only that drives the list."""
         await self._first_list.wait()
 
+    def _fatal_list(self, exc: BaseException) -> BackendError | None:
+        """What a failed list raises instead of ``exc``: a refusal before the first list."""
+        if not isinstance(exc, REQUEST_ERRORS) or not self._fatal(exc):
+            return None
+        return BackendError(
+            describe_failure(exc, self._client.config, verb="list", resource=self._resource)
+        )
+
+    async def _initial_list(self) -> AsyncGenerator[Event, None]:
+        """A list into an empty cache, each object yielded (and cached) as it comes: a
+        5000-node list is ten pages that the API server takes about as long to prepare as
+        kg takes to handle their events (0.5-1.2 s each way at start-up), so the next page
+        is asked for (by a task of its own, one page ahead) while this one's are handled.
+        A list that fails half-way leaves what it yielded cached: the next one diffs."""
+        listing = self._client.list(self._res, chunk_size=LIST_CHUNK, **self._where)
+        pages: asyncio.Queue[Any] = asyncio.Queue(maxsize=LIST_CHUNK)
+        end = object()
+
+        async def fetch() -> None:
+            try:
+                async for obj in listing:
+                    await pages.put(obj)
+            except Exception as exc:  # handed to the consumer, raised there
+                await pages.put(_ListFailure(exc))
+                return
+            await pages.put(end)
+
+        fetcher = asyncio.create_task(fetch(), name=f"list {self._resource}")
+        try:
+            while (item := await pages.get()) is not end:
+                if isinstance(item, _ListFailure):
+                    fatal = self._fatal_list(item.exc)
+                    if fatal is not None:
+                        raise fatal from item.exc
+                    raise item.exc
+                data = _to_dict(item)
+                name = data["metadata"]["name"]
+                self.cache[name] = data
+                yield Event(EventType.ADDED, name, data)
+        finally:
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+        self._listed_whole(listing.resourceVersion)
+
+    def _listed_whole(self, resource_version: str | None) -> None:
+        self.resource_version = resource_version
+        self._listed = True
+        self.relists += 1
+        self._first_list.set()
+
     async def _relist(self) -> list[Event]:
         listing = self._client.list(self._res, chunk_size=LIST_CHUNK, **self._where)
         fresh: dict[str, dict[str, Any]] = {}
@@ -367,13 +429,10 @@ class Informer:
                 data = _to_dict(obj)
                 fresh[data["metadata"]["name"]] = data
         except REQUEST_ERRORS as exc:
-            if self._fatal(exc):
-                raise BackendError(
-                    describe_failure(exc, self._client.config, verb="list", resource=self._resource)
-                ) from exc
+            fatal = self._fatal_list(exc)
+            if fatal is not None:
+                raise fatal from exc
             raise
-        self.resource_version = listing.resourceVersion
-        self._listed = True
         events: list[Event] = []
         for name, old in self.cache.items():
             current = fresh.get(name)
@@ -387,15 +446,17 @@ class Informer:
             elif _version(previous) != _version(data):
                 events.append(Event(EventType.MODIFIED, name, data))
         self.cache = fresh
-        self.relists += 1
-        self._first_list.set()
+        self._listed_whole(listing.resourceVersion)
         return events
 
     async def events(self) -> AsyncGenerator[Event, None]:
         delay = self._backoff_initial
         while True:
             try:
-                if self.resource_version is None:
+                if self.resource_version is None and not self.cache:
+                    async for event in self._initial_list():
+                        yield event
+                elif self.resource_version is None:
                     for event in await self._relist():
                         yield event
                 # The server ends each watch after server_timeout; a connection that goes

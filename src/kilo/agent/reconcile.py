@@ -59,12 +59,11 @@ log = logs.get("kilo")
 
 
 class EventSource(Protocol):
-    """A watch of one resource (the Kubernetes adapter's ``Informer``)."""
+    """A watch of one resource (the Kubernetes adapter's ``Informer``): ``listed`` returns
+    once the events of the whole first list have been yielded."""
 
     def events(self) -> AsyncIterator[Event]: ...
 
-
-class ListedEventSource(EventSource, Protocol):
     async def listed(self) -> None: ...
 
 
@@ -404,6 +403,13 @@ class Agent:
                 )
             last_round = loop.time()
 
+    async def _work_once_listed(self, nodes: EventSource, peers: EventSource) -> None:
+        # As Kilo's agent waits for its caches to sync: the first list's events come page
+        # by page, and a round on a part of them would apply a part of the mesh (and take
+        # the peers of the Nodes not listed yet off the device, on a restart).
+        await asyncio.gather(nodes.listed(), peers.listed())
+        await self._worker()
+
     async def _consume(
         self, informer: EventSource, handle: Callable[[Event], None], kind: str
     ) -> None:
@@ -427,13 +433,13 @@ class Agent:
         nodes: EventSource,
         peers: EventSource,
         stop: asyncio.Event,
-        leases: ListedEventSource | None = None,
+        leases: EventSource | None = None,
     ) -> None:
         """Run until ``stop`` is set; a fatal backend error propagates."""
         tasks = [
             asyncio.create_task(self._consume(nodes, self.on_node_event, "node"), name="nodes"),
             asyncio.create_task(self._consume(peers, self.on_peer_event, "peer"), name="peers"),
-            asyncio.create_task(self._worker(), name="reconcile"),
+            asyncio.create_task(self._work_once_listed(nodes, peers), name="reconcile"),
         ]
         if self.election is not None and leases is not None:
             election = self.election
