@@ -52,11 +52,11 @@ def canonical_spec(spec: Sequence[str]) -> tuple[str, ...]:
             if token in _ADDRESS_OPTIONS:
                 network = ipmod.parse_network(value) if "/" in value else None
                 if network is not None:
-                    value = str(network)
+                    value = ipmod.text(network)
                 else:
                     address = ipmod.parse_ip(value)
                     if address is not None:
-                        value = str(ipmod.host_network(address))
+                        value = ipmod.text(ipmod.host_network(address))
             base[token] = value
             i += 2
             continue
