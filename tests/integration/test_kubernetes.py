@@ -21,6 +21,7 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 from lightkube.types import PatchType
 
+from kilo.adapters import informer as informer_module
 from kilo.adapters import kubeconfig, kubernetes, watchstream
 from kilo.cli import kgctl
 from kilo.errors import BackendError
@@ -378,7 +379,9 @@ def test_the_first_lists_events_come_page_by_page_and_the_watch_goes_on_from_its
     """The real API server's pages (continue tokens), two Nodes to a page: the first
     page's events are handed over before the list is complete; the watch then starts from
     the whole list's resourceVersion."""
-    monkeypatch.setattr(kubernetes, "LIST_CHUNK", 2)
+    # The informer module's own global, which its lists read (kubernetes re-exports only
+    # the class: patching kubernetes.LIST_CHUNK would change nothing).
+    monkeypatch.setattr(informer_module, "LIST_CHUNK", 2)
 
     async def scenario() -> None:
         config = kubeconfig.load(str(control_plane.admin_kubeconfig))
