@@ -9,7 +9,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +17,7 @@ import pytest
 import yaml
 from lightkube import ApiError, AsyncClient, Client, KubeConfig
 from lightkube.codecs import load_all_yaml
+from lightkube.core.generic_client import GenericAsyncClient
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 from lightkube.types import PatchType
@@ -382,6 +383,16 @@ def test_the_first_lists_events_come_page_by_page_and_the_watch_goes_on_from_its
     # The informer module's own global, which its lists read (kubernetes re-exports only
     # the class: patching kubernetes.LIST_CHUNK would change nothing).
     monkeypatch.setattr(informer_module, "LIST_CHUNK", 2)
+    # The pages the API server sent, as lightkube reads them (one response each).
+    pages: list[int] = []
+    list_chunks = GenericAsyncClient.list_chunks
+
+    async def spy(self: GenericAsyncClient, br: Any) -> AsyncIterator[tuple[str | None, list[Any]]]:
+        async for version, chunk in list_chunks(self, br):
+            pages.append(len(chunk))
+            yield version, chunk
+
+    monkeypatch.setattr(GenericAsyncClient, "list_chunks", spy)
 
     async def scenario() -> None:
         config = kubeconfig.load(str(control_plane.admin_kubeconfig))
@@ -397,6 +408,7 @@ def test_the_first_lists_events_come_page_by_page_and_the_watch_goes_on_from_its
             assert (event.type, event.name) == (EventType.ADDED, "paged")
             assert informer.relists == 1
             await informer.listed()
+            assert pages == [2, 2]  # four Nodes, listed in two pages
             await events.aclose()
 
     try:
