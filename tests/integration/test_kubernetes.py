@@ -9,7 +9,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,10 +17,12 @@ import pytest
 import yaml
 from lightkube import ApiError, AsyncClient, Client, KubeConfig
 from lightkube.codecs import load_all_yaml
+from lightkube.core.generic_client import GenericAsyncClient
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Node, ServiceAccount
 from lightkube.types import PatchType
 
+from kilo.adapters import informer as informer_module
 from kilo.adapters import kubeconfig, kubernetes, watchstream
 from kilo.cli import kgctl
 from kilo.errors import BackendError
@@ -378,7 +380,19 @@ def test_the_first_lists_events_come_page_by_page_and_the_watch_goes_on_from_its
     """The real API server's pages (continue tokens), two Nodes to a page: the first
     page's events are handed over before the list is complete; the watch then starts from
     the whole list's resourceVersion."""
-    monkeypatch.setattr(kubernetes, "LIST_CHUNK", 2)
+    # The informer module's own global, which its lists read (kubernetes re-exports only
+    # the class: patching kubernetes.LIST_CHUNK would change nothing).
+    monkeypatch.setattr(informer_module, "LIST_CHUNK", 2)
+    # The pages the API server sent, as lightkube reads them (one response each).
+    pages: list[int] = []
+    list_chunks = GenericAsyncClient.list_chunks
+
+    async def spy(self: GenericAsyncClient, br: Any) -> AsyncIterator[tuple[str | None, list[Any]]]:
+        async for version, chunk in list_chunks(self, br):
+            pages.append(len(chunk))
+            yield version, chunk
+
+    monkeypatch.setattr(GenericAsyncClient, "list_chunks", spy)
 
     async def scenario() -> None:
         config = kubeconfig.load(str(control_plane.admin_kubeconfig))
@@ -394,6 +408,7 @@ def test_the_first_lists_events_come_page_by_page_and_the_watch_goes_on_from_its
             assert (event.type, event.name) == (EventType.ADDED, "paged")
             assert informer.relists == 1
             await informer.listed()
+            assert pages == [2, 2]  # four Nodes, listed in two pages
             await events.aclose()
 
     try:

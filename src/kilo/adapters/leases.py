@@ -1,6 +1,6 @@
 """The failover Leases (``coordination.k8s.io/v1``) in kg's namespace: conditional writes.
 
-Thin. Reading is the :class:`~kilo.adapters.kubernetes.Informer` (``"leases"`` with a
+Thin. Reading is the :class:`~kilo.adapters.informer.Informer` (``"leases"`` with a
 namespace); the decision is the core's (:mod:`kilo.mesh.leadership`). Every write is
 conditional on the object this node decided on (its ``resourceVersion``, or its absence),
 so two nodes that decide at once cannot both win: the loser gets ``False`` and decides
