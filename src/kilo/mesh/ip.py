@@ -108,7 +108,7 @@ def parse_network(text: str) -> IPNetwork | None:
         return None
     ip, prefix = parts
     if isinstance(ip, IPv4Address):
-        return network4(int(ip) & (_V4_ALL ^ (_V4_ALL >> prefix)), prefix)
+        return network4(int(ip), prefix)
     network = ipaddress.ip_network((ip, prefix), strict=False)
     if isinstance(network, IPv6Network) and network.network_address.ipv4_mapped is not None:
         # Still IPv4-mapped after masking (prefix >= 96): Go prints it as IPv4.
@@ -159,13 +159,15 @@ def _network4(masked: int, prefix: int) -> IPv4Network:
     return IPv4Network((masked, prefix))
 
 
-def network4(masked: int, prefix: int) -> IPv4Network:
-    """The IPv4 network ``masked/prefix`` (host bits clear), interned: the one object of a
-    value that every parser hands out while the memo holds it. A leader at 5000 nodes holds
-    each pod CIDR and node IP several times over (its Nodes, its plan, the WireGuard
-    device's allowed IPs, the kernel's routes), and an ``IPv4Network`` with its address is
-    a few hundred bytes: 10 MiB of copies after a full apply at 5000 nodes."""
-    return _host_network4(masked) if prefix == 32 else _network4(masked, prefix)
+def network4(value: int, prefix: int) -> IPv4Network:
+    """The IPv4 network of address ``value`` and ``prefix`` (host bits cleared), interned:
+    the one object of a value that every parser hands out while the memo holds it. A
+    leader at 5000 nodes holds each pod CIDR and node IP several times over (its Nodes, its
+    plan, the WireGuard device's allowed IPs, the kernel's routes), and an ``IPv4Network``
+    with its address is a few hundred bytes: 10 MiB of copies after a full apply."""
+    if prefix == 32:
+        return _host_network4(value)
+    return _network4(value & (_V4_ALL ^ (_V4_ALL >> prefix)), prefix)
 
 
 def masked_network(address: str, prefix: int) -> IPNetwork:
@@ -175,7 +177,7 @@ def masked_network(address: str, prefix: int) -> IPNetwork:
     if isinstance(value, IPv4Address):
         if not 0 <= prefix <= 32:
             raise ValueError(f"{prefix!r} is not a valid netmask")
-        return network4(int(value) & (_V4_ALL ^ (_V4_ALL >> prefix)), prefix)
+        return network4(int(value), prefix)
     return ipaddress.ip_network((value, prefix), strict=False)
 
 
@@ -187,7 +189,7 @@ def interned_address(text: str) -> IPAddress:
 
 
 def _filled_interface4(value: int, prefix: int) -> IPv4Interface:
-    network = network4(value & (_V4_ALL ^ (_V4_ALL >> prefix)), prefix)
+    network = network4(value, prefix)
     interface = IPv4Interface.__new__(IPv4Interface)
     setattr(interface, "_ip", value)  # noqa: B010 - IPv4Address's slot, unknown to typeshed
     interface.network = network
